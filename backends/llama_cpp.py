@@ -1,0 +1,490 @@
+"""llama.cpp backend: continuous batching over one context, in process.
+
+Built on llama-cpp-python's low-level API, the way llama.cpp's server schedules its slots.
+One `step()` is one `llama_decode` call:
+  1. admit queued requests into free sequence slots while the KV cache has room;
+  2. build one batch: every decoding sequence adds its last sampled token (logits on), then
+     the room left (n_batch) goes to prompt chunks of sequences still prefilling (chunked
+     prefill; logits on a prompt's last token only);
+  3. decode, then sample one token for every sequence that produced logits.
+
+KV accounting is in cells (one per token held by one sequence). With the default split cache
+(kv_unified off) each sequence owns n_ctx / max_seqs cells: a request waits for a free slot,
+and one that fills its slot ends with reason `length`. With a unified cache all sequences share
+n_ctx cells: a request is admitted while its prompt fits in the free cells, and when decoding
+runs out of cells the most recently admitted request is preempted (its KV dropped, requeued,
+and recomputed from prompt + output so far), as vLLM does. Either way nothing fails for
+lack of room; requests wait.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+
+import llama_cpp as lc
+import psutil
+
+from rllm_study.backends.base import (
+    FINISH_ABORT,
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    THINK,
+    Capabilities,
+    EngineOptions,
+    EngineStats,
+    Event,
+    PrefillDone,
+    Request,
+    RequestAdmitted,
+    RequestFinished,
+    TokenEvent,
+)
+from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
+from rllm_study.errors import UserError
+
+# KV-cache element types by name, with their size in bytes per element (block size folded in).
+KV_TYPES = {
+    "f32": (lc.GGML_TYPE_F32, 4.0),
+    "f16": (lc.GGML_TYPE_F16, 2.0),
+    "bf16": (30, 2.0),
+    "q8_0": (lc.GGML_TYPE_Q8_0, 34 / 32),
+    "q5_1": (lc.GGML_TYPE_Q5_1, 24 / 32),
+    "q5_0": (lc.GGML_TYPE_Q5_0, 22 / 32),
+    "q4_1": (lc.GGML_TYPE_Q4_1, 20 / 32),
+    "q4_0": (lc.GGML_TYPE_Q4_0, 18 / 32),
+}
+FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
+
+_log_tail: deque[str] = deque(maxlen=30)
+
+
+@lc.llama_log_callback
+def _log_to_tail(level, text, user_data):  # keeps llama.cpp quiet; the tail explains failures
+    if text:
+        _log_tail.append(text.decode("utf-8", "replace"))
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))  # module-level reference keeps the callback alive
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+def _last_log() -> str:
+    lines = [line.strip() for line in _log_tail if line.strip()]
+    return lines[-1] if lines else "no details from llama.cpp"
+
+
+def check_kv_type(name: str, field: str) -> int:
+    if name not in KV_TYPES:
+        raise UserError(f"{field}: unknown KV-cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
+    return KV_TYPES[name][0]
+
+
+class LlamaModel:
+    """A loaded GGUF model: weights, vocabulary, tokenizer, chat template."""
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0):
+        _init_backend()
+        self.path = Path(path)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise UserError(f"{self.path}: llama.cpp could not load this model ({_last_log()})")
+        self.vocab = lc.llama_model_get_vocab(self.ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.think_open_id = self._single_token(THINK_OPEN)
+        self.think_close_id = self._single_token(THINK_CLOSE)
+
+    def _single_token(self, text: str) -> int | None:
+        toks = self.tokenize(text, add_special=False)
+        return toks[0] if len(toks) == 1 else None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (lc.llama_token * n_max)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
+        if n < 0:
+            buf = (lc.llama_token * -n)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, True)
+            return big.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return lc.llama_vocab_is_eog(self.vocab, token)
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def chat_template(self) -> str | None:
+        tmpl = lc.llama_model_chat_template(self.ptr, None)
+        return tmpl.decode("utf-8", "replace") if tmpl else None
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.chat_template()
+        if not template:
+            raise UserError(f"{self.path}: the model has no chat template; send raw prompts instead (--raw)")
+        bos = self.piece(lc.llama_vocab_bos(self.vocab)).decode("utf-8", "replace")
+        eos = self.piece(lc.llama_vocab_eos(self.vocab)).decode("utf-8", "replace")
+        formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
+        prompt = formatter(messages=messages).prompt
+        # The tokenizer adds BOS itself; a template that also writes it would double it.
+        if bos and prompt.startswith(bos) and lc.llama_vocab_get_add_bos(self.vocab):
+            prompt = prompt[len(bos):]
+        return prompt
+
+    def kv_bytes_per_token(self, type_k: str, type_v: str) -> float:
+        """KV bytes per token = n_layer * n_head_kv * head_dim * (bytes/elem K + bytes/elem V)."""
+        n_layer = lc.llama_model_n_layer(self.ptr)
+        head_dim = lc.llama_model_n_embd(self.ptr) // lc.llama_model_n_head(self.ptr)
+        n_embd_kv = head_dim * lc.llama_model_n_head_kv(self.ptr)
+        return n_layer * n_embd_kv * (KV_TYPES[type_k][1] + KV_TYPES[type_v][1])
+
+    def facts(self) -> dict:
+        desc = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.ptr, desc, 256)
+        return {
+            "path": str(self.path),
+            "description": desc.value.decode(),
+            "n_params": lc.llama_model_n_params(self.ptr),
+            "size_bytes": lc.llama_model_size(self.ptr),
+            "n_layer": lc.llama_model_n_layer(self.ptr),
+            "n_ctx_train": lc.llama_model_n_ctx_train(self.ptr),
+            "n_vocab": self.n_vocab,
+            "think_tokens": [self.think_open_id, self.think_close_id],
+        }
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def make_sampler(model: LlamaModel, request: Request):
+    """A per-sequence sampler chain: [grammar] -> greedy (temperature 0) or top-p -> temperature -> seeded draw."""
+    s = request.sampling
+    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    if request.grammar:
+        grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
+        if not grammar:
+            lc.llama_sampler_free(chain)
+            raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
+        lc.llama_sampler_chain_add(chain, grammar)
+    if s.temperature == 0:
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+    else:
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(s.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
+    return chain
+
+
+class Sequence:
+    """A request while it holds a sequence slot (or waits to get one back after preemption)."""
+
+    __slots__ = (
+        "request", "seq_id", "prompt", "output", "pending", "n_past", "sampler", "utf8", "text",
+        "phases", "think_tokens", "answer_tokens", "prefilled", "admitted", "max_stop", "cached_tokens",
+    )
+
+    def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
+        self.request = request
+        self.seq_id = -1
+        self.prompt = prompt
+        self.output: list[int] = []
+        self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
+        self.n_past = 0                         # cells this sequence holds in the KV cache
+        self.sampler = None
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.text = ""
+        self.phases = phases
+        self.think_tokens = 0
+        self.answer_tokens = 0
+        self.prefilled = False
+        self.admitted = False
+        self.max_stop = max((len(s) for s in request.sampling.stop), default=0)
+        self.cached_tokens = 0
+
+
+class LlamaCppEngine:
+    """Continuous batching over one llama.cpp context (see the module docstring)."""
+
+    def __init__(self, model: str, options: EngineOptions = EngineOptions()):
+        from rllm_study.models import resolve_model
+
+        if options.max_seqs < 1:
+            raise UserError(f"max_seqs (concurrency) must be >= 1, got {options.max_seqs}")
+        self.ref = resolve_model(model)
+        type_k = check_kv_type(options.type_k, "type_k")
+        type_v = check_kv_type(options.type_v, "type_v")
+        flash = options.flash_attn
+        if flash is None:
+            flash = True if options.type_v not in ("f16", "f32", "bf16") else None  # quantized V needs it
+        if flash is False and options.type_v not in ("f16", "f32", "bf16"):
+            raise UserError(f"type_v={options.type_v}: a quantized V cache needs flash attention; drop flash_attn=false")
+        n_threads = options.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
+        self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
+        self.model = LlamaModel(self.ref.path, options.n_gpu_layers)
+
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = options.n_batch
+        params.n_ubatch = min(options.n_batch, 512)
+        params.n_seq_max = options.max_seqs
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.type_k = type_k
+        params.type_v = type_v
+        params.flash_attn_type = {None: FLASH_ATTN_AUTO, True: FLASH_ATTN_ON, False: FLASH_ATTN_OFF}[flash]
+        params.kv_unified = options.kv_unified
+        params.no_perf = False
+        self.ctx = lc.llama_init_from_model(self.model.ptr, params)
+        if not self.ctx:
+            self.model.close()
+            raise UserError(f"{self.ref.path}: llama.cpp could not create a context with these options ({_last_log()})")
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
+        self.n_batch = lc.llama_n_batch(self.ctx)
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self._free_ids = list(range(options.max_seqs - 1, -1, -1))
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order (last = youngest)
+        self._events: list[Event] = []
+        self._proc = psutil.Process()
+        self.preemptions = 0
+
+    # -- protocol -----------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        s = request.sampling
+        if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1:
+            raise UserError(
+                f"request {request.id}: invalid sampling (temperature >= 0, 0 < top_p <= 1, max_tokens >= 1 required)"
+            )
+        prompt = self.model.tokenize(request.prompt)
+        phases = PhaseTracker(request.starts_in_think, self.model.think_open_id, self.model.think_close_id)
+        seq = Sequence(request, prompt, phases)
+        if len(prompt) + 1 > self.seq_capacity:
+            self._finish(seq, FINISH_ERROR, time.perf_counter_ns(),
+                         f"prompt has {len(prompt)} tokens; a sequence holds at most {self.seq_capacity - 1} (raise ctx_per_seq)")
+            return
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> None:
+        for seq in list(self.waiting) + self.running:
+            if seq.request.id == request_id:
+                if seq in self.waiting:
+                    self.waiting.remove(seq)
+                self._finish(seq, FINISH_ABORT, time.perf_counter_ns())
+                return
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._events)
+
+    def step(self) -> list[Event]:
+        self._admit()
+        if self.running:
+            self._decode_once()
+        events, self._events = self._events, []
+        return events
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            kv_used=sum(s.n_past for s in self.running),
+            kv_capacity=self.n_ctx,
+            running=len(self.running),
+            waiting=len(self.waiting),
+            rss_bytes=self._proc.memory_info().rss,
+            extra={"preemptions": self.preemptions},
+        )
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), grammar=True)
+
+    def info(self) -> dict:
+        o = self.options
+        return {
+            "backend": "llama_cpp",
+            "llama_cpp_python": lc.__version__,
+            "system_info": lc.llama_print_system_info().decode(),
+            "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
+            "model": self.model.facts(),
+            "context": {
+                "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
+                "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
+                "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
+            },
+            "kv_bytes_per_token": self.model.kv_bytes_per_token(o.type_k, o.type_v),
+        }
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.model.apply_chat_template(messages, add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenize(text))
+
+    def close(self) -> None:
+        for seq in self.running + list(self.waiting):
+            if seq.sampler:
+                lc.llama_sampler_free(seq.sampler)
+        self.running, self.waiting = [], deque()
+        if self.ctx:
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        self.model.close()
+
+    # -- scheduling -----------------------------------------------------------------------
+    def _cells_needed(self) -> int:
+        return sum(s.n_past + len(s.pending) for s in self.running)
+
+    def _admit(self) -> None:
+        while self.waiting and self._free_ids:
+            seq = self.waiting[0]
+            if self.options.kv_unified and self._cells_needed() + len(seq.pending) + 1 > self.n_ctx and self.running:
+                break  # not enough free cells: wait until running requests free some
+            self.waiting.popleft()
+            seq.seq_id = self._free_ids.pop()
+            if not seq.admitted:
+                seq.admitted = True
+                try:
+                    seq.sampler = make_sampler(self.model, seq.request)
+                except UserError as err:
+                    self._free_ids.append(seq.seq_id)
+                    self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
+                    continue
+                self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
+            self.running.append(seq)
+
+    def _preempt_youngest(self) -> None:
+        """Unified cache only: drop the youngest request's KV and requeue it for recompute."""
+        seq = self.running.pop()
+        lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+        self._free_ids.append(seq.seq_id)
+        seq.pending = seq.prompt + seq.output
+        seq.n_past = 0
+        self.waiting.appendleft(seq)
+        self.preemptions += 1
+
+    def _fill_batch(self) -> list[tuple[Sequence, int, int]]:
+        """Fill the batch; returns (sequence, tokens fed, output index or -1) per sequence fed."""
+        b = self.batch
+        n = 0
+        plan = []
+        decoding = [s for s in self.running if len(s.pending) == 1]
+        prefilling = [s for s in self.running if len(s.pending) > 1]
+        for seq in decoding + prefilling:
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            take = seq.pending[:room]
+            for j, tok in enumerate(take):
+                b.token[n] = tok
+                b.pos[n] = seq.n_past + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq.seq_id
+                b.logits[n] = 0
+                n += 1
+            out = -1
+            if len(take) == len(seq.pending):
+                b.logits[n - 1] = 1
+                out = n - 1
+            plan.append((seq, len(take), out))
+        b.n_tokens = n
+        return plan
+
+    def _decode_once(self) -> None:
+        if self.options.kv_unified:
+            while len(self.running) > 1 and self._cells_needed() > self.n_ctx:
+                self._preempt_youngest()
+        plan = self._fill_batch()
+        rc = lc.llama_decode(self.ctx, self.batch)
+        if rc == 1 and self.options.kv_unified and len(self.running) > 1:
+            for seq, fed, _ in plan:  # nothing was kept; free the partial state and retry next step
+                lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
+            self._preempt_youngest()
+            return
+        if rc != 0:
+            now = time.perf_counter_ns()
+            for seq, _, _ in plan:
+                self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({_last_log()})")
+            return
+        t_decoded = time.perf_counter_ns()
+        for seq, fed, out in plan:
+            seq.n_past += fed
+            del seq.pending[:fed]
+            if out < 0:
+                continue
+            if not seq.prefilled:
+                seq.prefilled = True
+                self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.cached_tokens))
+            token = lc.llama_sampler_sample(seq.sampler, self.ctx, out)
+            self._accept(seq, token, time.perf_counter_ns())
+
+    def _accept(self, seq: Sequence, token: int, t_ns: int) -> None:
+        """Record a sampled token and end the request if it stops here."""
+        seq.output.append(token)
+        eog = self.model.is_eog(token)
+        piece = "" if eog else seq.utf8.decode(self.model.piece(token))
+        phase = seq.phases.feed(token, piece)
+        if phase == THINK:
+            seq.think_tokens += 1
+        else:
+            seq.answer_tokens += 1
+        self._events.append(TokenEvent(seq.request.id, t_ns, token, piece, phase))
+        if eog:
+            return self._finish(seq, FINISH_STOP, t_ns)
+        seq.text += piece
+        if seq.max_stop:
+            window = seq.text[-(seq.max_stop + len(piece)):]
+            hits = [window.find(s) for s in seq.request.sampling.stop if s in window]
+            if hits:
+                seq.text = seq.text[: len(seq.text) - len(window) + min(hits)]
+                return self._finish(seq, FINISH_STOP, t_ns)
+        if len(seq.output) >= seq.request.sampling.max_tokens or seq.n_past + 1 >= self.seq_capacity:
+            return self._finish(seq, FINISH_LENGTH, t_ns)
+        seq.pending = [token]
+
+    def _finish(self, seq: Sequence, reason: str, t_ns: int, error: str | None = None) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+            lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+            self._free_ids.append(seq.seq_id)
+        if seq.sampler:
+            lc.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        self._events.append(RequestFinished(
+            request_id=seq.request.id, t_ns=t_ns, reason=reason, output_text=seq.text + seq.utf8.decode(b"", final=True),
+            prompt_tokens=len(seq.prompt), output_tokens=len(seq.output), think_tokens=seq.think_tokens,
+            answer_tokens=seq.answer_tokens, cached_tokens=seq.cached_tokens, error=error,
+        ))

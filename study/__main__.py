@@ -1,0 +1,3 @@
+from rllm_study.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""`rllm-study generate`: send a few prompts concurrently and see each one's timing by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rllm_study.backends import engine_class
+from rllm_study.backends.base import Request, SamplingParams, unsupported_options
+from rllm_study.commands import options as opt
+from rllm_study.errors import UserError
+from rllm_study.metrics import cell_metrics, request_metrics
+from rllm_study.recorder import Recorder
+from rllm_study.results import Cell
+
+
+def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """Prompts from --prompt and from a file (one per line, or a JSON list of strings)."""
+    out = list(prompts)
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise UserError(f"{prompts_file}: --prompts-file not found")
+        text = prompts_file.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{prompts_file}: not valid JSON ({err.msg} at line {err.lineno}); use a JSON list of strings or one prompt per line")
+            if not all(isinstance(i, str) for i in items):
+                raise UserError(f"{prompts_file}: the JSON list must hold only strings")
+            out += items
+        else:
+            out += [line for line in text.splitlines() if line.strip()]
+    if not out:
+        raise UserError("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    return out
+
+
+def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -> Cell:
+    """Submit all prompts at t=0, step the engine until done; the results as an in-memory cell."""
+    prompts = [t if raw else engine.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
+    recorder = Recorder(time.perf_counter_ns())
+    for i, p in enumerate(prompts):
+        engine.submit(Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i)))
+        recorder.arrived(f"p{i}", recorder.t0_ns)
+    records, tokens = [], {}
+    while engine.has_work():
+        for record, token_row in recorder.feed(engine.step()):
+            records.append(record)
+            tokens[record["id"]] = token_row
+    records.sort(key=lambda r: int(r["id"][1:]))
+    for r, text in zip(records, texts):
+        r["prompt"] = text
+    return Cell(Path("."), {"cell": {"name": "generate"}}, records, tokens)
+
+
+def generate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model: embedded name, .gguf path, hf:OWNER/REPO/FILE.gguf, with optional :QUANT.")] = "smollm2-135m",
+    prompt: Annotated[Optional[List[str]], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="One prompt per line, or a JSON list.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Token budget per request.")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling, in (0, 1].")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (request i uses seed + i).")] = 0,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per request.")] = False,
+    backend: opt.Backend = "llama_cpp",
+    concurrency: opt.Concurrency = 4,
+    threads: opt.Threads = None,
+    n_gpu_layers: opt.GpuLayers = 0,
+    ctx_per_seq: opt.CtxPerSeq = 2048,
+    kv_type_k: opt.KvTypeK = "f16",
+    kv_type_v: opt.KvTypeV = "f16",
+    flash_attn: opt.FlashAttn = None,
+    kv_unified: opt.KvUnified = False,
+    kv_bits: opt.KvBits = None,
+    prefix_cache: opt.PrefixCache = False,
+    spec: opt.Spec = None,
+    spec_tokens: opt.SpecTokens = 4,
+    base_url: opt.BaseUrl = None,
+) -> None:
+    """Generate for several prompts at once and print each request's tokens and latencies."""
+    texts = _read_prompts(prompt or [], prompts_file)
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    if max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
+    options = opt.engine_options(
+        concurrency=concurrency, threads=threads, n_gpu_layers=n_gpu_layers, ctx_per_seq=ctx_per_seq,
+        kv_type_k=kv_type_k, kv_type_v=kv_type_v, flash_attn=flash_attn, kv_unified=kv_unified, kv_bits=kv_bits,
+        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, base_url=base_url,
+    )
+    engine = engine_class(backend)(model, options)
+    err = Console(stderr=True)
+    for problem in unsupported_options(options, engine.capabilities()):
+        err.print(f"[yellow]warning:[/] {problem}; ignored")
+    try:
+        cell = run_prompts(engine, texts, SamplingParams(max_tokens, temperature, top_p, seed), raw)
+    finally:
+        engine.close()
+    per_request = {m["id"]: m for m in request_metrics(cell)}
+    rows = []
+    for r in cell.requests:
+        m = per_request[r["id"]]
+        rows.append({
+            "id": r["id"], "prompt": r["prompt"], "output_text": r["output_text"], "output_tokens": r["output_tokens"],
+            "think_tokens": r["think_tokens"], "answer_tokens": r["answer_tokens"], "ttft_s": m["ttft_s"],
+            "ttfvt_s": m["ttfvt_s"], "tpot_s": m["tpot_s"], "e2el_s": m["e2el_s"], "finish_reason": r["finish_reason"],
+            "error": r["error"],
+        })
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    _print_table(rows, cell_metrics(cell)["throughput"]["output_tok_s"])
+
+
+def _print_table(rows: list[dict], output_tok_s: float | None) -> None:
+    def ms(v):
+        return "-" if v is None else f"{v * 1000:,.0f}"
+
+    table = Table(title="rllm-study generate", show_lines=True)
+    for col in ("id", "output", "tokens (think/answer)", "TTFT ms", "TTFVT ms", "TPOT ms", "E2EL ms", "finish"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["id"], r["output_text"].strip()[:300], f"{r['output_tokens']} ({r['think_tokens']}/{r['answer_tokens']})",
+                      ms(r["ttft_s"]), ms(r["ttfvt_s"]), ms(r["tpot_s"]), ms(r["e2el_s"]), r["error"] or r["finish_reason"])
+    console = Console()
+    console.print(table)
+    rate = "-" if output_tok_s is None else f"{output_tok_s:,.1f}"
+    console.print(f"aggregate output throughput: {rate} tokens/s (all output tokens / (last finish - first arrival))")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)

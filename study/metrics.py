@@ -1,0 +1,554 @@
+"""Metrics: pure functions of a cell's recorded files (formats in `rllm_study.results`).
+
+Each metric is one function decorated with `@metric(name, unit, formula, ...)`: the decorator
+records its `MetricDef` in `METRICS` (what `rllm-study metrics --explain` and report appendices
+print) and where `cell_metrics` puts its value. Adding a metric is adding one such function.
+Kinds (`per`):
+  request  f(record, tokens) -> value for one request; `request_metrics` gives it per request,
+           `cell_metrics` its distribution over the completed requests
+  pooled   f(record, tokens) -> list of values; `cell_metrics` gives the distribution of all of
+           them pooled over the completed requests
+  cell     f(ctx: _Context) -> value for the whole cell
+`tokens` is `token_times(...)` of the request's tokens.jsonl line, or None when it has none.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from rllm_study.errors import UserError
+from rllm_study.results import Cell
+
+DEFAULT_PERCENTILES = (50, 90, 95, 99)
+DEFAULT_STRAGGLER_K = 2.0
+DEFAULT_WINDOW = 16
+COMPLETED = ("stop", "length")
+SLO_KEYS = ("ttft_s", "ttfvt_s", "tpot_s", "e2el_s")
+
+CONVENTIONS = (
+    "Times are seconds from the start of the request's session (each start or resume of a cell is a session); "
+    "they are compared only within a session.",
+    "Completed requests are those that finished with `stop` or `length`; failed ones (`abort`, `error`) are left "
+    "out of latency, token and straggler statistics, requests/s and goodput, count as wrong in accuracy, and their "
+    "output tokens count in output throughput (the engine generated them).",
+    "A distribution reports count, mean, min, max and the chosen percentiles (linear interpolation between the "
+    "closest ranks); missing values (None) are dropped and not counted.",
+    "Per-token times come from tokens.jsonl. A network chunk of n tokens received at t after the previous chunk at "
+    "t' is spread evenly (its tokens get t' + k(t - t')/n, k = 1..n: n equal gaps); the first chunk's tokens all get "
+    "its own time (gaps of 0: they came together). Every token of a chunk has the chunk's phase.",
+)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    unit: str
+    formula: str
+    description: str
+
+
+@dataclass(frozen=True)
+class _Entry:
+    per: str
+    section: str | None
+    key: str
+    fn: Callable
+
+
+METRICS: dict[str, MetricDef] = {}
+_ENTRIES: dict[str, _Entry] = {}
+
+
+def define(name: str, unit: str, formula: str) -> Callable:
+    """Record the definition of `name` (its description is the function's docstring)."""
+
+    def record(fn: Callable) -> Callable:
+        METRICS[name] = MetricDef(name, unit, formula, " ".join((fn.__doc__ or "").split()))
+        return fn
+
+    return record
+
+
+def metric(name: str, unit: str, formula: str, *, section: str | None, key: str | None = None, per: str = "cell") -> Callable:
+    """Define a metric and place its value at cell_metrics()[section][key] (top level when section is None)."""
+    assert per in ("request", "pooled", "cell"), per
+
+    def register(fn: Callable) -> Callable:
+        define(name, unit, formula)(fn)
+        _ENTRIES[name] = _Entry(per, section, key or name, fn)
+        return fn
+
+    return register
+
+
+# ---- shared helpers -------------------------------------------------------------------------
+
+def token_times(row: dict) -> tuple[list[float], str]:
+    """Per-token times and phases ('t' think, 'a' answer) of one tokens.jsonl line; chunks of
+    `n_tokens` are spread as CONVENTIONS states."""
+    ts, phase = row["t_s"], row["phase"]
+    counts = row.get("n_tokens") or [1] * len(ts)
+    times: list[float] = []
+    phases: list[str] = []
+    for i, (t, n) in enumerate(zip(ts, counts)):
+        prev = ts[i - 1] if i else t
+        times.extend(prev + k * (t - prev) / n for k in range(1, n + 1))
+        phases.append(phase[i] * n)
+    return times, "".join(phases)
+
+
+def _tokens_of(cell: Cell, request_id: str) -> tuple[list[float], str] | None:
+    row = cell.tokens.get(request_id)
+    return token_times(row) if row and row.get("t_s") else None
+
+
+def _gaps(tokens: tuple[list[float], str], phase: str | None = None) -> list[float]:
+    """Gaps between consecutive tokens; with `phase`, only those whose two tokens are both in it."""
+    times, phases = tokens
+    return [b - a for a, b, pa, pb in zip(times, times[1:], phases, phases[1:]) if phase is None or pa == pb == phase]
+
+
+def _since(later: float | None, earlier: float | None) -> float | None:
+    return None if later is None or earlier is None else later - earlier
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def percentile_key(p: float) -> str:
+    return f"p{p:g}"
+
+
+def distribution(values: Iterable[float | None], percentiles: Iterable[float] = DEFAULT_PERCENTILES) -> dict:
+    """count, mean, min, max and p<P> for each percentile P; None values dropped (see CONVENTIONS)."""
+    vals = np.array([v for v in values if v is not None], dtype=float)
+    percentiles = tuple(percentiles)
+    if not len(vals):
+        return {"count": 0, "mean": None, "min": None, "max": None, **{percentile_key(p): None for p in percentiles}}
+    pct = np.percentile(vals, percentiles) if percentiles else []
+    return {
+        "count": int(len(vals)),
+        "mean": float(vals.mean()),
+        "min": float(vals.min()),
+        "max": float(vals.max()),
+        **{percentile_key(p): float(v) for p, v in zip(percentiles, pct)},
+    }
+
+
+def fluctuation(values: Iterable[float | None]) -> dict:
+    """peak = max, mean, cv = population std / mean (None when the mean is 0); None values dropped."""
+    vals = np.array([v for v in values if v is not None], dtype=float)
+    if not len(vals):
+        return {"count": 0, "peak": None, "mean": None, "cv": None}
+    mean = float(vals.mean())
+    return {"count": int(len(vals)), "peak": float(vals.max()), "mean": mean, "cv": float(vals.std()) / mean if mean else None}
+
+
+# ---- per-request metrics --------------------------------------------------------------------
+
+@metric("ttft_s", "s", "first_token_s - arrival_s", section="latency", per="request")
+def ttft(r: dict, tokens) -> float | None:
+    """Time to first token of any phase (think or answer), queue wait and prefill included."""
+    return _since(r.get("first_token_s"), r.get("arrival_s"))
+
+
+@metric("ttfvt_s", "s", "first_answer_token_s - arrival_s", section="latency", per="request")
+def ttfvt(r: dict, tokens) -> float | None:
+    """Time to first visible token: the user waits through all the thinking. None when the request produced no answer token."""
+    return _since(r.get("first_answer_token_s"), r.get("arrival_s"))
+
+
+@metric("e2el_s", "s", "finish_s - arrival_s", section="latency", per="request")
+def e2el(r: dict, tokens) -> float | None:
+    """End-to-end latency from (scheduled) arrival to the request's last token."""
+    return _since(r.get("finish_s"), r.get("arrival_s"))
+
+
+@metric("queue_s", "s", "admitted_s - arrival_s", section="latency", per="request")
+def queue(r: dict, tokens) -> float | None:
+    """Queue wait: from (scheduled) arrival until the engine gave the request a sequence slot."""
+    return _since(r.get("admitted_s"), r.get("arrival_s"))
+
+
+@metric("tpot_s", "s", "(e2el_s - ttft_s) / (output_tokens - 1)", section="latency", per="request")
+def tpot(r: dict, tokens) -> float | None:
+    """Time per output token after the first, both phases. None with fewer than 2 output tokens."""
+    n, first, total = r.get("output_tokens") or 0, ttft(r, tokens), e2el(r, tokens)
+    return None if n < 2 or first is None or total is None else (total - first) / (n - 1)
+
+
+@metric("tpot_think_s", "s", "mean gap between consecutive think tokens (tokens.jsonl)", section="latency", per="request")
+def tpot_think(r: dict, tokens) -> float | None:
+    """Decode speed while thinking. None with fewer than 2 think tokens or no per-token times."""
+    return _mean(_gaps(tokens, "t")) if tokens else None
+
+
+@metric("tpot_answer_s", "s", "mean gap between consecutive answer tokens (tokens.jsonl)", section="latency", per="request")
+def tpot_answer(r: dict, tokens) -> float | None:
+    """Decode speed while answering. None with fewer than 2 answer tokens or no per-token times."""
+    return _mean(_gaps(tokens, "a")) if tokens else None
+
+
+@metric("itl_s", "s", "every gap t[i] - t[i-1] between consecutive tokens of a request, pooled over requests", section="latency", per="pooled")
+def itl(r: dict, tokens) -> list[float]:
+    """Inter-token latency, both phases (network chunks: see the conventions)."""
+    return _gaps(tokens) if tokens else []
+
+
+@metric("output_tokens", "tokens", "output_tokens (engine token count, think + answer)", section="tokens", key="output", per="request")
+def output_tokens(r: dict, tokens) -> int | None:
+    """Generated tokens of the request, counted by the engine's tokenizer (never re-tokenised text)."""
+    return r.get("output_tokens")
+
+
+@metric("think_tokens", "tokens", "think_tokens (tokens generated in the think phase)", section="tokens", key="think", per="request")
+def think_tokens(r: dict, tokens) -> int | None:
+    """Hidden reasoning tokens; the `</think>` token counts as think."""
+    return r.get("think_tokens")
+
+
+@metric("answer_tokens", "tokens", "answer_tokens (tokens generated in the answer phase)", section="tokens", key="answer", per="request")
+def answer_tokens(r: dict, tokens) -> int | None:
+    """Visible answer tokens."""
+    return r.get("answer_tokens")
+
+
+@metric("think_ratio", "fraction", "think_tokens / output_tokens", section="tokens", per="request")
+def think_ratio(r: dict, tokens) -> float | None:
+    """Share of the output spent thinking. None with no output."""
+    return _ratio(r.get("think_tokens") or 0, r.get("output_tokens") or 0)
+
+
+# ---- stragglers -----------------------------------------------------------------------------
+
+@define("straggler", "bool", "e2el_s > k x median(e2el_s of its group)")
+def _mark_stragglers(rows: list[dict], k: float, window: int) -> None:
+    """A completed request whose E2EL exceeds k times the median E2EL of its group. Group: the
+    synchronous batch (`batch` field) within a session; without `batch`, consecutive windows of W
+    completed requests of a session in arrival order (W = 16 unless given). Failed requests belong
+    to no group and are never stragglers."""
+    # sets each row's `group` and `straggler`
+    windowed: dict[int, list[dict]] = {}
+    for row in rows:
+        row["group"], row["straggler"] = None, False
+        if row["completed"] and row["e2el_s"] is not None:
+            if row["batch"] is None:
+                windowed.setdefault(row["session"], []).append(row)
+            else:
+                row["group"] = f"s{row['session']}/batch{row['batch']}"
+    for session, session_rows in windowed.items():
+        session_rows.sort(key=lambda x: (x["arrival_s"], x["id"]))
+        for i, row in enumerate(session_rows):
+            row["group"] = f"s{session}/window{i // window}"
+    for members in _groups(rows).values():
+        median = statistics.median(m["e2el_s"] for m in members)
+        for m in members:
+            m["straggler"] = m["e2el_s"] > k * median
+
+
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["group"] is not None:
+            groups.setdefault(row["group"], []).append(row)
+    return groups
+
+
+def _tail(members: list[dict]) -> tuple[float, float]:
+    """(span, tail) of a group: span = last finish - first arrival; tail = time within it when fewer
+    than half of the group's n requests were unfinished = last finish - the (floor(n/2)+1)-th finish."""
+    finishes = sorted(m["finish_s"] for m in members)
+    span = finishes[-1] - min(m["arrival_s"] for m in members)
+    return span, finishes[-1] - finishes[len(finishes) // 2]
+
+
+# ---- requests ------------------------------------------------------------------------------
+
+def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window: int = DEFAULT_WINDOW) -> list[dict]:
+    """One dict per recorded request: identifiers (id, dataset, domain, session, batch, arrival_s,
+    finish_s, finish_reason, completed), every per-request metric, and its straggler `group` and flag."""
+    if straggler_k <= 0 or window < 1:
+        raise UserError(f"straggler k = {straggler_k} must be > 0 and window = {window} at least 1")
+    rows = []
+    for r in cell.requests:
+        tokens = _tokens_of(cell, r["id"])
+        row = {
+            "id": r["id"],
+            "dataset": r.get("dataset"),
+            "domain": r.get("domain"),
+            "session": r.get("session", 0),
+            "batch": r.get("batch"),
+            "arrival_s": r.get("arrival_s"),
+            "finish_s": r.get("finish_s"),
+            "finish_reason": r.get("finish_reason"),
+            "completed": r.get("finish_reason") in COMPLETED,
+        }
+        row.update({name: e.fn(r, tokens) for name, e in _ENTRIES.items() if e.per == "request"})
+        rows.append(row)
+    _mark_stragglers(rows, straggler_k, window)
+    return rows
+
+
+# ---- cell metrics ---------------------------------------------------------------------------
+
+@dataclass
+class _Context:
+    """What every cell metric gets: the recorded cell and its request_metrics rows."""
+
+    cell: Cell
+    rows: list[dict]
+    percentiles: tuple
+    slo: dict | None
+
+    @property
+    def done(self) -> list[dict]:
+        return [r for r in self.rows if r["completed"]]
+
+
+@metric("n_requests", "requests", "lines in requests.jsonl", section=None)
+def n_requests(ctx: _Context) -> int:
+    """Recorded (finished, completed or failed) requests of the cell."""
+    return len(ctx.cell.requests)
+
+
+@metric("finish_reasons", "requests", "count of requests per finish_reason", section=None)
+def finish_reasons(ctx: _Context) -> dict:
+    """How requests ended: stop (EOS or stop string), length (token budget), abort, error."""
+    return dict(Counter(r.get("finish_reason") for r in ctx.cell.requests))
+
+
+def _accuracy(records: list[dict]) -> dict:
+    correct = sum(r.get("correct") is True for r in records)
+    # ungraded: completed requests that carry no grade (a data set without reference answers)
+    graded = any(r.get("correct") is not None for r in records) or not any(r.get("finish_reason") in COMPLETED for r in records)
+    return {
+        "correct": correct,
+        "total": len(records),
+        "unparsed": sum(r.get("parse_status") == "unparsed" for r in records),
+        "accuracy": _ratio(correct, len(records)) if graded else None,
+    }
+
+
+def _by(records: list[dict], field: str) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r.get(field) or "unknown", []).append(r)
+    return dict(sorted(groups.items()))
+
+
+@metric("accuracy", "fraction", "correct / total (all requests)", section=None)
+def accuracy(ctx: _Context) -> dict:
+    """Overall, per data set and per domain. Unparsed answers and failed requests count as wrong
+    (`unparsed` is reported); None for a group whose completed requests carry no grade (a data set
+    without reference answers, e.g. ShareGPT lengths)."""
+    reqs = ctx.cell.requests
+    return {
+        "overall": _accuracy(reqs),
+        "by_dataset": {k: _accuracy(v) for k, v in _by(reqs, "dataset").items()},
+        "by_domain": {k: _accuracy(v) for k, v in _by(reqs, "domain").items()},
+    }
+
+
+@metric("duration_s", "s", "sum over sessions of (last finish_s - first arrival_s)", section="throughput")
+def duration(ctx: _Context) -> float:
+    """Generation time of the cell; a resumed cell adds each session's span (clocks differ between sessions)."""
+    spans: dict[int, list[float]] = {}
+    for r in ctx.cell.requests:
+        if r.get("arrival_s") is not None and r.get("finish_s") is not None:
+            lo_hi = spans.setdefault(r.get("session", 0), [r["arrival_s"], r["finish_s"]])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], r["arrival_s"]), max(lo_hi[1], r["finish_s"])
+    return sum(hi - lo for lo, hi in spans.values())
+
+
+@metric("output_tok_s", "tokens/s", "sum(output_tokens of all requests) / duration_s", section="throughput")
+def output_throughput(ctx: _Context) -> float | None:
+    """System output throughput (think and answer tokens)."""
+    return _ratio(sum(r.get("output_tokens") or 0 for r in ctx.cell.requests), duration(ctx))
+
+
+@metric("requests_s", "requests/s", "completed requests / duration_s", section="throughput")
+def request_throughput(ctx: _Context) -> float | None:
+    """Completed requests per second."""
+    return _ratio(len(ctx.done), duration(ctx))
+
+
+def _meets_slo(row: dict, slo: dict) -> bool:
+    # No TPOT (fewer than 2 tokens) means no gap to wait through, so it meets a TPOT limit.
+    return all(
+        (row[key] is None and key == "tpot_s") or (row[key] is not None and row[key] <= limit)
+        for key, limit in slo.items()
+    )
+
+
+@metric("goodput_req_s", "requests/s", "completed requests meeting every SLO limit / duration_s", section="throughput")
+def goodput(ctx: _Context) -> float | None:
+    """SLO limits are upper bounds on ttft_s, ttfvt_s, tpot_s, e2el_s; a missing TTFVT (no answer)
+    misses its limit, a missing TPOT (under 2 tokens) meets it. None when no SLO is given."""
+    if not ctx.slo:
+        return None
+    return _ratio(sum(_meets_slo(r, ctx.slo) for r in ctx.done), duration(ctx))
+
+
+@metric("tokens_by_dataset", "tokens", "output, think, answer and think_ratio distributions per data set", section="tokens", key="by_dataset")
+def tokens_by_dataset(ctx: _Context) -> dict:
+    """Think tokens, answer tokens and their ratio per data set (completed requests)."""
+    token_metrics = [(n, e.key) for n, e in _ENTRIES.items() if e.per == "request" and e.section == "tokens"]
+    return {
+        ds: {key: distribution((r[name] for r in rows), ctx.percentiles) for name, key in token_metrics}
+        for ds, rows in _by(ctx.done, "dataset").items()
+    }
+
+
+@metric("straggler_count", "requests", "count of stragglers", section="stragglers", key="count")
+def straggler_count(ctx: _Context) -> int:
+    """Completed requests flagged `straggler`."""
+    return sum(r["straggler"] for r in ctx.rows)
+
+
+@metric("straggler_share", "fraction", "straggler_count / completed requests", section="stragglers", key="share")
+def straggler_share(ctx: _Context) -> float | None:
+    """Share of completed requests that are stragglers."""
+    return _ratio(straggler_count(ctx), len(ctx.done))
+
+
+@metric("straggler_think_tokens_mean", "tokens", "mean think_tokens of stragglers", section="stragglers", key="think_tokens_mean")
+def straggler_think(ctx: _Context) -> float | None:
+    """Do stragglers think longer? Compare with the non-stragglers' mean."""
+    return _mean(r["think_tokens"] for r in ctx.done if r["straggler"])
+
+
+@metric("non_straggler_think_tokens_mean", "tokens", "mean think_tokens of completed non-stragglers", section="stragglers")
+def non_straggler_think(ctx: _Context) -> float | None:
+    """Baseline for straggler_think_tokens_mean."""
+    return _mean(r["think_tokens"] for r in ctx.done if not r["straggler"])
+
+
+@metric("tail_time_s", "s", "sum over groups of (last finish - (floor(n/2)+1)-th finish)", section="stragglers")
+def tail_time(ctx: _Context) -> float:
+    """Time each straggler group ran with fewer than half of its n requests unfinished, summed over groups."""
+    return sum(_tail(m)[1] for m in _groups(ctx.rows).values())
+
+
+@metric("tail_share", "fraction", "tail_time_s / sum over groups of (last finish - first arrival)", section="stragglers")
+def tail_share(ctx: _Context) -> float | None:
+    """Share of the groups' running time spent in the tail."""
+    return _ratio(tail_time(ctx), sum(_tail(m)[0] for m in _groups(ctx.rows).values()))
+
+
+@metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", section="memory")
+def kv_frac(ctx: _Context) -> dict:
+    """KV-cache usage and its fluctuation over the run (samples with no capacity skipped)."""
+    return fluctuation(_ratio(s.get("kv_used") or 0, s.get("kv_capacity") or 0) for s in ctx.cell.timeline)
+
+
+@metric("kv_used", "kv_unit", "kv_used per timeline sample: peak, mean, cv = std / mean", section="memory")
+def kv_used(ctx: _Context) -> dict:
+    """KV cache in use, in the engine's unit (cells: one per token per sequence; bytes; percent)."""
+    units = sorted({s.get("kv_unit") for s in ctx.cell.timeline if s.get("kv_unit")})
+    return {**fluctuation(s.get("kv_used") for s in ctx.cell.timeline), "unit": "/".join(units) or None}
+
+
+@metric("rss_bytes", "bytes", "rss_bytes per timeline sample: peak, mean, cv = std / mean", section="memory")
+def rss(ctx: _Context) -> dict:
+    """Resident memory of the engine process."""
+    return fluctuation(s.get("rss_bytes") for s in ctx.cell.timeline)
+
+
+@metric("device_bytes", "bytes", "device_bytes per timeline sample: peak, mean, cv = std / mean", section="memory")
+def device(ctx: _Context) -> dict | None:
+    """Accelerator memory in use; None when there is no device."""
+    stats = fluctuation(s.get("device_bytes") for s in ctx.cell.timeline)
+    return stats if stats["count"] else None
+
+
+@metric("prefix_hit_rate", "fraction", "requests with cached_tokens > 0 / all requests", section="techniques")
+def prefix_hit_rate(ctx: _Context) -> float | None:
+    """Share of requests whose prompt reused a cached prefix."""
+    reqs = ctx.cell.requests
+    return _ratio(sum((r.get("cached_tokens") or 0) > 0 for r in reqs), len(reqs))
+
+
+@metric("cached_prompt_tokens", "tokens", "sum(cached_tokens)", section="techniques")
+def cached_prompt_tokens(ctx: _Context) -> int:
+    """Prompt tokens taken from the prefix cache instead of being recomputed."""
+    return sum(r.get("cached_tokens") or 0 for r in ctx.cell.requests)
+
+
+@metric("draft_proposed", "tokens", "sum(draft_proposed)", section="techniques")
+def draft_proposed(ctx: _Context) -> int:
+    """Tokens proposed by the speculative drafter (n-gram or draft model)."""
+    return sum(r.get("draft_proposed") or 0 for r in ctx.cell.requests)
+
+
+@metric("draft_accepted", "tokens", "sum(draft_accepted)", section="techniques")
+def draft_accepted(ctx: _Context) -> int:
+    """Proposed tokens the target model accepted."""
+    return sum(r.get("draft_accepted") or 0 for r in ctx.cell.requests)
+
+
+@metric("draft_acceptance_rate", "fraction", "draft_accepted / draft_proposed", section="techniques")
+def draft_acceptance_rate(ctx: _Context) -> float | None:
+    """None when nothing was proposed."""
+    return _ratio(draft_accepted(ctx), draft_proposed(ctx))
+
+
+@metric("mean_accepted_per_step", "tokens", "draft tokens / non-draft tokens in tokens.jsonl `draft` (requests with drafts proposed)", section="techniques")
+def mean_accepted_per_step(ctx: _Context) -> float | None:
+    """Accepted draft tokens per target-model step: each step emits the draft tokens it accepted and
+    then exactly one token of its own (the first token, from prefill, is a step too). None without drafting."""
+    marks = "".join(
+        ctx.cell.tokens[r["id"]].get("draft") or ""
+        for r in ctx.cell.requests
+        if (r.get("draft_proposed") or 0) > 0 and r["id"] in ctx.cell.tokens
+    )
+    return _ratio(marks.count("1"), marks.count("0"))
+
+
+def _check_slo(slo: dict | None) -> None:
+    for key, limit in (slo or {}).items():
+        if key not in SLO_KEYS:
+            raise UserError(f"SLO key {key!r} is not known; use one of {', '.join(SLO_KEYS)}")
+        if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0:
+            raise UserError(f"SLO {key} = {limit!r} must be a number of seconds > 0")
+
+
+def cell_metrics(
+    cell: Cell,
+    percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+    slo: dict | None = None,
+    straggler_k: float = DEFAULT_STRAGGLER_K,
+    window: int = DEFAULT_WINDOW,
+) -> dict:
+    """Every metric of one cell as a plain JSON-able dict, laid out by section (see METRICS)."""
+    _check_slo(slo)
+    percentiles = tuple(percentiles)
+    ctx = _Context(cell, request_metrics(cell, straggler_k, window), percentiles, slo or None)
+    out: dict = {"cell": cell.name}
+    sections = {s: {} for s in ("latency", "throughput", "tokens", "stragglers", "memory", "techniques")}
+    sections["throughput"]["slo"] = ctx.slo
+    sections["stragglers"].update(k=straggler_k, window=window)
+    for name, e in _ENTRIES.items():
+        if e.per == "request":
+            value = distribution((r[name] for r in ctx.done), percentiles)
+        elif e.per == "pooled":
+            value = distribution(_pooled(ctx, e.fn), percentiles)
+        else:
+            value = e.fn(ctx)
+        (out if e.section is None else sections[e.section])[e.key] = value
+    return {**out, **sections}
+
+
+def _pooled(ctx: _Context, fn: Callable) -> list[float]:
+    ids = {r["id"] for r in ctx.done}
+    return [v for r in ctx.cell.requests if r["id"] in ids for v in fn(r, _tokens_of(ctx.cell, r["id"]))]

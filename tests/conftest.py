@@ -1,0 +1,36 @@
+"""Shared fixtures: the real embedded models, resolved (and fetched once) through the registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "rllm_study"]
+THREADS = int(os.environ.get("RLLM_TEST_THREADS", "2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from rllm_study.models import resolve_model
+
+    return resolve_model("smollm2-135m").path
+
+
+@pytest.fixture(scope="session")
+def qwen05_path() -> Path:
+    from rllm_study.models import resolve_model
+
+    return resolve_model("qwen2.5-coder-0.5b").path
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `rllm-study ARGS` in a subprocess; returns the completed process (text output)."""
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )

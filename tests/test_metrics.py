@@ -1,0 +1,269 @@
+"""Every metric on hand-built cells whose answers are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rllm_study.errors import UserError
+from rllm_study.metrics import METRICS, cell_metrics, distribution, request_metrics, token_times
+from rllm_study.results import CellWriter, read_cell
+
+CLI = str(Path(sys.executable).with_name("rllm-study"))
+
+
+def record(id, arrival, admitted, first, first_answer, finish, output, think, **extra):
+    """A requests.jsonl line (times in seconds from the session start)."""
+    return {
+        "id": id, "dataset": "gsm8k", "domain": "math", "item_id": id,
+        "arrival_s": arrival, "admitted_s": admitted, "prefill_done_s": first,
+        "first_token_s": first, "first_answer_token_s": first_answer, "finish_s": finish,
+        "prompt_tokens": 20, "cached_tokens": 0, "output_tokens": output,
+        "think_tokens": think, "answer_tokens": output - think, "finish_reason": "stop",
+        "extracted_answer": "1", "correct": True, "parse_status": "ok",
+        "draft_proposed": 0, "draft_accepted": 0, "error": None, **extra,
+    }
+
+
+def tokens(id, t_s, phase, **extra):
+    return {"id": id, "t_s": t_s, "token_ids": [1] * len(t_s), "phase": phase, "draft": "0" * len(t_s), **extra}
+
+
+def write_cell(path: Path, sessions: list[list[tuple[dict, dict]]], timeline=(), name="cell-a"):
+    """One CellWriter per session (a resume opens a new session), then read it back."""
+    for i, pairs in enumerate(sessions):
+        w = CellWriter(path)
+        w.write_manifest({"cell": {"name": name}})
+        for rec, tok in pairs:
+            w.write_request(rec, tok)
+        if i == 0:
+            for sample in timeline:
+                w.write_timeline(sample)
+        w.close()
+    return read_cell(path)
+
+
+def three_requests():
+    # r1 reasons: 5 think tokens 0.25 s apart from t=1, then 4 answer tokens at 3, 3.5, 4, 5.
+    r1 = (record("r1", 0.0, 0.5, 1.0, 3.0, 5.0, 9, 5),
+          tokens("r1", [1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5, 4.0, 5.0], "tttttaaaa"))
+    # r2 answers directly: 5 answer tokens 0.5 s apart from t=2.
+    r2 = (record("r2", 1.0, 1.0, 2.0, 2.0, 4.0, 5, 0, dataset="math500"),
+          tokens("r2", [2.0, 2.5, 3.0, 3.5, 4.0], "aaaaa"))
+    # r3 is cut by the budget after one think token: no answer, unparsed.
+    r3 = (record("r3", 2.0, 3.0, 4.0, None, 4.0, 1, 1, finish_reason="length", correct=False,
+                 parse_status="unparsed", extracted_answer=None),
+          tokens("r3", [4.0], "t"))
+    return [r1, r2, r3]
+
+
+@pytest.fixture
+def cell(tmp_path):
+    return write_cell(tmp_path / "c", [three_requests()])
+
+
+def test_per_request_latency_by_hand(cell):
+    rows = {r["id"]: r for r in request_metrics(cell)}
+    r1, r2, r3 = rows["r1"], rows["r2"], rows["r3"]
+    assert (r1["ttft_s"], r1["ttfvt_s"], r1["e2el_s"], r1["queue_s"]) == (1.0, 3.0, 5.0, 0.5)
+    assert r1["tpot_s"] == pytest.approx((5.0 - 1.0) / (9 - 1))
+    assert r1["tpot_think_s"] == pytest.approx(0.25)            # 4 gaps of 0.25
+    assert r1["tpot_answer_s"] == pytest.approx(2.0 / 3)        # gaps 0.5, 0.5, 1.0 (not the 1.0 think->answer gap)
+    assert r1["think_ratio"] == pytest.approx(5 / 9)
+    assert (r2["ttft_s"], r2["ttfvt_s"], r2["e2el_s"], r2["queue_s"], r2["tpot_s"]) == (1.0, 1.0, 3.0, 0.0, 0.5)
+    assert r2["tpot_think_s"] is None and r2["tpot_answer_s"] == pytest.approx(0.5)
+    assert r3["ttfvt_s"] is None and r3["tpot_s"] is None and r3["queue_s"] == 1.0
+    assert [r["straggler"] for r in rows.values()] == [False, False, False]
+
+
+def test_cell_metrics_by_hand(cell):
+    m = cell_metrics(cell)
+    assert m["cell"] == "cell-a" and m["n_requests"] == 3
+    assert m["finish_reasons"] == {"stop": 2, "length": 1}
+    lat = m["latency"]
+    assert lat["ttft_s"]["count"] == 3 and lat["ttft_s"]["mean"] == pytest.approx(4 / 3) and lat["ttft_s"]["p50"] == 1.0
+    assert lat["ttfvt_s"]["count"] == 2 and lat["ttfvt_s"]["mean"] == 2.0          # r3 has none
+    assert lat["e2el_s"]["p90"] == pytest.approx(4.6)     # [2, 3, 5]: 3 + 0.8 * (5 - 3)
+    assert lat["tpot_s"]["count"] == 2 and lat["tpot_s"]["mean"] == 0.5
+    # ITL: r1's 8 gaps sum to 4 s, r2's 4 gaps of 0.5 s; r3 has one token.
+    assert lat["itl_s"]["count"] == 12 and lat["itl_s"]["mean"] == pytest.approx(6.0 / 12) and lat["itl_s"]["max"] == 1.0
+    thr = m["throughput"]
+    assert thr["duration_s"] == 5.0                        # last finish 5 - first arrival 0
+    assert thr["output_tok_s"] == pytest.approx(15 / 5)    # 9 + 5 + 1 tokens
+    assert thr["requests_s"] == pytest.approx(3 / 5)
+    assert thr["goodput_req_s"] is None and thr["slo"] is None
+    tok = m["tokens"]
+    assert (tok["output"]["mean"], tok["think"]["mean"], tok["answer"]["mean"]) == (5.0, 2.0, 3.0)
+    assert tok["think_ratio"]["mean"] == pytest.approx((5 / 9 + 0 + 1) / 3)
+    assert tok["by_dataset"]["math500"]["output"]["count"] == 1 and tok["by_dataset"]["gsm8k"]["think"]["mean"] == 3.0
+    json.dumps(m)  # plain JSON
+
+
+def test_accuracy_counts_unparsed_and_failed_as_wrong(tmp_path):
+    pairs = three_requests()
+    failed = record("r4", 3.0, None, None, None, 3.5, 0, 0, dataset="gpqa-diamond", domain="science",
+                    finish_reason="error", correct=None, parse_status="unparsed", error="boom")
+    ungraded = record("r5", 3.0, 3.0, 3.1, 3.1, 3.4, 2, 0, dataset="sharegpt", domain=None, correct=None, parse_status=None)
+    c = write_cell(tmp_path / "c", [pairs + [(failed, tokens("r4", [], "")), (ungraded, tokens("r5", [3.1, 3.4], "aa"))]])
+    acc = cell_metrics(c)["accuracy"]
+    assert acc["overall"] == {"correct": 2, "total": 5, "unparsed": 2, "accuracy": 2 / 5}
+    assert acc["by_dataset"]["gsm8k"] == {"correct": 1, "total": 2, "unparsed": 1, "accuracy": 0.5}
+    assert acc["by_dataset"]["gpqa-diamond"]["accuracy"] == 0.0   # failed = wrong
+    assert acc["by_dataset"]["sharegpt"]["accuracy"] is None       # nothing graded
+    assert set(acc["by_domain"]) == {"math", "science", "unknown"}
+    m = cell_metrics(c)
+    assert m["latency"]["e2el_s"]["count"] == 4                    # the failed request is left out
+    assert m["throughput"]["requests_s"] == pytest.approx(4 / 5)   # 4 completed / (last finish 5 - first arrival 0)
+
+
+def test_goodput_under_slo(cell):
+    def goodput(slo):
+        return cell_metrics(cell, slo=slo)["throughput"]["goodput_req_s"]
+    assert goodput({"ttft_s": 1.5}) == pytest.approx(2 / 5)          # r1, r2 (TTFT 1); r3 has 2
+    assert goodput({"ttfvt_s": 2}) == pytest.approx(1 / 5)           # r2 only; r3 never answered
+    assert goodput({"tpot_s": 0.4}) == pytest.approx(1 / 5)          # r3: one token, no gap to wait
+    assert goodput({"ttft_s": 1.5, "e2el_s": 4}) == pytest.approx(1 / 5)
+    with pytest.raises(UserError, match="ttft"):
+        cell_metrics(cell, slo={"ttft": 1})
+    with pytest.raises(UserError, match="> 0"):
+        cell_metrics(cell, slo={"e2el_s": -1})
+
+
+def test_resumed_cell_duration_sums_sessions(tmp_path):
+    s0 = [(record("a", 0.0, 0.0, 1.0, 1.0, 10.0, 10, 0), tokens("a", [1.0, 10.0], "aa")),
+          (record("b", 2.0, 2.0, 3.0, 3.0, 6.0, 10, 0), tokens("b", [3.0, 6.0], "aa"))]
+    s1 = [(record("c", 0.0, 0.0, 1.0, 1.0, 4.0, 8, 0), tokens("c", [1.0, 4.0], "aa"))]
+    c = write_cell(tmp_path / "c", [s0, s1])
+    assert sorted(r["session"] for r in c.requests) == [0, 0, 1]
+    thr = cell_metrics(c)["throughput"]
+    assert thr["duration_s"] == 14.0                              # (10 - 0) + (4 - 0), not 10
+    assert thr["output_tok_s"] == pytest.approx(28 / 14) and thr["requests_s"] == pytest.approx(3 / 14)
+
+
+def test_network_chunk_is_spread_over_its_gap(tmp_path):
+    # chunks of 2, 1 and 4 tokens at t = 1, 2, 4: token times 1, 1, 2, 2.5, 3, 3.5, 4
+    row = tokens("n", [1.0, 2.0, 4.0], "aaa", n_tokens=[2, 1, 4])
+    assert token_times(row) == ([1.0, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0], "aaaaaaa")
+    c = write_cell(tmp_path / "c", [[(record("n", 0.0, 0.0, 1.0, 1.0, 4.0, 7, 0), row)]])
+    m = cell_metrics(c)
+    itl = m["latency"]["itl_s"]
+    assert itl["count"] == 6 and itl["min"] == 0.0 and itl["mean"] == pytest.approx(0.5)
+    assert m["latency"]["tpot_s"]["mean"] == pytest.approx(0.5)   # (4 - 1) / 6: ITL mean == TPOT
+    assert m["latency"]["tpot_answer_s"]["mean"] == pytest.approx(0.5)
+
+
+def test_stragglers_in_synchronous_batches(tmp_path):
+    # batch 0: E2EL 1, 1.1, 1.2, 5 -> median 1.15, limit 2.3 -> one straggler (5 s, 100 think tokens);
+    # tail: 4 requests, fewer than 2 unfinished after the 3rd finish (1.2) -> 5 - 1.2 = 3.8 s of a 5 s span.
+    # batch 1 (arrives at 5): E2EL 1, 1.5 -> none; tail 0 of a 1.5 s span.
+    batch0 = [(record(f"b0-{i}", 0.0, 0.0, 0.5, 0.5, e, 10, th, batch=0), tokens(f"b0-{i}", [0.5, e], "tt"))
+              for i, (e, th) in enumerate([(1.0, 10), (1.1, 10), (1.2, 10), (5.0, 100)])]
+    batch1 = [(record(f"b1-{i}", 5.0, 5.0, 5.5, 5.5, f, 10, 20, batch=1), tokens(f"b1-{i}", [5.5, f], "tt"))
+              for i, f in enumerate([6.0, 6.5])]
+    c = write_cell(tmp_path / "c", [batch0 + batch1])
+    rows = {r["id"]: r for r in request_metrics(c)}
+    assert [rows[f"b0-{i}"]["straggler"] for i in range(4)] == [False, False, False, True]
+    assert rows["b0-3"]["group"] == "s0/batch0" and rows["b1-0"]["group"] == "s0/batch1"
+    s = cell_metrics(c)["stragglers"]
+    assert (s["k"], s["count"], s["share"]) == (2.0, 1, pytest.approx(1 / 6))
+    assert s["think_tokens_mean"] == 100 and s["non_straggler_think_tokens_mean"] == pytest.approx((30 + 40) / 5)
+    assert s["tail_time_s"] == pytest.approx(3.8) and s["tail_share"] == pytest.approx(3.8 / 6.5)
+    assert cell_metrics(c, straggler_k=5.0)["stragglers"]["count"] == 0   # 5 > 5 x 1.15 is false
+
+
+def test_stragglers_in_arrival_windows(tmp_path):
+    # no `batch`: windows of 3 in arrival order (file order differs); E2EL 1, 1, 10 | 2, 2, 2
+    spec = [("d", 3.0, 2.0), ("a", 0.0, 1.0), ("c", 2.0, 10.0), ("b", 1.0, 1.0), ("f", 5.0, 2.0), ("e", 4.0, 2.0)]
+    pairs = [(record(i, a, a, a + 0.5, a + 0.5, a + e, 5, 0), tokens(i, [a + 0.5, a + e], "aa")) for i, a, e in spec]
+    c = write_cell(tmp_path / "c", [pairs])
+    rows = {r["id"]: r for r in request_metrics(c, window=3)}
+    assert {i: rows[i]["group"] for i in "abcdef"} == {
+        "a": "s0/window0", "b": "s0/window0", "c": "s0/window0", "d": "s0/window1", "e": "s0/window1", "f": "s0/window1"}
+    assert [i for i in "abcdef" if rows[i]["straggler"]] == ["c"]     # 10 > 2 x median 1
+
+
+def test_memory_fluctuation(tmp_path):
+    samples = [
+        {"t_s": 0.0, "kv_used": 10, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 100, "device_bytes": None},
+        {"t_s": 0.1, "kv_used": 50, "kv_capacity": 100, "kv_unit": "cells", "running": 2, "waiting": 1, "rss_bytes": 200, "device_bytes": None},
+        {"t_s": 0.2, "kv_used": 30, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 300, "device_bytes": None},
+    ]
+    mem = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["memory"]
+    assert mem["kv_frac"]["peak"] == 0.5 and mem["kv_frac"]["mean"] == pytest.approx(0.3)
+    assert mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(0.08 / 3) / 0.3)      # population std / mean
+    assert mem["kv_used"]["peak"] == 50 and mem["kv_used"]["unit"] == "cells"
+    assert mem["rss_bytes"] == {"count": 3, "peak": 300, "mean": 200, "cv": pytest.approx(math.sqrt(20000 / 3) / 200)}
+    assert mem["device_bytes"] is None
+
+
+def test_prefix_and_speculative_counters(tmp_path):
+    pairs = three_requests()
+    pairs[0][0].update(cached_tokens=8, draft_proposed=6, draft_accepted=3)
+    pairs[0][1]["draft"] = "011010000"      # 3 accepted draft tokens over 6 target steps
+    pairs[1][0].update(cached_tokens=4)
+    t = cell_metrics(write_cell(tmp_path / "c", [pairs]))["techniques"]
+    assert t["prefix_hit_rate"] == pytest.approx(2 / 3) and t["cached_prompt_tokens"] == 12
+    assert (t["draft_proposed"], t["draft_accepted"], t["draft_acceptance_rate"]) == (6, 3, 0.5)
+    assert t["mean_accepted_per_step"] == pytest.approx(3 / 6)
+
+
+def test_no_drafting_gives_none(cell):
+    t = cell_metrics(cell)["techniques"]
+    assert t["draft_acceptance_rate"] is None and t["mean_accepted_per_step"] is None and t["prefix_hit_rate"] == 0.0
+
+
+def test_distribution():
+    d = distribution([3.0, None, 1.0, 2.0, 4.0], percentiles=(50, 99.9))
+    assert d == {"count": 4, "mean": 2.5, "min": 1.0, "max": 4.0, "p50": 2.5, "p99.9": pytest.approx(3.997)}
+    assert distribution([None]) == {"count": 0, "mean": None, "min": None, "max": None, "p50": None, "p90": None, "p95": None, "p99": None}
+
+
+def test_every_reported_value_has_a_definition(cell):
+    m = cell_metrics(cell)
+    defined = set(METRICS)
+    assert {"ttft_s", "ttfvt_s", "e2el_s", "queue_s", "tpot_s", "tpot_think_s", "tpot_answer_s", "itl_s", "straggler"} <= defined
+    assert set(m["latency"]) <= defined
+    assert all(d.unit and d.formula and d.description for d in METRICS.values())
+
+
+def run_cli(*args):
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_cli_explain():
+    out = run_cli("metrics", "--explain", "--json")
+    assert out.returncode == 0, out.stderr
+    names = [m["name"] for m in json.loads(out.stdout)["metrics"]]
+    assert names == list(METRICS)
+    text = run_cli("metrics", "--explain")
+    assert text.returncode == 0 and "first_answer_token_s - arrival_s" in text.stdout
+
+
+def test_cli_summarize(tmp_path):
+    write_cell(tmp_path / "run" / "cell-a", [three_requests()], name="cell-a")
+    write_cell(tmp_path / "run" / "cell-b", [three_requests()[:2]], name="cell-b")
+    out = run_cli("summarize", tmp_path / "run", "--slo", "ttft_s=1.5")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if "cell-a" in line or "cell-b" in line]
+    assert len(rows) == 2 and "66.7% (2/3)" in rows[0] and "100.0% (2/2)" in rows[1]
+    js = run_cli("summarize", tmp_path / "run", "--json", "--percentiles", "50,99")
+    assert js.returncode == 0, js.stderr
+    assert [c["cell"] for c in json.loads(js.stdout)] == ["cell-a", "cell-b"]
+    assert set(json.loads(js.stdout)[0]["latency"]["e2el_s"]) == {"count", "mean", "min", "max", "p50", "p99"}
+
+
+@pytest.mark.parametrize("args", [("EMPTY",), ("RUN", "--percentiles", "50,x"), ("RUN", "--slo", "ttft=1"), ("RUN", "--straggler-k", "0"), ("MISSING",)])
+def test_cli_summarize_bad_input(tmp_path, args):
+    (tmp_path / "empty").mkdir()
+    write_cell(tmp_path / "run" / "cell-a", [three_requests()])
+    paths = {"EMPTY": tmp_path / "empty", "RUN": tmp_path / "run", "MISSING": tmp_path / "nope"}
+    out = run_cli("summarize", *(paths.get(a, a) for a in args))
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
