@@ -1,12 +1,14 @@
 """CLI command groups. Each module has `register(app)`; ALL lists them in help order."""
 
 from rllm_study.commands import generate
+from rllm_study.commands import run
 from rllm_study.commands import models
 from rllm_study.commands import metrics
 from rllm_study.commands import datasets
 
 ALL = [
     generate.register,
+    run.register,
     models.register,
     metrics.register,
     datasets.register,

@@ -132,12 +132,20 @@ def register(app: typer.Typer) -> None:
         cells = find_cells(run_dirs)
         if not cells:
             raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, run_dirs))}; pass a run folder written by `rllm-study run`")
-        pcts = parse_percentiles(percentiles)
-        results = [cell_metrics(_read(c), pcts, parse_slo(slo), straggler_k) for c in cells]
-        if as_json:
-            print(json.dumps(results, indent=2))
-        else:
-            table, console = asu_table(results, pcts), Console()
-            if not console.is_terminal:  # a file or pipe gets the table's natural width; a terminal keeps its own
-                console = Console(width=max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum))
-            console.print(table)
+        print_summary(cells, parse_percentiles(percentiles), parse_slo(slo), straggler_k, as_json)
+
+
+def print_summary(cells: list[Path], pcts: tuple[float, ...] = DEFAULT_PERCENTILES, slo: dict | None = None,
+                  straggler_k: float = DEFAULT_STRAGGLER_K, as_json: bool = False) -> None:
+    """Print the ASU table (or JSON) of cells; without --slo each cell's own spec SLOs apply."""
+    results = []
+    for c in cells:
+        cell = _read(c)
+        results.append(cell_metrics(cell, pcts, slo or cell.manifest.get("cell", {}).get("slo") or None, straggler_k))
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table, console = asu_table(results, pcts), Console()
+    if not console.is_terminal:  # a file or pipe gets the table's natural width; a terminal keeps its own
+        console = Console(width=max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum))
+    console.print(table)

@@ -1,0 +1,240 @@
+"""Runs cells: turns a workload into timed requests, drives an engine, records everything.
+
+One thread drives the engine: each loop submits the requests that are due, calls
+`engine.step()` once, records finished requests (graded, fsync'd), and samples engine stats
+into the timeline every `sample_period_s`. Arrivals:
+  open loop (poisson, gamma, constant, trace): a request's arrival is its *scheduled* time,
+    whether or not the engine keeps up; it is submitted at the first loop turn after it.
+  closed loop C: a new request arrives as soon as fewer than C are in flight.
+  synchronous batches B (the paper's): B arrive together; the next B when all have finished.
+A resumed cell (a new session) skips requests already in requests.jsonl and schedules the
+rest afresh from the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rllm_study.backends import engine_class
+from rllm_study.backends.base import Request, SamplingParams, unsupported_options
+from rllm_study.environment import environment
+from rllm_study.errors import UserError
+from rllm_study.recorder import Recorder
+from rllm_study.results import CellWriter
+from rllm_study.spec import CellSpec
+from rllm_study.workloads.arrivals import ClosedLoop, OpenLoop, SyncBatches, make_arrivals
+from rllm_study.workloads.datasets import Item, load_dataset
+from rllm_study.workloads.grading import grade
+from rllm_study.workloads.prompts import Prompt, build_prompt, ends_in_think
+
+IDLE_SLEEP_S = 0.005
+
+
+@dataclass
+class Job:
+    """A request of a cell before it is sent: its item, prompt and the exact text to send."""
+
+    id: str
+    item: Item
+    prompt: Prompt
+    text: str
+    starts_in_think: bool
+
+
+def few_shot_prefix(items: list[Item]) -> str:
+    """A shared few-shot preamble (worked examples with their answers) for prefix-cache workloads."""
+    shots = [f"Example problem: {it.problem}\nExample answer: \\boxed{{{it.answer}}}" for it in items]
+    return "Here are solved examples.\n\n" + "\n\n".join(shots) + "\n\nNow the problem to solve.\n\n"
+
+
+def build_jobs(cell: CellSpec, engine) -> list[Job]:
+    """The cell's requests in order: prompts through the model's chat template + assistant prefix."""
+    shots = int(cell.workload.get("shared_prefix", 0) or 0)
+    items = load_dataset(cell.dataset, limit=cell.samples + shots)
+    preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
+    jobs = []
+    for item in items[: cell.samples]:
+        prompt = build_prompt(item, cell.prompt_mode, seed=cell.seed, templates=cell.templates, grammar=cell.grammar)
+        messages = [dict(m) for m in prompt.messages]
+        if preamble and messages[0]["role"] == "system":
+            messages[0]["content"] += "\n\n" + preamble
+        elif preamble:
+            messages.insert(0, {"role": "system", "content": preamble})
+        text = engine.apply_chat_template(messages) + prompt.assistant_prefix
+        starts = prompt.starts_in_think or (cell.prompt_mode == "native" and ends_in_think(text))
+        jobs.append(Job(item.id, item, prompt, text, starts))
+    return jobs
+
+
+def manifest(cell: CellSpec, spec: dict, engine) -> dict:
+    from rllm_study.models import model_facts, resolve_model
+
+    model = None
+    if cell.backend in ("llama_cpp", "mlx"):
+        model = model_facts(resolve_model(cell.model))
+    return {
+        "cell": cell.as_dict(),
+        "spec": spec,
+        "model": model,
+        "engine": engine.info(),
+        "capabilities": engine.capabilities().__dict__,
+        "unsupported_options": unsupported_options(cell.engine, engine.capabilities()),
+        **environment(),
+    }
+
+
+class CellRun:
+    """One session of one cell (see the module docstring)."""
+
+    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, progress=None, task=None):
+        self.cell, self.engine, self.writer = cell, engine, writer
+        self.todo = [j for j in jobs if j.id not in writer.finished_ids]
+        self.jobs = {j.id: j for j in self.todo}
+        self.progress, self.task = progress, task
+        self.recorder = Recorder(time.perf_counter_ns())
+        self.in_flight: set[str] = set()
+        self.batch_of: dict[str, int] = {}
+        self.output_tokens = 0
+
+    def _arrivals(self):
+        wl = self.cell.workload
+        trace = Path(wl["trace"]) if wl.get("trace") else None
+        return make_arrivals(wl["arrival"], len(self.todo), rate=wl.get("rate"), cv=wl.get("cv"),
+                             concurrency=wl.get("concurrency"), batch_size=wl.get("batch_size"), trace=trace,
+                             seed=self.cell.seed)
+
+    def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
+        c = self.cell
+        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF)
+        self.recorder.arrived(job.id, arrival_ns)
+        if batch is not None:
+            self.batch_of[job.id] = batch
+        self.in_flight.add(job.id)
+        self.engine.submit(Request(job.id, job.text, sampling, job.starts_in_think, job.prompt.grammar))
+
+    def run(self) -> None:
+        arrivals = self._arrivals()
+        queue = list(self.todo)
+        t0 = self.recorder.t0_ns
+        next_sample = t0
+        batch_no = 0
+        while queue or self.in_flight:
+            now = time.perf_counter_ns()
+            if isinstance(arrivals, OpenLoop):
+                offset = len(self.todo) - len(queue)
+                while queue and t0 + int(arrivals.times[offset] * 1e9) <= now:
+                    self._submit(queue.pop(0), t0 + int(arrivals.times[offset] * 1e9), None)
+                    offset += 1
+            elif isinstance(arrivals, ClosedLoop):
+                while queue and len(self.in_flight) < arrivals.concurrency:
+                    self._submit(queue.pop(0), now, None)
+            elif isinstance(arrivals, SyncBatches) and not self.in_flight and queue:
+                for job in queue[: arrivals.batch_size]:
+                    self._submit(job, now, batch_no)
+                del queue[: arrivals.batch_size]
+                batch_no += 1
+            if now >= next_sample:
+                self._sample(now)
+                next_sample = now + int(self.cell.sample_period_s * 1e9)
+            if self.engine.has_work():
+                self._record(self.engine.step())
+            else:
+                wake = next_sample
+                if isinstance(arrivals, OpenLoop) and queue:
+                    wake = min(wake, t0 + int(arrivals.times[len(self.todo) - len(queue)] * 1e9))
+                time.sleep(max(0.0, min(IDLE_SLEEP_S, (wake - time.perf_counter_ns()) / 1e9)))
+        self._sample(time.perf_counter_ns())
+
+    def _sample(self, now_ns: int) -> None:
+        st = self.engine.stats()
+        self.writer.write_timeline({
+            "t_s": self.recorder.seconds(now_ns), "kv_used": st.kv_used, "kv_capacity": st.kv_capacity,
+            "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
+            "device_bytes": st.device_bytes, **({"extra": st.extra} if st.extra else {}),
+        })
+
+    def _record(self, events) -> None:
+        for record, tokens in self.recorder.feed(events):
+            job = self.jobs[record["id"]]
+            g = grade(job.item, job.prompt, record["output_text"])
+            record.update({
+                "dataset": job.item.dataset, "item_id": job.item.id, "domain": job.item.domain,
+                "difficulty": job.item.difficulty, "prompt_mode": self.cell.prompt_mode,
+                "batch": self.batch_of.get(job.id), "reference_answer": job.prompt.correct_letter or job.item.answer,
+                "extracted_answer": g.extracted_answer, "correct": g.correct, "parse_status": g.parse_status,
+            })
+            self.writer.write_request(record, tokens)
+            self.in_flight.discard(record["id"])
+            self.output_tokens += record["output_tokens"]
+            if self.progress is not None:
+                elapsed = max((time.perf_counter_ns() - self.recorder.t0_ns) / 1e9, 1e-9)
+                self.progress.update(self.task, advance=1, rate=f"{self.output_tokens / elapsed:,.1f} out tok/s")
+
+
+def hash_id(text: str) -> int:
+    """A stable small hash of a request id (Python's hash() is salted per process)."""
+    h = 0
+    for ch in text.encode():
+        h = (h * 131 + ch) & 0xFFFFFFFF
+    return h
+
+
+class EnginePool:
+    """Keeps one engine open across cells that share backend, model and options."""
+
+    def __init__(self):
+        self.key = None
+        self.engine = None
+
+    def get(self, cell: CellSpec):
+        key = (cell.backend, cell.model, cell.engine)
+        if key != self.key:
+            self.close()
+            self.engine = engine_class(cell.backend)(cell.model, cell.engine)
+            self.key = key
+        return self.engine
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.key = None, None
+
+
+def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list[Path]:
+    """Run every cell into OUT/<cell name>/, resuming finished requests; returns the cell folders."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: --out must be a folder")
+    pool = EnginePool()
+    dirs = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            for i, cell in enumerate(cells, 1):
+                cell_dir = out_dir / cell.name
+                dirs.append(cell_dir)
+                writer = CellWriter(cell_dir)
+                try:
+                    engine = pool.get(cell)
+                    for problem in unsupported_options(cell.engine, engine.capabilities()):
+                        console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
+                    jobs = build_jobs(cell, engine)
+                    if len(writer.finished_ids) >= len(jobs):
+                        console.print(f"[{i}/{len(cells)}] {cell.name}: done already, skipped")
+                        continue
+                    writer.write_manifest(manifest(cell, spec, engine))
+                    run = CellRun(cell, engine, jobs, writer, progress)
+                    run.task = progress.add_task(f"[{i}/{len(cells)}] {cell.name}", total=len(jobs),
+                                                 completed=len(jobs) - len(run.todo), rate="")
+                    run.run()
+                finally:
+                    writer.close()
+    finally:
+        pool.close()
+    return dirs
+

@@ -1,0 +1,254 @@
+"""Study specs (TOML) and their expansion into cells.
+
+A spec names models, data sets (with sample counts), prompt modes, token budgets, sampling,
+engine options, a workload (arrival process) and SLOs. Every list-valued field of `models`,
+`prompt_modes`, `max_tokens`, `[engine]` and `[workload]` is an axis; `[[variants]]` adds
+named sets of settings changed together (e.g. K and V cache types); `repeats` repeats every
+cell with seed + repeat. A cell = model x variant x data set x prompt mode x budget x engine
+axes x workload axes x repeat. Presets are specs shipped in `rllm_study/presets/`, each with an
+optional `[quick]` table of overrides for a short run.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import tomllib
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from rllm_study.backends.base import EngineOptions
+from rllm_study.errors import UserError
+
+TOP_KEYS = {
+    "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "repeats",
+    "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
+}
+SAMPLING_KEYS = {"temperature", "top_p"}
+ENGINE_KEYS = {
+    "concurrency", "threads", "n_gpu_layers", "ctx_per_seq", "n_batch", "type_k", "type_v", "flash_attn",
+    "kv_unified", "kv_bits", "prefix_cache", "prefix_cache_tokens", "spec", "spec_tokens", "base_url",
+    "api_key_env", "timeout_s",
+}
+WORKLOAD_KEYS = {"arrival", "batch_size", "concurrency", "rate", "cv", "trace", "shared_prefix"}
+SLO_KEYS = {"ttft_s", "ttfvt_s", "tpot_s", "e2el_s"}
+VARIANT_KEYS = {"name", "model", "engine", "workload", "prompt_modes"}
+PROMPT_ROOM = 1024  # tokens kept for the prompt when ctx_per_seq is derived from the budget
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One fully resolved cell: everything needed to run it and to name its folder."""
+
+    name: str
+    study: str
+    backend: str
+    model: str
+    variant: str
+    dataset: str
+    samples: int
+    prompt_mode: str
+    max_tokens: int
+    repeat: int
+    seed: int
+    temperature: float
+    top_p: float
+    engine: EngineOptions
+    workload: dict
+    grammar: bool
+    templates: str | None
+    slo: dict
+    sample_period_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rllm_study.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{where}: not valid TOML ({err})") from None
+
+
+def load_spec(path: Path | None = None, preset: str | None = None, quick: bool = False) -> tuple[dict, str]:
+    """Read a spec file or a preset (with its [quick] overrides if asked); returns (spec, where)."""
+    if preset is not None:
+        if preset not in preset_names():
+            raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(preset_names())}")
+        where = f"preset {preset}"
+        spec = _parse_toml(resources.files("rllm_study.presets").joinpath(f"{preset}.toml").read_text("utf-8"), where)
+    else:
+        if path is None or not Path(path).is_file():
+            raise UserError(f"{path}: spec file not found (give a TOML study spec, or --preset NAME)")
+        where = str(path)
+        spec = _parse_toml(Path(path).read_text("utf-8"), where)
+    quick_table = spec.pop("quick", {})
+    if quick:
+        if not quick_table:
+            raise UserError(f"{where}: has no [quick] table, so --quick means nothing here")
+        spec = _merge(spec, quick_table)
+    return spec, where
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "datasets":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(spec: dict, overrides: list[str]) -> dict:
+    """`--set KEY=VALUE` overrides: dotted keys, TOML values (bare words are strings)."""
+    spec = copy.deepcopy(spec)
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--set {item!r}: use KEY=VALUE, e.g. --set max_tokens=[64] or --set engine.threads=2")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = spec
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {p} is not a table")
+        node[last] = value
+    return spec
+
+
+def _check_keys(table: dict, allowed: set, where: str, section: str) -> None:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: {section} must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key {section + '.' if section else ''}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _axes(table: dict) -> list[dict]:
+    """The cross product of a table's list-valued fields (scalars stay fixed)."""
+    keys = list(table)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(_as_list(table[k]) for k in keys))] or [{}]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def expand(spec: dict, where: str) -> list[CellSpec]:
+    """Validate a spec and expand it into cells (unknown keys and bad values name the key)."""
+    from rllm_study.workloads.arrivals import ARRIVALS
+    from rllm_study.workloads.datasets import DATASETS
+    from rllm_study.workloads.prompts import PROMPT_MODES
+
+    _check_keys(spec, TOP_KEYS - {"quick"}, where, "")
+    for section, allowed in (("sampling", SAMPLING_KEYS), ("engine", ENGINE_KEYS), ("workload", WORKLOAD_KEYS), ("slo", SLO_KEYS)):
+        _check_keys(spec.get(section, {}), allowed, where, section)
+    datasets = spec.get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        raise UserError(f"{where}: datasets must be a table of NAME = SAMPLE_COUNT, e.g. datasets = {{ gsm8k = 20 }}")
+    for name, count in datasets.items():
+        if name not in DATASETS:
+            raise UserError(f"{where}: datasets.{name}: unknown data set (choose from {', '.join(DATASETS)})")
+        if not isinstance(count, int) or count < 1:
+            raise UserError(f"{where}: datasets.{name} must be a sample count >= 1, got {count!r}")
+    models = _as_list(spec.get("models", ["qwen2.5-coder-0.5b"]))
+    modes = _as_list(spec.get("prompt_modes", ["reasoning"]))
+    for mode in modes:
+        if mode not in PROMPT_MODES:
+            raise UserError(f"{where}: prompt_modes: unknown mode {mode!r} (choose from {', '.join(PROMPT_MODES)})")
+    budgets = _as_list(spec.get("max_tokens", [1024]))
+    if not all(isinstance(b, int) and b >= 1 for b in budgets):
+        raise UserError(f"{where}: max_tokens must be whole numbers >= 1, got {budgets}")
+    repeats = spec.get("repeats", 1)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise UserError(f"{where}: repeats must be a whole number >= 1, got {repeats!r}")
+    sampling = {"temperature": 0.6, "top_p": 0.95, **spec.get("sampling", {})}
+    if not isinstance(sampling["temperature"], (int, float)) or sampling["temperature"] < 0:
+        raise UserError(f"{where}: sampling.temperature must be >= 0, got {sampling['temperature']!r}")
+    if not isinstance(sampling["top_p"], (int, float)) or not 0 < sampling["top_p"] <= 1:
+        raise UserError(f"{where}: sampling.top_p must be in (0, 1], got {sampling['top_p']!r}")
+    slo = spec.get("slo", {})
+    for key, limit in slo.items():
+        if not isinstance(limit, (int, float)) or limit <= 0:
+            raise UserError(f"{where}: slo.{key} must be a positive number of seconds, got {limit!r}")
+    period = spec.get("sample_period_s", 0.1)
+    if not isinstance(period, (int, float)) or period <= 0:
+        raise UserError(f"{where}: sample_period_s must be > 0, got {period!r}")
+    variants = spec.get("variants", [{"name": ""}])
+    for i, v in enumerate(variants):
+        _check_keys(v, VARIANT_KEYS, where, f"variants[{i}]")
+        _check_keys(v.get("engine", {}), ENGINE_KEYS, where, f"variants[{i}].engine")
+        _check_keys(v.get("workload", {}), WORKLOAD_KEYS, where, f"variants[{i}].workload")
+
+    cells = []
+    study = spec.get("name", "study")
+    seed0 = spec.get("seed", 0)
+    for variant in variants:
+        v_models = _as_list(variant["model"]) if "model" in variant else models
+        v_modes = _as_list(variant.get("prompt_modes", modes))
+        engine_axes = _axes({**spec.get("engine", {}), **variant.get("engine", {})})
+        workload_axes = _axes({"arrival": "batch", **spec.get("workload", {}), **variant.get("workload", {})})
+        for model, dataset, mode, budget, eng, wl, repeat in itertools.product(
+            v_models, datasets, v_modes, budgets, engine_axes, workload_axes, range(repeats)
+        ):
+            if wl["arrival"] not in ARRIVALS:
+                raise UserError(f"{where}: workload.arrival: unknown process {wl['arrival']!r} (choose from {', '.join(ARRIVALS)})")
+            options = _engine_options(eng, wl, budget, where)
+            wl_name = _workload_name(wl)
+            parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", wl_name, f"r{repeat}"]
+            name = "__".join(_slug(str(p)) for p in parts if p)
+            cells.append(CellSpec(
+                name=name, study=study, backend=spec.get("backend", "llama_cpp"), model=model,
+                variant=variant.get("name", ""), dataset=dataset, samples=datasets[dataset], prompt_mode=mode,
+                max_tokens=budget, repeat=repeat, seed=seed0 + repeat, temperature=float(sampling["temperature"]),
+                top_p=float(sampling["top_p"]), engine=options, workload=wl, grammar=bool(spec.get("grammar", False)),
+                templates=spec.get("templates"), slo=dict(slo), sample_period_s=float(period),
+            ))
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: two cells get the same name; give each [[variants]] a distinct name")
+    return cells
+
+
+def _workload_name(wl: dict) -> str:
+    kind = wl["arrival"]
+    if kind == "batch":
+        return f"batch{wl.get('batch_size', 8)}"
+    if kind == "closed":
+        return f"closed{wl.get('concurrency', 8)}"
+    if kind in ("poisson", "constant"):
+        return f"{kind}-r{wl.get('rate')}"
+    if kind == "gamma":
+        return f"gamma-r{wl.get('rate')}-cv{wl.get('cv')}"
+    return f"trace-{Path(str(wl.get('trace'))).stem}"
+
+
+def _engine_options(eng: dict, wl: dict, budget: int, where: str) -> EngineOptions:
+    """EngineOptions for a cell; concurrency defaults to the batch size / closed-loop
+    concurrency (8 for open loop), ctx_per_seq to the budget + PROMPT_ROOM rounded up to 256."""
+    eng = dict(eng)
+    concurrency = eng.pop("concurrency", wl.get("batch_size") or wl.get("concurrency") or 8)
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise UserError(f"{where}: engine.concurrency must be a whole number >= 1, got {concurrency!r}")
+    threads = eng.pop("threads", None)
+    ctx = eng.pop("ctx_per_seq", -(-(budget + PROMPT_ROOM) // 256) * 256)
+    try:
+        return EngineOptions(max_seqs=concurrency, n_threads=threads, ctx_per_seq=ctx, **eng)
+    except TypeError as err:
+        raise UserError(f"{where}: engine: {err}") from None
