@@ -42,7 +42,6 @@ class Job:
     item: Item
     prompt: Prompt
     text: str
-    starts_in_think: bool
 
 
 def few_shot_prefix(items: list[Item]) -> str:
@@ -65,8 +64,9 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
         elif preamble:
             messages.insert(0, {"role": "system", "content": preamble})
         text = engine.apply_chat_template(messages) + prompt.assistant_prefix
-        starts = prompt.starts_in_think or (cell.prompt_mode == "native" and ends_in_think(text))
-        jobs.append(Job(item.id, item, prompt, text, starts))
+        if cell.prompt_mode == "native" and ends_in_think(text):  # an R1-style template opens <think> itself
+            prompt = replace(prompt, starts_in_think=True)
+        jobs.append(Job(item.id, item, prompt, text))
     return jobs
 
 
@@ -114,7 +114,7 @@ class CellRun:
         if batch is not None:
             self.batch_of[job.id] = batch
         self.in_flight.add(job.id)
-        self.engine.submit(Request(job.id, job.text, sampling, job.starts_in_think, job.prompt.grammar))
+        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar))
 
     def run(self) -> None:
         arrivals = self._arrivals()

@@ -1,0 +1,121 @@
+"""Arrival processes: statistics over 10,000 draws, seeding, trace replay, bad input, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from rllm_study.errors import UserError
+from rllm_study.workloads.arrivals import ClosedLoop, OpenLoop, SyncBatches, gap_stats, make_arrivals
+
+N = 10_001  # 10,000 gaps
+
+
+@pytest.mark.parametrize("kind, rate, cv, expected_cv", [
+    ("poisson", 5.0, None, 1.0),
+    ("gamma", 2.0, 0.5, 0.5),
+    ("gamma", 0.5, 1.0, 1.0),
+    ("gamma", 10.0, 1.41, 1.41),
+    ("gamma", 3.0, 2.0, 2.0),
+])
+def test_rate_and_cv_within_5_percent(kind, rate, cv, expected_cv):
+    arrivals = make_arrivals(kind, N, rate=rate, cv=cv, seed=7)
+    measured_rate, measured_cv = gap_stats(arrivals.times)
+    assert abs(measured_rate / rate - 1) < 0.05
+    assert abs(measured_cv / expected_cv - 1) < 0.05
+
+
+def test_constant_rate_has_equal_gaps():
+    arrivals = make_arrivals("constant", 101, rate=4.0)
+    assert arrivals.times[0] == 0.0 and arrivals.times[-1] == pytest.approx(25.0)
+    rate, cv = gap_stats(arrivals.times)
+    assert rate == pytest.approx(4.0) and cv == pytest.approx(0.0, abs=1e-9)
+
+
+def test_gap_stats_formula():
+    rate, cv = gap_stats((0.0, 1.0, 3.0))  # gaps 1 and 2: mean 1.5, population std 0.5
+    assert rate == pytest.approx(2 / 3) and cv == pytest.approx(1 / 3)
+
+
+def test_schedule_shape():
+    arrivals = make_arrivals("gamma", 500, rate=2.0, cv=3.0, seed=1)
+    assert isinstance(arrivals, OpenLoop) and arrivals.kind == "gamma"
+    assert len(arrivals.times) == 500 and arrivals.times[0] == 0.0
+    assert list(arrivals.times) == sorted(arrivals.times)
+
+
+@pytest.mark.parametrize("kind, cv", [("poisson", None), ("gamma", 1.5)])
+def test_seeds(kind, cv):
+    first = make_arrivals(kind, 200, rate=3.0, cv=cv, seed=11)
+    assert make_arrivals(kind, 200, rate=3.0, cv=cv, seed=11) == first
+    assert make_arrivals(kind, 200, rate=3.0, cv=cv, seed=12).times != first.times
+
+
+def test_closed_and_batch():
+    assert make_arrivals("closed", 10, concurrency=4) == ClosedLoop(4)
+    assert make_arrivals("batch", 10, batch_size=16) == SyncBatches(16)
+
+
+def test_trace_replay(tmp_path):
+    trace = tmp_path / "trace.txt"
+    trace.write_text("# captured arrivals\n12.5\n10.0  # first\n\n11.0\n20.0\n", encoding="utf-8")
+    arrivals = make_arrivals("trace", 3, trace=trace)
+    assert arrivals == OpenLoop((0.0, 1.0, 2.5), "trace")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="gamma", rate=0.0, cv=1.0), "--rate must be > 0"),
+    (dict(kind="poisson", rate=-2.0), "--rate must be > 0"),
+    (dict(kind="gamma", rate=1.0, cv=0.0), "--cv must be > 0"),
+    (dict(kind="gamma", rate=1.0), "needs --cv"),
+    (dict(kind="batch", batch_size=0), "--batch-size must be at least 1"),
+    (dict(kind="closed", concurrency=0), "--concurrency must be at least 1"),
+    (dict(kind="poisson", rate=1.0, cv=2.0), "--cv does not apply to --arrival poisson"),
+    (dict(kind="burst", rate=1.0), "unknown arrival 'burst'"),
+    (dict(kind="trace"), "needs --trace"),
+])
+def test_bad_input(kwargs, message):
+    kind = kwargs.pop("kind")
+    with pytest.raises(UserError, match=message):
+        make_arrivals(kind, 10, **kwargs)
+
+
+def test_bad_traces(tmp_path):
+    with pytest.raises(UserError, match="cannot read trace file"):
+        make_arrivals("trace", 3, trace=tmp_path / "missing.txt")
+    (tmp_path / "bad.txt").write_text("0\n1.5\nsoon\n", encoding="utf-8")
+    with pytest.raises(UserError, match="line 3: 'soon' is not a number"):
+        make_arrivals("trace", 3, trace=tmp_path / "bad.txt")
+    (tmp_path / "short.txt").write_text("0\n1\n", encoding="utf-8")
+    with pytest.raises(UserError, match="has 2 timestamps, fewer than the 3"):
+        make_arrivals("trace", 3, trace=tmp_path / "short.txt")
+    (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(UserError, match="cannot read trace file"):
+        make_arrivals("trace", 3, trace=tmp_path / "binary.bin")
+
+
+def test_cli_json_schedule_is_the_computed_one():
+    done = run_cli("schedule", "--arrival", "gamma", "--rate", "2", "--cv", "1.5", "-n", "50", "--seed", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    times = [json.loads(line) for line in done.stdout.splitlines()]
+    assert np.allclose(times, make_arrivals("gamma", 50, rate=2.0, cv=1.5, seed=3).times)
+
+
+def test_cli_text_and_closed_loop():
+    done = run_cli("schedule", "--arrival", "poisson", "--rate", "4", "-n", "5")
+    assert done.returncode == 0 and "measured: rate" in done.stdout and len(done.stdout.splitlines()) == 3 + 5
+    done = run_cli("schedule", "--arrival", "closed", "--concurrency", "8", "-n", "20", "--json")
+    assert json.loads(done.stdout) == {"arrival": "closed", "n": 20, "concurrency": 8}
+
+
+@pytest.mark.parametrize("args", [
+    ("--arrival", "gamma", "--rate", "0", "--cv", "1", "-n", "5"),
+    ("--arrival", "gamma", "--rate", "1", "--cv", "-1", "-n", "5"),
+    ("--arrival", "batch", "--batch-size", "0", "-n", "5"),
+    ("--arrival", "trace", "--trace", "/nonexistent/trace.txt", "-n", "5"),
+])
+def test_cli_bad_input_exits_2_with_one_line(args):
+    done = run_cli("schedule", *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
