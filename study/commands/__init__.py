@@ -2,6 +2,7 @@
 
 from rllm_study.commands import generate
 from rllm_study.commands import run
+from rllm_study.commands import bench
 from rllm_study.commands import models
 from rllm_study.commands import metrics
 from rllm_study.commands import datasets
@@ -9,6 +10,7 @@ from rllm_study.commands import datasets
 ALL = [
     generate.register,
     run.register,
+    bench.register,
     models.register,
     metrics.register,
     datasets.register,

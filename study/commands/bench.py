@@ -1,0 +1,67 @@
+"""`rllm-study bench ...`: performance benchmarks that print ratios measured in the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import psutil
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rllm_study.bench import bench_engine
+from rllm_study.errors import UserError
+
+bench_app = typer.Typer(help="Benchmarks: our engine against llama.cpp's own tools, techniques against baselines.", no_args_is_help=True)
+
+
+def _seqs(text: str) -> list[int]:
+    try:
+        seqs = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--seqs {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from None
+    if not seqs or seqs[0] < 1:
+        raise UserError(f"--seqs {text!r}: every value must be >= 1")
+    return seqs
+
+
+@bench_app.command("engine")
+def engine_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference (see `models list`).")] = "smollm2-135m",
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="Threads (default: physical cores).")] = None,
+    seqs: Annotated[str, typer.Option("--seqs", help="Concurrent sequences to measure.")] = "1,2,4,8",
+    n_prompt: Annotated[int, typer.Option("--n-prompt", help="Prompt tokens per sequence.")] = 128,
+    n_gen: Annotated[int, typer.Option("--n-gen", help="Generated tokens per sequence.")] = 128,
+    flash_attn: Annotated[bool, typer.Option("--flash-attn/--no-flash-attn", help="Same setting is passed to the reference tools.")] = False,
+    reps: Annotated[int, typer.Option("--reps", help="Repetitions per point (mean reported).")] = 3,
+    reference_dir: Annotated[Optional[Path], typer.Option("--reference-dir", help="Folder with llama-bench and llama-batched-bench (scripts/build_llama_tools.sh).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Decode tokens/s at 1..N concurrent sequences; with --reference-dir, llama.cpp's figures and the ratios."""
+    if reference_dir is not None and not (reference_dir / "llama-batched-bench").exists():
+        raise UserError(f"{reference_dir}: no llama-batched-bench here; build the tools with `bash scripts/build_llama_tools.sh`")
+    if reps < 1 or n_gen < 8 or n_prompt < 1:
+        raise UserError("--reps >= 1, --n-gen >= 8 and --n-prompt >= 1 are required")
+    threads = threads or psutil.cpu_count(logical=False) or 1
+    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    ref = result.get("reference", {})
+    table = Table(title=f"decode tokens/s: {result['model']}, {threads} threads, pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}")
+    for col in ("sequences", "ours (mean ± sd)", "reference", "ratio"):
+        table.add_column(col, justify="right")
+    for n, r in result["ours"].items():
+        theirs = (ref.get("llama_bench_tg") if n == 1 else None) or ref.get("batched_bench_s_tg", {}).get(n)
+        name = "llama-bench tg" if n == 1 and "llama_bench_tg" in ref else "batched-bench S_TG"
+        table.add_row(str(n), f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
+                      "-" if theirs is None else f"{r['mean'] / theirs:.3f}")
+    Console().print(table)
+    if 1 in result["ours"] and ref.get("batched_bench_s_tg", {}).get(1):
+        print(f"(single stream vs batched-bench S_TG at 1: {result['ours'][1]['mean'] / ref['batched_bench_s_tg'][1]:.3f})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -1,0 +1,124 @@
+"""The study runner end to end on the real SmolLM2 model: presets, arrivals, resume after SIGKILL, spec errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CLI, REPO, THREADS, run_cli
+from rllm_study.results import read_cell, read_jsonl
+from rllm_study.workloads.arrivals import make_arrivals
+
+TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[32]"]
+REQUIRED = ("id", "dataset", "item_id", "arrival_s", "admitted_s", "first_token_s", "first_answer_token_s", "finish_s",
+            "prompt_tokens", "output_tokens", "think_tokens", "answer_tokens", "finish_reason", "extracted_answer",
+            "correct", "parse_status")
+
+
+@pytest.fixture(scope="module")
+def pilot_run(tmp_path_factory, smollm2_path):
+    out = tmp_path_factory.mktemp("pilot")
+    proc = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--set", "datasets={gsm8k=4, gpqa-diamond=2}",
+                   "--set", "workload.batch_size=2", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_quick_pilot_end_to_end(pilot_run):
+    out, proc = pilot_run
+    cells = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [c.name.split("__")[1:3] for c in cells] == [
+        ["gpqa-diamond", "direct"], ["gpqa-diamond", "reasoning"], ["gsm8k", "direct"], ["gsm8k", "reasoning"]]
+    for c in cells:
+        cell = read_cell(c)
+        assert len(cell.requests) == (2 if "gpqa" in c.name else 4)
+        for r in cell.requests:
+            assert all(k in r for k in REQUIRED)
+            assert r["arrival_s"] <= r["admitted_s"] <= r["first_token_s"] <= r["finish_s"]
+            assert r["output_tokens"] == r["think_tokens"] + r["answer_tokens"] == len(cell.tokens[r["id"]]["t_s"])
+        assert {r["batch"] for r in cell.requests} == set(range(len(cell.requests) // 2))
+        assert cell.timeline and all(0 <= t["kv_used"] <= t["kv_capacity"] for t in cell.timeline)
+        m = cell.manifest
+        assert m["model"]["sha256"] and m["hardware"]["cores_logical"] and m["versions"]["llama-cpp-python"]
+        assert m["engine"]["context"]["max_seqs"] == 2 and m["cell"]["max_tokens"] == 32
+        if "reasoning" in c.name:
+            assert all(r["think_tokens"] > 0 for r in cell.requests)
+    assert "ASU per cell" in proc.stdout and "smollm2-135m__gsm8k__reasoning" in proc.stdout
+
+
+def test_summarize_reads_the_run(pilot_run):
+    out, _ = pilot_run
+    proc = run_cli("summarize", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert len(results) == 4 and all(r["throughput"]["output_tok_s"] > 0 for r in results)
+
+
+def test_open_loop_requests_arrive_at_their_scheduled_times(tmp_path, smollm2_path):
+    proc = run_cli("run", "--preset", "realworld", "--quick", *TINY, "--set", "datasets={gsm8k=5}",
+                   "--set", "workload.cv=[2.0]", "--set", "workload.rate=2.0", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (cell_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    cell = read_cell(cell_dir)
+    expected = make_arrivals("gamma", 5, rate=2.0, cv=2.0, seed=0).times
+    got = sorted(r["arrival_s"] for r in cell.requests)
+    assert got == pytest.approx(list(expected), abs=2e-3)
+    assert all(r["admitted_s"] >= r["arrival_s"] for r in cell.requests)
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, smollm2_path):
+    args = [*CLI, "run", "--preset", "realworld", "--quick", *TINY, "--set", "datasets={gsm8k=10}",
+            "--set", "workload={arrival='closed', concurrency=2}", "--out", str(tmp_path)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    req_files = []
+    while time.time() < deadline:
+        req_files = list(tmp_path.glob("*/requests.jsonl"))
+        if req_files and len(read_jsonl(req_files[0])) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_jsonl(req_files[0])
+    assert 3 <= len(before) < 10
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    after = read_jsonl(req_files[0])
+    ids = [r["id"] for r in after]
+    assert len(ids) == len(set(ids)) == 10
+    assert after[: len(before)] == before  # nothing recorded before the kill changed
+    assert {r["session"] for r in after} == {0, 1}
+    tokens = {r["id"] for r in read_jsonl(req_files[0].parent / "tokens.jsonl")}
+    assert tokens >= set(ids)
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "done already" in again.stderr
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ('datasets = { gsm8k = 2 }\nbogus = 1\n', "unknown key bogus"),
+    ('datasets = { gsm8k = 2 }\n[engine]\nthreads_typo = 2\n', "engine.threads_typo"),
+    ('datasets = { nope = 2 }\n', "datasets.nope"),
+    ('datasets = { gsm8k = 0 }\n', "datasets.gsm8k"),
+    ('datasets = { gsm8k = 2 }\n[sampling]\ntop_p = 1.5\n', "sampling.top_p"),
+    ('datasets = { gsm8k = 2 }\n[workload]\narrival = "sometimes"\n', "workload.arrival"),
+    ('datasets = { gsm8k = 2 }\nmax_tokens = [0]\n', "max_tokens"),
+    ('datasets = { gsm8k = 2 \n', "not valid TOML"),
+])
+def test_bad_spec_is_one_line_exit_2(tmp_path, spec, needle):
+    path = tmp_path / "spec.toml"
+    path.write_text(spec)
+    proc = run_cli("run", path, "--out", tmp_path / "out", "--dry-run")
+    assert proc.returncode == 2
+    assert needle in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_unknown_preset_and_missing_spec(tmp_path):
+    for args in (["--preset", "nope"], [tmp_path / "missing.toml"], []):
+        proc = run_cli("run", *args, "--out", tmp_path, "--dry-run")
+        assert proc.returncode == 2 and proc.stderr.startswith("error:")
