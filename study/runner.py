@@ -90,15 +90,16 @@ def manifest(cell: CellSpec, spec: dict, engine) -> dict:
 class CellRun:
     """One session of one cell (see the module docstring)."""
 
-    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, progress=None, task=None):
+    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, on_progress=None):
         self.cell, self.engine, self.writer = cell, engine, writer
         self.todo = [j for j in jobs if j.id not in writer.finished_ids]
         self.jobs = {j.id: j for j in self.todo}
-        self.progress, self.task = progress, task
+        self.on_progress = on_progress  # called with (requests finished this session, output tokens/s)
         self.recorder = Recorder(time.perf_counter_ns())
         self.in_flight: set[str] = set()
         self.batch_of: dict[str, int] = {}
         self.output_tokens = 0
+        self.finished = 0
 
     def _arrivals(self):
         wl = self.cell.workload
@@ -170,9 +171,10 @@ class CellRun:
             self.writer.write_request(record, tokens)
             self.in_flight.discard(record["id"])
             self.output_tokens += record["output_tokens"]
-            if self.progress is not None:
+            self.finished += 1
+            if self.on_progress is not None:
                 elapsed = max((time.perf_counter_ns() - self.recorder.t0_ns) / 1e9, 1e-9)
-                self.progress.update(self.task, advance=1, rate=f"{self.output_tokens / elapsed:,.1f} out tok/s")
+                self.on_progress(self.finished, self.output_tokens / elapsed)
 
 
 def hash_id(text: str) -> int:
@@ -214,7 +216,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
             for i, cell in enumerate(cells, 1):
                 cell_dir = out_dir / cell.name
                 dirs.append(cell_dir)
@@ -224,13 +226,19 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     for problem in unsupported_options(cell.engine, engine.capabilities()):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
                     jobs = build_jobs(cell, engine)
+                    label = f"[{i}/{len(cells)}] {cell.name}"
                     if len(writer.finished_ids) >= len(jobs):
-                        console.print(f"[{i}/{len(cells)}] {cell.name}: done already, skipped")
+                        console.print(f"{label}: done already, skipped")
                         continue
                     writer.write_manifest(manifest(cell, spec, engine))
-                    run = CellRun(cell, engine, jobs, writer, progress)
-                    run.task = progress.add_task(f"[{i}/{len(cells)}] {cell.name}", total=len(jobs),
-                                                 completed=len(jobs) - len(run.todo), rate="")
+                    run = CellRun(cell, engine, jobs, writer)
+                    already = len(jobs) - len(run.todo)
+                    if console.is_terminal:
+                        task = progress.add_task(label, total=len(jobs), completed=already, rate="")
+                        run.on_progress = lambda done, rate, task=task: progress.update(
+                            task, completed=already + done, rate=f"{rate:,.1f} out tok/s")
+                    else:
+                        run.on_progress = _line_progress(console, label, already, len(jobs))
                     run.run()
                 finally:
                     writer.close()
@@ -238,3 +246,18 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
         pool.close()
     return dirs
 
+
+def _line_progress(console, label: str, already: int, total: int, every_s: float = 10.0):
+    """Progress as plain lines (for logs and pipes): requests done/total, tokens/s, ETA."""
+    start = last = time.monotonic()
+
+    def report(done: int, rate: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < every_s and already + done < total:
+            return
+        last = now
+        eta = (now - start) / done * (total - already - done)
+        console.print(f"{label}: {already + done}/{total} requests, {rate:,.1f} out tok/s, ETA {eta:,.0f} s")
+
+    return report

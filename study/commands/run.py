@@ -49,7 +49,7 @@ def run(
             data = apply_overrides(data, [f"{key}={value!r}" if isinstance(value, str) else f"{key}={str(value).lower()}"])
     data = apply_overrides(data, sets)
     cells = expand(data, where)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"{where}: {len(cells)} cells -> {out}")
     if dry_run:
         for c in cells:
