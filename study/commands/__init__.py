@@ -5,6 +5,7 @@ from rllm_study.commands import run
 from rllm_study.commands import bench
 from rllm_study.commands import models
 from rllm_study.commands import metrics
+from rllm_study.commands import report
 from rllm_study.commands import datasets
 
 ALL = [
@@ -13,5 +14,6 @@ ALL = [
     bench.register,
     models.register,
     metrics.register,
+    report.register,
     datasets.register,
 ]

@@ -1,0 +1,377 @@
+"""The report of one or more runs: cells gathered into sections of text, tables and figures.
+
+Every section is always present; one whose cells are absent says which preset makes them.
+Figures of the pilot study show one representative cell per data set and prompt mode: the
+largest budget, the largest batch size and the first repeat; tables give every cell's numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rllm_study.metrics import CONVENTIONS, METRICS, distribution
+from rllm_study.report import columns as C
+from rllm_study.report import plots
+from rllm_study.report.cells import (
+    REASONING,
+    CellData,
+    dataset_order,
+    fingerprint,
+    load_groups,
+    pilot_cells,
+    pooled_accuracy,
+    technique_groups,
+    techniques_between,
+    tier,
+    varying_label,
+)
+from rllm_study.report.claims import check_claims
+from rllm_study.report.document import Bullets, Document, Figure, Paragraph, Section, Table
+
+INTRO = (
+    "A reasoning language model writes a chain of thought (its think tokens) before the answer a user sees. "
+    "The study this toolkit reproduces (Li et al., *Reasoning Language Model Inference Serving Unveiled*, "
+    "arXiv 2510.18672) served such models next to ordinary ones and found that thinking changes how serving "
+    "behaves: memory use swings, a few long answers hold up whole batches, running time follows difficulty, and "
+    "the usual serving optimizations pay off differently. This report checks those findings on the hardware that "
+    "ran these cells, from the recorded result files alone.",
+    "Terms: TTFT is the time to the first token of any kind; TTFVT the time to the first visible (answer) token, "
+    "after the thinking; E2EL the time to the last token; all three count from the request's arrival. The KV cache "
+    "holds the attention state of every token in flight; its use is the memory that grows as requests think. A "
+    "straggler is a request whose E2EL exceeds twice its batch's median. ASU = Accuracy, Service throughput and "
+    "User latency, which the paper asks to be good at once. Every formula is in the appendix.",
+)
+
+
+def _section_or_hint(title: str, hint: str) -> Section:
+    return Section(title, [Paragraph(hint)])
+
+
+def _mode_order(mode: str) -> tuple:
+    return (mode != REASONING, mode)
+
+
+# ---- setup -----------------------------------------------------------------------------------
+
+def setup(cells: list[CellData]) -> Section:
+    prints = {}
+    for c in cells:
+        fp = fingerprint(c.cell.manifest)
+        prints.setdefault(tuple(fp.items()), []).append(c)
+    hw_rows = [[k, v] for k, v in next(iter(prints))] if len(prints) == 1 else None
+    blocks: list = []
+    if hw_rows:
+        blocks.append(Table(["hardware and engine", ""], hw_rows))
+    else:
+        keys = [k for k, _ in next(iter(prints))]
+        blocks.append(Table(["cells", *keys], [[str(len(cs)), *(v for _, v in fp)] for fp, cs in prints.items()],
+                            "These runs come from different machines; `--compare` sets them side by side."))
+    versions = Counter((c.cell.manifest.get("git_commit") or "unknown",
+                        ", ".join(f"{k} {v}" for k, v in (c.cell.manifest.get("versions") or {}).items())) for c in cells)
+    blocks.append(Table(["git commit", "software", "cells"], [[f"`{g}`", v, str(n)] for (g, v), n in versions.items()]))
+    models: dict[str, list[CellData]] = {}
+    for c in cells:
+        models.setdefault(c.label, []).append(c)
+    blocks.append(Paragraph("Models, as each cell used them:"))
+    rows = []
+    for label, cs in models.items():
+        m, gguf = cs[0].model, cs[0].model.get("gguf") or {}
+        rows.append([label, str(m.get("params") or "-"), str(m.get("quant") or "-"),
+                     C.fmt(gguf.get("bits_per_weight")), C.fmt((m.get("size_bytes") or 0) / 2**20 or None),
+                     str(m.get("source") or cs[0].cell.manifest.get("engine", {}).get("base_url") or "-"), str(len(cs))])
+    blocks.append(Table(["model", "params", "quant", "bits/weight", "file MiB", "source", "cells"], rows))
+    studies: dict[str, list[CellData]] = {}
+    for c in cells:
+        studies.setdefault(c.study, []).append(c)
+    blocks.append(Table(
+        ["study", "cells", "requests", "data sets", "prompt modes", "budgets", "workloads", "variants"],
+        [[s, str(len(cs)), str(sum(len(c.cell.requests) for c in cs)),
+          ", ".join(sorted({c.dataset for c in cs}, key=dataset_order)), ", ".join(sorted({c.mode for c in cs}, key=_mode_order)),
+          ", ".join(str(b) for b in sorted({c.budget for c in cs})), ", ".join(sorted({c.workload_name for c in cs})),
+          ", ".join(dict.fromkeys(c.variant for c in cs if c.variant)) or "-"] for s, cs in studies.items()],
+    ))
+    return Section("Setup", blocks)
+
+
+# ---- claims ---------------------------------------------------------------------------------
+
+def claims_section(cells: list[CellData]) -> Section:
+    claims = check_claims(cells)
+    summary = Table(["finding", "status", "why"], [[c.title, c.status, c.reason] for c in claims])
+    return Section("Claims", [
+        Paragraph("Each finding of the paper, checked by the rule stated under it: reproduced, not reproduced, or not "
+                  "tested (the cells it needs are not in these runs). Small edge models and short budgets are not the "
+                  "paper's 7B-70B models: a finding that does not reproduce here is a measured fact about this setup. With few "
+                  "requests per cell a verdict can flip from one run to the next; the counts are given with the numbers."),
+        summary, *claims,
+    ])
+
+
+# ---- pilot ----------------------------------------------------------------------------------
+
+def representatives(cells: list[CellData]) -> list[list[CellData]]:
+    """Per (run, model, data set), the pilot cells at the largest budget, largest batch and first repeat, reasoning first."""
+    pilot = pilot_cells(cells)
+    if not pilot:
+        return []
+    top = max(c.budget for c in pilot)
+    pilot = [c for c in pilot if c.budget == top]
+    batch = max(c.workload.get("batch_size") or 0 for c in pilot)
+    pilot = [c for c in pilot if (c.workload.get("batch_size") or 0) == batch]
+    first = min(c.spec.get("repeat", 0) for c in pilot)
+    groups: dict[tuple, list[CellData]] = {}
+    for c in sorted(pilot, key=lambda c: (str(c.spec.get("model")), dataset_order(c.dataset), _mode_order(c.mode))):
+        if c.spec.get("repeat", 0) == first:
+            groups.setdefault((c.run, c.spec.get("model"), c.dataset), []).append(c)
+    return list(groups.values())
+
+
+def _selection_note(reps: list[list[CellData]]) -> str:
+    c = reps[0][0]
+    return (f"Shown: budget {c.budget} tokens, {c.workload_name}, repeat {c.spec.get('repeat', 0)} "
+            f"(the largest budget and batch size recorded).")
+
+
+def _columns(group: list[CellData]) -> list[tuple[str, CellData]]:
+    return [(f"{c.dataset} · {c.mode}", c) for c in group]
+
+
+def _models_note(group: list[CellData]) -> str:
+    return "; ".join(dict.fromkeys(c.label for c in group))
+
+
+def memory_section(cells: list[CellData]) -> Section:
+    reps = representatives(cells)
+    if not reps:
+        return _section_or_hint("Memory use and fluctuation", "No pilot cells in these runs: `rllm-study run --preset pilot` makes them.")
+    blocks: list = [Paragraph("KV-cache use (in the engine's unit, capacity dashed) and process RSS over one cell's run, "
+                              "with running and waiting requests and each request's arrival and finish. "
+                              + _selection_note(reps))]
+    for group in reps:
+        blocks.append(Figure(f"memory-{group[0].base_model}-{group[0].dataset}", plots.timeline(_columns(group)),
+                             f"Memory over time, {group[0].dataset}: {_models_note(group)}."))
+    blocks.append(Table(["cell", "KV peak", "KV mean", "KV CV", "RSS peak MiB", "RSS CV"],
+                        [[f"{c.dataset} · {c.mode}", C.cell_value(c.metrics, C.KV_PEAK), C.cell_value(c.metrics, C.KV_MEAN),
+                          C.cell_value(c.metrics, C.KV_CV), C.cell_value(c.metrics, C.RSS_PEAK),
+                          C.fmt(c.metrics["memory"]["rss_bytes"]["cv"])] for g in reps for c in g]))
+    return Section("Memory use and fluctuation", blocks)
+
+
+def straggler_section(cells: list[CellData]) -> Section:
+    reps = representatives(cells)
+    if not reps:
+        return _section_or_hint("Stragglers", "No pilot cells in these runs: `rllm-study run --preset pilot` makes them.")
+    k = reps[0][0].metrics["stragglers"]["k"]
+    blocks: list = [Paragraph(f"Each bar is one request from arrival to its last token, grouped by synchronous batch. "
+                              f"A straggler (red) took more than {k:g}x its batch's median E2EL; the shaded tail is the "
+                              f"time a batch ran with fewer than half its requests left. " + _selection_note(reps))]
+    for group in reps:
+        blocks.append(Figure(f"stragglers-{group[0].base_model}-{group[0].dataset}", plots.batches(_columns(group)),
+                             f"Requests per batch, {group[0].dataset}: {_models_note(group)}."))
+    blocks.append(Table(
+        ["cell", "stragglers", "share", "tail time s", "tail share", "think tok: stragglers / others"],
+        [[f"{c.dataset} · {c.mode}", str(c.metrics["stragglers"]["count"]), C.cell_value(c.metrics, C.STRAGGLERS),
+          C.fmt(c.metrics["stragglers"]["tail_time_s"]), C.cell_value(c.metrics, C.TAIL_SHARE),
+          f"{C.fmt(c.metrics['stragglers']['think_tokens_mean'])} / {C.fmt(c.metrics['stragglers']['non_straggler_think_tokens_mean'])}"]
+         for g in reps for c in g]))
+    return Section("Stragglers", blocks)
+
+
+def _top_budget_pilot(cells: list[CellData]) -> dict[str, list[CellData]]:
+    """Per model: its pilot cells at its largest budget."""
+    out: dict[str, list[CellData]] = {}
+    for c in pilot_cells(cells):
+        out.setdefault(c.spec.get("model"), []).append(c)
+    return {m: [c for c in cs if c.budget == max(x.budget for x in cs)] for m, cs in out.items()}
+
+
+def difficulty_section(cells: list[CellData]) -> Section:
+    per_model = _top_budget_pilot(cells)
+    if not per_model:
+        return _section_or_hint("Adaptive running time", "No pilot cells in these runs: `rllm-study run --preset pilot` makes them.")
+    blocks: list = [Paragraph("Think tokens, output tokens and end-to-end latency per completed request, by data set "
+                              "from easy to hard, at the largest budget (all batch sizes and repeats pooled).")]
+    for cs in per_model.values():
+        by_dataset: dict[str, dict[str, list[dict]]] = {}
+        for c in sorted(cs, key=lambda c: dataset_order(c.dataset)):
+            by_dataset.setdefault(c.dataset, {}).setdefault(c.mode, []).extend(r for r in c.rows if r["completed"])
+        blocks.append(Figure(f"difficulty-{cs[0].base_model}", plots.difficulty(by_dataset, {d: tier(d) for d in by_dataset}),
+                             f"Tokens and running time by difficulty, budget {cs[0].budget}: {_models_note(cs)}."))
+        rows = []
+        for d, modes in by_dataset.items():
+            for mode in sorted(modes, key=_mode_order):
+                rs = modes[mode]
+                think, out, e2el = (distribution(r[k] for r in rs) for k in ("think_tokens", "output_tokens", "e2el_s"))
+                rows.append([d, tier(d), mode, str(len(rs)), f"{C.fmt(think['mean'])} / {C.fmt(think['p90'])}",
+                             C.fmt(out["mean"]), f"{C.fmt(e2el['mean'])} / {C.fmt(e2el['p90'])}",
+                             C.fmt(sum(r["finish_reason"] == "length" for r in rs) / len(rs) if rs else None, "pct")])
+        blocks.append(Table(["data set", "difficulty", "mode", "n", "think tok mean / p90", "output tok mean", "E2EL s mean / p90", "hit budget"], rows))
+    return Section("Adaptive running time", blocks)
+
+
+def domain_section(cells: list[CellData]) -> Section:
+    pilot = pilot_cells(cells)
+    if not pilot:
+        return _section_or_hint("Domain preference", "No pilot cells in these runs: `rllm-study run --preset pilot` makes them.")
+    blocks: list = [Paragraph("Accuracy per domain for each prompt mode (requests of all cells pooled; unparsed answers "
+                              "count as wrong).")]
+    by_model: dict[str, list[CellData]] = {}
+    for c in pilot:
+        by_model.setdefault(c.spec.get("model"), []).append(c)
+    for cs in by_model.values():
+        acc: dict[int, dict[str, dict]] = {}
+        for budget in sorted({c.budget for c in cs}):
+            for mode in sorted({c.mode for c in cs}, key=_mode_order):
+                acc.setdefault(budget, {})[mode] = pooled_accuracy([c for c in cs if c.budget == budget and c.mode == mode], "by_domain")
+        blocks.append(Figure(f"accuracy-{cs[0].base_model}", plots.domain_accuracy(acc), f"Accuracy by domain: {_models_note(cs)}."))
+        top = max(acc)
+        rows = []
+        for mode in sorted({c.mode for c in cs}, key=_mode_order):
+            per_ds = pooled_accuracy([c for c in cs if c.budget == top and c.mode == mode], "by_dataset")
+            for d in sorted(per_ds, key=dataset_order):
+                a = per_ds[d]
+                rows.append([d, tier(d), mode, C.fmt(a["accuracy"], "pct"), f"{a['correct']}/{a['total']}", str(a["unparsed"])])
+        blocks.append(Table(["data set", "difficulty", "mode", "accuracy", "correct", "unparsed"], rows, f"At budget {top} tokens."))
+    return Section("Domain preference", blocks)
+
+
+def _series(cells: list[CellData]) -> dict[str, list[dict]]:
+    """Completed-request rows pooled over data sets and repeats, per (model, variant, mode, budget, workload)."""
+    keyed: dict[tuple, list[CellData]] = {}
+    for c in cells:
+        keyed.setdefault((c.spec.get("model"), c.variant, c.mode, c.budget, c.workload_name), []).append(c)
+    names = ("model", "variant", "mode", "budget", "workload")
+    varying = [i for i in range(len(names)) if len({k[i] for k in keyed}) > 1]
+    return {(" · ".join(f"budget {k[i]}" if names[i] == "budget" else str(k[i]) for i in varying) or "all"):
+            [r for c in cs for r in c.rows] for k, cs in keyed.items()}
+
+
+def latency_section(cells: list[CellData]) -> Section:
+    blocks: list = [Paragraph("Empirical distributions of TTFT, TTFVT and E2EL over completed requests (data sets and "
+                              "repeats pooled). A curve further left is faster; the gap between TTFT and TTFVT is the "
+                              "thinking a user waits through. A request with no answer token has no TTFVT.")]
+    studies: dict[str, list[CellData]] = {}
+    for c in cells:
+        studies.setdefault(c.study, []).append(c)
+    for study, cs in studies.items():
+        if len({c.budget for c in cs}) > 1 and len(_series(cs)) > 8:
+            cs = [c for c in cs if c.budget == max(x.budget for x in cs)]
+        blocks.append(Figure(f"latency-{study}", plots.latency_cdfs(_series(cs)),
+                             f"Latency CDFs, study {study}" + (f" (budget {cs[0].budget})" if len({c.budget for c in cs}) == 1 else "") + "."))
+    return Section("Latency distributions", blocks)
+
+
+# ---- techniques -------------------------------------------------------------------------------
+
+def technique_section(cells: list[CellData]) -> Section:
+    groups = technique_groups(cells)
+    if not groups:
+        return _section_or_hint("Techniques", "No cells with variants in these runs: the `quantization`, `kv-cache`, "
+                                "`prefix-cache` and `speculative` presets make them.")
+    section = Section("Techniques", [Paragraph(
+        "Each study's variants against its baseline (the first variant in the spec), cell by cell; ratios are "
+        "variant / baseline, accuracy differences in percentage points.")])
+    by_study: dict[str, list] = {}
+    for g in groups:
+        by_study.setdefault(g.study, []).append(g)
+    for study, gs in by_study.items():
+        names = sorted({t for g in gs for v in g.variants.values() for t in techniques_between(g.baseline, v)}) or ["other settings"]
+        group_cells = [v for g in gs for v in g.variants.values()]
+        rows, points = [], []
+        for g in gs:
+            base = g.baseline
+            where = varying_label(group_cells, base) if len(gs) > 1 else base.dataset
+            settings = variant_settings(list(g.variants.values()))
+            for name, c in g.variants.items():
+                cells_text = []
+                for column in C.TECHNIQUE:
+                    new, ref = C.value(c.metrics, column), C.value(base.metrics, column)
+                    text = C.fmt(new, column.kind)
+                    if c is not base and new is not None and ref is not None:
+                        text += f" ({C.points(new, ref) if column is C.ACCURACY else C.fmt_ratio(C.ratio(new, ref))})"
+                    cells_text.append(text)
+                rows.append([where, name + (" (baseline)" if c is base else ""), settings[c.name], *cells_text])
+                points.append((name, where, C.value(c.metrics, C.OUT_TOK_S), C.value(c.metrics, C.ACCURACY)))
+        models = "; ".join(dict.fromkeys(c.label for c in group_cells))
+        section.subsections.append(Section(f"Technique: {study}", [
+            Paragraph(f"Varies: {', '.join(names)}. Models: {models}."),
+            Table(["cells", "variant", "settings", *(c.label for c in C.TECHNIQUE)], rows,
+                  "ASU against the baseline variant: in brackets the ratio variant / baseline (accuracy: the difference)."),
+            Figure(f"technique-{study}", plots.accuracy_vs_throughput(points), f"Accuracy against output tokens/s, study {study}."),
+        ]))
+    return section
+
+
+def variant_settings(cells: list[CellData]) -> dict[str, str]:
+    """Per cell name, the settings that differ among these variant cells: model quantization (with
+    bits per weight), engine options and the engine's KV bytes per token."""
+    def facts(c: CellData) -> dict[str, str]:
+        out = {"weights": f"{c.model.get('quant')} ({C.fmt((c.model.get('gguf') or {}).get('bits_per_weight'))} bpw)"}
+        out.update({k: str(v) for k, v in (c.spec.get("engine") or {}).items()})
+        per_token = (c.cell.manifest.get("engine") or {}).get("kv_bytes_per_token")
+        out["KV/token"] = "-" if per_token is None else f"{per_token / 1024:.1f} KiB"
+        return out
+
+    all_facts = {c.name: facts(c) for c in cells}
+    keys = [k for k in next(iter(all_facts.values())) if len({f.get(k) for f in all_facts.values()}) > 1]
+    return {name: ", ".join(f"{k} {f.get(k)}" for k in keys) or "-" for name, f in all_facts.items()}
+
+
+# ---- load -----------------------------------------------------------------------------------
+
+def load_section(cells: list[CellData]) -> Section:
+    groups = load_groups(cells)
+    if not groups:
+        return _section_or_hint("Bursty arrivals", "No open-loop cells in these runs: `rllm-study run --preset realworld` makes them.")
+    blocks: list = [Paragraph("Requests arrive on their own schedule (open loop: Poisson, or Gamma with shape 1/CV^2, "
+                              "burstier as the CV grows), whether or not the engine keeps up. Per rate and CV: requests "
+                              "running and waiting in the queue, and KV-cache use, over time.")]
+    for key, cs in groups.items():
+        study, _, dataset, mode, budget, *_ = key
+        blocks.append(Figure(f"load-{study}-{cs[0].base_model}-{dataset}-{mode}-{budget}",
+                             plots.timeline([(c.workload_name, c) for c in cs], with_rss=False),
+                             f"Queue and KV use under load, {dataset}, {mode}, budget {budget}: {_models_note(cs)}."))
+        blocks.append(Table(["workload", *(c.label for c in C.LOAD)],
+                            [[c.workload_name, *(C.cell_value(c.metrics, col) for col in C.LOAD)] for c in cs]))
+    return Section("Bursty arrivals", blocks)
+
+
+# ---- all cells and appendix ---------------------------------------------------------------------
+
+def cells_section(cells: list[CellData]) -> Section:
+    section = Section("All cells", [Paragraph("Every cell's key numbers (percentiles over completed requests).")])
+    studies: dict[str, list[CellData]] = {}
+    for c in cells:
+        studies.setdefault(c.study, []).append(c)
+    for study, cs in studies.items():
+        rows = [[varying_label(cs, c), str(len(c.cell.requests)), *(C.cell_value(c.metrics, col) for col in C.OVERVIEW)] for c in cs]
+        section.blocks.append(Table(["cell", "requests", *(c.label for c in C.OVERVIEW)], rows, f"Study {study}."))
+    return section
+
+
+def metrics_appendix() -> Section:
+    rows = [[f"`{m.name}`", m.unit, f"`{m.formula}`", m.description] for m in METRICS.values()]
+    return Section("Appendix: metrics", [
+        Paragraph("Every metric this report uses, with its formula and unit (the same definitions as `rllm-study metrics --explain`)."),
+        Table(["metric", "unit", "formula", "meaning"], rows),
+        Paragraph("Conventions:"),
+        Bullets(list(CONVENTIONS)),
+    ])
+
+
+def _title(cells: list[CellData]) -> str:
+    studies = ", ".join(dict.fromkeys(c.study for c in cells))
+    cpus = ", ".join(dict.fromkeys(fingerprint(c.cell.manifest)["CPU"] for c in cells))
+    return f"rllm-study report: {studies} on {cpus}"
+
+
+def build_report(cells: list[CellData], sources: list[str]) -> Document:
+    """The full report of these cells; `sources` names the run folders they came from."""
+    intro = [*(Paragraph(p) for p in INTRO),
+             Paragraph(f"Made from {len(cells)} cells ({sum(len(c.cell.requests) for c in cells)} requests) in "
+                       + ", ".join(f"`{s}`" for s in sources) + ".")]
+    return Document(_title(cells), intro, [
+        setup(cells), claims_section(cells), memory_section(cells), straggler_section(cells), difficulty_section(cells),
+        domain_section(cells), latency_section(cells), technique_section(cells), load_section(cells),
+        cells_section(cells), metrics_appendix(),
+    ])

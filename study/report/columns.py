@@ -1,0 +1,96 @@
+"""The key metrics that report tables show, where each lives in `cell_metrics()` and how it is printed.
+
+A column's value is read from a cell's metrics, never recomputed; `ratio` = this run's (or
+variant's) value / the reference's value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rllm_study.commands.metrics import _num, _pct
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str       # as printed, with its unit
+    metric: str      # the METRICS entry that defines it
+    path: tuple      # keys into cell_metrics()
+    kind: str = "num"  # num | pct (a fraction printed as a percentage) | mib (bytes printed in MiB) | ms (seconds printed in ms)
+    higher_is_better: bool | None = None
+
+
+def col(label: str, metric: str, *path: str, kind: str = "num", better: bool | None = None) -> Column:
+    return Column(label, metric, path, kind, better)
+
+
+ACCURACY = col("accuracy", "accuracy", "accuracy", "overall", "accuracy", kind="pct", better=True)
+OUT_TOK_S = col("out tok/s", "output_tok_s", "throughput", "output_tok_s", better=True)
+REQ_S = col("req/s", "requests_s", "throughput", "requests_s", better=True)
+GOODPUT = col("goodput req/s", "goodput_req_s", "throughput", "goodput_req_s", better=True)
+TTFT_P50 = col("TTFT p50 s", "ttft_s", "latency", "ttft_s", "p50", better=False)
+TTFVT_P50 = col("TTFVT p50 s", "ttfvt_s", "latency", "ttfvt_s", "p50", better=False)
+TTFVT_P95 = col("TTFVT p95 s", "ttfvt_s", "latency", "ttfvt_s", "p95", better=False)
+E2EL_P50 = col("E2EL p50 s", "e2el_s", "latency", "e2el_s", "p50", better=False)
+E2EL_P90 = col("E2EL p90 s", "e2el_s", "latency", "e2el_s", "p90", better=False)
+E2EL_P95 = col("E2EL p95 s", "e2el_s", "latency", "e2el_s", "p95", better=False)
+QUEUE_P50 = col("queue p50 s", "queue_s", "latency", "queue_s", "p50", better=False)
+QUEUE_P90 = col("queue p90 s", "queue_s", "latency", "queue_s", "p90", better=False)
+TPOT_P50 = col("TPOT p50 ms", "tpot_s", "latency", "tpot_s", "p50", kind="ms", better=False)
+ITL_P50 = col("ITL p50 ms", "itl_s", "latency", "itl_s", "p50", kind="ms", better=False)
+THINK_MEAN = col("think tok mean", "think_tokens", "tokens", "think", "mean")
+OUTPUT_MEAN = col("output tok mean", "output_tokens", "tokens", "output", "mean")
+STRAGGLERS = col("stragglers", "straggler_share", "stragglers", "share", kind="pct", better=False)
+TAIL_SHARE = col("tail share", "tail_share", "stragglers", "tail_share", kind="pct", better=False)
+KV_PEAK = col("KV peak", "kv_frac", "memory", "kv_frac", "peak", kind="pct", better=False)
+KV_MEAN = col("KV mean", "kv_frac", "memory", "kv_frac", "mean", kind="pct", better=False)
+KV_CV = col("KV CV", "kv_frac", "memory", "kv_frac", "cv")
+RSS_PEAK = col("RSS peak MiB", "rss_bytes", "memory", "rss_bytes", "peak", kind="mib", better=False)
+PREFIX_HITS = col("prefix hit rate", "prefix_hit_rate", "techniques", "prefix_hit_rate", kind="pct")
+DRAFT_ACCEPT = col("draft acceptance", "draft_acceptance_rate", "techniques", "draft_acceptance_rate", kind="pct")
+
+OVERVIEW = (ACCURACY, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK)
+TECHNIQUE = (ACCURACY, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
+LOAD = (REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
+COMPARE = (ACCURACY, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
+           TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
+           PREFIX_HITS, DRAFT_ACCEPT)
+
+
+def value(metrics: dict, column: Column) -> float | None:
+    node = metrics
+    for key in column.path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def fmt(v: float | None, kind: str = "num") -> str:
+    if v is None:
+        return "-"
+    if kind == "pct":
+        return _pct(v)
+    if kind == "mib":
+        return _num(v / MIB)
+    if kind == "ms":
+        return _num(v * 1000)
+    return _num(v)
+
+
+def cell_value(metrics: dict, column: Column) -> str:
+    return fmt(value(metrics, column), column.kind)
+
+
+def ratio(new: float | None, ref: float | None) -> float | None:
+    """new / ref; None when either is missing or ref is 0."""
+    return None if new is None or ref in (None, 0) else new / ref
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def points(new: float | None, ref: float | None) -> str:
+    """A difference of two fractions in percentage points, signed."""
+    return "-" if new is None or ref is None else f"{100 * (new - ref):+.1f} pt"

@@ -1,0 +1,258 @@
+"""Reports: made from small real runs (SmolLM2 on the pilot, realworld and a KV-cache variant study),
+checked for every section, self-contained HTML, a real headless browser, --compare, and the
+claim rules on result files built by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import THREADS, run_cli
+from rllm_study.metrics import METRICS
+from rllm_study.report import REPORT_HTML, REPORT_MD
+from rllm_study.report.cells import load_cells
+from rllm_study.report.claims import adaptive_time, check_claims, memory
+from rllm_study.report.document import NOT_REPRODUCED, NOT_TESTED, REPRODUCED
+from rllm_study.results import CellWriter
+
+SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
+            "Latency distributions", "Techniques", "Bursty arrivals", "All cells", "Appendix: metrics"]
+CLAIM_TITLES = ["Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
+                "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals"]
+SMALL = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[24]"]
+KV_SPEC = """
+name = "kv-cache-small"
+models = ["smollm2-135m"]
+prompt_modes = ["reasoning"]
+max_tokens = [24]
+[datasets]
+gsm8k = 2
+[workload]
+arrival = "batch"
+batch_size = 2
+[[variants]]
+name = "f16"
+engine = { type_k = "f16", type_v = "f16" }
+[[variants]]
+name = "q8_0"
+engine = { type_k = "q8_0", type_v = "q8_0", flash_attn = true }
+"""
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Three small real runs (about 30 s on 2 cores) and the report made from them."""
+    root = tmp_path_factory.mktemp("runs")
+    _ok(run_cli("run", "--preset", "pilot", "--quick", *SMALL, "--set", "datasets={gsm8k=2, math500=2, gpqa-diamond=2}",
+                "--set", "workload.batch_size=2", "--out", root / "pilot"))
+    _ok(run_cli("run", "--preset", "realworld", "--quick", *SMALL, "--set", "datasets={gsm8k=3}",
+                "--set", "workload.rate=2.0", "--out", root / "realworld"))
+    (root / "kv.toml").write_text(KV_SPEC)
+    _ok(run_cli("run", root / "kv.toml", "-t", str(THREADS), "--out", root / "kv"))
+    _ok(run_cli("report", root / "pilot", root / "realworld", root / "kv", "--out", root / "report"))
+    return {"pilot": root / "pilot", "realworld": root / "realworld", "kv": root / "kv", "report": root / "report"}
+
+
+def _claims_md(md: str) -> dict[str, str]:
+    """Claim title -> status, from the claims summary table of report.md."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| ([^|]+) \| (reproduced|not reproduced|not tested) \|", md, re.M)}
+
+
+def test_report_from_real_runs_has_every_section(runs):
+    md = (runs["report"] / REPORT_MD).read_text()
+    assert re.findall(r"^## (.+)$", md, re.M) == SECTIONS
+    claims = _claims_md(md)
+    assert list(claims) == CLAIM_TITLES
+    # the runs hold what these need: reasoning/direct pairs, two math tiers, two CVs at one rate
+    for tested in ("Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference", "Bursty arrivals"):
+        assert claims[tested] != NOT_TESTED, tested
+    for absent in ("Weight quantization", "Prefix caching", "Speculative decoding"):
+        assert claims[absent] == NOT_TESTED, absent
+    # every figure it references is a PNG written next to it
+    figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    assert len(figures) >= 9
+    for f in figures:
+        assert (runs["report"] / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    for kind in ("memory-", "stragglers-", "difficulty-", "accuracy-", "latency-pilot", "latency-realworld",
+                 "technique-kv-cache-small", "load-realworld-"):
+        assert any(kind in f for f in figures), kind
+    # honest model labels, the variant table, every metric in the appendix
+    assert "SmolLM2-135M-Instruct Q4_1 prompted to reason; not a trained reasoning model" in md
+    assert "| gsm8k | q8_0 | type_k q8_0, type_v q8_0, flash_attn True" in md
+    appendix = md.split("## Appendix: metrics", 1)[1]
+    for name in METRICS:
+        assert f"`{name}`" in appendix, name
+
+
+def test_html_is_self_contained(runs):
+    html = (runs["report"] / REPORT_HTML).read_text()
+    md = (runs["report"] / REPORT_MD).read_text()
+    assert html.count('src="data:image/png;base64,') == len(re.findall(r"!\[", md))
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", html), "a reference leaves the page"
+    assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
+
+
+CHECKER = """<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<script>
+window.__problems = [];
+window.addEventListener("error", e => __problems.push("error: " + e.message));
+document.addEventListener("securitypolicyviolation", e => __problems.push("blocked: " + e.blockedURI));
+const consoleError = console.error;
+console.error = (...args) => { __problems.push("console: " + args.join(" ")); consoleError(...args); };
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "report-check";
+  out.textContent = JSON.stringify({
+    problems: __problems,
+    images: document.images.length,
+    undecoded: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+    claims: document.querySelectorAll("#claims .claim").length,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom"]
+
+
+def test_report_opens_in_headless_chromium(runs, tmp_path):
+    """The page loads with no console errors or blocked requests (a strict content security policy
+    allows only data: images and inline styles), every image decodes, and the claims are there."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; scripts/setup.sh installs it)")
+    page = tmp_path / "checked.html"
+    page.write_text((runs["report"] / REPORT_HTML).read_text().replace("<head>", "<head>" + CHECKER, 1))
+    proc = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="report-check">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"the page did not finish loading: {proc.stderr[-2000:]}"
+    check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    console_errors = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line and "report-check" not in line]
+    assert check["problems"] == [] and console_errors == [], (check["problems"], console_errors)
+    assert check["images"] >= 9 and check["undecoded"] == []
+    assert check["claims"] == len(CLAIM_TITLES)
+
+
+def test_compare_lists_ratios_and_what_differed(runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(runs["pilot"], other)
+    for manifest in other.rglob("manifest.json"):
+        m = json.loads(manifest.read_text())
+        m["hardware"]["cpu"] = "Another CPU"          # hardware: shown in the fingerprints, not a difference
+        m["cell"]["engine"]["n_threads"] = 7           # a setting: must be listed as a difference
+        manifest.write_text(json.dumps(m))
+    _ok(run_cli("report", runs["pilot"], other, "--compare", "--out", tmp_path / "cmp"))
+    md = (tmp_path / "cmp" / REPORT_MD).read_text()
+    assert re.findall(r"^## (.+)$", md, re.M) == ["Runs", "What differed besides hardware", "Claims", "Summary",
+                                                  "Cells side by side", "Appendix: metrics"]
+    assert "Another CPU" in md.split("## Runs", 1)[1].split("## What differed", 1)[0]
+    differed = md.split("## What differed besides hardware", 1)[1].split("## Claims", 1)[0]
+    assert "`cell.engine.n_threads`" in differed and "| 7 |" in differed
+    assert "`hardware." not in differed
+    # the same result files on both sides: every ratio is exactly 1
+    summary = md.split("## Summary", 1)[1].split("## Cells side by side", 1)[0]
+    assert "| out tok/s | 1.00x |" in summary and "| E2EL p50 s | 1.00x |" in summary
+    assert len(re.findall(r"^### ", md.split("## Cells side by side", 1)[1], re.M)) == len(list(runs["pilot"].iterdir()))
+
+
+def test_user_mistakes_are_one_line(runs, tmp_path):
+    for args, needle in (
+        ((tmp_path / "missing", "--out", tmp_path / "o"), "does not exist"),
+        ((tmp_path, "--out", tmp_path / "o"), "no cells"),
+        ((runs["pilot"], "--compare", "--out", tmp_path / "o"), "at least two run folders"),
+        ((runs["pilot"], runs["realworld"], "--compare", "--out", tmp_path / "o"), "no cell of"),
+    ):
+        proc = run_cli("report", *args)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and needle in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---- claim rules on hand-built result files ------------------------------------------------------
+
+def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float], think: list[int], *, study="pilot",
+          variant="", engine=None, model=None, correct=False) -> None:
+    """A cell of one synchronous batch: requests arrive at 0 and finish at their E2EL; KV samples
+    every second out of a capacity of 100 cells."""
+    name = "-".join(p for p in (dataset, mode, variant) if p)
+    w = CellWriter(root / name)
+    w.write_manifest({
+        "cell": {"name": name, "study": study, "model": "m", "variant": variant, "dataset": dataset, "prompt_mode": mode,
+                 "max_tokens": 64, "repeat": 0, "workload": {"arrival": "batch", "batch_size": len(e2el)}, "engine": engine or {}},
+        "model": model, "spec": {"variants": [{"name": "base"}, {"name": "new"}]},
+    })
+    for i, (t, k) in enumerate(zip(e2el, think)):
+        rid = f"{dataset}/{i}"
+        w.write_request({"id": rid, "dataset": dataset, "domain": "math", "batch": 0, "arrival_s": 0.0, "admitted_s": 0.0,
+                         "first_token_s": 0.1, "first_answer_token_s": None, "finish_s": t, "output_tokens": k, "think_tokens": k,
+                         "answer_tokens": 0, "finish_reason": "stop", "correct": correct, "parse_status": "ok"},
+                        {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"})
+    for s, used in enumerate(kv):
+        w.write_timeline({"t_s": float(s), "kv_used": used, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
+    w.close()
+
+
+def test_memory_rule(tmp_path):
+    # reasoning peaks at 70% and swings (3..70, CV 0.79); direct stays near 3% (CV 0.14): reproduced
+    _cell(tmp_path / "a", "reasoning", "gsm8k", [3, 40, 70, 10, 3], [1, 2], [5, 9])
+    _cell(tmp_path / "a", "direct", "gsm8k", [2, 3, 3, 3, 3], [1, 1], [0, 0])
+    claim = memory(load_cells([tmp_path / "a"]))
+    assert claim.status == REPRODUCED, claim
+    assert ("peak ratio reasoning / direct", "23.33x") in claim.numbers
+    # the same peaks but the direct run swings more: the CV condition fails
+    _cell(tmp_path / "b", "reasoning", "gsm8k", [60, 70, 65, 70, 60], [1, 2], [5, 9])
+    _cell(tmp_path / "b", "direct", "gsm8k", [0, 3, 0, 3, 0], [1, 1], [0, 0])
+    assert memory(load_cells([tmp_path / "b"])).status == NOT_REPRODUCED
+    # only one prompt mode: nothing to compare
+    assert memory(load_cells([tmp_path / "a" / "gsm8k-reasoning"])).status == NOT_TESTED
+
+
+def test_adaptive_time_rule(tmp_path):
+    # think tokens and E2EL rise from GSM8K (easy) to MATH-500 (medium) to AIME (hard): reproduced
+    for dataset, e2el, think in (("gsm8k", [1, 2], [10, 20]), ("math500", [3, 4], [30, 40]), ("aime24", [5, 9], [50, 60])):
+        _cell(tmp_path / "up", "reasoning", dataset, [1, 2], e2el, think)
+    claim = adaptive_time(load_cells([tmp_path / "up"]))
+    assert claim.status == REPRODUCED, claim
+    assert claim.numbers[0] == ("easy: think tokens mean / E2EL mean / hit budget (n=2)", "15.0 tok / 1.50 s / 0.0%")
+    # AIME thinks less than MATH-500: the ladder breaks
+    _cell(tmp_path / "down", "reasoning", "math500", [1], [3, 4], [30, 40])
+    _cell(tmp_path / "down", "reasoning", "aime24", [1], [5, 9], [20, 25])
+    assert adaptive_time(load_cells([tmp_path / "down"])).status == NOT_REPRODUCED
+    # the technique and load claims need cells these runs do not have
+    statuses = {c.key: c.status for c in check_claims(load_cells([tmp_path / "up"]))}
+    assert {statuses[k] for k in ("quantization", "kv-cache", "prefix-cache", "speculative", "bursty", "memory")} == {NOT_TESTED}
+
+
+def test_technique_rules(tmp_path):
+    small = {"quant": "Q8_0", "gguf": {"bits_per_weight": 8.5, "n_params": 5e8}}
+    # weight quantization: 4.5 bpw keeps accuracy (both all correct) and is faster (E2EL 1 s vs 2 s)
+    _cell(tmp_path, "reasoning", "gsm8k", [1], [2, 2], [9, 9], study="quantization", variant="base", model=small, correct=True)
+    _cell(tmp_path, "reasoning", "gsm8k", [1], [1, 1], [9, 9], study="quantization", variant="new", correct=True,
+          model={"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}})
+    # prefix caching on a small model, single-turn: on is slower (E2EL 3 s vs 2 s), as the paper found for 7B
+    _cell(tmp_path, "reasoning", "math500", [1], [2, 2], [9, 9], study="prefix", variant="base", model=small, engine={"prefix_cache": False})
+    _cell(tmp_path, "reasoning", "math500", [1], [3, 3], [9, 9], study="prefix", variant="new", model=small, engine={"prefix_cache": True})
+    # speculative decoding: shorter end to end (1 s vs 2 s) at the same accuracy
+    _cell(tmp_path, "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None}, correct=True)
+    _cell(tmp_path, "reasoning", "aime24", [1], [1, 1], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"}, correct=True)
+    claims = {c.key: c for c in check_claims(load_cells([tmp_path]))}
+    assert claims["quantization"].status == REPRODUCED, claims["quantization"]
+    assert claims["quantization"].numbers == [("new (4.50 bpw) vs 8.50 bpw: accuracy / out tok/s / E2EL p50", "+0.0 pt / 2.00x / 0.50x")]
+    assert claims["prefix-cache"].status == REPRODUCED, claims["prefix-cache"]
+    assert claims["speculative"].status == REPRODUCED, claims["speculative"]
+    assert claims["kv-cache"].status == NOT_TESTED
+    # speculation that makes requests slower (3 s vs 2 s) does not reproduce the finding
+    _cell(tmp_path / "slow", "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None})
+    _cell(tmp_path / "slow", "reasoning", "aime24", [1], [3, 3], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"})
+    assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "slow"]))}["speculative"] == NOT_REPRODUCED
