@@ -251,13 +251,13 @@ def _mark_stragglers(rows: list[dict], k: float, window: int) -> None:
         session_rows.sort(key=lambda x: (x["arrival_s"], x["id"]))
         for i, row in enumerate(session_rows):
             row["group"] = f"s{session}/window{i // window}"
-    for members in _groups(rows).values():
+    for members in straggler_groups(rows).values():
         median = statistics.median(m["e2el_s"] for m in members)
         for m in members:
             m["straggler"] = m["e2el_s"] > k * median
 
 
-def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+def straggler_groups(rows: list[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if row["group"] is not None:
@@ -265,7 +265,7 @@ def _groups(rows: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _tail(members: list[dict]) -> tuple[float, float]:
+def group_tail(members: list[dict]) -> tuple[float, float]:
     """(span, tail) of a group: span = last finish - first arrival; tail = time within it when fewer
     than half of the group's n requests were unfinished = last finish - the (floor(n/2)+1)-th finish."""
     finishes = sorted(m["finish_s"] for m in members)
@@ -437,13 +437,13 @@ def non_straggler_think(ctx: _Context) -> float | None:
 @metric("tail_time_s", "s", "sum over groups of (last finish - (floor(n/2)+1)-th finish)", section="stragglers")
 def tail_time(ctx: _Context) -> float:
     """Time each straggler group ran with fewer than half of its n requests unfinished, summed over groups."""
-    return sum(_tail(m)[1] for m in _groups(ctx.rows).values())
+    return sum(group_tail(m)[1] for m in straggler_groups(ctx.rows).values())
 
 
 @metric("tail_share", "fraction", "tail_time_s / sum over groups of (last finish - first arrival)", section="stragglers")
 def tail_share(ctx: _Context) -> float | None:
     """Share of the groups' running time spent in the tail."""
-    return _ratio(tail_time(ctx), sum(_tail(m)[0] for m in _groups(ctx.rows).values()))
+    return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
 
 
 @metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", section="memory")

@@ -210,7 +210,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
             if wl["arrival"] not in ARRIVALS:
                 raise UserError(f"{where}: workload.arrival: unknown process {wl['arrival']!r} (choose from {', '.join(ARRIVALS)})")
             options = _engine_options(eng, wl, budget, where)
-            wl_name = _workload_name(wl)
+            wl_name = workload_name(wl)
             parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", wl_name, f"r{repeat}"]
             name = "__".join(_slug(str(p)) for p in parts if p)
             cells.append(CellSpec(
@@ -226,7 +226,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     return cells
 
 
-def _workload_name(wl: dict) -> str:
+def workload_name(wl: dict) -> str:
     kind = wl["arrival"]
     if kind == "batch":
         return f"batch{wl.get('batch_size', 8)}"

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rllm_study.errors import UserError
+from rllm_study.formatting import num, pct
 from rllm_study.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
 from rllm_study.results import find_cells, read_cell
 
@@ -49,17 +50,6 @@ def parse_slo(text: str | None) -> dict | None:
     return slo
 
 
-def _num(v: float | None) -> str:
-    if v is None:
-        return "-"
-    a = abs(v)
-    return f"{v:.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 1 else f"{v:.3f}"
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def asu_table(results: list[dict], percentiles: tuple[float, ...]) -> Table:
     """One row per cell; latency columns hold one line per percentile."""
     pkeys = [percentile_key(p) for p in percentiles]
@@ -71,22 +61,22 @@ def asu_table(results: list[dict], percentiles: tuple[float, ...]) -> Table:
         table.add_column(header, justify="left" if header in ("cell", "pct") else "right")
     for r in results:
         acc, thr = r["accuracy"]["overall"], r["throughput"]
-        accuracy = "-" if acc["accuracy"] is None else f"{_pct(acc['accuracy'])} ({acc['correct']}/{acc['total']})"
+        accuracy = "-" if acc["accuracy"] is None else f"{pct(acc['accuracy'])} ({acc['correct']}/{acc['total']})"
         rss_peak = r["memory"]["rss_bytes"]["peak"]
         table.add_row(
             escape(r["cell"]),
             str(r["n_requests"]),
             accuracy,
             str(acc["unparsed"]),
-            _num(thr["output_tok_s"]),
-            _num(thr["requests_s"]),
-            *([_num(thr["goodput_req_s"])] if with_goodput else []),
+            num(thr["output_tok_s"]),
+            num(thr["requests_s"]),
+            *([num(thr["goodput_req_s"])] if with_goodput else []),
             "\n".join(pkeys),
-            *("\n".join(_num(None if r["latency"][key][p] is None else r["latency"][key][p] * scale) for p in pkeys) for _, key, scale in LATENCY_COLUMNS),
-            _num(r["tokens"]["think"]["mean"]),
-            _pct(r["stragglers"]["share"]),
-            _pct(r["memory"]["kv_frac"]["peak"]),
-            _num(None if rss_peak is None else rss_peak / 2**20),
+            *("\n".join(num(None if r["latency"][key][p] is None else r["latency"][key][p] * scale) for p in pkeys) for _, key, scale in LATENCY_COLUMNS),
+            num(r["tokens"]["think"]["mean"]),
+            pct(r["stragglers"]["share"]),
+            pct(r["memory"]["kv_frac"]["peak"]),
+            num(None if rss_peak is None else rss_peak / 2**20),
         )
     return table
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
 from rllm_study.results import Cell, find_cells, read_cell
-from rllm_study.spec import _workload_name
+from rllm_study.spec import workload_name
 from rllm_study.workloads.datasets import SPECS
 
 TIER_ORDER = ("easy", "medium", "hard")
@@ -79,7 +79,7 @@ class CellData:
 
     @property
     def workload_name(self) -> str:
-        return _workload_name({"arrival": "batch", **self.workload})
+        return workload_name({"arrival": "batch", **self.workload})
 
     @property
     def base_model(self) -> str:

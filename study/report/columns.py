@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rllm_study.commands.metrics import _num, _pct
+from rllm_study.formatting import num, pct
 
 MIB = 2**20
 
@@ -70,12 +70,12 @@ def fmt(v: float | None, kind: str = "num") -> str:
     if v is None:
         return "-"
     if kind == "pct":
-        return _pct(v)
+        return pct(v)
     if kind == "mib":
-        return _num(v / MIB)
+        return num(v / MIB)
     if kind == "ms":
-        return _num(v * 1000)
-    return _num(v)
+        return num(v * 1000)
+    return num(v)
 
 
 def cell_value(metrics: dict, column: Column) -> str:

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from rllm_study.metrics import _groups, _tail
+from rllm_study.metrics import straggler_groups, group_tail
 from rllm_study.report.cells import CellData
 
 MODE_COLORS = {"reasoning": "#d95f02", "direct": "#1b9e77"}
@@ -130,7 +130,7 @@ def batches(columns: list[tuple[str, CellData]]) -> Figure:
     for ax, (title, cell) in zip(axes[0], columns):
         session = main_session(cell)
         rows = [r for r in cell.rows if r["session"] == session]
-        groups = {g: m for g, m in _groups(rows).items()}
+        groups = {g: m for g, m in straggler_groups(rows).items()}
         order = sorted(rows, key=lambda r: (r["group"] is None, str(r["group"]), r["arrival_s"] or 0, r["finish_s"] or 0))
         spans = {}
         for y, r in enumerate(order):
@@ -147,7 +147,7 @@ def batches(columns: list[tuple[str, CellData]]) -> Figure:
             ys = spans.get(g)
             if ys:
                 last = max(m["finish_s"] for m in members)
-                ax.fill_betweenx([min(ys) - 0.5, max(ys) + 0.5], last - _tail(members)[1], last, color=TAIL, alpha=0.35, lw=0)
+                ax.fill_betweenx([min(ys) - 0.5, max(ys) + 0.5], last - group_tail(members)[1], last, color=TAIL, alpha=0.35, lw=0)
                 ax.axhline(max(ys) + 0.5, color="#bbbbbb", lw=0.5)
         if not order:
             ax.text(0.5, 0.5, "no request recorded", transform=ax.transAxes, ha="center", color="#777777")

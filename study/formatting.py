@@ -1,0 +1,16 @@
+"""Number formatting shared by tables in the CLI and in reports."""
+
+from __future__ import annotations
+
+
+def num(v: float | None) -> str:
+    """A number with about three significant digits; '-' for None."""
+    if v is None:
+        return "-"
+    a = abs(v)
+    return f"{v:.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 1 else f"{v:.3f}"
+
+
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal; '-' for None."""
+    return "-" if v is None else f"{100 * v:.1f}%"
