@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rllm_study.bench import bench_engine
+from rllm_study.commands.options import GpuLayers
 from rllm_study.errors import UserError
 
 bench_app = typer.Typer(help="Benchmarks: our engine against llama.cpp's own tools, techniques against baselines.", no_args_is_help=True)
@@ -38,6 +39,7 @@ def engine_cmd(
     reps: Annotated[int, typer.Option("--reps", help="Repetitions per point (mean reported).")] = 3,
     reference_dir: Annotated[Optional[Path], typer.Option("--reference-dir", help="Folder with llama-bench and llama-batched-bench (scripts/build_llama_tools.sh).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    n_gpu_layers: GpuLayers = 0,
 ) -> None:
     """Decode tokens/s at 1..N concurrent sequences; with --reference-dir, llama.cpp's figures and the ratios."""
     if reference_dir is not None and not (reference_dir / "llama-batched-bench").exists():
@@ -45,12 +47,12 @@ def engine_cmd(
     if reps < 1 or n_gen < 8 or n_prompt < 1:
         raise UserError("--reps >= 1, --n-gen >= 8 and --n-prompt >= 1 are required")
     threads = threads or psutil.cpu_count(logical=False) or 1
-    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir)
+    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers)
     if as_json:
         print(json.dumps(result, indent=2))
         return
     ref = result.get("reference", {})
-    table = Table(title=f"decode tokens/s: {result['model']}, {threads} threads, pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}")
+    table = Table(title=f"decode tokens/s: {result['model']}, {threads} threads, n_gpu_layers={n_gpu_layers}, pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}")
     for col in ("sequences", "ours (mean ± sd)", "reference", "ratio"):
         table.add_column(col, justify="right")
     for n, r in result["ours"].items():
@@ -61,6 +63,41 @@ def engine_cmd(
     Console().print(table)
     if 1 in result["ours"] and ref.get("batched_bench_s_tg", {}).get(1):
         print(f"(single stream vs batched-bench S_TG at 1: {result['ours'][1]['mean'] / ref['batched_bench_s_tg'][1]:.3f})")
+
+
+@bench_app.command("server")
+def server_cmd(
+    base_url: Annotated[str, typer.Option("--base-url", help="The server, e.g. http://127.0.0.1:8080 (llama-server started on the same model).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The same model for the in-process engine.")] = "smollm2-135m",
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="In-process threads (match the server's -t).")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Sequences in flight (match the server's -np).")] = 2,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="GSM8K problems in the workload.")] = 4,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token budget per request.")] = 64,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds, alternating which engine goes first.")] = 3,
+) -> None:
+    """Cross-check: one greedy workload through the in-process engine and an OpenAI-compatible server
+    on the same model; token counts must match, and the throughput ratio is printed."""
+    from rllm_study.backends.base import EngineOptions, Request, SamplingParams
+    from rllm_study.backends.llama_cpp import LlamaCppEngine
+    from rllm_study.backends.openai_http import OpenAIEngine
+    from rllm_study.crosscheck import cross_check
+    from rllm_study.workloads.datasets import load_dataset
+    from rllm_study.workloads.prompts import build_prompt
+
+    if min(concurrency, requests, max_tokens, rounds) < 1:
+        raise UserError("--concurrency, --requests, --max-tokens and --rounds must be >= 1")
+    local = LlamaCppEngine(model, EngineOptions(max_seqs=concurrency, n_threads=threads, ctx_per_seq=max_tokens + 1024))
+    remote = OpenAIEngine("", EngineOptions(max_seqs=concurrency, base_url=base_url))
+    try:
+        work = [Request(item.id, local.apply_chat_template(build_prompt(item, "direct").messages), SamplingParams(max_tokens))
+                for item in load_dataset("gsm8k", limit=requests)]
+        result = cross_check(local, remote, work, rounds)
+    finally:
+        local.close()
+        remote.close()
+    print(result.summary("in-process", "server"))
+    for line in result.mismatches:
+        print("mismatch:", line)
 
 
 def register(app: typer.Typer) -> None:
