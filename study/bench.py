@@ -50,13 +50,15 @@ def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int) -> float:
     return n / ((end - start) / 1e9)
 
 
-def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int) -> dict:
+def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
+                 n_gpu_layers: int = 0) -> dict:
     """{N: {"mean": tok/s, "stdev": ..., "runs": [...]}} for each concurrency N, after one warm-up."""
     from rllm_study.backends.llama_cpp import LlamaCppEngine
 
     results = {}
     for n in seqs:
-        options = EngineOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads, flash_attn=flash_attn)
+        options = EngineOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads, flash_attn=flash_attn,
+                                n_gpu_layers=n_gpu_layers)
         engine = LlamaCppEngine(model, options)
         try:
             decode_rate(engine, n, n_prompt, 16)  # warm-up
@@ -65,6 +67,11 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
             engine.close()
         results[n] = {"mean": statistics.fmean(runs), "stdev": statistics.pstdev(runs), "runs": runs}
     return results
+
+
+def _tool_ngl(n_gpu_layers: int) -> int:
+    """The tools' -ngl for our n_gpu_layers: they take a layer count, so "all" (-1) becomes 99."""
+    return 99 if n_gpu_layers < 0 else n_gpu_layers
 
 
 def _run_tool(cmd: list[str]) -> str:
@@ -78,21 +85,23 @@ def _run_tool(cmd: list[str]) -> str:
     return out.stdout
 
 
-def measure_llama_bench(bin_dir: Path, model_path: Path, threads: int, n_gen: int, flash_attn: bool, reps: int) -> float:
+def measure_llama_bench(bin_dir: Path, model_path: Path, threads: int, n_gen: int, flash_attn: bool, reps: int,
+                        n_gpu_layers: int = 0) -> float:
     """llama-bench tg<n_gen> tokens/s (its mean over `reps` repetitions)."""
     out = _run_tool([str(bin_dir / "llama-bench"), "-m", str(model_path), "-t", str(threads), "-p", "0", "-n", str(n_gen),
-                     "-fa", "1" if flash_attn else "0", "-r", str(reps), "-o", "json"])
+                     "-fa", "1" if flash_attn else "0", "-r", str(reps), "-ngl", str(_tool_ngl(n_gpu_layers)), "-o", "json"])
     rows = json.loads(out)
     return float(next(r["avg_ts"] for r in rows if r["n_gen"] == n_gen))
 
 
 def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: list[int], n_prompt: int, n_gen: int,
-                          flash_attn: bool) -> dict[int, float]:
+                          flash_attn: bool, n_gpu_layers: int = 0) -> dict[int, float]:
     """llama-batched-bench S_TG (tokens/s) per number of parallel sequences."""
     ctx = max(seqs) * (n_prompt + n_gen + 64)
     out = _run_tool([str(bin_dir / "llama-batched-bench"), "-m", str(model_path), "-t", str(threads), "-c", str(ctx),
                      "-b", "2048", "-ub", "512", "-npp", str(n_prompt), "-ntg", str(n_gen),
-                     "-npl", ",".join(map(str, seqs)), "-fa", "on" if flash_attn else "off", "--output-format", "jsonl"])
+                     "-npl", ",".join(map(str, seqs)), "-fa", "on" if flash_attn else "off", "-ngl", str(_tool_ngl(n_gpu_layers)),
+                     "--output-format", "jsonl"])
     rates = {}
     for line in out.splitlines():
         line = line.strip()
@@ -103,17 +112,17 @@ def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: l
 
 
 def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128, n_gen: int = 128,
-                 flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None) -> dict:
+                 flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None, n_gpu_layers: int = 0) -> dict:
     """Our figures, and with reference_dir the reference tools' figures and ratios (ours / theirs)."""
     from rllm_study.models import resolve_model
 
     ref = resolve_model(model)
-    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps)
+    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers)
     result = {"model": ref.name, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "flash_attn": flash_attn,
-              "ours": ours}
+              "n_gpu_layers": n_gpu_layers, "ours": ours}
     if reference_dir is not None:
-        bench_tg = measure_llama_bench(reference_dir, ref.path, threads, n_gen, flash_attn, reps)
-        batched = measure_batched_bench(reference_dir, ref.path, threads, seqs, n_prompt, n_gen, flash_attn)
+        bench_tg = measure_llama_bench(reference_dir, ref.path, threads, n_gen, flash_attn, reps, n_gpu_layers)
+        batched = measure_batched_bench(reference_dir, ref.path, threads, seqs, n_prompt, n_gen, flash_attn, n_gpu_layers)
         result["reference"] = {"llama_bench_tg": bench_tg, "batched_bench_s_tg": batched}
         result["ratios"] = {
             "single_vs_llama_bench_tg": ours[1]["mean"] / bench_tg if 1 in ours else None,
