@@ -176,6 +176,13 @@ def unsupported_options(options: EngineOptions, caps: Capabilities) -> list[str]
     return problems
 
 
+def engine_unsupported(engine, options: EngineOptions) -> list[str]:
+    """Everything `engine` cannot honour of `options`: the generic checks above plus the
+    engine's own notes in info()["unsupported_options"], one line each."""
+    found = unsupported_options(options, engine.capabilities())
+    return found + [p for p in engine.info().get("unsupported_options", []) if p not in found]
+
+
 class Engine(Protocol):
     """What the runner needs from a backend. Constructed as `EngineClass(model, options)`
     where model is a model reference string (name, path or hub ref) and options EngineOptions."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rllm_study.backends import engine_class
-from rllm_study.backends.base import Request, SamplingParams, unsupported_options
+from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.recorder import Recorder
@@ -73,16 +73,19 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
 def manifest(cell: CellSpec, spec: dict, engine) -> dict:
     from rllm_study.models import model_facts, resolve_model
 
-    model = None
-    if cell.backend in ("llama_cpp", "mlx"):
-        model = model_facts(resolve_model(cell.model))
+    model = engine.info().get("model")  # a server's or an MLX folder's own account
+    if cell.backend != "openai":
+        try:  # a registry model (embedded, path, hub, derived): its verified facts
+            model = model_facts(resolve_model(cell.model, fetch=False))
+        except UserError:
+            pass
     return {
         "cell": cell.as_dict(),
         "spec": spec,
         "model": model,
         "engine": engine.info(),
         "capabilities": engine.capabilities().__dict__,
-        "unsupported_options": unsupported_options(cell.engine, engine.capabilities()),
+        "unsupported_options": engine_unsupported(engine, cell.engine),
         **environment(),
     }
 
@@ -223,7 +226,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                 writer = CellWriter(cell_dir)
                 try:
                     engine = pool.get(cell)
-                    for problem in unsupported_options(cell.engine, engine.capabilities()):
+                    for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
                     jobs = build_jobs(cell, engine)
                     label = f"[{i}/{len(cells)}] {cell.name}"

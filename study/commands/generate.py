@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rllm_study.backends import engine_class
-from rllm_study.backends.base import Request, SamplingParams, unsupported_options
+from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.commands import options as opt
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
@@ -101,7 +101,7 @@ def generate(
     )
     engine = engine_class(backend)(model, options)
     err = Console(stderr=True)
-    for problem in unsupported_options(options, engine.capabilities()):
+    for problem in engine_unsupported(engine, options):
         err.print(f"[yellow]warning:[/] {problem}; ignored")
     try:
         cell = run_prompts(engine, texts, SamplingParams(max_tokens, temperature, top_p, seed), raw)

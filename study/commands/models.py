@@ -1,4 +1,4 @@
-"""`rllm-study models list|fetch|info`: the embedded models, the cache, and what a GGUF file holds.
+"""`rllm-study models list|fetch|info|convert`: the embedded models, the cache, what a GGUF file holds, and conversion to MLX.
 
 Sizes are printed in MiB = bytes / 2^20."""
 
@@ -10,6 +10,7 @@ from typing import List
 
 import typer
 
+from rllm_study.errors import UserError
 from rllm_study.models import EMBEDDED, cache_dir, derived_records, gguf_facts, model_facts, resolve_model
 
 REF_HELP = "An embedded name, a .gguf path, hf:OWNER/REPO/FILE.gguf, or any of these with :QUANT (e.g. smollm2-135m:Q8_0)."
@@ -84,3 +85,17 @@ def register(app: typer.Typer) -> None:
         print("  tensor types  " + ", ".join(f"{k} {v / f['n_params']:.0%}" for k, v in f["tensor_types"].items()) + " of parameters")
         print(f"  context       {f['context_length']} tokens, vocabulary {f['vocab_size']}, chat template {'yes' if f['chat_template'] else 'no'}")
         print(f"  reasoning     {'yes' if f['reasoning'] else 'no'}" + (f" (<think>/</think> = {f['think_token_ids']})" if f['think_token_ids'] else ""))
+
+    @group.command("convert")
+    def convert_cmd(
+        ref: str = typer.Argument(..., help=REF_HELP),
+        to: str = typer.Option(..., "--to", help="Target format: mlx (a Hugging Face-layout folder mlx-lm loads)."),
+        dtype: str = typer.Option(None, "--dtype", help="float16 or float32 (default: float16 on Apple Silicon, float32 elsewhere)."),
+    ) -> None:
+        """Convert a model (fetched if needed) for another engine, offline; cached, so repeats are free."""
+        if to != "mlx":
+            raise UserError(f"--to {to!r}: the only target is mlx")
+        from rllm_study.mlx_convert import convert_to_mlx
+
+        m = resolve_model(ref, fetch=True)
+        print(f"{m.name}: {convert_to_mlx(m, dtype)}")
