@@ -7,7 +7,7 @@ from dataclasses import replace
 import llama_cpp
 import pytest
 
-from conftest import THREADS
+from conftest import QUESTIONS, THREADS, chat, drain
 from rllm_study.backends.base import (
     ANSWER,
     THINK,
@@ -21,33 +21,6 @@ from rllm_study.backends.base import (
 )
 from rllm_study.backends.llama_cpp import LlamaCppEngine
 from rllm_study.errors import UserError
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "Write one sentence about the sea.",
-    "List three prime numbers.",
-    "Explain what a CPU does in one sentence.",
-    "Name a famous painter.",
-]
-
-
-def drain(engine, on_step=None) -> dict[str, dict]:
-    """Step until idle; per request: its events in order, token ids and the finish event."""
-    out: dict[str, dict] = {}
-    steps = 0
-    while engine.has_work():
-        for ev in engine.step():
-            rec = out.setdefault(ev.request_id, {"events": [], "tokens": [], "finish": None})
-            rec["events"].append(ev)
-            if isinstance(ev, TokenEvent):
-                rec["tokens"].append(ev.token_id)
-            if isinstance(ev, RequestFinished):
-                rec["finish"] = ev
-        steps += 1
-        if on_step:
-            on_step(steps)
-    return out
-
 
 def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = False) -> list[int]:
     """llama-cpp-python's own single-sequence greedy generation (high-level Llama).
@@ -66,10 +39,6 @@ def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = Fals
             break
     llm.close()
     return out
-
-
-def chat(engine, text: str) -> str:
-    return engine.apply_chat_template([{"role": "user", "content": text}])
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ pytest.importorskip("mlx_lm")
 
 import mlx.core as mx  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
-from test_llama_engine import QUESTIONS, chat, drain  # noqa: E402
 
-from conftest import THREADS  # noqa: E402
+from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
 from rllm_study.backends.base import EngineOptions, PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
 from rllm_study.backends.llama_cpp import LlamaCppEngine  # noqa: E402
 from rllm_study.backends.mlx import MlxEngine  # noqa: E402
