@@ -2,11 +2,21 @@
 
 Built on llama-cpp-python's low-level API, the way llama.cpp's server schedules its slots.
 One `step()` is one `llama_decode` call:
-  1. admit queued requests into free sequence slots while the KV cache has room;
-  2. build one batch: every decoding sequence adds its last sampled token (logits on), then
-     the room left (n_batch) goes to prompt chunks of sequences still prefilling (chunked
-     prefill; logits on a prompt's last token only);
-  3. decode, then sample one token for every sequence that produced logits.
+  1. admit queued requests into free sequence slots while the KV cache has room (with prefix
+     caching on, a new request first gets the longest cached prefix of its prompt copied into
+     its sequence: see `llama_prefix`);
+  2. build one batch: every decoding sequence adds its last sampled token (logits on) and, with
+     speculative decoding on, its draft tokens (logits on each: see `llama_spec`); then the room
+     left (n_batch) goes to prompt chunks of sequences still prefilling (chunked prefill; logits
+     on a prompt's last token only);
+  3. decode, then sample for every sequence that produced logits. With a draft, the target's
+     sampler picks a token at each fed position in order while it equals the draft token fed
+     there: the accepted drafts and then one token of the target's own are emitted, and the KV
+     cells of the rejected drafts are removed. Each emitted token is one draw of the target's
+     sampler given exactly the tokens before it, so the output follows the target's distribution
+     at any temperature (with temperature 0 it is the same text token for token, exactly so in
+     batch-invariant mode, see below); a sampler chain's state (grammar, RNG) advances once per
+     emitted token, as without drafting.
 
 KV accounting is in cells (one per token held by one sequence). With the default split cache
 (kv_unified off) each sequence owns n_ctx / max_seqs cells: a request waits for a free slot,
@@ -15,6 +25,24 @@ n_ctx cells: a request is admitted while its prompt fits in the free cells, and 
 runs out of cells the most recently admitted request is preempted (its KV dropped, requeued,
 and recomputed from prompt + output so far), as vLLM does. Either way nothing fails for
 lack of room; requests wait.
+
+Batch invariance. On the CPU, llama.cpp computes a token's logits with kernels chosen by the
+shape of the batch, and they round differently. Measured with llama-cpp-python 0.3.36 on an
+AVX-512 machine:
+  - attention without flash attention: a sequence with several tokens in the batch (its last
+    token plus speculative drafts) vs one token: logits up to 0.6 apart (SmolLM2-135M);
+  - repacked quantized weights (Q4_0, Q4_K, Q5_K, Q6_K, Q8_0 ...; llama.cpp's default): one
+    token vs several in the batch: up to 0.5 apart (Qwen2.5-Coder-1.5B Q4_K_M);
+  - tiled matrix multiplication (default, used from 8 tokens in a micro-batch): up to 0.55 apart.
+So greedy output can change at near-ties with the number of concurrent sequences or drafts.
+With flash attention on, weight repacking off (model parameter use_extra_bufts) and tiled
+matrix multiplication off (environment GGML_CPU_TILED_MM=0, read once per process at llama.cpp's
+first matrix multiplication, so it must be set before then) the logits were bit-identical in
+every batch shape tried, and greedy speculative output equals greedy output without drafts.
+`LlamaCppEngine(..., batch_invariant=True)` sets all three (the variable takes effect only
+if llama.cpp has not multiplied matrices yet in this process). It costs speed, so it is off by
+default: measured on 2 cores, Qwen2.5-Coder-1.5B Q4_K_M prefill 94 -> 40 tok/s, decode 14.3 ->
+13.2 tok/s (1 sequence) and 25.8 -> 20.1 tok/s (8); the 0.5B prefill 167 -> 128 tok/s, decode unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +74,8 @@ from rllm_study.backends.base import (
     RequestFinished,
     TokenEvent,
 )
+from rllm_study.backends.llama_prefix import MIN_REUSE_TOKENS, PrefixCache
+from rllm_study.backends.llama_spec import ModelDrafter, NgramDrafter
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.errors import UserError
 
@@ -94,13 +124,18 @@ def check_kv_type(name: str, field: str) -> int:
 
 
 class LlamaModel:
-    """A loaded GGUF model: weights, vocabulary, tokenizer, chat template."""
+    """A loaded GGUF model: weights, vocabulary, tokenizer, chat template.
 
-    def __init__(self, path: Path, n_gpu_layers: int = 0):
+    weight_repack: llama.cpp's runtime repacking of quantized weights for its CPU kernels (on by
+    default; see "Batch invariance" in the module docstring).
+    """
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0, weight_repack: bool = True):
         _init_backend()
         self.path = Path(path)
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = weight_repack
         self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.ptr:
             raise UserError(f"{self.path}: llama.cpp could not load this model ({_last_log()})")
@@ -163,11 +198,22 @@ class LlamaModel:
         return prompt
 
     def kv_bytes_per_token(self, type_k: str, type_v: str) -> float:
-        """KV bytes per token = n_layer * n_head_kv * head_dim * (bytes/elem K + bytes/elem V)."""
+        """KV bytes per token = n_layer * n_head_kv * (key_length * bytes/elem K + value_length * bytes/elem V);
+        key/value_length from the GGUF (`ARCH.attention.key_length`), else n_embd / n_head."""
         n_layer = lc.llama_model_n_layer(self.ptr)
+        arch = self.meta("general.architecture")
         head_dim = lc.llama_model_n_embd(self.ptr) // lc.llama_model_n_head(self.ptr)
-        n_embd_kv = head_dim * lc.llama_model_n_head_kv(self.ptr)
-        return n_layer * n_embd_kv * (KV_TYPES[type_k][1] + KV_TYPES[type_v][1])
+        k_len = int(self.meta(f"{arch}.attention.key_length") or head_dim)
+        v_len = int(self.meta(f"{arch}.attention.value_length") or head_dim)
+        n_head_kv = lc.llama_model_n_head_kv(self.ptr)
+        return n_layer * n_head_kv * (k_len * KV_TYPES[type_k][1] + v_len * KV_TYPES[type_v][1])
+
+    def same_vocab(self, other: LlamaModel) -> bool:
+        """Same token count, same text for every token id, same BOS and EOS: a valid draft/target pair."""
+        a, b = self.vocab, other.vocab
+        if self.n_vocab != other.n_vocab or lc.llama_vocab_bos(a) != lc.llama_vocab_bos(b) or lc.llama_vocab_eos(a) != lc.llama_vocab_eos(b):
+            return False
+        return all(lc.llama_vocab_get_text(a, i) == lc.llama_vocab_get_text(b, i) for i in range(self.n_vocab))
 
     def facts(self) -> dict:
         desc = ctypes.create_string_buffer(256)
@@ -214,6 +260,7 @@ class Sequence:
     __slots__ = (
         "request", "seq_id", "prompt", "output", "pending", "n_past", "sampler", "utf8", "text",
         "phases", "think_tokens", "answer_tokens", "prefilled", "admitted", "max_stop", "cached_tokens",
+        "spec_state", "draft_proposed", "draft_accepted",
     )
 
     def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
@@ -233,56 +280,114 @@ class Sequence:
         self.admitted = False
         self.max_stop = max((len(s) for s in request.sampling.stop), default=0)
         self.cached_tokens = 0
+        self.spec_state = None  # the drafter's per-sequence state
+        self.draft_proposed = 0
+        self.draft_accepted = 0
+
+
+def parse_spec(spec: str | None) -> tuple[str | None, str | None]:
+    """options.spec -> (method, draft model reference): None, "ngram" or "draft:MODEL"."""
+    if spec is None or spec == "ngram":
+        return spec, None
+    if spec.startswith("draft:") and len(spec) > len("draft:"):
+        return "draft", spec[len("draft:"):]
+    raise UserError(f"spec {spec!r}: use 'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)")
+
+
+def _new_context(model: LlamaModel, o: EngineOptions, type_k: int, type_v: int):
+    params = lc.llama_context_default_params()
+    params.n_ctx = o.n_ctx
+    params.n_batch = o.n_batch
+    params.n_ubatch = min(o.n_batch, 512)
+    params.n_seq_max = o.max_seqs
+    params.n_threads = o.n_threads
+    params.n_threads_batch = o.n_threads
+    params.type_k = type_k
+    params.type_v = type_v
+    params.flash_attn_type = {None: FLASH_ATTN_AUTO, True: FLASH_ATTN_ON, False: FLASH_ATTN_OFF}[o.flash_attn]
+    params.kv_unified = o.kv_unified
+    params.no_perf = False
+    ctx = lc.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise UserError(f"{model.path}: llama.cpp could not create a context with these options ({_last_log()})")
+    return ctx
 
 
 class LlamaCppEngine:
-    """Continuous batching over one llama.cpp context (see the module docstring)."""
+    """Continuous batching over one llama.cpp context (see the module docstring).
 
-    def __init__(self, model: str, options: EngineOptions = EngineOptions()):
+    batch_invariant=True gives every token the same logits whatever else is in its batch (see
+    "Batch invariance" in the module docstring): no weight repacking, no tiled matrix
+    multiplication, flash attention on."""
+
+    def __init__(self, model: str, options: EngineOptions = EngineOptions(), *, batch_invariant: bool = False):
         from rllm_study.models import resolve_model
 
         if options.max_seqs < 1:
             raise UserError(f"max_seqs (concurrency) must be >= 1, got {options.max_seqs}")
+        if options.spec_tokens < 1:
+            raise UserError(f"spec_tokens must be >= 1, got {options.spec_tokens}")
+        if options.prefix_cache_tokens < 1:
+            raise UserError(f"prefix_cache_tokens must be >= 1, got {options.prefix_cache_tokens}")
+        spec_method, draft_ref = parse_spec(options.spec)
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            if options.flash_attn is False:
+                raise UserError("batch_invariant needs flash attention; drop flash_attn=false")
+            os.environ["GGML_CPU_TILED_MM"] = "0"
         self.ref = resolve_model(model)
         type_k = check_kv_type(options.type_k, "type_k")
         type_v = check_kv_type(options.type_v, "type_v")
         flash = options.flash_attn
+        # Flash attention by default where a quantized V cache needs it, and with speculative
+        # decoding or batch invariance, which want it (see "Batch invariance" in the module docstring).
         if flash is None:
-            flash = True if options.type_v not in ("f16", "f32", "bf16") else None  # quantized V needs it
+            flash = True if options.type_v not in ("f16", "f32", "bf16") or spec_method or batch_invariant else None
         if flash is False and options.type_v not in ("f16", "f32", "bf16"):
             raise UserError(f"type_v={options.type_v}: a quantized V cache needs flash attention; drop flash_attn=false")
         n_threads = options.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
         self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
-        self.model = LlamaModel(self.ref.path, options.n_gpu_layers)
-
-        params = lc.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = options.n_batch
-        params.n_ubatch = min(options.n_batch, 512)
-        params.n_seq_max = options.max_seqs
-        params.n_threads = n_threads
-        params.n_threads_batch = n_threads
-        params.type_k = type_k
-        params.type_v = type_v
-        params.flash_attn_type = {None: FLASH_ATTN_AUTO, True: FLASH_ATTN_ON, False: FLASH_ATTN_OFF}[flash]
-        params.kv_unified = options.kv_unified
-        params.no_perf = False
-        self.ctx = lc.llama_init_from_model(self.model.ptr, params)
-        if not self.ctx:
+        self.model = LlamaModel(self.ref.path, options.n_gpu_layers, not batch_invariant)
+        self.ctx = self.drafter = draft_model = None
+        try:
+            if draft_ref is not None:
+                draft_model = LlamaModel(resolve_model(draft_ref).path, options.n_gpu_layers, not batch_invariant)
+                if not draft_model.same_vocab(self.model):
+                    raise UserError(
+                        f"spec draft:{draft_ref}: its vocabulary ({draft_model.n_vocab} tokens) differs from {model}'s "
+                        f"({self.model.n_vocab} tokens); a draft model must share the target's tokenizer exactly "
+                        "(e.g. qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b)"
+                    )
+            self.ctx = _new_context(self.model, self.options, type_k, type_v)
+            if spec_method == "ngram":
+                self.drafter = NgramDrafter()
+            elif draft_model is not None:
+                self.drafter = ModelDrafter(draft_model, _new_context(draft_model, self.options, type_k, type_v),
+                                            options.n_batch, draft_ref)
+        except UserError:
+            if self.ctx:
+                lc.llama_free(self.ctx)
+            if draft_model is not None:
+                draft_model.close()
             self.model.close()
-            raise UserError(f"{self.ref.path}: llama.cpp could not create a context with these options ({_last_log()})")
+            raise
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
         self.n_batch = lc.llama_n_batch(self.ctx)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self.prefix = PrefixCache(self.ctx, options.prefix_cache_tokens) if options.prefix_cache else None
         self._free_ids = list(range(options.max_seqs - 1, -1, -1))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order (last = youngest)
         self._events: list[Event] = []
         self._proc = psutil.Process()
         self.preemptions = 0
+        self.prefill_only_s = 0.0   # decode time of steps whose batch held prompt tokens only
+        self.prefill_only_tokens = 0
+        self.draft_s = 0.0          # time spent proposing drafts
+        self.draft_proposed = self.draft_accepted = 0
 
     # -- protocol -----------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -318,18 +423,41 @@ class LlamaCppEngine:
         events, self._events = self._events, []
         return events
 
+    def prefill_s_per_token(self) -> float | None:
+        """Measured prefill cost: decode seconds / prompt tokens over steps that decoded prompt
+        tokens only (no decoding sequence in the batch); None before such a step."""
+        return self.prefill_only_s / self.prefill_only_tokens if self.prefill_only_tokens else None
+
     def stats(self) -> EngineStats:
+        """extra: preemptions; with prefix caching prefix_lookups, prefix_hits, prefix_tokens_reused,
+        prefix_entries, prefix_cached_tokens, prefix_cache_bytes (host copies), prefix_restore_s,
+        prefix_save_s (measured copy time), prefill_s_per_token (see prefill_s_per_token) and
+        prefix_saved_prefill_s = prefix_tokens_reused x prefill_s_per_token (an estimate of the
+        prefill time avoided; the copies cost prefix_restore_s + prefix_save_s); with speculative
+        decoding draft_proposed, draft_accepted (all requests so far) and draft_s (time proposing)."""
+        extra: dict = {"preemptions": self.preemptions}
+        if self.prefix is not None:
+            p, per_token = self.prefix, self.prefill_s_per_token()
+            extra.update(
+                prefix_lookups=p.lookups, prefix_hits=p.hits, prefix_tokens_reused=p.tokens_reused,
+                prefix_entries=len(p.entries), prefix_cached_tokens=p.cached_tokens, prefix_cache_bytes=p.cached_bytes,
+                prefix_restore_s=round(p.restore_s, 6), prefix_save_s=round(p.save_s, 6), prefill_s_per_token=per_token,
+                prefix_saved_prefill_s=None if per_token is None else round(p.tokens_reused * per_token, 6),
+            )
+        if self.drafter is not None:
+            extra.update(draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6))
         return EngineStats(
             kv_used=sum(s.n_past for s in self.running),
             kv_capacity=self.n_ctx,
             running=len(self.running),
             waiting=len(self.waiting),
             rss_bytes=self._proc.memory_info().rss,
-            extra={"preemptions": self.preemptions},
+            extra=extra,
         )
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), grammar=True)
+        return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), prefix_cache=True,
+                            speculative=("ngram", "draft"), grammar=True)
 
     def info(self) -> dict:
         o = self.options
@@ -343,8 +471,11 @@ class LlamaCppEngine:
                 "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
                 "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
                 "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
+                "batch_invariant": self.batch_invariant,
             },
             "kv_bytes_per_token": self.model.kv_bytes_per_token(o.type_k, o.type_v),
+            "prefix_cache": {"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
+            "speculative": {**self.drafter.info(), "spec_tokens": o.spec_tokens} if self.drafter else None,
         }
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -358,6 +489,9 @@ class LlamaCppEngine:
             if seq.sampler:
                 lc.llama_sampler_free(seq.sampler)
         self.running, self.waiting = [], deque()
+        if self.drafter is not None:
+            self.drafter.close()
+            self.drafter = None
         if self.ctx:
             lc.llama_batch_free(self.batch)
             lc.llama_free(self.ctx)
@@ -384,20 +518,49 @@ class LlamaCppEngine:
                     self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
                     continue
                 self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
+                if self.prefix is not None:
+                    seq.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
+                    del seq.pending[:seq.n_past]
             self.running.append(seq)
 
     def _preempt_youngest(self) -> None:
         """Unified cache only: drop the youngest request's KV and requeue it for recompute."""
         seq = self.running.pop()
         lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+        if self.drafter is not None:
+            self.drafter.release(seq)
         self._free_ids.append(seq.seq_id)
         seq.pending = seq.prompt + seq.output
         seq.n_past = 0
         self.waiting.appendleft(seq)
         self.preemptions += 1
 
-    def _fill_batch(self) -> list[tuple[Sequence, int, int]]:
-        """Fill the batch; returns (sequence, tokens fed, output index or -1) per sequence fed."""
+    def _propose_drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
+        """Drafts for decoding sequences: up to spec_tokens each, no more than the request's
+        remaining budget - 1 or its slot's room, and all of them within the batch (n_batch) and,
+        for a unified cache, the free cells; seq_id -> draft tokens."""
+        room = self.n_batch - len(decoding)
+        if self.options.kv_unified:
+            room = min(room, self.n_ctx - self._cells_needed())
+        work = []
+        for seq in decoding:
+            k = min(self.options.spec_tokens, seq.request.sampling.max_tokens - len(seq.output) - 1,
+                    self.seq_capacity - 2 - seq.n_past)
+            if k > 0:
+                work.append((seq, k))
+        if sum(k for _, k in work) > room:
+            share = room // max(len(work), 1)
+            work = [(seq, min(k, share)) for seq, k in work if min(k, share) > 0]
+        if not work:
+            return {}
+        t0 = time.perf_counter()
+        drafts = self.drafter.propose(work)
+        self.draft_s += time.perf_counter() - t0
+        return drafts
+
+    def _fill_batch(self, drafts: dict[int, list[int]]) -> list[tuple[Sequence, int, int, list[int]]]:
+        """Fill the batch; returns (sequence, pending tokens fed, output index or -1, draft fed)
+        per sequence fed. Decoding sequences come first and always fit with their drafts."""
         b = self.batch
         n = 0
         plan = []
@@ -407,19 +570,21 @@ class LlamaCppEngine:
             room = self.n_batch - n
             if room <= 0:
                 break
-            take = seq.pending[:room]
+            draft = drafts.get(seq.seq_id, [])
+            take = seq.pending + draft if draft else seq.pending[:room]
             for j, tok in enumerate(take):
                 b.token[n] = tok
                 b.pos[n] = seq.n_past + j
                 b.n_seq_id[n] = 1
                 b.seq_id[n][0] = seq.seq_id
-                b.logits[n] = 0
+                b.logits[n] = 1 if draft and j >= len(seq.pending) - 1 else 0
                 n += 1
             out = -1
-            if len(take) == len(seq.pending):
+            fed = len(take) - len(draft)
+            if fed == len(seq.pending):
                 b.logits[n - 1] = 1
-                out = n - 1
-            plan.append((seq, len(take), out))
+                out = n - 1 - len(draft)
+            plan.append((seq, fed, out, draft))
         b.n_tokens = n
         return plan
 
@@ -427,32 +592,66 @@ class LlamaCppEngine:
         if self.options.kv_unified:
             while len(self.running) > 1 and self._cells_needed() > self.n_ctx:
                 self._preempt_youngest()
-        plan = self._fill_batch()
+        drafts = {}
+        if self.drafter is not None:
+            drafts = self._propose_drafts([s for s in self.running if len(s.pending) == 1 and s.prefilled])
+        plan = self._fill_batch(drafts)
+        prefill_only = not any(s.prefilled and len(s.pending) == 1 for s in self.running)
+        t0 = time.perf_counter()
         rc = lc.llama_decode(self.ctx, self.batch)
         if rc == 1 and self.options.kv_unified and len(self.running) > 1:
-            for seq, fed, _ in plan:  # nothing was kept; free the partial state and retry next step
+            for seq, _, _, _ in plan:  # nothing was kept; free the partial state and retry next step
                 lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
             self._preempt_youngest()
             return
         if rc != 0:
             now = time.perf_counter_ns()
-            for seq, _, _ in plan:
+            for seq, _, _, _ in plan:
                 self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({_last_log()})")
             return
         t_decoded = time.perf_counter_ns()
-        for seq, fed, out in plan:
+        if prefill_only:
+            self.prefill_only_s += time.perf_counter() - t0
+            self.prefill_only_tokens += self.batch.n_tokens
+        for seq, fed, out, draft in plan:
             seq.n_past += fed
             del seq.pending[:fed]
             if out < 0:
                 continue
+            token = lc.llama_sampler_sample(seq.sampler, self.ctx, out)
+            t_ns = time.perf_counter_ns()
             if not seq.prefilled:
                 seq.prefilled = True
                 self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.cached_tokens))
-            token = lc.llama_sampler_sample(seq.sampler, self.ctx, out)
-            self._accept(seq, token, time.perf_counter_ns())
+                if self.prefix is not None:
+                    self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
+            self._emit(seq, token, t_ns, out, draft)
 
-    def _accept(self, seq: Sequence, token: int, t_ns: int) -> None:
-        """Record a sampled token and end the request if it stops here."""
+    def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
+        """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
+        draft token fed at its position, the target's pick at the next position; then remove the
+        KV cells of the rejected drafts."""
+        seq.draft_proposed += len(draft)
+        self.draft_proposed += len(draft)
+        i = 0
+        while True:
+            hit = i < len(draft) and token == draft[i]
+            if hit:
+                seq.draft_accepted += 1
+                self.draft_accepted += 1
+            if not self._accept(seq, token, t_ns, hit):
+                return
+            if not hit:
+                break
+            seq.n_past += 1  # the accepted draft token's KV stays
+            i += 1
+            token = lc.llama_sampler_sample(seq.sampler, self.ctx, out + i)
+            t_ns = time.perf_counter_ns()
+        if i < len(draft):
+            lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
+
+    def _accept(self, seq: Sequence, token: int, t_ns: int, draft: bool = False) -> bool:
+        """Record a sampled token; end the request if it stops here. True while it goes on."""
         seq.output.append(token)
         eog = self.model.is_eog(token)
         piece = "" if eog else seq.utf8.decode(self.model.piece(token))
@@ -461,30 +660,37 @@ class LlamaCppEngine:
             seq.think_tokens += 1
         else:
             seq.answer_tokens += 1
-        self._events.append(TokenEvent(seq.request.id, t_ns, token, piece, phase))
+        self._events.append(TokenEvent(seq.request.id, t_ns, token, piece, phase, draft))
         if eog:
-            return self._finish(seq, FINISH_STOP, t_ns)
+            self._finish(seq, FINISH_STOP, t_ns)
+            return False
         seq.text += piece
         if seq.max_stop:
             window = seq.text[-(seq.max_stop + len(piece)):]
             hits = [window.find(s) for s in seq.request.sampling.stop if s in window]
             if hits:
                 seq.text = seq.text[: len(seq.text) - len(window) + min(hits)]
-                return self._finish(seq, FINISH_STOP, t_ns)
+                self._finish(seq, FINISH_STOP, t_ns)
+                return False
         if len(seq.output) >= seq.request.sampling.max_tokens or seq.n_past + 1 >= self.seq_capacity:
-            return self._finish(seq, FINISH_LENGTH, t_ns)
+            self._finish(seq, FINISH_LENGTH, t_ns)
+            return False
         seq.pending = [token]
+        return True
 
     def _finish(self, seq: Sequence, reason: str, t_ns: int, error: str | None = None) -> None:
         if seq in self.running:
             self.running.remove(seq)
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
             self._free_ids.append(seq.seq_id)
+        if self.drafter is not None:
+            self.drafter.release(seq)
         if seq.sampler:
             lc.llama_sampler_free(seq.sampler)
             seq.sampler = None
         self._events.append(RequestFinished(
             request_id=seq.request.id, t_ns=t_ns, reason=reason, output_text=seq.text + seq.utf8.decode(b"", final=True),
             prompt_tokens=len(seq.prompt), output_tokens=len(seq.output), think_tokens=seq.think_tokens,
-            answer_tokens=seq.answer_tokens, cached_tokens=seq.cached_tokens, error=error,
+            answer_tokens=seq.answer_tokens, cached_tokens=seq.cached_tokens, draft_proposed=seq.draft_proposed,
+            draft_accepted=seq.draft_accepted, error=error,
         ))
