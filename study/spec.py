@@ -227,6 +227,12 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
 
 
 def workload_name(wl: dict) -> str:
+    """A short name for a workload: its arrival process, and the shared few-shot prefix if any."""
+    base = _arrival_name(wl)
+    return f"{base}-prefix{wl['shared_prefix']}" if wl.get("shared_prefix") else base
+
+
+def _arrival_name(wl: dict) -> str:
     kind = wl["arrival"]
     if kind == "batch":
         return f"batch{wl.get('batch_size', 8)}"

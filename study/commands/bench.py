@@ -100,5 +100,32 @@ def server_cmd(
         print("mismatch:", line)
 
 
+@bench_app.command("techniques")
+def techniques_cmd(
+    which: Annotated[str, typer.Option("--which", help="Comma-separated: prefix, speculative, kv.")] = "prefix,speculative,kv",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model for the prefix and KV benchmarks.")] = "qwen2.5-coder-0.5b",
+    target: Annotated[str, typer.Option("--target", help="Speculative: the target model.")] = "qwen2.5-coder-1.5b",
+    draft: Annotated[str, typer.Option("--draft", help="Speculative: the draft model (same vocabulary).")] = "qwen2.5-coder-0.5b",
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="Threads (default: physical cores).")] = None,
+) -> None:
+    """Prefix caching's TTFT gain, speculative decoding's speedup at 1 and 8 sequences, KV-cache
+    quantization's memory saved and speed change: ratios measured in the same run, printed as JSON."""
+    from rllm_study import bench_techniques
+
+    chosen = [w.strip() for w in which.split(",") if w.strip()]
+    unknown = sorted(set(chosen) - {"prefix", "speculative", "kv"})
+    if unknown or not chosen:
+        raise UserError(f"--which {which!r}: choose from prefix, speculative, kv")
+    threads = threads or psutil.cpu_count(logical=False) or 1
+    result = {}
+    if "prefix" in chosen:
+        result["prefix"] = bench_techniques.prefix_ttft(model, threads)
+    if "speculative" in chosen:
+        result["speculative"] = bench_techniques.speculative(target, draft, threads)
+    if "kv" in chosen:
+        result["kv"] = bench_techniques.kv_quantization(model, threads)
+    print(json.dumps(result, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
