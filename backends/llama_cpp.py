@@ -56,6 +56,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as lc
+import numpy as np
 import psutil
 
 from rllm_study.backends.base import (
@@ -260,11 +261,12 @@ class Sequence:
     __slots__ = (
         "request", "seq_id", "prompt", "output", "pending", "n_past", "sampler", "utf8", "text",
         "phases", "think_tokens", "answer_tokens", "prefilled", "admitted", "max_stop", "cached_tokens",
-        "spec_state", "draft_proposed", "draft_accepted",
+        "spec_state", "draft_proposed", "draft_accepted", "greedy",
     )
 
     def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
         self.request = request
+        self.greedy = request.sampling.temperature == 0 and not request.grammar  # argmax, no sampler state
         self.seq_id = -1
         self.prompt = prompt
         self.output: list[int] = []
@@ -618,7 +620,7 @@ class LlamaCppEngine:
             del seq.pending[:fed]
             if out < 0:
                 continue
-            token = lc.llama_sampler_sample(seq.sampler, self.ctx, out)
+            token = self._sample(seq, out)
             t_ns = time.perf_counter_ns()
             if not seq.prefilled:
                 seq.prefilled = True
@@ -626,6 +628,16 @@ class LlamaCppEngine:
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
             self._emit(seq, token, t_ns, out, draft)
+
+    def _sample(self, seq: Sequence, index: int) -> int:
+        """The next token from the logits at batch output `index`. A plain greedy request takes the
+        argmax (the first maximum, as llama.cpp's greedy sampler does) straight from the logits,
+        skipping the sampler's n_vocab-entry candidate array: per sequence per step, that array
+        dominated batched decode on a GPU. Other requests go through their sampler chain."""
+        if seq.greedy:
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
+            return int(logits.argmax())
+        return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
 
     def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
@@ -645,7 +657,7 @@ class LlamaCppEngine:
                 break
             seq.n_past += 1  # the accepted draft token's KV stays
             i += 1
-            token = lc.llama_sampler_sample(seq.sampler, self.ctx, out + i)
+            token = self._sample(seq, out + i)
             t_ns = time.perf_counter_ns()
         if i < len(draft):
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
