@@ -63,8 +63,6 @@ from rllm_study.backends.base import (
     FINISH_ABORT,
     FINISH_ERROR,
     FINISH_LENGTH,
-    FINISH_STOP,
-    THINK,
     Capabilities,
     EngineOptions,
     EngineStats,
@@ -72,11 +70,10 @@ from rllm_study.backends.base import (
     PrefillDone,
     Request,
     RequestAdmitted,
-    RequestFinished,
-    TokenEvent,
 )
 from rllm_study.backends.llama_prefix import MIN_REUSE_TOKENS, PrefixCache
 from rllm_study.backends.llama_spec import ModelDrafter, NgramDrafter
+from rllm_study.backends.output import RequestOutput, check_sampling
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.errors import UserError
 
@@ -258,33 +255,22 @@ def make_sampler(model: LlamaModel, request: Request):
 class Sequence:
     """A request while it holds a sequence slot (or waits to get one back after preemption)."""
 
-    __slots__ = (
-        "request", "seq_id", "prompt", "output", "pending", "n_past", "sampler", "utf8", "text",
-        "phases", "think_tokens", "answer_tokens", "prefilled", "admitted", "max_stop", "cached_tokens",
-        "spec_state", "draft_proposed", "draft_accepted", "greedy",
-    )
+    __slots__ = ("request", "seq_id", "prompt", "out", "pending", "n_past", "sampler", "utf8", "prefilled",
+                 "admitted", "spec_state", "greedy")
 
     def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
         self.request = request
         self.greedy = request.sampling.temperature == 0 and not request.grammar  # argmax, no sampler state
         self.seq_id = -1
         self.prompt = prompt
-        self.output: list[int] = []
+        self.out = RequestOutput(request, len(prompt), phases)  # tokens, text, counts, stop rules
         self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
         self.n_past = 0                         # cells this sequence holds in the KV cache
         self.sampler = None
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self.text = ""
-        self.phases = phases
-        self.think_tokens = 0
-        self.answer_tokens = 0
         self.prefilled = False
         self.admitted = False
-        self.max_stop = max((len(s) for s in request.sampling.stop), default=0)
-        self.cached_tokens = 0
         self.spec_state = None  # the drafter's per-sequence state
-        self.draft_proposed = 0
-        self.draft_accepted = 0
 
 
 def parse_spec(spec: str | None) -> tuple[str | None, str | None]:
@@ -393,11 +379,7 @@ class LlamaCppEngine:
 
     # -- protocol -----------------------------------------------------------------------
     def submit(self, request: Request) -> None:
-        s = request.sampling
-        if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1:
-            raise UserError(
-                f"request {request.id}: invalid sampling (temperature >= 0, 0 < top_p <= 1, max_tokens >= 1 required)"
-            )
+        check_sampling(request)
         prompt = self.model.tokenize(request.prompt)
         phases = PhaseTracker(request.starts_in_think, self.model.think_open_id, self.model.think_close_id)
         seq = Sequence(request, prompt, phases)
@@ -521,7 +503,7 @@ class LlamaCppEngine:
                     continue
                 self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
                 if self.prefix is not None:
-                    seq.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
+                    seq.out.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
                     del seq.pending[:seq.n_past]
             self.running.append(seq)
 
@@ -532,7 +514,7 @@ class LlamaCppEngine:
         if self.drafter is not None:
             self.drafter.release(seq)
         self._free_ids.append(seq.seq_id)
-        seq.pending = seq.prompt + seq.output
+        seq.pending = seq.prompt + seq.out.tokens
         seq.n_past = 0
         self.waiting.appendleft(seq)
         self.preemptions += 1
@@ -546,7 +528,7 @@ class LlamaCppEngine:
             room = min(room, self.n_ctx - self._cells_needed())
         work = []
         for seq in decoding:
-            k = min(self.options.spec_tokens, seq.request.sampling.max_tokens - len(seq.output) - 1,
+            k = min(self.options.spec_tokens, seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
                     self.seq_capacity - 2 - seq.n_past)
             if k > 0:
                 work.append((seq, k))
@@ -624,7 +606,7 @@ class LlamaCppEngine:
             t_ns = time.perf_counter_ns()
             if not seq.prefilled:
                 seq.prefilled = True
-                self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.cached_tokens))
+                self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.out.cached_tokens))
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
             self._emit(seq, token, t_ns, out, draft)
@@ -643,14 +625,13 @@ class LlamaCppEngine:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
         draft token fed at its position, the target's pick at the next position; then remove the
         KV cells of the rejected drafts."""
-        seq.draft_proposed += len(draft)
+        seq.out.draft_proposed += len(draft)
         self.draft_proposed += len(draft)
         i = 0
         while True:
             hit = i < len(draft) and token == draft[i]
             if hit:
-                seq.draft_accepted += 1
-                self.draft_accepted += 1
+                self.draft_accepted += 1  # the request's own count is kept by RequestOutput.add
             if not self._accept(seq, token, t_ns, hit):
                 return
             if not hit:
@@ -664,28 +645,14 @@ class LlamaCppEngine:
 
     def _accept(self, seq: Sequence, token: int, t_ns: int, draft: bool = False) -> bool:
         """Record a sampled token; end the request if it stops here. True while it goes on."""
-        seq.output.append(token)
         eog = self.model.is_eog(token)
         piece = "" if eog else seq.utf8.decode(self.model.piece(token))
-        phase = seq.phases.feed(token, piece)
-        if phase == THINK:
-            seq.think_tokens += 1
-        else:
-            seq.answer_tokens += 1
-        self._events.append(TokenEvent(seq.request.id, t_ns, token, piece, phase, draft))
-        if eog:
-            self._finish(seq, FINISH_STOP, t_ns)
-            return False
-        seq.text += piece
-        if seq.max_stop:
-            window = seq.text[-(seq.max_stop + len(piece)):]
-            hits = [window.find(s) for s in seq.request.sampling.stop if s in window]
-            if hits:
-                seq.text = seq.text[: len(seq.text) - len(window) + min(hits)]
-                self._finish(seq, FINISH_STOP, t_ns)
-                return False
-        if len(seq.output) >= seq.request.sampling.max_tokens or seq.n_past + 1 >= self.seq_capacity:
-            self._finish(seq, FINISH_LENGTH, t_ns)
+        event, reason = seq.out.add(token, piece, t_ns, eog, draft)
+        self._events.append(event)
+        if reason is None and seq.n_past + 1 >= self.seq_capacity:
+            reason = FINISH_LENGTH  # the sequence's KV slot is full
+        if reason is not None:
+            self._finish(seq, reason, t_ns)
             return False
         seq.pending = [token]
         return True
@@ -700,9 +667,4 @@ class LlamaCppEngine:
         if seq.sampler:
             lc.llama_sampler_free(seq.sampler)
             seq.sampler = None
-        self._events.append(RequestFinished(
-            request_id=seq.request.id, t_ns=t_ns, reason=reason, output_text=seq.text + seq.utf8.decode(b"", final=True),
-            prompt_tokens=len(seq.prompt), output_tokens=len(seq.output), think_tokens=seq.think_tokens,
-            answer_tokens=seq.answer_tokens, cached_tokens=seq.cached_tokens, draft_proposed=seq.draft_proposed,
-            draft_accepted=seq.draft_accepted, error=error,
-        ))
+        self._events.append(seq.out.finished(reason, t_ns, tail=seq.utf8.decode(b"", final=True), error=error))
