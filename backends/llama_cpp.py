@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import heapq
 import os
 import time
 from collections import deque
@@ -366,7 +367,7 @@ class LlamaCppEngine:
         self.n_batch = lc.llama_n_batch(self.ctx)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self.prefix = PrefixCache(self.ctx, options.prefix_cache_tokens) if options.prefix_cache else None
-        self._free_ids = list(range(options.max_seqs - 1, -1, -1))
+        self._free_ids = list(range(options.max_seqs))  # a heap: a new request takes the lowest free id
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order (last = youngest)
         self._events: list[Event] = []
@@ -492,13 +493,13 @@ class LlamaCppEngine:
             if self.options.kv_unified and self._cells_needed() + len(seq.pending) + 1 > self.n_ctx and self.running:
                 break  # not enough free cells: wait until running requests free some
             self.waiting.popleft()
-            seq.seq_id = self._free_ids.pop()
+            seq.seq_id = heapq.heappop(self._free_ids)
             if not seq.admitted:
                 seq.admitted = True
                 try:
                     seq.sampler = make_sampler(self.model, seq.request)
                 except UserError as err:
-                    self._free_ids.append(seq.seq_id)
+                    heapq.heappush(self._free_ids, seq.seq_id)
                     self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
                     continue
                 self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
@@ -513,7 +514,7 @@ class LlamaCppEngine:
         lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
         if self.drafter is not None:
             self.drafter.release(seq)
-        self._free_ids.append(seq.seq_id)
+        heapq.heappush(self._free_ids, seq.seq_id)
         seq.pending = seq.prompt + seq.out.tokens
         seq.n_past = 0
         self.waiting.appendleft(seq)
@@ -544,18 +545,27 @@ class LlamaCppEngine:
 
     def _fill_batch(self, drafts: dict[int, list[int]]) -> list[tuple[Sequence, int, int, list[int]]]:
         """Fill the batch; returns (sequence, pending tokens fed, output index or -1, draft fed)
-        per sequence fed. Decoding sequences come first and always fit with their drafts."""
-        b = self.batch
-        n = 0
-        plan = []
+        per sequence fed. Decoding sequences are served first and always fit with their drafts;
+        prompt chunks take the room left. Tokens are written in sequence-id order: with a split KV
+        cache llama.cpp cuts a batch into micro-batches of consecutive, increasing sequence ids
+        (llama_batch_allocr::split_equal), so another order costs extra micro-batches, up to one
+        per sequence (measured: 8 sequences on 2 CPU cores decoded at 0.55x the speed). Lowest-free
+        ids at admission keep the ids in use consecutive."""
+        chosen = []
+        room = self.n_batch
         decoding = [s for s in self.running if len(s.pending) == 1]
         prefilling = [s for s in self.running if len(s.pending) > 1]
         for seq in decoding + prefilling:
-            room = self.n_batch - n
             if room <= 0:
                 break
             draft = drafts.get(seq.seq_id, [])
             take = seq.pending + draft if draft else seq.pending[:room]
+            room -= len(take)
+            chosen.append((seq, take, draft))
+        b = self.batch
+        n = 0
+        plan = []
+        for seq, take, draft in sorted(chosen, key=lambda c: c[0].seq_id):
             for j, tok in enumerate(take):
                 b.token[n] = tok
                 b.pos[n] = seq.n_past + j
@@ -661,7 +671,7 @@ class LlamaCppEngine:
         if seq in self.running:
             self.running.remove(seq)
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
-            self._free_ids.append(seq.seq_id)
+            heapq.heappush(self._free_ids, seq.seq_id)
         if self.drafter is not None:
             self.drafter.release(seq)
         if seq.sampler:

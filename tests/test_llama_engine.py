@@ -114,6 +114,30 @@ def test_abort_running_and_waiting(smollm2_path):
     assert got["keep"]["finish"].reason == "length"
 
 
+def test_batches_keep_sequence_ids_in_order_and_reuse_the_lowest(small_engine):
+    """A split KV cache makes llama.cpp cut a batch wherever sequence ids stop increasing by one,
+    so every batch must list its sequences in id order, and a new request takes the lowest free id."""
+    prompts = [chat(small_engine, q) for q in QUESTIONS[:4]]
+    for i, budget in enumerate((30, 6, 10, 30)):  # b1 then b2 end first and free ids 1 and 2
+        small_engine.submit(Request(f"b{i}", prompts[i], SamplingParams(max_tokens=budget)))
+    orders, late_id = [], None
+
+    def watch(step):
+        nonlocal late_id
+        batch = small_engine.batch
+        orders.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        running = {s.request.id: s.seq_id for s in small_engine.running}
+        if "late" in running:
+            late_id = running["late"]
+        elif late_id is None and not {"b1", "b2"} & set(running):
+            small_engine.submit(Request("late", prompts[1], SamplingParams(max_tokens=8)))
+
+    drain(small_engine, watch)
+    assert late_id == 1  # the lowest of the free ids {1, 2}
+    assert all(ids == sorted(ids) for ids in orders), [ids for ids in orders if ids != sorted(ids)][:1]
+    assert any(len(set(ids)) == 4 for ids in orders)  # steps with all four sequences in one batch
+
+
 def run_all(path, options, prompts, max_tokens, watch=None) -> dict[str, dict]:
     engine = LlamaCppEngine(str(path), options)
     for i, p in enumerate(prompts):
