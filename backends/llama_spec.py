@@ -75,6 +75,9 @@ class NgramDrafter:
     def release(self, seq) -> None:
         seq.spec_state = None
 
+    def move(self, seq, new_id: int) -> None:
+        """The target moved `seq` to sequence id `new_id`; the n-gram index is not tied to ids."""
+
     def info(self) -> dict:
         return {"method": self.method, "ngram_sizes": list(NGRAM_SIZES)}
 
@@ -183,6 +186,13 @@ class ModelDrafter:
         if seq.spec_state is not None:
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
             seq.spec_state = None
+
+    def move(self, seq, new_id: int) -> None:
+        """The target moved `seq` to sequence id `new_id` (before updating seq.seq_id): move its
+        draft KV the same way (see LlamaCppEngine._compact_ids)."""
+        if seq.spec_state is not None:
+            lc.llama_memory_seq_cp(self.mem, seq.seq_id, new_id, -1, -1)
+            lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
 
     def info(self) -> dict:
         return {"method": self.method, "draft_model": self.ref_name, "draft_facts": self.model.facts()}

@@ -114,12 +114,16 @@ def test_abort_running_and_waiting(smollm2_path):
     assert got["keep"]["finish"].reason == "length"
 
 
-def test_batches_keep_sequence_ids_in_order_and_reuse_the_lowest(small_engine):
+def test_batches_keep_sequence_ids_consecutive_and_moved_sequences_decode_on(small_engine, smollm2_path):
     """A split KV cache makes llama.cpp cut a batch wherever sequence ids stop increasing by one,
-    so every batch must list its sequences in id order, and a new request takes the lowest free id."""
+    so every batch lists its sequences in id order, ids in use are always 0..n-1 (a new request
+    takes the lowest free id; when requests end, the highest-id sequence moves down into the
+    hole), and a moved sequence goes on exactly as if it had not moved."""
     prompts = [chat(small_engine, q) for q in QUESTIONS[:4]]
-    for i, budget in enumerate((30, 6, 10, 30)):  # b1 then b2 end first and free ids 1 and 2
+    budgets = (30, 6, 10, 30)  # b1 then b2 end first; b3 moves down, then the late request comes
+    for i, budget in enumerate(budgets):
         small_engine.submit(Request(f"b{i}", prompts[i], SamplingParams(max_tokens=budget)))
+    moves_before = small_engine.stats().extra["seq_moves"]
     orders, late_id = [], None
 
     def watch(step):
@@ -132,10 +136,14 @@ def test_batches_keep_sequence_ids_in_order_and_reuse_the_lowest(small_engine):
         elif late_id is None and not {"b1", "b2"} & set(running):
             small_engine.submit(Request("late", prompts[1], SamplingParams(max_tokens=8)))
 
-    drain(small_engine, watch)
-    assert late_id == 1  # the lowest of the free ids {1, 2}
-    assert all(ids == sorted(ids) for ids in orders), [ids for ids in orders if ids != sorted(ids)][:1]
+    got = drain(small_engine, watch)
+    assert small_engine.stats().extra["seq_moves"] > moves_before
+    assert late_id == 2  # b0 and b3 hold ids 0 and 1 by then
+    for ids in orders:
+        assert ids == sorted(ids) and sorted(set(ids)) == list(range(len(set(ids)))), ids
     assert any(len(set(ids)) == 4 for ids in orders)  # steps with all four sequences in one batch
+    for i in (0, 3):
+        assert got[f"b{i}"]["tokens"] == reference_greedy(smollm2_path, prompts[i], budgets[i]), f"b{i} diverged"
 
 
 def run_all(path, options, prompts, max_tokens, watch=None) -> dict[str, dict]:

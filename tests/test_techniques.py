@@ -215,7 +215,9 @@ def test_ngram_speculation_keeps_greedy_output(smollm2_path):
 
 def test_draft_model_speculation_keeps_greedy_output(smollm2_path):
     """SmolLM2 re-quantized to Q4_0 drafting for SmolLM2 Q4_1: the same vocabulary, close but
-    not equal logits, so drafts are accepted and rejected; one and four concurrent sequences."""
+    not equal logits, so drafts are accepted and rejected; one and four concurrent sequences.
+    With four, requests end at different steps and a sequence moves to a lower id, its draft KV
+    with it (LlamaCppEngine._compact_ids)."""
     proposed = accepted = 0
     for n in (1, 4):
         prompts = chats(QUESTIONS[:n])
@@ -224,6 +226,7 @@ def test_draft_model_speculation_keeps_greedy_output(smollm2_path):
         spec = isolated(str(smollm2_path), {**opts, "spec": "draft:smollm2-135m:Q4_0", "spec_tokens": 3}, prompts, 40)
         assert_same_tokens(plain, spec)
         assert_draft_accounting(spec, 3)
+        assert spec["extra"]["seq_moves"] >= (1 if n == 4 else 0)
         proposed += spec["extra"]["draft_proposed"]
         accepted += spec["extra"]["draft_accepted"]
     assert 0 < accepted < proposed
