@@ -10,7 +10,8 @@ each figure is the mean over rounds, with the rounds' values kept.
                     request at a time. gain = TTFT off / TTFT on.
   speculative       end-to-end time of N greedy reasoning prompts (GSM8K) submitted together, for
                     no speculation, n-gram and draft-model drafting, at each N. Output throughput =
-                    output tokens / (last finish - submit); speedup = throughput / throughput without
+                    output tokens / (last finish - submit) (`rllm_study.crosscheck.BatchRun`);
+                    speedup = throughput / throughput without
                     speculation (throughput, not time, because outputs may differ in length: see
                     "Batch invariance" in backends/llama_cpp.py).
   kv_quantization   KV bytes per token and for the whole context per cache type; memory saved =
@@ -21,12 +22,12 @@ each figure is the mean over rounds, with the rounds' values kept.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import replace
 
-from rllm_study.backends.base import EngineOptions, Request, RequestFinished, SamplingParams, TokenEvent
+from rllm_study.backends.base import EngineOptions, Request, SamplingParams
 from rllm_study.backends.llama_cpp import LlamaCppEngine
 from rllm_study.bench import decode_rate
+from rllm_study.crosscheck import run_batch
 
 COUNTING = ", ".join(str(i) for i in range(1, 3000))
 
@@ -49,23 +50,6 @@ def _close(engines: dict) -> None:
         engine.close()
 
 
-def _run(engine, requests: list[Request]) -> tuple[float, int, float | None, list[RequestFinished]]:
-    """Submit all, step until done: (seconds to the last finish, output tokens, TTFT of the
-    first request in seconds, finish events)."""
-    t0 = time.perf_counter_ns()
-    for r in requests:
-        engine.submit(r)
-    first, finished = None, []
-    while engine.has_work():
-        for ev in engine.step():
-            if isinstance(ev, TokenEvent) and first is None:
-                first = ev.t_ns
-            elif isinstance(ev, RequestFinished):
-                finished.append(ev)
-    end = max(f.t_ns for f in finished)
-    return (end - t0) / 1e9, sum(f.output_tokens for f in finished), None if first is None else (first - t0) / 1e9, finished
-
-
 def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_tokens: int = 1000, reps: int = 3) -> dict:
     """TTFT with a shared prefix, prefix cache off vs on (see the module docstring)."""
     options = EngineOptions(max_seqs=1, ctx_per_seq=prefix_tokens + 256, n_threads=threads, flash_attn=True)
@@ -74,11 +58,11 @@ def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_toke
         probe = engines["off"].model
         prefix = probe.detokenize(probe.tokenize(COUNTING, add_special=False)[:prefix_tokens])
         sampling = SamplingParams(max_tokens=1)
-        _run(engines["on"], [Request("warm", prefix + "\nQuestion 0: what comes next?", sampling)])
+        run_batch(engines["on"], [Request("warm", prefix + "\nQuestion 0: what comes next?", sampling)])
         n = iter(range(1, 10_000))
 
         def measure(name, engine):
-            return _run(engine, [Request("q", prefix + f"\nQuestion {next(n)}: what comes next?", sampling)])[2]
+            return run_batch(engine, [Request("q", prefix + f"\nQuestion {next(n)}: what comes next?", sampling)]).first_token_s
 
         ttft = _rounds(engines, measure, reps)
         extra = engines["on"].stats().extra
@@ -118,8 +102,9 @@ def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-
 
             def measure(name, engine, prompts=prompts):
                 reqs = [Request(f"r{i}", p, SamplingParams(max_tokens=max_tokens)) for i, p in enumerate(prompts)]
-                seconds, tokens, _, fins = _run(engine, reqs)
-                return {"tok_s": tokens / seconds, "proposed": sum(f.draft_proposed for f in fins),
+                run = run_batch(engine, reqs)
+                fins = run.finishes.values()
+                return {"tok_s": run.throughput, "proposed": sum(f.draft_proposed for f in fins),
                         "accepted": sum(f.draft_accepted for f in fins)}
 
             runs = _rounds(engines, measure, reps)

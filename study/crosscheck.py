@@ -2,8 +2,9 @@
 llama-server on the same model): per request the output token counts must be equal, and the
 throughput ratio says how fast one serves the workload relative to the other.
 
-  throughput (tok/s) = all output tokens / (last finish - first submit)
+  throughput (tok/s) = all output tokens / (last finish - first submit)   (BatchRun.throughput)
   ratio              = median throughput(a) / median throughput(b) over the rounds
+`run_batch` is also the closed-batch measurement of `rllm_study.bench_techniques`.
 Each engine gets all requests at once (a closed batch), then is stepped until idle. Rounds
 alternate the order (a b, b a, a b, ...) so that load from other processes on a shared machine
 falls on both engines alike.
@@ -15,13 +16,14 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from rllm_study.backends.base import FINISH_ERROR, Engine, Request, RequestFinished
+from rllm_study.backends.base import FINISH_ERROR, Engine, Request, RequestFinished, TokenEvent
 
 
 @dataclass(frozen=True)
 class BatchRun:
     finishes: dict[str, RequestFinished]
     wall_s: float  # first submit -> last finish
+    first_token_s: float | None  # first submit -> the first token of any request (TTFT of a batch of one)
 
     @property
     def output_tokens(self) -> int:
@@ -34,17 +36,21 @@ class BatchRun:
 
 
 def run_batch(engine: Engine, requests: list[Request]) -> BatchRun:
-    """Submit every request, step until idle; the finish event of each, and the batch's wall time."""
+    """Submit every request, step until idle; the finish event of each, the batch's wall time and
+    the time to its first token."""
     t0 = time.perf_counter_ns()
     for request in requests:
         engine.submit(request)
     finishes: dict[str, RequestFinished] = {}
+    first = None
     while engine.has_work():
         for event in engine.step():
             if isinstance(event, RequestFinished):
                 finishes[event.request_id] = event
+            elif first is None and isinstance(event, TokenEvent):
+                first = event.t_ns
     t_last = max((f.t_ns for f in finishes.values()), default=t0)
-    return BatchRun(finishes, (t_last - t0) / 1e9)
+    return BatchRun(finishes, (t_last - t0) / 1e9, None if first is None else (first - t0) / 1e9)
 
 
 def _mismatches(run_a: BatchRun, run_b: BatchRun, requests: list[Request]) -> list[str]:
