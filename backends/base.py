@@ -131,6 +131,7 @@ class Capabilities:
     speculative: tuple[str, ...] = ()
     grammar: bool = False
     per_token_times: bool = True
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ class EngineOptions:
     (0 = max_seqs * ctx_per_seq). n_batch: tokens per decode call (chunked prefill size).
     type_k/type_v: KV-cache element types (f16, q8_0, q4_0, ...). kv_bits: MLX quantized KV.
     prefix_cache_tokens: LRU budget of cached prefix tokens. spec: None, "ngram" or
-    "draft:MODEL"; spec_tokens: draft length. base_url/api_key_env/timeout_s: network backends.
+    "draft:MODEL"; spec_tokens: draft length. batch_invariant: the same logits for a token
+    whatever else is in its batch, at some speed (llama.cpp: see "Batch invariance" in
+    backends/llama_cpp.py). base_url/api_key_env/timeout_s: network backends.
     """
 
     max_seqs: int = 4
@@ -159,6 +162,7 @@ class EngineOptions:
     prefix_cache_tokens: int = 16384
     spec: str | None = None
     spec_tokens: int = 4
+    batch_invariant: bool = False
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 600.0
@@ -173,6 +177,8 @@ def unsupported_options(options: EngineOptions, caps: Capabilities) -> list[str]
         problems.append(f"{caps.backend}: prefix caching is not supported")
     if options.spec and options.spec.split(":")[0] not in caps.speculative:
         problems.append(f"{caps.backend}: speculative decoding {options.spec!r} is not supported")
+    if options.batch_invariant and not caps.batch_invariant:
+        problems.append(f"{caps.backend}: batch_invariant is not supported")
     return problems
 
 

@@ -39,10 +39,11 @@ With flash attention on, weight repacking off (model parameter use_extra_bufts) 
 matrix multiplication off (environment GGML_CPU_TILED_MM=0, read once per process at llama.cpp's
 first matrix multiplication, so it must be set before then) the logits were bit-identical in
 every batch shape tried, and greedy speculative output equals greedy output without drafts.
-`LlamaCppEngine(..., batch_invariant=True)` sets all three (the variable takes effect only
-if llama.cpp has not multiplied matrices yet in this process). It costs speed, so it is off by
-default: measured on 2 cores, Qwen2.5-Coder-1.5B Q4_K_M prefill 94 -> 40 tok/s, decode 14.3 ->
-13.2 tok/s (1 sequence) and 25.8 -> 20.1 tok/s (8); the 0.5B prefill 167 -> 128 tok/s, decode unchanged.
+`EngineOptions(batch_invariant=True)` (spec key `engine.batch_invariant`) sets all three (the
+variable takes effect only if llama.cpp has not multiplied matrices yet in this process). It
+costs speed, so it is off by default: measured on 2 cores, Qwen2.5-Coder-1.5B Q4_K_M prefill
+94 -> 40 tok/s, decode 14.3 -> 13.2 tok/s (1 sequence) and 25.8 -> 20.1 tok/s (8); the 0.5B
+prefill 167 -> 128 tok/s, decode unchanged.
 """
 
 from __future__ import annotations
@@ -305,11 +306,11 @@ def _new_context(model: LlamaModel, o: EngineOptions, type_k: int, type_v: int):
 class LlamaCppEngine:
     """Continuous batching over one llama.cpp context (see the module docstring).
 
-    batch_invariant=True gives every token the same logits whatever else is in its batch (see
+    options.batch_invariant gives every token the same logits whatever else is in its batch (see
     "Batch invariance" in the module docstring): no weight repacking, no tiled matrix
     multiplication, flash attention on."""
 
-    def __init__(self, model: str, options: EngineOptions = EngineOptions(), *, batch_invariant: bool = False):
+    def __init__(self, model: str, options: EngineOptions = EngineOptions()):
         from rllm_study.models import resolve_model
 
         if options.max_seqs < 1:
@@ -319,7 +320,7 @@ class LlamaCppEngine:
         if options.prefix_cache_tokens < 1:
             raise UserError(f"prefix_cache_tokens must be >= 1, got {options.prefix_cache_tokens}")
         spec_method, draft_ref = parse_spec(options.spec)
-        self.batch_invariant = batch_invariant
+        batch_invariant = options.batch_invariant
         if batch_invariant:
             if options.flash_attn is False:
                 raise UserError("batch_invariant needs flash attention; drop flash_attn=false")
@@ -444,7 +445,7 @@ class LlamaCppEngine:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), prefix_cache=True,
-                            speculative=("ngram", "draft"), grammar=True)
+                            speculative=("ngram", "draft"), grammar=True, batch_invariant=True)
 
     def info(self) -> dict:
         o = self.options
@@ -458,7 +459,7 @@ class LlamaCppEngine:
                 "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
                 "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
                 "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
-                "batch_invariant": self.batch_invariant,
+                "batch_invariant": o.batch_invariant,
             },
             "kv_bytes_per_token": self.model.kv_bytes_per_token(o.type_k, o.type_v),
             "prefix_cache": {"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,

@@ -29,7 +29,7 @@ TOP_KEYS = {
 SAMPLING_KEYS = {"temperature", "top_p"}
 ENGINE_KEYS = {
     "concurrency", "threads", "n_gpu_layers", "ctx_per_seq", "n_batch", "type_k", "type_v", "flash_attn",
-    "kv_unified", "kv_bits", "prefix_cache", "prefix_cache_tokens", "spec", "spec_tokens", "base_url",
+    "kv_unified", "kv_bits", "prefix_cache", "prefix_cache_tokens", "spec", "spec_tokens", "batch_invariant", "base_url",
     "api_key_env", "timeout_s",
 }
 WORKLOAD_KEYS = {"arrival", "batch_size", "concurrency", "rate", "cv", "trace", "shared_prefix"}

@@ -179,10 +179,10 @@ def test_draft_model_serves_one_at_a_time_and_counts_acceptance(smollm2_mlx):
 
 
 def test_unsupported_options_are_reported(smollm2_mlx):
-    opts = EngineOptions(type_k="q8_0", type_v="q8_0", n_gpu_layers=99, n_threads=2, spec="ngram")
+    opts = EngineOptions(type_k="q8_0", type_v="q8_0", n_gpu_layers=99, n_threads=2, spec="ngram", batch_invariant=True)
     eng = MlxEngine(str(smollm2_mlx), opts)
     notes = " | ".join(eng.info()["unsupported_options"])
-    for word in ("type_k", "n_gpu_layers", "n_threads", "'ngram'"):
+    for word in ("type_k", "n_gpu_layers", "n_threads", "'ngram'", "batch_invariant"):
         assert word in notes
     with pytest.raises(UserError, match="grammar"):
         eng.submit(Request("g", "hi", grammar='root ::= "a"'))

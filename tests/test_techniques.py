@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as lc
@@ -40,7 +41,7 @@ def generate(model: str, options: dict, prompts: list[list[dict]], max_tokens: i
     from rllm_study.metrics import cell_metrics
     from rllm_study.results import Cell
 
-    engine = LlamaCppEngine(model, EngineOptions(n_threads=THREADS, **options), batch_invariant=batch_invariant)
+    engine = LlamaCppEngine(model, EngineOptions(n_threads=THREADS, batch_invariant=batch_invariant, **options))
     texts = [engine.apply_chat_template(m) for m in prompts]
     params = SamplingParams(max_tokens=max_tokens, **(sampling or {}))
     cells = [run_prompts(engine, [t], params, raw=True) for t in texts] if one_by_one else [run_prompts(engine, texts, params, raw=True)]
@@ -279,6 +280,18 @@ def test_bad_spec_values_are_user_errors(spec):
         parse_spec(spec)
 
 
+def test_batch_invariant_is_a_spec_key_that_reaches_the_engine(smollm2_path):
+    from rllm_study.spec import expand
+
+    variants = [{"name": "plain"}, {"name": "invariant", "engine": {"batch_invariant": True}}]
+    cells = expand({"datasets": {"gsm8k": 1}, "variants": variants}, "spec.toml")
+    assert [c.engine.batch_invariant for c in cells] == [False, True]
+    engine = LlamaCppEngine(str(smollm2_path), replace(cells[1].engine, n_threads=THREADS))
+    context = engine.info()["context"]
+    engine.close()
+    assert context["batch_invariant"] is True and context["flash_attn"] is True
+
+
 def test_engine_rejects_bad_technique_options(smollm2_path):
     for bad in ({"spec": "ngram", "spec_tokens": 0}, {"prefix_cache": True, "prefix_cache_tokens": 0}, {"type_k": "q3_0"}):
         with pytest.raises(UserError):
@@ -291,6 +304,7 @@ def test_engine_rejects_bad_technique_options(smollm2_path):
     (["-m", "smollm2-135m", "--kv-type-v", "int4"], "unknown KV-cache type 'int4'"),
     (["-m", "qwen2.5-coder-0.5b", "--spec", "draft:smollm2-135m"], "vocabulary"),
     (["-m", "smollm2-135m", "--spec", "medusa"], "--spec 'medusa'"),
+    (["-m", "smollm2-135m", "--batch-invariant", "--no-flash-attn"], "batch_invariant needs flash attention"),
 ])
 def test_bad_option_values_give_one_line_and_exit_code_2(args, needle):
     done = run_cli("generate", "-p", "Hi", "-n", "2", "-t", str(THREADS), *args)

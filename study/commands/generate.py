@@ -84,6 +84,7 @@ def generate(
     prefix_cache: opt.PrefixCache = False,
     spec: opt.Spec = None,
     spec_tokens: opt.SpecTokens = 4,
+    batch_invariant: opt.BatchInvariant = False,
     base_url: opt.BaseUrl = None,
 ) -> None:
     """Generate for several prompts at once and print each request's tokens and latencies."""
@@ -97,7 +98,7 @@ def generate(
     options = opt.engine_options(
         concurrency=concurrency, threads=threads, n_gpu_layers=n_gpu_layers, ctx_per_seq=ctx_per_seq,
         kv_type_k=kv_type_k, kv_type_v=kv_type_v, flash_attn=flash_attn, kv_unified=kv_unified, kv_bits=kv_bits,
-        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, base_url=base_url,
+        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, batch_invariant=batch_invariant, base_url=base_url,
     )
     engine = engine_class(backend)(model, options)
     err = Console(stderr=True)

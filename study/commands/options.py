@@ -22,6 +22,7 @@ KvBits = Annotated[Optional[int], typer.Option("--kv-bits", help="MLX: quantized
 PrefixCache = Annotated[bool, typer.Option("--prefix-cache", help="Reuse the KV of cached prompt prefixes.")]
 Spec = Annotated[Optional[str], typer.Option("--spec", help="Speculative decoding: ngram, or draft:MODEL.")]
 SpecTokens = Annotated[int, typer.Option("--spec-tokens", help="Draft length per step.")]
+BatchInvariant = Annotated[bool, typer.Option("--batch-invariant", help="llama.cpp: the same logits whatever else is batched (slower; turns flash attention on).")]
 BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server URL (backend openai).")]
 
 
@@ -29,7 +30,7 @@ def engine_options(
     *, concurrency: int = 4, threads: int | None = None, n_gpu_layers: int = 0, ctx_per_seq: int = 4096,
     kv_type_k: str = "f16", kv_type_v: str = "f16", flash_attn: bool | None = None, kv_unified: bool = False,
     kv_bits: int | None = None, prefix_cache: bool = False, spec: str | None = None, spec_tokens: int = 4,
-    base_url: str | None = None,
+    batch_invariant: bool = False, base_url: str | None = None,
 ) -> EngineOptions:
     """Validate CLI values and build EngineOptions (user mistakes raise UserError)."""
     if concurrency < 1:
@@ -47,5 +48,5 @@ def engine_options(
     return EngineOptions(
         max_seqs=concurrency, n_threads=threads, n_gpu_layers=n_gpu_layers, ctx_per_seq=ctx_per_seq,
         type_k=kv_type_k, type_v=kv_type_v, flash_attn=flash_attn, kv_unified=kv_unified, kv_bits=kv_bits,
-        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, base_url=base_url,
+        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, batch_invariant=batch_invariant, base_url=base_url,
     )
