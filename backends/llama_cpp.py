@@ -417,9 +417,9 @@ class LlamaCppEngine:
         return self.prefill_only_s / self.prefill_only_tokens if self.prefill_only_tokens else None
 
     def stats(self) -> EngineStats:
-        """extra: preemptions, seq_moves (see _compact_ids); with prefix caching prefix_lookups, prefix_hits, prefix_tokens_reused,
-        prefix_entries, prefix_cached_tokens, prefix_cache_bytes (host copies), prefix_restore_s,
-        prefix_save_s (measured copy time), prefill_s_per_token (see prefill_s_per_token) and
+        """extra: preemptions, seq_moves (see _compact_ids); with prefix caching prefix_lookups,
+        prefix_hits, prefix_tokens_reused, prefix_entries, prefix_cached_tokens, prefix_cache_bytes
+        (host copies), prefix_restore_s, prefix_save_s (measured copy time), prefill_s_per_token (see prefill_s_per_token) and
         prefix_saved_prefill_s = prefix_tokens_reused x prefill_s_per_token (an estimate of the
         prefill time avoided; the copies cost prefix_restore_s + prefix_save_s); with speculative
         decoding draft_proposed, draft_accepted (all requests so far) and draft_s (time proposing)."""
