@@ -227,7 +227,8 @@ def test_draft_model_speculation_keeps_greedy_output(smollm2_path):
         spec = isolated(str(smollm2_path), {**opts, "spec": "draft:smollm2-135m:Q4_0", "spec_tokens": 3}, prompts, 40)
         assert_same_tokens(plain, spec)
         assert_draft_accounting(spec, 3)
-        assert spec["extra"]["seq_moves"] >= (1 if n == 4 else 0)
+        if n == 4:
+            assert spec["extra"]["seq_moves"] >= 1
         proposed += spec["extra"]["draft_proposed"]
         accepted += spec["extra"]["draft_accepted"]
     assert 0 < accepted < proposed
