@@ -10,7 +10,8 @@ A request line holds at least: id, dataset, item_id, session, arrival_s, admitte
 prefill_done_s, first_token_s, first_answer_token_s, finish_s (seconds from the start of its
 session, see below; null when it never happened), prompt_tokens, cached_tokens,
 output_tokens, think_tokens, answer_tokens, finish_reason, extracted_answer, correct,
-parse_status, draft_proposed, draft_accepted, error.
+correct_lenient, parse_status, draft_proposed, draft_accepted, error (grading fields: see
+`rllm_study.workloads.grading`; files written before correct_lenient existed lack it).
 A token line: {"id", "session", "t_s": [...], "token_ids": [...], "phase": "ttta...",
 "draft": "0010..." , "n_tokens": [...] (only when a network chunk held several tokens)}.
 A timeline line: {"session", "t_s", "kv_used", "kv_capacity", "kv_unit", "running",

@@ -169,7 +169,7 @@ class CellRun:
                 "dataset": job.item.dataset, "item_id": job.item.id, "domain": job.item.domain,
                 "difficulty": job.item.difficulty, "prompt_mode": self.cell.prompt_mode,
                 "batch": self.batch_of.get(job.id), "reference_answer": job.prompt.correct_letter or job.item.answer,
-                "extracted_answer": g.extracted_answer, "correct": g.correct, "parse_status": g.parse_status,
+                **g.record_fields(),
             })
             self.writer.write_request(record, tokens)
             self.in_flight.discard(record["id"])

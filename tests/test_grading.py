@@ -1,11 +1,14 @@
-"""Answer grading on hand-written outputs: answer phase only, extraction order, equivalence."""
+"""Answer grading on hand-written outputs and on real outputs of our own runs (excerpts of
+reports/*/requests.jsonl): answer phase first, then the thinking (lenient), extraction order,
+equivalence."""
 
 import threading
 
 import pytest
 
-from rllm_study.workloads.datasets import MATH, SCIENCE, Item
-from rllm_study.workloads.grading import PARSED, UNPARSED, Grade, extract_answer, grade, last_boxed, math_equal
+from rllm_study.workloads.datasets import MATH, SCIENCE, Item, load_dataset
+from rllm_study.workloads.grading import (ANSWER_IN_THINK, PARSED, UNPARSED, Grade, extract_answer, grade, last_boxed,
+                                          math_equal, strip_units)
 from rllm_study.workloads.prompts import build_prompt
 
 GSM = Item("gsm8k/0000", "gsm8k", MATH, "easy", "Janet's ducks ...", "18")
@@ -31,18 +34,28 @@ def test_math_answers(output, extracted, correct):
     assert grade(GSM, REASONING, output) == Grade(extracted, correct, PARSED)
 
 
-def test_answer_only_inside_think_does_not_count():
+def test_answer_only_inside_think_counts_as_lenient_only():
     g = grade(GSM, REASONING, "the answer is \\boxed{18} I think, but let me check again and")
-    assert g.parse_status == UNPARSED and not g.correct and g.extracted_answer is None
+    assert (g.extracted_answer, g.parse_status, g.correct, g.correct_lenient) == ("18", ANSWER_IN_THINK, False, True)
     # also when the model opened the think block itself
     g = grade(GSM, DIRECT, "<think>so \\boxed{18}")
-    assert g.parse_status == UNPARSED and not g.correct
+    assert (g.parse_status, g.correct, g.correct_lenient) == (ANSWER_IN_THINK, False, True)
+    # a wrong answer in the thinking is wrong both ways
+    g = grade(GSM, REASONING, "so \\boxed{17}")
+    assert (g.parse_status, g.correct, g.correct_lenient) == (ANSWER_IN_THINK, False, False)
+    # an answer phase with an answer wins over the thinking, and is both strict and lenient
+    g = grade(GSM, REASONING, "\\boxed{17} no wait</think>\\boxed{18}")
+    assert (g.extracted_answer, g.parse_status, g.correct, g.correct_lenient) == ("18", PARSED, True, True)
+    # an answer phase with nothing in it: the thinking's answer, leniently
+    g = grade(GSM, REASONING, "so \\boxed{18}</think>\n\nThe final")
+    assert (g.extracted_answer, g.parse_status, g.correct, g.correct_lenient) == ("18", ANSWER_IN_THINK, False, True)
 
 
 def test_truncated_answer_is_unparsed():
-    for cut in ("long thinking without end", "done</think>\n\nThe final answer is $\\boxed{1", "done</think>\n\n"):
+    for cut in ("long thinking without end", "done</think>\n\nThe final answer is $\\boxed{1", "done</think>\n\n",
+                "give the final answer within \\boxed{}, so let me"):
         g = grade(GSM, REASONING, cut)
-        assert (g.extracted_answer, g.correct, g.parse_status) == (None, False, UNPARSED)
+        assert (g.extracted_answer, g.correct, g.correct_lenient, g.parse_status) == (None, False, False, UNPARSED)
 
 
 def test_nested_boxed():
@@ -109,10 +122,14 @@ def test_gpqa_choice_text_with_parentheses():
     assert grade(item, prompt, "The answer is (R)-butan-2-ol.") == Grade(prompt.correct_letter, True, PARSED)
 
 
-def test_gpqa_letter_inside_think_only_is_unparsed():
+def test_gpqa_letter_inside_think_only():
     prompt = build_prompt(GPQA, "reasoning", seed=1)
-    g = grade(GPQA, prompt, f"It must be ({prompt.correct_letter}). The answer is {prompt.correct_letter}")
-    assert g.parse_status == UNPARSED and not g.correct
+    right = prompt.correct_letter
+    g = grade(GPQA, prompt, f"It must be ({right}). The answer is {right}")
+    assert (g.extracted_answer, g.parse_status, g.correct, g.correct_lenient) == (right, ANSWER_IN_THINK, False, True)
+    # the weak forms ("(B)", "option B", a lone letter) are not taken from the thinking
+    for weak in (f"It must be ({right}), let me see", f"so option {right} fits, but", f"\n{right}\n"):
+        assert grade(GPQA, prompt, weak).parse_status == UNPARSED, weak
 
 
 def test_extraction_order_prefers_boxed_then_answer_is_then_letter():
@@ -120,3 +137,134 @@ def test_extraction_order_prefers_boxed_then_answer_is_then_letter():
     assert extract_answer("(B) looks good, but the answer is C", multiple_choice=True) == "C"
     assert extract_answer("I go with (B)", multiple_choice=True) == "B"
     assert extract_answer("I go with (B)", multiple_choice=False) is None
+
+
+# ---- real outputs (excerpts of the committed reports/*/requests.jsonl, our own tool's outputs) ----
+
+# Reasoning prompts start inside <think>; these outputs never wrote </think>, so the old grader
+# found no answer phase and called them "unparsed" although the stated answer is right.
+IN_THINK = [
+    # reports/cpu-2core/pilot/qwen2.5-coder-0.5b__gsm8k__reasoning__mt256__batch8__r0, gsm8k/0001
+    ("3", "The total number of bolts is:\n\\[\n2 + 1 = 3 \\text{ bolts}\n\\]\n\n"
+          "Therefore, the total number of bolts needed is \\boxed{3}.", "3"),
+    # reports/gpu-h100/pilot-c32/qwen2.5-coder-0.5b__gsm8k__reasoning__mt256__batch32__r0, gsm8k/0016
+    ("230", "   - In the second day, the distance covered by each train is also 230 miles.\n\n"
+            "Therefore, the distance covered by each train in the two days is \\boxed{230 miles}.", "230 miles"),
+    # reports/gpu-h100/kv-cache/qwen2.5-coder-0.5b__kv-q8_0__gsm8k__reasoning__mt256__batch8__r0, gsm8k/0000
+    ("18", "- Total revenue = 9 eggs * $2/egg = $18\n\nTherefore, Janet makes \\boxed{18} dollars every day at the "
+           "farmers' market.", "18"),
+    # reports/gpu-h100/kv-cache/qwen2.5-coder-0.5b__kv-q4_0__gsm8k__reasoning__mt256__batch8__r0, gsm8k/0001
+    ("3", "3. Therefore, the total amount of blue fiber is 2 + 2/2 = 2 + 1 = 3.\n\nThe answer is 3 bolts of blue fiber.", "3"),
+    # reports/cpu-2core/pilot/qwen2.5-coder-0.5b__math500__reasoning__mt256__batch8__r0, math500/0005
+    ("42", "\\text{Perimeter of the hexagon} = 21 \\text{ inches} + 21 \\text{ inches} = 42 \\text{ inches}\n   \\]\n\n"
+           "Therefore, the perimeter of the regular hexagon is \\(\\boxed{42}\\).", "42"),
+]
+
+
+@pytest.mark.parametrize("reference, output, extracted", IN_THINK)
+def test_real_answers_stated_only_while_thinking(reference, output, extracted):
+    item = Item("gsm8k/x", "gsm8k", MATH, "easy", "...", reference)
+    g = grade(item, build_prompt(item, "reasoning"), output)
+    assert (g.extracted_answer, g.parse_status, g.correct, g.correct_lenient) == (extracted, ANSWER_IN_THINK, False, True)
+    # the same text after </think> is a parsed, strictly right answer
+    g = grade(item, build_prompt(item, "reasoning"), "thinking</think>\n" + output)
+    assert (g.parse_status, g.correct, g.correct_lenient) == (PARSED, True, True)
+
+
+def test_free_symbols_are_wrong_for_a_numeric_reference():
+    # reports/gpu-h100/pilot-c32/qwen2.5-coder-0.5b__math500__direct__mt512__batch32__r0, math500/0047 (reference 5):
+    # math-verify alone accepts it, reading the trailing "c" as a unit
+    item = Item("math500/0047", "math500", MATH, "level-4", "...", "5")
+    output = ("We can now find \\(a + b + c\\):\n\\[a + b + c = 7 + (-2) + c = 5 + c.\\]\n\n"
+              "Thus, the final answer is:\n\\[\\boxed{5 + c}.\\]")
+    g = grade(item, build_prompt(item, "direct"), output)
+    assert (g.extracted_answer, g.parse_status, g.correct, g.correct_lenient) == ("5 + c", PARSED, False, False)
+    for wrong in ("5c", "c + 5", "5 + x", "\\frac{5}{c}", "x = 5 + c"):
+        assert not math_equal("5", wrong), wrong
+    for right in ("5", "x = 5", "5 \\text{ cm}", "5 cm", "5cm", "\\frac{10}{2}"):
+        assert math_equal("5", right), right
+    assert math_equal("5 + c", "c + 5")  # a symbolic reference keeps symbolic answers
+
+
+def test_units_after_a_matching_number():
+    assert [strip_units(s) for s in ("230 miles", "6 \\text{ inches}", "\\frac{3}{2} \\mathrm{cm}^2", "18 dollars",
+                                     "5 + c", "x^2", "230")] == ["230", "6", "\\frac{3}{2}", "18", "5 + c", "x^2", "230"]
+    item = Item("gsm8k/0016", "gsm8k", MATH, "easy", "...", "230")
+    assert grade(item, DIRECT, "\\boxed{230 miles}") == Grade("230 miles", True, PARSED)
+    assert grade(item, DIRECT, "\\boxed{231 miles}") == Grade("231 miles", False, PARSED)
+    assert grade(item, DIRECT, "The answer is 230 miles per day.") == Grade("230", True, PARSED)
+
+
+@pytest.mark.parametrize("form", ["The letter of the correct choice is {}.", "So the correct choice is {}", "({})",
+                                  "Answer: {}", "\\boxed{{{}}}", "**{}**", "The correct option is ({}) because",
+                                  "\\boxed{{\\text{{{}}}}}", "Final answer: **{}**"])
+def test_gpqa_usual_letter_forms(form):
+    prompt = build_prompt(GPQA, "direct", seed=3)
+    wrong = next(k for k in prompt.choice_letters if k != prompt.correct_letter)
+    for letter, correct in ((prompt.correct_letter, True), (wrong, False)):
+        g = grade(GPQA, prompt, "Some working.\n\n" + form.format(letter))
+        assert (g.extracted_answer, g.parse_status, g.correct) == (letter, PARSED, correct), form
+
+
+def test_gpqa_only_the_items_letters_count():
+    prompt = build_prompt(GPQA, "direct", seed=3)
+    assert set(prompt.choice_letters) == set("ABCD")
+    for text in ("\\boxed{E}", "Answer: E", "The correct choice is F.", "(E)", "**E**"):
+        assert grade(GPQA, prompt, text).parse_status == UNPARSED, text
+
+
+def _gpqa(item_id: str, mode: str):
+    item = next(it for it in load_dataset("gpqa-diamond", limit=40) if it.id == item_id)
+    return item, build_prompt(item, mode, seed=0)
+
+
+def test_gpqa_real_letter_phrase():
+    # reports/gpu-h100/pilot-c32/qwen2.5-coder-0.5b__gpqa-diamond__reasoning__mt256__batch32__r0, gpqa-diamond/0028
+    item, prompt = _gpqa("gpqa-diamond/0028", "reasoning")
+    output = ("Therefore, the most probable mutation that will eliminate the anti-nutritional compound in the cultivar "
+              "is Mutant 2.\n</think>\nThe letter of the correct choice is B.")
+    assert prompt.correct_letter == "A"  # the recorded reference
+    assert grade(item, prompt, output) == Grade("B", False, PARSED)
+
+
+def test_gpqa_restated_options_are_no_answer():
+    # reports/gpu-h100/pilot-c32/qwen2.5-coder-0.5b__gpqa-diamond__reasoning__mt512__batch32__r0, gpqa-diamond/0010
+    item, prompt = _gpqa("gpqa-diamond/0010", "reasoning")
+    output = ("Both SARS-CoV and SARS-CoV-2 Programmed -1 Frameshift Signals show two conformations when under tension, "
+              "similar to other pseudoknots that induce comparable frameshifting rates.\n\n"
+              "D) Programmed ribosomal frameshifting creates two polyproteins near to 5` end of the genome by moving back "
+              "by 1 nucleotide with the help of slippery nucleot")
+    assert grade(item, prompt, output).parse_status == UNPARSED           # in the thinking
+    assert grade(item, prompt, "</think>" + output).parse_status == UNPARSED  # as the answer
+    # every option restated, in the forms a model writes them: still no answer, not "D"
+    for label in ("{}) ", "({}) ", "**{})** ", "Option {}: "):
+        listing = "\n".join(label.format(k) + v for k, v in prompt.choice_letters.items())
+        g = grade(item, prompt, "</think>The options are:\n" + listing)
+        assert g.parse_status == UNPARSED, (label, g)
+    # a restatement followed by a stated answer: the answer
+    # (reports/cpu-2core/pilot/qwen2.5-coder-0.5b__gpqa-diamond__reasoning__mt256__batch8__r0, gpqa-diamond/0000)
+    item, prompt = _gpqa("gpqa-diamond/0000", "reasoning")
+    output = ("Now, let's compare this difference to the given options:\nA) 10^-11 eV\nB) 10^-9 eV\nC) 10^-8 eV\n"
+              "D) 10^-4 eV\n\nSince the difference in their lifetimes is the same as the difference in their energies, "
+              "the only option that fits this criterion is:\n\\boxed{A}")
+    assert grade(item, prompt, output) == Grade("A", prompt.correct_letter == "A", ANSWER_IN_THINK)
+
+
+def test_gpqa_letters_in_thinking_are_not_weak_answers():
+    # reports/gpu-h100/pilot-c32/qwen2.5-coder-0.5b__gpqa-diamond__reasoning__mt256__batch32__r0, gpqa-diamond/0008
+    # (cut by the budget): "(C)" and "(H)" are elements, not choices
+    item, prompt = _gpqa("gpqa-diamond/0008", "reasoning")
+    output = ("**Benzo[1,2-c:3,4-c':5,6-c'']trifuran-1,3,4,6,7,9-hexaone (B1,2C3,4C5,6C7,9H):**\n- Carbon (C) has three "
+              "bonds.\n- Hydrogen (H) has two bonds.\n- Nitrogen (N) has two bonds.\n- C4h symmetry: This is because each")
+    assert grade(item, prompt, output) == Grade(None, False, UNPARSED)
+
+
+def test_grading_stays_fast_on_long_outputs():
+    # a 4096-token budget is about 16k characters: grading it must not be the slow part of a run
+    import time
+    long_think = ("Let me compute 12 * 7 = 84, (B) is out, option C maybe. " * 300)
+    start = time.perf_counter()
+    for _ in range(20):
+        grade(GSM, REASONING, long_think + "so \\boxed{18}")
+        grade(GPQA, build_prompt(GPQA, "reasoning"), long_think)
+    assert (time.perf_counter() - start) / 40 < 0.1
