@@ -21,14 +21,18 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from rllm_study.backends.phases import THINK_CLOSE
 from rllm_study.errors import UserError
 from rllm_study.results import Cell
+from rllm_study.workloads.prompts import THINKING_MODES
 
 DEFAULT_PERCENTILES = (50, 90, 95, 99)
 DEFAULT_STRAGGLER_K = 2.0
 DEFAULT_WINDOW = 16
 COMPLETED = ("stop", "length")
 SLO_KEYS = ("ttft_s", "ttfvt_s", "tpot_s", "e2el_s")
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95% interval
+PARSE_STATUSES = ("parsed", "answer_in_think", "unparsed")  # as `rllm_study.workloads.grading` records them
 
 CONVENTIONS = (
     "Times are seconds from the start of the request's session (each start or resume of a cell is a session); "
@@ -144,6 +148,23 @@ def distribution(values: Iterable[float | None], percentiles: Iterable[float] = 
         "max": float(vals.max()),
         **{percentile_key(p): float(v) for p, v in zip(percentiles, pct)},
     }
+
+
+@define("wilson_ci95", "fraction", "(p + z^2/(2n) -/+ z sqrt(p(1-p)/n + z^2/(4n^2))) / (1 + z^2/n), p = k/n, z = 1.96")
+def wilson_interval(k: int, n: int, z: float = Z95) -> list[float] | None:
+    """The 95% Wilson score interval [low, high] of a proportion of k successes in n trials (e.g.
+    correct answers of n requests): unlike p +/- z sqrt(p(1-p)/n) it stays inside [0, 1] and does
+    not shrink to a point at k = 0 or k = n. None when n = 0."""
+    if n <= 0:
+        return None
+    p, z2 = k / n, z * z
+    centre, half = p + z2 / (2 * n), z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return [max(0.0, float((centre - half) / (1 + z2 / n))), min(1.0, float((centre + half) / (1 + z2 / n)))]
+
+
+def share(k: int, n: int) -> dict:
+    """A proportion with its counts and Wilson interval: {share, k, n, ci95}."""
+    return {"share": _ratio(k, n), "k": k, "n": n, "ci95": wilson_interval(k, n)}
 
 
 def fluctuation(values: Iterable[float | None]) -> dict:
@@ -328,15 +349,30 @@ def finish_reasons(ctx: _Context) -> dict:
     return dict(Counter(r.get("finish_reason") for r in ctx.cell.requests))
 
 
+@define("correct_lenient", "bool", "correct_lenient; correct where the record has no correct_lenient")
+def correct_lenient(r: dict) -> bool:
+    """Right with the answer taken from the answer phase or, where that has none, from the thinking
+    (parse_status answer_in_think). Files graded before the field existed hold only the strict
+    `correct`, and count as it."""
+    return (r["correct_lenient"] if "correct_lenient" in r else r.get("correct")) is True
+
+
 def _accuracy(records: list[dict]) -> dict:
+    n = len(records)
     correct = sum(r.get("correct") is True for r in records)
+    lenient = sum(map(correct_lenient, records))
+    statuses = Counter(r.get("parse_status") for r in records)
     # ungraded: completed requests that carry no grade (a data set without reference answers)
     graded = any(r.get("correct") is not None for r in records) or not any(r.get("finish_reason") in COMPLETED for r in records)
     return {
         "correct": correct,
-        "total": len(records),
-        "unparsed": sum(r.get("parse_status") == "unparsed" for r in records),
-        "accuracy": _ratio(correct, len(records)) if graded else None,
+        "total": n,
+        "accuracy": _ratio(correct, n) if graded else None,
+        "ci95": wilson_interval(correct, n) if graded else None,
+        "correct_lenient": lenient,
+        "accuracy_lenient": _ratio(lenient, n) if graded else None,
+        "ci95_lenient": wilson_interval(lenient, n) if graded else None,
+        **{status: statuses[status] for status in PARSE_STATUSES},
     }
 
 
@@ -347,17 +383,39 @@ def _by(records: list[dict], field: str) -> dict[str, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-@metric("accuracy", "fraction", "correct / total (all requests)", section=None)
+@metric("accuracy", "fraction", "correct / total (all requests), with its wilson_ci95; accuracy_lenient = "
+        "sum(correct_lenient) / total, with its wilson_ci95", section=None)
 def accuracy(ctx: _Context) -> dict:
-    """Overall, per data set and per domain. Unparsed answers and failed requests count as wrong
-    (`unparsed` is reported); None for a group whose completed requests carry no grade (a data set
-    without reference answers, e.g. ShareGPT lengths)."""
+    """Overall, per data set and per domain, strict (`accuracy`: the answer stated in the answer
+    phase) and lenient (`accuracy_lenient`: also an answer found only in the thinking), each with
+    its count (correct, correct_lenient of total) and 95% Wilson interval (ci95, ci95_lenient).
+    Unparsed answers and failed requests count as wrong; the parse-status counts (parsed,
+    answer_in_think, unparsed) are reported. None for a group whose completed requests carry no
+    grade (a data set without reference answers, e.g. ShareGPT lengths)."""
     reqs = ctx.cell.requests
     return {
         "overall": _accuracy(reqs),
         "by_dataset": {k: _accuracy(v) for k, v in _by(reqs, "dataset").items()},
         "by_domain": {k: _accuracy(v) for k, v in _by(reqs, "domain").items()},
     }
+
+
+def has_answer_phase(r: dict) -> bool:
+    """A think phase and an answer phase: think_tokens > 0 and (answer_tokens > 0 or the output
+    holds `</think>`)."""
+    return (r.get("think_tokens") or 0) > 0 and ((r.get("answer_tokens") or 0) > 0 or THINK_CLOSE in (r.get("output_text") or ""))
+
+
+@metric("answer_phase_share", "fraction", "completed thinking-mode requests with has_answer_phase / completed "
+        "thinking-mode requests, with its wilson_ci95", section="tokens", key="answer_phase")
+def answer_phase_share(ctx: _Context) -> dict | None:
+    """Share of completed requests in a prompt mode that thinks first (reasoning, native) whose
+    output has both a think phase and an answer phase (think_tokens > 0 and answer_tokens > 0, or a
+    recorded `</think>`): {share, k, n, ci95}. A request without one has no TTFVT and, graded
+    strictly, no answer. None for a cell with no such requests (direct mode)."""
+    mode = ctx.cell.manifest.get("cell", {}).get("prompt_mode")
+    rows = [r for r in ctx.cell.requests if r.get("finish_reason") in COMPLETED and r.get("prompt_mode", mode) in THINKING_MODES]
+    return share(sum(map(has_answer_phase, rows)), len(rows)) if rows else None
 
 
 @metric("duration_s", "s", "sum over sessions of (last finish_s - first arrival_s)", section="throughput")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rllm_study.errors import UserError
-from rllm_study.metrics import METRICS, cell_metrics, distribution, request_metrics, token_times
+from rllm_study.metrics import METRICS, Z95, cell_metrics, distribution, request_metrics, token_times, wilson_interval
 from rllm_study.results import CellWriter, read_cell
 
 CLI = str(Path(sys.executable).with_name("rllm-study"))
@@ -112,14 +112,61 @@ def test_accuracy_counts_unparsed_and_failed_as_wrong(tmp_path):
     ungraded = record("r5", 3.0, 3.0, 3.1, 3.1, 3.4, 2, 0, dataset="sharegpt", domain=None, correct=None, parse_status=None)
     c = write_cell(tmp_path / "c", [pairs + [(failed, tokens("r4", [], "")), (ungraded, tokens("r5", [3.1, 3.4], "aa"))]])
     acc = cell_metrics(c)["accuracy"]
-    assert acc["overall"] == {"correct": 2, "total": 5, "unparsed": 2, "accuracy": 2 / 5}
-    assert acc["by_dataset"]["gsm8k"] == {"correct": 1, "total": 2, "unparsed": 1, "accuracy": 0.5}
+    keys = ("correct", "total", "unparsed", "accuracy")
+    assert {k: acc["overall"][k] for k in keys} == {"correct": 2, "total": 5, "unparsed": 2, "accuracy": 2 / 5}
+    assert {k: acc["by_dataset"]["gsm8k"][k] for k in keys} == {"correct": 1, "total": 2, "unparsed": 1, "accuracy": 0.5}
     assert acc["by_dataset"]["gpqa-diamond"]["accuracy"] == 0.0   # failed = wrong
     assert acc["by_dataset"]["sharegpt"]["accuracy"] is None       # nothing graded
     assert set(acc["by_domain"]) == {"math", "science", "unknown"}
     m = cell_metrics(c)
     assert m["latency"]["e2el_s"]["count"] == 4                    # the failed request is left out
     assert m["throughput"]["requests_s"] == pytest.approx(4 / 5)   # 4 completed / (last finish 5 - first arrival 0)
+
+
+@pytest.mark.parametrize("k, n", [(0, 8), (2, 8), (8, 8), (1, 1), (37, 100), (0, 1)])
+def test_wilson_interval_solves_its_defining_equation(k, n):
+    # The Wilson interval is every p whose normal test does not reject k/n: |k/n - p| <= z sqrt(p(1-p)/n),
+    # so each bound inside (0, 1) solves (k/n - p)^2 = z^2 p (1 - p) / n, and the bounds hold k/n.
+    lo, hi = wilson_interval(k, n)
+    for p in (lo, hi):
+        if 0 < p < 1:
+            assert (k / n - p) ** 2 == pytest.approx(Z95 ** 2 * p * (1 - p) / n)
+    assert 0 <= lo <= k / n <= hi <= 1 and hi - lo > 0
+    assert (lo == 0) == (k == 0) and (hi == 1) == (k == n)
+    assert wilson_interval(0, 0) is None
+
+
+def test_strict_and_lenient_accuracy_with_intervals(tmp_path):
+    # r1 right from the answer phase; r2 right only in its thinking; r3 unparsed; r4 an old record
+    # (no correct_lenient, graded before the field existed): it counts as its strict `correct`.
+    base = dict(dataset="gsm8k", prompt_mode="reasoning")
+    r1 = record("r1", 0, 0, 1, 2, 3, 4, 2, correct=True, correct_lenient=True, parse_status="parsed", **base)
+    r2 = record("r2", 0, 0, 1, None, 3, 4, 4, correct=False, correct_lenient=True, parse_status="answer_in_think", **base)
+    r3 = record("r3", 0, 0, 1, None, 3, 4, 4, correct=False, correct_lenient=False, parse_status="unparsed", **base)
+    r4 = record("r4", 0, 0, 1, 2, 3, 4, 2, correct=True, parse_status="parsed", **base)
+    c = write_cell(tmp_path / "c", [[(r, tokens(r["id"], [1.0], "t")) for r in (r1, r2, r3, r4)]])
+    acc = cell_metrics(c)["accuracy"]["by_dataset"]["gsm8k"]
+    assert (acc["correct"], acc["correct_lenient"], acc["total"]) == (2, 3, 4)
+    assert (acc["accuracy"], acc["accuracy_lenient"]) == (0.5, 0.75)
+    assert acc["ci95"] == wilson_interval(2, 4) and acc["ci95_lenient"] == wilson_interval(3, 4)
+    assert (acc["parsed"], acc["answer_in_think"], acc["unparsed"]) == (2, 1, 1)
+
+
+def test_answer_phase_share(tmp_path):
+    # Reasoning-mode requests: r1 thinks then answers; r2 only thinks (cut by the budget); r3 wrote
+    # </think> as its last token (no answer token, but the split is there); r4 failed (left out).
+    # r5 is a direct-mode request (not counted); a direct-only cell has no share at all.
+    think = dict(prompt_mode="reasoning")
+    r1 = record("r1", 0, 0, 1, 2, 3, 9, 5, **think)
+    r2 = record("r2", 0, 0, 1, None, 3, 8, 8, finish_reason="length", **think)
+    r3 = record("r3", 0, 0, 1, None, 3, 6, 6, output_text="thinking</think>", **think)
+    r4 = record("r4", 0, None, None, None, 3, 0, 0, finish_reason="error", **think)
+    r5 = record("r5", 0, 0, 1, 1, 3, 4, 0, prompt_mode="direct")
+    c = write_cell(tmp_path / "c", [[(r, tokens(r["id"], [1.0], "t")) for r in (r1, r2, r3, r4, r5)]])
+    phase = cell_metrics(c)["tokens"]["answer_phase"]
+    assert (phase["k"], phase["n"], phase["share"]) == (2, 3, 2 / 3) and phase["ci95"] == wilson_interval(2, 3)
+    direct = write_cell(tmp_path / "d", [[(r5, tokens("r5", [1.0], "a"))]])
+    assert cell_metrics(direct)["tokens"]["answer_phase"] is None
 
 
 def test_goodput_under_slo(cell):
@@ -253,6 +300,11 @@ def test_cli_summarize(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if "cell-a" in line or "cell-b" in line]
     assert len(rows) == 2 and "66.7% (2/3)" in rows[0] and "100.0% (2/2)" in rows[1]
+    # strict and lenient accuracy (this old-style cell has no correct_lenient: lenient = strict), each
+    # with its Wilson interval on the next line, and the parse-status counts (r1 and r2 say "ok": none of them)
+    assert rows[0].count("66.7% (2/3)") == 2 and "0 / 0 / 1" in rows[0]
+    lo, hi = wilson_interval(2, 3)
+    assert out.stdout.count(f"[{100 * lo:.1f}-{100 * hi:.1f}%]") == 2
     js = run_cli("summarize", tmp_path / "run", "--json", "--percentiles", "50,99")
     assert js.returncode == 0, js.stderr
     assert [c["cell"] for c in json.loads(js.stdout)] == ["cell-a", "cell-b"]

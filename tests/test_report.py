@@ -256,3 +256,44 @@ def test_technique_rules(tmp_path):
     _cell(tmp_path / "slow", "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None})
     _cell(tmp_path / "slow", "reasoning", "aime24", [1], [3, 3], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"})
     assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "slow"]))}["speculative"] == NOT_REPRODUCED
+
+
+def _graded_cell(root: Path, name: str, grades: list[tuple[bool, bool, str, int]], *, variant="", mode="reasoning") -> None:
+    """A pilot-kind cell (or a variant cell) of gsm8k whose requests carry (correct, correct_lenient,
+    parse_status, answer_tokens); each thinks 5 tokens first."""
+    w = CellWriter(root / name)
+    w.write_manifest({"cell": {"name": name, "study": "kv" if variant else "pilot", "model": "m", "variant": variant,
+                               "dataset": "gsm8k", "prompt_mode": mode, "max_tokens": 64, "repeat": 0,
+                               "workload": {"arrival": "batch", "batch_size": len(grades)}, "engine": {}},
+                      "spec": {"variants": [{"name": "base"}, {"name": "new"}]}})
+    for i, (correct, lenient, status, answer) in enumerate(grades):
+        rid = f"gsm8k/{i}"
+        w.write_request({"id": rid, "dataset": "gsm8k", "domain": "math", "batch": 0, "arrival_s": 0.0, "admitted_s": 0.0,
+                         "first_token_s": 0.1, "first_answer_token_s": 0.5 if answer else None, "finish_s": 1.0 + i,
+                         "output_tokens": 5 + answer, "think_tokens": 5, "answer_tokens": answer, "finish_reason": "stop",
+                         "correct": correct, "correct_lenient": lenient, "parse_status": status, "prompt_mode": mode},
+                        {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"})
+    w.write_timeline({"t_s": 0.0, "kv_used": 1, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
+    w.close()
+
+
+def test_cell_tables_show_strict_lenient_accuracy_and_answer_phase(tmp_path):
+    # 4 requests: 1 right in its answer phase, 1 right only while thinking (answer_in_think), 2 wrong;
+    # 2 of the 4 have an answer phase. Strict 1/4, lenient 2/4, answer phase 2/4, each with its interval.
+    grades = [(True, True, "parsed", 3), (False, True, "answer_in_think", 0), (False, False, "parsed", 2),
+              (False, False, "unparsed", 0)]
+    _graded_cell(tmp_path / "run", "pilot-cell", grades)
+    _graded_cell(tmp_path / "run", "kv-base", grades, variant="base")
+    _graded_cell(tmp_path / "run", "kv-new", [(True, True, "parsed", 3)] * 4, variant="new")
+    _ok(run_cli("report", tmp_path / "run", "--out", tmp_path / "report"))
+    md = (tmp_path / "report" / REPORT_MD).read_text()
+    strict, half = "25.0% (1/4) [4.6-69.9%]", "50.0% (2/4) [15.0-85.0%]"
+    all_cells = md.split("\n## All cells\n", 1)[1].split("\n## ", 1)[0]
+    assert "| accuracy strict | accuracy lenient | answer phase |" in all_cells
+    assert f"| {strict} | {half} | {half} |" in all_cells
+    domain = md.split("\n## Domain preference\n", 1)[1].split("\n## ", 1)[0]
+    assert "| accuracy strict | accuracy lenient | parsed / in think / unparsed |" in domain
+    assert f"| gsm8k | easy | reasoning | {strict} | {half} | 2 / 1 / 1 |" in domain
+    # the technique table gives each variant's difference from the baseline in points
+    techniques = md.split("\n## Techniques\n", 1)[1].split("\n## ", 1)[0]
+    assert "| 100.0% (4/4) [51.0-100.0%] (+75.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) |" in techniques

@@ -17,7 +17,7 @@ from rllm_study.workloads.arrivals import make_arrivals
 TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[32]"]
 REQUIRED = ("id", "dataset", "item_id", "arrival_s", "admitted_s", "first_token_s", "first_answer_token_s", "finish_s",
             "prompt_tokens", "output_tokens", "think_tokens", "answer_tokens", "finish_reason", "extracted_answer",
-            "correct", "parse_status")
+            "correct", "correct_lenient", "parse_status")
 
 
 @pytest.fixture(scope="module")

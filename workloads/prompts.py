@@ -28,6 +28,7 @@ from rllm_study.errors import UserError
 from rllm_study.workloads.datasets import Item
 
 PROMPT_MODES = ("reasoning", "direct", "native")
+THINKING_MODES = ("reasoning", "native")  # the modes whose outputs think first, then answer
 DEFAULT_TEMPLATES = Path(str(resources.files("rllm_study.templates").joinpath("prompts.toml")))
 _REQUIRED = ("system", "math", "choice", "assistant_prefix")
 _OPTIONAL = ("grammar_math", "grammar_choice")

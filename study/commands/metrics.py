@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rllm_study.errors import UserError
-from rllm_study.formatting import num, pct
+from rllm_study.formatting import num, pct, proportion
 from rllm_study.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
 from rllm_study.results import find_cells, read_cell
 
@@ -51,23 +51,26 @@ def parse_slo(text: str | None) -> dict | None:
 
 
 def asu_table(results: list[dict], percentiles: tuple[float, ...]) -> Table:
-    """One row per cell; latency columns hold one line per percentile."""
+    """One row per cell; latency columns hold one line per percentile; accuracy (strict and lenient)
+    and the answer-phase share show their counts and, below, their 95% Wilson interval."""
     pkeys = [percentile_key(p) for p in percentiles]
     with_goodput = any(r["throughput"]["slo"] for r in results)
     table = Table(title="ASU per cell", title_justify="left", box=box.SIMPLE_HEAD)
-    headers = ("cell", "reqs", "accuracy", "unparsed", "out tok/s", "req/s", *(["goodput/s"] if with_goodput else []),
+    headers = ("cell", "reqs", "accuracy strict", "accuracy lenient", "parsed / in think / unparsed", "answer phase",
+               "out tok/s", "req/s", *(["goodput/s"] if with_goodput else []),
                "pct", *(c[0] for c in LATENCY_COLUMNS), "think tok", "stragglers", "KV peak", "RSS MiB")
     for header in headers:
         table.add_column(header, justify="left" if header in ("cell", "pct") else "right")
     for r in results:
-        acc, thr = r["accuracy"]["overall"], r["throughput"]
-        accuracy = "-" if acc["accuracy"] is None else f"{pct(acc['accuracy'])} ({acc['correct']}/{acc['total']})"
+        acc, thr, phase = r["accuracy"]["overall"], r["throughput"], r["tokens"]["answer_phase"] or {}
         rss_peak = r["memory"]["rss_bytes"]["peak"]
         table.add_row(
             escape(r["cell"]),
             str(r["n_requests"]),
-            accuracy,
-            str(acc["unparsed"]),
+            proportion(acc["accuracy"], acc["correct"], acc["total"], acc["ci95"], "\n"),
+            proportion(acc["accuracy_lenient"], acc["correct_lenient"], acc["total"], acc["ci95_lenient"], "\n"),
+            f"{acc['parsed']} / {acc['answer_in_think']} / {acc['unparsed']}",
+            proportion(phase.get("share"), phase.get("k"), phase.get("n"), phase.get("ci95"), "\n"),
             num(thr["output_tok_s"]),
             num(thr["requests_s"]),
             *([num(thr["goodput_req_s"])] if with_goodput else []),

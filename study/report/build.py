@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rllm_study.formatting import proportion
 from rllm_study.metrics import CONVENTIONS, METRICS, distribution
 from rllm_study.report import columns as C
 from rllm_study.report import plots
@@ -214,7 +215,8 @@ def domain_section(cells: list[CellData]) -> Section:
     if not pilot:
         return _section_or_hint("Domain preference", "No pilot cells in these runs: `rllm-study run --preset pilot` makes them.")
     blocks: list = [Paragraph("Accuracy per domain for each prompt mode (requests of all cells pooled; unparsed answers "
-                              "count as wrong).")]
+                              "count as wrong). Strict: the answer stated in the answer phase; lenient: also an answer "
+                              "found only in the thinking (no answer phase); each with n and its 95% Wilson interval.")]
     by_model: dict[str, list[CellData]] = {}
     for c in pilot:
         by_model.setdefault(c.spec.get("model"), []).append(c)
@@ -230,8 +232,11 @@ def domain_section(cells: list[CellData]) -> Section:
             per_ds = pooled_accuracy([c for c in cs if c.budget == top and c.mode == mode], "by_dataset")
             for d in sorted(per_ds, key=dataset_order):
                 a = per_ds[d]
-                rows.append([d, tier(d), mode, C.fmt(a["accuracy"], "pct"), f"{a['correct']}/{a['total']}", str(a["unparsed"])])
-        blocks.append(Table(["data set", "difficulty", "mode", "accuracy", "correct", "unparsed"], rows, f"At budget {top} tokens."))
+                rows.append([d, tier(d), mode, proportion(a["accuracy"], a["correct"], a["total"], a["ci95"]),
+                             proportion(a["accuracy_lenient"], a["correct_lenient"], a["total"], a["ci95_lenient"]),
+                             f"{a['parsed']} / {a['answer_in_think']} / {a['unparsed']}"])
+        blocks.append(Table(["data set", "difficulty", "mode", "accuracy strict", "accuracy lenient", "parsed / in think / unparsed"],
+                            rows, f"At budget {top} tokens."))
     return Section("Domain preference", blocks)
 
 
@@ -286,9 +291,9 @@ def technique_section(cells: list[CellData]) -> Section:
                 cells_text = []
                 for column in C.TECHNIQUE:
                     new, ref = C.value(c.metrics, column), C.value(base.metrics, column)
-                    text = C.fmt(new, column.kind)
+                    text = C.cell_value(c.metrics, column)
                     if c is not base and new is not None and ref is not None:
-                        text += f" ({C.points(new, ref) if column is C.ACCURACY else C.fmt_ratio(C.ratio(new, ref))})"
+                        text += f" ({C.points(new, ref) if column.counts else C.fmt_ratio(C.ratio(new, ref))})"
                     cells_text.append(text)
                 rows.append([where, name + (" (baseline)" if c is base else ""), settings[c.name], *cells_text])
                 points.append((name, where, C.value(c.metrics, C.OUT_TOK_S), C.value(c.metrics, C.ACCURACY)))
@@ -296,7 +301,8 @@ def technique_section(cells: list[CellData]) -> Section:
         section.subsections.append(Section(f"Technique: {study}", [
             Paragraph(f"Varies: {', '.join(names)}. Models: {models}."),
             Table(["cells", "variant", "settings", *(c.label for c in C.TECHNIQUE)], rows,
-                  "ASU against the baseline variant: in brackets the ratio variant / baseline (accuracy: the difference)."),
+                  "ASU against the baseline variant: in brackets the ratio variant / baseline (accuracy and answer-phase "
+                  "share: the difference in points)."),
             Figure(f"technique-{study}", plots.accuracy_vs_throughput(points), f"Accuracy against output tokens/s, study {study}."),
         ]))
     return section

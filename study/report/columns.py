@@ -1,14 +1,15 @@
 """The key metrics that report tables show, where each lives in `cell_metrics()` and how it is printed.
 
 A column's value is read from a cell's metrics, never recomputed; `ratio` = this run's (or
-variant's) value / the reference's value.
+variant's) value / the reference's value. A proportion column (accuracy, answer-phase share) is
+printed with its counts and 95% Wilson interval, read from beside its value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rllm_study.formatting import num, pct
+from rllm_study.formatting import num, pct, proportion
 
 MIB = 2**20
 
@@ -20,13 +21,19 @@ class Column:
     path: tuple      # keys into cell_metrics()
     kind: str = "num"  # num | pct (a fraction printed as a percentage) | mib (bytes printed in MiB) | ms (seconds printed in ms)
     higher_is_better: bool | None = None
+    counts: tuple[str, str, str] | None = None  # a proportion's (k, n, interval) keys beside its value
 
 
-def col(label: str, metric: str, *path: str, kind: str = "num", better: bool | None = None) -> Column:
-    return Column(label, metric, path, kind, better)
+def col(label: str, metric: str, *path: str, kind: str = "num", better: bool | None = None,
+        counts: tuple[str, str, str] | None = None) -> Column:
+    return Column(label, metric, path, kind, better, counts)
 
 
-ACCURACY = col("accuracy", "accuracy", "accuracy", "overall", "accuracy", kind="pct", better=True)
+ACCURACY = col("accuracy strict", "accuracy", "accuracy", "overall", "accuracy", kind="pct", better=True,
+               counts=("correct", "total", "ci95"))
+ACCURACY_LENIENT = col("accuracy lenient", "accuracy", "accuracy", "overall", "accuracy_lenient", kind="pct", better=True,
+                       counts=("correct_lenient", "total", "ci95_lenient"))
+ANSWER_PHASE = col("answer phase", "answer_phase_share", "tokens", "answer_phase", "share", kind="pct", counts=("k", "n", "ci95"))
 OUT_TOK_S = col("out tok/s", "output_tok_s", "throughput", "output_tok_s", better=True)
 REQ_S = col("req/s", "requests_s", "throughput", "requests_s", better=True)
 GOODPUT = col("goodput req/s", "goodput_req_s", "throughput", "goodput_req_s", better=True)
@@ -51,18 +58,23 @@ RSS_PEAK = col("RSS peak MiB", "rss_bytes", "memory", "rss_bytes", "peak", kind=
 PREFIX_HITS = col("prefix hit rate", "prefix_hit_rate", "techniques", "prefix_hit_rate", kind="pct")
 DRAFT_ACCEPT = col("draft acceptance", "draft_acceptance_rate", "techniques", "draft_acceptance_rate", kind="pct")
 
-OVERVIEW = (ACCURACY, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK)
-TECHNIQUE = (ACCURACY, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
+OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK)
+TECHNIQUE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
 LOAD = (REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
-COMPARE = (ACCURACY, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
+COMPARE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
            TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
            PREFIX_HITS, DRAFT_ACCEPT)
 
 
-def value(metrics: dict, column: Column) -> float | None:
+def _node(metrics: dict, path: tuple):
     node = metrics
-    for key in column.path:
+    for key in path:
         node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def value(metrics: dict, column: Column) -> float | None:
+    node = _node(metrics, column.path)
     return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
@@ -79,7 +91,12 @@ def fmt(v: float | None, kind: str = "num") -> str:
 
 
 def cell_value(metrics: dict, column: Column) -> str:
-    return fmt(value(metrics, column), column.kind)
+    """The column's value as printed; a proportion with its counts and interval."""
+    if column.counts is None:
+        return fmt(value(metrics, column), column.kind)
+    beside = _node(metrics, column.path[:-1]) or {}
+    k, n, interval = (beside.get(key) for key in column.counts)
+    return proportion(value(metrics, column), k, n, interval)
 
 
 def ratio(new: float | None, ref: float | None) -> float | None:

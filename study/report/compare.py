@@ -123,7 +123,7 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
         rows = []
         for column in C.COMPARE:
             vals = [C.value(by_name[label][name].metrics, column) for label in labels]
-            rows.append([column.label, *(C.fmt(v, column.kind) for v in vals),
+            rows.append([column.label, *(C.cell_value(by_name[label][name].metrics, column) for label in labels),
                          *(C.fmt_ratio(C.ratio(v, vals[0])) for v in vals[1:])])
         cells_section.subsections.append(Section(name, [
             Table(["metric", *labels, *(f"{label} / {ref}" for label in labels[1:])], rows)]))
