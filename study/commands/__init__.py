@@ -6,6 +6,7 @@ from rllm_study.commands import bench
 from rllm_study.commands import models
 from rllm_study.commands import metrics
 from rllm_study.commands import report
+from rllm_study.commands import regrade
 from rllm_study.commands import datasets
 
 ALL = [
@@ -15,5 +16,6 @@ ALL = [
     models.register,
     metrics.register,
     report.register,
+    regrade.register,
     datasets.register,
 ]

@@ -1,0 +1,53 @@
+"""`rllm-study regrade RUN_DIR...`: grade recorded requests again with the current grader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List
+
+import typer
+
+from rllm_study.errors import UserError
+from rllm_study.results import find_cells
+from rllm_study.regrade import Regraded, regrade_cell
+
+
+def regrade(
+    run_dirs: Annotated[List[Path], typer.Argument(help="Run or cell folders written by `rllm-study run` (cells are found below them).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would change; rewrite nothing.")] = False,
+    list_changes: Annotated[bool, typer.Option("--list", help="Also print every request whose verdict changes.")] = False,
+) -> None:
+    """Grade every recorded request again from its output text with the current rules, rewriting
+    the grading fields of requests.jsonl in place (atomically), and print what changed and why.
+    Do not run it on a folder a run is writing."""
+    for d in run_dirs:
+        if not d.exists():
+            raise UserError(f"{d} does not exist; pass a run folder written by `rllm-study run`")
+    cells = find_cells(run_dirs)
+    if not cells:
+        raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, run_dirs))}")
+    total = Regraded()
+    for cell_dir in cells:
+        total.add(regrade_cell(cell_dir, write=not dry_run))
+    print(summary(total, dry_run))
+    if list_changes:
+        for c in total.changed:
+            print(f"  {c['cell']} {c['id']}: reference {c['reference']!r}, answer {c['before']!r} -> {c['after']!r} "
+                  f"({c['parse_status']}; now strict {'right' if c['strict_now'] else 'wrong'}, "
+                  f"lenient {'right' if c['lenient_now'] else 'wrong'})")
+
+
+def summary(r: Regraded, dry_run: bool) -> str:
+    """Counts before and after, then each verdict flip by cause."""
+    lines = [f"{'would regrade' if dry_run else 'regraded'} {r.requests} requests in {r.cells} cells",
+             f"  strict correct:  {r.before['strict']} -> {r.after['strict']}",
+             f"  lenient correct: {r.before['lenient']} -> {r.after['lenient']} "
+             "(before: the recorded correct_lenient, or correct where a file has none)"]
+    lines += [f"  {verdict} {flip}: {n} ({cause})" for (verdict, flip, cause), n in sorted(r.flips.items())]
+    lines += ["  parse status (before -> after: requests):"]
+    lines += [f"    {old} -> {new}: {n}" for (old, new), n in sorted(r.statuses.items(), key=str)]
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("regrade")(regrade)
