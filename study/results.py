@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from rllm_study.errors import UserError
+
 MANIFEST = "manifest.json"
 REQUESTS = "requests.jsonl"
 TOKENS = "tokens.jsonl"
@@ -139,4 +141,17 @@ def find_cells(paths: Iterable[Path]) -> list[Path]:
             found.append(p)
         elif p.is_dir():
             found.extend(sorted(m.parent for m in p.rglob(MANIFEST)))
+    return found
+
+
+def cells_in(paths: Iterable[Path]) -> list[Path]:
+    """`find_cells` of folders a user named: UserError when one does not exist or none holds a cell."""
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p} does not exist; pass a run folder written by `rllm-study run`")
+    found = find_cells(paths)
+    if not found:
+        raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, paths))}; "
+                        "pass a run folder written by `rllm-study run`")
     return found

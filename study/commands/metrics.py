@@ -18,7 +18,7 @@ from rich.table import Table
 from rllm_study.errors import UserError
 from rllm_study.formatting import num, pct, proportion
 from rllm_study.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
-from rllm_study.results import find_cells, read_cell
+from rllm_study.results import cells_in, read_cell
 
 LATENCY_COLUMNS = (("TTFT s", "ttft_s", 1), ("TTFVT s", "ttfvt_s", 1), ("E2EL s", "e2el_s", 1), ("TPOT ms", "tpot_s", 1000))
 
@@ -119,13 +119,7 @@ def register(app: typer.Typer) -> None:
         straggler_k: float = typer.Option(DEFAULT_STRAGGLER_K, "--straggler-k", help="A straggler's E2EL exceeds k x its group's median."),
     ) -> None:
         """The ASU table (accuracy, throughput, latency percentiles, stragglers, memory), one row per cell."""
-        for d in run_dirs:
-            if not d.exists():
-                raise UserError(f"{d} does not exist; pass a run folder written by `rllm-study run`")
-        cells = find_cells(run_dirs)
-        if not cells:
-            raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, run_dirs))}; pass a run folder written by `rllm-study run`")
-        print_summary(cells, parse_percentiles(percentiles), parse_slo(slo), straggler_k, as_json)
+        print_summary(cells_in(run_dirs), parse_percentiles(percentiles), parse_slo(slo), straggler_k, as_json)
 
 
 def print_summary(cells: list[Path], pcts: tuple[float, ...] = DEFAULT_PERCENTILES, slo: dict | None = None,

@@ -7,8 +7,7 @@ from typing import Annotated, List
 
 import typer
 
-from rllm_study.errors import UserError
-from rllm_study.results import find_cells
+from rllm_study.results import cells_in
 from rllm_study.regrade import Regraded, regrade_cell
 
 
@@ -20,14 +19,8 @@ def regrade(
     """Grade every recorded request again from its output text with the current rules, rewriting
     the grading fields of requests.jsonl in place (atomically), and print what changed and why.
     Do not run it on a folder a run is writing."""
-    for d in run_dirs:
-        if not d.exists():
-            raise UserError(f"{d} does not exist; pass a run folder written by `rllm-study run`")
-    cells = find_cells(run_dirs)
-    if not cells:
-        raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, run_dirs))}")
     total = Regraded()
-    for cell_dir in cells:
+    for cell_dir in cells_in(run_dirs):
         total.add(regrade_cell(cell_dir, write=not dry_run))
     print(summary(total, dry_run))
     if list_changes:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
-from rllm_study.results import Cell, find_cells, read_cell
+from rllm_study.results import Cell, cells_in, read_cell
 from rllm_study.spec import workload_name
 from rllm_study.workloads.datasets import SPECS
 
@@ -142,13 +142,7 @@ def _load(cell_dir: Path) -> CellData:
 def load_cells(run_dirs: Iterable[Path]) -> list[CellData]:
     """Every cell at or below the folders, ordered by study, model, variant, data set (easy to hard),
     prompt mode (reasoning first), budget, workload and repeat; UserError when a folder is missing or holds none."""
-    run_dirs = [Path(d) for d in run_dirs]
-    for d in run_dirs:
-        if not d.exists():
-            raise UserError(f"{d} does not exist; pass a run folder written by `rllm-study run`")
-    dirs = list(dict.fromkeys(d.resolve() for d in find_cells(run_dirs)))
-    if not dirs:
-        raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, run_dirs))}; pass a run folder written by `rllm-study run`")
+    dirs = list(dict.fromkeys(d.resolve() for d in cells_in(run_dirs)))
     return sorted((_load(d) for d in dirs), key=lambda c: (
         c.study, str(c.spec.get("model")), c.variant, dataset_order(c.dataset), c.mode != REASONING, c.mode, c.budget,
         c.workload_name, c.spec.get("repeat", 0)))
