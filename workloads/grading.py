@@ -49,11 +49,12 @@ _ANSWER_IS = re.compile(r"(?=\banswer\s*(?:is\b|:)[\s:]*([^\n]+))", re.IGNORECAS
 _CHOICE_IS = re.compile(r"(?=\b(?:answer|choice|option)\s*(?:is\b|:)[\s:]*([^\n]+))", re.IGNORECASE)
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$")
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?"
-_SPACE = r"(?:\s|\\[,;:! ]|~)*"
+_SPACE = r"(?:\s|\\[,;:! ]|~)"  # a space, or a LaTeX one
+_POWER = r"(?:\^\{?\d\}?)?"       # cm^2
 # units: words after a plain number, spaced ("230 miles") or of two letters or more ("5cm", not
 # "5c": a coefficient), or a \text{...} / \mathrm{...} after anything
-_WORD_UNITS = re.compile(rf"({_NUMBER})(?:(?:\s|\\[,;:! ]|~)+[A-Za-z]|[A-Za-z]{{2}})[A-Za-z ]*(?:\^\{{?\d\}}?)?")
-_TEXT_UNITS = re.compile(rf"(.*?\S){_SPACE}\\(?:text|mathrm|mbox)\s*\{{[^{{}}0-9]*\}}(?:\^\{{?\d\}}?)?")
+_WORD_UNITS = re.compile(rf"({_NUMBER})(?:{_SPACE}+[A-Za-z]|[A-Za-z]{{2}})[A-Za-z ]*{_POWER}")
+_TEXT_UNITS = re.compile(rf"(.*?\S){_SPACE}*\\(?:text|mathrm|mbox)\s*\{{[^{{}}0-9]*\}}{_POWER}")
 
 
 @dataclass(frozen=True)
