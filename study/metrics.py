@@ -406,8 +406,8 @@ def has_answer_phase(r: dict) -> bool:
     return (r.get("think_tokens") or 0) > 0 and ((r.get("answer_tokens") or 0) > 0 or THINK_CLOSE in (r.get("output_text") or ""))
 
 
-@metric("answer_phase_share", "fraction", "completed thinking-mode requests with has_answer_phase / completed "
-        "thinking-mode requests, with its wilson_ci95", section="tokens", key="answer_phase")
+@metric("answer_phase_share", "fraction", "completed thinking-mode requests with think_tokens > 0 and (answer_tokens > 0 "
+        "or `</think>` in output_text) / completed thinking-mode requests, with its wilson_ci95", section="tokens", key="answer_phase")
 def answer_phase_share(ctx: _Context) -> dict | None:
     """Share of completed requests in a prompt mode that thinks first (reasoning, native) whose
     output has both a think phase and an answer phase (think_tokens > 0 and answer_tokens > 0, or a
