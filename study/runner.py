@@ -2,11 +2,12 @@
 
 One thread drives the engine: each loop submits the requests that are due, calls
 `engine.step()` once, records finished requests (graded, fsync'd), and samples engine stats
-into the timeline every `sample_period_s`. Arrivals:
-  open loop (poisson, gamma, constant, trace): a request's arrival is its *scheduled* time,
-    whether or not the engine keeps up; it is submitted at the first loop turn after it.
-  closed loop C: a new request arrives as soon as fewer than C are in flight.
-  synchronous batches B (the paper's): B arrive together; the next B when all have finished.
+into the timeline every `sample_period_s`. Arrivals: each loop asks the cell's arrival process
+(`rllm_study.workloads.arrivals`) which requests are due, given the clock, how many were sent
+and how many are in flight, and submits them in order with the arrival time it names: for open
+loop (poisson, gamma, constant, trace, ramp) the *scheduled* time, whether or not the engine
+keeps up (submitted at the first loop turn after it); for closed loop and synchronous batches
+the moment they became due.
 A resumed cell (a new session) skips requests already in requests.jsonl and schedules the
 rest afresh from the same seed.
 """
@@ -26,7 +27,7 @@ from rllm_study.errors import UserError
 from rllm_study.recorder import Recorder
 from rllm_study.results import CellWriter
 from rllm_study.spec import CellSpec
-from rllm_study.workloads.arrivals import ClosedLoop, OpenLoop, SyncBatches, make_arrivals
+from rllm_study.workloads.arrivals import timing_of_workload
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import grade
 from rllm_study.workloads.prompts import Prompt, build_prompt, ends_in_think
@@ -105,11 +106,7 @@ class CellRun:
         self.finished = 0
 
     def _arrivals(self):
-        wl = self.cell.workload
-        trace = Path(wl["trace"]) if wl.get("trace") else None
-        return make_arrivals(wl["arrival"], len(self.todo), rate=wl.get("rate"), cv=wl.get("cv"),
-                             concurrency=wl.get("concurrency"), batch_size=wl.get("batch_size"), trace=trace,
-                             seed=self.cell.seed)
+        return timing_of_workload(self.cell.workload, len(self.todo), self.cell.seed)
 
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
@@ -125,22 +122,10 @@ class CellRun:
         queue = list(self.todo)
         t0 = self.recorder.t0_ns
         next_sample = t0
-        batch_no = 0
         while queue or self.in_flight:
             now = time.perf_counter_ns()
-            if isinstance(arrivals, OpenLoop):
-                offset = len(self.todo) - len(queue)
-                while queue and t0 + int(arrivals.times[offset] * 1e9) <= now:
-                    self._submit(queue.pop(0), t0 + int(arrivals.times[offset] * 1e9), None)
-                    offset += 1
-            elif isinstance(arrivals, ClosedLoop):
-                while queue and len(self.in_flight) < arrivals.concurrency:
-                    self._submit(queue.pop(0), now, None)
-            elif isinstance(arrivals, SyncBatches) and not self.in_flight and queue:
-                for job in queue[: arrivals.batch_size]:
-                    self._submit(job, now, batch_no)
-                del queue[: arrivals.batch_size]
-                batch_no += 1
+            for due in arrivals.due((now - t0) / 1e9, len(self.todo) - len(queue), len(self.in_flight))[: len(queue)]:
+                self._submit(queue.pop(0), t0 + int(due.at_s * 1e9), due.batch)
             if now >= next_sample:
                 self._sample(now)
                 next_sample = now + int(self.cell.sample_period_s * 1e9)
@@ -148,8 +133,9 @@ class CellRun:
                 self._record(self.engine.step())
             else:
                 wake = next_sample
-                if isinstance(arrivals, OpenLoop) and queue:
-                    wake = min(wake, t0 + int(arrivals.times[len(self.todo) - len(queue)] * 1e9))
+                at_s = arrivals.next_due_s(len(self.todo) - len(queue))
+                if at_s is not None:
+                    wake = min(wake, t0 + int(at_s * 1e9))
                 time.sleep(max(0.0, min(IDLE_SLEEP_S, (wake - time.perf_counter_ns()) / 1e9)))
         self._sample(time.perf_counter_ns())
 

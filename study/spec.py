@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rllm_study.backends.base import EngineOptions
 from rllm_study.errors import UserError
+from rllm_study.workloads.arrivals import check_workload, workload_arrival_keys, workload_arrival_name
 
 TOP_KEYS = {
     "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "repeats",
@@ -32,7 +33,7 @@ ENGINE_KEYS = {
     "kv_unified", "kv_bits", "prefix_cache", "prefix_cache_tokens", "spec", "spec_tokens", "batch_invariant", "base_url",
     "api_key_env", "timeout_s",
 }
-WORKLOAD_KEYS = {"arrival", "batch_size", "concurrency", "rate", "cv", "trace", "shared_prefix"}
+WORKLOAD_KEYS = {"shared_prefix", *workload_arrival_keys()}  # the arrival processes own the rest
 SLO_KEYS = {"ttft_s", "ttfvt_s", "tpot_s", "e2el_s"}
 VARIANT_KEYS = {"name", "model", "engine", "workload", "prompt_modes"}
 PROMPT_ROOM = 1024  # tokens kept for the prompt when ctx_per_seq is derived from the budget
@@ -152,7 +153,6 @@ def _slug(text: str) -> str:
 
 def expand(spec: dict, where: str) -> list[CellSpec]:
     """Validate a spec and expand it into cells (unknown keys and bad values name the key)."""
-    from rllm_study.workloads.arrivals import ARRIVALS
     from rllm_study.workloads.datasets import DATASETS
     from rllm_study.workloads.prompts import PROMPT_MODES
 
@@ -207,8 +207,10 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
         for model, dataset, mode, budget, eng, wl, repeat in itertools.product(
             v_models, datasets, v_modes, budgets, engine_axes, workload_axes, range(repeats)
         ):
-            if wl["arrival"] not in ARRIVALS:
-                raise UserError(f"{where}: workload.arrival: unknown process {wl['arrival']!r} (choose from {', '.join(ARRIVALS)})")
+            try:
+                check_workload(wl)
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
             options = _engine_options(eng, wl, budget, where)
             wl_name = workload_name(wl)
             parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", wl_name, f"r{repeat}"]
@@ -228,21 +230,8 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
 
 def workload_name(wl: dict) -> str:
     """A short name for a workload: its arrival process, and the shared few-shot prefix if any."""
-    base = _arrival_name(wl)
+    base = workload_arrival_name(wl)
     return f"{base}-prefix{wl['shared_prefix']}" if wl.get("shared_prefix") else base
-
-
-def _arrival_name(wl: dict) -> str:
-    kind = wl["arrival"]
-    if kind == "batch":
-        return f"batch{wl.get('batch_size', 8)}"
-    if kind == "closed":
-        return f"closed{wl.get('concurrency', 8)}"
-    if kind in ("poisson", "constant"):
-        return f"{kind}-r{wl.get('rate')}"
-    if kind == "gamma":
-        return f"gamma-r{wl.get('rate')}-cv{wl.get('cv')}"
-    return f"trace-{Path(str(wl.get('trace'))).stem}"
 
 
 def _engine_options(eng: dict, wl: dict, budget: int, where: str) -> EngineOptions:

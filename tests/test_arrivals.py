@@ -1,4 +1,5 @@
-"""Arrival processes: statistics over 10,000 draws, seeding, trace replay, bad input, the CLI."""
+"""Arrival processes: statistics over 10,000 draws, seeding, rescaling to the target rate, trace
+replay, the timing protocol the runner drives, bad input (API, spec, CLI), the CLI."""
 
 import json
 
@@ -7,7 +8,9 @@ import pytest
 from conftest import run_cli
 
 from rllm_study.errors import UserError
-from rllm_study.workloads.arrivals import ClosedLoop, OpenLoop, SyncBatches, gap_stats, make_arrivals
+from rllm_study.spec import WORKLOAD_KEYS
+from rllm_study.workloads.arrivals import ARRIVALS, ClosedLoop, OpenLoop, SyncBatches, gap_stats, make_arrivals
+from rllm_study.workloads.arrivals.base import Due
 
 N = 10_001  # 10,000 gaps
 
@@ -119,3 +122,51 @@ def test_cli_bad_input_exits_2_with_one_line(args):
     done = run_cli("schedule", *args)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+# ---- realised rate: every random open-loop schedule offers its target load exactly ----------
+
+@pytest.mark.parametrize("kind, cv", [("poisson", None), ("gamma", 1.0), ("gamma", 3.0), ("gamma", 0.3)])
+def test_short_schedules_realise_the_target_rate_exactly(kind, cv):
+    # 16 arrivals at 0.25 req/s: span (n-1)/rate = 60 s whatever the CV (unscaled, the seeded
+    # CV 1 and CV 3 schedules spanned 83.6 s and 22.5 s)
+    times = make_arrivals(kind, 16, rate=0.25, cv=cv, seed=0).times
+    assert times[0] == 0.0 and times[-1] == pytest.approx(60.0, rel=1e-12)
+    assert gap_stats(times)[0] == pytest.approx(0.25, rel=1e-12)
+
+
+def test_rescaling_keeps_the_shape_of_the_draws():
+    raw = np.random.Generator(np.random.PCG64(5)).gamma(1 / 9, 9 / 2.0, 29)  # CV 3 at rate 2, as drawn
+    gaps = np.diff(make_arrivals("gamma", 30, rate=2.0, cv=3.0, seed=5).times)
+    assert np.allclose(gaps / gaps.sum(), raw / raw.sum())         # one factor for every gap
+    assert gap_stats(np.cumsum([0, *raw]))[1] == pytest.approx(gap_stats(np.cumsum([0, *gaps]))[1])  # CV unchanged
+
+
+# ---- the timing protocol: what the runner asks -------------------------------------------
+
+def test_open_loop_is_due_by_the_clock_alone():
+    timing = OpenLoop((0.0, 1.0, 2.5), "trace")
+    assert timing.due(0.5, 0, 0) == [Due(0.0)]
+    assert timing.due(2.6, 1, 99) == [Due(1.0), Due(2.5)]          # in flight does not matter
+    assert timing.due(0.9, 1, 0) == [] and timing.next_due_s(1) == 1.0 and timing.next_due_s(3) is None
+
+
+def test_closed_loop_fills_up_to_its_concurrency():
+    timing = ClosedLoop(3)
+    assert timing.due(1.5, 0, 0) == [Due(1.5)] * 3
+    assert timing.due(2.0, 3, 3) == [] and timing.due(2.0, 3, 1) == [Due(2.0)] * 2
+    assert timing.next_due_s(3) is None                             # it waits for finishes
+
+
+def test_sync_batches_wait_for_the_whole_batch():
+    timing = SyncBatches(2)
+    assert timing.due(0.0, 0, 0) == [Due(0.0, 0)] * 2
+    assert timing.due(5.0, 2, 1) == []                              # one of batch 0 still running
+    assert timing.due(6.0, 2, 0) == [Due(6.0, 1)] * 2
+
+
+def test_every_process_is_registered_with_its_keys_and_name():
+    assert WORKLOAD_KEYS >= {"arrival", "rate", "cv", "shared_prefix"}
+    for name, process in ARRIVALS.items():
+        assert process.NAME == name and process.SUMMARY
+        assert {p.key for p in process.PARAMS} <= WORKLOAD_KEYS

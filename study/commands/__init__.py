@@ -8,6 +8,7 @@ from rllm_study.commands import metrics
 from rllm_study.commands import report
 from rllm_study.commands import regrade
 from rllm_study.commands import datasets
+from rllm_study.commands import schedule
 
 ALL = [
     generate.register,
@@ -18,4 +19,5 @@ ALL = [
     report.register,
     regrade.register,
     datasets.register,
+    schedule.register,
 ]

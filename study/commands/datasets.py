@@ -1,5 +1,4 @@
-"""`rllm-study datasets list|show` (the data sets, offline from packages or from the hub) and
-`rllm-study schedule` (an arrival schedule, printed before anything runs)."""
+"""`rllm-study datasets list|show`: the data sets, offline from packages or from the hub."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from typing import Optional
 import typer
 
 from rllm_study.errors import UserError
-from rllm_study.workloads.arrivals import ARRIVALS, ClosedLoop, SyncBatches, gap_stats, make_arrivals
 from rllm_study.workloads.datasets import DATASETS, SPECS, Item, load_dataset
 from rllm_study.workloads.prompts import PROMPT_MODES, build_prompt
 from rllm_study.workloads.sharegpt import load_sharegpt
@@ -96,32 +94,6 @@ def _show(name: str, n: int, source: str, strict: bool, mode: str | None, templa
         print()
 
 
-def _schedule(kind: str, n: int, rate, cv, concurrency, batch_size, trace, seed: int, as_json: bool) -> None:
-    arrivals = make_arrivals(kind, n, rate=rate, cv=cv, concurrency=concurrency, batch_size=batch_size, trace=trace, seed=seed)
-    if isinstance(arrivals, (ClosedLoop, SyncBatches)):
-        what = asdict(arrivals)
-        if as_json:
-            print(json.dumps({"arrival": kind, "n": n, **what}))
-        else:
-            how = ("keep {concurrency} requests in flight; send the next as one finishes" if isinstance(arrivals, ClosedLoop)
-                   else "send {batch_size} at once, wait until all finish, then the next {batch_size}")
-            print(f"{kind} arrivals, n={n}: {how.format(**what)}; times depend on completions, so none are precomputed")
-        return
-    if as_json:
-        for t in arrivals.times:
-            print(json.dumps(t))
-        return
-    measured_rate, measured_cv = gap_stats(arrivals.times)
-    asked = ", ".join(f"{k} {v}" for k, v in (("rate", rate), ("cv", cv), ("trace", trace)) if v is not None)
-    print(f"{kind} arrivals, n={n}, seed={seed} ({asked})")
-    print(f"measured: rate {measured_rate:.4g} req/s = (n-1) / (last - first); CV of gaps {measured_cv:.4g} = std / mean")
-    print(f"{'#':>6}  {'arrival_s':>12}  {'gap_s':>10}")
-    previous = None
-    for i, t in enumerate(arrivals.times):
-        print(f"{i:>6}  {t:>12.4f}  {'-' if previous is None else f'{t - previous:.4f}':>10}")
-        previous = t
-
-
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="The reasoning data sets: list them, look at items and their prompts.", no_args_is_help=True)
     app.add_typer(group, name="datasets")
@@ -147,18 +119,3 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The first N items of a data set: id, difficulty, reference answer, problem, choices."""
         _show(name, n, source, strict, prompt, templates, seed, as_json)
-
-    @app.command("schedule")
-    def schedule_cmd(
-        arrival: str = typer.Option(..., "--arrival", help=f"One of: {', '.join(ARRIVALS)}."),
-        n: int = typer.Option(..., "-n", help="Number of requests."),
-        rate: Optional[float] = typer.Option(None, "--rate", help="Mean arrival rate, requests/s (poisson, gamma, constant)."),
-        cv: Optional[float] = typer.Option(None, "--cv", help="Coefficient of variation of the gaps (gamma; shape = 1/CV^2)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the random gaps."),
-        concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight (closed)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Requests per synchronous batch (batch)."),
-        trace: Optional[Path] = typer.Option(None, "--trace", help="File of arrival timestamps in seconds, one a line (trace)."),
-        as_json: bool = typer.Option(False, "--json", help="Open loop: one arrival time (s) per line; closed/batch: one JSON object."),
-    ) -> None:
-        """Print an arrival schedule, computed as a run would, before running anything."""
-        _schedule(arrival, n, rate, cv, concurrency, batch_size, trace, seed, as_json)
