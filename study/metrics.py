@@ -24,6 +24,7 @@ import numpy as np
 from rllm_study.backends.phases import THINK_CLOSE
 from rllm_study.errors import UserError
 from rllm_study.results import Cell
+from rllm_study.workloads.arrivals import gap_stats
 from rllm_study.workloads.prompts import THINKING_MODES
 
 DEFAULT_PERCENTILES = (50, 90, 95, 99)
@@ -429,6 +430,30 @@ def duration(ctx: _Context) -> float:
     return sum(hi - lo for lo, hi in spans.values())
 
 
+def _arrival_times(ctx: _Context) -> list[list[float]]:
+    sessions: dict[int, list[float]] = {}
+    for r in ctx.cell.requests:
+        if r.get("arrival_s") is not None:
+            sessions.setdefault(r.get("session", 0), []).append(r["arrival_s"])
+    return list(sessions.values())
+
+
+@metric("arrival_rate", "requests/s", "sum over sessions of (arrivals - 1) / sum over sessions of (last arrival_s - first arrival_s)",
+        section="arrivals", key="rate")
+def arrival_rate(ctx: _Context) -> float | None:
+    """Realised offered load: recorded requests (completed or failed) per second of their arrival
+    span. Open loop records scheduled arrivals, and Poisson/Gamma schedules are rescaled to their
+    target rate, so a cell run to the end realises its target rate. None without two arrivals in a session."""
+    return gap_stats(*_arrival_times(ctx))[0]
+
+
+@metric("arrival_cv", "ratio", "population std / mean of the gaps between consecutive arrival_s of a session, pooled over sessions",
+        section="arrivals", key="cv")
+def arrival_cv(ctx: _Context) -> float | None:
+    """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without two arrivals in a session."""
+    return gap_stats(*_arrival_times(ctx))[1]
+
+
 @metric("output_tok_s", "tokens/s", "sum(output_tokens of all requests) / duration_s", section="throughput")
 def output_throughput(ctx: _Context) -> float | None:
     """System output throughput (think and answer tokens)."""
@@ -593,7 +618,7 @@ def cell_metrics(
     percentiles = tuple(percentiles)
     ctx = _Context(cell, request_metrics(cell, straggler_k, window), percentiles, slo or None)
     out: dict = {"cell": cell.name}
-    sections = {s: {} for s in ("latency", "throughput", "tokens", "stragglers", "memory", "techniques")}
+    sections = {s: {} for s in ("latency", "throughput", "arrivals", "tokens", "stragglers", "memory", "techniques")}
     sections["throughput"]["slo"] = ctx.slo
     sections["stragglers"].update(k=straggler_k, window=window)
     for name, e in _ENTRIES.items():

@@ -319,3 +319,18 @@ def test_cli_summarize_bad_input(tmp_path, args):
     out = run_cli("summarize", *(paths.get(a, a) for a in args))
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_realised_arrival_rate_and_cv_pool_sessions(tmp_path):
+    # session 0 arrivals 0, 1, 4 (gaps 1, 3); session 1 arrivals 0, 2 (gap 2); file order differs
+    s0 = [(record("b", 4.0, 4.0, 5.0, 5.0, 6.0, 2, 0), tokens("b", [5.0, 6.0], "aa")),
+          (record("a", 0.0, 0.0, 1.0, 1.0, 8.0, 2, 0), tokens("a", [1.0, 8.0], "aa")),
+          (record("x", 1.0, 1.0, 2.0, None, 2.0, 1, 1, finish_reason="error"), tokens("x", [2.0], "t"))]
+    s1 = [(record("c", 0.0, 0.0, 1.0, 1.0, 3.0, 2, 0), tokens("c", [1.0, 3.0], "aa")),
+          (record("d", 2.0, 2.0, 3.0, 3.0, 4.0, 2, 0), tokens("d", [3.0, 4.0], "aa"))]
+    arrivals = cell_metrics(write_cell(tmp_path / "c", [s0, s1]))["arrivals"]
+    assert arrivals["rate"] == pytest.approx(3 / 6)              # (3-1) + (2-1) gaps over spans 4 + 2
+    assert arrivals["cv"] == pytest.approx(math.sqrt(2 / 3) / 2)  # gaps 1, 3, 2: mean 2, population std sqrt(2/3)
+    one = cell_metrics(write_cell(tmp_path / "one", [s1[:1]]))["arrivals"]
+    assert one == {"rate": None, "cv": None}                     # one arrival: no gap
+    assert {"arrival_rate", "arrival_cv"} <= set(METRICS)

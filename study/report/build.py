@@ -330,8 +330,10 @@ def load_section(cells: list[CellData]) -> Section:
     if not groups:
         return _section_or_hint("Bursty arrivals", "No open-loop cells in these runs: `rllm-study run --preset realworld` makes them.")
     blocks: list = [Paragraph("Requests arrive on their own schedule (open loop: Poisson, or Gamma with shape 1/CV^2, "
-                              "burstier as the CV grows), whether or not the engine keeps up. Per rate and CV: requests "
-                              "running and waiting in the queue, and KV-cache use, over time.")]
+                              "burstier as the CV grows), whether or not the engine keeps up. Poisson and Gamma schedules are "
+                              "rescaled to their target rate, so cells at one rate offer the same load over the same span; "
+                              "each row gives the realised arrival rate and CV of its n recorded arrivals. Per rate and CV: "
+                              "requests running and waiting in the queue, and KV-cache use, over time.")]
     for key, cs in groups.items():
         study, _, dataset, mode, budget, *_ = key
         blocks.append(Figure(f"load-{study}-{cs[0].base_model}-{dataset}-{mode}-{budget}",

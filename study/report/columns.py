@@ -19,7 +19,7 @@ class Column:
     label: str       # as printed, with its unit
     metric: str      # the METRICS entry that defines it
     path: tuple      # keys into cell_metrics()
-    kind: str = "num"  # num | pct (a fraction printed as a percentage) | mib (bytes printed in MiB) | ms (seconds printed in ms)
+    kind: str = "num"  # num | count (a whole number) | pct (a fraction printed as a percentage) | mib (bytes printed in MiB) | ms (seconds printed in ms)
     higher_is_better: bool | None = None
     counts: tuple[str, str, str] | None = None  # a proportion's (k, n, interval) keys beside its value
 
@@ -36,6 +36,9 @@ ACCURACY_LENIENT = col("accuracy lenient", "accuracy", "accuracy", "overall", "a
 ANSWER_PHASE = col("answer phase", "answer_phase_share", "tokens", "answer_phase", "share", kind="pct", counts=("k", "n", "ci95"))
 OUT_TOK_S = col("out tok/s", "output_tok_s", "throughput", "output_tok_s", better=True)
 REQ_S = col("req/s", "requests_s", "throughput", "requests_s", better=True)
+N_REQUESTS = col("n", "n_requests", "n_requests", kind="count")
+ARRIVAL_RATE = col("arrival rate req/s", "arrival_rate", "arrivals", "rate")
+ARRIVAL_CV = col("arrival CV", "arrival_cv", "arrivals", "cv")
 GOODPUT = col("goodput req/s", "goodput_req_s", "throughput", "goodput_req_s", better=True)
 TTFT_P50 = col("TTFT p50 s", "ttft_s", "latency", "ttft_s", "p50", better=False)
 TTFVT_P50 = col("TTFVT p50 s", "ttfvt_s", "latency", "ttfvt_s", "p50", better=False)
@@ -60,7 +63,7 @@ DRAFT_ACCEPT = col("draft acceptance", "draft_acceptance_rate", "techniques", "d
 
 OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK)
 TECHNIQUE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
-LOAD = (REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
+LOAD = (N_REQUESTS, ARRIVAL_RATE, ARRIVAL_CV, REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
 COMPARE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
            TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
            PREFIX_HITS, DRAFT_ACCEPT)
@@ -81,6 +84,8 @@ def value(metrics: dict, column: Column) -> float | None:
 def fmt(v: float | None, kind: str = "num") -> str:
     if v is None:
         return "-"
+    if kind == "count":
+        return str(int(v))
     if kind == "pct":
         return pct(v)
     if kind == "mib":
