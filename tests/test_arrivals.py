@@ -1,5 +1,5 @@
 """Arrival processes: statistics over 10,000 draws, seeding, rescaling to the target rate, trace
-replay, the timing protocol the runner drives, bad input (API, spec, CLI), the CLI."""
+replay, ramp-up, the timing protocol the runner drives, bad input (API, spec, CLI), the CLI."""
 
 import json
 
@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 
 from rllm_study.errors import UserError
-from rllm_study.spec import WORKLOAD_KEYS
+from rllm_study.spec import WORKLOAD_KEYS, expand
 from rllm_study.workloads.arrivals import ARRIVALS, ClosedLoop, OpenLoop, SyncBatches, gap_stats, make_arrivals
 from rllm_study.workloads.arrivals.base import Due
 
@@ -166,7 +166,74 @@ def test_sync_batches_wait_for_the_whole_batch():
 
 
 def test_every_process_is_registered_with_its_keys_and_name():
-    assert WORKLOAD_KEYS >= {"arrival", "rate", "cv", "shared_prefix"}
+    assert WORKLOAD_KEYS >= {"arrival", "rate_start", "rate_end", "shared_prefix"}
     for name, process in ARRIVALS.items():
         assert process.NAME == name and process.SUMMARY
         assert {p.key for p in process.PARAMS} <= WORKLOAD_KEYS
+
+
+def test_spec_and_cli_share_one_validator(tmp_path):
+    spec = {"datasets": {"gsm8k": 2}, "workload": {"arrival": "ramp", "rate_start": 1, "rate_end": [0, 2]}}
+    with pytest.raises(UserError, match=r"^spec.toml: workload.rate_end must be > 0, got 0$"):
+        expand(spec, "spec.toml")
+    with pytest.raises(UserError, match=r"^--rate-end must be > 0, got 0$"):
+        make_arrivals("ramp", 5, rate_start=1, rate_end=0)
+    spec["workload"]["rate_end"] = 2
+    (cell,) = expand(spec, "spec.toml")
+    assert cell.name.endswith("__ramp-r1-2__r0")
+
+
+# ---- ramp-up ------------------------------------------------------------------------------
+
+def test_ramp_is_reproducible_from_its_seed():
+    first = make_arrivals("ramp", 300, rate_start=1.0, rate_end=5.0, seed=4)
+    assert make_arrivals("ramp", 300, rate_start=1.0, rate_end=5.0, seed=4) == first
+    assert make_arrivals("ramp", 300, rate_start=1.0, rate_end=5.0, seed=5).times != first.times
+    assert list(first.times) == sorted(first.times) and first.kind == "ramp"
+
+
+def test_ramp_spans_its_mean_rate_exactly():
+    times = make_arrivals("ramp", 101, rate_start=2.0, rate_end=8.0, seed=0).times
+    assert times[0] == 0.0 and times[-1] == pytest.approx(2 * 100 / (2.0 + 8.0))   # T = 2(n-1)/(r0+r1)
+    assert gap_stats(times)[0] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("r0, r1, cv", [(2.0, 10.0, 1.0), (10.0, 2.0, 1.0), (2.0, 10.0, 2.0)])
+def test_ramp_realises_r0_at_the_start_and_r1_at_the_end(r0, r1, cv):
+    # 10^6 arrivals: T = 2(n-1)/(r0+r1) s; over the first and last 0.5% of T the mean intensity is
+    # within (r1-r0)/400 of r0 and r1, and >= 1,600 arrivals fall in each: counting noise of one sd
+    # 2.5% at CV 1 and 5% at CV 2, so 10%; a ramp at the wrong end or a flat rate is off by 5x or 3x
+    n = 1_000_001
+    times = np.asarray(make_arrivals("ramp", n, rate_start=r0, rate_end=r1, cv=cv, seed=1).times)
+    span = 2 * (n - 1) / (r0 + r1)
+    window = 0.005 * span
+    start = np.count_nonzero(times < window) / window
+    end = np.count_nonzero(times > span - window) / window
+    assert start == pytest.approx(r0, rel=0.1) and end == pytest.approx(r1, rel=0.1)
+    # the share of arrivals before T/2 is Lambda(T/2) / Lambda(T) = (3 r0 + r1) / (4 (r0 + r1))
+    assert np.count_nonzero(times < span / 2) / n == pytest.approx((3 * r0 + r1) / (4 * (r0 + r1)), rel=0.01)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rate_start=0.0, rate_end=2.0), r"^--rate-start must be > 0, got 0.0$"),
+    (dict(rate_start=1.0, rate_end=float("inf")), r"^--rate-end must be > 0, got inf$"),
+    (dict(rate_start=1.0), r"^--arrival ramp needs --rate-end$"),
+    (dict(rate_start=1.0, rate_end=2.0, cv=-1.0), r"^--cv must be > 0, got -1.0$"),
+    (dict(rate=1.0, rate_start=1.0, rate_end=2.0), r"^--rate does not apply to --arrival ramp \(it uses --cv, --rate-end, --rate-start\)$"),
+])
+def test_ramp_bad_params(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        make_arrivals("ramp", 10, **kwargs)
+
+
+def test_cli_ramp_schedule():
+    done = run_cli("schedule", "--arrival", "ramp", "--rate-start", "1", "--rate-end", "4", "-n", "8", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "ramp arrivals, n=8, seed=3 (rate_start 1.0, rate_end 4.0)"
+    assert lines[1].startswith("measured: rate 2.5 req/s") and len(lines) == 3 + 8
+    done = run_cli("schedule", "--arrival", "ramp", "--rate-start", "1", "--rate-end", "4", "-n", "8", "--seed", "3", "--json")
+    times = [json.loads(line) for line in done.stdout.splitlines()]
+    assert times == list(make_arrivals("ramp", 8, rate_start=1.0, rate_end=4.0, seed=3).times)
+    done = run_cli("schedule", "--arrival", "ramp", "--rate-start", "1", "-n", "8")
+    assert done.returncode == 2 and done.stderr == "error: --arrival ramp needs --rate-end\n"

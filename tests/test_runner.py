@@ -107,7 +107,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, smollm2_path):
     ('datasets = { gsm8k = 2 }\n[sampling]\ntop_p = 1.5\n', "sampling.top_p"),
     ('datasets = { gsm8k = 2 }\n[workload]\narrival = "sometimes"\n', "workload.arrival"),
     ('datasets = { gsm8k = 2 }\n[workload]\narrival = "gamma"\nrate = 0\ncv = 1\n', "workload.rate must be > 0"),
-    ('datasets = { gsm8k = 2 }\n[workload]\narrival = "gamma"\nrate = 1\n', "workload.arrival = 'gamma' needs workload.cv"),
+    ('datasets = { gsm8k = 2 }\n[workload]\narrival = "ramp"\nrate_start = 1\n', "workload.arrival = 'ramp' needs workload.rate_end"),
     ('datasets = { gsm8k = 2 }\n[workload]\narrival = "poisson"\nrate = 1\nbatch_size = 4\n', "workload.batch_size does not apply"),
     ('datasets = { gsm8k = 2 }\nmax_tokens = [0]\n', "max_tokens"),
     ('datasets = { gsm8k = 2 \n', "not valid TOML"),

@@ -6,6 +6,7 @@
   gamma     gaps ~ Gamma(shape k = 1/CV^2, scale = 1/(rate*k))   (mean 1/rate, CV as asked)
   constant  gaps = 1/rate
   trace     timestamps from a file, sorted and shifted so the first is 0; the first n are used
+  ramp      rate rising linearly in time from rate_start to rate_end (see ramp.py)
 
 Open-loop times are seconds from the start of the run: the first request at 0, then n-1 gaps.
 Poisson and Gamma gaps are rescaled by one factor so the realised mean rate (n-1)/(last - first)
@@ -23,10 +24,11 @@ from rllm_study.workloads.arrivals.closed import ClosedLoop
 from rllm_study.workloads.arrivals.constant import Constant
 from rllm_study.workloads.arrivals.gamma import Gamma
 from rllm_study.workloads.arrivals.poisson import Poisson
+from rllm_study.workloads.arrivals.ramp import Ramp
 from rllm_study.workloads.arrivals.trace import Trace, read_trace
 
 ARRIVALS: dict[str, type[ArrivalProcess]] = {
-    p.NAME: p for p in (SyncBatches, ClosedLoop, Poisson, Gamma, Constant, Trace)
+    p.NAME: p for p in (SyncBatches, ClosedLoop, Poisson, Gamma, Constant, Trace, Ramp)
 }
 
 __all__ = ["ARRIVALS", "ArrivalProcess", "ClosedLoop", "OpenLoop", "SyncBatches", "Timing", "arrival_class",
