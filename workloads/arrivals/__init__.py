@@ -1,18 +1,11 @@
 """When requests are sent: arrival processes, one module each, registered in ARRIVALS.
 
-  batch     SyncBatches(B): send B requests, wait until all finish, send the next B (the paper's)
-  closed    ClosedLoop(C): keep C requests in flight; a new one goes when one finishes
-  poisson   gaps ~ Exponential(mean 1/rate)                      (CV of gaps 1)
-  gamma     gaps ~ Gamma(shape k = 1/CV^2, scale = 1/(rate*k))   (mean 1/rate, CV as asked)
-  constant  gaps = 1/rate
-  trace     timestamps from a file, sorted and shifted so the first is 0; the first n are used
-  ramp      rate rising linearly in time from rate_start to rate_end (see ramp.py)
-
-Open-loop times are seconds from the start of the run: the first request at 0, then n-1 gaps.
-Poisson and Gamma gaps are rescaled by one factor so the realised mean rate (n-1)/(last - first)
-is the target rate exactly (`base.rescaled_gaps`): cells that compare CVs at one rate offer the
-same load over the same span. What a process is and how the runner drives it: `base`.
-Adding a process: one module with an `ArrivalProcess` subclass, and its line in ARRIVALS.
+Each module's class states its rule and formula (SUMMARY, shown by `rllm-study schedule --help`);
+what a process is and how the runner drives it is in `base`. Open-loop times are seconds from
+the start of the run: the first request at 0, then n-1 gaps. Poisson and Gamma gaps are rescaled
+by one factor so the realised mean rate (n-1)/(last - first) is the target rate exactly
+(`base.rescaled_gaps`): cells that compare CVs at one rate offer the same load over the same span.
+Adding a process: one module with an `ArrivalProcess` subclass, and its entry in ARRIVALS.
 """
 
 from __future__ import annotations
