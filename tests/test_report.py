@@ -94,6 +94,16 @@ def test_report_from_real_runs_has_every_section(runs):
         assert f"`{name}`" in appendix, name
 
 
+def test_load_table_prints_realised_rate_and_cv(runs):
+    # realworld quick at rate 2.0, 3 arrivals per cell at CV 1 and 3: both schedules are rescaled
+    # to 2 requests/s, so both cells print n 3 and arrival rate 2.00; their CVs differ
+    md = (runs["report"] / REPORT_MD).read_text()
+    load = re.split(r"^## Bursty arrivals$", md, flags=re.M)[1].split("\n## ", 1)[0]
+    assert "| workload | n | arrival rate req/s | arrival CV | req/s |" in load
+    rows = re.findall(r"^\| (gamma-r2.0-cv[13].0) \| (\d+) \| ([^|]+) \| ([^|]+) \|", load, re.M)
+    assert [(name, n, rate) for name, n, rate, _ in rows] == [("gamma-r2.0-cv1.0", "3", "2.00"), ("gamma-r2.0-cv3.0", "3", "2.00")]
+
+
 def test_html_is_self_contained(runs):
     html = (runs["report"] / REPORT_HTML).read_text()
     md = (runs["report"] / REPORT_MD).read_text()
