@@ -474,6 +474,20 @@ def _meets_slo(row: dict, slo: dict) -> bool:
     )
 
 
+@metric("arrival_rate_req_s", "requests/s", "sum over sessions of (arrivals - 1) / sum over sessions of (last arrival_s - first arrival_s)",
+        section="throughput")
+def arrival_rate(ctx: _Context) -> float | None:
+    """Realised offered load: arrivals per second of the recorded schedule (n - 1 gaps over its span),
+    all requests. None with fewer than two arrivals or a zero span (a synchronous batch sends all at once)."""
+    by_session: dict[int, list[float]] = {}
+    for r in ctx.cell.requests:
+        if r.get("arrival_s") is not None:
+            by_session.setdefault(r.get("session", 0), []).append(r["arrival_s"])
+    gaps = sum(len(a) - 1 for a in by_session.values())
+    span = sum(max(a) - min(a) for a in by_session.values())
+    return gaps / span if gaps and span > 0 else None
+
+
 @metric("goodput_req_s", "requests/s", "completed requests meeting every SLO limit / duration_s", section="throughput")
 def goodput(ctx: _Context) -> float | None:
     """SLO limits are upper bounds on ttft_s, ttfvt_s, tpot_s, e2el_s; a missing TTFVT (no answer)
@@ -527,6 +541,88 @@ def tail_time(ctx: _Context) -> float:
 def tail_share(ctx: _Context) -> float | None:
     """Share of the groups' running time spent in the tail."""
     return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
+
+
+def _alone_stretches(timeline: list[dict]) -> dict[int, list[tuple[float, float]]]:
+    """Per session, [first, last] sample times of each run of consecutive timeline samples with running == 1."""
+    out: dict[int, list[tuple[float, float]]] = {}
+    run: list[float] = []
+    last_session = None
+    for s in sorted(timeline, key=lambda s: (s.get("session", 0), s.get("t_s") or 0.0)) + [{"session": None}]:
+        session = s.get("session", 0)
+        if run and (s.get("running") != 1 or session != last_session):
+            if len(run) > 1:
+                out.setdefault(last_session, []).append((run[0], run[-1]))
+            run = []
+        if s.get("running") == 1 and s.get("t_s") is not None:
+            run.append(s["t_s"])
+        last_session = session
+    return out
+
+
+@metric("solo_itl_s", "s", "gaps t[i] - t[i-1] of any request with both tokens inside a timeline stretch where running == 1",
+        section="stragglers")
+def solo_itl(ctx: _Context) -> dict:
+    """One-sequence decode speed measured in the cell itself: the token gaps of requests while they
+    ran alone (consecutive timeline samples, both with one request running, bound the stretch). Its
+    p50 is the reference of `straggler_causes`; count 0 when the cell never ran one request alone."""
+    stretches = _alone_stretches(ctx.cell.timeline)
+    gaps = []
+    for r in ctx.cell.requests:
+        tokens = _tokens_of(ctx.cell, r["id"])
+        spans = stretches.get(r.get("session", 0), [])
+        if tokens and spans:
+            times = tokens[0]
+            gaps += [b - a for a, b in zip(times, times[1:]) if any(lo <= a and b <= hi for lo, hi in spans)]
+    return distribution(gaps, ctx.percentiles)
+
+
+CAUSES = ("queue", "prefill", "think", "answer", "sharing")
+
+
+@metric("straggler_causes", "s",
+        "per straggler: queue = admitted_s - arrival_s; prefill = first_token_s - admitted_s; with solo = solo_itl_s p50: "
+        "think = think gaps x solo, answer = answer gaps x solo, sharing = (finish_s - first_token_s) - think - answer; "
+        "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers",
+        section="stragglers", key="causes")
+def straggler_causes(ctx: _Context) -> dict:
+    """Where the stragglers' E2EL went. A gap belongs to the phase of its later token (tokens.jsonl;
+    without per-token times: think gaps = think_tokens - 1 when it thought, answer gaps the rest). The
+    five parts add up to E2EL. `sharing` is the slowdown from sharing decode steps with other requests:
+    decoding time beyond what a one-sequence decode of the same length took in this cell (may be
+    negative when the straggler decoded faster than that median). `dominant` names the largest part
+    (None without stragglers); `seconds` are sums over the cell's `count` stragglers."""
+    solo_gaps = solo_itl(ctx)
+    solo = solo_gaps["p50"] if solo_gaps["count"] else None
+    sums = {c: 0.0 for c in CAUSES}
+    stragglers = [r for r in ctx.rows if r["straggler"]]
+    records = {r["id"]: r for r in ctx.cell.requests}
+    for row in stragglers:
+        r = records[row["id"]]
+        decode = r["finish_s"] - r["first_token_s"]
+        tokens = _tokens_of(ctx.cell, r["id"])
+        if tokens:
+            times, phases = tokens
+            think_gaps = [b - a for a, b, p in zip(times, times[1:], phases[1:]) if p == "t"]
+            n_gaps = len(times) - 1
+        else:
+            n_gaps = max((r.get("output_tokens") or 0) - 1, 0)
+            n_think = max((r.get("think_tokens") or 0) - 1, 0)
+            think_gaps = [decode / n_gaps] * n_think if n_gaps else []
+        sums["queue"] += r["admitted_s"] - r["arrival_s"]
+        sums["prefill"] += r["first_token_s"] - r["admitted_s"]
+        if solo is None:
+            sums["think"] += sum(think_gaps)
+            sums["answer"] += decode - sum(think_gaps)
+        else:
+            sums["think"] += solo * len(think_gaps)
+            sums["answer"] += solo * (n_gaps - len(think_gaps))
+            sums["sharing"] += decode - solo * n_gaps
+    if solo is None:
+        sums["sharing"] = None
+    known = {c: v for c, v in sums.items() if v is not None}
+    return {"count": len(stragglers), "solo_itl_s": solo, "seconds": sums,
+            "dominant": max(known, key=known.get) if stragglers else None}
 
 
 @metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", section="memory")

@@ -16,8 +16,8 @@ from conftest import THREADS, run_cli
 from rllm_study.metrics import METRICS
 from rllm_study.report import REPORT_HTML, REPORT_MD
 from rllm_study.report.cells import load_cells
-from rllm_study.report.claims import adaptive_time, check_claims, memory
-from rllm_study.report.document import NOT_REPRODUCED, NOT_TESTED, REPRODUCED
+from rllm_study.report.claims import adaptive_time, bursty_load, check_claims, domain_preference, memory, stragglers
+from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from rllm_study.results import CellWriter
 
 SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
@@ -191,81 +191,171 @@ def test_user_mistakes_are_one_line(runs, tmp_path):
 
 # ---- claim rules on hand-built result files ------------------------------------------------------
 
+DOMAINS = {"gpqa-diamond": "science-knowledge"}
+
+
 def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float], think: list[int], *, study="pilot",
-          variant="", engine=None, model=None, correct=False) -> None:
-    """A cell of one synchronous batch: requests arrive at 0 and finish at their E2EL; KV samples
-    every second out of a capacity of 100 cells."""
-    name = "-".join(p for p in (dataset, mode, variant) if p)
+          variant="", engine=None, model=None, correct=False, batch: int | None = None, workload=None,
+          arrivals: list[float] | None = None, queue: list[float] | None = None) -> None:
+    """A cell of one synchronous batch (or, with `workload` and `arrivals`, an open-loop cell):
+    request i arrives at arrivals[i] (default 0), is admitted after queue[i] (default 0) and finishes
+    e2el[i] after arriving; `correct` is one grade for all or one per request. KV samples every
+    second out of a capacity of 100 cells, one request running."""
+    n = len(e2el)
+    workload = workload or {"arrival": "batch", "batch_size": batch or n}
+    name = "-".join(p for p in (dataset, mode, variant, workload.get("arrival"), str(workload.get("batch_size") or workload.get("cv"))) if p)
+    grades = correct if isinstance(correct, list) else [correct] * n
     w = CellWriter(root / name)
     w.write_manifest({
         "cell": {"name": name, "study": study, "model": "m", "variant": variant, "dataset": dataset, "prompt_mode": mode,
-                 "max_tokens": 64, "repeat": 0, "workload": {"arrival": "batch", "batch_size": len(e2el)}, "engine": engine or {}},
+                 "max_tokens": 64, "repeat": 0, "workload": workload, "engine": engine or {}},
         "model": model, "spec": {"variants": [{"name": "base"}, {"name": "new"}]},
     })
-    for i, (t, k) in enumerate(zip(e2el, think)):
-        rid = f"{dataset}/{i}"
-        w.write_request({"id": rid, "dataset": dataset, "domain": "math", "batch": 0, "arrival_s": 0.0, "admitted_s": 0.0,
-                         "first_token_s": 0.1, "first_answer_token_s": None, "finish_s": t, "output_tokens": k, "think_tokens": k,
-                         "answer_tokens": 0, "finish_reason": "stop", "correct": correct, "parse_status": "ok"},
-                        {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"})
+    for i, (t, k, ok) in enumerate(zip(e2el, think, grades)):
+        rid, at, wait = f"{dataset}/{i}", (arrivals or [0.0] * n)[i], (queue or [0.0] * n)[i]
+        w.write_request({"id": rid, "dataset": dataset, "domain": DOMAINS.get(dataset, "math"),
+                         "batch": 0 if workload["arrival"] == "batch" else None, "arrival_s": at, "admitted_s": at + wait,
+                         "first_token_s": at + wait + 0.1, "first_answer_token_s": None, "finish_s": at + t, "output_tokens": k,
+                         "think_tokens": k, "answer_tokens": 0, "finish_reason": "stop", "correct": ok, "parse_status": "ok"},
+                        {"id": rid, "t_s": [at + wait + 0.1], "token_ids": [1], "phase": "t", "draft": "0"})
     for s, used in enumerate(kv):
         w.write_timeline({"t_s": float(s), "kv_used": used, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
     w.close()
 
 
+def _spread(centre: float, n: int, step: float = 0.01) -> list[float]:
+    """n values around `centre`, `step` apart: a recorded sample with a little noise."""
+    return [centre + step * (i - (n - 1) / 2) for i in range(n)]
+
+
+MATH = ("gsm8k", "math500", "aime24")
+
+
 def test_memory_rule(tmp_path):
-    # reasoning peaks at 70% and swings (3..70, CV 0.79); direct stays near 3% (CV 0.14): reproduced
-    _cell(tmp_path / "a", "reasoning", "gsm8k", [3, 40, 70, 10, 3], [1, 2], [5, 9])
-    _cell(tmp_path / "a", "direct", "gsm8k", [2, 3, 3, 3, 3], [1, 1], [0, 0])
+    # three pairs: reasoning peaks at 60-70% and swings (CV about 0.8); direct stays near 3% (CV about 0.15): reproduced
+    for dataset, top in zip(MATH, (70, 66, 60)):
+        _cell(tmp_path / "a", "reasoning", dataset, [3, 40, top, 10, 3], [1, 2], [5, 9])
+        _cell(tmp_path / "a", "direct", dataset, [2, 3, 3, 3, 3], [1, 1], [0, 0])
     claim = memory(load_cells([tmp_path / "a"]))
     assert claim.status == REPRODUCED, claim
-    assert ("peak ratio reasoning / direct", "23.33x") in claim.numbers
-    # the same peaks but the direct run swings more: the CV condition fails
-    _cell(tmp_path / "b", "reasoning", "gsm8k", [60, 70, 65, 70, 60], [1, 2], [5, 9])
-    _cell(tmp_path / "b", "direct", "gsm8k", [0, 3, 0, 3, 0], [1, 1], [0, 0])
+    peak = dict(claim.numbers)["peak KV ratio reasoning / direct"]
+    assert peak.startswith("21.73x [")  # (70/3 x 66/3 x 60/3)^(1/3)
+    assert "(n=3 pairs); needs > 2.00x: settled: holds" in peak, peak
+    # the same peaks but the direct runs swing more: the CV condition settles against the finding
+    for dataset, top in zip(MATH, (70, 66, 60)):
+        _cell(tmp_path / "b", "reasoning", dataset, [top - 10, top, top - 5, top, top - 10], [1, 2], [5, 9])
+        _cell(tmp_path / "b", "direct", dataset, [0, 3, 0, 3, 0], [1, 1], [0, 0])
     assert memory(load_cells([tmp_path / "b"])).status == NOT_REPRODUCED
+    # one pair: no interval over pairs, so it cannot settle
+    one = memory(load_cells([tmp_path / "a" / "gsm8k-reasoning-batch-2", tmp_path / "a" / "gsm8k-direct-batch-2"]))
+    assert one.status == INCONCLUSIVE and "an interval needs two" in one.reason, one
     # only one prompt mode: nothing to compare
-    assert memory(load_cells([tmp_path / "a" / "gsm8k-reasoning"])).status == NOT_TESTED
+    assert memory(load_cells([tmp_path / "a" / "gsm8k-reasoning-batch-2"])).status == NOT_TESTED
+
+
+def _ladder(root: Path, e2el: dict, think: dict, n: int, batch: int | None = None) -> None:
+    for dataset in e2el:
+        _cell(root, "reasoning", dataset, [1, 2], _spread(e2el[dataset], n), [think[dataset] + (-1) ** i for i in range(n)], batch=batch)
 
 
 def test_adaptive_time_rule(tmp_path):
-    # think tokens and E2EL rise from GSM8K (easy) to MATH-500 (medium) to AIME (hard): reproduced
-    for dataset, e2el, think in (("gsm8k", [1, 2], [10, 20]), ("math500", [3, 4], [30, 40]), ("aime24", [5, 9], [50, 60])):
-        _cell(tmp_path / "up", "reasoning", dataset, [1, 2], e2el, think)
+    # think tokens and E2EL rise from GSM8K (easy) to MATH-500 (medium) to AIME (hard), 8 requests a tier: reproduced
+    _ladder(tmp_path / "up", {"gsm8k": 1.5, "math500": 3.5, "aime24": 7.0}, {"gsm8k": 15, "math500": 35, "aime24": 55}, 8)
     claim = adaptive_time(load_cells([tmp_path / "up"]))
     assert claim.status == REPRODUCED, claim
-    assert claim.numbers[0] == ("easy: think tokens mean / E2EL mean / hit budget (n=2)", "15.0 tok / 1.50 s / 0.0%")
-    # AIME thinks less than MATH-500: the ladder breaks
-    _cell(tmp_path / "down", "reasoning", "math500", [1], [3, 4], [30, 40])
-    _cell(tmp_path / "down", "reasoning", "aime24", [1], [5, 9], [20, 25])
+    assert claim.numbers[0] == ("batch 8, easy: think tokens mean / E2EL mean / hit budget (n=8)", "15.0 tok / 1.50 s / 0.0%")
+    # AIME thinks less and runs shorter than MATH-500: the ladder breaks, settled
+    _ladder(tmp_path / "down", {"math500": 3.5, "aime24": 2.0}, {"math500": 35, "aime24": 20}, 8)
     assert adaptive_time(load_cells([tmp_path / "down"])).status == NOT_REPRODUCED
+    # the rising ladder with 2 requests a cell: too few to resample, inconclusive with the reason
+    _ladder(tmp_path / "few", {"gsm8k": 1.5, "math500": 3.5}, {"gsm8k": 15, "math500": 35}, 2)
+    few = adaptive_time(load_cells([tmp_path / "few"]))
+    assert few.status == INCONCLUSIVE and "the bootstrap needs at least 5" in few.reason, few
     # the technique and load claims need cells these runs do not have
     statuses = {c.key: c.status for c in check_claims(load_cells([tmp_path / "up"]))}
     assert {statuses[k] for k in ("quantization", "kv-cache", "prefix-cache", "speculative", "bursty", "memory")} == {NOT_TESTED}
 
 
+def test_adaptive_time_compares_within_one_batch_size(tmp_path):
+    # batch 8 rises from GSM8K to AIME; batch 32 runs GSM8K slowly (a bigger batch) and AIME at batch-8 speed.
+    # Pooled, batch 32's slow GSM8K would hide the ladder; compared per batch size, batch 32 alone breaks it.
+    _ladder(tmp_path, {"gsm8k": 1.5, "aime24": 4.0}, {"gsm8k": 15, "aime24": 55}, 8, batch=8)
+    _ladder(tmp_path, {"gsm8k": 6.0, "aime24": 4.0}, {"gsm8k": 15, "aime24": 55}, 8, batch=32)
+    claim = adaptive_time(load_cells([tmp_path]))
+    numbers = dict(claim.numbers)
+    assert "settled: holds" in numbers["batch 8: mean E2EL hard / easy"]
+    assert "settled: fails" in numbers["batch 32: mean E2EL hard / easy"]
+    assert claim.status == NOT_REPRODUCED and "batch size 8 and 32 (each compared on its own)" in claim.reason, claim
+
+
+def test_straggler_rule(tmp_path):
+    # three pairs of 10: reasoning batches have 3 stragglers (5 s against a 1 s median) and a long tail; direct
+    # batches are uniform: reproduced, with the tail share settled by the bootstrap over requests
+    for dataset in MATH:
+        _cell(tmp_path, "reasoning", dataset, [1], _spread(1.0, 7) + [5.0, 5.1, 5.2], [9] * 10)
+        _cell(tmp_path, "direct", dataset, [1], _spread(1.0, 10), [0] * 10)
+    claim = stragglers(load_cells([tmp_path]))
+    assert claim.status == REPRODUCED, claim
+    numbers = dict(claim.numbers)
+    assert numbers["batch 10: straggler share, reasoning - direct"].startswith("+30.0 pt [")
+    assert "settled: holds" in numbers["batch 10: tail share of batch time, reasoning - direct"]
+    # the direct cells straggle and the reasoning ones do not: settled against the finding
+    for dataset in MATH:
+        _cell(tmp_path / "rev", "reasoning", dataset, [1], _spread(1.0, 10), [9] * 10)
+        _cell(tmp_path / "rev", "direct", dataset, [1], _spread(1.0, 7) + [5.0, 5.1, 5.2], [0] * 10)
+    assert stragglers(load_cells([tmp_path / "rev"])).status == NOT_REPRODUCED
+
+
+def test_domain_rule(tmp_path):
+    # 100 requests a cell: reasoning answers all of GSM8K and direct none; on GPQA both answer none: reproduced
+    for mode, ok in (("reasoning", True), ("direct", False)):
+        _cell(tmp_path / "yes", mode, "gsm8k", [1], [1.0] * 100, [1] * 100, correct=ok)
+        _cell(tmp_path / "yes", mode, "gpqa-diamond", [1], [1.0] * 100, [1] * 100, correct=False)
+    claim = domain_preference(load_cells([tmp_path / "yes"]))
+    assert claim.status == REPRODUCED, claim
+    assert ("math: reasoning / direct", "100.0% [96.3%, 100.0%] (100/100) / 0.0% [0.0%, 3.7%] (0/100)") in claim.numbers
+    # no math gain at all (0/100 both): the interval of the gain lies below 5 points, settled against it
+    for mode in ("reasoning", "direct"):
+        _cell(tmp_path / "no", mode, "gsm8k", [1], [1.0] * 100, [1] * 100, correct=False)
+        _cell(tmp_path / "no", mode, "gpqa-diamond", [1], [1.0] * 100, [1] * 100, correct=False)
+    assert domain_preference(load_cells([tmp_path / "no"])).status == NOT_REPRODUCED
+    # the same all-or-nothing math gain with 4 requests a cell: settled too (the gain's interval clears 5 points) ...
+    # ... but a 1-in-4 gain is not
+    for mode, grades in (("reasoning", [True, False, False, False]), ("direct", False)):
+        _cell(tmp_path / "few", mode, "gsm8k", [1], [1.0] * 4, [1] * 4, correct=grades)
+        _cell(tmp_path / "few", mode, "gpqa-diamond", [1], [1.0] * 4, [1] * 4, correct=False)
+    assert domain_preference(load_cells([tmp_path / "few"])).status == INCONCLUSIVE
+
+
 def test_technique_rules(tmp_path):
     small = {"quant": "Q8_0", "gguf": {"bits_per_weight": 8.5, "n_params": 5e8}}
+    n = 130  # a 0-point accuracy difference settles "within 3 points" from about 125 requests a cell
     # weight quantization: 4.5 bpw keeps accuracy (both all correct) and is faster (E2EL 1 s vs 2 s)
-    _cell(tmp_path, "reasoning", "gsm8k", [1], [2, 2], [9, 9], study="quantization", variant="base", model=small, correct=True)
-    _cell(tmp_path, "reasoning", "gsm8k", [1], [1, 1], [9, 9], study="quantization", variant="new", correct=True,
+    _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(2, n), [9] * n, study="quantization", variant="base", model=small, correct=True)
+    _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1, n), [9] * n, study="quantization", variant="new", correct=True,
           model={"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}})
     # prefix caching on a small model, single-turn: on is slower (E2EL 3 s vs 2 s), as the paper found for 7B
-    _cell(tmp_path, "reasoning", "math500", [1], [2, 2], [9, 9], study="prefix", variant="base", model=small, engine={"prefix_cache": False})
-    _cell(tmp_path, "reasoning", "math500", [1], [3, 3], [9, 9], study="prefix", variant="new", model=small, engine={"prefix_cache": True})
+    _cell(tmp_path, "reasoning", "math500", [1], _spread(2, 8), [9] * 8, study="prefix", variant="base", model=small, engine={"prefix_cache": False})
+    _cell(tmp_path, "reasoning", "math500", [1], _spread(3, 8), [9] * 8, study="prefix", variant="new", model=small, engine={"prefix_cache": True})
     # speculative decoding: shorter end to end (1 s vs 2 s) at the same accuracy
-    _cell(tmp_path, "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None}, correct=True)
-    _cell(tmp_path, "reasoning", "aime24", [1], [1, 1], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"}, correct=True)
+    _cell(tmp_path, "reasoning", "aime24", [1], _spread(2, n), [9] * n, study="spec", variant="base", model=small, engine={"spec": None}, correct=True)
+    _cell(tmp_path, "reasoning", "aime24", [1], _spread(1, n), [9] * n, study="spec", variant="new", model=small, engine={"spec": "ngram"}, correct=True)
     claims = {c.key: c for c in check_claims(load_cells([tmp_path]))}
     assert claims["quantization"].status == REPRODUCED, claims["quantization"]
-    assert claims["quantization"].numbers == [("new (4.50 bpw) vs 8.50 bpw: accuracy / out tok/s / E2EL p50", "+0.0 pt / 2.00x / 0.50x")]
+    quant = dict(claims["quantization"].numbers)
+    # the same tokens over each cell's span, the last finish: (2 + 0.645 s) / (1 + 0.645 s)
+    assert quant["new: out tok/s ratio"].startswith("1.61x [") and "settled: holds" in quant["new: out tok/s ratio"]
     assert claims["prefix-cache"].status == REPRODUCED, claims["prefix-cache"]
     assert claims["speculative"].status == REPRODUCED, claims["speculative"]
     assert claims["kv-cache"].status == NOT_TESTED
     # speculation that makes requests slower (3 s vs 2 s) does not reproduce the finding
-    _cell(tmp_path / "slow", "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None})
-    _cell(tmp_path / "slow", "reasoning", "aime24", [1], [3, 3], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"})
+    _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(2, 8), [9] * 8, study="spec", variant="base", model=small, engine={"spec": None})
+    _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(3, 8), [9] * 8, study="spec", variant="new", model=small, engine={"spec": "ngram"})
     assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "slow"]))}["speculative"] == NOT_REPRODUCED
+    # the same speed-up with 2 requests a cell and 2 accuracy grades: inconclusive
+    _cell(tmp_path / "few", "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None}, correct=True)
+    _cell(tmp_path / "few", "reasoning", "aime24", [1], [1, 1], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"}, correct=True)
+    assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "few"]))}["speculative"] == INCONCLUSIVE
 
 
 def _graded_cell(root: Path, name: str, grades: list[tuple[bool, bool, str, int]], *, variant="", mode="reasoning") -> None:
@@ -307,3 +397,34 @@ def test_cell_tables_show_strict_lenient_accuracy_and_answer_phase(tmp_path):
     # the technique table gives each variant's difference from the baseline in points
     techniques = md.split("\n## Techniques\n", 1)[1].split("\n## ", 1)[0]
     assert "| 100.0% (4/4) [51.0-100.0%] (+75.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) |" in techniques
+
+
+def test_derived_quantization_ladder_has_no_accuracy_verdict(tmp_path):
+    origin = "m (Q4_K_M, embedded:x)"
+    for variant, quant, bits, e2el in (("base", "F16", 16.0, 2.0), ("new", "Q4_0", 4.5, 1.0)):
+        _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(e2el, 8), [9] * 8, study="quantization", variant=variant, correct=True,
+              model={"quant": quant, "derived_from": origin, "gguf": {"bits_per_weight": bits, "n_params": 5e8}})
+    claim = {c.key: c for c in check_claims(load_cells([tmp_path]))}["quantization"]
+    assert claim.status == NOT_TESTED and "derived from one Q4_K_M file" in claim.reason, claim
+    # output tokens over the last finish: (2 + 0.035 s) / (1 + 0.035 s)
+    assert dict(claim.numbers)["new (4.50 bpw) vs 16.00 bpw: out tok/s ratio (engine cost only)"].startswith("1.97x [")
+
+
+def _open_loop(root: Path, cv: float, arrivals: list[float], queue: float, e2el: float) -> None:
+    n = len(arrivals)
+    _cell(root, "reasoning", "gsm8k", [1], _spread(e2el, n), [9] * n, workload={"arrival": "gamma", "rate": 1.0, "cv": cv},
+          arrivals=arrivals, queue=_spread(queue, n))
+
+
+def test_bursty_rule_needs_the_same_realised_load(tmp_path):
+    # 10 arrivals over 9 s at both CVs (realised 1.0 req/s): CV 3 queues 2 s and turns around in 4 s, CV 1 in 0.1 / 2: reproduced
+    _open_loop(tmp_path / "same", 1.0, [float(i) for i in range(10)], 0.1, 2.0)
+    _open_loop(tmp_path / "same", 3.0, [0.0, 0.1, 0.2, 0.3, 0.4, 8.5, 8.6, 8.7, 8.8, 9.0], 2.0, 4.0)
+    claim = bursty_load(load_cells([tmp_path / "same"]))
+    assert claim.status == REPRODUCED, claim
+    assert dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3: realised arrival rate (req/s)"] == "1.00 -> 1.00"
+    # CV 3 realises 10 arrivals in 2.25 s (4.0 req/s against 1.0): burstiness confounded with load, not tested
+    _open_loop(tmp_path / "load", 1.0, [float(i) for i in range(10)], 0.1, 2.0)
+    _open_loop(tmp_path / "load", 3.0, [0.25 * i for i in range(10)], 2.0, 4.0)
+    confounded = bursty_load(load_cells([tmp_path / "load"]))
+    assert confounded.status == NOT_TESTED and "realised arrival rates" in confounded.reason, confounded

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rllm_study.formatting import proportion
-from rllm_study.metrics import CONVENTIONS, METRICS, distribution
+from rllm_study.metrics import CAUSES, CONVENTIONS, METRICS, distribution
 from rllm_study.report import columns as C
 from rllm_study.report import plots
 from rllm_study.report.cells import (
@@ -100,10 +100,17 @@ def claims_section(cells: list[CellData]) -> Section:
     claims = check_claims(cells)
     summary = Table(["finding", "status", "why"], [[c.title, c.status, c.reason] for c in claims])
     return Section("Claims", [
-        Paragraph("Each finding of the paper, checked by the rule stated under it: reproduced, not reproduced, or not "
-                  "tested (the cells it needs are not in these runs). Small edge models and short budgets are not the "
-                  "paper's 7B-70B models: a finding that does not reproduce here is a measured fact about this setup. With few "
-                  "requests per cell a verdict can flip from one run to the next; the counts are given with the numbers."),
+        Paragraph("Each finding of the paper, checked by the rule stated under it. Every condition of a rule is a 95% "
+                  "interval against a threshold: reproduced when every interval lies on the finding's side, not reproduced "
+                  "when one lies on the other side, inconclusive when an interval spans its threshold (or the sample is "
+                  "too small for one), not tested when the cells it needs are not in these runs. Accuracy: Wilson "
+                  "intervals, Newcombe for differences; latency and throughput ratios: a seeded bootstrap over requests, "
+                  "resampled within each cell. An inconclusive claim names roughly how many requests would settle it: "
+                  "n x (h / d)^2, with h the distance from the estimate to the interval's end on the threshold's side and "
+                  "d the distance from the estimate to the threshold (log scale for ratios). Two runs of one preset can "
+                  "differ in what is inconclusive, but settle opposite verdicts only with a few percent probability. "
+                  "Small edge models and short budgets are not the paper's 7B-70B models: a finding that does not "
+                  "reproduce here is a measured fact about this setup."),
         summary, *claims,
     ])
 
@@ -171,18 +178,45 @@ def straggler_section(cells: list[CellData]) -> Section:
                              f"Requests per batch, {group[0].dataset}: {_models_note(group)}."))
     blocks.append(Table(
         ["cell", "stragglers", "share", "tail time s", "tail share", "think tok: stragglers / others"],
-        [[f"{c.dataset} · {c.mode}", str(c.metrics["stragglers"]["count"]), C.cell_value(c.metrics, C.STRAGGLERS),
-          C.fmt(c.metrics["stragglers"]["tail_time_s"]), C.cell_value(c.metrics, C.TAIL_SHARE),
-          f"{C.fmt(c.metrics['stragglers']['think_tokens_mean'])} / {C.fmt(c.metrics['stragglers']['non_straggler_think_tokens_mean'])}"]
-         for g in reps for c in g]))
+        [[f"{c.dataset} · {c.mode}", f"{c.metrics['stragglers']['count']}/{c.metrics['latency']['e2el_s']['count']}",
+          C.cell_value(c.metrics, C.STRAGGLERS), C.fmt(c.metrics["stragglers"]["tail_time_s"]), C.cell_value(c.metrics, C.TAIL_SHARE),
+          _think_text(c, f"{C.fmt(c.metrics['stragglers']['think_tokens_mean'])} / {C.fmt(c.metrics['stragglers']['non_straggler_think_tokens_mean'])}")]
+         for g in reps for c in g],
+        "Stragglers out of completed requests; think tokens only for cells that think."))
+    blocks.append(Paragraph(
+        "Where the stragglers' time went (`straggler_causes`): each straggler's E2EL split into queue wait, prefill, "
+        "decoding its think and answer tokens at the one-sequence speed this cell measured (`solo_itl_s` p50: token "
+        "gaps while only one request ran), and the rest of its decoding, the slowdown from sharing decode steps with "
+        "other requests. Seconds summed over the cell's stragglers; the largest part dominates. Where the cell never "
+        "ran one request alone, think and answer are their measured decoding times and sharing is not measured."))
+    blocks.append(Table(["cell", "stragglers", "solo ITL ms (gaps)", *(f"{c} s" for c in CAUSES), "dominant"],
+                        [_causes_row(c) for g in reps for c in g]))
     return Section("Stragglers", blocks)
 
 
-def _top_budget_pilot(cells: list[CellData]) -> dict[str, list[CellData]]:
-    """Per model: its pilot cells at its largest budget."""
-    out: dict[str, list[CellData]] = {}
+def _think_text(c: CellData, text: str) -> str:
+    """Think-token figures only for cells prompted to think; "—" for direct cells."""
+    return text if c.mode == REASONING else "—"
+
+
+def _causes_row(c: CellData) -> list[str]:
+    causes = c.metrics["stragglers"]["causes"]
+    solo = c.metrics["stragglers"]["solo_itl_s"]
+    secs = causes["seconds"]
+    solo_text = f"{C.fmt(solo['p50'], 'ms')} ({solo['count']})" if solo["count"] else "not measured (0)"
+    if not causes["count"]:
+        return [f"{c.dataset} · {c.mode}", "0", solo_text, *("-" for _ in CAUSES), "-"]
+    parts = [("—" if part == "think" and c.mode != REASONING else "not measured" if secs[part] is None else C.fmt(secs[part]))
+             for part in CAUSES]
+    return [f"{c.dataset} · {c.mode}", str(causes["count"]), solo_text, *parts, causes["dominant"]]
+
+
+def _top_budget_pilot(cells: list[CellData]) -> dict[tuple, list[CellData]]:
+    """Per (run, model, batch size): its pilot cells at its largest budget (batch sizes are not pooled:
+    their latencies differ)."""
+    out: dict[tuple, list[CellData]] = {}
     for c in pilot_cells(cells):
-        out.setdefault(c.spec.get("model"), []).append(c)
+        out.setdefault((c.run, c.spec.get("model"), c.workload.get("batch_size")), []).append(c)
     return {m: [c for c in cs if c.budget == max(x.budget for x in cs)] for m, cs in out.items()}
 
 
@@ -191,19 +225,20 @@ def difficulty_section(cells: list[CellData]) -> Section:
     if not per_model:
         return _section_or_hint("Adaptive running time", "No pilot cells in these runs: `rllm-study run --preset pilot` makes them.")
     blocks: list = [Paragraph("Think tokens, output tokens and end-to-end latency per completed request, by data set "
-                              "from easy to hard, at the largest budget (all batch sizes and repeats pooled).")]
+                              "from easy to hard, at the largest budget, per batch size (repeats pooled).")]
     for cs in per_model.values():
         by_dataset: dict[str, dict[str, list[dict]]] = {}
         for c in sorted(cs, key=lambda c: dataset_order(c.dataset)):
             by_dataset.setdefault(c.dataset, {}).setdefault(c.mode, []).extend(r for r in c.rows if r["completed"])
-        blocks.append(Figure(f"difficulty-{cs[0].base_model}", plots.difficulty(by_dataset, {d: tier(d) for d in by_dataset}),
-                             f"Tokens and running time by difficulty, budget {cs[0].budget}: {_models_note(cs)}."))
+        blocks.append(Figure(f"difficulty-{cs[0].base_model}-batch{cs[0].workload.get('batch_size')}",
+                             plots.difficulty(by_dataset, {d: tier(d) for d in by_dataset}),
+                             f"Tokens and running time by difficulty, budget {cs[0].budget}, {cs[0].workload_name}: {_models_note(cs)}."))
         rows = []
         for d, modes in by_dataset.items():
             for mode in sorted(modes, key=_mode_order):
                 rs = modes[mode]
                 think, out, e2el = (distribution(r[k] for r in rs) for k in ("think_tokens", "output_tokens", "e2el_s"))
-                rows.append([d, tier(d), mode, str(len(rs)), f"{C.fmt(think['mean'])} / {C.fmt(think['p90'])}",
+                rows.append([d, tier(d), mode, str(len(rs)), f"{C.fmt(think['mean'])} / {C.fmt(think['p90'])}" if mode == REASONING else "—",
                              C.fmt(out["mean"]), f"{C.fmt(e2el['mean'])} / {C.fmt(e2el['p90'])}",
                              C.fmt(sum(r["finish_reason"] == "length" for r in rs) / len(rs) if rs else None, "pct")])
         blocks.append(Table(["data set", "difficulty", "mode", "n", "think tok mean / p90", "output tok mean", "E2EL s mean / p90", "hit budget"], rows))
@@ -295,14 +330,16 @@ def technique_section(cells: list[CellData]) -> Section:
                     if c is not base and new is not None and ref is not None:
                         text += f" ({C.points(new, ref) if column.counts else C.fmt_ratio(C.ratio(new, ref))})"
                     cells_text.append(text)
-                rows.append([where, name + (" (baseline)" if c is base else ""), settings[c.name], *cells_text])
+                rows.append([where, name + (" (baseline)" if c is base else ""), settings[c.name],
+                             str(c.metrics["latency"]["e2el_s"]["count"]), *cells_text])
                 points.append((name, where, C.value(c.metrics, C.OUT_TOK_S), C.value(c.metrics, C.ACCURACY)))
         models = "; ".join(dict.fromkeys(c.label for c in group_cells))
         section.subsections.append(Section(f"Technique: {study}", [
             Paragraph(f"Varies: {', '.join(names)}. Models: {models}."),
-            Table(["cells", "variant", "settings", *(c.label for c in C.TECHNIQUE)], rows,
+            Table(["cells", "variant", "settings", "n", *(c.label for c in C.TECHNIQUE)], rows,
                   "ASU against the baseline variant: in brackets the ratio variant / baseline (accuracy and answer-phase "
-                  "share: the difference in points)."),
+                  "share: the difference in points). n: completed requests, which the latency percentiles rest on; "
+                  "accuracy counts every request."),
             Figure(f"technique-{study}", plots.accuracy_vs_throughput(points), f"Accuracy against output tokens/s, study {study}."),
         ]))
     return section
@@ -339,8 +376,11 @@ def load_section(cells: list[CellData]) -> Section:
         blocks.append(Figure(f"load-{study}-{cs[0].base_model}-{dataset}-{mode}-{budget}",
                              plots.timeline([(c.workload_name, c) for c in cs], with_rss=False),
                              f"Queue and KV use under load, {dataset}, {mode}, budget {budget}: {_models_note(cs)}."))
-        blocks.append(Table(["workload", *(c.label for c in C.LOAD)],
-                            [[c.workload_name, *(C.cell_value(c.metrics, col) for col in C.LOAD)] for c in cs]))
+        blocks.append(Table(["workload", "n", "realised rate req/s", *(c.label for c in C.LOAD)],
+                            [[c.workload_name, str(c.metrics["latency"]["e2el_s"]["count"]),
+                              C.fmt(c.metrics["throughput"]["arrival_rate_req_s"]),
+                              *(C.cell_value(c.metrics, col) for col in C.LOAD)] for c in cs],
+                            "n: completed requests; realised rate: arrivals - 1 over the span of the recorded schedule."))
     return Section("Bursty arrivals", blocks)
 
 
@@ -352,7 +392,9 @@ def cells_section(cells: list[CellData]) -> Section:
     for c in cells:
         studies.setdefault(c.study, []).append(c)
     for study, cs in studies.items():
-        rows = [[varying_label(cs, c), str(len(c.cell.requests)), *(C.cell_value(c.metrics, col) for col in C.OVERVIEW)] for c in cs]
+        rows = [[varying_label(cs, c), str(len(c.cell.requests)),
+                 *(_think_text(c, C.cell_value(c.metrics, col)) if col is C.THINK_MEAN else C.cell_value(c.metrics, col)
+                   for col in C.OVERVIEW)] for c in cs]
         section.blocks.append(Table(["cell", "requests", *(c.label for c in C.OVERVIEW)], rows, f"Study {study}."))
     return section
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rllm_study.formatting import num, pct, proportion
+from rllm_study.stats import Interval
 
 MIB = 2**20
 
@@ -102,6 +103,24 @@ def cell_value(metrics: dict, column: Column) -> str:
     beside = _node(metrics, column.path[:-1]) or {}
     k, n, interval = (beside.get(key) for key in column.counts)
     return proportion(value(metrics, column), k, n, interval)
+
+
+def acc_text(acc: dict, lenient: bool = False) -> str:
+    """An accuracy dict of `cell_metrics` (strict, or lenient) as its value, counts and Wilson interval."""
+    if lenient:
+        return proportion(acc.get("accuracy_lenient"), acc.get("correct_lenient"), acc.get("total"), acc.get("ci95_lenient"))
+    return proportion(acc.get("accuracy"), acc.get("correct"), acc.get("total"), acc.get("ci95"))
+
+
+def fmt_interval(iv: Interval, kind: str = "num") -> str:
+    """'estimate [lo, hi] (n=N unit)'; kind ratio (x), points (difference of fractions), pct or a num kind."""
+    def one(v: float | None) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2f}x" if kind == "ratio" else f"{100 * v:+.1f} pt" if kind == "points" else fmt(v, kind)
+
+    bounds = f" [{one(iv.lo)}, {one(iv.hi)}]" if iv.known else " (no interval)"
+    return f"{one(iv.estimate)}{bounds} (n={iv.n} {iv.unit})"
 
 
 def ratio(new: float | None, ref: float | None) -> float | None:

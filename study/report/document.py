@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-REPRODUCED, NOT_REPRODUCED, NOT_TESTED = "reproduced", "not reproduced", "not tested"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED = "reproduced", "not reproduced", "inconclusive", "not tested"
+STATUSES = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED)
 
 
 @dataclass
@@ -39,8 +40,10 @@ class Figure:
 
 @dataclass
 class Claim:
-    """One of the paper's findings checked against the runs: status is REPRODUCED, NOT_REPRODUCED
-    or NOT_TESTED; `numbers` are (what, value) pairs that decide it; `reason` says why in one line."""
+    """One of the paper's findings checked against the runs: status is REPRODUCED or NOT_REPRODUCED
+    (95% intervals settle the rule), INCONCLUSIVE (an interval spans a threshold, or the sample is too
+    small for one) or NOT_TESTED (the cells it needs are absent, or cannot decide it); `numbers` are
+    (what, value) pairs that decide it; `reason` says why in one line."""
 
     key: str
     title: str

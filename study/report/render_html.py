@@ -8,6 +8,7 @@ import html
 import re
 
 from rllm_study.report.document import (
+    INCONCLUSIVE,
     NOT_REPRODUCED,
     NOT_TESTED,
     REPRODUCED,
@@ -20,7 +21,7 @@ from rllm_study.report.document import (
     Table,
 )
 
-STATUS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "no", NOT_TESTED: "na"}
+STATUS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "no", INCONCLUSIVE: "open", NOT_TESTED: "na"}
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #0969da; }
@@ -52,9 +53,9 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid va
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; white-space: nowrap; }
 .badge.ok { background: #dafbe1; color: #116329; } .badge.no { background: #ffebe9; color: #a40e26; }
-.badge.na { background: #eaeef2; color: #59636e; }
+.badge.na { background: #eaeef2; color: #59636e; } .badge.open { background: #fff8c5; color: #7d4e00; }
 .claim { border: 1px solid var(--line); border-left: 5px solid #8c959f; border-radius: 6px; padding: 10px 16px; margin: 14px 0; }
-.claim.ok { border-left-color: #1a7f37; } .claim.no { border-left-color: #cf222e; }
+.claim.ok { border-left-color: #1a7f37; } .claim.no { border-left-color: #cf222e; } .claim.open { border-left-color: #bf8700; }
 .claim h3 { margin: 2px 0 6px; display: flex; gap: 10px; align-items: center; }
 .claim dl { display: grid; grid-template-columns: 70px 1fr; gap: 3px 12px; margin: 6px 0; font-size: 14px; }
 .claim dt { color: var(--muted); }
