@@ -224,6 +224,42 @@ def test_stragglers_in_synchronous_batches(tmp_path):
     assert cell_metrics(c, straggler_k=5.0)["stragglers"]["count"] == 0   # 5 > 5 x 1.15 is false
 
 
+def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
+    # batch 0 of 5, all arrive at 0. Four finish at 1 s. The straggler s: admitted at 0.5 (queue 0.5), first token at
+    # 0.75 (prefill 0.25), 4 think then 3 answer tokens at 0.75, 1.2 | 1.4, 1.6 | 1.8, 2.0, 2.2: 6 gaps (3 think,
+    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Timeline: 5 running until 1.0, then s alone (samples at
+    # 1.0, 1.6, 2.2): its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
+    # think = 3 x 0.2 = 0.6, answer = 0.6, sharing = decode 1.45 - 6 x 0.2 = 0.25 (the shared gap 0.45 less 0.2);
+    # 0.5 + 0.25 + 0.6 + 0.6 + 0.25 = 2.2 = E2EL.
+    fast = [(record(f"f{i}", 0.0, 0.0, 0.5, 0.5, 1.0, 2, 0, batch=0), tokens(f"f{i}", [0.5, 1.0], "aa")) for i in range(4)]
+    slow = (record("s", 0.0, 0.5, 0.75, 1.8, 2.2, 7, 4, batch=0),
+            tokens("s", [0.75, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2], "ttttaaa"))
+    samples = [{"t_s": t, "kv_used": 1, "kv_capacity": 10, "running": r, "waiting": 0}
+               for t, r in ((0.0, 5), (0.5, 5), (1.0, 1), (1.6, 1), (2.2, 1))]
+    m = cell_metrics(write_cell(tmp_path / "c", [fast + [slow]], timeline=samples))["stragglers"]
+    assert m["solo_itl_s"]["count"] == 5 and m["solo_itl_s"]["p50"] == pytest.approx(0.2)
+    causes = m["causes"]
+    assert causes["count"] == 1 and causes["solo_itl_s"] == pytest.approx(0.2)
+    assert causes["seconds"] == {"queue": pytest.approx(0.5), "prefill": pytest.approx(0.25), "think": pytest.approx(0.6),
+                                 "answer": pytest.approx(0.6), "sharing": pytest.approx(0.25)}
+    assert sum(causes["seconds"].values()) == pytest.approx(2.2)
+    # never alone (5 running throughout): no solo speed; think / answer are the measured gaps (0.85 / 0.6), sharing unknown
+    crowded = [{**s, "running": 5} for s in samples]
+    causes = cell_metrics(write_cell(tmp_path / "d", [fast + [slow]], timeline=crowded))["stragglers"]["causes"]
+    assert causes["solo_itl_s"] is None and causes["seconds"]["sharing"] is None
+    assert (causes["seconds"]["think"], causes["seconds"]["answer"]) == (pytest.approx(0.85), pytest.approx(0.6))
+    assert causes["dominant"] == "think"
+
+
+def test_realised_arrival_rate(tmp_path):
+    # 4 arrivals at 0, 1, 3, 6: 3 gaps over 6 s -> 0.5 req/s; a synchronous batch (all at 0) has none
+    pairs = [(record(f"r{i}", a, a, a + 0.1, a + 0.1, a + 1, 2, 0), tokens(f"r{i}", [a + 0.1, a + 1], "aa"))
+             for i, a in enumerate([0.0, 1.0, 3.0, 6.0])]
+    assert cell_metrics(write_cell(tmp_path / "c", [pairs]))["throughput"]["arrival_rate_req_s"] == pytest.approx(0.5)
+    batch = [(record(f"b{i}", 0.0, 0.0, 0.1, 0.1, 1.0, 2, 0), tokens(f"b{i}", [0.1, 1.0], "aa")) for i in range(3)]
+    assert cell_metrics(write_cell(tmp_path / "b", [batch]))["throughput"]["arrival_rate_req_s"] is None
+
+
 def test_stragglers_in_arrival_windows(tmp_path):
     # no `batch`: windows of 3 in arrival order (file order differs); E2EL 1, 1, 10 | 2, 2, 2
     spec = [("d", 3.0, 2.0), ("a", 0.0, 1.0), ("c", 2.0, 10.0), ("b", 1.0, 1.0), ("f", 5.0, 2.0), ("e", 4.0, 2.0)]

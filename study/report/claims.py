@@ -23,6 +23,7 @@ import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -73,11 +74,11 @@ Rows = list[dict]
 class Check:
     """A condition of a rule (`stats.Condition`) and how its interval prints (C.fmt_interval kind)."""
 
-    test: Condition
+    cond: Condition
     kind: str = "num"
 
     def text(self) -> str:
-        t = self.test
+        t = self.cond
         side = ">" if t.above else "<"
         thr = f"{t.threshold:.2f}x" if self.kind == "ratio" else f"{100 * t.threshold:+.1f} pt" if self.kind == "points" else C.fmt(t.threshold, self.kind)
         verdict = {True: "settled: holds", False: "settled: fails", None: "spans the threshold" if t.interval.known else "no interval"}[t.outcome]
@@ -87,7 +88,7 @@ class Check:
 def _more(checks: Sequence[Check]) -> str:
     """What would settle the open conditions: the largest `Condition.needed` over them (n x (h / d)^2), and
     why the others have no interval."""
-    open_ = [c.test for c in checks if c.test.outcome is None]
+    open_ = [c.cond for c in checks if c.cond.outcome is None]
     sized = [t for t in open_ if t.needed is not None]
     parts = []
     if sized:
@@ -99,10 +100,17 @@ def _more(checks: Sequence[Check]) -> str:
 
 def _decide(claim: Claim, checks: Sequence[Check], detail: str) -> Claim:
     """Set the claim's status from its conditions and list each one's interval among its numbers."""
-    outcome = settle([c.test for c in checks])
+    outcome = settle([c.cond for c in checks])
     claim.status = STATUS[outcome]
-    claim.numbers += [(c.test.what, c.text()) for c in checks]
-    claim.reason = detail + ("" if outcome is not None else f"; inconclusive: {_more(checks)}")
+    claim.numbers += [(c.cond.what, c.text()) for c in checks]
+    if outcome is None:
+        detail += f"; inconclusive: {_more(checks)}"
+    elif outcome:
+        detail += "; every interval clears its threshold"
+    else:
+        against = [c for c in checks if c.cond.outcome is False]
+        detail += "; settled against by " + "; ".join(f"\"{c.cond.what}\" {C.fmt_interval(c.cond.interval, c.kind)}" for c in against)
+    claim.reason = detail
     return claim
 
 
@@ -199,8 +207,15 @@ def _sizes(groups: dict[tuple, list]) -> str:
     return " and ".join(map(str, sizes)) + (" (each compared on its own)" if len(sizes) > 1 else "")
 
 
-def _where(key: tuple, several: bool) -> str:
-    return f"batch {key[2]}" + (f", {key[1]}, {key[0]}" if several else "")
+def _where(key: tuple, groups: dict[tuple, list]) -> str:
+    """A `_by_batch` group's label: its batch size, with the model and run folder name where other groups share it."""
+    run, model, batch = key
+    label = f"batch {batch}"
+    if len({k[1] for k in groups}) > 1:
+        label += f", {model}"
+    if sum(k[1:] == (model, batch) for k in groups) > 1:
+        label += f", run {Path(run).name}"
+    return label
 
 
 def _mean(values) -> float | None:
@@ -256,7 +271,7 @@ def stragglers(cells: list[CellData]) -> Claim:
     groups = _by_batch(pairs, lambda p: p[0])
     checks = []
     for key, ps in groups.items():
-        where = _where(key, len(groups) > 1 and len({k[:2] for k in groups}) > 1)
+        where = _where(key, groups)
         count = {mode: (sum(c.metrics["stragglers"]["count"] for c in side), sum(len(_completed(c.rows)) for c in side))
                  for mode, side in (("r", [r for r, _ in ps]), ("d", [d for _, d in ps]))}
         share = newcombe(*count["r"], *count["d"])
@@ -294,9 +309,8 @@ def adaptive_time(cells: list[CellData]) -> Claim:
                         "tiers (e.g. gsm8k and math500 or aime24)")
         return claim
     checks, capped_max = [], 0.0
-    several = len({k[:2] for k in groups}) > 1
     for key, cs in groups.items():
-        where = _where(key, several)
+        where = _where(key, groups)
         by_tier = {t: [c for c in cs if tier(c.dataset) == t] for t in TIER_ORDER}
         tiers = [t for t in TIER_ORDER if by_tier[t]]
         for easy, hard in zip(tiers, tiers[1:]):

@@ -17,7 +17,16 @@ from rllm_study.report import plots
 from rllm_study.report.build import metrics_appendix
 from rllm_study.report.cells import CellData, fingerprint
 from rllm_study.report.claims import check_claims
-from rllm_study.report.document import Document, Figure, Paragraph, Section, Table
+from rllm_study.report.document import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Document,
+    Figure,
+    Paragraph,
+    Section,
+    Table,
+)
 
 HARDWARE_KEYS = ("hardware", "os", "engine.system_info", "engine.gpu_offload_supported")
 MAX_VALUE_CHARS = 80
@@ -76,6 +85,17 @@ def _geomean(values: list[float | None]) -> float | None:
     return statistics.geometric_mean(vals) if vals else None
 
 
+def agreement(statuses: list[str]) -> str:
+    """How the runs' verdicts on one claim relate: opposite settled verdicts, the same settled verdict,
+    settled in some and inconclusive in others, or all alike otherwise."""
+    settled = {s for s in statuses if s in (REPRODUCED, NOT_REPRODUCED)}
+    if len(settled) > 1:
+        return "opposite settled verdicts"
+    if settled and INCONCLUSIVE in statuses:
+        return "settled in some runs, inconclusive in others"
+    return "same" if len(set(statuses)) == 1 else "differ in what was tested"
+
+
 def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     """The side-by-side report of runs (label -> its cells); the first run is the reference."""
     labels = list(runs)
@@ -97,10 +117,14 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     ])
 
     claims = {label: check_claims(cs) for label, cs in runs.items()}
-    claim_rows = [[c.title, *(f"{claims[label][i].status}" for label in labels)] for i, c in enumerate(claims[ref])]
+    claim_rows = [[c.title, *(claims[label][i].status for label in labels),
+                   agreement([claims[label][i].status for label in labels])] for i, c in enumerate(claims[ref])]
     claims_section = Section("Claims", [
-        Paragraph("Each finding checked on each run separately, by the rules of the single-run report."),
-        Table(["finding", *labels], claim_rows),
+        Paragraph("Each finding checked on each run separately, by the rules of the single-run report (95% intervals; "
+                  "inconclusive where an interval spans its threshold). Runs of one spec on the same hardware may differ "
+                  "in what is inconclusive; opposite settled verdicts on different hardware are a finding about the "
+                  "hardware, on the same hardware a sign that something else differed."),
+        Table(["finding", *labels, "across runs"], claim_rows),
     ])
 
     summary_rows, ratios = [], {label: {} for label in labels[1:]}
