@@ -422,8 +422,13 @@ def answer_phase_share(ctx: _Context) -> dict | None:
 @metric("duration_s", "s", "sum over sessions of (last finish_s - first arrival_s)", section="throughput")
 def duration(ctx: _Context) -> float:
     """Generation time of the cell; a resumed cell adds each session's span (clocks differ between sessions)."""
+    return session_spans(ctx.cell.requests)
+
+
+def session_spans(requests: Iterable[dict]) -> float:
+    """Sum over sessions of (last finish_s - first arrival_s) of these requests (records or request_metrics rows)."""
     spans: dict[int, list[float]] = {}
-    for r in ctx.cell.requests:
+    for r in requests:
         if r.get("arrival_s") is not None and r.get("finish_s") is not None:
             lo_hi = spans.setdefault(r.get("session", 0), [r["arrival_s"], r["finish_s"]])
             lo_hi[0], lo_hi[1] = min(lo_hi[0], r["arrival_s"]), max(lo_hi[1], r["finish_s"])

@@ -25,9 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from rllm_study.metrics import group_tail, straggler_groups
+from rllm_study.metrics import distribution, group_tail, percentile_key, session_spans, straggler_groups
 from rllm_study.models import FLOAT_TYPES
 from rllm_study.report import columns as C
 from rllm_study.report.cells import (
@@ -119,28 +117,18 @@ def _completed(rows: Rows) -> Rows:
 
 
 def _pctl(key: str, p: float) -> Callable[[Rows], float | None]:
-    """The p-th percentile of a per-request value over a cell's completed requests (as `distribution`)."""
-    def stat(rows: Rows) -> float | None:
-        vals = [r[key] for r in _completed(rows) if r[key] is not None]
-        return float(np.percentile(vals, p)) if vals else None
-    return stat
+    """The p-th percentile of a per-request value over a cell's completed requests (`distribution`)."""
+    return lambda rows: distribution((r[key] for r in _completed(rows)), (p,))[percentile_key(p)]
 
 
 def _mean_key(key: str) -> Callable[[Rows], float | None]:
-    def stat(rows: Rows) -> float | None:
-        vals = [r[key] for r in _completed(rows) if r[key] is not None]
-        return statistics.fmean(vals) if vals else None
-    return stat
+    """The mean of a per-request value over a cell's completed requests (`distribution`)."""
+    return lambda rows: distribution((r[key] for r in _completed(rows)), ())["mean"]
 
 
 def _throughput(rows: Rows) -> float | None:
-    """output_tok_s over these requests: output tokens / sum over sessions of (last finish - first arrival)."""
-    spans: dict[int, list[float]] = {}
-    for r in rows:
-        if r["arrival_s"] is not None and r["finish_s"] is not None:
-            lo_hi = spans.setdefault(r["session"], [r["arrival_s"], r["finish_s"]])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], r["arrival_s"]), max(lo_hi[1], r["finish_s"])
-    duration = sum(hi - lo for lo, hi in spans.values())
+    """output_tok_s over these requests: their output tokens / `session_spans`."""
+    duration = session_spans(rows)
     return sum(r["output_tokens"] or 0 for r in rows) / duration if duration else None
 
 
