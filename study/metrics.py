@@ -549,28 +549,29 @@ def tail_share(ctx: _Context) -> float | None:
 
 
 def _alone_stretches(timeline: list[dict]) -> dict[int, list[tuple[float, float]]]:
-    """Per session, [first, last] sample times of each run of consecutive timeline samples with running == 1."""
+    """Per session, [first, last] sample times of each run of two or more consecutive timeline samples with
+    at most one request running, at least one of them with exactly one."""
     out: dict[int, list[tuple[float, float]]] = {}
-    run: list[float] = []
-    last_session = None
-    for s in sorted(timeline, key=lambda s: (s.get("session", 0), s.get("t_s") or 0.0)) + [{"session": None}]:
-        session = s.get("session", 0)
-        if run and (s.get("running") != 1 or session != last_session):
-            if len(run) > 1:
-                out.setdefault(last_session, []).append((run[0], run[-1]))
+    run: list[dict] = []
+    samples = sorted((s for s in timeline if s.get("t_s") is not None and s.get("running") is not None),
+                     key=lambda s: (s.get("session", 0), s["t_s"]))
+    for s in samples + [{"session": None, "running": None}]:
+        if run and (s["running"] is None or s["running"] > 1 or s.get("session", 0) != run[-1].get("session", 0)):
+            if len(run) > 1 and any(x["running"] == 1 for x in run):
+                out.setdefault(run[0].get("session", 0), []).append((run[0]["t_s"], run[-1]["t_s"]))
             run = []
-        if s.get("running") == 1 and s.get("t_s") is not None:
-            run.append(s["t_s"])
-        last_session = session
+        if s["running"] is not None and s["running"] <= 1:
+            run.append(s)
     return out
 
 
-@metric("solo_itl_s", "s", "gaps t[i] - t[i-1] of any request with both tokens inside a timeline stretch where running == 1",
+@metric("solo_itl_s", "s", "gaps t[i] - t[i-1] of any request with both tokens inside a timeline stretch where running <= 1",
         section="stragglers")
 def solo_itl(ctx: _Context) -> dict:
     """One-sequence decode speed measured in the cell itself: the token gaps of requests while they
-    ran alone (consecutive timeline samples, both with one request running, bound the stretch). Its
-    p50 is the reference of `straggler_causes`; count 0 when the cell never ran one request alone."""
+    ran alone. A stretch runs from the first to the last of two or more consecutive timeline samples
+    that each show at most one request running (and one shows exactly one). Its p50 is the reference
+    of `straggler_causes`; count 0 when the cell never ran one request alone."""
     stretches = _alone_stretches(ctx.cell.timeline)
     gaps = []
     for r in ctx.cell.requests:

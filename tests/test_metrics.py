@@ -227,15 +227,15 @@ def test_stragglers_in_synchronous_batches(tmp_path):
 def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     # batch 0 of 5, all arrive at 0. Four finish at 1 s. The straggler s: admitted at 0.5 (queue 0.5), first token at
     # 0.75 (prefill 0.25), 4 think then 3 answer tokens at 0.75, 1.2 | 1.4, 1.6 | 1.8, 2.0, 2.2: 6 gaps (3 think,
-    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Timeline: 5 running until 1.0, then s alone (samples at
-    # 1.0, 1.6, 2.2): its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
+    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Timeline: 5 running until 1.0, then s alone (one running
+    # at 1.0, none at 2.25): its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
     # think = 3 x 0.2 = 0.6, answer = 0.6, sharing = decode 1.45 - 6 x 0.2 = 0.25 (the shared gap 0.45 less 0.2);
     # 0.5 + 0.25 + 0.6 + 0.6 + 0.25 = 2.2 = E2EL.
     fast = [(record(f"f{i}", 0.0, 0.0, 0.5, 0.5, 1.0, 2, 0, batch=0), tokens(f"f{i}", [0.5, 1.0], "aa")) for i in range(4)]
     slow = (record("s", 0.0, 0.5, 0.75, 1.8, 2.2, 7, 4, batch=0),
             tokens("s", [0.75, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2], "ttttaaa"))
     samples = [{"t_s": t, "kv_used": 1, "kv_capacity": 10, "running": r, "waiting": 0}
-               for t, r in ((0.0, 5), (0.5, 5), (1.0, 1), (1.6, 1), (2.2, 1))]
+               for t, r in ((0.0, 5), (0.5, 5), (1.0, 1), (2.25, 0))]
     m = cell_metrics(write_cell(tmp_path / "c", [fast + [slow]], timeline=samples))["stragglers"]
     assert m["solo_itl_s"]["count"] == 5 and m["solo_itl_s"]["p50"] == pytest.approx(0.2)
     causes = m["causes"]

@@ -145,6 +145,8 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     cells_section = Section("Cells side by side", [Paragraph("Every key metric of each matched cell in every run.")])
     for name in matched:
         rows = []
+        rows.append(["n (completed requests)", *(str(by_name[label][name].metrics["latency"]["e2el_s"]["count"]) for label in labels),
+                     *("" for _ in labels[1:])])
         for column in C.COMPARE:
             vals = [C.value(by_name[label][name].metrics, column) for label in labels]
             rows.append([column.label, *(C.cell_value(by_name[label][name].metrics, column) for label in labels),

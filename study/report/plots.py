@@ -21,6 +21,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from rllm_study.metrics import straggler_groups, group_tail
 from rllm_study.report.cells import CellData
+from rllm_study.stats import wilson
 
 MODE_COLORS = {"reasoning": "#d95f02", "direct": "#1b9e77"}
 KV_COLOR, RSS_COLOR, RUN_COLOR, WAIT_COLOR = "#7570b3", "#555555", "#1f78b4", "#e31a1c"
@@ -203,7 +204,7 @@ def difficulty(by_dataset: dict[str, dict[str, list[dict]]], tiers: dict[str, st
 
 @figure
 def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
-    """Accuracy per domain, reasoning vs direct: bars at the largest budget (n on each bar) and,
+    """Accuracy per domain, reasoning vs direct: bars at the largest budget (Wilson 95% whiskers, k/n on each bar) and,
     with several budgets, accuracy against the budget. `acc`: budget -> mode -> domain -> accuracy dict."""
     budgets = sorted(acc)
     top = acc[budgets[-1]]
@@ -215,14 +216,18 @@ def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
     for k, mode in enumerate(modes):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(domains))]
         vals = [top[mode].get(d, {}).get("accuracy") for d in domains]
-        ax.bar(xs, [100 * (v or 0) for v in vals], width * 0.9, color=MODE_COLORS.get(mode, CYCLE[k]), label=mode)
-        for x, d in zip(xs, domains):
+        bounds = [wilson(a["correct"], a["total"]) if (a := top[mode].get(d)) and a.get("accuracy") is not None else None for d in domains]
+        err = [[100 * ((v or 0) - b[0]) if b else 0 for v, b in zip(vals, bounds)],
+               [100 * (b[1] - (v or 0)) if b else 0 for v, b in zip(vals, bounds)]]
+        ax.bar(xs, [100 * (v or 0) for v in vals], width * 0.9, color=MODE_COLORS.get(mode, CYCLE[k]), label=mode,
+               yerr=err, capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+        for x, d, b in zip(xs, domains, bounds):
             a = top[mode].get(d)
             if a:
-                ax.annotate(f"{a['correct']}/{a['total']}", (x, 100 * (a["accuracy"] or 0)), ha="center", va="bottom", fontsize=7)
+                ax.annotate(f"{a['correct']}/{a['total']}", (x, 100 * (b[1] if b else a["accuracy"] or 0)), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(domains)), domains)
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 112)
     ax.set_title(f"per domain at budget {budgets[-1]} tokens")
     ax.legend(loc="upper right")
     if len(budgets) > 1:
