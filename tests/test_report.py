@@ -210,10 +210,11 @@ DOMAINS = {"gpqa-diamond": "science-knowledge"}
 
 def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float], think: list[int], *, study="pilot",
           variant="", engine=None, model=None, correct=False, batch: int | None = None, workload=None,
-          arrivals: list[float] | None = None, queue: list[float] | None = None) -> None:
+          arrivals: list[float] | None = None, queue: list[float] | None = None, lenient: bool | None = None) -> None:
     """A cell of one synchronous batch (or, with `workload` and `arrivals`, an open-loop cell):
     request i arrives at arrivals[i] (default 0), is admitted after queue[i] (default 0) and finishes
-    e2el[i] after arriving; `correct` is one grade for all or one per request. KV samples every
+    e2el[i] after arriving; `correct` is one grade for all or one per request (`lenient`, when given,
+    the lenient grade of all: then every answer was found in the thinking). KV samples every
     second out of a capacity of 100 cells, one request running."""
     n = len(e2el)
     workload = workload or {"arrival": "batch", "batch_size": batch or n}
@@ -230,7 +231,9 @@ def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float],
         w.write_request({"id": rid, "dataset": dataset, "domain": DOMAINS.get(dataset, "math"),
                          "batch": 0 if workload["arrival"] == "batch" else None, "arrival_s": at, "admitted_s": at + wait,
                          "first_token_s": at + wait + 0.1, "first_answer_token_s": None, "finish_s": at + t, "output_tokens": k,
-                         "think_tokens": k, "answer_tokens": 0, "finish_reason": "stop", "correct": ok, "parse_status": "ok"},
+                         "think_tokens": k, "answer_tokens": 0, "finish_reason": "stop", "correct": ok,
+                         "parse_status": "ok" if lenient is None else "answer_in_think",
+                         **({} if lenient is None else {"correct_lenient": lenient})},
                         {"id": rid, "t_s": [at + wait + 0.1], "token_ids": [1], "phase": "t", "draft": "0"})
     for s, used in enumerate(kv):
         w.write_timeline({"t_s": float(s), "kv_used": used, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
@@ -327,12 +330,20 @@ def test_domain_rule(tmp_path):
         _cell(tmp_path / "yes", mode, "gpqa-diamond", [1], [1.0] * 100, [1] * 100, correct=False)
     claim = domain_preference(load_cells([tmp_path / "yes"]))
     assert claim.status == REPRODUCED, claim
-    assert ("math: reasoning / direct", "100.0% [96.3%, 100.0%] (100/100) / 0.0% [0.0%, 3.7%] (0/100)") in claim.numbers
+    assert ("math: accuracy lenient, reasoning / direct", "100.0% (100/100) [96.3-100.0%] / 0.0% (0/100) [0.0-3.7%]") in claim.numbers
     # no math gain at all (0/100 both): the interval of the gain lies below 5 points, settled against it
     for mode in ("reasoning", "direct"):
         _cell(tmp_path / "no", mode, "gsm8k", [1], [1.0] * 100, [1] * 100, correct=False)
         _cell(tmp_path / "no", mode, "gpqa-diamond", [1], [1.0] * 100, [1] * 100, correct=False)
     assert domain_preference(load_cells([tmp_path / "no"])).status == NOT_REPRODUCED
+    # reasoning answers every GSM8K item but never closes its thinking: wrong strictly, right leniently. The claim
+    # counts the lenient grade (the answer was given), so it reproduces, and shows the strict 0/100 beside it
+    for mode, ok in (("reasoning", True), ("direct", False)):
+        _cell(tmp_path / "think", mode, "gsm8k", [1], [1.0] * 100, [1] * 100, correct=False, lenient=ok)
+        _cell(tmp_path / "think", mode, "gpqa-diamond", [1], [1.0] * 100, [1] * 100, correct=False)
+    lenient = domain_preference(load_cells([tmp_path / "think"]))
+    assert lenient.status == REPRODUCED, lenient
+    assert dict(lenient.numbers)["math: accuracy strict (not deciding), reasoning / direct"].startswith("0.0% (0/100)")
     # the same all-or-nothing math gain with 4 requests a cell: settled too (the gain's interval clears 5 points) ...
     # ... but a 1-in-4 gain is not
     for mode, grades in (("reasoning", [True, False, False, False]), ("direct", False)):

@@ -11,6 +11,8 @@ how many requests would settle it), not tested when the cells it needs are absen
                        geometric means over the groups compared, recomputed in every resample
   per-cell figures     KV use comes from a cell's timeline, not from requests: its ratios and
                        differences get a Student t interval over the matched pairs
+Accuracy is the lenient accuracy (an answer stated only in the thinking counts: a prompted model that
+never closes its think phase still answered); the domain claim shows the strict one beside it.
 Pilot claims use the pilot cells at the largest token budget recorded; the running-time and
 straggler claims compare cells of one run, batch size and budget only (pooling batch sizes would
 mix their latencies), and hold only if they hold at every batch size.
@@ -62,6 +64,7 @@ LARGE_MODEL = 10e9       # the paper's sizes split between 7B (small) and 14B an
 SAME_LOAD = 0.10         # bursty cells compare only when their realised arrival rates differ by at most 10%
 PILOT_HINT = "run `rllm-study run --preset pilot` (reasoning and direct cells)"
 STATUS = {True: REPRODUCED, False: NOT_REPRODUCED, None: INCONCLUSIVE}
+CORRECT = "correct_lenient"  # accuracy claims count an answer stated only in the thinking (`metrics.correct_lenient`)
 
 Rows = list[dict]
 
@@ -169,7 +172,7 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 def _acc_diff(new: dict, ref: dict) -> Interval:
     """new accuracy - reference accuracy with its Newcombe interval."""
-    return newcombe(new["correct"], new["total"], ref["correct"], ref["total"])
+    return newcombe(new[CORRECT], new["total"], ref[CORRECT], ref["total"])
 
 
 def _largest_budget_pairs(cells: list[CellData]) -> tuple[list[tuple[CellData, CellData]], int | None]:
@@ -341,7 +344,10 @@ def domain_preference(cells: list[CellData]) -> Claim:
     gain = {d: _acc_diff(acc_r[d], acc_d[d]) for d in domains}
     checks = [Check(Condition("math: reasoning - direct", gain["math"], MATH_GAIN), "points")]
     checks += [Check(Condition(f"half the math gain - {d} gain", mover(gain["math"], gain[d], 0.5), 0.0), "points") for d in others]
-    claim.numbers = [(f"{d}: reasoning / direct", f"{C.acc_text(acc_r[d])} / {C.acc_text(acc_d[d])}") for d in domains]
+    claim.numbers = [(f"{d}: accuracy lenient, reasoning / direct", f"{C.acc_text(acc_r[d], True)} / {C.acc_text(acc_d[d], True)}")
+                     for d in domains]
+    claim.numbers += [(f"{d}: accuracy strict (not deciding), reasoning / direct", f"{C.acc_text(acc_r[d])} / {C.acc_text(acc_d[d])}")
+                      for d in domains]
     return _decide(claim, checks, "; ".join(f"{d}: reasoning {C.points(gain[d].estimate, 0.0)} vs direct" for d in domains)
                    + f" (budget {top})")
 
@@ -397,7 +403,7 @@ def _bits(c: CellData) -> float:
 
 
 def _no_answers(vs: list[Versus]) -> bool:
-    return all(v.accuracy[0]["correct"] == 0 for v in vs)
+    return all(v.accuracy[0][CORRECT] == 0 for v in vs)
 
 
 E2EL_P50, TOK_S = _pctl("e2el_s", 50), _throughput
@@ -468,14 +474,15 @@ def kv_quantization(cells: list[CellData]) -> Claim:
     for v in vs:
         ref_acc, acc = v.accuracy
         size = "large" if v.large else "small"
-        claim.numbers.append((f"{v.variant} ({size} model): accuracy vs f16 cache", f"{C.acc_text(acc)} vs {C.acc_text(ref_acc)}"))
-        if ref_acc["accuracy"] is None or acc["accuracy"] is None or (not v.large and ref_acc["correct"] == 0):
+        claim.numbers.append((f"{v.variant} ({size} model): accuracy lenient vs f16 cache",
+                              f"{C.acc_text(acc, True)} vs {C.acc_text(ref_acc, True)}"))
+        if ref_acc["accuracy"] is None or acc["accuracy"] is None or (not v.large and ref_acc[CORRECT] == 0):
             continue
         if v.large:
             checks += [Check(Condition(f"{v.variant}: out tok/s ratio", v.ratio(TOK_S), 1.0, log=True), "ratio"),
                        Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points")]
         else:
-            collapse = mover(proportion(ref_acc["correct"], ref_acc["total"]), proportion(acc["correct"], acc["total"]), COLLAPSE)
+            collapse = mover(proportion(ref_acc[CORRECT], ref_acc["total"]), proportion(acc[CORRECT], acc["total"]), COLLAPSE)
             checks.append(Check(Condition(f"{v.variant}: {COLLAPSE:g} x f16 accuracy - variant accuracy", collapse, 0.0), "points"))
     if not checks:
         claim.reason = "the f16-cache reference answered nothing correctly, so an accuracy collapse cannot show"

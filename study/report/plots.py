@@ -21,7 +21,6 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from rllm_study.metrics import straggler_groups, group_tail
 from rllm_study.report.cells import CellData
-from rllm_study.stats import wilson
 
 MODE_COLORS = {"reasoning": "#d95f02", "direct": "#1b9e77"}
 KV_COLOR, RSS_COLOR, RUN_COLOR, WAIT_COLOR = "#7570b3", "#555555", "#1f78b4", "#e31a1c"
@@ -216,7 +215,7 @@ def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
     for k, mode in enumerate(modes):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(domains))]
         vals = [top[mode].get(d, {}).get("accuracy") for d in domains]
-        bounds = [wilson(a["correct"], a["total"]) if (a := top[mode].get(d)) and a.get("accuracy") is not None else None for d in domains]
+        bounds = [(top[mode].get(d) or {}).get("ci95") for d in domains]
         err = [[100 * ((v or 0) - b[0]) if b else 0 for v, b in zip(vals, bounds)],
                [100 * (b[1] - (v or 0)) if b else 0 for v, b in zip(vals, bounds)]]
         ax.bar(xs, [100 * (v or 0) for v in vals], width * 0.9, color=MODE_COLORS.get(mode, CYCLE[k]), label=mode,
