@@ -438,7 +438,7 @@ def weight_quantization(cells: list[CellData]) -> Claim:
             claim.numbers.append((f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: out tok/s ratio (engine cost only)",
                                   C.fmt_interval(v.ratio(TOK_S), "ratio")))
             claim.numbers.append((f"{v.variant}: E2EL p50 ratio (engine cost only)", C.fmt_interval(v.ratio(E2EL_P50), "ratio")))
-        claim.reason = (f"not tested: the ladder is derived from one {', '.join(sorted(origins))} file, so its accuracy "
+        claim.reason = (f"the ladder is derived from one {', '.join(sorted(origins))} file, so its accuracy "
                         f"cannot differ for a reason the study can attribute to precision; engine cost shown only")
         return claim
     checks = []
@@ -578,7 +578,7 @@ def bursty_load(cells: list[CellData]) -> Claim:
                        Check(Condition(f"{where}: E2EL p90 ratio high / low CV", _ratio_of(_pctl("e2el_s", 90), pair), 1.0, log=True), "ratio")]
             claim.numbers.append((f"{where}: KV peak", f"{C.cell_value(low.metrics, C.KV_PEAK)} -> {C.cell_value(high.metrics, C.KV_PEAK)}"))
     if not checks:
-        claim.reason = (f"not tested: the realised arrival rates of {'; '.join(confounded)} differ by more than "
+        claim.reason = (f"the realised arrival rates of {'; '.join(confounded)} differ by more than "
                         f"{100 * SAME_LOAD:g}%, so burstiness would be confounded with load" if confounded else
                         "needs open-loop cells at one rate with two or more CVs: run `rllm-study run --preset realworld`")
         return claim
