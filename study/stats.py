@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from rllm_study.metrics import Z95, wilson_interval
+from rllm_study.metrics import Z95, define, wilson_interval
 
 N_BOOT = 2000                    # bootstrap replicates
 SEED = 0                         # bootstrap seed: the same files give the same report
@@ -64,6 +64,7 @@ def proportion(k: int, n: int) -> Interval:
     return Interval(k / n if n else None, *(w or (None, None)), n, "requests", "" if n else "no requests")
 
 
+@define("mover_ci95", "as its terms", "d = A - B; [d - sqrt((A - A_lo)^2 + (B_hi - B)^2), d + sqrt((A_hi - A)^2 + (B - B_lo)^2)]")
 def mover(a: Interval, b: Interval, scale_a: float = 1.0, unit: str | None = None) -> Interval:
     """scale_a x a - b for independent estimates a and b, by the MOVER method (Zou & Donner 2008):
     lo = d - sqrt((A - A_lo)^2 + (B_hi - B)^2), hi = d + sqrt((A_hi - A)^2 + (B - B_lo)^2),
@@ -77,6 +78,7 @@ def mover(a: Interval, b: Interval, scale_a: float = 1.0, unit: str | None = Non
                     min(a.n, b.n), unit or a.unit)
 
 
+@define("newcombe_ci95", "fraction", "p1 - p2 with mover_ci95 over the two wilson_ci95 intervals (Newcombe's method 10)")
 def newcombe(k1: int, n1: int, k2: int, n2: int) -> Interval:
     """p1 - p2 (p = k / n) with Newcombe's hybrid score interval (his method 10): MOVER over two Wilson intervals."""
     return mover(proportion(k1, n1), proportion(k2, n2))
@@ -90,6 +92,7 @@ def t_quantile(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df * df)
 
 
+@define("t_ci95", "as its values", "mean -+ t(n-1, 97.5%) x sd / sqrt(n) over matched pairs; ratios: over their logs, exponentiated")
 def mean_interval(values: Sequence[float], unit: str = "pairs") -> Interval:
     """Mean with the t interval mean -+ t(n-1) x sd / sqrt(n); no interval with fewer than two values."""
     n = len(values)
@@ -106,6 +109,8 @@ def ratio_interval(ratios: Sequence[float], unit: str = "pairs") -> Interval:
     return Interval(exp(logs.estimate), exp(logs.lo), exp(logs.hi), logs.n, unit, logs.why)
 
 
+@define("bootstrap_ci95", "as its statistic", "2.5th and 97.5th percentiles of the statistic over 2000 seeded resamples of "
+        "every cell's requests (with replacement, within each cell); none under 5 requests in a cell")
 def bootstrap(samples: Sequence[Sequence[T]], stat: Callable[[list[list[T]]], float | None], *,
               n_boot: int = N_BOOT, seed: int = SEED, min_n: int = MIN_BOOT_N) -> Interval:
     """Percentile bootstrap of stat(samples): each replicate resamples every sample (a cell's
@@ -163,9 +168,15 @@ class Condition:
         if self.outcome is not None or not iv.known or (self.log and (iv.lo <= 0 or iv.estimate <= 0)):
             return None
         est, thr = self._scale(iv.estimate), self._scale(self.threshold)
-        end = self._scale(iv.lo if thr < est else iv.hi)
-        d = abs(est - thr)
-        return math.ceil(iv.n * ((est - end) / d) ** 2) if d > 0 else None
+        return needed_size(iv.n, abs(est - self._scale(iv.lo if thr < est else iv.hi)), abs(est - thr))
+
+
+@define("needed_n", "requests (or pairs)", "ceil(n x (h / d)^2); h = estimate to interval end on the threshold's side, "
+        "d = estimate to threshold (log scale for ratios)")
+def needed_size(n: int, h: float, d: float) -> int | None:
+    """Roughly the sample size that would settle an inconclusive condition if its estimate held: a
+    95% interval's half-width shrinks as 1/sqrt(n). None when the estimate sits on the threshold."""
+    return math.ceil(n * (h / d) ** 2) if d > 0 else None
 
 
 def settle(tests: Sequence[Condition]) -> bool | None:
