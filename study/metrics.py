@@ -479,20 +479,6 @@ def _meets_slo(row: dict, slo: dict) -> bool:
     )
 
 
-@metric("arrival_rate_req_s", "requests/s", "sum over sessions of (arrivals - 1) / sum over sessions of (last arrival_s - first arrival_s)",
-        section="throughput")
-def arrival_rate(ctx: _Context) -> float | None:
-    """Realised offered load: arrivals per second of the recorded schedule (n - 1 gaps over its span),
-    all requests. None with fewer than two arrivals or a zero span (a synchronous batch sends all at once)."""
-    by_session: dict[int, list[float]] = {}
-    for r in ctx.cell.requests:
-        if r.get("arrival_s") is not None:
-            by_session.setdefault(r.get("session", 0), []).append(r["arrival_s"])
-    gaps = sum(len(a) - 1 for a in by_session.values())
-    span = sum(max(a) - min(a) for a in by_session.values())
-    return gaps / span if gaps and span > 0 else None
-
-
 @metric("goodput_req_s", "requests/s", "completed requests meeting every SLO limit / duration_s", section="throughput")
 def goodput(ctx: _Context) -> float | None:
     """SLO limits are upper bounds on ttft_s, ttfvt_s, tpot_s, e2el_s; a missing TTFVT (no answer)

@@ -251,15 +251,6 @@ def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     assert causes["dominant"] == "think"
 
 
-def test_realised_arrival_rate(tmp_path):
-    # 4 arrivals at 0, 1, 3, 6: 3 gaps over 6 s -> 0.5 req/s; a synchronous batch (all at 0) has none
-    pairs = [(record(f"r{i}", a, a, a + 0.1, a + 0.1, a + 1, 2, 0), tokens(f"r{i}", [a + 0.1, a + 1], "aa"))
-             for i, a in enumerate([0.0, 1.0, 3.0, 6.0])]
-    assert cell_metrics(write_cell(tmp_path / "c", [pairs]))["throughput"]["arrival_rate_req_s"] == pytest.approx(0.5)
-    batch = [(record(f"b{i}", 0.0, 0.0, 0.1, 0.1, 1.0, 2, 0), tokens(f"b{i}", [0.1, 1.0], "aa")) for i in range(3)]
-    assert cell_metrics(write_cell(tmp_path / "b", [batch]))["throughput"]["arrival_rate_req_s"] is None
-
-
 def test_stragglers_in_arrival_windows(tmp_path):
     # no `batch`: windows of 3 in arrival order (file order differs); E2EL 1, 1, 10 | 2, 2, 2
     spec = [("d", 3.0, 2.0), ("a", 0.0, 1.0), ("c", 2.0, 10.0), ("b", 1.0, 1.0), ("f", 5.0, 2.0), ("e", 4.0, 2.0)]

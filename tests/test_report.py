@@ -84,10 +84,9 @@ def test_report_from_real_runs_has_every_section(runs):
     for small in ("Stragglers", "Adaptive running time"):
         assert status[small] == INCONCLUSIVE, claims[small]
     assert "the bootstrap needs at least 5" in claims["Adaptive running time"][1]
-    # bursty arrivals: decided only at the same realised load (3 arrivals a cell: never settled)
-    rates = [c.metrics["throughput"]["arrival_rate_req_s"] for c in load_cells([runs["realworld"]])]
-    same_load = abs(max(rates) / min(rates) - 1) <= 0.10
-    assert status["Bursty arrivals"] == (INCONCLUSIVE if same_load else NOT_TESTED), (rates, claims["Bursty arrivals"])
+    # bursty arrivals: both schedules realise 2.0 req/s (the same load, so compared), but 3 requests a cell cannot settle
+    assert status["Bursty arrivals"] == INCONCLUSIVE, claims["Bursty arrivals"]
+    assert "the bootstrap needs at least 5" in claims["Bursty arrivals"][1]
     for absent in ("Weight quantization", "Prefix caching", "Speculative decoding"):
         assert status[absent] == NOT_TESTED, absent
     # every figure it references is a PNG written next to it

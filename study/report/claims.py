@@ -549,7 +549,7 @@ def _cv(c: CellData) -> float | None:
 
 def bursty_load(cells: list[CellData]) -> Claim:
     rule = (f"Open-loop Poisson/Gamma cells at the same rate (same model, data set, budget), lowest against highest "
-            f"arrival CV, compared only where their realised arrival rates (`arrival_rate_req_s`) differ by at most "
+            f"arrival CV, compared only where their realised arrival rates (`arrival_rate`) differ by at most "
             f"{100 * SAME_LOAD:g}% (else burstiness is confounded with load): reproduced if, at every such rate, both "
             f"the queue wait p90 (difference high - low above 0 s: a queue may be empty at low CV) and the E2EL p90 "
             f"(ratio high / low above 1) are higher at the highest CV, both bootstrapped over requests.")
@@ -566,7 +566,7 @@ def bursty_load(cells: list[CellData]) -> Claim:
             if len({_cv(c) for c in group}) < 2:
                 continue
             low, high = min(group, key=_cv), max(group, key=_cv)
-            real = [c.metrics["throughput"]["arrival_rate_req_s"] for c in (low, high)]
+            real = [c.metrics["arrivals"]["rate"] for c in (low, high)]
             where = f"{low.dataset}, rate {rate}/s, CV {_cv(low):g} -> {_cv(high):g}"
             claim.numbers.append((f"{where}: realised arrival rate (req/s)", f"{C.fmt(real[0])} -> {C.fmt(real[1])}"))
             if None in real or abs(real[1] / real[0] - 1) > SAME_LOAD:
