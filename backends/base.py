@@ -12,7 +12,7 @@ in one thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol, Union
 
 THINK = "think"
@@ -117,7 +117,39 @@ class EngineStats:
     kv_unit: str = "cells"
     device_bytes: int | None = None
     device_peak_bytes: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: StatsExtra | None = None
+
+
+@dataclass(frozen=True)
+class StatsExtra:
+    """A backend's own stats (EngineStats.extra), one dataclass per backend; `as_dict()` is what the
+    timeline records under "extra" (a group that does not apply, e.g. prefix-cache counters with
+    the cache off, is left out)."""
+
+    def as_dict(self) -> dict:
+        out = {}
+        for name, value in asdict(self).items():
+            if isinstance(value, dict):
+                out.update(value)
+            elif value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineInfo:
+    """What `info()` returns: the facts every backend has; each backend's dataclass adds its own.
+    `as_dict()` is what the manifest records under "engine". build: the engine's version (of
+    llama-cpp-python, of mlx-lm) or the server's kind; model: the backend's own account of the model;
+    unsupported_options: the backend's notes on options it cannot honour, one line each."""
+
+    backend: str
+    build: str
+    model: dict | str | None = None
+    unsupported_options: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -132,66 +164,35 @@ class Capabilities:
     grammar: bool = False
     per_token_times: bool = True
     batch_invariant: bool = False
+    local_model: bool = True  # the model is a file this process loads (not a server's)
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """Engine settings shared by all backends (each backend honours what its Capabilities say).
-
-    max_seqs: concurrent sequences (parallel slots). n_ctx: total KV cells for all sequences
-    (0 = max_seqs * ctx_per_seq). n_batch: tokens per decode call (chunked prefill size).
-    type_k/type_v: KV-cache element types (f16, q8_0, q4_0, ...). kv_bits: MLX quantized KV.
-    prefix_cache_tokens: LRU budget of cached prefix tokens. spec: None, "ngram" or
-    "draft:MODEL"; spec_tokens: draft length. batch_invariant: the same logits for a token
-    whatever else is in its batch, at some speed (llama.cpp: see "Batch invariance" in
-    backends/llama_cpp.py). base_url/api_key_env/timeout_s: network backends.
-    """
-
-    max_seqs: int = 4
-    n_ctx: int = 0
-    ctx_per_seq: int = 4096
-    n_batch: int = 512
-    n_threads: int | None = None
-    n_gpu_layers: int = 0
-    type_k: str = "f16"
-    type_v: str = "f16"
-    flash_attn: bool | None = None
-    kv_unified: bool = False
-    kv_bits: int | None = None
-    prefix_cache: bool = False
-    prefix_cache_tokens: int = 16384
-    spec: str | None = None
-    spec_tokens: int = 4
-    batch_invariant: bool = False
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 600.0
-
-
-def unsupported_options(options: EngineOptions, caps: Capabilities) -> list[str]:
-    """Options set away from their defaults that this backend cannot honour, one line each."""
-    problems = []
-    if (options.type_k, options.type_v) != ("f16", "f16") and not caps.kv_cache_types:
-        problems.append(f"{caps.backend}: KV-cache types type_k/type_v are not supported")
+def unsupported_options(options, caps: Capabilities) -> list[str]:
+    """Options (backends/options.py) set for another backend, or set away from their defaults
+    where this backend cannot honour them, one line each."""
+    problems = [f"{caps.backend}: {name}={value!r} is not an option of this backend"
+                for name, value in options.ignored]
     if options.prefix_cache and not caps.prefix_cache:
         problems.append(f"{caps.backend}: prefix caching is not supported")
-    if options.spec and options.spec.split(":")[0] not in caps.speculative:
-        problems.append(f"{caps.backend}: speculative decoding {options.spec!r} is not supported")
+    spec = options.speculative_method
+    if spec and spec.method not in caps.speculative:
+        problems.append(f"{caps.backend}: speculative decoding {options.speculative!r} is not supported")
     if options.batch_invariant and not caps.batch_invariant:
         problems.append(f"{caps.backend}: batch_invariant is not supported")
     return problems
 
 
-def engine_unsupported(engine, options: EngineOptions) -> list[str]:
+def engine_unsupported(engine, options) -> list[str]:
     """Everything `engine` cannot honour of `options`: the generic checks above plus the
-    engine's own notes in info()["unsupported_options"], one line each."""
+    engine's own notes in info().unsupported_options, one line each."""
     found = unsupported_options(options, engine.capabilities())
-    return found + [p for p in engine.info().get("unsupported_options", []) if p not in found]
+    return found + [p for p in engine.info().unsupported_options if p not in found]
 
 
 class Engine(Protocol):
     """What the runner needs from a backend. Constructed as `EngineClass(model, options)`
-    where model is a model reference string (name, path or hub ref) and options EngineOptions."""
+    where model is a model reference string (name, path or hub ref) and options the backend's
+    options dataclass (backends/options.py, registered in backends/__init__.py)."""
 
     def submit(self, request: Request) -> None:
         """Queue a request; it is admitted when the engine has room."""
@@ -209,7 +210,7 @@ class Engine(Protocol):
 
     def capabilities(self) -> Capabilities: ...
 
-    def info(self) -> dict:
+    def info(self) -> EngineInfo:
         """Facts for the manifest: model path/size, engine build, options in force."""
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:

@@ -27,23 +27,18 @@ and recomputed from prompt + output so far), as vLLM does. Either way nothing fa
 lack of room; requests wait.
 
 Batch invariance. On the CPU, llama.cpp computes a token's logits with kernels chosen by the
-shape of the batch, and they round differently. Measured with llama-cpp-python 0.3.36 on an
-AVX-512 machine:
-  - attention without flash attention: a sequence with several tokens in the batch (its last
-    token plus speculative drafts) vs one token: logits up to 0.6 apart (SmolLM2-135M);
-  - repacked quantized weights (Q4_0, Q4_K, Q5_K, Q6_K, Q8_0 ...; llama.cpp's default): one
-    token vs several in the batch: up to 0.5 apart (Qwen2.5-Coder-1.5B Q4_K_M);
-  - tiled matrix multiplication (default, used from 8 tokens in a micro-batch): up to 0.55 apart.
-So greedy output can change at near-ties with the number of concurrent sequences or drafts.
+shape of the batch, and they round differently: attention without flash attention (one token
+of a sequence in the batch vs several: its last token plus drafts), repacked quantized weights
+(llama.cpp's default), and tiled matrix multiplication (from 8 tokens in a micro-batch). So
+greedy output can change at near-ties with the number of concurrent sequences or drafts.
 With flash attention on, weight repacking off (model parameter use_extra_bufts) and tiled
 matrix multiplication off (environment GGML_CPU_TILED_MM=0, read once per process at llama.cpp's
-first matrix multiplication, so it must be set before then) the logits were bit-identical in
-every batch shape tried, and greedy speculative output equals greedy output without drafts.
-`EngineOptions(batch_invariant=True)` (spec key `engine.batch_invariant`) sets all three (the
+first matrix multiplication, so it must be set before then) the logits are bit-identical in
+every batch shape, and greedy speculative output equals greedy output without drafts (tested).
+`LlamaCppOptions(batch_invariant=True)` (spec key `engine.batch_invariant`) sets all three (the
 variable takes effect only if llama.cpp has not multiplied matrices yet in this process). It
-costs speed, so it is off by default: measured on 2 cores, Qwen2.5-Coder-1.5B Q4_K_M prefill
-94 -> 40 tok/s, decode 14.3 -> 13.2 tok/s (1 sequence) and 25.8 -> 20.1 tok/s (8); the 0.5B
-prefill 167 -> 128 tok/s, decode unchanged.
+costs speed, so it is off by default. The measured differences and costs are in the README's
+engine notes.
 """
 
 from __future__ import annotations
@@ -54,7 +49,7 @@ import heapq
 import os
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import llama_cpp as lc
@@ -66,15 +61,17 @@ from rllm_study.backends.base import (
     FINISH_ERROR,
     FINISH_LENGTH,
     Capabilities,
-    EngineOptions,
+    EngineInfo,
     EngineStats,
     Event,
+    StatsExtra,
     PrefillDone,
     Request,
     RequestAdmitted,
 )
 from rllm_study.backends.llama_prefix import MIN_REUSE_TOKENS, PrefixCache
 from rllm_study.backends.llama_spec import ModelDrafter, NgramDrafter
+from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import RequestOutput, check_sampling
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.errors import UserError
@@ -104,7 +101,9 @@ def _log_to_tail(level, text, user_data):  # keeps llama.cpp quiet; the tail exp
 _backend_ready = False
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Initialise llama.cpp once per process, with its log kept in a tail (see _last_log);
+    anything that loads a model through llama.cpp calls this first."""
     global _backend_ready
     if not _backend_ready:
         lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))  # module-level reference keeps the callback alive
@@ -131,7 +130,7 @@ class LlamaModel:
     """
 
     def __init__(self, path: Path, n_gpu_layers: int = 0, weight_repack: bool = True):
-        _init_backend()
+        init_backend()
         self.path = Path(path)
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
@@ -275,16 +274,7 @@ class Sequence:
         self.spec_state = None  # the drafter's per-sequence state
 
 
-def parse_spec(spec: str | None) -> tuple[str | None, str | None]:
-    """options.spec -> (method, draft model reference): None, "ngram" or "draft:MODEL"."""
-    if spec is None or spec == "ngram":
-        return spec, None
-    if spec.startswith("draft:") and len(spec) > len("draft:"):
-        return "draft", spec[len("draft:"):]
-    raise UserError(f"spec {spec!r}: use 'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)")
-
-
-def _new_context(model: LlamaModel, o: EngineOptions, type_k: int, type_v: int):
+def _new_context(model: LlamaModel, o: LlamaCppOptions, type_k: int, type_v: int):
     params = lc.llama_context_default_params()
     params.n_ctx = o.n_ctx
     params.n_batch = o.n_batch
@@ -303,6 +293,56 @@ def _new_context(model: LlamaModel, o: EngineOptions, type_k: int, type_v: int):
     return ctx
 
 
+@dataclass(frozen=True, kw_only=True)
+class LlamaCppInfo(EngineInfo):
+    """info() of the llama.cpp engine: the binding's version, llama.cpp's system info, the context
+    as built (`context`), KV bytes per token, and the prefix-cache and drafter settings (None when off)."""
+
+    llama_cpp_python: str
+    system_info: str
+    gpu_offload_supported: bool
+    context: dict
+    kv_bytes_per_token: float
+    prefix_cache: dict | None = None
+    speculative: dict | None = None
+
+
+@dataclass(frozen=True)
+class PrefixStats:
+    """Prefix-cache counters (see LlamaCppEngine.stats)."""
+
+    prefix_lookups: int
+    prefix_hits: int
+    prefix_tokens_reused: int
+    prefix_entries: int
+    prefix_cached_tokens: int
+    prefix_cache_bytes: int
+    prefix_restore_s: float
+    prefix_save_s: float
+    prefill_s_per_token: float | None
+    prefix_saved_prefill_s: float | None
+
+
+@dataclass(frozen=True)
+class DraftStats:
+    """Speculative-decoding counters over all requests so far; draft_s: time spent proposing."""
+
+    draft_proposed: int
+    draft_accepted: int
+    draft_s: float
+
+
+@dataclass(frozen=True)
+class LlamaCppStats(StatsExtra):
+    """stats().extra of the llama.cpp engine: preemptions, seq_moves (see _compact_ids), and the
+    prefix-cache and drafting counters when those are on."""
+
+    preemptions: int
+    seq_moves: int
+    prefix: PrefixStats | None = None
+    draft: DraftStats | None = None
+
+
 class LlamaCppEngine:
     """Continuous batching over one llama.cpp context (see the module docstring).
 
@@ -310,16 +350,12 @@ class LlamaCppEngine:
     "Batch invariance" in the module docstring): no weight repacking, no tiled matrix
     multiplication, flash attention on."""
 
-    def __init__(self, model: str, options: EngineOptions = EngineOptions()):
+    def __init__(self, model: str, options: LlamaCppOptions = LlamaCppOptions()):
         from rllm_study.models import resolve_model
 
-        if options.max_seqs < 1:
-            raise UserError(f"max_seqs (concurrency) must be >= 1, got {options.max_seqs}")
-        if options.spec_tokens < 1:
-            raise UserError(f"spec_tokens must be >= 1, got {options.spec_tokens}")
-        if options.prefix_cache_tokens < 1:
-            raise UserError(f"prefix_cache_tokens must be >= 1, got {options.prefix_cache_tokens}")
-        spec_method, draft_ref = parse_spec(options.spec)
+        speculative = options.speculative_method
+        spec_method = speculative.method if speculative else None
+        draft_ref = speculative.draft_model if speculative else None
         batch_invariant = options.batch_invariant
         if batch_invariant:
             if options.flash_attn is False:
@@ -345,7 +381,7 @@ class LlamaCppEngine:
                 draft_model = LlamaModel(resolve_model(draft_ref).path, options.n_gpu_layers, not batch_invariant)
                 if not draft_model.same_vocab(self.model):
                     raise UserError(
-                        f"spec draft:{draft_ref}: its vocabulary ({draft_model.n_vocab} tokens) differs from {model}'s "
+                        f"speculative draft:{draft_ref}: its vocabulary ({draft_model.n_vocab} tokens) differs from {model}'s "
                         f"({self.model.n_vocab} tokens); a draft model must share the target's tokenizer exactly "
                         "(e.g. qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b)"
                     )
@@ -423,17 +459,18 @@ class LlamaCppEngine:
         prefix_saved_prefill_s = prefix_tokens_reused x prefill_s_per_token (an estimate of the
         prefill time avoided; the copies cost prefix_restore_s + prefix_save_s); with speculative
         decoding draft_proposed, draft_accepted (all requests so far) and draft_s (time proposing)."""
-        extra: dict = {"preemptions": self.preemptions, "seq_moves": self.seq_moves}
+        prefix = draft = None
         if self.prefix is not None:
             p, per_token = self.prefix, self.prefill_s_per_token()
-            extra.update(
+            prefix = PrefixStats(
                 prefix_lookups=p.lookups, prefix_hits=p.hits, prefix_tokens_reused=p.tokens_reused,
                 prefix_entries=len(p.entries), prefix_cached_tokens=p.cached_tokens, prefix_cache_bytes=p.cached_bytes,
                 prefix_restore_s=round(p.restore_s, 6), prefix_save_s=round(p.save_s, 6), prefill_s_per_token=per_token,
                 prefix_saved_prefill_s=None if per_token is None else round(p.tokens_reused * per_token, 6),
             )
         if self.drafter is not None:
-            extra.update(draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6))
+            draft = DraftStats(draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6))
+        extra = LlamaCppStats(preemptions=self.preemptions, seq_moves=self.seq_moves, prefix=prefix, draft=draft)
         return EngineStats(
             kv_used=sum(s.n_past for s in self.running),
             kv_capacity=self.n_ctx,
@@ -447,24 +484,25 @@ class LlamaCppEngine:
         return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), prefix_cache=True,
                             speculative=("ngram", "draft"), grammar=True, batch_invariant=True)
 
-    def info(self) -> dict:
+    def info(self) -> LlamaCppInfo:
         o = self.options
-        return {
-            "backend": "llama_cpp",
-            "llama_cpp_python": lc.__version__,
-            "system_info": lc.llama_print_system_info().decode(),
-            "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
-            "model": self.model.facts(),
-            "context": {
+        return LlamaCppInfo(
+            backend="llama_cpp",
+            build=lc.__version__,
+            llama_cpp_python=lc.__version__,
+            system_info=lc.llama_print_system_info().decode(),
+            gpu_offload_supported=bool(lc.llama_supports_gpu_offload()),
+            model=self.model.facts(),
+            context={
                 "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
                 "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
                 "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
                 "batch_invariant": o.batch_invariant,
             },
-            "kv_bytes_per_token": self.model.kv_bytes_per_token(o.type_k, o.type_v),
-            "prefix_cache": {"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
-            "speculative": {**self.drafter.info(), "spec_tokens": o.spec_tokens} if self.drafter else None,
-        }
+            kv_bytes_per_token=self.model.kv_bytes_per_token(o.type_k, o.type_v),
+            prefix_cache={"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
+            speculative={**self.drafter.info(), "spec_tokens": o.speculative_tokens} if self.drafter else None,
+        )
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return self.model.apply_chat_template(messages, add_generation_prompt)
@@ -515,8 +553,8 @@ class LlamaCppEngine:
         """Split cache only: while a free id is lower than the highest id in use, move that
         sequence down into it, so the ids in use stay 0..n-1 and a decode step is one micro-batch
         (see _fill_batch). Holes appear when requests end with none waiting to take their ids,
-        e.g. the stragglers of a batch. Measured before this (H100, 32 requests of 64-512 tokens):
-        720-835 tok/s against 2,900-3,100 with a unified cache. A move is llama_memory_seq_cp
+        e.g. the stragglers of a batch (scripts/gpu/README.md has what this cost on a GPU before
+        the compaction). A move is llama_memory_seq_cp
         across KV streams, which copies the whole stream (cells per sequence x KV bytes per cell)
         on the device at the next decode, then drops the source. It runs after admission, so no
         vacated id is reused before that decode has made the copy."""
@@ -548,7 +586,7 @@ class LlamaCppEngine:
         self.preemptions += 1
 
     def _propose_drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
-        """Drafts for decoding sequences: up to spec_tokens each, no more than the request's
+        """Drafts for decoding sequences: up to speculative_tokens each, no more than the request's
         remaining budget - 1 or its slot's room, and all of them within the batch (n_batch) and,
         for a unified cache, the free cells; seq_id -> draft tokens."""
         room = self.n_batch - len(decoding)
@@ -556,7 +594,7 @@ class LlamaCppEngine:
             room = min(room, self.n_ctx - self._cells_needed())
         work = []
         for seq in sorted(decoding, key=lambda s: s.seq_id):  # id order, as in _fill_batch
-            k = min(self.options.spec_tokens, seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
+            k = min(self.options.speculative_tokens, seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
                     self.seq_capacity - 2 - seq.n_past)
             if k > 0:
                 work.append((seq, k))
@@ -576,7 +614,7 @@ class LlamaCppEngine:
         prompt chunks take the room left. Tokens are written in sequence-id order: with a split KV
         cache llama.cpp cuts a batch into micro-batches of consecutive, increasing sequence ids
         (llama_batch_allocr::split_equal), so another order costs extra micro-batches, up to one
-        per sequence (measured: 8 sequences on 2 CPU cores decoded at 0.55x the speed). Admission
+        per sequence (README engine notes: what that costs). Admission
         takes the lowest free id and _compact_ids closes the holes, so the ids are consecutive."""
         chosen = []
         room = self.n_batch

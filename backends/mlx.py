@@ -15,18 +15,18 @@ The prefix cache is mlx-lm's LRUPromptCache: a finished request leaves the KV of
 and output, keyed by tokens; a new request starts from the longest cached prefix
 (PrefillDone.cached_tokens). Its budget: prefix_cache_tokens x kv_bytes_per_token bytes.
 
-Draft mode (spec="draft:MODEL"): mlx-lm's speculative decoding runs one sequence, so requests
+Draft mode (speculative="draft:MODEL"): mlx-lm's speculative decoding runs one sequence, so requests
 are served one at a time (`capabilities().continuous_batching` is False) and the prefix cache
 is off. Accepted draft tokens are TokenEvents with draft=True; draft_proposed counts the
-tokens the draft model proposed (spec_tokens per verification, fewer near max_tokens).
+tokens the draft model proposed (speculative_tokens per verification, fewer near max_tokens).
 
-Not available here, and reported by `capabilities()` and `info()["unsupported_options"]`:
-GBNF grammars, llama.cpp KV types (type_k/type_v), n-gram drafting, and the placement/thread
-knobs (n_gpu_layers, n_threads, flash_attn, kv_unified): MLX runs the whole model on its
-default device with its own threading.
+Not available here, and reported by `capabilities()` and `info().unsupported_options`:
+GBNF grammars, n-gram drafting, and the llama.cpp options (KV types type_k/type_v, and the
+placement/thread knobs n_gpu_layers, n_threads, flash_attn, kv_unified: MLX runs the whole
+model on its default device with its own threading), which are not fields of MlxOptions.
 
-Weights are float16 on Metal and float32 on the CPU (mlx's CPU float16 matmuls are about
-twice as slow here). A GGUF or registry name is converted once by `mlx_convert`.
+Weights are float16 on Metal and float32 on the CPU (mlx's CPU float16 matmuls are slower:
+see `mlx_convert.default_dtype`). A GGUF or registry name is converted once by `mlx_convert`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import sys
 
 
 def _preload_openblas() -> bool:
-    """On Linux, load OpenBLAS globally before mlx so mlx-cpu's matmuls use it (about 40x faster
-    than its bundled reference BLAS); skipped silently when the library is absent."""
+    """On Linux, load OpenBLAS globally before mlx so mlx-cpu's matmuls use it instead of its
+    bundled reference BLAS (README: how much faster); skipped silently when the library is absent."""
     if not sys.platform.startswith("linux") or "mlx.core" in sys.modules:
         return False
     try:
@@ -51,7 +51,7 @@ OPENBLAS = _preload_openblas()
 
 import time  # noqa: E402
 from collections import deque  # noqa: E402
-from dataclasses import replace  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -68,8 +68,9 @@ from rllm_study.backends.base import (  # noqa: E402
     FINISH_ERROR,
     FINISH_LENGTH,
     Capabilities,
-    EngineOptions,
+    EngineInfo,
     EngineStats,
+    StatsExtra,
     Event,
     PrefillDone,
     Request,
@@ -77,11 +78,12 @@ from rllm_study.backends.base import (  # noqa: E402
     SamplingParams,
     unsupported_options,
 )
-from rllm_study.backends.mlx_kv import KV_GROUP_SIZE, QUANTIZED_KV_BITS, make_quantized_cache  # noqa: E402
+from rllm_study.backends.mlx_kv import KV_GROUP_SIZE, make_quantized_cache  # noqa: E402
+from rllm_study.backends.options import MlxOptions  # noqa: E402
 from rllm_study.backends.output import RequestOutput, check_sampling  # noqa: E402
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
-from rllm_study.mlx_convert import convert_to_mlx, default_dtype  # noqa: E402
+from rllm_study.backends.mlx_convert import convert_to_mlx, default_dtype  # noqa: E402
 
 PREFIX_KEY = "model"  # one model per engine: the prefix cache needs no other key
 
@@ -145,17 +147,34 @@ class _Seq:
         self.new_round = True       # draft mode: the next token opens a verification round
 
 
+@dataclass(frozen=True, kw_only=True)
+class MlxInfo(EngineInfo):
+    """info() of the MLX engine: package versions, device, the context as built, KV bytes per token."""
+
+    mlx: str
+    mlx_lm: str
+    device: str
+    openblas_preloaded: bool
+    draft_model: str | None
+    context: dict
+    kv_bytes_per_token: float
+    sampling: str
+
+
+@dataclass(frozen=True)
+class MlxStats(StatsExtra):
+    """stats().extra of the MLX engine: KV bytes allocated; the prefix cache's bytes and entries when on."""
+
+    kv_bytes: int
+    prefix_cache_bytes: int | None = None
+    prefix_cache_entries: int | None = None
+
+
 class MlxEngine:
     """Continuous batching (or one-at-a-time speculative decoding) on mlx-lm; see the module docstring."""
 
-    def __init__(self, model: str, options: EngineOptions = EngineOptions()):
-        if options.max_seqs < 1:
-            raise UserError(f"max_seqs (concurrency) must be >= 1, got {options.max_seqs}")
-        if options.kv_bits is not None and options.kv_bits not in QUANTIZED_KV_BITS:
-            raise UserError(f"kv_bits={options.kv_bits}: MLX quantizes the KV cache to one of "
-                            f"{', '.join(map(str, QUANTIZED_KV_BITS))} bits")
-        if options.spec and options.spec != "ngram" and not options.spec.startswith("draft:"):
-            raise UserError(f"spec={options.spec!r}: use 'draft:MODEL' (or 'ngram', which MLX does not support)")
+    def __init__(self, model: str, options: MlxOptions = MlxOptions()):
+        speculative = options.speculative_method
         self.options = replace(options, n_ctx=options.n_ctx or options.max_seqs * options.ctx_per_seq)
         self.seq_capacity = self.options.n_ctx // options.max_seqs  # tokens one sequence may hold
         self.model, self.tokenizer, self.folder = load_model(model, default_dtype())
@@ -169,11 +188,11 @@ class MlxEngine:
             raise UserError(f"kv_bits: this model ({self.folder.name}) uses sliding-window or recurrent caches; "
                             f"MLX KV quantization here supports full-attention caches only")
         self.draft_model = None
-        if options.spec and options.spec.startswith("draft:"):
-            self.draft_model, draft_tok, self.draft_folder = load_model(options.spec[len("draft:"):], default_dtype())
+        if speculative and speculative.method == "draft":
+            self.draft_model, draft_tok, self.draft_folder = load_model(speculative.draft_model, default_dtype())
             if draft_tok.get_vocab() != self.tokenizer.get_vocab():
-                raise UserError(f"spec={options.spec!r}: the draft model's vocabulary differs from the target's")
-        self.unsupported = unsupported_options(self.options, self.capabilities()) + self._placement_notes()
+                raise UserError(f"speculative={options.speculative!r}: the draft model's vocabulary differs from the target's")
+        self.unsupported = unsupported_options(self.options, self.capabilities()) + self._draft_notes()
         self.waiting: deque[_Seq] = deque()
         self.running: dict[int, _Seq] = {}  # uid -> sequence (batched); key 0 in draft mode
         self._events: list[Event] = []
@@ -227,9 +246,9 @@ class MlxEngine:
             kv_bytes = self.batch.prompt_cache_nbytes
         else:
             kv_bytes = sum(c.nbytes for s in self.running.values() for c in s.caches if not c.empty())
-        extra = {"kv_bytes": kv_bytes}
+        extra = MlxStats(kv_bytes=kv_bytes)
         if self.prefix is not None:
-            extra |= {"prefix_cache_bytes": self.prefix.nbytes, "prefix_cache_entries": len(self.prefix)}
+            extra = MlxStats(kv_bytes=kv_bytes, prefix_cache_bytes=self.prefix.nbytes, prefix_cache_entries=len(self.prefix))
         return EngineStats(
             kv_used=sum(s.kv_tokens for s in self.running.values()),
             kv_capacity=self.options.n_ctx,
@@ -246,28 +265,29 @@ class MlxEngine:
         return Capabilities(backend="mlx", continuous_batching=not drafting, kv_cache_types=(),
                             prefix_cache=not drafting, speculative=("draft",), grammar=False)
 
-    def info(self) -> dict:
+    def info(self) -> MlxInfo:
         o = self.options
         args = self.model.args
-        return {
-            "backend": "mlx",
-            "mlx": version("mlx"),
-            "mlx_lm": version("mlx-lm"),
-            "device": str(mx.default_device()),
-            "openblas_preloaded": OPENBLAS,
-            "model": {"path": str(self.folder), "model_type": getattr(args, "model_type", None),
-                      "dtype": str(self.dtype).removeprefix("mlx.core."), "n_params": self.n_params,
-                      "n_layer": self.n_layers, "think_tokens": list(self.think_ids)},
-            "draft_model": str(self.draft_folder) if self.draft_model is not None else None,
-            "context": {"max_seqs": 1 if self.draft_model is not None else o.max_seqs, "n_ctx": o.n_ctx,
-                        "seq_capacity": self.seq_capacity, "prefill_step": o.n_batch, "kv_bits": o.kv_bits,
-                        "kv_group_size": KV_GROUP_SIZE if o.kv_bits else None,
-                        "prefix_cache": self.prefix is not None, "prefix_cache_tokens": o.prefix_cache_tokens,
-                        "spec": o.spec, "spec_tokens": o.spec_tokens if self.draft_model is not None else None},
-            "kv_bytes_per_token": self.kv_bytes_per_token(),
-            "sampling": "per request: temperature, top_p, seed (own PRNG key), max_tokens, stop strings",
-            "unsupported_options": self.unsupported,
-        }
+        return MlxInfo(
+            backend="mlx",
+            build=version("mlx-lm"),
+            mlx=version("mlx"),
+            mlx_lm=version("mlx-lm"),
+            device=str(mx.default_device()),
+            openblas_preloaded=OPENBLAS,
+            model={"path": str(self.folder), "model_type": getattr(args, "model_type", None),
+                   "dtype": str(self.dtype).removeprefix("mlx.core."), "n_params": self.n_params,
+                   "n_layer": self.n_layers, "think_tokens": list(self.think_ids)},
+            draft_model=str(self.draft_folder) if self.draft_model is not None else None,
+            context={"max_seqs": 1 if self.draft_model is not None else o.max_seqs, "n_ctx": o.n_ctx,
+                     "seq_capacity": self.seq_capacity, "prefill_step": o.n_batch, "kv_bits": o.kv_bits,
+                     "kv_group_size": KV_GROUP_SIZE if o.kv_bits else None,
+                     "prefix_cache": self.prefix is not None, "prefix_cache_tokens": o.prefix_cache_tokens,
+                     "spec": o.speculative, "spec_tokens": o.speculative_tokens if self.draft_model is not None else None},
+            kv_bytes_per_token=self.kv_bytes_per_token(),
+            sampling="per request: temperature, top_p, seed (own PRNG key), max_tokens, stop strings",
+            unsupported_options=tuple(self.unsupported),
+        )
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.tokenizer.chat_template:
@@ -308,16 +328,11 @@ class MlxEngine:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else None
 
-    def _placement_notes(self) -> list[str]:
-        o, d = self.options, EngineOptions()
-        notes = [f"mlx: {name}={getattr(o, name)!r} is not used (MLX runs the whole model on "
-                 f"{mx.default_device()} with its own threads)"
-                 for name in ("n_gpu_layers", "n_threads", "flash_attn", "kv_unified")
-                 if getattr(o, name) != getattr(d, name)]
-        if self.draft_model is not None and o.max_seqs > 1:
-            notes.append(f"mlx: max_seqs={o.max_seqs} is not used with a draft model "
-                         f"(mlx-lm's speculative decoding serves one request at a time)")
-        return notes
+    def _draft_notes(self) -> list[str]:
+        if self.draft_model is None or self.options.max_seqs == 1:
+            return []
+        return [f"mlx: max_seqs={self.options.max_seqs} is not used with a draft model "
+                f"(mlx-lm's speculative decoding serves one request at a time)"]
 
     # -- batched mode ---------------------------------------------------------------------
     def _new_batch(self) -> BatchGenerator:
@@ -403,8 +418,8 @@ class MlxEngine:
             self._release(seq)
             return self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), f"mlx: {err}")
         now = time.perf_counter_ns()
-        if seq.new_round:  # speculative_generate_step drafts min(spec_tokens, tokens left) per round
-            seq.out.draft_proposed += min(self.options.spec_tokens, seq.budget - len(seq.out.tokens))
+        if seq.new_round:  # speculative_generate_step drafts min(speculative_tokens, tokens left) per round
+            seq.out.draft_proposed += min(self.options.speculative_tokens, seq.budget - len(seq.out.tokens))
         seq.new_round = not from_draft
         seq.kv_tokens = len(seq.prompt) + len(seq.out.tokens) + 1
         reason = self._accept(seq, token, now, draft=from_draft)
@@ -431,7 +446,7 @@ class MlxEngine:
         seq.kv_tokens = len(seq.prompt) - 1
         self._events.append(PrefillDone(seq.request.id, time.perf_counter_ns(), len(seq.prompt), 0))
         seq.gen = speculative_generate_step(
-            mx.array(seq.prompt[-1:]), self.model, self.draft_model, num_draft_tokens=self.options.spec_tokens,
+            mx.array(seq.prompt[-1:]), self.model, self.draft_model, num_draft_tokens=self.options.speculative_tokens,
             max_tokens=seq.budget, sampler=make_sampler(seq.request.sampling) or greedy_sampler, prompt_cache=caches,
             prefill_step_size=self.options.n_batch,
         )

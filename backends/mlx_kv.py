@@ -19,7 +19,6 @@ import mlx.core as mx
 from mlx.utils import tree_map
 from mlx_lm.models.cache import BatchKVCache, QuantizedKVCache, dynamic_roll
 
-QUANTIZED_KV_BITS = (2, 3, 4, 5, 6, 8)
 KV_GROUP_SIZE = 64  # mlx-lm's default group size for `kv_bits`
 
 

@@ -56,7 +56,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from contextlib import aclosing
 from urllib.parse import urlsplit
 
@@ -71,16 +71,18 @@ from rllm_study.backends.base import (
     FINISH_STOP,
     THINK,
     Capabilities,
-    EngineOptions,
+    EngineInfo,
     EngineStats,
     Event,
     PrefillDone,
     Request,
     RequestAdmitted,
     RequestFinished,
+    StatsExtra,
     TokenEvent,
 )
 from rllm_study.backends.chat_template import render_chat
+from rllm_study.backends.options import OpenAIOptions
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.backends.server_telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.errors import UserError
@@ -241,10 +243,32 @@ class StreamState:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class OpenAIInfo(EngineInfo):
+    """info() of the OpenAI-compatible backend: where the server is, what it said it is, and its
+    llama-server properties when it is one."""
+
+    base_url: str
+    api: str
+    server_kind: str
+    server_models: list
+    server_error: str | None
+    llama_server: dict | None
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class OpenAIStats(StatsExtra):
+    """stats().extra of the OpenAI-compatible backend: where the load figures came from, requests in flight."""
+
+    telemetry: str
+    in_flight: int
+
+
 class OpenAIEngine:
     """Drives an OpenAI-compatible server through the `Engine` protocol (module docstring)."""
 
-    def __init__(self, model: str, options: EngineOptions = EngineOptions()):
+    def __init__(self, model: str, options: OpenAIOptions = OpenAIOptions()):
         if not options.base_url:
             raise UserError("backend openai needs the server's URL: pass --base-url http://HOST:PORT")
         self.root, self.api = split_base_url(options.base_url)
@@ -304,33 +328,34 @@ class OpenAIEngine:
         return EngineStats(
             kv_used=load.kv_used or 0.0, kv_capacity=load.kv_capacity or 0.0, kv_unit=load.kv_unit,
             running=load.running, waiting=load.waiting, rss_bytes=self._proc.memory_info().rss,
-            extra={"telemetry": load.source, "in_flight": len(streams)},
+            extra=OpenAIStats(telemetry=load.source, in_flight=len(streams)),
         )
 
     def capabilities(self) -> Capabilities:
         kind = self._ensure_server()
         return Capabilities(backend="openai", prefix_cache=kind == "llama-server", grammar=kind in LLAMA_CPP_KINDS,
-                            per_token_times=False)
+                            per_token_times=False, local_model=False)
 
-    def info(self) -> dict:
+    def info(self) -> OpenAIInfo:
         self._ensure_server()
         server = self._server or {}
         props = server.get("props") or {}
         generation = props.get("default_generation_settings") or {}
-        return {
-            "backend": "openai",
-            "base_url": self.root,
-            "api": self.api,
-            "model": self.model,
-            "server_kind": self.kind,
-            "server_models": server.get("models", []),
-            "server_error": self._probe_error or None,
-            "llama_server": {
+        return OpenAIInfo(
+            backend="openai",
+            build=str(self.kind),
+            base_url=self.root,
+            api=self.api,
+            model=self.model,
+            server_kind=self.kind,
+            server_models=server.get("models", []),
+            server_error=self._probe_error or None,
+            llama_server={
                 "build_info": props.get("build_info"), "model_path": props.get("model_path"),
                 "total_slots": props.get("total_slots"), "n_ctx_slot": generation.get("n_ctx"),
             } if props else None,
-            "timeout_s": self.options.timeout_s,
-        }
+            timeout_s=self.options.timeout_s,
+        )
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.api == "chat":

@@ -17,7 +17,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from rllm_study.backends.base import EngineOptions, PrefillDone, Request, RequestFinished, SamplingParams, TokenEvent
+from rllm_study.backends.base import PrefillDone, Request, RequestFinished, SamplingParams, TokenEvent
+from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
 
 COUNTING = ", ".join(str(i) for i in range(1, 2000))
@@ -57,7 +58,7 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
 
     results = {}
     for n in seqs:
-        options = EngineOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads, flash_attn=flash_attn,
+        options = LlamaCppOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads, flash_attn=flash_attn,
                                 n_gpu_layers=n_gpu_layers)
         engine = LlamaCppEngine(model, options)
         try:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from rllm_study.backends.base import EngineOptions, Request, SamplingParams
+from rllm_study.backends.base import Request, SamplingParams
+from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.llama_cpp import LlamaCppEngine
 from rllm_study.bench import decode_rate
 from rllm_study.crosscheck import run_batch
@@ -52,7 +53,7 @@ def _close(engines: dict) -> None:
 
 def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_tokens: int = 1000, reps: int = 3) -> dict:
     """TTFT with a shared prefix, prefix cache off vs on (see the module docstring)."""
-    options = EngineOptions(max_seqs=1, ctx_per_seq=prefix_tokens + 256, n_threads=threads, flash_attn=True)
+    options = LlamaCppOptions(max_seqs=1, ctx_per_seq=prefix_tokens + 256, n_threads=threads, flash_attn=True)
     engines = {"off": LlamaCppEngine(model, options), "on": LlamaCppEngine(model, replace(options, prefix_cache=True))}
     try:
         probe = engines["off"].model
@@ -65,7 +66,7 @@ def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_toke
             return run_batch(engine, [Request("q", prefix + f"\nQuestion {next(n)}: what comes next?", sampling)]).first_token_s
 
         ttft = _rounds(engines, measure, reps)
-        extra = engines["on"].stats().extra
+        extra = engines["on"].stats().extra.as_dict()
     finally:
         _close(engines)
     off, on = _mean(ttft["off"]), _mean(ttft["on"])
@@ -94,8 +95,8 @@ def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-
     methods = {"none": None, "ngram": "ngram", "draft": f"draft:{draft}"}
     out = {"target": target, "draft": draft, "threads": threads, "max_tokens": max_tokens, "spec_tokens": spec_tokens, "by_concurrency": {}}
     for n in concurrency:
-        engines = {name: LlamaCppEngine(target, EngineOptions(max_seqs=n, ctx_per_seq=1024, n_threads=threads, flash_attn=True,
-                                                              spec=spec, spec_tokens=spec_tokens))
+        engines = {name: LlamaCppEngine(target, LlamaCppOptions(max_seqs=n, ctx_per_seq=1024, n_threads=threads, flash_attn=True,
+                                                              speculative=spec, speculative_tokens=spec_tokens))
                    for name, spec in methods.items()}
         try:
             prompts = _gsm8k_prompts(engines["none"], n)
@@ -126,11 +127,11 @@ def kv_quantization(model: str = "qwen2.5-coder-0.5b", threads: int = 2, types: 
                     n_seqs: int = 8, n_prompt: int = 128, n_gen: int = 64, reps: int = 2) -> dict:
     """KV memory saved and decode speed change per cache type, against f16 (see the module docstring)."""
     ctx_per_seq = n_prompt + n_gen + 64
-    engines = {t: LlamaCppEngine(model, EngineOptions(max_seqs=n_seqs, ctx_per_seq=ctx_per_seq, n_threads=threads, flash_attn=True,
+    engines = {t: LlamaCppEngine(model, LlamaCppOptions(max_seqs=n_seqs, ctx_per_seq=ctx_per_seq, n_threads=threads, flash_attn=True,
                                                       type_k=t, type_v=t))
                for t in types}
     try:
-        per_token = {t: e.info()["kv_bytes_per_token"] for t, e in engines.items()}
+        per_token = {t: e.info().kv_bytes_per_token for t, e in engines.items()}
         n_ctx = {t: e.n_ctx for t, e in engines.items()}
         rates = _rounds(engines, lambda t, e: decode_rate(e, n_seqs, n_prompt, n_gen), reps)
     finally:

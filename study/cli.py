@@ -18,10 +18,12 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
+    """Add every command group to `app` (once per process)."""
     from rllm_study.commands import ALL
 
-    for register in ALL:
-        register(app)
+    if not app.registered_commands and not app.registered_groups:
+        for register in ALL:
+            register(app)
 
 
 def main() -> None:

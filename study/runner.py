@@ -74,8 +74,9 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
 def manifest(cell: CellSpec, spec: dict, engine) -> dict:
     from rllm_study.models import model_facts, resolve_model
 
-    model = engine.info().get("model")  # a server's or an MLX folder's own account
-    if cell.backend != "openai":
+    info = engine.info()
+    model = info.model  # a server's or an MLX folder's own account
+    if engine.capabilities().local_model:
         try:  # a registry model (embedded, path, hub, derived): its verified facts
             model = model_facts(resolve_model(cell.model, fetch=False))
         except UserError:
@@ -84,7 +85,7 @@ def manifest(cell: CellSpec, spec: dict, engine) -> dict:
         "cell": cell.as_dict(),
         "spec": spec,
         "model": model,
-        "engine": engine.info(),
+        "engine": info.as_dict(),
         "capabilities": engine.capabilities().__dict__,
         "unsupported_options": engine_unsupported(engine, cell.engine),
         **environment(),
@@ -144,7 +145,7 @@ class CellRun:
         self.writer.write_timeline({
             "t_s": self.recorder.seconds(now_ns), "kv_used": st.kv_used, "kv_capacity": st.kv_capacity,
             "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
-            "device_bytes": st.device_bytes, **({"extra": st.extra} if st.extra else {}),
+            "device_bytes": st.device_bytes, **({"extra": st.extra.as_dict()} if st.extra else {}),
         })
 
     def _record(self, events) -> None:

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from rllm_study.backends.base import EngineOptions
+from rllm_study.backends import all_options, build_options, engine_keys, field_for_key, get_backend
+from rllm_study.backends.options import CommonOptions
 from rllm_study.errors import UserError
 from rllm_study.workloads.arrivals import check_workload, workload_arrival_keys, workload_arrival_name
 
@@ -28,11 +29,7 @@ TOP_KEYS = {
     "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
 }
 SAMPLING_KEYS = {"temperature", "top_p"}
-ENGINE_KEYS = {
-    "concurrency", "threads", "n_gpu_layers", "ctx_per_seq", "n_batch", "type_k", "type_v", "flash_attn",
-    "kv_unified", "kv_bits", "prefix_cache", "prefix_cache_tokens", "spec", "spec_tokens", "batch_invariant", "base_url",
-    "api_key_env", "timeout_s",
-}
+# [engine] keys: the fields of the registered backends' options (rllm_study.backends.engine_keys)
 WORKLOAD_KEYS = {"shared_prefix", *workload_arrival_keys()}  # the arrival processes own the rest
 SLO_KEYS = {"ttft_s", "ttfvt_s", "tpot_s", "e2el_s"}
 VARIANT_KEYS = {"name", "model", "engine", "workload", "prompt_modes"}
@@ -56,7 +53,7 @@ class CellSpec:
     seed: int
     temperature: float
     top_p: float
-    engine: EngineOptions
+    engine: CommonOptions
     workload: dict
     grammar: bool
     templates: str | None
@@ -129,12 +126,14 @@ def apply_overrides(spec: dict, overrides: list[str]) -> dict:
     return spec
 
 
-def _check_keys(table: dict, allowed: set, where: str, section: str) -> None:
+def _check_keys(table: dict, allowed: set, where: str, section: str, listed: set | None = None) -> None:
+    """Refuse keys outside `allowed`, naming the keys allowed (`listed`, default all of them)."""
     if not isinstance(table, dict):
         raise UserError(f"{where}: {section} must be a table")
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise UserError(f"{where}: unknown key {section + '.' if section else ''}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+        shown = ", ".join(sorted(allowed if listed is None else listed))
+        raise UserError(f"{where}: unknown key {section + '.' if section else ''}{unknown[0]} (allowed: {shown})")
 
 
 def _as_list(value) -> list:
@@ -157,8 +156,13 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     from rllm_study.workloads.prompts import PROMPT_MODES
 
     _check_keys(spec, TOP_KEYS - {"quick"}, where, "")
-    for section, allowed in (("sampling", SAMPLING_KEYS), ("engine", ENGINE_KEYS), ("workload", WORKLOAD_KEYS), ("slo", SLO_KEYS)):
+    for section, allowed in (("sampling", SAMPLING_KEYS), ("workload", WORKLOAD_KEYS), ("slo", SLO_KEYS)):
         _check_keys(spec.get(section, {}), allowed, where, section)
+    engine = _engine_fields(spec.get("engine", {}), where, "engine")
+    try:
+        backend = get_backend(spec.get("backend", "llama_cpp")).name
+    except UserError as err:
+        raise UserError(f"{where}: backend: {err}") from None
     datasets = spec.get("datasets")
     if not isinstance(datasets, dict) or not datasets:
         raise UserError(f"{where}: datasets must be a table of NAME = SAMPLE_COUNT, e.g. datasets = {{ gsm8k = 20 }}")
@@ -193,16 +197,16 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     variants = spec.get("variants", [{"name": ""}])
     for i, v in enumerate(variants):
         _check_keys(v, VARIANT_KEYS, where, f"variants[{i}]")
-        _check_keys(v.get("engine", {}), ENGINE_KEYS, where, f"variants[{i}].engine")
         _check_keys(v.get("workload", {}), WORKLOAD_KEYS, where, f"variants[{i}].workload")
+    variant_engines = [_engine_fields(v.get("engine", {}), where, f"variants[{i}].engine") for i, v in enumerate(variants)]
 
     cells = []
     study = spec.get("name", "study")
     seed0 = spec.get("seed", 0)
-    for variant in variants:
+    for variant, v_engine in zip(variants, variant_engines):
         v_models = _as_list(variant["model"]) if "model" in variant else models
         v_modes = _as_list(variant.get("prompt_modes", modes))
-        engine_axes = _axes({**spec.get("engine", {}), **variant.get("engine", {})})
+        engine_axes = _axes({**engine, **v_engine})
         workload_axes = _axes({"arrival": "batch", **spec.get("workload", {}), **variant.get("workload", {})})
         for model, dataset, mode, budget, eng, wl, repeat in itertools.product(
             v_models, datasets, v_modes, budgets, engine_axes, workload_axes, range(repeats)
@@ -211,12 +215,12 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
                 check_workload(wl)
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
-            options = _engine_options(eng, wl, budget, where)
+            options = _engine_options(backend, eng, wl, budget, where)
             wl_name = workload_name(wl)
             parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", wl_name, f"r{repeat}"]
             name = "__".join(_slug(str(p)) for p in parts if p)
             cells.append(CellSpec(
-                name=name, study=study, backend=spec.get("backend", "llama_cpp"), model=model,
+                name=name, study=study, backend=backend, model=model,
                 variant=variant.get("name", ""), dataset=dataset, samples=datasets[dataset], prompt_mode=mode,
                 max_tokens=budget, repeat=repeat, seed=seed0 + repeat, temperature=float(sampling["temperature"]),
                 top_p=float(sampling["top_p"]), engine=options, workload=wl, grammar=bool(spec.get("grammar", False)),
@@ -234,16 +238,23 @@ def workload_name(wl: dict) -> str:
     return f"{base}-prefix{wl['shared_prefix']}" if wl.get("shared_prefix") else base
 
 
-def _engine_options(eng: dict, wl: dict, budget: int, where: str) -> EngineOptions:
-    """EngineOptions for a cell; concurrency defaults to the batch size / closed-loop
+def _engine_fields(table: dict, where: str, section: str) -> dict:
+    """An [engine] table with its keys (spec keys, deprecated ones warned about) as option fields."""
+    old = {m.deprecated_key for m in all_options().values() if m.deprecated_key}
+    _check_keys(table, set(engine_keys()) | old, where, section, listed=set(engine_keys()))
+    fields, given_as = {}, {}
+    for key, value in table.items():
+        name = field_for_key(key, where, section)
+        if name in fields:
+            raise UserError(f"{where}: {section}.{given_as[name]} and {section}.{key} are the same option; keep one")
+        fields[name], given_as[name] = value, key
+    return fields
+
+
+def _engine_options(backend: str, fields: dict, wl: dict, budget: int, where: str) -> CommonOptions:
+    """The backend's options for a cell; concurrency defaults to the batch size / closed-loop
     concurrency (8 for open loop), ctx_per_seq to the budget + PROMPT_ROOM rounded up to 256."""
-    eng = dict(eng)
-    concurrency = eng.pop("concurrency", wl.get("batch_size") or wl.get("concurrency") or 8)
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise UserError(f"{where}: engine.concurrency must be a whole number >= 1, got {concurrency!r}")
-    threads = eng.pop("threads", None)
-    ctx = eng.pop("ctx_per_seq", -(-(budget + PROMPT_ROOM) // 256) * 256)
-    try:
-        return EngineOptions(max_seqs=concurrency, n_threads=threads, ctx_per_seq=ctx, **eng)
-    except TypeError as err:
-        raise UserError(f"{where}: engine: {err}") from None
+    fields = {"max_seqs": wl.get("batch_size") or wl.get("concurrency") or 8,
+              "ctx_per_seq": -(-(budget + PROMPT_ROOM) // 256) * 256, **fields}
+    keys = {name: m.key for name, m in all_options().items()}
+    return build_options(backend, fields, spelled=lambda name: f"{where}: engine.{keys[name]} =")

@@ -11,7 +11,6 @@ from conftest import QUESTIONS, THREADS, chat, drain
 from rllm_study.backends.base import (
     ANSWER,
     THINK,
-    EngineOptions,
     PrefillDone,
     Request,
     RequestAdmitted,
@@ -20,6 +19,7 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.llama_cpp import LlamaCppEngine
+from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
 
 def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = False) -> list[int]:
@@ -43,7 +43,7 @@ def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = Fals
 
 @pytest.fixture(scope="module")
 def small_engine(smollm2_path):
-    engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=False))
+    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=False))
     yield engine
     engine.close()
 
@@ -51,7 +51,7 @@ def small_engine(smollm2_path):
 @pytest.mark.parametrize("model_fixture,flash", [("smollm2_path", False), ("smollm2_path", True), ("qwen05_path", False)])
 def test_concurrent_greedy_equals_single_sequence_reference(model_fixture, flash, request):
     path = request.getfixturevalue(model_fixture)
-    engine = LlamaCppEngine(str(path), EngineOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=flash))
+    engine = LlamaCppEngine(str(path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=flash))
     prompts = [chat(engine, q) for q in QUESTIONS[:4]]
     for i, p in enumerate(prompts):
         engine.submit(Request(f"r{i}", p, SamplingParams(max_tokens=24)))
@@ -96,7 +96,7 @@ def test_token_budget(small_engine):
 
 
 def test_abort_running_and_waiting(smollm2_path):
-    engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=1, ctx_per_seq=512, n_threads=THREADS))
+    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=1, ctx_per_seq=512, n_threads=THREADS))
     p = chat(engine, "Tell me a long story.")
     engine.submit(Request("run", p, SamplingParams(max_tokens=200)))
     engine.submit(Request("wait", p, SamplingParams(max_tokens=200)))
@@ -123,7 +123,7 @@ def test_batches_keep_sequence_ids_consecutive_and_moved_sequences_decode_on(sma
     budgets = (30, 6, 10, 30)  # b1 then b2 end first; b3 moves down, then the late request comes
     for i, budget in enumerate(budgets):
         small_engine.submit(Request(f"b{i}", prompts[i], SamplingParams(max_tokens=budget)))
-    moves_before = small_engine.stats().extra["seq_moves"]
+    moves_before = small_engine.stats().extra.seq_moves
     orders, late_id = [], None
 
     def watch(step):
@@ -137,7 +137,7 @@ def test_batches_keep_sequence_ids_consecutive_and_moved_sequences_decode_on(sma
             small_engine.submit(Request("late", prompts[1], SamplingParams(max_tokens=8)))
 
     got = drain(small_engine, watch)
-    assert small_engine.stats().extra["seq_moves"] > moves_before
+    assert small_engine.stats().extra.seq_moves > moves_before
     assert late_id == 2  # b0 and b3 hold ids 0 and 1 by then
     for ids in orders:
         assert ids == sorted(ids) and sorted(set(ids)) == list(range(len(set(ids)))), ids
@@ -165,7 +165,7 @@ def test_too_small_split_cache_queues_and_all_finish(smollm2_path, small_engine)
         peak_waiting = max(peak_waiting, st.waiting)
         assert st.kv_used <= st.kv_capacity
 
-    small = EngineOptions(max_seqs=2, ctx_per_seq=256, n_threads=THREADS, flash_attn=False)
+    small = LlamaCppOptions(max_seqs=2, ctx_per_seq=256, n_threads=THREADS, flash_attn=False)
     got = run_all(smollm2_path, small, prompts, 60, watch)
     roomy = run_all(smollm2_path, replace(small, max_seqs=5), prompts, 60)
     assert peak_waiting >= 1
@@ -179,12 +179,12 @@ def test_too_small_unified_cache_preempts_recomputes_and_all_finish(smollm2_path
     none fail. Unified attention rounds differently with each batch mix, so the prompts are
     counting tasks whose greedy tokens have wide margins, checked against one-at-a-time runs."""
     prompts = [chat(small_engine, f"Count from {n} to {n + 25}, separated by commas.") for n in (1, 30, 60, 90)]
-    opts = EngineOptions(max_seqs=4, n_ctx=256, n_threads=THREADS, kv_unified=True, flash_attn=False)
+    opts = LlamaCppOptions(max_seqs=4, n_ctx=256, n_threads=THREADS, kv_unified=True, flash_attn=False)
     engine = LlamaCppEngine(str(smollm2_path), opts)
     for i, p in enumerate(prompts):
         engine.submit(Request(f"q{i}", p, SamplingParams(max_tokens=90)))
     got = drain(engine, lambda _: engine.stats().kv_used <= 256 or pytest.fail("KV over capacity"))
-    preemptions = engine.stats().extra["preemptions"]
+    preemptions = engine.stats().extra.preemptions
     engine.close()
     alone = run_all(smollm2_path, replace(opts, max_seqs=1), prompts, 90)
     assert preemptions >= 1
@@ -233,7 +233,7 @@ def test_think_answer_split_by_text_markers(small_engine):
 
 
 def test_prompt_longer_than_a_sequence_fails_only_that_request(smollm2_path):
-    engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS))
+    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS))
     engine.submit(Request("long", "word " * 2000, SamplingParams(max_tokens=4)))
     engine.submit(Request("ok", "Hi", SamplingParams(max_tokens=4)))
     got = drain(engine)

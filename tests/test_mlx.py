@@ -13,12 +13,14 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 
 from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
-from rllm_study.backends.base import EngineOptions, PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
+from rllm_study.backends import options_for  # noqa: E402
+from rllm_study.backends.base import PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
+from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E402
 from rllm_study.backends.llama_cpp import LlamaCppEngine  # noqa: E402
 from rllm_study.backends.mlx import MlxEngine  # noqa: E402
 from rllm_study.backends.mlx_kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
-from rllm_study.mlx_convert import convert_gguf, convert_to_mlx  # noqa: E402
+from rllm_study.backends.mlx_convert import convert_gguf, convert_to_mlx  # noqa: E402
 from rllm_study.models import resolve_model  # noqa: E402
 
 pytestmark = pytest.mark.mlx
@@ -31,7 +33,7 @@ def smollm2_mlx(smollm2_path):
 
 @pytest.fixture(scope="module")
 def engine(smollm2_mlx):
-    eng = MlxEngine(str(smollm2_mlx), EngineOptions(max_seqs=4, ctx_per_seq=512))
+    eng = MlxEngine(str(smollm2_mlx), MlxOptions(max_seqs=4, ctx_per_seq=512))
     yield eng
     eng.close()
 
@@ -93,7 +95,7 @@ def test_memory_stats_are_plausible(engine):
     assert weights <= st.device_bytes <= st.device_peak_bytes < 4 * weights  # MLX holds the weights
     assert st.rss_bytes > weights  # on the CPU, MLX memory is this process's memory
     assert st.running == 1 and 0 < st.kv_used <= st.kv_capacity
-    assert st.extra["kv_bytes"] >= st.kv_used * engine.kv_bytes_per_token()  # allocated >= used
+    assert st.extra.kv_bytes >= st.kv_used * engine.kv_bytes_per_token()  # allocated >= used
     assert engine.stats().kv_used == 0
 
 
@@ -124,7 +126,7 @@ def test_stop_string_budget_and_abort(engine):
 
 
 def test_prefix_cache_reuses_shared_prefix(smollm2_mlx):
-    eng = MlxEngine(str(smollm2_mlx), EngineOptions(max_seqs=2, prefix_cache=True))
+    eng = MlxEngine(str(smollm2_mlx), MlxOptions(max_seqs=2, prefix_cache=True))
     system = "You are a careful assistant. Answer every question in one short sentence. " * 3
     prompts = [eng.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}])
                for q in QUESTIONS[:2]]
@@ -144,7 +146,7 @@ def test_quantized_kv_stays_batched_and_matches_single_sequence(smollm2_mlx, eng
     """kv_bits=8, 2 requests batched == each alone with the same cache (quantized from the first
     token). Both fit the cache's first allocation (BatchKVCache.step positions per row), so it
     holds exactly 2 x step x kv_bytes_per_token bytes."""
-    eng = MlxEngine(str(smollm2_mlx), EngineOptions(max_seqs=2, kv_bits=8))
+    eng = MlxEngine(str(smollm2_mlx), MlxOptions(max_seqs=2, kv_bits=8))
     prompts = [chat(eng, q) for q in QUESTIONS[:2]]
     for i, p in enumerate(prompts):
         eng.submit(Request(f"q{i}", p, SamplingParams(max_tokens=12)))
@@ -152,7 +154,7 @@ def test_quantized_kv_stays_batched_and_matches_single_sequence(smollm2_mlx, eng
     got = drain(eng, lambda _: seen.append(eng.stats()))
     eng.close()
     assert max(s.running for s in seen) == 2
-    assert max(s.extra["kv_bytes"] for s in seen) == 2 * BatchQuantizedKVCache.step * eng.kv_bytes_per_token()
+    assert max(s.extra.kv_bytes for s in seen) == 2 * BatchQuantizedKVCache.step * eng.kv_bytes_per_token()
     assert eng.kv_bytes_per_token() < 0.3 * engine.kv_bytes_per_token()  # 8 bits + scale, bias per 64 vs float32
     for i, p in enumerate(prompts):
         single = reference(eng, p, 12, prompt_cache=make_quantized_cache(eng.n_layers, 8))
@@ -161,7 +163,7 @@ def test_quantized_kv_stays_batched_and_matches_single_sequence(smollm2_mlx, eng
 
 def test_draft_model_serves_one_at_a_time_and_counts_acceptance(smollm2_mlx):
     """SmolLM2 drafting for itself: greedy output unchanged, draft tokens accepted and marked."""
-    eng = MlxEngine(str(smollm2_mlx), EngineOptions(max_seqs=2, spec=f"draft:{smollm2_mlx}", spec_tokens=3))
+    eng = MlxEngine(str(smollm2_mlx), MlxOptions(max_seqs=2, speculative=f"draft:{smollm2_mlx}", speculative_tokens=3))
     assert not eng.capabilities().continuous_batching
     assert any("max_seqs=2 is not used" in note for note in eng.unsupported)
     prompts = [chat(eng, q) for q in QUESTIONS[:2]]
@@ -179,25 +181,24 @@ def test_draft_model_serves_one_at_a_time_and_counts_acceptance(smollm2_mlx):
 
 
 def test_unsupported_options_are_reported(smollm2_mlx):
-    opts = EngineOptions(type_k="q8_0", type_v="q8_0", n_gpu_layers=99, n_threads=2, spec="ngram", batch_invariant=True)
+    opts = options_for("mlx", type_k="q8_0", type_v="q8_0", n_gpu_layers=99, n_threads=2, speculative="ngram", batch_invariant=True)
     eng = MlxEngine(str(smollm2_mlx), opts)
-    notes = " | ".join(eng.info()["unsupported_options"])
+    notes = " | ".join(eng.info().unsupported_options)
     for word in ("type_k", "n_gpu_layers", "n_threads", "'ngram'", "batch_invariant"):
         assert word in notes
     with pytest.raises(UserError, match="grammar"):
         eng.submit(Request("g", "hi", grammar='root ::= "a"'))
     eng.close()
     with pytest.raises(UserError, match="kv_bits"):
-        MlxEngine(str(smollm2_mlx), EngineOptions(kv_bits=7))
+        MlxEngine(str(smollm2_mlx), MlxOptions(kv_bits=7))
 
 
 def test_same_f16_weights_through_llama_cpp_and_mlx():
     """llama.cpp F16 GGUF vs the same weights converted to MLX float16, greedy: report the
     first divergence; the first tokens must agree."""
     ref = resolve_model("smollm2-135m:F16")
-    opts = EngineOptions(max_seqs=2, ctx_per_seq=512, n_threads=THREADS)
-    llama = LlamaCppEngine(str(ref.path), opts)
-    mlx = MlxEngine(str(convert_gguf(ref.path, "float16")), opts)
+    llama = LlamaCppEngine(str(ref.path), LlamaCppOptions(max_seqs=2, ctx_per_seq=512, n_threads=THREADS))
+    mlx = MlxEngine(str(convert_gguf(ref.path, "float16")), MlxOptions(max_seqs=2, ctx_per_seq=512))
     prompts = [chat(llama, q) for q in QUESTIONS[:2]]
     assert prompts == [chat(mlx, q) for q in QUESTIONS[:2]]
     assert [llama.count_tokens(p) for p in prompts] == [mlx.count_tokens(p) for p in prompts]

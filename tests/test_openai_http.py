@@ -28,7 +28,6 @@ from rllm_study.backends.base import (
     FINISH_ABORT,
     FINISH_ERROR,
     THINK,
-    EngineOptions,
     PrefillDone,
     Request,
     RequestAdmitted,
@@ -37,6 +36,7 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.openai_http import OpenAIEngine, StreamState, split_base_url
+from rllm_study.backends.options import LlamaCppOptions, OpenAIOptions
 from rllm_study.backends.phases import answer_text
 from rllm_study.backends.server_telemetry import load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.errors import UserError
@@ -97,7 +97,7 @@ def server_url(smollm2_path, tmp_path_factory):
 
 @pytest.fixture
 def engine(server_url):
-    eng = OpenAIEngine("", EngineOptions(base_url=server_url, timeout_s=120))
+    eng = OpenAIEngine("", OpenAIOptions(base_url=server_url, timeout_s=120))
     yield eng
     eng.close()
 
@@ -127,7 +127,7 @@ def test_base_url_picks_root_and_api():
     with pytest.raises(UserError, match="base_url"):
         split_base_url("127.0.0.1:8000")
     with pytest.raises(UserError, match="--base-url"):
-        OpenAIEngine("m", EngineOptions())
+        OpenAIEngine("m", OpenAIOptions())
 
 
 def test_streams_chunks_with_arrival_times(engine):
@@ -170,11 +170,11 @@ def test_think_and_answer_split(engine):
 
 
 def test_chat_mode_lets_the_server_template(server_url):
-    raw = OpenAIEngine("", EngineOptions(base_url=server_url))
+    raw = OpenAIEngine("", OpenAIOptions(base_url=server_url))
     with pytest.raises(UserError, match="chat mode"):
         raw.apply_chat_template([{"role": "user", "content": "Hi"}])
     raw.close()
-    chat = OpenAIEngine("", EngineOptions(base_url=server_url + "/v1/chat/completions"))
+    chat = OpenAIEngine("", OpenAIOptions(base_url=server_url + "/v1/chat/completions"))
     prompt = chat.apply_chat_template([{"role": "user", "content": "What is 2+2?"}])
     chat.submit(Request("c", prompt, SamplingParams(max_tokens=8)))
     events = drain(chat)["c"]
@@ -188,12 +188,12 @@ def test_count_tokens_uses_the_server_tokenizer(engine, smollm2_path):
     text = chatml("How many tokens is this?")
     vocab = llama_cpp.Llama(model_path=str(smollm2_path), vocab_only=True, verbose=False)
     assert engine.count_tokens(text) == len(vocab.tokenize(text.encode(), add_bos=True, special=True))
-    assert engine.info()["server_kind"] == "llama_cpp.server"
+    assert engine.info().server_kind == "llama_cpp.server"
 
 
 def test_unreachable_server_is_an_error_finish():
-    eng = OpenAIEngine("m", EngineOptions(base_url=f"http://127.0.0.1:{free_port()}"))
-    assert "ConnectError" in eng.info()["server_error"]
+    eng = OpenAIEngine("m", OpenAIOptions(base_url=f"http://127.0.0.1:{free_port()}"))
+    assert "ConnectError" in eng.info().server_error
     eng.submit(Request("u", "hello"))
     fin = finish_of(drain(eng)["u"])
     eng.close()
@@ -201,7 +201,7 @@ def test_unreachable_server_is_an_error_finish():
 
 
 def test_http_error_status_is_an_error_finish(server_url):
-    eng = OpenAIEngine("", EngineOptions(base_url=server_url + "/no/such/prefix"))
+    eng = OpenAIEngine("", OpenAIOptions(base_url=server_url + "/no/such/prefix"))
     eng.submit(Request("h", chatml("Hi")))
     fin = finish_of(drain(eng)["h"])
     eng.close()
@@ -209,7 +209,7 @@ def test_http_error_status_is_an_error_finish(server_url):
 
 
 def test_timeout_is_an_error_finish(server_url):
-    eng = OpenAIEngine("", EngineOptions(base_url=server_url, timeout_s=0.5))
+    eng = OpenAIEngine("", OpenAIOptions(base_url=server_url, timeout_s=0.5))
     eng.submit(Request("slow", chatml("Write a long story about the sea."), SamplingParams(max_tokens=400)))
     fin = finish_of(drain(eng)["slow"])
     eng.close()
@@ -226,7 +226,7 @@ def test_abort_mid_stream(engine):
 def test_server_killed_mid_stream(smollm2_path, tmp_path):
     port = free_port()
     with serve(llama_cpp_server(smollm2_path, port), port, tmp_path / "log") as (proc, url):
-        eng = OpenAIEngine("", EngineOptions(base_url=url))
+        eng = OpenAIEngine("", OpenAIOptions(base_url=url))
         eng.submit(Request("k", chatml("Write a long story about the sea."), SamplingParams(max_tokens=400)))
         events = drain(eng, on_event=lambda ev: isinstance(ev, TokenEvent) and proc.poll() is None and proc.kill())["k"]
         eng.close()
@@ -339,8 +339,8 @@ def llama_server(smollm2_path, tmp_path_factory):
 def test_llama_server_counts_telemetry_and_template(llama_server, smollm2_path):
     from rllm_study.backends.llama_cpp import LlamaModel
 
-    eng = OpenAIEngine("", EngineOptions(base_url=llama_server, prefix_cache=True))
-    assert eng.info()["server_kind"] == "llama-server"
+    eng = OpenAIEngine("", OpenAIOptions(base_url=llama_server, prefix_cache=True))
+    assert eng.info().server_kind == "llama-server"
     local = LlamaModel(smollm2_path)
     messages = [{"role": "user", "content": "Name three rivers."}]
     prompt = eng.apply_chat_template(messages)
@@ -356,7 +356,7 @@ def test_llama_server_counts_telemetry_and_template(llama_server, smollm2_path):
         assert fin.error is None and fin.prompt_tokens == len(local.tokenize(prompt))
         assert fin.output_tokens == sum(t.n_tokens for t in tokens)  # per-chunk counts match usage exactly
     assert max(finish_of(e).cached_tokens for e in out.values()) > 0  # the shared prompt was reused
-    busy = [s for s in samples if s.extra["telemetry"].startswith("metrics")]
+    busy = [s for s in samples if s.extra.telemetry.startswith("metrics")]
     assert busy and all(s.kv_unit == "cells" and s.kv_capacity == 4096 for s in busy)
     assert max(s.kv_used for s in busy) > 0 and max(s.running for s in busy) <= 2
     local.close()
@@ -372,8 +372,8 @@ def test_cross_check_in_process_engine_and_llama_server(llama_server, smollm2_pa
     questions = ["What is the capital of France?", "Name three prime numbers.", "Describe the sea in one sentence.",
                  "What does a CPU do?"]
     requests = [Request(f"x{i}", chatml(q), SamplingParams(max_tokens=64)) for i, q in enumerate(questions)]
-    local = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=2, ctx_per_seq=2048, n_threads=THREADS))
-    server = OpenAIEngine("", EngineOptions(base_url=llama_server))
+    local = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=2048, n_threads=THREADS))
+    server = OpenAIEngine("", OpenAIOptions(base_url=llama_server))
     check = cross_check(local, server, requests, rounds=int(os.environ.get("RLLM_CROSSCHECK_ROUNDS", "2")))
     local.close()
     server.close()

@@ -18,8 +18,9 @@ import llama_cpp as lc
 import pytest
 
 from conftest import REPO, THREADS, run_cli
-from rllm_study.backends.base import EngineOptions, Request, RequestFinished, SamplingParams, TokenEvent
-from rllm_study.backends.llama_cpp import LlamaCppEngine, parse_spec
+from rllm_study.backends.base import Request, RequestFinished, SamplingParams, TokenEvent
+from rllm_study.backends.llama_cpp import LlamaCppEngine
+from rllm_study.backends.options import LlamaCppOptions, parse_speculative
 from rllm_study.errors import UserError
 
 QUESTIONS = [
@@ -41,11 +42,11 @@ def generate(model: str, options: dict, prompts: list[list[dict]], max_tokens: i
     from rllm_study.metrics import cell_metrics
     from rllm_study.results import Cell
 
-    engine = LlamaCppEngine(model, EngineOptions(n_threads=THREADS, batch_invariant=batch_invariant, **options))
+    engine = LlamaCppEngine(model, LlamaCppOptions(n_threads=THREADS, batch_invariant=batch_invariant, **options))
     texts = [engine.apply_chat_template(m) for m in prompts]
     params = SamplingParams(max_tokens=max_tokens, **(sampling or {}))
     cells = [run_prompts(engine, [t], params, raw=True) for t in texts] if one_by_one else [run_prompts(engine, texts, params, raw=True)]
-    extra = engine.stats().extra
+    extra = engine.stats().extra.as_dict()  # the keys the timeline records
     engine.close()
     pairs = [(r, c.tokens[r["id"]]) for c in cells for r in c.requests]  # ids repeat across one-by-one cells
     merged = Cell(Path("."), {}, [{**r, "id": f"q{i}"} for i, (r, _) in enumerate(pairs)],
@@ -108,7 +109,7 @@ def assert_draft_accounting(run: dict, k: int) -> None:
 def test_kv_bytes_per_token_matches_llama_state_size(smollm2_path, kv_type):
     """The state of one sequence (llama_state_seq_get_size) grows by the KV bytes of each new
     token plus 12 bytes of cell metadata (position, seq-id count, seq id)."""
-    engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=1, ctx_per_seq=256, n_threads=THREADS, type_k=kv_type, type_v=kv_type))
+    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=1, ctx_per_seq=256, n_threads=THREADS, type_k=kv_type, type_v=kv_type))
     prompt = engine.apply_chat_template([{"role": "user", "content": "Count from 1 to 100, separated by commas."}])
     engine.submit(Request("k", prompt, SamplingParams(max_tokens=40)))
     engine.step()
@@ -117,7 +118,7 @@ def test_kv_bytes_per_token_matches_llama_state_size(smollm2_path, kv_type):
     for _ in range(12):
         engine.step()
     n2, size2 = seq.n_past, lc.llama_state_seq_get_size(engine.ctx, seq.seq_id)
-    per_token = engine.info()["kv_bytes_per_token"]
+    per_token = engine.info().kv_bytes_per_token
     engine.close()
     assert n2 - n1 == 12
     assert (size2 - size1) / (n2 - n1) == per_token + 12
@@ -132,11 +133,11 @@ def test_quantized_kv_holds_more_sequences_in_same_memory(smollm2_path):
     prompt = "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 15
     peaks = {}
     for kv in ("f16", "q8_0", "q4_0"):
-        probe = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=1, ctx_per_seq=256, n_threads=THREADS, type_k=kv, type_v=kv))
-        per_token = probe.info()["kv_bytes_per_token"]
+        probe = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=1, ctx_per_seq=256, n_threads=THREADS, type_k=kv, type_v=kv))
+        per_token = probe.info().kv_bytes_per_token
         probe.close()
         n_ctx = int(budget // per_token) // 256 * 256
-        engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=8, n_ctx=n_ctx, kv_unified=True, n_threads=THREADS, type_k=kv, type_v=kv))
+        engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=8, n_ctx=n_ctx, kv_unified=True, n_threads=THREADS, type_k=kv, type_v=kv))
         assert engine.n_ctx * per_token <= budget
         for i in range(8):
             engine.submit(Request(f"r{i}", prompt, SamplingParams(max_tokens=4)))
@@ -161,11 +162,11 @@ def test_prefix_cache_counts_hits_and_keeps_greedy_output(smollm2_path):
     opts = {"max_seqs": 2, "ctx_per_seq": 1024}
     off = isolated(str(smollm2_path), opts, prompts, 12, one_by_one=True)
     on = isolated(str(smollm2_path), {**opts, "prefix_cache": True}, prompts, 12, one_by_one=True)
-    both = isolated(str(smollm2_path), {**opts, "prefix_cache": True, "spec": "ngram"}, prompts, 12, one_by_one=True)
+    both = isolated(str(smollm2_path), {**opts, "prefix_cache": True, "speculative": "ngram"}, prompts, 12, one_by_one=True)
     assert_same_tokens(off, on)
     assert_same_tokens(off, both)
 
-    engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=1, ctx_per_seq=1024, n_threads=THREADS))
+    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=1, ctx_per_seq=1024, n_threads=THREADS))
     toks = [engine.model.tokenize(engine.apply_chat_template(m)) for m in prompts]
     engine.close()
 
@@ -208,7 +209,7 @@ def test_ngram_speculation_keeps_greedy_output(smollm2_path):
     prompts = chats(QUESTIONS)
     opts = {"max_seqs": 4, "ctx_per_seq": 512}
     plain = isolated(str(smollm2_path), opts, prompts, 60)
-    spec = isolated(str(smollm2_path), {**opts, "spec": "ngram", "spec_tokens": 4}, prompts, 60)
+    spec = isolated(str(smollm2_path), {**opts, "speculative": "ngram", "speculative_tokens": 4}, prompts, 60)
     assert_same_tokens(plain, spec)
     assert spec["extra"]["draft_accepted"] > 10
     assert_draft_accounting(spec, 4)
@@ -224,7 +225,7 @@ def test_draft_model_speculation_keeps_greedy_output(smollm2_path):
         prompts = chats(QUESTIONS[:n])
         opts = {"max_seqs": n, "ctx_per_seq": 512}
         plain = isolated(str(smollm2_path), opts, prompts, 40)
-        spec = isolated(str(smollm2_path), {**opts, "spec": "draft:smollm2-135m:Q4_0", "spec_tokens": 3}, prompts, 40)
+        spec = isolated(str(smollm2_path), {**opts, "speculative": "draft:smollm2-135m:Q4_0", "speculative_tokens": 3}, prompts, 40)
         assert_same_tokens(plain, spec)
         assert_draft_accounting(spec, 3)
         if n == 4:
@@ -239,7 +240,7 @@ def test_qwen_half_b_drafting_for_one_and_a_half_b_keeps_greedy_output():
     prompts = chats(QUESTIONS[:2])
     opts = {"max_seqs": 2, "ctx_per_seq": 512}
     plain = isolated("qwen2.5-coder-1.5b", opts, prompts, 20)
-    spec = isolated("qwen2.5-coder-1.5b", {**opts, "spec": "draft:qwen2.5-coder-0.5b", "spec_tokens": 4}, prompts, 20)
+    spec = isolated("qwen2.5-coder-1.5b", {**opts, "speculative": "draft:qwen2.5-coder-0.5b", "speculative_tokens": 4}, prompts, 20)
     assert_same_tokens(plain, spec)
     assert spec["extra"]["draft_accepted"] > 0
     assert_draft_accounting(spec, 4)
@@ -249,7 +250,7 @@ def test_speculation_with_sampling_is_seeded_and_keeps_the_grammar(smollm2_path)
     """Temperature > 0: the same seed gives the same tokens; a grammar still holds on every
     emitted token (drafts are checked by the grammar-constrained sampler)."""
     grammar = 'root ::= [a-z ]{3,40} "</think>" " The answer is " [0-9] "."'
-    engine = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=3, ctx_per_seq=512, n_threads=THREADS, spec="ngram"))
+    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=3, ctx_per_seq=512, n_threads=THREADS, speculative="ngram"))
     prompt = engine.apply_chat_template([{"role": "user", "content": "What is 2+2? Think first."}]) + "<think>"
     sampling = SamplingParams(max_tokens=60, temperature=0.9, seed=5)
     for rid in ("a", "b"):
@@ -278,7 +279,7 @@ def test_speculation_with_sampling_is_seeded_and_keeps_the_grammar(smollm2_path)
 @pytest.mark.parametrize("spec", ["draft", "draft:", "lookahead", "ngram:3"])
 def test_bad_spec_values_are_user_errors(spec):
     with pytest.raises(UserError, match="spec"):
-        parse_spec(spec)
+        parse_speculative(spec)
 
 
 def test_batch_invariant_is_a_spec_key_that_reaches_the_engine(smollm2_path):
@@ -288,23 +289,23 @@ def test_batch_invariant_is_a_spec_key_that_reaches_the_engine(smollm2_path):
     cells = expand({"datasets": {"gsm8k": 1}, "variants": variants}, "spec.toml")
     assert [c.engine.batch_invariant for c in cells] == [False, True]
     engine = LlamaCppEngine(str(smollm2_path), replace(cells[1].engine, n_threads=THREADS))
-    context = engine.info()["context"]
+    context = engine.info().context
     engine.close()
     assert context["batch_invariant"] is True and context["flash_attn"] is True
 
 
 def test_engine_rejects_bad_technique_options(smollm2_path):
-    for bad in ({"spec": "ngram", "spec_tokens": 0}, {"prefix_cache": True, "prefix_cache_tokens": 0}, {"type_k": "q3_0"}):
+    for bad in ({"speculative": "ngram", "speculative_tokens": 0}, {"prefix_cache": True, "prefix_cache_tokens": 0}, {"type_k": "q3_0"}):
         with pytest.raises(UserError):
-            LlamaCppEngine(str(smollm2_path), EngineOptions(n_threads=THREADS, **bad))
+            LlamaCppEngine(str(smollm2_path), LlamaCppOptions(n_threads=THREADS, **bad))
 
 
 @pytest.mark.parametrize("args,needle", [
     (["-m", "smollm2-135m:Q9_9"], "unknown quantization type 'Q9_9'"),
     (["-m", "smollm2-135m", "--kv-type-k", "q3_0"], "unknown KV-cache type 'q3_0'"),
     (["-m", "smollm2-135m", "--kv-type-v", "int4"], "unknown KV-cache type 'int4'"),
-    (["-m", "qwen2.5-coder-0.5b", "--spec", "draft:smollm2-135m"], "vocabulary"),
-    (["-m", "smollm2-135m", "--spec", "medusa"], "--spec 'medusa'"),
+    (["-m", "qwen2.5-coder-0.5b", "--speculative", "draft:smollm2-135m"], "vocabulary"),
+    (["-m", "smollm2-135m", "--speculative", "medusa"], "--speculative 'medusa'"),
     (["-m", "smollm2-135m", "--batch-invariant", "--no-flash-attn"], "batch_invariant needs flash attention"),
 ])
 def test_bad_option_values_give_one_line_and_exit_code_2(args, needle):

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rllm_study.bench import bench_engine
-from rllm_study.commands.options import GpuLayers
+from rllm_study.commands import options as opt
 from rllm_study.errors import UserError
 
 bench_app = typer.Typer(help="Benchmarks: our engine against llama.cpp's own tools, techniques against baselines.", no_args_is_help=True)
@@ -31,15 +31,15 @@ def _seqs(text: str) -> list[int]:
 @bench_app.command("engine")
 def engine_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Model reference (see `models list`).")] = "smollm2-135m",
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="Threads (default: physical cores).")] = None,
+    threads: opt.flag("n_threads") = None,
     seqs: Annotated[str, typer.Option("--seqs", help="Concurrent sequences to measure.")] = "1,2,4,8",
     n_prompt: Annotated[int, typer.Option("--n-prompt", help="Prompt tokens per sequence.")] = 128,
     n_gen: Annotated[int, typer.Option("--n-gen", help="Generated tokens per sequence.")] = 128,
-    flash_attn: Annotated[bool, typer.Option("--flash-attn/--no-flash-attn", help="Same setting is passed to the reference tools.")] = False,
+    flash_attn: opt.flag("flash_attn", help="Flash attention; the same setting is passed to the reference tools.") = False,
     reps: Annotated[int, typer.Option("--reps", help="Repetitions per point (mean reported).")] = 3,
     reference_dir: Annotated[Optional[Path], typer.Option("--reference-dir", help="Folder with llama-bench and llama-batched-bench (scripts/build_llama_tools.sh).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    n_gpu_layers: GpuLayers = 0,
+    n_gpu_layers: opt.flag("n_gpu_layers") = 0,
 ) -> None:
     """Decode tokens/s at 1..N concurrent sequences; with --reference-dir, llama.cpp's figures and the ratios."""
     if reference_dir is not None and not (reference_dir / "llama-batched-bench").exists():
@@ -69,25 +69,28 @@ def engine_cmd(
 def server_cmd(
     base_url: Annotated[str, typer.Option("--base-url", help="The server, e.g. http://127.0.0.1:8080 (llama-server started on the same model).")],
     model: Annotated[str, typer.Option("--model", "-m", help="The same model for the in-process engine.")] = "smollm2-135m",
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="In-process threads (match the server's -t).")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Sequences in flight (match the server's -np).")] = 2,
+    threads: opt.flag("n_threads", note="In process; match the server's -t.") = None,
+    concurrency: opt.flag("max_seqs", note="Match the server's -np.") = 2,
     requests: Annotated[int, typer.Option("--requests", "-n", help="GSM8K problems in the workload.")] = 4,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token budget per request.")] = 64,
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds, alternating which engine goes first.")] = 3,
 ) -> None:
     """Cross-check: one greedy workload through the in-process engine and an OpenAI-compatible server
     on the same model; token counts must match, and the throughput ratio is printed."""
-    from rllm_study.backends.base import EngineOptions, Request, SamplingParams
+    from rllm_study.backends.base import Request, SamplingParams
     from rllm_study.backends.llama_cpp import LlamaCppEngine
     from rllm_study.backends.openai_http import OpenAIEngine
     from rllm_study.crosscheck import cross_check
     from rllm_study.workloads.datasets import load_dataset
     from rllm_study.workloads.prompts import build_prompt
 
-    if min(concurrency, requests, max_tokens, rounds) < 1:
-        raise UserError("--concurrency, --requests, --max-tokens and --rounds must be >= 1")
-    local = LlamaCppEngine(model, EngineOptions(max_seqs=concurrency, n_threads=threads, ctx_per_seq=max_tokens + 1024))
-    remote = OpenAIEngine("", EngineOptions(max_seqs=concurrency, base_url=base_url))
+    if min(requests, max_tokens, rounds) < 1:
+        raise UserError("--requests, --max-tokens and --rounds must be >= 1")
+    local_options = opt.options_from_flags("llama_cpp", {"max_seqs": concurrency, "n_threads": threads,
+                                                         "ctx_per_seq": max_tokens + 1024})
+    remote_options = opt.options_from_flags("openai", {"max_seqs": concurrency, "base_url": base_url})
+    local = LlamaCppEngine(model, local_options)
+    remote = OpenAIEngine("", remote_options)
     try:
         work = [Request(item.id, local.apply_chat_template(build_prompt(item, "direct").messages), SamplingParams(max_tokens))
                 for item in load_dataset("gsm8k", limit=requests)]
@@ -106,7 +109,7 @@ def techniques_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Model for the prefix and KV benchmarks.")] = "qwen2.5-coder-0.5b",
     target: Annotated[str, typer.Option("--target", help="Speculative: the target model.")] = "qwen2.5-coder-1.5b",
     draft: Annotated[str, typer.Option("--draft", help="Speculative: the draft model (same vocabulary).")] = "qwen2.5-coder-0.5b",
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="Threads (default: physical cores).")] = None,
+    threads: opt.flag("n_threads") = None,
 ) -> None:
     """Prefix caching's TTFT gain, speculative decoding's speedup at 1 and 8 sequences, KV-cache
     quantization's memory saved and speed change: ratios measured in the same run, printed as JSON."""

@@ -61,6 +61,7 @@ def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -
     return Cell(Path("."), {"cell": {"name": "generate"}}, records, tokens)
 
 
+@opt.engine_flags(defaults={"ctx_per_seq": 2048})
 def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="Model: embedded name, .gguf path, hf:OWNER/REPO/FILE.gguf, with optional :QUANT.")] = "smollm2-135m",
     prompt: Annotated[Optional[List[str]], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
@@ -72,20 +73,7 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per request.")] = False,
     backend: opt.Backend = "llama_cpp",
-    concurrency: opt.Concurrency = 4,
-    threads: opt.Threads = None,
-    n_gpu_layers: opt.GpuLayers = 0,
-    ctx_per_seq: opt.CtxPerSeq = 2048,
-    kv_type_k: opt.KvTypeK = "f16",
-    kv_type_v: opt.KvTypeV = "f16",
-    flash_attn: opt.FlashAttn = None,
-    kv_unified: opt.KvUnified = False,
-    kv_bits: opt.KvBits = None,
-    prefix_cache: opt.PrefixCache = False,
-    spec: opt.Spec = None,
-    spec_tokens: opt.SpecTokens = 4,
-    batch_invariant: opt.BatchInvariant = False,
-    base_url: opt.BaseUrl = None,
+    engine_values: dict = None,
 ) -> None:
     """Generate for several prompts at once and print each request's tokens and latencies."""
     texts = _read_prompts(prompt or [], prompts_file)
@@ -95,11 +83,7 @@ def generate(
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
-    options = opt.engine_options(
-        concurrency=concurrency, threads=threads, n_gpu_layers=n_gpu_layers, ctx_per_seq=ctx_per_seq,
-        kv_type_k=kv_type_k, kv_type_v=kv_type_v, flash_attn=flash_attn, kv_unified=kv_unified, kv_bits=kv_bits,
-        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, batch_invariant=batch_invariant, base_url=base_url,
-    )
+    options = opt.options_from_flags(backend, engine_values)
     engine = engine_class(backend)(model, options)
     err = Console(stderr=True)
     for problem in engine_unsupported(engine, options):

@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         """Convert a model (fetched if needed) for another engine, offline; cached, so repeats are free."""
         if to != "mlx":
             raise UserError(f"--to {to!r}: the only target is mlx")
-        from rllm_study.mlx_convert import convert_to_mlx
+        from rllm_study.backends.mlx_convert import convert_to_mlx
 
         m = resolve_model(ref, fetch=True)
         print(f"{m.name}: {convert_to_mlx(m, dtype)}")

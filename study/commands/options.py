@@ -1,52 +1,113 @@
-"""Engine options shared by `generate`, `run` and `bench`: one definition per flag, one builder."""
+"""Engine flags of `generate`, `run` and `bench`, derived from the backends' option fields.
+
+Each option is declared once, in `rllm_study/backends/options.py` (help text, flag, rule); this
+module only turns those declarations into typer parameters:
+  - `engine_flags(...)` adds every engine option of every registered backend as a flag to a
+    command, and hands the command the values as `engine_values` ({field: value}); a deprecated
+    flag (e.g. `--spec`, for `--speculative`) still works with a one-line warning;
+  - `flag(field)` is the annotation of one option's flag, for a command that takes only a few;
+  - `options_from_flags(backend, values)` builds the backend's options, a bad value worded with
+    the flag the user typed.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Annotated, Optional
 
 import typer
 
-from rllm_study.backends.base import EngineOptions
-from rllm_study.errors import UserError
+from rllm_study.backends import REGISTRY, all_options, build_options, option_defaults
+from rllm_study.backends.options import Meta, deprecated
 
-Backend = Annotated[str, typer.Option("--backend", help="llama_cpp (in process), mlx, or openai (an OpenAI-compatible server).")]
-Concurrency = Annotated[int, typer.Option("--concurrency", "-c", help="Concurrent sequences (parallel slots) in the engine.")]
-Threads = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: physical cores).")]
-GpuLayers = Annotated[int, typer.Option("--n-gpu-layers", help="Layers offloaded to CUDA/Metal (-1 = all).")]
-CtxPerSeq = Annotated[int, typer.Option("--ctx-per-seq", help="KV cells (tokens) per sequence; the cache holds concurrency x this.")]
-KvTypeK = Annotated[str, typer.Option("--kv-type-k", help="K-cache type: f16, q8_0, q4_0, ...")]
-KvTypeV = Annotated[str, typer.Option("--kv-type-v", help="V-cache type: f16, q8_0, q4_0, ... (quantized V turns flash attention on).")]
-FlashAttn = Annotated[Optional[bool], typer.Option("--flash-attn/--no-flash-attn", help="Flash attention (default: llama.cpp's auto).")]
-KvUnified = Annotated[bool, typer.Option("--kv-unified", help="One KV pool shared by all sequences (admission by free cells, preemption when full).")]
-KvBits = Annotated[Optional[int], typer.Option("--kv-bits", help="MLX: quantized KV cache bits (4 or 8).")]
-PrefixCache = Annotated[bool, typer.Option("--prefix-cache", help="Reuse the KV of cached prompt prefixes.")]
-Spec = Annotated[Optional[str], typer.Option("--spec", help="Speculative decoding: ngram, or draft:MODEL.")]
-SpecTokens = Annotated[int, typer.Option("--spec-tokens", help="Draft length per step.")]
-BatchInvariant = Annotated[bool, typer.Option("--batch-invariant", help="llama.cpp: the same logits whatever else is batched (slower; turns flash attention on).")]
-BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server URL (backend openai).")]
+Backend = Annotated[str, typer.Option("--backend", help=f"Engine backend: {', '.join(REGISTRY)} (llama_cpp in process, "
+                                                         "openai: an OpenAI-compatible server).")]
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def engine_options(
-    *, concurrency: int = 4, threads: int | None = None, n_gpu_layers: int = 0, ctx_per_seq: int = 4096,
-    kv_type_k: str = "f16", kv_type_v: str = "f16", flash_attn: bool | None = None, kv_unified: bool = False,
-    kv_bits: int | None = None, prefix_cache: bool = False, spec: str | None = None, spec_tokens: int = 4,
-    batch_invariant: bool = False, base_url: str | None = None,
-) -> EngineOptions:
-    """Validate CLI values and build EngineOptions (user mistakes raise UserError)."""
-    if concurrency < 1:
-        raise UserError(f"--concurrency must be >= 1, got {concurrency}")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    if ctx_per_seq < 16:
-        raise UserError(f"--ctx-per-seq must be >= 16, got {ctx_per_seq}")
-    if spec is not None and not (spec == "ngram" or (spec.startswith("draft:") and len(spec) > 6)):
-        raise UserError(f"--spec {spec!r}: use 'ngram' or 'draft:MODEL'")
-    if spec_tokens < 1:
-        raise UserError(f"--spec-tokens must be >= 1, got {spec_tokens}")
-    if kv_bits is not None and kv_bits not in (2, 3, 4, 6, 8):
-        raise UserError(f"--kv-bits must be one of 2, 3, 4, 6, 8, got {kv_bits}")
-    return EngineOptions(
-        max_seqs=concurrency, n_threads=threads, n_gpu_layers=n_gpu_layers, ctx_per_seq=ctx_per_seq,
-        type_k=kv_type_k, type_v=kv_type_v, flash_attn=flash_attn, kv_unified=kv_unified, kv_bits=kv_bits,
-        prefix_cache=prefix_cache, spec=spec, spec_tokens=spec_tokens, batch_invariant=batch_invariant, base_url=base_url,
-    )
+def _annotation(name: str, meta: Meta, *, optional: bool, flag: str | None = None, hidden: bool = False, note: str = "",
+                help: str | None = None):
+    spelled = flag or meta.flag
+    text = meta.type
+    base = _TYPES[text.split("|")[0].strip()]
+    decls = [f"{spelled}/--no-{spelled[2:]}"] if base is bool else [spelled]
+    if meta.short and not hidden:
+        decls.append(meta.short)
+    help_text = None if hidden else f"{help or meta.help} {note}".strip()
+    py_type = Optional[base] if optional or "None" in text else base
+    return Annotated[py_type, typer.Option(*decls, help=help_text, hidden=hidden)]
+
+
+def flag(name: str, note: str = "", help: str | None = None):
+    """The typer annotation of one option's flag (e.g. `threads: flag("n_threads") = None`); `note`
+    adds to the option's help, `help` replaces it where the command gives the flag another default."""
+    return _annotation(name, all_options()[name], optional=True, note=note, help=help)
+
+
+def _deprecated_flag(meta: Meta) -> str | None:
+    return "--" + meta.deprecated_key.replace("_", "-") if meta.deprecated_key else None
+
+
+def engine_flags(fn=None, *, defaults: dict | None = None, overrides: bool = False):
+    """Add every engine option as a flag to a typer command `fn(..., engine_values: dict)`.
+
+    overrides=False (generate): engine_values holds every value that differs from its field's
+    default (flag defaults: the fields', or `defaults`). overrides=True (run): every flag defaults
+    to unset, and engine_values holds only the flags given."""
+    if fn is None:
+        return functools.partial(engine_flags, defaults=defaults, overrides=overrides)
+    defaults = defaults or {}
+    field_defaults = option_defaults()
+    metas = all_options()
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "engine_values"]
+    added = []
+    for name, meta in metas.items():
+        default = None if overrides else defaults.get(name, field_defaults[name])
+        added.append(inspect.Parameter(f"opt__{name}", inspect.Parameter.KEYWORD_ONLY, default=default,
+                                       annotation=_annotation(name, meta, optional=overrides)))
+        old = _deprecated_flag(meta)
+        if old:
+            added.append(inspect.Parameter(f"old__{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                           annotation=_annotation(name, meta, optional=True, flag=old, hidden=True)))
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        values, spelled = {}, {}
+        for name, meta in metas.items():
+            value = kwargs.pop(f"opt__{name}")
+            old_value = kwargs.pop(f"old__{name}", None)
+            if old_value is not None:
+                deprecated(f"{_deprecated_flag(meta)} is deprecated; use {meta.flag}")
+                value, spelled[name] = old_value, _deprecated_flag(meta)
+            if overrides and value is not None:
+                values[name] = value
+            elif not overrides and (value != field_defaults[name] or name in defaults):
+                values[name] = value
+        return fn(**kwargs, engine_values=_Values(values, spelled))
+
+    params = sorted(own + added, key=lambda p: p.kind)  # keyword-only after the others
+    command.__signature__ = sig.replace(parameters=params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+class _Values(dict):
+    """{field: value} from flags, remembering which were given under a deprecated flag."""
+
+    def __init__(self, values: dict, spelled: dict):
+        super().__init__(values)
+        self.spelled = spelled
+
+
+def flag_name(name: str, values: dict | None = None) -> str:
+    """How the user spelled an option's flag (a deprecated flag if that is what they typed)."""
+    spelled = getattr(values, "spelled", {}) or {}
+    return spelled.get(name) or all_options()[name].flag
+
+
+def options_from_flags(backend: str, values: dict):
+    """The backend's options from flag values ({field: value}); a bad value names its flag."""
+    return build_options(backend, dict(values), spelled=lambda name: flag_name(name, values))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from rllm_study.backends import all_options, option_defaults
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
 from rllm_study.results import Cell, cells_in, read_cell
@@ -28,7 +29,7 @@ TECHNIQUE_FIELDS = {
     "weight quantization": ("model.quant",),
     "KV-cache quantization": ("engine.type_k", "engine.type_v", "engine.kv_bits"),
     "prefix caching": ("engine.prefix_cache", "engine.prefix_cache_tokens"),
-    "speculative decoding": ("engine.spec", "engine.spec_tokens"),
+    "speculative decoding": ("engine.speculative", "engine.speculative_tokens"),
 }
 
 
@@ -96,8 +97,16 @@ class CellData:
         return (self.model.get("gguf") or {}).get("n_params") or (self.cell.manifest.get("engine", {}).get("model") or {}).get("n_params")
 
     def field(self, dotted: str):
-        """A manifest value by dotted path: 'model.quant' reads manifest.model, 'engine.x' the cell's engine options."""
+        """A manifest value by dotted path: 'model.quant' reads manifest.model, 'engine.x' the cell's engine
+        options (an option the cell's backend does not have reads as its declared default; a renamed
+        option is found under its old name in older result files)."""
         head, _, rest = dotted.partition(".")
+        if head == "engine" and rest in all_options():
+            engine, meta = self.spec.get("engine") or {}, all_options()[rest]
+            for name in (rest, meta.deprecated_key):
+                if name in engine:
+                    return engine[name]
+            return option_defaults()[rest]
         node = self.model if head == "model" else self.spec.get(head, {})
         for part in rest.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -245,12 +254,17 @@ def varying_label(cells: list[CellData], cell: CellData) -> str:
     return " · ".join(parts) or cell.name
 
 
+def _old_build(engine: dict) -> str | None:
+    """The engine build of a manifest written before info() had `build`: the version or kind it recorded."""
+    return engine.get("llama_cpp_python") or engine.get("mlx_lm") or engine.get("server_kind")
+
+
 def fingerprint(manifest: dict) -> dict[str, str]:
     """Where a cell ran, in words: CPU, cores, memory, GPUs, OS and engine build."""
-    hw, engine, versions = manifest.get("hardware") or {}, manifest.get("engine") or {}, manifest.get("versions") or {}
+    hw, engine = manifest.get("hardware") or {}, manifest.get("engine") or {}
     gpus = ", ".join(f"{g.get('name')} ({g.get('memory_mib', 0) / 1024:.0f} GiB)" for g in hw.get("gpus") or []) or "none"
     backend = engine.get("backend") or manifest.get("cell", {}).get("backend", "?")
-    build = versions.get("llama-cpp-python") if backend == "llama_cpp" else versions.get("mlx-lm") if backend == "mlx" else engine.get("server_kind")
+    build = engine.get("build") or _old_build(engine)
     return {
         "CPU": str(hw.get("cpu", "?")),
         "cores": f"{hw.get('cores_physical', '?')} physical / {hw.get('cores_logical', '?')} logical",

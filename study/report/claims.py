@@ -521,7 +521,7 @@ def speculative(cells: list[CellData]) -> Claim:
     claim = Claim("speculative", "Speculative decoding",
                   "N-gram speculative decoding shortens end-to-end time at every model size with no accuracy loss, but "
                   "lowers tokens/s and worsens TTFVT.", rule, NOT_TESTED, "")
-    vs = versus(cells, "speculative decoding", _ref_where(lambda c: not c.field("engine.spec")))
+    vs = versus(cells, "speculative decoding", _ref_where(lambda c: not c.field("engine.speculative")))
     if not vs:
         claim.reason = "needs cells with and without speculative decoding: run `rllm-study run --preset speculative`"
         return claim

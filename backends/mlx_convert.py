@@ -81,8 +81,8 @@ PROBE_TEXTS = (
 
 
 def default_dtype() -> str:
-    """float16 on Apple Silicon (Metal), float32 elsewhere: mlx's CPU float16 matmuls run about
-    half as fast as float32 ones on x86 (measured on SmolLM2, 2 cores)."""
+    """float16 on Apple Silicon (Metal), float32 elsewhere: mlx's CPU float16 matmuls are slower
+    than float32 ones on x86 (README, "Running on Apple Silicon (MLX)", has the measurement)."""
     return "float16" if platform.system() == "Darwin" and platform.machine() == "arm64" else "float32"
 
 
@@ -291,9 +291,9 @@ class _LlamaVocab:
     def __enter__(self):
         import llama_cpp as lc
 
-        from rllm_study.backends.llama_cpp import _init_backend
+        from rllm_study.backends.llama_cpp import init_backend
 
-        _init_backend()
+        init_backend()
         params = lc.llama_model_default_params()
         params.vocab_only = True
         self._lc = lc
