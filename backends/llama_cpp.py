@@ -116,6 +116,16 @@ def _last_log() -> str:
     return lines[-1] if lines else "no details from llama.cpp"
 
 
+def load_model_file(path: Path, params, what: str = "this model"):
+    """llama_model_load_from_file after init_backend; a file llama.cpp cannot load is a UserError
+    naming the path, `what` was being loaded and llama.cpp's last log line."""
+    init_backend()
+    ptr = lc.llama_model_load_from_file(str(path).encode(), params)
+    if not ptr:
+        raise UserError(f"{path}: llama.cpp could not load {what} ({_last_log()})")
+    return ptr
+
+
 def check_kv_type(name: str, field: str) -> int:
     if name not in KV_TYPES:
         raise UserError(f"{field}: unknown KV-cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
@@ -130,14 +140,11 @@ class LlamaModel:
     """
 
     def __init__(self, path: Path, n_gpu_layers: int = 0, weight_repack: bool = True):
-        init_backend()
         self.path = Path(path)
         params = lc.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = weight_repack
-        self.ptr = lc.llama_model_load_from_file(str(self.path).encode(), params)
-        if not self.ptr:
-            raise UserError(f"{self.path}: llama.cpp could not load this model ({_last_log()})")
+        self.ptr = load_model_file(self.path, params)
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)

@@ -291,15 +291,12 @@ class _LlamaVocab:
     def __enter__(self):
         import llama_cpp as lc
 
-        from rllm_study.backends.llama_cpp import init_backend
+        from rllm_study.backends.llama_cpp import load_model_file
 
-        init_backend()
         params = lc.llama_model_default_params()
         params.vocab_only = True
         self._lc = lc
-        self.model = lc.llama_model_load_from_file(str(self.path).encode(), params)
-        if not self.model:
-            raise UserError(f"{self.path}: llama.cpp cannot read this GGUF's vocabulary")
+        self.model = load_model_file(self.path, params, "this GGUF's vocabulary")
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_tokens = lc.llama_vocab_n_tokens(self.vocab)
         return self
