@@ -72,7 +72,7 @@ def _gsm8k_file(tmp_path, bad_rows=1):
 
 def test_malformed_rows_are_skipped_with_a_counted_warning(tmp_path):
     path = _gsm8k_file(tmp_path, bad_rows=2)
-    with pytest.warns(MalformedRowWarning, match=r"skipped 2 malformed row\(s\).*first: row 2: .*'####"):
+    with pytest.warns(MalformedRowWarning, match=r"skipped 2 malformed row\(s\).*first: row 2 of .*gsm8k.jsonl line 2: .*'####"):
         items = load_dataset("gsm8k", source=str(path))
     assert [i.answer for i in items] == ["1", "4", "5"]
 
@@ -95,6 +95,32 @@ def test_unreadable_sources(tmp_path):
     broken.write_text('{"question": "x", "answer": \n', encoding="utf-8")
     with pytest.raises(UserError, match="cannot read .*broken.jsonl as json"):
         load_dataset("gsm8k", source=str(broken))
+
+
+@pytest.mark.parametrize("name,text,needle", [
+    ("bad.jsonl", '{"question": "a", "answer": "#### 1"}\n{"question": "b", "answer": \n', r"bad.jsonl as json: line 2 column \d+: Expecting value"),
+    ("bad.json", '[\n  {"question": "a", "answer": "#### 1"},\n  {"question": "b" "answer": "#### 2"}\n]\n', r"bad.json as json: line 3 column \d+: Expecting ','"),
+    ("bad.csv", 'question,answer\n"a\nb","#### 1"\nc,"#### 2",extra\n', r"bad.csv as csv: line 4: 3 fields, the header has 2"),
+    ("list.jsonl", '{"question": "a", "answer": "#### 1"}\n[1, 2]\n', r"list.jsonl as json: line 2: a row must be an object"),
+])
+def test_unparseable_file_names_file_and_line(tmp_path, name, text, needle):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=needle):
+        load_dataset("gsm8k", source=str(path))
+
+
+def test_malformed_row_names_file_line_and_field_without_library_logs(tmp_path):
+    path = tmp_path / "rows.csv"  # a quoted two-line field: row 2 starts on line 4, not 3
+    path.write_text('question,answer\n"one\ntwo","#### 1"\n,"#### 2"\n', encoding="utf-8")
+    done = run_cli("datasets", "show", "gsm8k", "--strict", "--source", str(path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "malformed row 2 of" in done.stderr and "rows.csv line 4" in done.stderr and "'question'" in done.stderr
+    broken = tmp_path / "bad.jsonl"
+    broken.write_text('{"question": "x", "answer": "#### 1"}\n{"question": \n', encoding="utf-8")
+    done = run_cli("datasets", "show", "gsm8k", "--source", str(broken))
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: cannot read {broken} as json: line 2 column 14: Expecting value"]
 
 
 def test_sharegpt_lengths_source():

