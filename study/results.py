@@ -19,14 +19,28 @@ A timeline line: {"session", "t_s", "kv_used", "kv_capacity", "kv_unit", "runnin
 
 Sessions: each start (or resume) of a cell is a new session with its own clock (t = 0 at its
 start), numbered from 0; times are comparable only within a session.
-A kill at any moment loses at most the line being written: a torn last line is cut off on
-the next open, and requests already in requests.jsonl are skipped on resume.
+A kill at any moment loses at most the line being written: a torn last line (cut mid-line, or
+NUL bytes left by a power loss) is cut off on the next open and skipped when read, and
+requests already in requests.jsonl are skipped on resume. A request counts as finished only
+once its requests.jsonl line is fsync'd; one the engine had finished but not yet written when
+the process died is rerun on resume (so no finished request is lost, none recorded twice).
+A write that fails (a full disk) is rolled back to the last complete line, so what is on disk
+stays readable.
+
+One writer per results folder: `FolderLock` holds OUT/.rllm-study.lock (pid, host, start time
+inside) for the whole run; a second run on the same folder is refused, a lock left by a dead
+process is taken over. Errors on the results path become one line naming the path and the
+cause (`path_error`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -37,6 +51,134 @@ MANIFEST = "manifest.json"
 REQUESTS = "requests.jsonl"
 TOKENS = "tokens.jsonl"
 TIMELINE = "timeline.jsonl"
+LOCK = ".rllm-study.lock"
+
+_CAUSES = {
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.EEXIST: "it exists and is not a folder", errno.ENOTDIR: "a part of it is a regular file, not a folder",
+    errno.ENOENT: "it cannot be created there",
+}
+
+
+def os_cause(err: OSError, path: Path | None = None) -> str:
+    """The cause of an OSError in words (for ENOTDIR: which part of `path` is a regular file)."""
+    if err.errno == errno.ENOTDIR and path is not None:
+        blocker = next((p for p in [Path(path), *Path(path).parents] if p.is_file()), None)
+        if blocker is not None:
+            return f"{blocker} is a regular file, not a folder"
+    return _CAUSES.get(err.errno, err.strerror or str(err))
+
+
+def path_error(path: Path, err: OSError) -> UserError:
+    """One line for an OSError on the results path: the path, the cause, the fix."""
+    return UserError(f"{path}: cannot write results ({os_cause(err, path)}); choose another --out or fix the folder")
+
+
+class ResultsWriteError(Exception):
+    """Writing a results file failed (`path`, the OSError `err`); what was on disk before the
+    failed write is intact (see CellWriter._append)."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"{path}: {os_cause(err)}")
+        self.path, self.err = Path(path), err
+
+
+def check_writable(out_dir: Path) -> None:
+    """Without creating anything: OUT is a folder (or can be made) that this process may write."""
+    out_dir = Path(out_dir)
+    target = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
+    if target is None:
+        return
+    if not target.is_dir():
+        raise path_error(out_dir, OSError(errno.EEXIST if target == out_dir else errno.ENOTDIR, ""))
+    if not os.access(target, os.W_OK | os.X_OK):
+        ro = os.statvfs(target).f_flag & os.ST_RDONLY
+        raise path_error(out_dir, OSError(errno.EROFS if ro else errno.EACCES, ""))
+
+
+def make_folder(path: Path) -> Path:
+    """mkdir -p, with any failure as `path_error`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise path_error(path, OSError(errno.EEXIST, "")) from None
+    except OSError as err:
+        raise path_error(path, err) from None
+    return path
+
+
+class FolderLock:
+    """The one-writer lock of a results folder: OUT/.rllm-study.lock, flock'ed for the run.
+
+    The kernel drops the flock when the process exits in any way (kill -9 included); the file
+    then names a process that no longer holds it, and the next run takes it over with a
+    message (`took_over`). While a live process holds it, `acquire` raises a UserError:
+    "OUT is being written by pid N on HOST since T; wait, or use another --out"."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = Path(out_dir)
+        self.path = self.dir / LOCK
+        self.fd: int | None = None
+        self.took_over: str | None = None  # the message when a stale lock was taken over
+
+    def acquire(self) -> "FolderLock":
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise path_error(self.dir, err) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_lock(fd)
+                os.close(fd)
+                raise UserError(f"{self.dir} is being written by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+                                f"since {holder.get('started', '?')}; wait, or use another --out") from None
+            try:  # the file may have been removed (and remade) by the holder between open and flock
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        old = _read_lock(fd)
+        if old:
+            self.took_over = (f"{self.dir}: took over the lock left by pid {old.get('pid', '?')} on {old.get('host', '?')} "
+                              f"(since {old.get('started', '?')}), which no longer holds it")
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(mine).encode(), 0)
+        except OSError as err:
+            os.close(fd)
+            raise path_error(self.path, err) from None
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass  # a read-only or vanished folder: the flock still goes with the fd
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_lock(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
 
 
 def _repair_torn_tail(path: Path) -> None:
@@ -56,56 +198,89 @@ def _repair_torn_tail(path: Path) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete JSON lines of a file ([] if it does not exist); a torn last line is skipped."""
+    """All complete JSON lines of a file ([] if it does not exist). A torn last line (no newline,
+    or not JSON) is skipped; NUL bytes (a power loss's filler) are dropped; a damaged line
+    before the last is a UserError naming the file and line."""
     if not Path(path).exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    bad: int | None = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith("\n"):
                 break
-            line = line.strip()
-            if line:
+            line = line.replace("\x00", "").strip()
+            if not line:
+                continue
+            if bad is not None:
+                raise UserError(f"{path} line {bad}: not a JSON record (the file is damaged; remove that line)")
+            try:
                 rows.append(json.loads(line))
+            except ValueError:
+                bad = number
     return rows
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class CellWriter:
     """Appends a cell's results; safe to reopen after a crash (see the module docstring)."""
 
     def __init__(self, cell_dir: Path):
-        self.dir = Path(cell_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for name in (REQUESTS, TOKENS, TIMELINE):
-            _repair_torn_tail(self.dir / name)
-        done = read_jsonl(self.dir / REQUESTS)
-        self.finished_ids: set[str] = {r["id"] for r in done}
-        sessions = [r.get("session", 0) for r in done] + [r.get("session", 0) for r in read_jsonl(self.dir / TIMELINE)[-1:]]
-        self.session = (max(sessions) + 1) if sessions else 0
-        self._requests = open(self.dir / REQUESTS, "a", encoding="utf-8")
-        self._tokens = open(self.dir / TOKENS, "a", encoding="utf-8")
-        self._timeline = open(self.dir / TIMELINE, "a", encoding="utf-8")
+        self.dir = make_folder(cell_dir)
+        try:
+            for name in (REQUESTS, TOKENS, TIMELINE):
+                _repair_torn_tail(self.dir / name)
+            done = read_jsonl(self.dir / REQUESTS)
+            self.finished_ids: set[str] = {r["id"] for r in done}
+            sessions = [r.get("session", 0) for r in done] + [r.get("session", 0) for r in read_jsonl(self.dir / TIMELINE)[-1:]]
+            self.session = (max(sessions) + 1) if sessions else 0
+            self._fds = {name: os.open(self.dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                         for name in (REQUESTS, TOKENS, TIMELINE)}
+        except OSError as err:
+            raise path_error(self.dir, err) from None
 
     def write_manifest(self, manifest: dict) -> None:
         tmp = self.dir / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self.dir / MANIFEST)
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+            os.replace(tmp, self.dir / MANIFEST)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise ResultsWriteError(self.dir / MANIFEST, err) from None
+
+    def _append(self, rows: list[tuple[str, dict]], sync: bool) -> None:
+        """Append one line per (file, row); on any failure every file is cut back to where it
+        was, so a failed write (a full disk) leaves no partial line, and the error is raised."""
+        sizes = {name: os.fstat(self._fds[name]).st_size for name, _ in rows}
+        name = rows[0][0]
+        try:
+            for name, row in rows:
+                fd = self._fds[name]
+                _write_all(fd, (json.dumps({**row, "session": self.session}, separators=(",", ":")) + "\n").encode())
+                if sync:
+                    os.fsync(fd)
+        except OSError as err:
+            for done, size in sizes.items():
+                os.ftruncate(self._fds[done], size)
+            raise ResultsWriteError(self.dir / name, err) from None
 
     def write_request(self, record: dict, tokens: dict) -> None:
         """Record a finished request durably: tokens line, then the request line, each fsync'd."""
-        for f, row in ((self._tokens, tokens), (self._requests, record)):
-            f.write(json.dumps({**row, "session": self.session}, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._append([(TOKENS, tokens), (REQUESTS, record)], sync=True)
         self.finished_ids.add(record["id"])
 
     def write_timeline(self, sample: dict) -> None:
-        self._timeline.write(json.dumps({"session": self.session, **sample}, separators=(",", ":")) + "\n")
-        self._timeline.flush()
+        self._append([(TIMELINE, sample)], sync=False)
 
     def close(self) -> None:
-        for f in (self._requests, self._tokens, self._timeline):
-            f.close()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
 
 
 @dataclass

@@ -1,8 +1,12 @@
 """Runs cells: turns a workload into timed requests, drives an engine, records everything.
 
 One thread drives the engine: each loop submits the requests that are due, calls
-`engine.step()` once, records finished requests (graded, fsync'd), and samples engine stats
-into the timeline every `sample_period_s`. Arrivals: each loop asks the cell's arrival process
+`engine.step()` once, and hands finished requests and a cheap engine-stats snapshot (every
+`sample_period_s`) to a writer thread (`RecordWriter`), which grades and records them (fsync'd)
+off the engine loop: between two decode steps there is only engine work and bookkeeping.
+A request the engine finished but the writer has not yet fsync'd when the process dies is not
+finished (see study/results.py) and is rerun on resume; a clean stop (end, Ctrl-C, an error)
+first writes every finished request. Arrivals: each loop asks the cell's arrival process
 (`rllm_study.workloads.arrivals`) which requests are due, given the clock, how many were sent
 and how many are in flight, and submits them in order with the arrival time it names: for open
 loop (poisson, gamma, constant, trace, ramp) the *scheduled* time, whether or not the engine
@@ -10,10 +14,16 @@ keeps up (submitted at the first loop turn after it); for closed loop and synchr
 the moment they became due.
 A resumed cell (a new session) skips requests already in requests.jsonl and schedules the
 rest afresh from the same seed.
+
+Before the first cell, `preflight` checks the whole study (see there); `run --dry-run` prints
+the same verdict.
 """
 
 from __future__ import annotations
 
+import errno
+import queue
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,14 +35,16 @@ from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.recorder import Recorder
-from rllm_study.results import CellWriter
-from rllm_study.spec import CellSpec
+from rllm_study.results import (REQUESTS, CellWriter, FolderLock, ResultsWriteError, check_writable, make_folder,
+                                 path_error, read_jsonl)
+from rllm_study.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import grade
 from rllm_study.workloads.prompts import Prompt, build_prompt, ends_in_think
 
 IDLE_SLEEP_S = 0.005
+WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
 
 
 @dataclass
@@ -92,6 +104,66 @@ def manifest(cell: CellSpec, spec: dict, engine) -> dict:
     }
 
 
+def cell_arrivals(cell: CellSpec, n: int):
+    """The cell's arrival process for n requests (`timing_of_workload`, which validates as `schedule` does)."""
+    return timing_of_workload(cell.workload, n, cell.seed)
+
+
+class RecordWriter:
+    """The writer thread of a cell session: grades finished requests and writes them (fsync'd)
+    and the timeline samples, in the order handed over, off the engine loop.
+
+    The queue is bounded (WRITER_QUEUE items): when the disk is slower than the engine, the
+    engine loop waits instead of holding an unbounded backlog in memory. The first write error
+    stops the writer (later items are dropped, so nothing half-recorded follows) and is raised
+    in the engine loop by `check()` or `put()`; `close()` writes what is queued and joins."""
+
+    def __init__(self, cell: CellSpec, writer: CellWriter, on_written=None):
+        self.cell, self.writer, self.on_written = cell, writer, on_written
+        self.error: BaseException | None = None
+        self.written = 0  # requests recorded this session
+        self._queue: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE)
+        self._thread = threading.Thread(target=self._loop, name=f"writer {cell.name}", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item) -> None:
+        while True:
+            self.check()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                if isinstance(item, dict):
+                    self.writer.write_timeline(item)
+                    continue
+                job, record, tokens, extra = item
+                record.update(extra)
+                record.update(grade(job.item, job.prompt, record["output_text"]).record_fields())
+                self.writer.write_request(record, tokens)
+                self.written += 1
+                if self.on_written is not None:
+                    self.on_written(self.written, record)
+            except BaseException as err:  # handed to the engine loop
+                self.error = err
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread; raise a write error if one happened."""
+        self._queue.put(None)
+        self._thread.join()
+        self.check()
+
+
 class CellRun:
     """One session of one cell (see the module docstring)."""
 
@@ -104,10 +176,10 @@ class CellRun:
         self.in_flight: set[str] = set()
         self.batch_of: dict[str, int] = {}
         self.output_tokens = 0
-        self.finished = 0
+        self.records: RecordWriter | None = None
 
     def _arrivals(self):
-        return timing_of_workload(self.cell.workload, len(self.todo), self.cell.seed)
+        return cell_arrivals(self.cell, len(self.todo))
 
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
@@ -119,11 +191,26 @@ class CellRun:
         self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar))
 
     def run(self) -> None:
+        self.records = RecordWriter(self.cell, self.writer, self._written)
+        try:
+            self._loop()
+        finally:
+            self.records.close()
+
+    def _written(self, done: int, record: dict) -> None:
+        """On the writer thread, after a request is recorded: progress."""
+        self.output_tokens += record["output_tokens"]
+        if self.on_progress is not None:
+            elapsed = max((time.perf_counter_ns() - self.recorder.t0_ns) / 1e9, 1e-9)
+            self.on_progress(done, self.output_tokens / elapsed)
+
+    def _loop(self) -> None:
         arrivals = self._arrivals()
         queue = list(self.todo)
         t0 = self.recorder.t0_ns
         next_sample = t0
         while queue or self.in_flight:
+            self.records.check()
             now = time.perf_counter_ns()
             for due in arrivals.due((now - t0) / 1e9, len(self.todo) - len(queue), len(self.in_flight))[: len(queue)]:
                 self._submit(queue.pop(0), t0 + int(due.at_s * 1e9), due.batch)
@@ -141,30 +228,26 @@ class CellRun:
         self._sample(time.perf_counter_ns())
 
     def _sample(self, now_ns: int) -> None:
+        """A stats snapshot on the engine thread (engine.stats() is a few counters); the writer
+        thread formats and writes it."""
         st = self.engine.stats()
-        self.writer.write_timeline({
+        self.records.put({
             "t_s": self.recorder.seconds(now_ns), "kv_used": st.kv_used, "kv_capacity": st.kv_capacity,
             "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
             "device_bytes": st.device_bytes, **({"extra": st.extra.as_dict()} if st.extra else {}),
         })
 
     def _record(self, events) -> None:
+        """Hand each finished request to the writer thread (grading and the fsync'd write happen there)."""
         for record, tokens in self.recorder.feed(events):
             job = self.jobs[record["id"]]
-            g = grade(job.item, job.prompt, record["output_text"])
-            record.update({
+            extra = {
                 "dataset": job.item.dataset, "item_id": job.item.id, "domain": job.item.domain,
                 "difficulty": job.item.difficulty, "prompt_mode": self.cell.prompt_mode,
                 "batch": self.batch_of.get(job.id), "reference_answer": job.prompt.correct_letter or job.item.answer,
-                **g.record_fields(),
-            })
-            self.writer.write_request(record, tokens)
+            }
             self.in_flight.discard(record["id"])
-            self.output_tokens += record["output_tokens"]
-            self.finished += 1
-            if self.on_progress is not None:
-                elapsed = max((time.perf_counter_ns() - self.recorder.t0_ns) / 1e9, 1e-9)
-                self.on_progress(self.finished, self.output_tokens / elapsed)
+            self.records.put((job, record, tokens, extra))
 
 
 def hash_id(text: str) -> int:
@@ -196,18 +279,98 @@ class EnginePool:
         self.engine, self.key = None, None
 
 
+def check_cells(cells: list[CellSpec]) -> None:
+    """The checks that need no engine, for every cell: its arrival values, by the same
+    validator as `schedule` (`timing_of_workload`, through `cell_arrivals`)."""
+    for cell in cells:
+        try:
+            cell_arrivals(cell, cell.samples)
+        except UserError as err:
+            raise UserError(f"{cell.name}: workload: {err}") from None
+
+
+def _fit(cell: CellSpec, jobs: list[Job], engine, console) -> CellSpec:
+    """The cell with a context every prompt fits, or a UserError naming the item that cannot.
+
+    Applies where the engine sizes its sequences from ctx_per_seq (its info() has
+    context.seq_capacity). A sequence must hold prompt + max_tokens + 1 tokens. When
+    ctx_per_seq is the derived default (`spec.default_ctx_per_seq`) and n_ctx is not set, it
+    grows to that for the longest prompt, rounded up to 256; a value the user set is kept: a
+    prompt that does not fit at all is an error, one that leaves less than max_tokens of room a
+    warning (its output may end at the context before the budget)."""
+    capacity = (engine.info().get("context") or {}).get("seq_capacity")
+    if not capacity or not jobs:
+        return cell
+    counts = [(engine.count_tokens(j.text), j) for j in jobs]
+    longest, job = max(counts, key=lambda c: c[0])
+    needed = longest + cell.max_tokens + 1
+    if needed <= capacity:
+        return cell
+    options = cell.engine
+    if not options.n_ctx and options.ctx_per_seq == default_ctx_per_seq(cell.max_tokens):
+        return replace(cell, engine=replace(options, ctx_per_seq=-(-needed // 256) * 256))
+    if longest + 1 > capacity:
+        raise UserError(f"{cell.name}: {job.item.id} has a {longest}-token prompt; a sequence holds {capacity - 1} "
+                        f"(set engine.ctx_per_seq >= {needed}, or leave it unset to size it from the prompts)")
+    console.print(f"[yellow]warning:[/] {cell.name}: {job.item.id}'s {longest}-token prompt leaves {capacity - 1 - longest} "
+                  f"tokens of the {cell.max_tokens} budget (engine.ctx_per_seq >= {needed} fits it)")
+    return cell
+
+
+def preflight(cells: list[CellSpec], pool: "EnginePool", console) -> list[tuple[CellSpec, list[Job]]]:
+    """Everything checked before the first cell runs; returns each cell (its context sized,
+    see `_fit`) with its requests.
+
+    Arrival values first (`check_cells`); then each cell's engine is opened through the pool
+    (the model resolves and loads; cells sharing backend, model and options share it), the
+    cell builds its requests (data sets and prompt templates read, prompts rendered through the
+    model's chat template) and counts their tokens against its own sequence capacity. Cells go
+    last to first, so the first cell's engine stays open for the run."""
+    check_cells(cells)
+    planned: list = [None] * len(cells)
+    for i in reversed(range(len(cells))):
+        engine = pool.get(cells[i])
+        jobs = build_jobs(cells[i], engine)
+        planned[i] = (_fit(cells[i], jobs, engine, console), jobs)
+    return planned
+
+
+def dry_run(cells: list[CellSpec], out_dir: Path, console) -> list[tuple[CellSpec, list[Job]]]:
+    """The verdict `run` would reach before its first cell, with nothing written: the results
+    folder writable (`check_writable`), then `preflight`."""
+    check_writable(out_dir)
+    pool = EnginePool()
+    try:
+        return preflight(cells, pool, console)
+    finally:
+        pool.close()
+
+
+def _kept(dirs: list[Path]) -> int:
+    return sum(len(read_jsonl(d / REQUESTS)) for d in dirs if (d / REQUESTS).exists())
+
+
 def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list[Path]:
-    """Run every cell into OUT/<cell name>/, resuming finished requests; returns the cell folders."""
+    """Run every cell into OUT/<cell name>/, resuming finished requests; returns the cell folders.
+
+    Order: the no-engine checks, the results folder made and locked (one writer per folder,
+    `FolderLock`), `preflight`, then the cells. A full disk stops the run with a UserError
+    saying how many requests are kept; everything written stays readable."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: --out must be a folder")
+    check_writable(out_dir)
+    check_cells(cells)
+    make_folder(out_dir)
     pool = EnginePool()
     dirs = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
-            for i, cell in enumerate(cells, 1):
+        with FolderLock(out_dir) as lock, Progress(*columns, console=console, transient=False,
+                                                   disable=not console.is_terminal) as progress:
+            if lock.took_over:
+                console.print(lock.took_over)
+            planned = preflight(cells, pool, console)
+            for i, (cell, jobs) in enumerate(planned, 1):
                 cell_dir = out_dir / cell.name
                 dirs.append(cell_dir)
                 writer = CellWriter(cell_dir)
@@ -215,7 +378,6 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     engine = pool.get(cell)
                     for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
-                    jobs = build_jobs(cell, engine)
                     label = f"[{i}/{len(cells)}] {cell.name}"
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
@@ -232,6 +394,11 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     run.run()
                 finally:
                     writer.close()
+    except ResultsWriteError as failed:
+        if failed.err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{failed}: the run stopped; {_kept(dirs)} finished requests are kept in {out_dir} "
+                            "(summarize and report read them); free space and run the same command again to resume") from None
+        raise path_error(failed.path, failed.err) from None
     finally:
         pool.close()
     return dirs

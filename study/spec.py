@@ -251,10 +251,16 @@ def _engine_fields(table: dict, where: str, section: str) -> dict:
     return fields
 
 
+def default_ctx_per_seq(budget: int) -> int:
+    """ctx_per_seq when a spec does not set it: budget + PROMPT_ROOM rounded up to 256 (the
+    runner grows it where a prompt needs more room, see runner._fit)."""
+    return -(-(budget + PROMPT_ROOM) // 256) * 256
+
+
 def _engine_options(backend: str, fields: dict, wl: dict, budget: int, where: str) -> CommonOptions:
     """The backend's options for a cell; concurrency defaults to the batch size / closed-loop
     concurrency (8 for open loop), ctx_per_seq to the budget + PROMPT_ROOM rounded up to 256."""
     fields = {"max_seqs": wl.get("batch_size") or wl.get("concurrency") or 8,
-              "ctx_per_seq": -(-(budget + PROMPT_ROOM) // 256) * 256, **fields}
+              "ctx_per_seq": default_ctx_per_seq(budget), **fields}
     keys = {name: m.key for name, m in all_options().items()}
     return build_options(backend, fields, spelled=lambda name: f"{where}: engine.{keys[name]} =")

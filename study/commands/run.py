@@ -12,7 +12,7 @@ from rllm_study.backends import all_options
 from rllm_study.commands.metrics import print_summary
 from rllm_study.commands.options import engine_flags
 from rllm_study.errors import UserError
-from rllm_study.runner import run_study
+from rllm_study.runner import dry_run as dry_run_study, run_study
 from rllm_study.spec import apply_overrides, expand, load_spec, preset_names
 
 
@@ -25,7 +25,7 @@ def run(
     backend: Annotated[Optional[str], typer.Option("--backend", help="Engine backend for every cell (see generate --help).")] = None,
     overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a spec field: KEY=VALUE (TOML value), e.g. --set max_tokens=[64].")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (one subfolder per cell); re-running resumes.")] = Path("runs/latest"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks before its first cell (loads each model once), list the cells and stop.")] = False,
     engine_values: dict = None,
 ) -> None:
     """Run a study: every cell's requests through the engine, recorded as they finish (resumable)."""
@@ -50,8 +50,12 @@ def run(
     console = Console(stderr=True, soft_wrap=True)
     console.print(f"{where}: {len(cells)} cells -> {out}")
     if dry_run:
-        for c in cells:
-            print(c.name)
+        planned = dry_run_study(cells, out, console)
+        for (c, _), given in zip(planned, cells):
+            sized = c.engine.ctx_per_seq != given.engine.ctx_per_seq
+            print(c.name + (f"  (ctx_per_seq {c.engine.ctx_per_seq}: sized for its longest prompt)" if sized else ""))
+        console.print(f"ok: {len(cells)} cells checked (workload values, models, data sets, templates, every prompt "
+                      f"fits its sequence, {out} writable)")
         return
     dirs = run_study(cells, data, out, console)
     print_summary(dirs)
