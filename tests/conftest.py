@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,6 +15,24 @@ from rllm_study.backends.base import RequestFinished, TokenEvent
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rllm_study"]
 THREADS = int(os.environ.get("RLLM_TEST_THREADS", "2"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+MAX_STEPS = 10_000  # drain's bound: far above any test's tokens, so a stuck engine fails instead of hanging
+
+
+def require(present: bool, what: str) -> None:
+    """Skip a test whose prerequisite (something the README's setup installs or builds) is
+    missing, with `what` saying how to get it; under CI (CI=true) fail instead: CI runs the
+    setup, so a missing prerequisite there is a broken setup, never a silently untested path."""
+    if not present:
+        if IN_CI:
+            pytest.fail(f"{what} (CI=true: the setup should have provided it)")
+        pytest.skip(what, allow_module_level=True)
+
+
+def require_module(name: str) -> None:
+    """Like `pytest.importorskip`, failing under CI (see `require`); finds the module without
+    importing it (so a test module can still order its imports)."""
+    require(importlib.util.find_spec(name) is not None, f"python module {name} is not installed (scripts/setup.sh installs it)")
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +66,13 @@ QUESTIONS = [
 ]
 
 
-def drain(engine, on_step=None) -> dict[str, dict]:
-    """Step until idle; per request: its events in order, token ids and the finish event."""
+def drain(engine, on_step=None, max_steps: int = MAX_STEPS) -> dict[str, dict]:
+    """Step until idle (failing after max_steps steps); per request: its events in order, token
+    ids and the finish event."""
     out: dict[str, dict] = {}
     steps = 0
     while engine.has_work():
+        assert steps < max_steps, f"the engine still has work after {max_steps} steps"
         for ev in engine.step():
             rec = out.setdefault(ev.request_id, {"events": [], "tokens": [], "finish": None})
             rec["events"].append(ev)

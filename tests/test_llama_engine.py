@@ -66,14 +66,21 @@ def test_late_arrivals_join_running_batch(small_engine, smollm2_path):
     small_engine.submit(Request("early0", prompts[0], SamplingParams(max_tokens=20)))
     small_engine.submit(Request("early1", prompts[1], SamplingParams(max_tokens=20)))
 
+    together = []
+
     def join(step):
         if step == 3:
             small_engine.submit(Request("late2", prompts[2], SamplingParams(max_tokens=20)))
             small_engine.submit(Request("late3", prompts[3], SamplingParams(max_tokens=20)))
             assert small_engine.stats().running == 2  # the early ones are mid-generation
+        together.append({s.request.id for s in small_engine.running})
 
     got = drain(small_engine, join)
     assert set(got) == {"early0", "early1", "late2", "late3"}
+    # the late ones were admitted while the early ones still ran, and decoded in the same steps
+    assert any(ids == {"early0", "early1", "late2", "late3"} for ids in together)
+    first_late = min(i for i, ev in enumerate(got["late2"]["events"]) if isinstance(ev, TokenEvent))
+    assert got["late2"]["events"][first_late].t_ns < got["early0"]["finish"].t_ns
     for rid, idx in [("early0", 0), ("early1", 1), ("late2", 2), ("late3", 3)]:
         assert got[rid]["tokens"] == reference_greedy(smollm2_path, prompts[idx], 20)
 
@@ -210,9 +217,12 @@ def test_seeded_sampling_is_reproducible(small_engine):
     p = chat(small_engine, "Invent a name for a cat.")
     for rid in ("s1", "s2"):
         small_engine.submit(Request(rid, p, SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=7)))
-    small_engine.submit(Request("s3", p, SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=8)))
+    for seed in (8, 9, 10):
+        small_engine.submit(Request(f"o{seed}", p, SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=seed)))
     got = drain(small_engine)
     assert got["s1"]["tokens"] == got["s2"]["tokens"]
+    others = [got[f"o{seed}"]["tokens"] for seed in (8, 9, 10)]  # another seed, another draw
+    assert any(t != got["s1"]["tokens"] for t in others) and len({tuple(t) for t in others}) > 1
 
 
 def test_think_answer_split_by_text_markers(small_engine):

@@ -4,7 +4,8 @@ Fast tests use `python -m llama_cpp.server` (llama-cpp-python's own server: one 
 time, no usage in streams), because CI cannot afford to build llama-server. The llama-server
 tests (its per-chunk token counts, usage, /slots and /metrics telemetry, /props chat template,
 and the cross-check against the in-process engine) are marked slow and skip unless
-`scripts/build_llama_tools.sh` has built it (or RLLM_LLAMA_SERVER names the binary).
+`scripts/build_llama_tools.sh` has built it (or RLLM_LLAMA_SERVER names the binary); under CI
+they fail instead (`.ci/run` builds it and runs them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import httpx
 import llama_cpp
 import pytest
 
-from conftest import THREADS
+from conftest import THREADS, require
 from rllm_study.backends.base import (
     ANSWER,
     FINISH_ABORT,
@@ -326,8 +327,7 @@ def llama_server_binary() -> Path | None:
 @pytest.fixture(scope="module")
 def llama_server(smollm2_path, tmp_path_factory):
     binary = llama_server_binary()
-    if binary is None:
-        pytest.skip("llama-server is not built: run scripts/build_llama_tools.sh")
+    require(binary is not None, "llama-server is not built: run scripts/build_llama_tools.sh")
     port = free_port()
     cmd = [str(binary), "-m", str(smollm2_path), "--host", "127.0.0.1", "--port", str(port), "-t", str(THREADS),
            "-np", "2", "-c", "4096", "--metrics", "--no-webui"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import THREADS, run_cli
+from conftest import THREADS, require, run_cli
 from rllm_study.metrics import METRICS
 from rllm_study.report import REPORT_HTML, REPORT_MD
 from rllm_study.report.cells import load_cells
@@ -151,8 +151,7 @@ def test_report_opens_in_headless_chromium(runs, tmp_path):
     """The page loads with no console errors or blocked requests (a strict content security policy
     allows only data: images and inline styles), every image decodes, and the claims are there."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; scripts/setup.sh installs it)")
+    require(browser is not None, "chromium is not installed (apt-get install chromium; scripts/setup.sh installs it)")
     page = tmp_path / "checked.html"
     page.write_text((runs["report"] / REPORT_HTML).read_text().replace("<head>", "<head>" + CHECKER, 1))
     proc = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],

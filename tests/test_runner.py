@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -46,8 +47,10 @@ def test_quick_pilot_end_to_end(pilot_run):
         m = cell.manifest
         assert m["model"]["sha256"] and m["hardware"]["cores_logical"] and m["versions"]["llama-cpp-python"]
         assert m["engine"]["context"]["max_seqs"] == 2 and m["cell"]["max_tokens"] == 32
-        if "reasoning" in c.name:
-            assert all(r["think_tokens"] > 0 for r in cell.requests)
+        for r in cell.requests:  # reasoning starts inside <think>: think tokens, then answer tokens; direct: answer only
+            phases = cell.tokens[r["id"]]["phase"]
+            assert re.fullmatch("t+a*" if "reasoning" in c.name else "a+", phases), phases
+            assert (phases.count("t"), phases.count("a")) == (r["think_tokens"], r["answer_tokens"])
     assert "ASU per cell" in proc.stdout and "smollm2-135m__gsm8k__reasoning" in proc.stdout
 
 
@@ -56,7 +59,12 @@ def test_summarize_reads_the_run(pilot_run):
     proc = run_cli("summarize", out, "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
-    assert len(results) == 4 and all(r["throughput"]["output_tok_s"] > 0 for r in results)
+    assert len(results) == 4
+    for c, r in zip(sorted(p for p in out.iterdir() if p.is_dir()), results):  # recomputed from the raw lines
+        rows = read_jsonl(c / "requests.jsonl")
+        span = max(x["finish_s"] for x in rows) - min(x["arrival_s"] for x in rows)
+        assert r["n_requests"] == len(rows)
+        assert r["throughput"]["output_tok_s"] == pytest.approx(sum(x["output_tokens"] for x in rows) / span)
 
 
 def test_open_loop_requests_arrive_at_their_scheduled_times(tmp_path, smollm2_path):

@@ -98,7 +98,7 @@ def assert_draft_accounting(run: dict, k: int) -> None:
     t = run["techniques"]
     assert (t["draft_proposed"], t["draft_accepted"]) == (proposed, accepted)
     assert t["draft_acceptance_rate"] == pytest.approx(accepted / proposed)
-    marks = "".join(r["draft"] for r in run["requests"])
+    marks = "".join(r["draft"] for r in run["requests"] if r["draft_proposed"] > 0)  # the metric's rule
     assert t["mean_accepted_per_step"] == pytest.approx(marks.count("1") / marks.count("0"))
 
 
@@ -193,13 +193,17 @@ def test_prefix_cache_evicts_least_recently_used_under_its_budget(smollm2_path):
     used, is evicted. Then A again reuses all but its last token, B only the system prompt."""
     a, b = chats(QUESTIONS[:2], SYSTEM)
     d = chats(["Summarise: " + "the quick brown fox jumps over the lazy dog " * 28])[0]
-    run = generate(str(smollm2_path), {"max_seqs": 1, "ctx_per_seq": 1024, "prefix_cache": True, "prefix_cache_tokens": 1300},
-                   [a, b, a, d, a, b], 2, one_by_one=True, batch_invariant=False)
+    opts = {"max_seqs": 1, "ctx_per_seq": 1024}
+    run = isolated(str(smollm2_path), {**opts, "prefix_cache": True, "prefix_cache_tokens": 1300}, [a, b, a, d, a, b], 12,
+                   one_by_one=True)
     reqs = run["requests"]
     assert reqs[3]["cached_tokens"] == 0 and sum(reqs[i]["prompt_tokens"] for i in (0, 1, 3)) > 1300
     assert reqs[4]["cached_tokens"] == reqs[4]["prompt_tokens"] - 1
     assert reqs[5]["cached_tokens"] == reqs[1]["cached_tokens"] < reqs[5]["prompt_tokens"] - 5
     assert run["extra"]["prefix_entries"] == 2 and run["extra"]["prefix_cached_tokens"] <= 1300
+    cold = isolated(str(smollm2_path), opts, [a, b], 12, one_by_one=True)  # no cache at all
+    assert reqs[4]["tokens"] == cold["requests"][0]["tokens"]  # A from its cached entry
+    assert reqs[5]["tokens"] == cold["requests"][1]["tokens"]  # B after its eviction: only the system prompt reused
 
 
 # -- speculative decoding --------------------------------------------------------------------
@@ -235,6 +239,7 @@ def test_draft_model_speculation_keeps_greedy_output(smollm2_path):
     assert 0 < accepted < proposed
 
 
+@pytest.mark.slow  # fetches the 1.5B model (1.1 GB), which setup does not
 def test_qwen_half_b_drafting_for_one_and_a_half_b_keeps_greedy_output():
     """The real draft/target pair, two sequences, 20 tokens (the 1.5B decodes ~10-15 tok/s on 2 cores)."""
     prompts = chats(QUESTIONS[:2])
@@ -266,11 +271,46 @@ def test_speculation_with_sampling_is_seeded_and_keeps_the_grammar(smollm2_path)
                 finished[ev.request_id] = ev
     engine.close()
     assert tokens["a"] == tokens["b"]
+    assert sum(fin.draft_accepted for fin in finished.values()) > 0
     for fin in finished.values():
         assert fin.reason == "stop"
         head, sep, tail = fin.output_text.partition("</think>")
         assert sep and set(head) <= set("abcdefghijklmnopqrstuvwxyz ")
         assert tail[:-2] == " The answer is " and tail[-2].isdigit() and tail[-1] == "."
+
+
+@pytest.mark.parametrize("spec", ["ngram", "draft:smollm2-135m:Q4_0"])
+def test_speculation_at_temperature_gives_the_tokens_of_no_speculation(smollm2_path, spec):
+    """Temperature 0.8, one seed, batch-invariant: every emitted token is one draw of the
+    target's own sampler whether or not drafts are fed, so speculation on and off give the same
+    tokens; drafts are accepted (and, from the Q4_0 draft model, also rejected)."""
+    prompts = chats(QUESTIONS)
+    opts = {"max_seqs": 4, "ctx_per_seq": 512}
+    sampling = {"temperature": 0.8, "top_p": 0.95, "seed": 11}
+    off = isolated(str(smollm2_path), opts, prompts, 40, sampling=sampling)
+    on = isolated(str(smollm2_path), {**opts, "speculative": spec, "speculative_tokens": 3}, prompts, 40, sampling=sampling)
+    assert_same_tokens(off, on)
+    assert 0 < on["extra"]["draft_accepted"]
+    if spec.startswith("draft"):
+        assert on["extra"]["draft_accepted"] < on["extra"]["draft_proposed"]
+    assert_draft_accounting(on, 3)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "batch_invariant does not hold in a unified KV cache: measured (SmolLM2, seed 4, T 0.8) the same four "
+    "requests in n_ctx 256 (3 preemptions) and 2048 (none) part at tokens 23, 24 and 46 of three of them, and a "
+    "split cache or one sequence at a time differs from the first token; see the engine's batch-invariance notes"))
+def test_preemption_at_temperature_keeps_the_tokens_of_an_unpreempted_run(smollm2_path):
+    """A unified cache too small for four requests at temperature 0.8: the youngest is
+    preempted and recomputed; batch-invariant, its seeded tokens should equal those of the same
+    requests in a unified cache with room for all."""
+    prompts = chats([f"Count from {n} to {n + 25}, separated by commas." for n in (1, 30, 60, 90)])
+    sampling = {"temperature": 0.8, "top_p": 0.95, "seed": 4}
+    tight = isolated(str(smollm2_path), {"max_seqs": 4, "n_ctx": 256, "kv_unified": True}, prompts, 90, sampling=sampling)
+    roomy = isolated(str(smollm2_path), {"max_seqs": 4, "n_ctx": 2048, "kv_unified": True}, prompts, 90, sampling=sampling)
+    assert tight["extra"]["preemptions"] >= 1 and roomy["extra"]["preemptions"] == 0
+    assert all(r["finish_reason"] in ("stop", "length") for r in tight["requests"])
+    assert_same_tokens(roomy, tight)
 
 
 # -- options ---------------------------------------------------------------------------------
