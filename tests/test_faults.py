@@ -216,8 +216,8 @@ BAD = '[[variants]]\nname = "good"\n[[variants]]\nname = "bad"\n'
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (BAD + '[variants.workload]\narrival = "poisson"\nrate = -1.0\n', "bad__gsm8k__direct__mt8__poisson-r-1.0__r0: workload: --rate must be > 0, got -1.0"),
-    (BAD + '[variants.workload]\narrival = "gamma"\nrate = 1.0\ncv = 0.0\n', "workload: --cv must be > 0, got 0.0"),
+    (BAD + '[variants.workload]\narrival = "poisson"\nrate = -1.0\n', "workload.rate must be > 0, got -1.0"),
+    (BAD + '[variants.workload]\narrival = "gamma"\nrate = 1.0\ncv = 0.0\n', "workload.cv must be > 0, got 0.0"),
     (BAD + '[variants.workload]\narrival = "trace"\ntrace = "/nonexistent/trace.txt"\n', "cannot read trace file /nonexistent/trace.txt"),
     (BAD + '[variants.engine]\nctx_per_seq = 256\n[variants.workload]\nshared_prefix = 8\n',
      "-token prompt; a sequence holds 255 (set engine.ctx_per_seq >= "),
