@@ -292,13 +292,13 @@ def check_cells(cells: list[CellSpec]) -> None:
 def _fit(cell: CellSpec, jobs: list[Job], engine, console) -> CellSpec:
     """The cell with a context every prompt fits, or a UserError naming the item that cannot.
 
-    Applies where the engine sizes its sequences from ctx_per_seq (its info() has
-    context.seq_capacity). A sequence must hold prompt + max_tokens + 1 tokens. When
+    Applies where the engine sizes its sequences from ctx_per_seq (its info().context has
+    seq_capacity). A sequence must hold prompt + max_tokens + 1 tokens. When
     ctx_per_seq is the derived default (`spec.default_ctx_per_seq`) and n_ctx is not set, it
     grows to that for the longest prompt, rounded up to 256; a value the user set is kept: a
     prompt that does not fit at all is an error, one that leaves less than max_tokens of room a
     warning (its output may end at the context before the budget)."""
-    capacity = (engine.info().get("context") or {}).get("seq_capacity")
+    capacity = (getattr(engine.info(), "context", None) or {}).get("seq_capacity")
     if not capacity or not jobs:
         return cell
     counts = [(engine.count_tokens(j.text), j) for j in jobs]
