@@ -12,13 +12,15 @@ recorded exactly as in a study) and measured by `rllm_study.metrics.cell_metrics
                            backend openai against llama-server -np N: the same requests, arrival
                            times and seeds, with its extra samplers switched off per request
                            (top_k 0, min_p 0, repeat_penalty 1)
-  llama-server, defaults   the same, but with the server's own default extra samplers
+  llama-server, its defaults
+                           the same, but with the server's own default extra samplers
                            (`server_default_samplers`; llama-server's top_k 40, min_p 0.05 ...,
                            read back from its GET /props and printed)
 
+Each side's results are a study's cell folder, OUT/<side>/<cell>/ (`summarize`, `report` read them).
 Figures per side (metrics' names): goodput_req_s with k of n (k = requests meeting every SLO =
 goodput_req_s x duration_s, n = completed requests), e2el_s p50/p90 with its count, output_tok_s
-with the number of requests and their output tokens. Ratios: `bench_server_ratio`.
+with the number of requests and their output tokens (output_tok_s x duration_s). Ratios: `bench_server_ratio`.
 
 The server: `--base-url URL`, or `--server-bin PATH`: PATH is started on 127.0.0.1 at a free
 port (`llama_server_command` lists its flags: -np N, -c N x ctx_per_seq, the same threads, batch
@@ -220,7 +222,7 @@ def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Pa
             (cell_dir,) = run_study(expand(side, f"bench server {key}"), side, Path(out_dir) / key, console)
             data = read_cell(cell_dir)
             engine = data.manifest.get("engine", {})
-            result["sides"][key] = {"label": label, "backend": backend, "cell_dir": str(cell_dir),
+            result["sides"][key] = {"label": label, "backend": backend, "cell": cell_dir.name,
                                     "extra_samplers": engine.get("extra_samplers", "none: top-p, temperature"),
                                     "build": (engine.get("llama_server") or {}).get("build_info") or engine.get("llama_cpp_python"),
                                     **figures(cell_metrics(data, (50, 90), cell.slo or None))}

@@ -131,7 +131,7 @@ def _server_workload(base_url, server_bin, model, threads, concurrency, requests
     spec = workload_spec(model, dataset, requests, max_tokens, rate, cv, concurrency, threads, n_gpu_layers, parse_slo(slo))
     console = Console(stderr=True, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="rllm-bench-server-") as tmp:
-        result = bench_server(spec, out or Path(tmp), base_url, server_bin, console)
+        result = {**bench_server(spec, out or Path(tmp), base_url, server_bin, console), "results_dir": out and str(out)}
     if as_json:
         print(json.dumps(result, indent=2))
     else:
