@@ -20,7 +20,9 @@ recorded exactly as in a study) and measured by `rllm_study.metrics.cell_metrics
 Each side's results are a study's cell folder, OUT/<side>/<cell>/ (`summarize`, `report` read them).
 Figures per side (metrics' names): goodput_req_s with k of n (k = requests meeting every SLO =
 goodput_req_s x duration_s, n = completed requests), e2el_s p50/p90 with its count, output_tok_s
-with the number of requests and their output tokens (output_tok_s x duration_s). Ratios: `bench_server_ratio`.
+with the number of requests and their output tokens (output_tok_s x duration_s). Ratios in-process /
+llama-server with their 95% bootstrap intervals: `bench_server_ratio`; the goodput ratio at the
+same sampling is checked against TARGET (met / missed / inconclusive, as stats.Condition settles it).
 
 The server: `--base-url URL`, or `--server-bin PATH`: PATH is started on 127.0.0.1 at a free
 port (`llama_server_command` lists its flags: -np N, -c N x ctx_per_seq, the same threads, batch
@@ -40,7 +42,7 @@ from pathlib import Path
 import httpx
 
 from rllm_study.errors import UserError
-from rllm_study.metrics import define
+from rllm_study.metrics import define, distribution, meets_slo, percentile_key
 
 READY_TIMEOUT_S = 120.0  # a server that does not answer /health in this time is given up
 STOP_TIMEOUT_S = 10.0    # SIGTERM -> SIGKILL
@@ -169,11 +171,49 @@ def side_spec(spec: dict, backend: str, url: str | None, default_samplers: bool)
     return out
 
 
-@define("bench_server_ratio", "ratio", "in-process figure / llama-server figure, the same workload (bench server)")
-def ratio(ours: float | None, theirs: float | None) -> float | None:
-    """For goodput_req_s and output_tok_s above 1 means in process is better, for e2el_s below 1.
-    None when either figure is missing or the server's is 0."""
-    return ours / theirs if ours is not None and theirs else None
+@define("bench_server_ratio", "ratio", "in-process figure / llama-server figure on the same workload, with its "
+        "bootstrap_ci95 over each side's requests (durations held at the measured ones)")
+def ratio_interval(ours: tuple[list[dict], float], theirs: tuple[list[dict], float], name: str, slo: dict | None):
+    """`name` (RATIO_FIGURES) of in process over llama-server. Each side is (its request_metrics
+    rows, its duration_s); a resample redraws each side's requests, keeping its duration, so the
+    interval shows the spread over requests, not over runs. For goodput and output tok/s above 1
+    means in process is better, for E2EL below 1. None where the server's figure is 0 or missing."""
+    from rllm_study.stats import bootstrap
+
+    figure = RATIO_FIGURES[name]
+
+    def stat(samples):
+        a, b = (figure(rows, dur, slo) for rows, dur in zip(samples, (ours[1], theirs[1])))
+        return a / b if a is not None and b else None
+
+    return bootstrap([ours[0], theirs[0]], stat)
+
+
+def _e2el_pct(p: float):
+    def figure(rows, dur, slo):
+        return distribution((r["e2el_s"] for r in rows if r["completed"]), (p,))[percentile_key(p)]
+    return figure
+
+
+RATIO_FIGURES = {  # metrics' formulas on request_metrics rows: goodput_req_s, e2el_s p50/p90, output_tok_s
+    "goodput_req_s": lambda rows, dur, slo: sum(r["completed"] and meets_slo(r, slo) for r in rows) / dur if slo and dur else None,
+    "e2el_p50_s": _e2el_pct(50),
+    "e2el_p90_s": _e2el_pct(90),
+    "output_tok_s": lambda rows, dur, slo: sum(r["output_tokens"] or 0 for r in rows) / dur if dur else None,
+}
+TARGET = ("server_same", "goodput_req_s", 1.0)  # issue target: in-process goodput >= 1.0x llama-server's, same sampling
+
+
+def target_verdict(iv) -> dict:
+    """TARGET settled by the ratio's interval (stats.Condition, log scale): met, missed, or
+    inconclusive with the rough number of requests per side that would settle it."""
+    from rllm_study.stats import Condition
+
+    rule = f"in-process goodput / llama-server goodput at the same sampling >= {TARGET[2]}"
+    cond = Condition(rule, iv, TARGET[2], above=True, log=True)
+    verdict = {True: "met", False: "missed", None: "inconclusive"}[cond.outcome]
+    return {"rule": rule, "verdict": verdict,
+            "needed_requests": cond.needed, "why": iv.why or None}
 
 
 def figures(m: dict) -> dict:
@@ -191,13 +231,9 @@ def figures(m: dict) -> dict:
     }
 
 
-RATIO_FIGURES = (("goodput_req_s", lambda f: f["goodput_req_s"]), ("e2el_p50_s", lambda f: f["e2el_s"]["p50"]),
-                 ("e2el_p90_s", lambda f: f["e2el_s"]["p90"]), ("output_tok_s", lambda f: f["output_tok_s"]))
-
-
 def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Path | None, console) -> dict:
     """Run the three sides (module docstring) into out_dir/<side>/ and return the JSON result."""
-    from rllm_study.metrics import cell_metrics
+    from rllm_study.metrics import cell_metrics, request_metrics
     from rllm_study.results import read_cell
     from rllm_study.runner import run_study
     from rllm_study.spec import expand
@@ -212,6 +248,7 @@ def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Pa
                      "seeds": "one per request, the runner's (same on every side)", "slo": cell.slo},
         "sides": {},
     }
+    rows: dict[str, tuple[list[dict], float]] = {}
     log = Path(out_dir) / "llama-server.log"
     with server_url(base_url, server_bin, cell.model, cell.engine, log) as url:
         result["server"] = {"base_url": url, "started": server_bin is not None, "binary": str(server_bin) if server_bin else None,
@@ -221,14 +258,22 @@ def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Pa
             side = side_spec(spec, backend, url, default_samplers)
             (cell_dir,) = run_study(expand(side, f"bench server {key}"), side, Path(out_dir) / key, console)
             data = read_cell(cell_dir)
+            rows[key] = (request_metrics(data), cell_metrics(data)["throughput"]["duration_s"])
             engine = data.manifest.get("engine", {})
             result["sides"][key] = {"label": label, "backend": backend, "cell": cell_dir.name,
                                     "extra_samplers": engine.get("extra_samplers", "none: top-p, temperature"),
                                     "build": (engine.get("llama_server") or {}).get("build_info") or engine.get("llama_cpp_python"),
                                     **figures(cell_metrics(data, (50, 90), cell.slo or None))}
-    ours = result["sides"]["in_process"]
-    result["ratios"] = {key: {name: ratio(get(ours), get(result["sides"][key])) for name, get in RATIO_FIGURES}
-                        for key, *_ in SIDES[1:]}
+    ours = rows["in_process"]
+    result["ratios"] = {}
+    for key, *_ in SIDES[1:]:
+        result["ratios"][key] = {}
+        for name in RATIO_FIGURES:
+            iv = ratio_interval(ours, rows[key], name, cell.slo or None)
+            result["ratios"][key][name] = {"ratio": iv.estimate, "ci95": [iv.lo, iv.hi] if iv.known else None,
+                                           "n": iv.n, **({"why_no_interval": iv.why} if iv.why else {})}
+            if (key, name) == TARGET[:2]:
+                result["target"] = target_verdict(iv)
     return result
 
 
@@ -259,6 +304,15 @@ def table(result: dict):
                   f"{_num(side['output_tok_s'], '{:.1f}')}\n({side['output_tokens']}, n={side['n_requests']})",
                   f"{_num(side['arrival_rate'])}, {_num(side['arrival_cv'])}")
     for key, r in result["ratios"].items():
-        t.add_row(f"ratio in-process / {sides[key]['label']}", *(_num(r[name], "{:.3f}") for name, _ in RATIO_FIGURES), "",
-                  style="bold")
+        t.add_row(f"ratio in-process / {sides[key]['label']}\n(95% interval, n per side)",
+                  *(_ratio_cell(r[name]) for name in RATIO_FIGURES), "", style="bold")
+    target = result.get("target")
+    if target:
+        more = f", about {target['needed_requests']} requests per side would settle it" if target["needed_requests"] else ""
+        t.caption = f"target {target['rule']}: {target['verdict']}{more}{'; ' + target['why'] if target['why'] else ''}"
     return t
+
+
+def _ratio_cell(r: dict) -> str:
+    ci = r["ci95"]
+    return f"{_num(r['ratio'], '{:.3f}')}\n({'no interval' if ci is None else f'{ci[0]:.2f}-{ci[1]:.2f}'}, n={r['n']})"
