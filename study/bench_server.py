@@ -287,7 +287,7 @@ def table(result: dict):
     from rich.table import Table
 
     w, sides = result["workload"], result["sides"]
-    defaults = ", ".join(f"{k} {v}" for k, v in result["server"]["defaults"].items()) or "not reported by the server"
+    defaults = ", ".join(f"{k} {v:g}" for k, v in result["server"]["defaults"].items()) or "not reported by the server"
     t = Table(title=(f"bench server: {w['model']}, {w['dataset']} x{w['requests']} {w['prompt_mode']}, max_tokens "
                      f"{w['max_tokens']}, gamma rate {w['workload']['rate']} req/s cv {w['workload']['cv']}, "
                      f"{w['concurrency']} sequences, {w['threads']} threads; temperature {w['temperature']}, "
