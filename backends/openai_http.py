@@ -41,7 +41,7 @@ finish the request with reason "error" and the cause in `error`; events already 
 Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k=0,
 min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matches the
 in-process engine) unless `server_default_samplers` is set (then the server's own defaults
-apply, e.g. llama-server's top_k 40, min_p 0.05; info()["extra_samplers"] says which),
+apply, e.g. llama-server's top_k 40, min_p 0.05; info().extra_samplers says which),
 `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
 Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
 requests are in flight (and once after). Gaps in the server's figures are filled from this

@@ -110,7 +110,7 @@ def check_server_bin(path: Path) -> Path:
 
 
 def llama_server_command(binary: Path, model_path: Path, options, port: int, alias: str) -> list[str]:
-    """llama-server flags matching the in-process engine's EngineOptions: -np max_seqs slots of
+    """llama-server flags matching the in-process engine's options (LlamaCppOptions): -np max_seqs slots of
     ctx_per_seq cells each (-c = their sum, no unified KV), -t/-tb n_threads, -b/-ub n_batch
     (ubatch capped at 512 as in process), -ngl n_gpu_layers; /metrics on, web UI off."""
     return [str(binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(port), "--alias", alias,

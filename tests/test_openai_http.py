@@ -355,7 +355,7 @@ def test_llama_server_samplers_off_or_its_defaults(llama_server):
         for i in range(2):  # two at once: both slots (-np 2) take one
             eng.submit(Request(f"s{i}", chatml("Name three rivers."), SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=i)))
         assert all(finish_of(ev).error is None for ev in drain(eng).values())
-        assert eng.info()["extra_samplers"] == ("server defaults" if server_defaults else "off (top_k 0, min_p 0, repeat_penalty 1)")
+        assert eng.info().extra_samplers == ("server defaults" if server_defaults else "off (top_k 0, min_p 0, repeat_penalty 1)")
         eng.close()
         slots = httpx.get(llama_server + "/slots", timeout=10).json()
         assert [s["params"]["top_k"] for s in slots] == [expected, expected]
