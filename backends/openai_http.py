@@ -40,7 +40,9 @@ finish the request with reason "error" and the cause in `error`; events already 
 
 Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k=0,
 min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matches the
-in-process engine), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
+in-process engine) unless `server_default_samplers` is set (then the server's own defaults
+apply, e.g. llama-server's top_k 40, min_p 0.05; info().extra_samplers says which),
+`cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
 Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
 requests are in flight (and once after). Gaps in the server's figures are filled from this
 client: running = in-flight requests that have streamed output, waiting = in-flight requests
@@ -255,6 +257,7 @@ class OpenAIInfo(EngineInfo):
     server_error: str | None
     llama_server: dict | None
     timeout_s: float
+    extra_samplers: str | None  # llama.cpp servers: "off (top_k 0, ...)" or "server defaults"
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,8 @@ class OpenAIEngine:
                 "total_slots": props.get("total_slots"), "n_ctx_slot": generation.get("n_ctx"),
             } if props else None,
             timeout_s=self.options.timeout_s,
+            extra_samplers=None if self.kind not in LLAMA_CPP_KINDS else
+            "server defaults" if self.options.server_default_samplers else "off (top_k 0, min_p 0, repeat_penalty 1)",
         )
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -464,7 +469,8 @@ class OpenAIEngine:
         else:
             body["prompt"] = request.prompt
         if self.kind in LLAMA_CPP_KINDS:
-            body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
+            if not self.options.server_default_samplers:
+                body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
             if request.grammar:
                 body["grammar"] = request.grammar
         if self.kind == "llama-server":

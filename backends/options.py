@@ -200,6 +200,8 @@ class OpenAIOptions(CommonOptions):
     base_url: str | None = option(None, "OpenAI-compatible server URL (backend openai).")
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the server's API key.")
     timeout_s: float = option(600.0, "Seconds to wait for a request's complete answer.", check=above(0))
+    server_default_samplers: bool = option(False, "llama.cpp servers: keep their own default extra samplers (top_k 40, "
+                                                  "min_p 0.05 ...) instead of top_k 0, min_p 0, repeat_penalty 1 per request.")
 
 
 def option_fields(cls) -> list[dataclasses.Field]:

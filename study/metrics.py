@@ -471,7 +471,8 @@ def request_throughput(ctx: _Context) -> float | None:
     return _ratio(len(ctx.done), duration(ctx))
 
 
-def _meets_slo(row: dict, slo: dict) -> bool:
+def meets_slo(row: dict, slo: dict) -> bool:
+    """Whether a request_metrics row is within every SLO limit (goodput's rule, below)."""
     # No TPOT (fewer than 2 tokens) means no gap to wait through, so it meets a TPOT limit.
     return all(
         (row[key] is None and key == "tpot_s") or (row[key] is not None and row[key] <= limit)
@@ -485,7 +486,7 @@ def goodput(ctx: _Context) -> float | None:
     misses its limit, a missing TPOT (under 2 tokens) meets it. None when no SLO is given."""
     if not ctx.slo:
         return None
-    return _ratio(sum(_meets_slo(r, ctx.slo) for r in ctx.done), duration(ctx))
+    return _ratio(sum(meets_slo(r, ctx.slo) for r in ctx.done), duration(ctx))
 
 
 @metric("tokens_by_dataset", "tokens", "output, think, answer and think_ratio distributions per data set", section="tokens", key="by_dataset")

@@ -312,6 +312,8 @@ def run_cli(*args):
 
 
 def test_cli_explain():
+    import rllm_study.commands  # noqa: F401  (the commands import every module that adds definitions, as the CLI does)
+
     out = run_cli("metrics", "--explain", "--json")
     assert out.returncode == 0, out.stderr
     names = [m["name"] for m in json.loads(out.stdout)["metrics"]]

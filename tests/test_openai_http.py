@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import socket
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,47 +37,13 @@ from rllm_study.backends.openai_http import OpenAIEngine, StreamState, split_bas
 from rllm_study.backends.options import LlamaCppOptions, OpenAIOptions
 from rllm_study.backends.phases import answer_text
 from rllm_study.backends.server_telemetry import load_from_metrics, load_from_slots, parse_prometheus
+from rllm_study.bench_server import free_port, serve
 from rllm_study.errors import UserError
 
 
 def chatml(question: str) -> str:
     """SmolLM2-Instruct's chat format (ChatML), so prompts go to /v1/completions as-is."""
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(cmd: list[str], port: int, log: Path, ready_path: str = "/v1/models"):
-    """Start a server process, wait until it answers on 127.0.0.1:port, yield its URL, stop it."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + ready_path, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in 120 s: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield proc, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def llama_cpp_server(model: Path, port: int) -> list[str]:
@@ -92,7 +55,7 @@ def llama_cpp_server(model: Path, port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def server_url(smollm2_path, tmp_path_factory):
     port = free_port()
-    with serve(llama_cpp_server(smollm2_path, port), port, tmp_path_factory.mktemp("srv") / "log") as (_, url):
+    with serve(llama_cpp_server(smollm2_path, port), port, tmp_path_factory.mktemp("srv") / "log", "/v1/models") as (_, url):
         yield url
 
 
@@ -226,7 +189,7 @@ def test_abort_mid_stream(engine):
 
 def test_server_killed_mid_stream(smollm2_path, tmp_path):
     port = free_port()
-    with serve(llama_cpp_server(smollm2_path, port), port, tmp_path / "log") as (proc, url):
+    with serve(llama_cpp_server(smollm2_path, port), port, tmp_path / "log", "/v1/models") as (proc, url):
         eng = OpenAIEngine("", OpenAIOptions(base_url=url))
         eng.submit(Request("k", chatml("Write a long story about the sea."), SamplingParams(max_tokens=400)))
         events = drain(eng, on_event=lambda ev: isinstance(ev, TokenEvent) and proc.poll() is None and proc.kill())["k"]
@@ -379,3 +342,20 @@ def test_cross_check_in_process_engine_and_llama_server(llama_server, smollm2_pa
     server.close()
     print("\ncross-check:", check.summary("in-process", "llama-server"))
     assert check.mismatches == []
+
+
+@pytest.mark.slow
+def test_llama_server_samplers_off_or_its_defaults(llama_server):
+    """Per request top_k 0 (extra samplers off) unless server_default_samplers: read back from the
+    slots' params, against the default top_k the server reports in /props."""
+    default_top_k = httpx.get(llama_server + "/props", timeout=10).json()["default_generation_settings"]["params"]["top_k"]
+    assert default_top_k > 0
+    for server_defaults, expected in ((False, 0), (True, default_top_k)):
+        eng = OpenAIEngine("", OpenAIOptions(base_url=llama_server, server_default_samplers=server_defaults))
+        for i in range(2):  # two at once: both slots (-np 2) take one
+            eng.submit(Request(f"s{i}", chatml("Name three rivers."), SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=i)))
+        assert all(finish_of(ev).error is None for ev in drain(eng).values())
+        assert eng.info().extra_samplers == ("server defaults" if server_defaults else "off (top_k 0, min_p 0, repeat_penalty 1)")
+        eng.close()
+        slots = httpx.get(llama_server + "/slots", timeout=10).json()
+        assert [s["params"]["top_k"] for s in slots] == [expected, expected]

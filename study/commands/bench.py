@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rllm_study.bench import bench_engine
+from rllm_study.bench_server import bench_server, server_url, table, workload_spec
 from rllm_study.commands import options as opt
 from rllm_study.errors import UserError
 
@@ -67,16 +69,36 @@ def engine_cmd(
 
 @bench_app.command("server")
 def server_cmd(
-    base_url: Annotated[str, typer.Option("--base-url", help="The server, e.g. http://127.0.0.1:8080 (llama-server started on the same model).")],
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="A running server, e.g. http://127.0.0.1:8080 (llama-server started on the same model).")] = None,
+    server_bin: Annotated[Optional[Path], typer.Option("--server-bin", help="llama-server binary to start on 127.0.0.1 (and stop) instead of --base-url.")] = None,
+    workload: Annotated[str, typer.Option("--workload", help="realworld: the preset's Gamma arrivals and sampling, goodput/E2EL/tok/s side by side; greedy: a closed greedy batch, token counts must match.")] = "realworld",
     model: Annotated[str, typer.Option("--model", "-m", help="The same model for the in-process engine.")] = "smollm2-135m",
-    threads: opt.flag("n_threads", note="In process; match the server's -t.") = None,
-    concurrency: opt.flag("max_seqs", note="Match the server's -np.") = 2,
-    requests: Annotated[int, typer.Option("--requests", "-n", help="GSM8K problems in the workload.")] = 4,
+    threads: opt.flag("n_threads", note="In process and for a started server (its -t).") = None,
+    concurrency: opt.flag("max_seqs", note="The server's -np.") = 2,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Problems of the data set in the workload.")] = 4,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token budget per request.")] = 64,
-    rounds: Annotated[int, typer.Option("--rounds", help="Rounds, alternating which engine goes first.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="greedy: rounds, alternating which engine goes first.")] = 3,
+    dataset: Annotated[str, typer.Option("--dataset", help="realworld: the data set (greedy uses gsm8k).")] = "gsm8k",
+    rate: Annotated[float, typer.Option("--rate", help="realworld: Gamma arrival rate, requests/s.")] = 2.0,
+    cv: Annotated[float, typer.Option("--cv", help="realworld: Gamma CV of the gaps (1 = Poisson).")] = 2.0,
+    slo: Annotated[Optional[str], typer.Option("--slo", help="realworld: SLO limits for goodput instead of the preset's [slo], e.g. ttft_s=2,e2el_s=20.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="realworld: results folder, one subfolder per side (default: a temporary one); re-running resumes.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="realworld: print JSON instead of the table.")] = False,
+    n_gpu_layers: opt.flag("n_gpu_layers") = 0,
 ) -> None:
-    """Cross-check: one greedy workload through the in-process engine and an OpenAI-compatible server
-    on the same model; token counts must match, and the throughput ratio is printed."""
+    """The in-process engine against an OpenAI-compatible server (llama-server) on the same model.
+    realworld (default): one workload of the realworld preset through both, llama-server both with
+    the same sampling and with its default samplers; goodput, E2EL p50/p90, output tok/s and the
+    ratios in-process / llama-server. greedy: token counts must match; throughput ratio."""
+    if workload not in ("realworld", "greedy"):
+        raise UserError(f"--workload {workload!r}: choose realworld or greedy")
+    if min(requests, max_tokens, rounds) < 1:
+        raise UserError("--requests, --max-tokens and --rounds must be >= 1")
+    threads = threads or psutil.cpu_count(logical=False) or 1
+    if workload == "realworld":
+        _server_workload(base_url, server_bin, model, threads, concurrency, requests, max_tokens, dataset, rate, cv,
+                         slo, out, as_json, n_gpu_layers)
+        return
     from rllm_study.backends.base import Request, SamplingParams
     from rllm_study.backends.llama_cpp import LlamaCppEngine
     from rllm_study.backends.openai_http import OpenAIEngine
@@ -84,23 +106,36 @@ def server_cmd(
     from rllm_study.workloads.datasets import load_dataset
     from rllm_study.workloads.prompts import build_prompt
 
-    if min(requests, max_tokens, rounds) < 1:
-        raise UserError("--requests, --max-tokens and --rounds must be >= 1")
-    local_options = opt.options_from_flags("llama_cpp", {"max_seqs": concurrency, "n_threads": threads,
-                                                         "ctx_per_seq": max_tokens + 1024})
-    remote_options = opt.options_from_flags("openai", {"max_seqs": concurrency, "base_url": base_url})
-    local = LlamaCppEngine(model, local_options)
-    remote = OpenAIEngine("", remote_options)
-    try:
-        work = [Request(item.id, local.apply_chat_template(build_prompt(item, "direct").messages), SamplingParams(max_tokens))
-                for item in load_dataset("gsm8k", limit=requests)]
-        result = cross_check(local, remote, work, rounds)
-    finally:
-        local.close()
-        remote.close()
+    options = opt.options_from_flags("llama_cpp", {"max_seqs": concurrency, "n_threads": threads,
+                                                   "ctx_per_seq": max_tokens + 1024, "n_gpu_layers": n_gpu_layers})
+    with tempfile.TemporaryDirectory(prefix="rllm-bench-server-") as tmp, \
+            server_url(base_url, server_bin, model, options, Path(tmp) / "llama-server.log") as url:
+        local = LlamaCppEngine(model, options)
+        remote = OpenAIEngine("", opt.options_from_flags("openai", {"max_seqs": concurrency, "base_url": url}))
+        try:
+            work = [Request(item.id, local.apply_chat_template(build_prompt(item, "direct").messages), SamplingParams(max_tokens))
+                    for item in load_dataset("gsm8k", limit=requests)]
+            result = cross_check(local, remote, work, rounds)
+        finally:
+            local.close()
+            remote.close()
     print(result.summary("in-process", "server"))
     for line in result.mismatches:
         print("mismatch:", line)
+
+
+def _server_workload(base_url, server_bin, model, threads, concurrency, requests, max_tokens, dataset, rate, cv,
+                     slo, out, as_json, n_gpu_layers) -> None:
+    from rllm_study.commands.metrics import parse_slo
+
+    spec = workload_spec(model, dataset, requests, max_tokens, rate, cv, concurrency, threads, n_gpu_layers, parse_slo(slo))
+    console = Console(stderr=True, soft_wrap=True)
+    with tempfile.TemporaryDirectory(prefix="rllm-bench-server-") as tmp:
+        result = {**bench_server(spec, out or Path(tmp), base_url, server_bin, console), "results_dir": out and str(out)}
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        Console(width=max(Console().width, 150)).print(table(result))
 
 
 @bench_app.command("techniques")
