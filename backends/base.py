@@ -26,13 +26,16 @@ FINISH_ERROR = "error"    # the engine or server failed this request
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling. temperature 0 means greedy; top_p in (0, 1]."""
+    """Per-request sampling. temperature 0 means greedy; top_p in (0, 1]; top_k 0 = off; order
+    "temperature_first" or "top_p_first" (the distributions: backends/sampling.py)."""
 
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    top_k: int = 0
+    order: str = "temperature_first"
 
 
 @dataclass

@@ -74,6 +74,7 @@ from rllm_study.backends.llama_spec import ModelDrafter, NgramDrafter
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import RequestOutput, check_sampling
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
+from rllm_study.backends.sampling import TEMPERATURE_FIRST, new_rng, sample
 from rllm_study.errors import UserError
 
 # KV-cache element types by name, with their size in bytes per element (block size folded in).
@@ -148,6 +149,8 @@ class LlamaModel:
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: list[bytes | None] = [None] * self.n_vocab  # piece() per token id, filled on first use
+        self._eog: list[bool | None] = [None] * self.n_vocab      # is_eog() per token id, filled on first use
         self.think_open_id = self._single_token(THINK_OPEN)
         self.think_close_id = self._single_token(THINK_CLOSE)
 
@@ -166,18 +169,28 @@ class LlamaModel:
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:
-        n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, True)
-            return big.raw[:n]
-        return self._piece_buf.raw[:n]
+        """The token's text bytes (special tokens rendered), from the per-model table."""
+        piece = self._pieces[token]
+        if piece is None:
+            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+            if n < 0:
+                big = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, True)
+                piece = big.raw[:n]
+            else:
+                piece = self._piece_buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def is_eog(self, token: int) -> bool:
-        return lc.llama_vocab_is_eog(self.vocab, token)
+        """End of generation (EOS, EOT, ...), from the per-model table."""
+        eog = self._eog[token]
+        if eog is None:
+            eog = self._eog[token] = bool(lc.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
@@ -242,21 +255,25 @@ class LlamaModel:
 
 
 def make_sampler(model: LlamaModel, request: Request):
-    """A per-sequence sampler chain: [grammar] -> greedy (temperature 0) or top-p -> temperature -> seeded draw."""
+    """A grammar request's sampler chain: grammar -> greedy (temperature 0), or grammar -> [top-k] ->
+    temperature and top-p in the request's order -> seeded draw. Other requests need no chain:
+    they are sampled from the logits by `rllm_study.backends.sampling` (see Sequence)."""
     s = request.sampling
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    if request.grammar:
-        grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
-        if not grammar:
-            lc.llama_sampler_free(chain)
-            raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
-        lc.llama_sampler_chain_add(chain, grammar)
+    grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
+    if not grammar:
+        lc.llama_sampler_free(chain)
+        raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
+    lc.llama_sampler_chain_add(chain, grammar)
     if s.temperature == 0:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-    else:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(s.temperature))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
+        return chain
+    if s.top_k > 0:
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
+    steps = [lc.llama_sampler_init_temp(s.temperature), lc.llama_sampler_init_top_p(s.top_p, 1)]
+    for step in steps if s.order == TEMPERATURE_FIRST else steps[::-1]:
+        lc.llama_sampler_chain_add(chain, step)
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
     return chain
 
 
@@ -264,17 +281,17 @@ class Sequence:
     """A request while it holds a sequence slot (or waits to get one back after preemption)."""
 
     __slots__ = ("request", "seq_id", "prompt", "out", "pending", "n_past", "sampler", "utf8", "prefilled",
-                 "admitted", "spec_state", "greedy")
+                 "admitted", "spec_state", "rng")
 
     def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
         self.request = request
-        self.greedy = request.sampling.temperature == 0 and not request.grammar  # argmax, no sampler state
+        self.rng = new_rng(request.sampling.seed)  # draws of rllm_study.backends.sampling (requests without grammar)
         self.seq_id = -1
         self.prompt = prompt
         self.out = RequestOutput(request, len(prompt), phases)  # tokens, text, counts, stop rules
         self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
         self.n_past = 0                         # cells this sequence holds in the KV cache
-        self.sampler = None
+        self.sampler = None  # a grammar request's llama.cpp sampler chain (make_sampler)
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self.prefilled = False
         self.admitted = False
@@ -545,7 +562,7 @@ class LlamaCppEngine:
             if not seq.admitted:
                 seq.admitted = True
                 try:
-                    seq.sampler = make_sampler(self.model, seq.request)
+                    seq.sampler = make_sampler(self.model, seq.request) if seq.request.grammar else None
                 except UserError as err:
                     heapq.heappush(self._free_ids, seq.seq_id)
                     self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
@@ -694,14 +711,14 @@ class LlamaCppEngine:
             self._emit(seq, token, t_ns, out, draft)
 
     def _sample(self, seq: Sequence, index: int) -> int:
-        """The next token from the logits at batch output `index`. A plain greedy request takes the
-        argmax (the first maximum, as llama.cpp's greedy sampler does) straight from the logits,
-        skipping the sampler's n_vocab-entry candidate array: per sequence per step, that array
-        dominated batched decode on a GPU. Other requests go through their sampler chain."""
-        if seq.greedy:
-            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
-            return int(logits.argmax())
-        return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
+        """The next token from the logits at batch output `index`: a grammar request through its
+        sampler chain; any other by `sampling.sample` straight from the logits (greedy = the first
+        argmax, as llama.cpp's greedy sampler), one draw from the request's own generator."""
+        if seq.sampler is not None:
+            return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
+        s = seq.request.sampling
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
+        return sample(logits, s.temperature, s.top_p, s.top_k, s.order, seq.rng)
 
     def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the

@@ -7,7 +7,7 @@ room, one prefill chunk (`n_batch` tokens) of the newly admitted prompts. At mos
 requests are admitted at a time; each may hold n_ctx / max_seqs tokens, prompt + output
 (ctx_per_seq unless n_ctx is set), and ends with `length` when that is full.
 
-Per request, in batched mode: temperature, top_p and seed (each request draws from its own
+Per request, in batched mode: temperature, top_p, top_k, order and seed (each request draws from its own
 PRNG key, so its samples do not depend on what it is batched with; mlx-lm's own server
 serves seeded requests one at a time instead), max_tokens, stop strings, end-of-generation.
 `kv_bits` quantizes the KV cache from the first token and stays batched (mlx_kv.py).
@@ -60,7 +60,7 @@ import psutil  # noqa: E402
 from mlx_lm import load as mlx_load  # noqa: E402
 from mlx_lm.generate import BatchGenerator, speculative_generate_step  # noqa: E402
 from mlx_lm.models.cache import KVCache, LRUPromptCache, make_prompt_cache, trim_prompt_cache  # noqa: E402
-from mlx_lm.sample_utils import apply_top_p, greedy_sampler  # noqa: E402
+from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 from rllm_study.backends.base import (  # noqa: E402
@@ -82,6 +82,7 @@ from rllm_study.backends.mlx_kv import KV_GROUP_SIZE, make_quantized_cache  # no
 from rllm_study.backends.options import MlxOptions  # noqa: E402
 from rllm_study.backends.output import RequestOutput, check_sampling  # noqa: E402
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker  # noqa: E402
+from rllm_study.backends.sampling import TEMPERATURE_FIRST  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
 from rllm_study.backends.mlx_convert import convert_to_mlx, default_dtype  # noqa: E402
 
@@ -112,8 +113,10 @@ def load_model(model: str, dtype: str):
 
 
 def make_sampler(s: SamplingParams):
-    """None at temperature 0 (the batch's shared greedy argmax); else top-p, then temperature,
-    then a draw with this request's own PRNG key (seeded by s.seed, split once per draw)."""
+    """None at temperature 0 (the batch's shared greedy argmax); else the distribution of
+    `rllm_study.backends.sampling` (top-k, then temperature and top-p in s.order), drawn with this
+    request's own PRNG key (seeded by s.seed, split once per draw). mlx-lm's own make_sampler
+    applies top-p before temperature (order "top_p_first") and top-k after top-p."""
     if s.temperature == 0:
         return None
     key = mx.random.key(s.seed)
@@ -122,9 +125,13 @@ def make_sampler(s: SamplingParams):
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key
         key, draw = mx.random.split(key)
+        if 0 < s.top_k < logprobs.shape[-1]:
+            logprobs = apply_top_k(logprobs, s.top_k)
+        if s.order == TEMPERATURE_FIRST:
+            logprobs = logprobs * inv_temp
         if s.top_p < 1.0:
             logprobs = apply_top_p(logprobs, s.top_p)
-        return mx.random.categorical(logprobs * inv_temp, key=draw)
+        return mx.random.categorical(logprobs if s.order == TEMPERATURE_FIRST else logprobs * inv_temp, key=draw)
 
     return sample
 
@@ -285,7 +292,7 @@ class MlxEngine:
                      "prefix_cache": self.prefix is not None, "prefix_cache_tokens": o.prefix_cache_tokens,
                      "spec": o.speculative, "spec_tokens": o.speculative_tokens if self.draft_model is not None else None},
             kv_bytes_per_token=self.kv_bytes_per_token(),
-            sampling="per request: temperature, top_p, seed (own PRNG key), max_tokens, stop strings",
+            sampling="per request: temperature, top_p, top_k, order, seed (own PRNG key), max_tokens, stop strings",
             unsupported_options=tuple(self.unsupported),
         )
 

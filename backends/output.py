@@ -21,15 +21,18 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.phases import PhaseTracker
+from rllm_study.backends.sampling import ORDERS
 from rllm_study.errors import UserError
 
 
 def check_sampling(request: Request) -> None:
-    """Raise UserError unless temperature >= 0, 0 < top_p <= 1 and max_tokens >= 1."""
+    """Raise UserError unless temperature >= 0, 0 < top_p <= 1, max_tokens >= 1, top_k >= 0 and
+    order is one of sampling.ORDERS."""
     s = request.sampling
-    if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1:
+    if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1 or s.top_k < 0 or s.order not in ORDERS:
         raise UserError(
-            f"request {request.id}: invalid sampling (temperature >= 0, 0 < top_p <= 1, max_tokens >= 1 required)"
+            f"request {request.id}: invalid sampling (temperature >= 0, 0 < top_p <= 1, max_tokens >= 1, top_k >= 0, "
+            f"order one of {', '.join(ORDERS)} required)"
         )
 
 

@@ -183,7 +183,8 @@ class CellRun:
 
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
-        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF)
+        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
+                                  top_k=c.top_k, order=c.sampling_order)
         self.recorder.arrived(job.id, arrival_ns)
         if batch is not None:
             self.batch_of[job.id] = batch

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rllm_study.backends import all_options, build_options, engine_keys, field_for_key, get_backend
 from rllm_study.backends.options import CommonOptions
+from rllm_study.backends.sampling import DEFAULT_ORDER, ORDERS
 from rllm_study.errors import UserError
 from rllm_study.workloads.arrivals import check_workload, workload_arrival_keys, workload_arrival_name
 
@@ -28,7 +29,7 @@ TOP_KEYS = {
     "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "repeats",
     "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
 }
-SAMPLING_KEYS = {"temperature", "top_p"}
+SAMPLING_KEYS = {"temperature", "top_p", "top_k", "order"}
 # [engine] keys: the fields of the registered backends' options (rllm_study.backends.engine_keys)
 WORKLOAD_KEYS = {"shared_prefix", *workload_arrival_keys()}  # the arrival processes own the rest
 SLO_KEYS = {"ttft_s", "ttfvt_s", "tpot_s", "e2el_s"}
@@ -59,6 +60,8 @@ class CellSpec:
     templates: str | None
     slo: dict
     sample_period_s: float
+    top_k: int = 0
+    sampling_order: str = DEFAULT_ORDER  # temperature and top-p: which comes first (backends/sampling.py)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -182,11 +185,15 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     repeats = spec.get("repeats", 1)
     if not isinstance(repeats, int) or repeats < 1:
         raise UserError(f"{where}: repeats must be a whole number >= 1, got {repeats!r}")
-    sampling = {"temperature": 0.6, "top_p": 0.95, **spec.get("sampling", {})}
+    sampling = {"temperature": 0.6, "top_p": 0.95, "top_k": 0, "order": DEFAULT_ORDER, **spec.get("sampling", {})}
     if not isinstance(sampling["temperature"], (int, float)) or sampling["temperature"] < 0:
         raise UserError(f"{where}: sampling.temperature must be >= 0, got {sampling['temperature']!r}")
     if not isinstance(sampling["top_p"], (int, float)) or not 0 < sampling["top_p"] <= 1:
         raise UserError(f"{where}: sampling.top_p must be in (0, 1], got {sampling['top_p']!r}")
+    if not isinstance(sampling["top_k"], int) or isinstance(sampling["top_k"], bool) or sampling["top_k"] < 0:
+        raise UserError(f"{where}: sampling.top_k must be a whole number >= 0 (0 = off), got {sampling['top_k']!r}")
+    if sampling["order"] not in ORDERS:
+        raise UserError(f"{where}: sampling.order must be one of {', '.join(ORDERS)}, got {sampling['order']!r}")
     slo = spec.get("slo", {})
     for key, limit in slo.items():
         if not isinstance(limit, (int, float)) or limit <= 0:
@@ -225,6 +232,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
                 max_tokens=budget, repeat=repeat, seed=seed0 + repeat, temperature=float(sampling["temperature"]),
                 top_p=float(sampling["top_p"]), engine=options, workload=wl, grammar=bool(spec.get("grammar", False)),
                 templates=spec.get("templates"), slo=dict(slo), sample_period_s=float(period),
+                top_k=sampling["top_k"], sampling_order=sampling["order"],
             ))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):

@@ -16,11 +16,16 @@ from rllm_study.backends.mlx import OPENBLAS, MlxEngine  # noqa: E402  (before m
 import mlx.core as mx  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
+from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 from rllm_study.backends import options_for  # noqa: E402
 from rllm_study.backends.base import PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
 from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E402
 from rllm_study.backends.llama_cpp import LlamaCppEngine  # noqa: E402
+from rllm_study.backends.mlx import make_sampler  # noqa: E402
+from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402
 from rllm_study.backends.mlx_kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
 from rllm_study.backends.mlx_convert import convert_gguf, convert_to_mlx  # noqa: E402
@@ -114,6 +119,20 @@ def test_seeded_sampling_does_not_depend_on_the_batch(engine):
     alone = drain(engine)
     assert alone["alone"]["tokens"] == batched["b0"]["tokens"]
     assert alone["other"]["tokens"] != alone["alone"]["tokens"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_sampler_follows_the_exact_distribution_in_both_orders(order, top_k):
+    """The same distribution as the llama.cpp path (tests/test_sampling.py's exact probabilities),
+    and the two orders are told apart."""
+    logprobs = mx.array(ROW - np.log(np.exp(ROW.astype(np.float64)).sum()), dtype=mx.float32)
+    sampler = make_sampler(SamplingParams(temperature=0.6, top_p=0.9, top_k=top_k, order=order, seed=4))
+    draws = np.array(sampler(mx.broadcast_to(logprobs, (DRAWS, len(ROW)))))  # DRAWS independent rows, one call
+    freq = np.bincount(draws, minlength=len(ROW)) / DRAWS
+    assert chi_square_ok(freq, exact_probs(ROW, 0.6, 0.9, top_k, order))
+    other = TOP_P_FIRST if order == TEMPERATURE_FIRST else TEMPERATURE_FIRST
+    assert top_k or not chi_square_ok(freq, exact_probs(ROW, 0.6, 0.9, top_k, other))
 
 
 def test_stop_string_budget_and_abort(engine):

@@ -1,0 +1,105 @@
+"""Exact temperature / top-k / top-p sampling from one row of logits, on the host, in numpy.
+
+The distribution (l = the row's V logits, T = temperature, p = top_p, k = top_k):
+  - T = 0: greedy, the first maximum of l (llama.cpp's greedy sampler picks the same token).
+  - top_k > 0 keeps the k highest logits (ties: lower token id first); everything below is taken
+    over those tokens only. top_k = 0 keeps all V.
+  - order "temperature_first" (vLLM, Hugging Face, and so the paper's runs): q = softmax(l / T);
+    the nucleus N is the smallest set of most probable tokens (ties: lower id first) whose q
+    sums to >= p; the draw is from q restricted to N, renormalised.
+  - order "top_p_first" (the default chains of llama.cpp and mlx-lm): N is taken from
+    softmax(l) (temperature 1), the draw from softmax(l / T) restricted to N.
+  p = 1 keeps every token (a full softmax).
+
+Cost. With s the scale of the nucleus' softmax (1/T for temperature_first, 1 for
+top_p_first), one pass gives the maximum M and one the weights w = exp((l - M) s) and their sum Z
+(the exact normaliser; float32 weights summed in float64). Only candidates are sorted: with
+d = max(0, ln(V p / (1 - p))), each token with w < e^-d weighs less than e^-d while the maximum
+weighs 1, so together they weigh less than V e^-d = (1 - p) / p <= (1 - p) Z_C / p; hence
+Z_C >= p Z: the candidates C = {w >= e^-d} hold at least p of the mass and so contain N. The
+few tokens within 4 nats of the maximum are tried first: when they already hold p of Z, N is
+among them. So the work per row is a few vectorised passes over the vocabulary and a sort of
+a few candidates, instead of the n_vocab-entry candidate array (one struct per token) that
+llama.cpp's sampler chain builds and sorts per sequence per token.
+
+Randomness: one `numpy.random.Generator(PCG64(seed))` per request, one uniform draw per
+sampled token, so the same seed and the same logits give the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TEMPERATURE_FIRST = "temperature_first"
+TOP_P_FIRST = "top_p_first"
+ORDERS = (TEMPERATURE_FIRST, TOP_P_FIRST)
+DEFAULT_ORDER = TEMPERATURE_FIRST
+
+
+def new_rng(seed: int) -> np.random.Generator:
+    """A request's own random stream (see the module docstring)."""
+    return np.random.Generator(np.random.PCG64(seed & 0xFFFFFFFFFFFFFFFF))
+
+
+def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k highest logits, ties at the k-th value broken by lower id."""
+    kth = np.partition(logits, len(logits) - k)[len(logits) - k]
+    above = np.flatnonzero(logits > kth)
+    ties = np.flatnonzero(logits == kth)[: k - len(above)]
+    return np.concatenate((above, ties))
+
+
+def sample(logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str, rng: np.random.Generator) -> int:
+    """One token id drawn from the distribution of the module docstring over `logits` (1-D, any float)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    n = len(logits)
+    scale = 1.0 / temperature if order == TEMPERATURE_FIRST else 1.0
+    if 0 < top_k < n:
+        ids = _top_k(logits, top_k)
+        top = float(logits[ids].max())
+    elif top_p < 1:
+        return _sample_nucleus(logits, temperature, top_p, scale, rng)
+    else:
+        ids = np.arange(n)
+        top = float(logits.max())
+    vals = logits[ids].astype(np.float64)
+    rank = np.lexsort((ids, -vals))  # by logit descending, then id
+    ids, vals = ids[rank], vals[rank]
+    if top_p < 1:  # within the top k: the normaliser is exact
+        cum = np.cumsum(np.exp((vals - top) * scale))
+        keep = int(np.searchsorted(cum, top_p * cum[-1])) + 1
+        ids, vals = ids[:keep], vals[:keep]
+    return _draw(ids, vals, top, temperature, rng)
+
+
+def _draw(ids: np.ndarray, vals: np.ndarray, top: float, temperature: float, rng: np.random.Generator) -> int:
+    """One of `ids` with probability proportional to exp((vals - top) / temperature)."""
+    w = np.exp((vals - top) / temperature)
+    cum = np.cumsum(w)
+    j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    return int(ids[min(j, len(ids) - 1)])
+
+
+def _sample_nucleus(logits: np.ndarray, temperature: float, top_p: float, scale: float, rng: np.random.Generator) -> int:
+    """top_p < 1 without top_k (see "Cost" in the module docstring)."""
+    n = len(logits)
+    top = float(logits.max())
+    weights = np.multiply(logits, np.float32(scale), dtype=np.float32)
+    np.subtract(weights, np.float32(top * scale), out=weights)
+    np.exp(weights, out=weights)
+    z = float(weights.sum(dtype=np.float64))
+    deepest = max(0.0, math.log(n * top_p / (1 - top_p)))
+    cand = np.flatnonzero(weights >= math.exp(-deepest))  # contains N
+    vals = logits[cand]
+    for depth in sorted({min(4.0, deepest), deepest}):
+        inside = cand if depth == deepest else cand[vals >= top - depth / scale]
+        inside = inside[np.argsort(-logits[inside], kind="stable")]  # by logit descending, then id
+        cum = np.cumsum(weights[inside], dtype=np.float64)
+        if cum[-1] >= top_p * z or depth == deepest:
+            break
+    keep = min(int(np.searchsorted(cum, top_p * z)) + 1, len(inside))
+    chosen = inside[:keep]
+    return _draw(chosen, logits[chosen].astype(np.float64), top, temperature, rng)

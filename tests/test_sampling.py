@@ -1,0 +1,191 @@
+"""Host-side sampling (backends/sampling.py): its distribution against the exact probabilities on
+fixed logits, for both orders, and the llama.cpp engine's use of it on the real SmolLM2."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import THREADS, chat
+from rllm_study.backends import llama_cpp
+from rllm_study.backends.base import Request, SamplingParams, TokenEvent
+from rllm_study.backends.options import LlamaCppOptions
+from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST, new_rng, sample
+from rllm_study.errors import UserError
+from rllm_study.spec import expand
+
+DRAWS = 10_000
+
+
+def exact_probs(logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str) -> np.ndarray:
+    """The definition in backends/sampling.py, written out with a full sort in float64."""
+    logits = logits.astype(np.float64)
+    ranked = np.lexsort((np.arange(len(logits)), -logits))  # logit descending, then id
+    if 0 < top_k < len(logits):
+        ranked = ranked[:top_k]
+    vals = logits[ranked]
+    scale = 1 / temperature if order == TEMPERATURE_FIRST else 1.0
+    q = np.exp((vals - vals[0]) * scale)
+    q /= q.sum()
+    if top_p < 1:
+        keep = int(np.searchsorted(np.cumsum(q), top_p)) + 1
+        ranked, vals = ranked[:keep], vals[:keep]
+    w = np.exp((vals - vals[0]) / temperature)
+    probs = np.zeros(len(logits))
+    probs[ranked] = w / w.sum()
+    return probs
+
+
+def frequencies(logits, temperature, top_p, top_k, order, draws=DRAWS, buckets=None) -> np.ndarray:
+    """Token frequencies of `draws` draws, each from a fresh generator with its own seed."""
+    counts = np.zeros(len(logits) if buckets is None else buckets.max() + 1)
+    for seed in range(draws):
+        token = sample(logits, temperature, top_p, top_k, order, new_rng(seed))
+        counts[token if buckets is None else buckets[token]] += 1
+    return counts / draws
+
+
+def chi_square_ok(freq: np.ndarray, probs: np.ndarray, draws: int = DRAWS) -> bool:
+    """Pearson's chi-square against probs below its 99.99% quantile (Wilson-Hilferty), and no
+    draw where probs is 0."""
+    support = probs > 0
+    if freq[~support].sum() > 0:
+        return False
+    stat = float((((freq - probs) ** 2)[support] / probs[support]).sum() * draws)
+    df = int(support.sum()) - 1
+    if df == 0:
+        return True
+    z = 3.719  # standard normal 99.99% quantile
+    return stat < df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+# A row where the two orders disagree: at T = 0.6 the temperature-first nucleus (p = 0.9) has 3
+# tokens, the top-p-first one 7.
+ROW = np.array([3.0, 2.6, 2.2, 1.5, 1.2, 1.0, 0.7, 0.2, -0.5, -1.0, -2.0, -3.0] + [-4.0] * 20, dtype=np.float32)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_draws_follow_the_exact_distribution(order, top_k):
+    probs = exact_probs(ROW, 0.6, 0.9, top_k, order)
+    freq = frequencies(ROW, 0.6, 0.9, top_k, order)
+    assert chi_square_ok(freq, probs), (order, top_k, np.round(freq[:12], 4), np.round(probs[:12], 4))
+
+
+def test_the_two_orders_are_told_apart():
+    """The statistical check can fail: draws of one order are rejected against the other's probabilities."""
+    tf, pf = (exact_probs(ROW, 0.6, 0.9, 0, o) for o in (TEMPERATURE_FIRST, TOP_P_FIRST))
+    assert (tf > 0).sum() < (pf > 0).sum()
+    assert not chi_square_ok(frequencies(ROW, 0.6, 0.9, 0, TEMPERATURE_FIRST), pf)
+    assert not chi_square_ok(frequencies(ROW, 0.6, 0.9, 0, TOP_P_FIRST), tf)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_full_vocabulary_row_with_heavy_tail(order):
+    """A vocabulary-sized row whose flat tail holds much of the mass: the nucleus reaches into the
+    tail (ties broken by id) and the normaliser must count all of it. Buckets: each head token,
+    the part of the tail inside the nucleus, the part outside."""
+    n = 16_384
+    logits = np.full(n, 2.2, dtype=np.float32)
+    logits[[10_000, 3, 16_000, 9, 42]] = [9.0, 8.5, 8.0, 7.0, 6.0]
+    probs = exact_probs(logits, 0.6, 0.95, 0, order)
+    tail = logits == np.float32(2.2)
+    buckets = np.zeros(n, dtype=int)
+    buckets[[10_000, 3, 16_000, 9, 42]] = [0, 1, 2, 3, 4]
+    buckets[tail & (probs > 0)] = 5
+    buckets[tail & (probs == 0)] = 6
+    bucket_probs = np.bincount(buckets, weights=probs, minlength=7)
+    assert bucket_probs[5] > 0.01 and bucket_probs[6] == 0  # part of the tail is in the nucleus
+    freq = frequencies(logits, 0.6, 0.95, 0, order, draws=2000, buckets=buckets)
+    assert chi_square_ok(freq, bucket_probs, 2000), (np.round(freq, 4), np.round(bucket_probs, 4))
+
+
+def test_greedy_is_the_first_maximum_and_top_p_one_is_the_full_softmax():
+    row = np.array([0.5, 2.0, 2.0, -1.0], dtype=np.float32)
+    assert sample(row, 0.0, 0.95, 0, TEMPERATURE_FIRST, new_rng(0)) == 1
+    freq = frequencies(row, 1.0, 1.0, 0, TEMPERATURE_FIRST)
+    assert chi_square_ok(freq, exact_probs(row, 1.0, 1.0, 0, TEMPERATURE_FIRST))
+
+
+def test_same_seed_same_tokens():
+    a, b, c = new_rng(5), new_rng(5), new_rng(6)
+    draws = [[sample(ROW, 1.0, 0.99, 0, TEMPERATURE_FIRST, g) for _ in range(50)] for g in (a, b, c)]
+    assert draws[0] == draws[1] != draws[2]
+
+
+# ---- the engine ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=384, n_threads=THREADS))
+    yield eng
+    eng.close()
+
+
+def _run(engine, requests) -> dict[str, list[int]]:
+    for r in requests:
+        engine.submit(r)
+    tokens: dict[str, list[int]] = {r.id: [] for r in requests}
+    for _ in range(2000):
+        if not engine.has_work():
+            break
+        for ev in engine.step():
+            if isinstance(ev, TokenEvent):
+                tokens[ev.request_id].append(ev.token_id)
+    assert not engine.has_work()
+    return tokens
+
+
+def test_engine_draws_every_token_with_the_sampling_function(engine, monkeypatch):
+    """Each emitted token is sampling.sample on that step's logits with the request's own
+    generator: replaying the recorded logits through it with a fresh generator of the request's
+    seed gives the same tokens. The same seed repeats the tokens, another seed changes them."""
+    calls: dict[int, list[tuple[np.ndarray, int]]] = {}
+
+    def recording(logits, temperature, top_p, top_k, order, rng):
+        token = sample(logits, temperature, top_p, top_k, order, rng)
+        calls.setdefault(id(rng), []).append((logits.copy(), token))
+        return token
+
+    monkeypatch.setattr(llama_cpp, "sample", recording)
+    prompt = chat(engine, "Tell me a short story about a cat.")
+    sp = SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=11)
+    out = _run(engine, [Request("a", prompt, sp), Request("b", prompt, sp),
+                        Request("c", prompt, SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=12))])
+    assert out["a"] == out["b"]
+    assert out["a"] != out["c"]
+    drawn = [[token for _, token in rows] for rows in calls.values()]
+    assert sorted(drawn) == sorted(out.values())
+    for rows in calls.values():
+        replay = new_rng(11 if [t for _, t in rows] == out["a"] else 12)
+        assert [sample(row, 0.6, 0.95, 0, TEMPERATURE_FIRST, replay) for row, _ in rows] == [t for _, t in rows]
+
+
+def test_engine_order_changes_the_draws_and_grammar_keeps_its_chain(engine):
+    prompt = chat(engine, "Name three colours.")
+    base = SamplingParams(max_tokens=24, temperature=1.5, top_p=0.8, seed=3)
+    out = _run(engine, [Request("tf", prompt, base), Request("pf", prompt, replace(base, order=TOP_P_FIRST))])
+    assert out["tf"] != out["pf"]
+    grammar = 'root ::= "yes" | "no"'
+    out = _run(engine, [Request("g", prompt, base, grammar=grammar)])
+    assert engine.model.detokenize([t for t in out["g"] if not engine.model.is_eog(t)]) in ("yes", "no")
+
+
+@pytest.mark.parametrize("bad", [SamplingParams(order="top_p_last"), SamplingParams(top_k=-1)])
+def test_engine_refuses_bad_order_or_top_k(engine, bad):
+    with pytest.raises(UserError, match="order one of"):
+        engine.submit(Request("bad", "hi", bad))
+
+
+def test_spec_order_is_in_the_cell_and_checked():
+    spec = {"datasets": {"gsm8k": 1}, "sampling": {"order": "top_p_first", "top_k": 40}}
+    (cell,) = expand(spec, "test.toml")
+    assert cell.as_dict()["sampling_order"] == "top_p_first" and cell.top_k == 40
+    (default,) = expand({"datasets": {"gsm8k": 1}}, "test.toml")
+    assert default.sampling_order == TEMPERATURE_FIRST and default.top_k == 0
+    with pytest.raises(UserError, match="sampling.order"):
+        expand({"datasets": {"gsm8k": 1}, "sampling": {"order": "random"}}, "test.toml")
+    with pytest.raises(UserError, match="sampling.top_k"):
+        expand({"datasets": {"gsm8k": 1}, "sampling": {"top_k": 1.5}}, "test.toml")
