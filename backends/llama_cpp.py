@@ -479,9 +479,8 @@ class LlamaCppEngine:
     def stats(self) -> EngineStats:
         """extra: preemptions, seq_moves (see _compact_ids); with prefix caching prefix_lookups,
         prefix_hits, prefix_tokens_reused, prefix_entries, prefix_cached_tokens, prefix_cache_bytes
-        (host copies), prefix_restore_s, prefix_save_s (measured copy time), prefill_s_per_token (see prefill_s_per_token) and
-        prefix_saved_prefill_s = prefix_tokens_reused x prefill_s_per_token (an estimate of the
-        prefill time avoided; the copies cost prefix_restore_s + prefix_save_s); with speculative
+        (host copies), prefix_restore_s, prefix_save_s (measured copy time) and prefill_s_per_token (see
+        prefill_s_per_token; the prefill time saved is the metric prefix_saved_prefill_s); with speculative
         decoding draft_proposed, draft_accepted (all requests so far) and draft_s (time proposing)."""
         prefix = draft = None
         if self.prefix is not None:
@@ -490,7 +489,6 @@ class LlamaCppEngine:
                 prefix_lookups=p.lookups, prefix_hits=p.hits, prefix_tokens_reused=p.tokens_reused,
                 prefix_entries=len(p.entries), prefix_cached_tokens=p.cached_tokens, prefix_cache_bytes=p.cached_bytes,
                 prefix_restore_s=round(p.restore_s, 6), prefix_save_s=round(p.save_s, 6), prefill_s_per_token=per_token,
-                prefix_saved_prefill_s=None if per_token is None else round(p.tokens_reused * per_token, 6),
             )
         if self.drafter is not None:
             draft = DraftStats(draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6))

@@ -1,13 +1,15 @@
 """Engine benchmark: our decode throughput against llama.cpp's own tools, same run, same settings.
 
 Ours: N requests with an n_prompt-token prompt each, generating n_gen tokens, submitted at
-once to the llama.cpp engine with N sequences. Aggregate decode tokens/s (S_TG) =
-tokens generated while all N decode / that window's length, where the window runs from the
-last request's prefill-done event to the first finish (pure decode, no prompt work in it).
+once to the llama.cpp engine with N sequences, recorded as the study records a cell
+(`rllm_study.recorder.record_batch`); the figure is the metric decode_tok_s (aggregate decode
+tokens/s while all N decode: `rllm-study metrics --explain`). Each N is measured in two modes on
+the same engine, in alternating repetitions: greedy, and sampled with the presets' settings
+(temperature, top-p, order; request i gets seed i), the study's own path.
 N = 1 gives the single-stream decode rate, comparable to llama-bench's tg<n_gen>.
 Reference: llama-bench (-p 0 -n n_gen: tg tokens/s) and llama-batched-bench (-npp n_prompt
 -ntg n_gen -npl N: S_TG), built from the llama.cpp sources vendored in the installed
-llama-cpp-python (scripts/build_llama_tools.sh). Ratio = ours / reference.
+llama-cpp-python (scripts/build_llama_tools.sh). Ratios: the metric decode_vs_reference.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
-from rllm_study.backends.base import PrefillDone, Request, RequestFinished, SamplingParams, TokenEvent
+from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
+from rllm_study.metrics import cell_metrics, decode_vs_reference
+from rllm_study.recorder import record_batch
 
 COUNTING = ", ".join(str(i) for i in range(1, 2000))
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def _prompt_of(engine, n_prompt: int) -> str:
@@ -30,43 +36,40 @@ def _prompt_of(engine, n_prompt: int) -> str:
     return engine.model.detokenize(tokens)
 
 
-def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int) -> float:
-    """One measurement of aggregate decode tokens/s with n_seqs concurrent requests (see module doc)."""
+def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: SamplingParams = GREEDY) -> float:
+    """One measurement of the metric decode_tok_s with n_seqs concurrent requests (request i: seed sampling.seed + i)."""
     prompt = _prompt_of(engine, n_prompt)
-    for i in range(n_seqs):
-        engine.submit(Request(f"b{i}", prompt, SamplingParams(max_tokens=n_gen)))
-    prefill_done, finishes, token_times = [], [], []
-    while engine.has_work():
-        for ev in engine.step():
-            if isinstance(ev, TokenEvent):
-                token_times.append(ev.t_ns)
-            elif isinstance(ev, PrefillDone):
-                prefill_done.append(ev.t_ns)
-            elif isinstance(ev, RequestFinished):
-                finishes.append(ev.t_ns)
-    start, end = max(prefill_done), min(finishes)
-    n = sum(1 for t in token_times if start < t <= end)
-    if end <= start or n == 0:
+    cell = record_batch(engine, [Request(f"b{i}", prompt, replace(sampling, max_tokens=n_gen, seed=sampling.seed + i))
+                                 for i in range(n_seqs)], name="bench")
+    rate = cell_metrics(cell)["throughput"]["decode_tok_s"]
+    if rate is None:
         raise RuntimeError("no decode window: a request stopped right after its prompt")
-    return n / ((end - start) / 1e9)
+    return rate
 
 
 def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
-                 n_gpu_layers: int = 0) -> dict:
-    """{N: {"mean": tok/s, "stdev": ..., "runs": [...]}} for each concurrency N, after one warm-up."""
+                 n_gpu_layers: int = 0, modes: dict[str, SamplingParams] | None = None) -> dict:
+    """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...]}}} for each concurrency N, after one
+    warm-up; the modes (default greedy only) alternate within each repetition."""
     from rllm_study.backends.llama_cpp import LlamaCppEngine
 
-    results = {}
+    modes = modes or {"greedy": GREEDY}
+    results: dict[str, dict] = {mode: {} for mode in modes}
     for n in seqs:
         options = LlamaCppOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads, flash_attn=flash_attn,
                                 n_gpu_layers=n_gpu_layers)
         engine = LlamaCppEngine(model, options)
+        runs: dict[str, list[float]] = {mode: [] for mode in modes}
         try:
-            decode_rate(engine, n, n_prompt, 16)  # warm-up
-            runs = [decode_rate(engine, n, n_prompt, n_gen) for _ in range(reps)]
+            for sampling in modes.values():
+                decode_rate(engine, n, n_prompt, 16, sampling)  # warm-up
+            for _ in range(reps):
+                for mode, sampling in modes.items():
+                    runs[mode].append(decode_rate(engine, n, n_prompt, n_gen, sampling))
         finally:
             engine.close()
-        results[n] = {"mean": statistics.fmean(runs), "stdev": statistics.pstdev(runs), "runs": runs}
+        for mode, values in runs.items():
+            results[mode][n] = {"mean": statistics.fmean(values), "stdev": statistics.pstdev(values), "runs": values}
     return results
 
 
@@ -113,20 +116,29 @@ def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: l
 
 
 def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128, n_gen: int = 128,
-                 flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None, n_gpu_layers: int = 0) -> dict:
-    """Our figures, and with reference_dir the reference tools' figures and ratios (ours / theirs)."""
+                 flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None, n_gpu_layers: int = 0,
+                 sampled: SamplingParams | None = None) -> dict:
+    """Our figures per mode (greedy, and with `sampled` the study's sampling), and with
+    reference_dir the reference tools' figures and, per mode, the ratios (ours / theirs)."""
     from rllm_study.models import resolve_model
 
     ref = resolve_model(model)
-    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers)
+    modes = {"greedy": GREEDY, **({"sampled": sampled} if sampled is not None else {})}
+    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes)
     result = {"model": ref.name, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "flash_attn": flash_attn,
-              "n_gpu_layers": n_gpu_layers, "ours": ours}
+              "n_gpu_layers": n_gpu_layers, "seqs": seqs,
+              "sampling": {mode: {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "order": s.order,
+                                  "seeds": "request i: seed i"} for mode, s in modes.items()},
+              "ours": ours}
     if reference_dir is not None:
         bench_tg = measure_llama_bench(reference_dir, ref.path, threads, n_gen, flash_attn, reps, n_gpu_layers)
         batched = measure_batched_bench(reference_dir, ref.path, threads, seqs, n_prompt, n_gen, flash_attn, n_gpu_layers)
         result["reference"] = {"llama_bench_tg": bench_tg, "batched_bench_s_tg": batched}
         result["ratios"] = {
-            "single_vs_llama_bench_tg": ours[1]["mean"] / bench_tg if 1 in ours else None,
-            **{f"{n}_seqs_vs_batched_bench": ours[n]["mean"] / batched[n] for n in seqs if n in batched},
+            mode: {
+                "single_vs_llama_bench_tg": decode_vs_reference(by_n[1]["mean"], bench_tg) if 1 in by_n else None,
+                **{f"{n}_seqs_vs_batched_bench": decode_vs_reference(by_n[n]["mean"], batched[n]) for n in seqs if n in batched},
+            }
+            for mode, by_n in ours.items()
         }
     return result

@@ -7,16 +7,17 @@ each figure is the mean over rounds, with the rounds' values kept.
 
   prefix_ttft       TTFT of requests sharing a ~prefix_tokens prompt prefix, prefix cache off vs
                     on (the cache warmed by one earlier request). TTFT = first token - submit, one
-                    request at a time. gain = TTFT off / TTFT on.
+                    request at a time. gain: the metric prefix_ttft_gain.
   speculative       end-to-end time of N greedy reasoning prompts (GSM8K) submitted together, for
                     no speculation, n-gram and draft-model drafting, at each N. Output throughput =
-                    output tokens / (last finish - submit) (`rllm_study.crosscheck.BatchRun`);
-                    speedup = throughput / throughput without
-                    speculation (throughput, not time, because outputs may differ in length: see
-                    "Batch invariance" in backends/llama_cpp.py).
+                    the metric output_tok_s of the recorded batch (`rllm_study.crosscheck.BatchRun`);
+                    speedup: the metric speculative_speedup (see "Batch invariance" in
+                    backends/llama_cpp.py for why outputs may differ in length).
   kv_quantization   KV bytes per token and for the whole context per cache type; memory saved =
                     1 - bytes / f16 bytes; aggregate decode tokens/s of N sequences
-                    (`rllm_study.bench.decode_rate`: pure-decode window); speed ratio = tok/s / f16 tok/s.
+                    (the metric decode_tok_s, `rllm_study.bench.decode_rate`); speed ratio: the metric kv_speed_ratio.
+  Acceptance is the metric draft_acceptance_rate pooled over rounds (sum draft_accepted / sum
+  draft_proposed); saved_prefill_s is the metric prefix_saved_prefill_s of the engine's counters.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.llama_cpp import LlamaCppEngine
 from rllm_study.bench import decode_rate
 from rllm_study.crosscheck import run_batch
+from rllm_study.metrics import kv_speed_ratio, prefix_saved_prefill, prefix_ttft_gain, speculative_speedup
 
 COUNTING = ", ".join(str(i) for i in range(1, 3000))
 
@@ -72,9 +74,10 @@ def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_toke
     off, on = _mean(ttft["off"]), _mean(ttft["on"])
     return {
         "model": model, "threads": threads, "prefix_tokens": prefix_tokens, "ttft_off_s": off, "ttft_on_s": on,
-        "ttft_gain": off["mean"] / on["mean"],
+        "ttft_gain": prefix_ttft_gain(off["mean"], on["mean"]),
         "reused_tokens_per_request": extra["prefix_tokens_reused"] / max(extra["prefix_hits"], 1),
         "restore_s_per_hit": extra["prefix_restore_s"] / max(extra["prefix_hits"], 1),
+        "saved_prefill_s": prefix_saved_prefill(extra),
     }
 
 
@@ -104,9 +107,8 @@ def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-
             def measure(name, engine, prompts=prompts):
                 reqs = [Request(f"r{i}", p, SamplingParams(max_tokens=max_tokens)) for i, p in enumerate(prompts)]
                 run = run_batch(engine, reqs)
-                fins = run.finishes.values()
-                return {"tok_s": run.throughput, "proposed": sum(f.draft_proposed for f in fins),
-                        "accepted": sum(f.draft_accepted for f in fins)}
+                techniques = run.metrics["techniques"]
+                return {"tok_s": run.throughput, "proposed": techniques["draft_proposed"], "accepted": techniques["draft_accepted"]}
 
             runs = _rounds(engines, measure, reps)
         finally:
@@ -115,7 +117,7 @@ def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-
         out["by_concurrency"][n] = {
             name: {
                 "output_tok_s": _mean([r["tok_s"] for r in rs]),
-                "speedup": statistics.fmean(r["tok_s"] for r in rs) / base,
+                "speedup": speculative_speedup(statistics.fmean(r["tok_s"] for r in rs), base),
                 "acceptance": (sum(r["accepted"] for r in rs) / p) if (p := sum(r["proposed"] for r in rs)) else None,
             }
             for name, rs in runs.items()
@@ -143,7 +145,7 @@ def kv_quantization(model: str = "qwen2.5-coder-0.5b", threads: int = 2, types: 
             t: {
                 "kv_bytes_per_token": per_token[t], "kv_bytes_context": per_token[t] * n_ctx[t],
                 "memory_saved": 1 - per_token[t] / per_token[ref], "decode_tok_s": _mean(rates[t]),
-                "speed_ratio": statistics.fmean(rates[t]) / statistics.fmean(rates[ref]),
+                "speed_ratio": kv_speed_ratio(statistics.fmean(rates[t]), statistics.fmean(rates[ref])),
             }
             for t in types
         },

@@ -2,8 +2,9 @@
 llama-server on the same model): per request the output token counts must be equal, and the
 throughput ratio says how fast one serves the workload relative to the other.
 
-  throughput (tok/s) = all output tokens / (last finish - first submit)   (BatchRun.throughput)
-  ratio              = median throughput(a) / median throughput(b) over the rounds
+  throughput = the metric output_tok_s of the recorded batch (all output tokens / (last finish -
+               first submit); `rllm_study.metrics`, `rllm-study metrics --explain`)
+  ratio      = median throughput(a) / median throughput(b) over the rounds
 `run_batch` is also the closed-batch measurement of `rllm_study.bench_techniques`.
 Each engine gets all requests at once (a closed batch), then is stepped until idle. Rounds
 alternate the order (a b, b a, a b, ...) so that load from other processes on a shared machine
@@ -13,44 +14,49 @@ falls on both engines alike.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
+from functools import cached_property
 
-from rllm_study.backends.base import FINISH_ERROR, Engine, Request, RequestFinished, TokenEvent
+from rllm_study.backends.base import FINISH_ERROR, Engine, Request
+from rllm_study.metrics import cell_metrics
+from rllm_study.recorder import record_batch
+from rllm_study.results import Cell
 
 
 @dataclass(frozen=True)
 class BatchRun:
-    finishes: dict[str, RequestFinished]
-    wall_s: float  # first submit -> last finish
-    first_token_s: float | None  # first submit -> the first token of any request (TTFT of a batch of one)
+    """One closed batch as the study records it (`rllm_study.recorder.record_batch`); its figures
+    are the study's metrics of that cell."""
+
+    cell: Cell
+
+    @cached_property
+    def metrics(self) -> dict:
+        return cell_metrics(self.cell)
+
+    @property
+    def finishes(self) -> dict[str, dict]:
+        """request id -> its requests.jsonl record."""
+        return {r["id"]: r for r in self.cell.requests}
 
     @property
     def output_tokens(self) -> int:
-        return sum(f.output_tokens for f in self.finishes.values())
+        return sum(r["output_tokens"] for r in self.cell.requests)
 
     @property
     def throughput(self) -> float:
-        """Output tokens per second over the whole batch."""
-        return self.output_tokens / self.wall_s if self.wall_s > 0 else 0.0
+        """The metric output_tok_s."""
+        return self.metrics["throughput"]["output_tok_s"] or 0.0
+
+    @property
+    def first_token_s(self) -> float | None:
+        """The smallest ttft_s (the TTFT of a batch of one)."""
+        return self.metrics["latency"]["ttft_s"]["min"]
 
 
 def run_batch(engine: Engine, requests: list[Request]) -> BatchRun:
-    """Submit every request, step until idle; the finish event of each, the batch's wall time and
-    the time to its first token."""
-    t0 = time.perf_counter_ns()
-    for request in requests:
-        engine.submit(request)
-    finishes: dict[str, RequestFinished] = {}
-    first = None
-    while engine.has_work():
-        for event in engine.step():
-            if isinstance(event, RequestFinished):
-                finishes[event.request_id] = event
-            elif first is None and isinstance(event, TokenEvent):
-                first = event.t_ns
-    t_last = max((f.t_ns for f in finishes.values()), default=t0)
-    return BatchRun(finishes, (t_last - t0) / 1e9, None if first is None else (first - t0) / 1e9)
+    """Submit every request, step until idle (see BatchRun)."""
+    return BatchRun(record_batch(engine, requests))
 
 
 def _mismatches(run_a: BatchRun, run_b: BatchRun, requests: list[Request]) -> list[str]:
@@ -58,11 +64,12 @@ def _mismatches(run_a: BatchRun, run_b: BatchRun, requests: list[Request]) -> li
     lines = []
     for request in requests:
         fa, fb = run_a.finishes.get(request.id), run_b.finishes.get(request.id)
-        if fa is None or fb is None or FINISH_ERROR in (fa.reason, fb.reason):
-            lines.append(f"{request.id}: failed ({fa and fa.error} / {fb and fb.error})")
-        elif (fa.prompt_tokens, fa.output_tokens) != (fb.prompt_tokens, fb.output_tokens):
+        if fa is None or fb is None or FINISH_ERROR in (fa["finish_reason"], fb["finish_reason"]):
+            lines.append(f"{request.id}: failed ({fa and fa['error']} / {fb and fb['error']})")
+        elif (fa["prompt_tokens"], fa["output_tokens"]) != (fb["prompt_tokens"], fb["output_tokens"]):
             lines.append(
-                f"{request.id}: prompt {fa.prompt_tokens} vs {fb.prompt_tokens}, output {fa.output_tokens} vs {fb.output_tokens}"
+                f"{request.id}: prompt {fa['prompt_tokens']} vs {fb['prompt_tokens']}, "
+                f"output {fa['output_tokens']} vs {fb['output_tokens']}"
             )
     return lines
 

@@ -465,6 +465,23 @@ def output_throughput(ctx: _Context) -> float | None:
     return _ratio(sum(r.get("output_tokens") or 0 for r in ctx.cell.requests), duration(ctx))
 
 
+@metric("decode_tok_s", "tokens/s",
+        "tokens with t in (max prefill_done_s, min finish_s] / (min finish_s - max prefill_done_s), all requests of session 0",
+        section="throughput")
+def decode_throughput(ctx: _Context) -> float | None:
+    """Aggregate decode rate while every request decodes: the window from the last prompt done to
+    the first finish holds no prompt work and no finished request (llama-batched-bench's S_TG for
+    requests submitted together; one request: llama-bench's tg). None when that window is empty
+    (e.g. arrivals spread out, a request ending on its first token) or a request failed."""
+    reqs = [r for r in ctx.cell.requests if r.get("session", 0) == 0]
+    if not reqs or any(r.get("finish_reason") not in COMPLETED or r.get("prefill_done_s") is None for r in reqs):
+        return None
+    start, end = max(r["prefill_done_s"] for r in reqs), min(r["finish_s"] for r in reqs)
+    times = [t for r in reqs if (tk := _tokens_of(ctx.cell, r["id"])) for t in tk[0]]
+    n = sum(start < t <= end for t in times)
+    return n / (end - start) if end > start and n else None
+
+
 @metric("requests_s", "requests/s", "completed requests / duration_s", section="throughput")
 def request_throughput(ctx: _Context) -> float | None:
     """Completed requests per second."""
@@ -657,6 +674,23 @@ def cached_prompt_tokens(ctx: _Context) -> int:
     return sum(r.get("cached_tokens") or 0 for r in ctx.cell.requests)
 
 
+def prefix_saved_prefill(extra: dict) -> float | None:
+    """prefix_saved_prefill_s (below) from one `stats().extra` of the llama.cpp engine."""
+    per_token, reused = extra.get("prefill_s_per_token"), extra.get("prefix_tokens_reused")
+    return None if per_token is None or reused is None else reused * per_token
+
+
+@metric("prefix_saved_prefill_s", "s", "prefix_tokens_reused x prefill_s_per_token (the last timeline sample's engine counters)",
+        section="techniques")
+def prefix_saved_prefill_cell(ctx: _Context) -> float | None:
+    """Prefill time the prefix cache avoided, estimated: prompt tokens reused times the engine's
+    measured prefill cost per token (decode seconds / prompt tokens over steps that decoded prompt
+    tokens only); the copies cost prefix_restore_s + prefix_save_s on top. The counters are
+    cumulative per engine. None without them or before a prefill-only step."""
+    extras = [s["extra"] for s in ctx.cell.timeline if s.get("extra")]
+    return prefix_saved_prefill(extras[-1]) if extras else None
+
+
 @metric("draft_proposed", "tokens", "sum(draft_proposed)", section="techniques")
 def draft_proposed(ctx: _Context) -> int:
     """Tokens proposed by the speculative drafter (n-gram or draft model)."""
@@ -685,6 +719,33 @@ def mean_accepted_per_step(ctx: _Context) -> float | None:
         if (r.get("draft_proposed") or 0) > 0 and r["id"] in ctx.cell.tokens
     )
     return _ratio(marks.count("1"), marks.count("0"))
+
+
+# ---- benchmark ratios (figures of two configurations measured in the same run) ----------------
+
+@define("decode_vs_reference", "ratio", "decode_tok_s (ours) / llama-batched-bench S_TG at N sequences, or llama-bench tg at 1")
+def decode_vs_reference(ours: float, reference: float) -> float | None:
+    """`rllm-study bench engine`: our engine's decode rate against llama.cpp's own tools from the same
+    build and settings (n_prompt, n_gen, threads, flash attention, offload). None without a reference."""
+    return _ratio(ours, reference)
+
+
+@define("speculative_speedup", "ratio", "output_tok_s with speculation / output_tok_s without, means over alternating rounds")
+def speculative_speedup(with_spec: float, without: float) -> float | None:
+    """`bench techniques`: throughput, not time, because outputs may differ in length."""
+    return _ratio(with_spec, without)
+
+
+@define("prefix_ttft_gain", "ratio", "ttft_s with the prefix cache off / ttft_s on, means over alternating rounds")
+def prefix_ttft_gain(off: float, on: float) -> float | None:
+    """`bench techniques`: one request at a time sharing a long prefix with an earlier one."""
+    return _ratio(off, on)
+
+
+@define("kv_speed_ratio", "ratio", "decode_tok_s with a KV-cache type / decode_tok_s with f16, means over alternating rounds")
+def kv_speed_ratio(quantized: float, f16: float) -> float | None:
+    """`bench techniques`: the speed cost (or gain) of a quantized KV cache."""
+    return _ratio(quantized, f16)
 
 
 def _check_slo(slo: dict | None) -> None:

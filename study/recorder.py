@@ -6,7 +6,9 @@ the study runner use this, so a request is described the same way everywhere.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rllm_study.backends.base import (
     ANSWER,
@@ -14,8 +16,10 @@ from rllm_study.backends.base import (
     PrefillDone,
     RequestAdmitted,
     RequestFinished,
+    Request,
     TokenEvent,
 )
+from rllm_study.results import Cell
 
 
 @dataclass
@@ -96,3 +100,20 @@ class Recorder:
         if any(n != 1 for n in rec.n_tokens):
             tokens["n_tokens"] = rec.n_tokens
         return record, tokens
+
+
+def record_batch(engine, requests: list[Request], name: str = "batch") -> Cell:
+    """Submit every request at once (all arrive at t = 0), step the engine until idle, and return
+    what the study would have recorded, as an in-memory cell (records in submission order), so
+    its figures come from `rllm_study.metrics` like any cell's."""
+    recorder = Recorder(time.perf_counter_ns())
+    for request in requests:
+        recorder.arrived(request.id, recorder.t0_ns)
+        engine.submit(request)
+    records, tokens = {}, {}
+    while engine.has_work():
+        for record, token_row in recorder.feed(engine.step()):
+            records[record["id"]] = record
+            tokens[record["id"]] = token_row
+    ordered = [records[r.id] for r in requests if r.id in records]
+    return Cell(Path("."), {"cell": {"name": name}}, ordered, tokens)

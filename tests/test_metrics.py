@@ -287,6 +287,29 @@ def test_prefix_and_speculative_counters(tmp_path):
     assert t["mean_accepted_per_step"] == pytest.approx(3 / 6)
 
 
+def test_decode_throughput_window_by_hand(tmp_path):
+    pairs = three_requests()[:2]
+    # Window: last prompt done (r2, 2.0) to first finish (r2, 4.0). Tokens in (2, 4]: r1 at 3, 3.5, 4
+    # and r2 at 2.5, 3, 3.5, 4 = 7 tokens in 2 s.
+    assert cell_metrics(write_cell(tmp_path / "c", [pairs]))["throughput"]["decode_tok_s"] == pytest.approx(3.5)
+    # r3 is done with its prompt only when it finishes (4.0): no window.
+    assert cell_metrics(write_cell(tmp_path / "d", [three_requests()]))["throughput"]["decode_tok_s"] is None
+
+
+def test_prefix_saved_prefill_from_the_engine_counters(tmp_path):
+    base = {"kv_used": 1, "kv_capacity": 10, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1, "device_bytes": None}
+    samples = [{**base, "t_s": 0.0, "extra": {"prefix_tokens_reused": 10, "prefill_s_per_token": 0.5}},
+               {**base, "t_s": 0.1, "extra": {"prefix_tokens_reused": 300, "prefill_s_per_token": 0.002}}]
+    t = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["techniques"]
+    assert t["prefix_saved_prefill_s"] == pytest.approx(300 * 0.002)   # the last sample: counters are cumulative
+    assert cell_metrics(write_cell(tmp_path / "d", [three_requests()]))["techniques"]["prefix_saved_prefill_s"] is None
+
+
+def test_bench_figures_are_defined():
+    assert {"decode_tok_s", "output_tok_s", "draft_acceptance_rate", "prefix_saved_prefill_s", "decode_vs_reference",
+            "speculative_speedup", "prefix_ttft_gain", "kv_speed_ratio"} <= set(METRICS)
+
+
 def test_no_drafting_gives_none(cell):
     t = cell_metrics(cell)["techniques"]
     assert t["draft_acceptance_rate"] is None and t["mean_accepted_per_step"] is None and t["prefix_hit_rate"] == 0.0

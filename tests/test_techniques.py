@@ -22,6 +22,7 @@ from rllm_study.backends.base import Request, RequestFinished, SamplingParams, T
 from rllm_study.backends.llama_cpp import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions, parse_speculative
 from rllm_study.errors import UserError
+from rllm_study.metrics import prefix_saved_prefill
 
 QUESTIONS = [
     "Count from 1 to 30, separated by commas.",
@@ -179,7 +180,7 @@ def test_prefix_cache_counts_hits_and_keeps_greedy_output(smollm2_path):
         assert [r["cached_tokens"] for r in run["requests"]] == expected
         x = run["extra"]
         assert (x["prefix_lookups"], x["prefix_hits"], x["prefix_tokens_reused"]) == (6, 4, sum(expected))
-        assert x["prefix_saved_prefill_s"] == pytest.approx(sum(expected) * x["prefill_s_per_token"], rel=1e-4)
+        assert prefix_saved_prefill(x) == pytest.approx(sum(expected) * x["prefill_s_per_token"], rel=1e-4)
         assert run["techniques"]["prefix_hit_rate"] == pytest.approx(4 / 6)
         assert run["techniques"]["cached_prompt_tokens"] == sum(expected)
     # Entries: the four distinct long prompts and "Hi" (with the template's default system prompt); not the repeat

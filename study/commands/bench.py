@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rllm_study.backends.sampling import DEFAULT_ORDER
 from rllm_study.bench import bench_engine
 from rllm_study.bench_server import bench_server, server_url, table, workload_spec
 from rllm_study.commands import options as opt
@@ -34,37 +35,54 @@ def _seqs(text: str) -> list[int]:
 def engine_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Model reference (see `models list`).")] = "smollm2-135m",
     threads: opt.flag("n_threads") = None,
-    seqs: Annotated[str, typer.Option("--seqs", help="Concurrent sequences to measure.")] = "1,2,4,8",
+    seqs: Annotated[str, typer.Option("--seqs", help="Concurrent sequences to measure.")] = "1,8,32,64",
     n_prompt: Annotated[int, typer.Option("--n-prompt", help="Prompt tokens per sequence.")] = 128,
     n_gen: Annotated[int, typer.Option("--n-gen", help="Generated tokens per sequence.")] = 128,
     flash_attn: opt.flag("flash_attn", help="Flash attention; the same setting is passed to the reference tools.") = False,
     reps: Annotated[int, typer.Option("--reps", help="Repetitions per point (mean reported).")] = 3,
     reference_dir: Annotated[Optional[Path], typer.Option("--reference-dir", help="Folder with llama-bench and llama-batched-bench (scripts/build_llama_tools.sh).")] = None,
+    sampled: Annotated[bool, typer.Option("--sampled/--greedy-only", help="Also measure the study's sampling (per-request seeds).")] = True,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampled mode: temperature (the presets' 0.6).")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sampled mode: top-p (the presets' 0.95).")] = 0.95,
+    order: Annotated[str, typer.Option("--order", help="Sampled mode: temperature_first or top_p_first.")] = DEFAULT_ORDER,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the result as JSON to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     n_gpu_layers: opt.flag("n_gpu_layers") = 0,
 ) -> None:
-    """Decode tokens/s at 1..N concurrent sequences; with --reference-dir, llama.cpp's figures and the ratios."""
+    """Decode tokens/s at each number of concurrent sequences, greedy and with the study's sampling;
+    with --reference-dir, llama.cpp's figures and the ratios (the metric decode_vs_reference)."""
+    from rllm_study.backends.base import Request, SamplingParams
+    from rllm_study.backends.output import check_sampling
+
     if reference_dir is not None and not (reference_dir / "llama-batched-bench").exists():
         raise UserError(f"{reference_dir}: no llama-batched-bench here; build the tools with `bash scripts/build_llama_tools.sh`")
     if reps < 1 or n_gen < 8 or n_prompt < 1:
         raise UserError("--reps >= 1, --n-gen >= 8 and --n-prompt >= 1 are required")
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, order=order) if sampled else None
+    if sampling is not None:
+        check_sampling(Request("--temperature/--top-p/--order", "", sampling))
     threads = threads or psutil.cpu_count(logical=False) or 1
-    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers)
+    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers, sampling)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if as_json:
         print(json.dumps(result, indent=2))
         return
     ref = result.get("reference", {})
-    table = Table(title=f"decode tokens/s: {result['model']}, {threads} threads, n_gpu_layers={n_gpu_layers}, pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}")
-    for col in ("sequences", "ours (mean ± sd)", "reference", "ratio"):
+    table = Table(title=f"decode tokens/s (decode_tok_s): {result['model']}, {threads} threads, n_gpu_layers={n_gpu_layers}, "
+                        f"pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}, n = {reps} runs per cell")
+    for col in ("sequences", "mode", "ours (mean ± sd)", "reference", "ratio"):
         table.add_column(col, justify="right")
-    for n, r in result["ours"].items():
-        theirs = (ref.get("llama_bench_tg") if n == 1 else None) or ref.get("batched_bench_s_tg", {}).get(n)
-        name = "llama-bench tg" if n == 1 and "llama_bench_tg" in ref else "batched-bench S_TG"
-        table.add_row(str(n), f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
-                      "-" if theirs is None else f"{r['mean'] / theirs:.3f}")
+    for mode, by_n in result["ours"].items():
+        for n, r in by_n.items():
+            theirs = (ref.get("llama_bench_tg") if n == 1 else None) or ref.get("batched_bench_s_tg", {}).get(n)
+            name = "llama-bench tg" if n == 1 and "llama_bench_tg" in ref else "batched-bench S_TG"
+            table.add_row(str(n), mode, f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
+                          "-" if theirs is None else f"{r['mean'] / theirs:.3f}")
     Console().print(table)
-    if 1 in result["ours"] and ref.get("batched_bench_s_tg", {}).get(1):
-        print(f"(single stream vs batched-bench S_TG at 1: {result['ours'][1]['mean'] / ref['batched_bench_s_tg'][1]:.3f})")
+    for mode, by_n in result["ours"].items():
+        if 1 in by_n and ref.get("batched_bench_s_tg", {}).get(1):
+            print(f"({mode}, single stream vs batched-bench S_TG at 1: {by_n[1]['mean'] / ref['batched_bench_s_tg'][1]:.3f})")
 
 
 @bench_app.command("server")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -17,7 +16,7 @@ from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.commands import options as opt
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
-from rllm_study.recorder import Recorder
+from rllm_study.recorder import record_batch
 from rllm_study.results import Cell
 
 
@@ -44,21 +43,13 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 
 def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -> Cell:
-    """Submit all prompts at t=0, step the engine until done; the results as an in-memory cell."""
+    """Submit all prompts at t=0 (seed + i for the i-th), step the engine until done; the results as an in-memory cell."""
     prompts = [t if raw else engine.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
-    recorder = Recorder(time.perf_counter_ns())
-    for i, p in enumerate(prompts):
-        engine.submit(Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i)))
-        recorder.arrived(f"p{i}", recorder.t0_ns)
-    records, tokens = [], {}
-    while engine.has_work():
-        for record, token_row in recorder.feed(engine.step()):
-            records.append(record)
-            tokens[record["id"]] = token_row
-    records.sort(key=lambda r: int(r["id"][1:]))
-    for r, text in zip(records, texts):
+    cell = record_batch(engine, [Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i)) for i, p in enumerate(prompts)],
+                        name="generate")
+    for r, text in zip(cell.requests, texts):
         r["prompt"] = text
-    return Cell(Path("."), {"cell": {"name": "generate"}}, records, tokens)
+    return cell
 
 
 @opt.engine_flags(defaults={"ctx_per_seq": 2048})

@@ -1,0 +1,44 @@
+"""The benchmarks' measurement path: a batch recorded as the study records a cell, its figures the
+study's metrics, on the real SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import THREADS
+from rllm_study.backends.base import Request, SamplingParams
+from rllm_study.backends.llama_cpp import LlamaCppEngine
+from rllm_study.backends.options import LlamaCppOptions
+from rllm_study.bench import GREEDY, decode_rate
+from rllm_study.crosscheck import run_batch
+from rllm_study.metrics import cell_metrics
+from rllm_study.recorder import record_batch
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=3, ctx_per_seq=256, n_threads=THREADS))
+    yield eng
+    eng.close()
+
+
+def test_batch_figures_are_the_recorded_cells_metrics(engine):
+    reqs = [Request(f"r{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=6 + i, temperature=0.6, top_p=0.95, seed=i))
+            for i in range(3)]
+    run = run_batch(engine, reqs)
+    recs = run.cell.requests
+    assert [r["id"] for r in recs] == ["r0", "r1", "r2"] and all(r["arrival_s"] == 0.0 for r in recs)
+    assert [r["output_tokens"] for r in recs] == [6, 7, 8]
+    assert run.throughput == pytest.approx(21 / max(r["finish_s"] for r in recs))
+    assert run.first_token_s == min(r["first_token_s"] for r in recs) > 0
+    assert run.finishes["r2"]["finish_reason"] == "length"
+
+
+def test_decode_rate_counts_the_all_decoding_window(engine):
+    cell = record_batch(engine, [Request(f"b{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=12)) for i in range(3)])
+    start = max(r["prefill_done_s"] for r in cell.requests)
+    end = min(r["finish_s"] for r in cell.requests)
+    inside = sum(start < t <= end for row in cell.tokens.values() for t in row["t_s"])
+    assert cell_metrics(cell)["throughput"]["decode_tok_s"] == pytest.approx(inside / (end - start))
+    sampled = SamplingParams(temperature=0.6, top_p=0.95)
+    assert decode_rate(engine, 3, 8, 12, sampled) > 0 and decode_rate(engine, 1, 8, 12, GREEDY) > 0
