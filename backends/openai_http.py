@@ -38,11 +38,12 @@ splits too. When the server splits reasoning off, output_text is rebuilt as
 Failures (server unreachable, HTTP error status, an error event, a stream cut mid-way, timeout)
 finish the request with reason "error" and the cause in `error`; events already delivered stay.
 
-Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k=0,
+Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k (0 = off),
 min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matches the
-in-process engine) unless `server_default_samplers` is set (then the server's own defaults
-apply, e.g. llama-server's top_k 40, min_p 0.05; info().extra_samplers says which),
-`cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
+in-process engine) and `samplers` in the request's order, unless `server_default_samplers` is set
+(then the server's own defaults apply, e.g. llama-server's top_k 40, min_p 0.05;
+info().extra_samplers says which); other servers apply their own order (vLLM and SGLang:
+temperature first), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
 Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
 requests are in flight (and once after). Gaps in the server's figures are filled from this
 client: running = in-flight requests that have streamed output, waiting = in-flight requests
@@ -86,6 +87,7 @@ from rllm_study.backends.base import (
 from rllm_study.backends.chat_template import render_chat
 from rllm_study.backends.options import OpenAIOptions
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
+from rllm_study.backends.sampling import TEMPERATURE_FIRST
 from rllm_study.backends.server_telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.errors import UserError
 
@@ -470,7 +472,9 @@ class OpenAIEngine:
             body["prompt"] = request.prompt
         if self.kind in LLAMA_CPP_KINDS:
             if not self.options.server_default_samplers:
-                body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
+                body.update(top_k=s.top_k, min_p=0.0, repeat_penalty=1.0,  # and sampling.order's chain:
+                            samplers=["top_k", "temperature", "top_p"] if s.order == TEMPERATURE_FIRST
+                            else ["top_k", "top_p", "temperature"])
             if request.grammar:
                 body["grammar"] = request.grammar
         if self.kind == "llama-server":
