@@ -87,8 +87,9 @@ def _sample_nucleus(logits: np.ndarray, temperature: float, top_p: float, scale:
     """top_p < 1 without top_k (see "Cost" in the module docstring)."""
     n = len(logits)
     top = float(logits.max())
-    weights = np.multiply(logits, np.float32(scale), dtype=np.float32)
-    np.subtract(weights, np.float32(top * scale), out=weights)
+    weights = np.subtract(logits, np.float32(top), dtype=np.float32)
+    if scale != 1.0:
+        np.multiply(weights, np.float32(scale), out=weights)
     np.exp(weights, out=weights)
     z = float(weights.sum(dtype=np.float64))
     deepest = max(0.0, math.log(n * top_p / (1 - top_p)))
