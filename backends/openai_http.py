@@ -40,10 +40,11 @@ finish the request with reason "error" and the cause in `error`; events already 
 
 Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k (0 = off),
 min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matches the
-in-process engine) and `samplers` in the request's order, unless `server_default_samplers` is set
-(then the server's own defaults apply, e.g. llama-server's top_k 40, min_p 0.05;
-info().extra_samplers says which); other servers apply their own order (vLLM and SGLang:
-temperature first), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
+in-process engine) and `samplers` in the request's order (llama-server honours it;
+llama-cpp-python's server ignores it and applies top-p before temperature), unless
+`server_default_samplers` is set (then the server's own defaults apply, e.g. llama-server's
+top_k 40, min_p 0.05; info().extra_samplers says which); other servers apply their own order
+(vLLM and SGLang: temperature first), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
 Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
 requests are in flight (and once after). Gaps in the server's figures are filled from this
 client: running = in-flight requests that have streamed output, waiting = in-flight requests

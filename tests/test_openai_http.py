@@ -359,3 +359,11 @@ def test_llama_server_samplers_off_or_its_defaults(llama_server):
         eng.close()
         slots = httpx.get(llama_server + "/slots", timeout=10).json()
         assert [s["params"]["top_k"] for s in slots] == [expected, expected]
+
+
+def test_llama_cpp_servers_get_the_sampling_order_and_top_k(engine):
+    engine._ensure_server()
+    first = engine._body(Request("o", "hi", SamplingParams(temperature=0.6, top_p=0.9, top_k=7)))
+    assert first["samplers"] == ["top_k", "temperature", "top_p"] and first["top_k"] == 7
+    later = engine._body(Request("o", "hi", SamplingParams(temperature=0.6, top_p=0.9, order="top_p_first")))
+    assert later["samplers"] == ["top_k", "top_p", "temperature"] and later["top_k"] == 0
