@@ -344,7 +344,6 @@ class PrefixStats:
     prefix_restore_s: float
     prefix_save_s: float
     prefill_s_per_token: float | None
-    prefix_saved_prefill_s: float | None
 
 
 @dataclass(frozen=True)
