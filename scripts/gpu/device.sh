@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Device side of the GPU run through this workplace's `device` tool (scripts/gpu/README.md has the
-# exact sequence of calls). The machine starts bare, has no registry access, takes at most 64 MiB
-# of carried files per call and keeps files outside the repository only while it stays warm, so:
+# exact sequence of calls). Every call carries .gpu-carry/run and enters through its enter.sh, which
+# runs this file from the prepared commit's tree in $ROOT/tree. The machine starts bare, has no
+# registry access, takes at most 64 MiB of carried files per call and keeps files outside the
+# repository only while it stays warm, so:
 #   setup      (carries .gpu-carry/setup) log the machine, install the carried wheels into
 #              $ROOT/site, unpack the slimmed llama-cpp-python sdist, keep piece 00, and
 #              start the CUDA build of llama.cpp in the background (it outlives the call)
@@ -23,6 +25,9 @@ PIECES=$ROOT/pieces
 RESULTS=$ROOT/results
 OUT="${OUT:-$ROOT/out}"
 CUDA_CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
+# -march=native without AMX: llama.cpp's AMX kernels die with an illegal instruction (tileloadd) on
+# these Xeon hosts (tile configuration is per thread); explicit -mno-* win over -march in any order.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 export PYTHONPATH=$ROOT/rllm:$SITE RLLM_STUDY_CACHE=$ROOT/models HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$ROOT" "$PIECES" "$RESULTS" "$OUT"
 
@@ -31,7 +36,8 @@ log() { echo "[$(date +%T)] $*"; }
 machine_facts() {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 --version; nvcc --version | tail -2; cmake --version | head -1
-  echo "cores: $(nproc)"; free -g | head -2; uname -r
+  echo "cores: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "cpu amx flags: $(grep -o -w 'amx_[a-z0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  free -g | head -2; uname -r
   python3 -m pip list 2>/dev/null | grep -i -E '^(pyarrow|pandas|fsspec|huggingface.hub|numpy|setuptools|wheel|requests|pyyaml|xxhash|tqdm|filelock|packaging|sympy|jinja2|psutil|httpx|matplotlib|pygments) '
 }
 
@@ -49,7 +55,7 @@ setup() {
 
 build() {
   local start=$SECONDS rc
-  CMAKE_ARGS="$CUDA_CMAKE_ARGS" PYTHON=python3 JOBS="$(nproc)" bash "$ROOT/build_llama_tools.sh" "$LCPP"
+  CFLAGS="${CFLAGS:-} $NO_AMX" CXXFLAGS="${CXXFLAGS:-} $NO_AMX" CMAKE_ARGS="$CUDA_CMAKE_ARGS" PYTHON=python3 JOBS="$(nproc)" bash "$ROOT/build_llama_tools.sh" "$LCPP"
   rc=$?
   [ "$rc" = 0 ] && cp -a "$LCPP"/bin/*.so* "$SITE/llama_cpp/lib/"
   echo "$rc $((SECONDS - start))" > "$ROOT/build.done"

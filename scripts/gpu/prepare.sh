@@ -5,29 +5,43 @@
 #   .gpu-carry/setup  llama-cpp-python sdist slimmed to its build inputs (~13 MB), cp312 wheels of
 #                     what the device image lacks or holds in other versions, the binding's
 #                     dist-info (its version, read by scripts/build_llama_tools.sh), piece 00
-#   .gpu-carry/pNN    pieces 01.. of the models the presets use (qwen2.5-coder-0.5b, and the
-#                     1.5B target of the speculative preset): their GGUF files cut into pieces named
+#   .gpu-carry/pNN    pieces 01.. of the models in MODELS: their GGUF files cut into pieces named
 #                     MODEL.partKK, joined on the device and checked against the pinned sha256
-#   .gpu-carry/run    the rllm-study wheel built from the working tree and COMMIT, the commit it was
-#                     built from (rebuild both before each run call: `bash scripts/gpu/prepare.sh wheel`)
+#   .gpu-carry/run    the rllm-study wheel built from the working tree, COMMIT (the commit it was
+#                     built from), tree.tar.gz (this checkout's scripts and specs at HEAD) and
+#                     enter.sh (runs device.sh from that tree); rebuild before each run call:
+#                     `bash scripts/gpu/prepare.sh wheel`
+# Every call carries .gpu-carry/run and runs `bash .gpu-carry/run/enter.sh ...`, because the tool
+# sends the checkout its session started in, which need not be this one (a worktree, say).
+# Sizes: a call carries at most 64 MiB including the sent checkout's tracked files, so a piece is
+# 64 MiB - tracked files here - the run load - MARGIN_MB (default 3, room for that checkout to be
+# larger than this one), and piece 00 that less the rest of the setup load.
 # Usage: bash scripts/gpu/prepare.sh [all|wheel]   (run from anywhere; needs .venv and PyPI)
+# Environment: MODELS (default "qwen2.5-coder-0.5b qwen2.5-coder-1.5b": the pilot's model and the
+#   speculative preset's target), CARRY (default .gpu-carry here; for a worktree whose session sent
+#   another checkout, that checkout's .gpu-carry, with a link .gpu-carry -> it here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-carry=.gpu-carry
+carry="${CARRY:-.gpu-carry}"
+models="${MODELS:-qwen2.5-coder-0.5b qwen2.5-coder-1.5b}"
 pip=(.venv/bin/python -m pip)
-grep -qx "/$carry/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/$carry/" >> .git/info/exclude; }
+exclude="$(git rev-parse --git-common-dir)/info/exclude"   # shared by every worktree of the repository
+grep -qx "/.gpu-carry" "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude")"; echo "/.gpu-carry" >> "$exclude"; }
 
 wheel() {
   rm -rf "$carry/run" && "${pip[@]}" wheel -q --no-deps -w "$carry/run" .
   .venv/bin/python -c 'from rllm_study.environment import git_commit; print(git_commit())' > "$carry/run/COMMIT"
+  git archive --format=tar.gz -o "$carry/run/tree.tar.gz" HEAD -- . ':!reports' ':!tests'
+  cp scripts/gpu/enter.sh "$carry/run/"
+  echo "run load: $(cat "$carry/run/COMMIT"), $(du -cb "$carry/run" | tail -1 | cut -f1) bytes"
 }
 
 [ "${1:-all}" = wheel ] && { wheel; exit 0; }
 
 version="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))')"
 site=".venv/lib/python3.11/site-packages"
-rm -rf "$carry" && mkdir -p "$carry/setup/whl" "$carry/setup/site"
+mkdir -p "$carry" && rm -rf "${carry:?}"/* && mkdir -p "$carry/setup/whl" "$carry/setup/site"
 tmp="$(mktemp -d)" && trap 'rm -rf "$tmp"' EXIT
 
 # The sdist minus what no build reads: git data, documentation, the tokenizer test vocabularies.
@@ -48,15 +62,20 @@ done
 "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$carry/setup/whl" "${pins[@]}"
+wheel
 
-# The models: piece 00 rides with the setup load, every later piece travels alone in one call.
-# A call carries at most 64 MiB including the repository's tracked files (~10 MiB with the
-# published reports), so a piece is 52,000,000 bytes and piece 00 30,000,000 (setup's other ~20 MB).
-.venv/bin/python - "$carry" qwen2.5-coder-0.5b qwen2.5-coder-1.5b <<'EOF'
+# The models: piece 00 rides with the setup load, every later piece travels alone (with the run load).
+tracked="$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)"
+run_load="$(du -cb "$carry/run" | tail -1 | cut -f1)"
+setup_rest="$(du -cb "$carry/setup" | tail -1 | cut -f1)"
+per=$((64 * 1024 * 1024 - tracked - run_load - ${MARGIN_MB:-3} * 1000000))
+first=$((per - setup_rest))
+[ "$first" -gt 1000000 ] || { echo "prepare.sh: no room for piece 00 beside ${setup_rest} bytes of setup load" >&2; exit 1; }
+# shellcheck disable=SC2086  # MODELS is a list of names
+.venv/bin/python - "$carry" "$first" "$per" $models <<'PY'
 import os, sys
 from rllm_study.models import resolve_model
-carry, names = sys.argv[1], sys.argv[2:]
-first, per = 30_000_000, 52_000_000
+carry, first, per, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 index = 0
 for name in names:
     path = resolve_model(name).path
@@ -70,7 +89,6 @@ for name in names:
             with open(f"{folder}/{name}.part{part:02d}", "wb") as out:
                 out.write(f.read(end - start))
             start, part, index = end, part + 1, index + 1
-print(f"{index} pieces: setup + p01..p{index - 1:02d}")
-EOF
-wheel
+print(f"{' '.join(names)}: {index} pieces of {per:,} bytes (piece 00 {first:,}): setup + p01..p{index - 1:02d}")
+PY
 du -sh "$carry"/*
