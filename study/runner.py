@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
+from rllm_study.backends.phases import THINK_OPEN
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.recorder import Recorder
@@ -64,7 +65,10 @@ def few_shot_prefix(items: list[Item]) -> str:
 
 
 def build_jobs(cell: CellSpec, engine) -> list[Job]:
-    """The cell's requests in order: prompts through the model's chat template + assistant prefix."""
+    """The cell's requests in order: prompts through the model's chat template + assistant prefix.
+    In native mode the output starts in the think phase when the template opens `<think>`, or,
+    for a vocabulary with `<think>` as one token whose template does not, after an added "<think>\n"."""
+    opens_think = cell.prompt_mode == "native" and engine.count_tokens(THINK_OPEN) - engine.count_tokens("") == 1
     shots = int(cell.workload.get("shared_prefix", 0) or 0)
     items = load_dataset(cell.dataset, limit=cell.samples + shots)
     preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
@@ -77,6 +81,8 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
         elif preamble:
             messages.insert(0, {"role": "system", "content": preamble})
         text = engine.apply_chat_template(messages) + prompt.assistant_prefix
+        if cell.prompt_mode == "native" and not ends_in_think(text) and opens_think:
+            text += THINK_OPEN + "\n"  # DeepSeek's advice for R1 models whose template does not open it
         if cell.prompt_mode == "native" and ends_in_think(text):  # an R1-style template opens <think> itself
             prompt = replace(prompt, starts_in_think=True)
         jobs.append(Job(item.id, item, prompt, text))
@@ -183,12 +189,14 @@ class CellRun:
 
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
-        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF)
+        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
+                                  think_budget=c.think_budget)
         self.recorder.arrived(job.id, arrival_ns)
         if batch is not None:
             self.batch_of[job.id] = batch
         self.in_flight.add(job.id)
-        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar))
+        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar,
+                                   job.prompt.answer_cue))
 
     def run(self) -> None:
         self.records = RecordWriter(self.cell, self.writer, self._written)
@@ -378,6 +386,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     engine = pool.get(cell)
                     for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
+                    if cell.think_budget is not None and not engine.capabilities().think_budget:
+                        console.print(f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored")
                     label = f"[{i}/{len(cells)}] {cell.name}"
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
