@@ -402,6 +402,9 @@ class MlxEngine:
     def _close_thinking(self, seq: _Seq, r, t_ns: int) -> None:
         """Re-enter a request with the forced close as its prompt (module docstring); it ends
         with `length` when no room is left for the close and an answer."""
+        if r.finish_reason == "length":  # the sequence's room (seq_capacity) is spent
+            del self.running[r.uid]
+            return self._finish(seq, FINISH_LENGTH, t_ns)
         if r.finish_reason is None:
             cache, tokens = self.batch.remove([r.uid], return_prompt_caches=True)[r.uid]
         else:
@@ -416,7 +419,7 @@ class MlxEngine:
         seq.detok.reset()
         seq.out.close_thinking(lambda text: self.tokenizer.encode(text, add_special_tokens=False), self.think_ids[1], tail)
         left = min(seq.budget - len(seq.out.tokens), self.seq_capacity - len(tokens) - len(seq.out.forced))
-        if left < 1 or r.finish_reason == "length":
+        if left < 1:
             return self._finish(seq, FINISH_LENGTH, t_ns)
         seq.kv_base = len(tokens)
         (seq.uid,) = self.batch.insert([seq.out.forced], [left], caches=[cache], all_tokens=[tokens],
