@@ -359,3 +359,16 @@ def test_llama_server_samplers_off_or_its_defaults(llama_server):
         eng.close()
         slots = httpx.get(llama_server + "/slots", timeout=10).json()
         assert [s["params"]["top_k"] for s in slots] == [expected, expected]
+
+
+@pytest.mark.parametrize("kind,url_tail,sent", [("llama-server", "/v1/chat/completions", True),
+                                                ("llama-server", "", False), ("vllm", "/v1/chat/completions", False)])
+def test_think_budget_goes_to_llama_server_chat_only(kind, url_tail, sent):
+    """reasoning_budget_tokens (the field llama-server's tools/server reads) is sent where the
+    server applies it, and capabilities say so; elsewhere the budget is reported unsupported."""
+    eng = OpenAIEngine("m", EngineOptions(base_url=f"http://127.0.0.1:{free_port()}{url_tail}"))
+    eng._server = {"kind": kind, "models": ["m"], "props": {}}  # what the probe would have learnt
+    body = eng._body(Request("t", "hi", SamplingParams(64, think_budget=16)))
+    eng.close()
+    assert body.get("reasoning_budget_tokens") == (16 if sent else None)
+    assert eng.capabilities().think_budget is sent
