@@ -88,4 +88,4 @@ batch_size = 2
     proc = run_cli("report", out, "--out", report)
     assert proc.returncode == 0, proc.stderr
     md = (report / "report.md").read_text()
-    assert "(trained reasoning model)" in md and "answer-phase share" in md
+    assert "(trained reasoning model)" in md and "answer phase" in md

@@ -161,5 +161,5 @@ def test_run_and_report_with_a_think_budget(tmp_path, smollm2_path):
     assert proc.returncode == 0, proc.stderr
     md = (report / "report.md").read_text()
     section = md[md.index("## Think budget"):]
-    assert "answer-phase share" in section and "| 8 | 2 |" in section and "| 16 | 2 |" in section
+    assert "answer phase" in section and "think forced" in section and "| 8 | 2 |" in section and "| 16 | 2 |" in section
     assert list((report / "figures").glob("think-budget-*.png"))
