@@ -410,7 +410,8 @@ def think_budget_section(cells: list[CellData]) -> Section:
                             f"(study {study})."))
     for (study, model, budget, workload, repeat), series in by_figure.items():
         blocks.append(Figure(f"think-budget-{model}-{budget}-r{repeat}", plots.think_budget_sweep(series),
-                             f"Against the think budget: {model}, token budget {budget}, {workload}, repeat {repeat}."))
+                             f"Against the think budget: {model}, token budget {budget}, {workload}, repeat {repeat} "
+                             "(each point is one cell; its requests and intervals are in the tables above)."))
     return Section("Think budget", blocks)
 
 

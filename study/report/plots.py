@@ -294,6 +294,7 @@ def think_budget_sweep(series: dict[str, list[tuple[int, dict]]]) -> Figure:
         ax.set_xlabel("think budget (tokens)")
         ax.set_title(title)
         ax.set_ylim(bottom=0)
+    axes[0][0].set_ylim(0, 103)
     axes[0][0].legend(loc="best")
     return fig
 
