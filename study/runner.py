@@ -32,7 +32,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
-from rllm_study.backends.phases import THINK_OPEN
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.recorder import Recorder
@@ -42,7 +41,7 @@ from rllm_study.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import grade
-from rllm_study.workloads.prompts import Prompt, build_prompt, ends_in_think
+from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
 
 IDLE_SLEEP_S = 0.005
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
@@ -66,9 +65,8 @@ def few_shot_prefix(items: list[Item]) -> str:
 
 def build_jobs(cell: CellSpec, engine) -> list[Job]:
     """The cell's requests in order: prompts through the model's chat template + assistant prefix.
-    In native mode the output starts in the think phase when the template opens `<think>`, or,
-    for a vocabulary with `<think>` as one token whose template does not, after an added "<think>\n"."""
-    opens_think = cell.prompt_mode == "native" and engine.count_tokens(THINK_OPEN) - engine.count_tokens("") == 1
+    In native mode the thinking is opened as `open_thinking` says."""
+    think_token = cell.prompt_mode == "native" and has_think_token(engine)
     shots = int(cell.workload.get("shared_prefix", 0) or 0)
     items = load_dataset(cell.dataset, limit=cell.samples + shots)
     preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
@@ -81,10 +79,9 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
         elif preamble:
             messages.insert(0, {"role": "system", "content": preamble})
         text = engine.apply_chat_template(messages) + prompt.assistant_prefix
-        if cell.prompt_mode == "native" and not ends_in_think(text) and opens_think:
-            text += THINK_OPEN + "\n"  # DeepSeek's advice for R1 models whose template does not open it
-        if cell.prompt_mode == "native" and ends_in_think(text):  # an R1-style template opens <think> itself
-            prompt = replace(prompt, starts_in_think=True)
+        if cell.prompt_mode == "native":
+            text, thinking = open_thinking(text, think_token)
+            prompt = replace(prompt, starts_in_think=thinking)
         jobs.append(Job(item.id, item, prompt, text))
     return jobs
 

@@ -59,6 +59,21 @@ def ends_in_think(rendered: str) -> bool:
     return rendered.rstrip().endswith(THINK_OPEN)
 
 
+def has_think_token(engine) -> bool:
+    """True when the engine's vocabulary holds `<think>` as one token (real reasoning models)."""
+    return engine.count_tokens(THINK_OPEN) - engine.count_tokens("") == 1
+
+
+def open_thinking(rendered: str, think_token: bool) -> tuple[str, bool]:
+    """A rendered native prompt as sent, and whether the output starts in the think phase: as is
+    when it ends in `<think>` (the template opened it); with "<think>\n" added for a vocabulary
+    with `<think>` as one token whose template does not (DeepSeek's advice for R1 models); else as
+    is, not thinking."""
+    if not ends_in_think(rendered) and think_token:
+        rendered += THINK_OPEN + "\n"
+    return rendered, ends_in_think(rendered)
+
+
 def _read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:

@@ -19,7 +19,7 @@ from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
 from rllm_study.recorder import Recorder
 from rllm_study.results import Cell
-from rllm_study.workloads.prompts import ends_in_think, load_templates
+from rllm_study.workloads.prompts import ends_in_think, has_think_token, load_templates, open_thinking
 
 
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
@@ -45,12 +45,15 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 
 def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -> Cell:
-    """Submit all prompts at t=0, step the engine until done; the results as an in-memory cell."""
-    prompts = [t if raw else engine.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
+    """Submit all prompts at t=0, step the engine until done; the results as an in-memory cell.
+    Templated prompts open the thinking as the native prompt mode does (`open_thinking`)."""
+    think_token = not raw and has_think_token(engine)
+    prompts = [(t, ends_in_think(t)) if raw else open_thinking(engine.apply_chat_template([{"role": "user", "content": t}]), think_token)
+               for t in texts]
     recorder = Recorder(time.perf_counter_ns())
     cue = load_templates()["native"].get("answer_cue", "")
-    for i, p in enumerate(prompts):
-        engine.submit(Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i), ends_in_think(p), answer_cue=cue))
+    for i, (p, thinking) in enumerate(prompts):
+        engine.submit(Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i), thinking, answer_cue=cue))
         recorder.arrived(f"p{i}", recorder.t0_ns)
     records, tokens = [], {}
     while engine.has_work():
