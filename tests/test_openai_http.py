@@ -366,7 +366,7 @@ def test_llama_server_samplers_off_or_its_defaults(llama_server):
 def test_think_budget_goes_to_llama_server_chat_only(kind, url_tail, sent):
     """reasoning_budget_tokens (the field llama-server's tools/server reads) is sent where the
     server applies it, and capabilities say so; elsewhere the budget is reported unsupported."""
-    eng = OpenAIEngine("m", EngineOptions(base_url=f"http://127.0.0.1:{free_port()}{url_tail}"))
+    eng = OpenAIEngine("m", OpenAIOptions(base_url=f"http://127.0.0.1:{free_port()}{url_tail}"))
     eng._server = {"kind": kind, "models": ["m"], "props": {}}  # what the probe would have learnt
     body = eng._body(Request("t", "hi", SamplingParams(64, think_budget=16)))
     eng.close()

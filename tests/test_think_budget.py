@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import THREADS, chat, drain, run_cli
-from rllm_study.backends.base import ANSWER, FINISH_LENGTH, FINISH_STOP, THINK, EngineOptions, Request, SamplingParams
+from rllm_study.backends.base import ANSWER, FINISH_LENGTH, FINISH_STOP, THINK, Request, SamplingParams
+from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput
 from rllm_study.backends.phases import THINK_CLOSE, PhaseTracker
 from rllm_study.errors import UserError
@@ -81,7 +82,7 @@ def test_model_closing_itself_is_not_forced():
 def engine(smollm2_path):
     from rllm_study.backends.llama_cpp import LlamaCppEngine
 
-    eng = LlamaCppEngine(str(smollm2_path), EngineOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS))
+    eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS))
     yield eng
     eng.close()
 
