@@ -27,7 +27,12 @@ FINISH_ERROR = "error"    # the engine or server failed this request
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling. temperature 0 means greedy; top_p in (0, 1]; top_k 0 = off; order
-    "temperature_first" or "top_p_first" (the distributions: backends/sampling.py)."""
+    "temperature_first" or "top_p_first" (the distributions: backends/sampling.py).
+
+    think_budget: None = thinking is never cut; N >= 0 = the engine closes the think block when
+    N think tokens have been generated, or when the model ends while still thinking (see
+    backends/output.py "Think budget").
+    """
 
     max_tokens: int = 256
     temperature: float = 0.0
@@ -36,6 +41,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     top_k: int = 0
     order: str = "temperature_first"
+    think_budget: int | None = None
 
 
 @dataclass
@@ -45,7 +51,8 @@ class Request:
     `prompt` is the exact text the model sees (chat template already applied by the caller);
     `starts_in_think` says the prompt leaves the model inside a `<think>` block (reasoning
     templates and R1-style chat templates end the prompt with `<think>`), so output is in the
-    think phase until `</think>`. `grammar` is optional GBNF text.
+    think phase until `</think>`. `grammar` is optional GBNF text. `answer_cue` is the text the
+    engine writes after `</think>` when it closes the thinking itself (sampling.think_budget).
     """
 
     id: str
@@ -53,6 +60,7 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     starts_in_think: bool = False
     grammar: str | None = None
+    answer_cue: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class RequestFinished:
     draft_proposed: int = 0
     draft_accepted: int = 0
     error: str | None = None
+    think_forced: bool | None = None  # the engine closed the thinking (None: not known, e.g. a server)
+    forced_tokens: int = 0            # tokens the engine fed for that close (not in output_tokens)
 
 
 Event = Union[RequestAdmitted, PrefillDone, TokenEvent, RequestFinished]
@@ -168,6 +178,7 @@ class Capabilities:
     per_token_times: bool = True
     batch_invariant: bool = False
     local_model: bool = True  # the model is a file this process loads (not a server's)
+    think_budget: bool = False
 
 
 def unsupported_options(options, caps: Capabilities) -> list[str]:

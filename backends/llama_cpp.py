@@ -72,7 +72,7 @@ from rllm_study.backends.base import (
 from rllm_study.backends.llama_prefix import MIN_REUSE_TOKENS, PrefixCache
 from rllm_study.backends.llama_spec import ModelDrafter, NgramDrafter
 from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.backends.output import RequestOutput, check_sampling
+from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.backends.sampling import TEMPERATURE_FIRST, new_rng, sample
 from rllm_study.errors import UserError
@@ -503,7 +503,7 @@ class LlamaCppEngine:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), prefix_cache=True,
-                            speculative=("ngram", "draft"), grammar=True, batch_invariant=True)
+                            speculative=("ngram", "draft"), grammar=True, batch_invariant=True, think_budget=True)
 
     def info(self) -> LlamaCppInfo:
         o = self.options
@@ -601,7 +601,7 @@ class LlamaCppEngine:
         if self.drafter is not None:
             self.drafter.release(seq)
         heapq.heappush(self._free_ids, seq.seq_id)
-        seq.pending = seq.prompt + seq.out.tokens
+        seq.pending = seq.prompt + seq.out.fed_tokens()
         seq.n_past = 0
         self.waiting.appendleft(seq)
         self.preemptions += 1
@@ -730,7 +730,7 @@ class LlamaCppEngine:
                 self.draft_accepted += 1  # the request's own count is kept by RequestOutput.add
             if not self._accept(seq, token, t_ns, hit):
                 return
-            if not hit:
+            if not hit or len(seq.pending) > 1:  # a miss, or the thinking was closed (see _accept)
                 break
             seq.n_past += 1  # the accepted draft token's KV stays
             i += 1
@@ -740,17 +740,34 @@ class LlamaCppEngine:
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
 
     def _accept(self, seq: Sequence, token: int, t_ns: int, draft: bool = False) -> bool:
-        """Record a sampled token; end the request if it stops here. True while it goes on."""
+        """Record a sampled token; end the request if it stops here. True while it goes on.
+
+        When RequestOutput says to close the thinking (think budget, see backends/output.py),
+        the forced `</think>` + answer cue become the sequence's pending tokens: the next step
+        feeds them with the sampled token (if it is not end-of-generation) like a prompt chunk,
+        and samples the first answer token from the last of them. A grammar no longer applies
+        after the close (its sampler is replaced by the same chain without it): a grammar's
+        state cannot take tokens it did not choose."""
         eog = self.model.is_eog(token)
         piece = "" if eog else seq.utf8.decode(self.model.piece(token))
         event, reason = seq.out.add(token, piece, t_ns, eog, draft)
         self._events.append(event)
-        if reason is None and seq.n_past + 1 >= self.seq_capacity:
+        pending = [token]
+        if reason == CLOSE_THINK:
+            tail = seq.utf8.decode(b"", final=True)
+            pending = seq.out.close_thinking(lambda text: self.model.tokenize(text, add_special=False),
+                                             self.model.think_close_id, tail)
+            reason = None
+            if seq.request.grammar:
+                lc.llama_sampler_free(seq.sampler)
+                seq.sampler = make_sampler(self.model, replace(seq.request, grammar=None))
+                seq.greedy = seq.request.sampling.temperature == 0
+        if reason is None and seq.n_past + len(pending) >= self.seq_capacity:
             reason = FINISH_LENGTH  # the sequence's KV slot is full
         if reason is not None:
             self._finish(seq, reason, t_ns)
             return False
-        seq.pending = [token]
+        seq.pending = pending
         return True
 
     def _finish(self, seq: Sequence, reason: str, t_ns: int, error: str | None = None) -> None:

@@ -26,7 +26,7 @@ NGRAM_SIZES = (3, 2)  # lookup n-gram lengths, tried longest first (prompt looku
 def history_from(seq, start: int) -> list[int]:
     """prompt + output of a sequence from index `start` on."""
     n_prompt = len(seq.prompt)
-    return (seq.prompt[start:] if start < n_prompt else []) + seq.out.tokens[max(0, start - n_prompt):]
+    return (seq.prompt[start:] if start < n_prompt else []) + seq.out.fed_tokens()[max(0, start - n_prompt):]
 
 
 class NgramIndex:

@@ -15,9 +15,15 @@ The prefix cache is mlx-lm's LRUPromptCache: a finished request leaves the KV of
 and output, keyed by tokens; a new request starts from the longest cached prefix
 (PrefillDone.cached_tokens). Its budget: prefix_cache_tokens x kv_bytes_per_token bytes.
 
+Think budget (sampling.think_budget; when to close and what to write: backends/output.py), in
+batched mode: the request leaves the generator with its KV cache (minus the end-of-generation
+token's entry when that triggered the close) and re-enters with the forced `</think>` + answer
+cue as its prompt, the same sampler (PRNG key) and the rest of its budget; its prompt pass is
+not a second PrefillDone.
+
 Draft mode (speculative="draft:MODEL"): mlx-lm's speculative decoding runs one sequence, so requests
-are served one at a time (`capabilities().continuous_batching` is False) and the prefix cache
-is off. Accepted draft tokens are TokenEvents with draft=True; draft_proposed counts the
+are served one at a time (`capabilities().continuous_batching` is False), the prefix cache
+is off and think budgets are not applied (`capabilities().think_budget` is False). Accepted draft tokens are TokenEvents with draft=True; draft_proposed counts the
 tokens the draft model proposed (speculative_tokens per verification, fewer near max_tokens).
 
 Not available here, and reported by `capabilities()` and `info().unsupported_options`:
@@ -80,7 +86,7 @@ from rllm_study.backends.base import (  # noqa: E402
 )
 from rllm_study.backends.mlx_kv import KV_GROUP_SIZE, make_quantized_cache  # noqa: E402
 from rllm_study.backends.options import MlxOptions  # noqa: E402
-from rllm_study.backends.output import RequestOutput, check_sampling  # noqa: E402
+from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling  # noqa: E402
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker  # noqa: E402
 from rllm_study.backends.sampling import TEMPERATURE_FIRST  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
@@ -139,7 +145,8 @@ def make_sampler(s: SamplingParams):
 class _Seq:
     """A request inside the engine."""
 
-    __slots__ = ("request", "prompt", "out", "detok", "uid", "kv_tokens", "budget", "gen", "caches", "new_round")
+    __slots__ = ("request", "prompt", "out", "detok", "uid", "kv_tokens", "budget", "gen", "caches", "new_round",
+                 "sampler", "kv_base")
 
     def __init__(self, request: Request, prompt: list[int], out: RequestOutput, detok, budget: int):
         self.request = request
@@ -152,6 +159,8 @@ class _Seq:
         self.gen = None             # draft mode: the speculative token generator
         self.caches = []            # draft mode: its target + draft KV caches
         self.new_round = True       # draft mode: the next token opens a verification round
+        self.sampler = make_sampler(request.sampling)  # None: the batch's greedy argmax
+        self.kv_base = 0            # batched mode: tokens already cached when it (re-)entered the generator
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +225,8 @@ class MlxEngine:
         if request.grammar:
             raise UserError(f"request {request.id}: the mlx backend cannot apply GBNF grammars; "
                             f"drop the grammar or use the llama_cpp backend")
+        if self.draft_model is not None and request.sampling.think_budget is not None:
+            request = replace(request, sampling=replace(request.sampling, think_budget=None))  # see the module docstring
         prompt = self.tokenizer.encode(request.prompt)
         out = RequestOutput(request, len(prompt), PhaseTracker(request.starts_in_think, *self.think_ids))
         room = self.seq_capacity - len(prompt)
@@ -270,7 +281,7 @@ class MlxEngine:
     def capabilities(self) -> Capabilities:
         drafting = self.draft_model is not None
         return Capabilities(backend="mlx", continuous_batching=not drafting, kv_cache_types=(),
-                            prefix_cache=not drafting, speculative=("draft",), grammar=False)
+                            prefix_cache=not drafting, speculative=("draft",), grammar=False, think_budget=not drafting)
 
     def info(self) -> MlxInfo:
         o = self.options
@@ -369,15 +380,18 @@ class MlxEngine:
             seq = self.running.get(r.uid)
             if seq is None:
                 continue
-            seq.kv_tokens = seq.out.cached_tokens + r.progress[0]
-            if r.end_of_prompt:
+            seq.kv_tokens = seq.kv_base + r.progress[0]
+            if r.end_of_prompt and not seq.out.forced:
                 self._events.append(PrefillDone(seq.request.id, now, len(seq.prompt), seq.out.cached_tokens))
         for r in responses:
             seq = self.running.get(r.uid)
             if seq is None:
                 continue
-            seq.kv_tokens = len(seq.prompt) + len(seq.out.tokens) + 1
+            seq.kv_tokens = len(seq.prompt) + len(seq.out.tokens) + len(seq.out.forced) + 1
             reason = self._accept(seq, r.token, now)
+            if reason == CLOSE_THINK:
+                self._close_thinking(seq, r, now)
+                continue
             if reason is None and r.finish_reason is not None:  # the generator's budget (seq_capacity) ran out
                 reason = FINISH_LENGTH
             if reason is None:
@@ -392,6 +406,33 @@ class MlxEngine:
             del self.running[r.uid]
             self._finish(seq, reason, now)
 
+    def _close_thinking(self, seq: _Seq, r, t_ns: int) -> None:
+        """Re-enter a request with the forced close as its prompt (module docstring); it ends
+        with `length` when no room is left for the close and an answer."""
+        if r.finish_reason == "length":  # the sequence's room (seq_capacity) is spent
+            del self.running[r.uid]
+            return self._finish(seq, FINISH_LENGTH, t_ns)
+        if r.finish_reason is None:
+            cache, tokens = self.batch.remove([r.uid], return_prompt_caches=True)[r.uid]
+        else:
+            cache, tokens = r.prompt_cache, r.all_tokens
+        del self.running[r.uid]
+        tokens = list(tokens)
+        if seq.out.tokens and seq.out.tokens[-1] in self.eos_ids:  # the generator fed it: drop its KV
+            trim_prompt_cache(cache, 1)
+            tokens = tokens[:-1]
+        seq.detok.finalize()
+        tail = seq.detok.last_segment
+        seq.detok.reset()
+        seq.out.close_thinking(lambda text: self.tokenizer.encode(text, add_special_tokens=False), self.think_ids[1], tail)
+        left = min(seq.budget - len(seq.out.tokens), self.seq_capacity - len(tokens) - len(seq.out.forced))
+        if left < 1:
+            return self._finish(seq, FINISH_LENGTH, t_ns)
+        seq.kv_base = len(tokens)
+        (seq.uid,) = self.batch.insert([seq.out.forced], [left], caches=[cache], all_tokens=[tokens],
+                                       samplers=[seq.sampler])
+        self.running[seq.uid] = seq
+
     def _admit_batched(self, seq: _Seq) -> None:
         cache, rest = None, seq.prompt
         if self.prefix is not None:
@@ -403,9 +444,9 @@ class MlxEngine:
             cache = make_quantized_cache(self.n_layers, self.options.kv_bits)
         cached = len(seq.prompt) - len(rest)
         seq.out.cached_tokens = cached
-        seq.kv_tokens = cached
+        seq.kv_tokens = seq.kv_base = cached
         (seq.uid,) = self.batch.insert([rest], [seq.budget], caches=[cache], all_tokens=[seq.prompt[:cached]],
-                                       samplers=[make_sampler(seq.request.sampling)])
+                                       samplers=[seq.sampler])
         self.running[seq.uid] = seq
         self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
 
@@ -454,7 +495,7 @@ class MlxEngine:
         self._events.append(PrefillDone(seq.request.id, time.perf_counter_ns(), len(seq.prompt), 0))
         seq.gen = speculative_generate_step(
             mx.array(seq.prompt[-1:]), self.model, self.draft_model, num_draft_tokens=self.options.speculative_tokens,
-            max_tokens=seq.budget, sampler=make_sampler(seq.request.sampling) or greedy_sampler, prompt_cache=caches,
+            max_tokens=seq.budget, sampler=seq.sampler or greedy_sampler, prompt_cache=caches,
             prefill_step_size=self.options.n_batch,
         )
 

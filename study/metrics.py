@@ -419,6 +419,17 @@ def answer_phase_share(ctx: _Context) -> dict | None:
     return share(sum(map(has_answer_phase, rows)), len(rows)) if rows else None
 
 
+@metric("think_forced_share", "fraction", "completed requests with think_forced / completed requests with think_tokens > 0 "
+        "and a known think_forced, with its wilson_ci95", section="tokens", key="think_forced")
+def think_forced_share(ctx: _Context) -> dict | None:
+    """Share of the completed requests that thought whose thinking the engine closed (think budget
+    reached, or the model ended while thinking; see backends/output.py): {share, k, n, ci95}. None
+    when none thought, or the engine cannot say (a server)."""
+    rows = [r for r in ctx.cell.requests if r.get("finish_reason") in COMPLETED and (r.get("think_tokens") or 0) > 0
+            and r.get("think_forced") is not None]
+    return share(sum(r["think_forced"] is True for r in rows), len(rows)) if rows else None
+
+
 @metric("duration_s", "s", "sum over sessions of (last finish_s - first arrival_s)", section="throughput")
 def duration(ctx: _Context) -> float:
     """Generation time of the cell; a resumed cell adds each session's span (clocks differ between sessions)."""

@@ -88,6 +88,8 @@ class Recorder:
             "draft_proposed": ev.draft_proposed,
             "draft_accepted": ev.draft_accepted,
             "error": ev.error,
+            "think_forced": ev.think_forced,
+            "forced_tokens": ev.forced_tokens,
             "output_text": ev.output_text,
         }
         tokens = {

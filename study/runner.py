@@ -41,7 +41,7 @@ from rllm_study.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import grade
-from rllm_study.workloads.prompts import Prompt, build_prompt, ends_in_think
+from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
 
 IDLE_SLEEP_S = 0.005
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
@@ -64,7 +64,9 @@ def few_shot_prefix(items: list[Item]) -> str:
 
 
 def build_jobs(cell: CellSpec, engine) -> list[Job]:
-    """The cell's requests in order: prompts through the model's chat template + assistant prefix."""
+    """The cell's requests in order: prompts through the model's chat template + assistant prefix.
+    In native mode the thinking is opened as `open_thinking` says."""
+    think_token = cell.prompt_mode == "native" and has_think_token(engine)
     shots = int(cell.workload.get("shared_prefix", 0) or 0)
     items = load_dataset(cell.dataset, limit=cell.samples + shots)
     preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
@@ -77,8 +79,9 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
         elif preamble:
             messages.insert(0, {"role": "system", "content": preamble})
         text = engine.apply_chat_template(messages) + prompt.assistant_prefix
-        if cell.prompt_mode == "native" and ends_in_think(text):  # an R1-style template opens <think> itself
-            prompt = replace(prompt, starts_in_think=True)
+        if cell.prompt_mode == "native":
+            text, thinking = open_thinking(text, think_token)
+            prompt = replace(prompt, starts_in_think=thinking)
         jobs.append(Job(item.id, item, prompt, text))
     return jobs
 
@@ -184,12 +187,13 @@ class CellRun:
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
         sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
-                                  top_k=c.top_k, order=c.sampling_order)
+                                  top_k=c.top_k, order=c.sampling_order, think_budget=c.think_budget)
         self.recorder.arrived(job.id, arrival_ns)
         if batch is not None:
             self.batch_of[job.id] = batch
         self.in_flight.add(job.id)
-        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar))
+        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar,
+                                   job.prompt.answer_cue))
 
     def run(self) -> None:
         self.records = RecordWriter(self.cell, self.writer, self._written)
@@ -379,6 +383,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     engine = pool.get(cell)
                     for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
+                    if cell.think_budget is not None and not engine.capabilities().think_budget:
+                        console.print(f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored")
                     label = f"[{i}/{len(cells)}] {cell.name}"
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")

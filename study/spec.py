@@ -2,11 +2,13 @@
 
 A spec names models, data sets (with sample counts), prompt modes, token budgets, sampling,
 engine options, a workload (arrival process) and SLOs. Every list-valued field of `models`,
-`prompt_modes`, `max_tokens`, `[engine]` and `[workload]` is an axis; `[[variants]]` adds
+`prompt_modes`, `max_tokens`, `think_budget`, `[engine]` and `[workload]` is an axis; `[[variants]]` adds
 named sets of settings changed together (e.g. K and V cache types); `repeats` repeats every
 cell with seed + repeat. A cell = model x variant x data set x prompt mode x budget x engine
-axes x workload axes x repeat. Presets are specs shipped in `rllm_study/presets/`, each with an
-optional `[quick]` table of overrides for a short run.
+axes x workload axes x repeat. Presets are specs shipped in `rllm_study/presets/`; a spec's body
+is its full size, and optional tables of overrides give other sizes (SIZES): `[quick]` a short
+run for CI and a first look, `[standard]` the size of published results, each claim's rule able
+to settle (the arithmetic is in each preset's comments).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from rllm_study.errors import UserError
 from rllm_study.workloads.arrivals import check_workload, workload_arrival_keys, workload_arrival_name
 
 TOP_KEYS = {
-    "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "repeats",
+    "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "think_budget", "repeats",
     "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
+    "standard",
 }
+SIZES = ("quick", "standard", "full")  # "full" is the spec's body
 SAMPLING_KEYS = {"temperature", "top_p", "top_k", "order"}
 # [engine] keys: the fields of the registered backends' options (rllm_study.backends.engine_keys)
 WORKLOAD_KEYS = {"shared_prefix", *workload_arrival_keys()}  # the arrival processes own the rest
@@ -62,6 +66,7 @@ class CellSpec:
     sample_period_s: float
     top_k: int = 0
     sampling_order: str = DEFAULT_ORDER  # temperature and top-p: which comes first (backends/sampling.py)
+    think_budget: int | None = None  # think tokens before the engine closes the thinking (think_budget_tokens)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,8 +83,13 @@ def _parse_toml(text: str, where: str) -> dict:
         raise UserError(f"{where}: not valid TOML ({err})") from None
 
 
-def load_spec(path: Path | None = None, preset: str | None = None, quick: bool = False) -> tuple[dict, str]:
-    """Read a spec file or a preset (with its [quick] overrides if asked); returns (spec, where)."""
+def load_spec(path: Path | None = None, preset: str | None = None, quick: bool = False,
+              size: str = "full") -> tuple[dict, str]:
+    """Read a spec file or a preset at a size (SIZES: its [quick] or [standard] overrides, or the
+    body for "full"; quick=True is size "quick"); returns (spec, where)."""
+    if size not in SIZES:
+        raise UserError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    size = "quick" if quick else size
     if preset is not None:
         if preset not in preset_names():
             raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(preset_names())}")
@@ -90,11 +100,11 @@ def load_spec(path: Path | None = None, preset: str | None = None, quick: bool =
             raise UserError(f"{path}: spec file not found (give a TOML study spec, or --preset NAME)")
         where = str(path)
         spec = _parse_toml(Path(path).read_text("utf-8"), where)
-    quick_table = spec.pop("quick", {})
-    if quick:
-        if not quick_table:
-            raise UserError(f"{where}: has no [quick] table, so --quick means nothing here")
-        spec = _merge(spec, quick_table)
+    tables = {name: spec.pop(name, {}) for name in SIZES[:-1]}
+    if size != "full":
+        if not tables[size]:
+            raise UserError(f"{where}: has no [{size}] table, so --size {size} means nothing here")
+        spec = _merge(spec, tables[size])
     return spec, where
 
 
@@ -158,7 +168,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     from rllm_study.workloads.datasets import DATASETS
     from rllm_study.workloads.prompts import PROMPT_MODES
 
-    _check_keys(spec, TOP_KEYS - {"quick"}, where, "")
+    _check_keys(spec, TOP_KEYS - set(SIZES), where, "")
     for section, allowed in (("sampling", SAMPLING_KEYS), ("workload", WORKLOAD_KEYS), ("slo", SLO_KEYS)):
         _check_keys(spec.get(section, {}), allowed, where, section)
     engine = _engine_fields(spec.get("engine", {}), where, "engine")
@@ -182,6 +192,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     budgets = _as_list(spec.get("max_tokens", [1024]))
     if not all(isinstance(b, int) and b >= 1 for b in budgets):
         raise UserError(f"{where}: max_tokens must be whole numbers >= 1, got {budgets}")
+    think_budgets = _as_list(spec.get("think_budget", [None]))
     repeats = spec.get("repeats", 1)
     if not isinstance(repeats, int) or repeats < 1:
         raise UserError(f"{where}: repeats must be a whole number >= 1, got {repeats!r}")
@@ -215,8 +226,8 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
         v_modes = _as_list(variant.get("prompt_modes", modes))
         engine_axes = _axes({**engine, **v_engine})
         workload_axes = _axes({"arrival": "batch", **spec.get("workload", {}), **variant.get("workload", {})})
-        for model, dataset, mode, budget, eng, wl, repeat in itertools.product(
-            v_models, datasets, v_modes, budgets, engine_axes, workload_axes, range(repeats)
+        for model, dataset, mode, budget, tb, eng, wl, repeat in itertools.product(
+            v_models, datasets, v_modes, budgets, think_budgets, engine_axes, workload_axes, range(repeats)
         ):
             try:
                 check_workload(wl)
@@ -224,7 +235,8 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
                 raise UserError(f"{where}: {err}") from None
             options = _engine_options(backend, eng, wl, budget, where)
             wl_name = workload_name(wl)
-            parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", wl_name, f"r{repeat}"]
+            tb_name = "" if tb in (None, "off") else f"tb{tb}"
+            parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", tb_name, wl_name, f"r{repeat}"]
             name = "__".join(_slug(str(p)) for p in parts if p)
             cells.append(CellSpec(
                 name=name, study=study, backend=backend, model=model,
@@ -233,11 +245,28 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
                 top_p=float(sampling["top_p"]), engine=options, workload=wl, grammar=bool(spec.get("grammar", False)),
                 templates=spec.get("templates"), slo=dict(slo), sample_period_s=float(period),
                 top_k=sampling["top_k"], sampling_order=sampling["order"],
+                think_budget=think_budget_tokens(tb, budget, where),
             ))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: two cells get the same name; give each [[variants]] a distinct name")
     return cells
+
+
+def think_budget_tokens(value, max_tokens: int, where: str) -> int | None:
+    """A `think_budget` axis value as think tokens for a cell with budget `max_tokens`:
+    N (a whole number >= 1) is N; "mt-K" is max_tokens - K, K answer tokens kept free at every
+    budget, but never less than half of max_tokens (rounded up); unset (None) or "off" is no think
+    budget."""
+    if value == "off":
+        return None
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    match = re.fullmatch(r"mt-(\d+)", value) if isinstance(value, str) else None
+    if match:
+        return max(max_tokens - int(match.group(1)), -(-max_tokens // 2))
+    raise UserError(f"{where}: think_budget must be whole numbers >= 1, \"mt-K\" (max_tokens - K answer tokens "
+                    f"kept free) or \"off\", got {value!r}")
 
 
 def workload_name(wl: dict) -> str:

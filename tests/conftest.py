@@ -88,3 +88,13 @@ def drain(engine, on_step=None, max_steps: int = MAX_STEPS) -> dict[str, dict]:
 
 def chat(engine, text: str) -> str:
     return engine.apply_chat_template([{"role": "user", "content": text}])
+
+
+@pytest.fixture(scope="session")
+def tiny_r1_path() -> Path:
+    """A tiny model with DeepSeek-R1-Distill's real tokenizer and chat template and random weights
+    (tests/tiny_r1.py), built once into ~/.cache/rllm-study/test-models (about 20 MB)."""
+    import tiny_r1
+
+    path = Path("~/.cache/rllm-study/test-models").expanduser() / f"tiny-r1-distill-v{tiny_r1.VERSION}.gguf"
+    return path if path.is_file() else tiny_r1.build(path)

@@ -242,3 +242,28 @@ def test_same_f16_weights_through_llama_cpp_and_mlx():
         first_diff = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         print(f"prompt {i}: llama.cpp F16 and MLX float16 agree on the first {first_diff} of {len(a)}/{len(b)} tokens")
         assert first_diff >= 4
+
+
+def test_think_budget_closes_the_thinking_and_the_model_answers(engine):
+    """Budget reached (the close fed after the sampled token) and EOS while thinking (the close
+    replaces the EOS, whose KV entry is dropped): either way </think> + cue is written once and
+    the answer follows; the answer's first tokens are greedy continuations of the text so far."""
+    from rllm_study.backends.base import ANSWER, THINK
+    from rllm_study.backends.phases import THINK_CLOSE
+
+    cue = "\n\nThe final answer is $\\boxed{"
+    think = chat(engine, "What is 2+3? Think inside <think> </think> first.") + "<think>\n"
+    short = chat(engine, "Say only the word yes.") + "<think>\n"
+    engine.submit(Request("budget", think, SamplingParams(24, think_budget=6), True, answer_cue=cue))
+    engine.submit(Request("eos", short, SamplingParams(40, think_budget=30), True, answer_cue=cue))
+    out = drain(engine)
+    forced = engine.tokenizer.encode(THINK_CLOSE + cue, add_special_tokens=False)
+    b = out["budget"]
+    fin = b["finish"]
+    assert fin.think_forced and fin.forced_tokens == len(forced) and fin.think_tokens == 6 and fin.answer_tokens > 0
+    assert [e.phase for e in b["events"] if hasattr(e, "phase")] == [THINK] * 6 + [ANSWER] * fin.answer_tokens
+    assert THINK_CLOSE + cue in fin.output_text
+    continued = reference(engine, think + engine.tokenizer.decode(b["tokens"][:6]) + THINK_CLOSE + cue, 2)
+    assert b["tokens"][6:8] == continued
+    e = out["eos"]["finish"]
+    assert e.think_forced and 0 < e.think_tokens < 30 and e.answer_tokens > 0 and THINK_CLOSE + cue in e.output_text

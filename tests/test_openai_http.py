@@ -367,3 +367,16 @@ def test_llama_cpp_servers_get_the_sampling_order_and_top_k(engine):
     assert first["samplers"] == ["top_k", "temperature", "top_p"] and first["top_k"] == 7
     later = engine._body(Request("o", "hi", SamplingParams(temperature=0.6, top_p=0.9, order="top_p_first")))
     assert later["samplers"] == ["top_k", "top_p", "temperature"] and later["top_k"] == 0
+
+
+@pytest.mark.parametrize("kind,url_tail,sent", [("llama-server", "/v1/chat/completions", True),
+                                                ("llama-server", "", False), ("vllm", "/v1/chat/completions", False)])
+def test_think_budget_goes_to_llama_server_chat_only(kind, url_tail, sent):
+    """reasoning_budget_tokens (the field llama-server's tools/server reads) is sent where the
+    server applies it, and capabilities say so; elsewhere the budget is reported unsupported."""
+    eng = OpenAIEngine("m", OpenAIOptions(base_url=f"http://127.0.0.1:{free_port()}{url_tail}"))
+    eng._server = {"kind": kind, "models": ["m"], "props": {}}  # what the probe would have learnt
+    body = eng._body(Request("t", "hi", SamplingParams(64, think_budget=16)))
+    eng.close()
+    assert body.get("reasoning_budget_tokens") == (16 if sent else None)
+    assert eng.capabilities().think_budget is sent

@@ -31,7 +31,8 @@ PROMPT_MODES = ("reasoning", "direct", "native")
 THINKING_MODES = ("reasoning", "native")  # the modes whose outputs think first, then answer
 DEFAULT_TEMPLATES = Path(str(resources.files("rllm_study.templates").joinpath("prompts.toml")))
 _REQUIRED = ("system", "math", "choice", "assistant_prefix")
-_OPTIONAL = ("grammar_math", "grammar_choice")
+_OPTIONAL = ("grammar_math", "grammar_choice", "answer_cue")
+_FILES = ("grammar_math", "grammar_choice")
 _PLACEHOLDER = re.compile(r"\{(problem|choices)\}")
 LETTERS = "ABCDEFGHIJ"
 
@@ -40,7 +41,8 @@ LETTERS = "ABCDEFGHIJ"
 class Prompt:
     """What to send for one item: chat messages, then `assistant_prefix` after the template's
     generation prompt. For multiple choice, `choice_letters` maps letter -> choice text in the
-    shuffled order and `correct_letter` is the right one."""
+    shuffled order and `correct_letter` is the right one. `answer_cue` is what an engine writes
+    after the `</think>` it forces when a think budget closes the thinking."""
 
     messages: list[dict]
     assistant_prefix: str
@@ -48,12 +50,28 @@ class Prompt:
     grammar: str | None
     choice_letters: dict[str, str] | None
     correct_letter: str | None
+    answer_cue: str = ""
 
 
 def ends_in_think(rendered: str) -> bool:
     """True when a rendered prompt ends with `<think>` (trailing whitespace aside): the model's
     output then begins inside the think block."""
     return rendered.rstrip().endswith(THINK_OPEN)
+
+
+def has_think_token(engine) -> bool:
+    """True when the engine's vocabulary holds `<think>` as one token (real reasoning models)."""
+    return engine.count_tokens(THINK_OPEN) - engine.count_tokens("") == 1
+
+
+def open_thinking(rendered: str, think_token: bool) -> tuple[str, bool]:
+    """A rendered native prompt as sent, and whether the output starts in the think phase: as is
+    when it ends in `<think>` (the template opened it); with "<think>\n" added for a vocabulary
+    with `<think>` as one token whose template does not (DeepSeek's advice for R1 models); else as
+    is, not thinking."""
+    if not ends_in_think(rendered) and think_token:
+        rendered += THINK_OPEN + "\n"
+    return rendered, ends_in_think(rendered)
 
 
 def _read_toml(path: Path) -> dict:
@@ -80,7 +98,9 @@ def _check_mode(path: Path, mode: str, table: object) -> dict:
             if "{" + name + "}" not in table[key]:
                 raise UserError(f"[{mode}] {key} in {path} must contain {{{name}}}")
     # grammar files are named relative to the TOML file that names them
-    return {**table, **{k: path.parent / table[k] for k in _OPTIONAL if k in table}}
+    if not isinstance(table.get("answer_cue", ""), str):
+        raise UserError(f"[{mode}] in {path} answer_cue must be text")
+    return {**table, **{k: path.parent / table[k] for k in _FILES if k in table}}
 
 
 @lru_cache(maxsize=8)
@@ -127,4 +147,5 @@ def build_prompt(item: Item, mode: str, seed: int = 0, templates: Path | None = 
             raise UserError(f"prompt mode {mode!r} has no grammar_{kind} file; grammars go with the reasoning mode")
         grammar_text = _read_grammar(table[f"grammar_{kind}"])
     prefix = table["assistant_prefix"]
-    return Prompt(messages, prefix, ends_in_think(prefix), grammar_text, choice_letters, correct_letter)
+    return Prompt(messages, prefix, ends_in_think(prefix), grammar_text, choice_letters, correct_letter,
+                  table.get("answer_cue", ""))

@@ -18,6 +18,7 @@ from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
 from rllm_study.recorder import record_batch
 from rllm_study.results import Cell
+from rllm_study.workloads.prompts import ends_in_think, has_think_token, load_templates, open_thinking
 
 
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
@@ -43,10 +44,14 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 
 def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -> Cell:
-    """Submit all prompts at t=0 (seed + i for the i-th), step the engine until done; the results as an in-memory cell."""
-    prompts = [t if raw else engine.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
-    cell = record_batch(engine, [Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i)) for i, p in enumerate(prompts)],
-                        name="generate")
+    """Submit all prompts at t=0 (seed + i for the i-th), step the engine until done; the results as an
+    in-memory cell. Templated prompts open the thinking as the native prompt mode does (`open_thinking`)."""
+    think_token = not raw and has_think_token(engine)
+    prompts = [(t, ends_in_think(t)) if raw else open_thinking(engine.apply_chat_template([{"role": "user", "content": t}]), think_token)
+               for t in texts]
+    cue = load_templates()["native"].get("answer_cue", "")
+    cell = record_batch(engine, [Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i), thinking, answer_cue=cue)
+                                 for i, (p, thinking) in enumerate(prompts)], name="generate")
     for r, text in zip(cell.requests, texts):
         r["prompt"] = text
     return cell
@@ -61,6 +66,7 @@ def generate(
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling, in (0, 1].")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (request i uses seed + i).")] = 0,
+    think_budget: Annotated[Optional[int], typer.Option("--think-budget", help="Think tokens before the engine closes the thinking (with the native prompt mode's answer cue); also closes it when the model ends while thinking.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per request.")] = False,
     backend: opt.Backend = "llama_cpp",
@@ -74,13 +80,18 @@ def generate(
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if think_budget is not None and think_budget < 1:
+        raise UserError(f"--think-budget must be >= 1, got {think_budget}")
     options = opt.options_from_flags(backend, engine_values)
     engine = engine_class(backend)(model, options)
     err = Console(stderr=True)
     for problem in engine_unsupported(engine, options):
         err.print(f"[yellow]warning:[/] {problem}; ignored")
+    if think_budget is not None and not engine.capabilities().think_budget:
+        err.print(f"[yellow]warning:[/] {backend}: --think-budget is not supported here; ignored")
     try:
-        cell = run_prompts(engine, texts, SamplingParams(max_tokens, temperature, top_p, seed), raw)
+        sampling = SamplingParams(max_tokens, temperature, top_p, seed, think_budget=think_budget)
+        cell = run_prompts(engine, texts, sampling, raw)
     finally:
         engine.close()
     per_request = {m["id"]: m for m in request_metrics(cell)}
@@ -91,7 +102,7 @@ def generate(
             "id": r["id"], "prompt": r["prompt"], "output_text": r["output_text"], "output_tokens": r["output_tokens"],
             "think_tokens": r["think_tokens"], "answer_tokens": r["answer_tokens"], "ttft_s": m["ttft_s"],
             "ttfvt_s": m["ttfvt_s"], "tpot_s": m["tpot_s"], "e2el_s": m["e2el_s"], "finish_reason": r["finish_reason"],
-            "error": r["error"],
+            "error": r["error"], "think_forced": r["think_forced"],
         })
     if as_json:
         for row in rows:

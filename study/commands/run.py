@@ -20,9 +20,11 @@ from rllm_study.spec import apply_overrides, expand, load_spec, preset_names
 def run(
     spec_file: Annotated[Optional[Path], typer.Argument(help="A TOML study spec (or use --preset).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help=f"A shipped study: {', '.join(preset_names())}.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="The preset's short version (minutes on 2 cores).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The preset's short version (minutes on 2 cores); same as --size quick.")] = False,
+    size: Annotated[str, typer.Option("--size", help="quick (CI, minutes), standard (published results: every claim can settle) or full (the spec's body).")] = "full",
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Replace the spec's models with this one.")] = None,
     backend: Annotated[Optional[str], typer.Option("--backend", help="Engine backend for every cell (see generate --help).")] = None,
+    think_budget: Annotated[Optional[str], typer.Option("--think-budget", help="Think tokens before the engine closes the thinking, for every cell: N, or mt-K (max_tokens - K).")] = None,
     overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a spec field: KEY=VALUE (TOML value), e.g. --set max_tokens=[64].")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (one subfolder per cell); re-running resumes.")] = Path("runs/latest"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks before its first cell (loads each model once), list the cells and stop.")] = False,
@@ -31,7 +33,9 @@ def run(
     """Run a study: every cell's requests through the engine, recorded as they finish (resumable)."""
     if (spec_file is None) == (preset is None):
         raise UserError("give either a spec file or --preset NAME (presets: " + ", ".join(preset_names()) + ")")
-    data, where = load_spec(spec_file, preset, quick)
+    if quick and size not in ("full", "quick"):
+        raise UserError(f"--quick and --size {size} disagree; give one of them")
+    data, where = load_spec(spec_file, preset, quick, size)
     sets = list(overrides or [])
     if model:
         data["models"] = [model]
@@ -45,6 +49,8 @@ def run(
         table = data.setdefault("engine", {})
         table.pop(keys[name].deprecated_key, None)
         table[keys[name].key] = value
+    if think_budget is not None:
+        data["think_budget"] = int(think_budget) if think_budget.isdigit() else think_budget
     data = apply_overrides(data, sets)
     cells = expand(data, where)
     console = Console(stderr=True, soft_wrap=True)

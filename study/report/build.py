@@ -23,6 +23,7 @@ from rllm_study.report.cells import (
     pooled_accuracy,
     technique_groups,
     techniques_between,
+    think_budget_groups,
     tier,
     varying_label,
 )
@@ -383,6 +384,37 @@ def load_section(cells: list[CellData]) -> Section:
 
 # ---- all cells and appendix ---------------------------------------------------------------------
 
+THINK_BUDGET_COLUMNS = (C.ACCURACY, C.ACCURACY_LENIENT, C.THINK_MEAN, C.THINK_FORCED, C.ANSWER_PHASE, C.TTFVT_P50,
+                        C.E2EL_P50, C.E2EL_P95)
+
+
+def think_budget_section(cells: list[CellData]) -> Section:
+    """Accuracy, thinking and latency against the think budget (cells that differ only in it)."""
+    groups = think_budget_groups(cells)
+    if not groups:
+        return _section_or_hint("Think budget", "No cells that differ only in their think budget: "
+                                "`rllm-study run --preset think-budget` makes them.")
+    blocks: list = [Paragraph(
+        "The engine closes the thinking when a request has generated its think budget of think tokens, or when the "
+        "model ends while still thinking, by writing `</think>` and the prompt mode's answer cue; the answer follows "
+        "within the rest of the token budget. `think forced` is the share of thinking requests it closed so.")]
+    by_figure: dict[tuple, dict[str, list]] = {}
+    for key, cs in groups.items():
+        study, model, dataset, mode, budget, workload, repeat, _ = key
+        by_figure.setdefault((study, model, budget, workload, repeat), {})[f"{dataset} · {mode}"] = [
+            (c.think_budget, c.metrics) for c in cs]
+        rows = [[str(c.think_budget), str(len(c.cell.requests)), *(C.cell_value(c.metrics, col) for col in THINK_BUDGET_COLUMNS)]
+                for c in cs]
+        blocks.append(Table(["think budget", "requests", *(col.label for col in THINK_BUDGET_COLUMNS)], rows,
+                            f"{model}, {dataset}, {mode} mode, token budget {budget}, {workload}, repeat {repeat} "
+                            f"(study {study})."))
+    for (study, model, budget, workload, repeat), series in by_figure.items():
+        blocks.append(Figure(f"think-budget-{model}-{budget}-r{repeat}", plots.think_budget_sweep(series),
+                             f"Against the think budget: {model}, token budget {budget}, {workload}, repeat {repeat} "
+                             "(each point is one cell; its requests and intervals are in the tables above)."))
+    return Section("Think budget", blocks)
+
+
 def cells_section(cells: list[CellData]) -> Section:
     section = Section("All cells", [Paragraph("Every cell's key numbers (percentiles over completed requests).")])
     studies: dict[str, list[CellData]] = {}
@@ -420,5 +452,5 @@ def build_report(cells: list[CellData], sources: list[str]) -> Document:
     return Document(_title(cells), intro, [
         setup(cells), claims_section(cells), memory_section(cells), straggler_section(cells), difficulty_section(cells),
         domain_section(cells), latency_section(cells), technique_section(cells), load_section(cells),
-        cells_section(cells), metrics_appendix(),
+        think_budget_section(cells), cells_section(cells), metrics_appendix(),
     ])

@@ -71,6 +71,10 @@ class CellData:
         return self.spec.get("max_tokens", 0)
 
     @property
+    def think_budget(self) -> int | None:
+        return self.spec.get("think_budget")
+
+    @property
     def variant(self) -> str:
         return self.spec.get("variant", "")
 
@@ -238,6 +242,17 @@ def technique_groups(cells: list[CellData]) -> list[TechniqueGroup]:
     return sorted(out, key=lambda g: (g.study, g.key[0], dataset_order(g.key[1]), g.key[2:]))
 
 
+def think_budget_groups(cells: list[CellData]) -> dict[tuple, list[CellData]]:
+    """Cells without variants that differ only in their think budget, at least two budgets a group:
+    (study, model, data set, prompt mode, budget, workload, repeat, run folder) -> cells by think budget."""
+    groups: dict[tuple, list[CellData]] = {}
+    for c in cells:
+        if not c.variant and c.think_budget is not None:
+            key = (c.study, c.spec.get("model"), c.dataset, c.mode, c.budget, c.workload_name, c.spec.get("repeat", 0), c.run)
+            groups.setdefault(key, []).append(c)
+    return {k: sorted(v, key=lambda c: c.think_budget) for k, v in groups.items() if len({c.think_budget for c in v}) > 1}
+
+
 def techniques_between(a: CellData, b: CellData) -> set[str]:
     """Which techniques (TECHNIQUE_FIELDS) differ between two cells' manifests."""
     return {name for name, fields in TECHNIQUE_FIELDS.items() if any(a.field(f) != b.field(f) for f in fields)}
@@ -248,6 +263,7 @@ def varying_label(cells: list[CellData], cell: CellData) -> str:
     shown = {
         "model": lambda c: c.spec.get("model"), "variant": lambda c: c.variant, "dataset": lambda c: c.dataset,
         "prompt_mode": lambda c: c.mode, "max_tokens": lambda c: f"budget {c.budget}",
+        "think_budget": lambda c: f"think budget {c.think_budget}",
         "workload": lambda c: c.workload_name, "repeat": lambda c: f"repeat {c.spec.get('repeat', 0)}",
     }
     parts = [str(get(cell)) for get in shown.values() if len({str(get(c)) for c in cells}) > 1]

@@ -52,6 +52,7 @@ QUEUE_P90 = col("queue p90 s", "queue_s", "latency", "queue_s", "p90", better=Fa
 TPOT_P50 = col("TPOT p50 ms", "tpot_s", "latency", "tpot_s", "p50", kind="ms", better=False)
 ITL_P50 = col("ITL p50 ms", "itl_s", "latency", "itl_s", "p50", kind="ms", better=False)
 THINK_MEAN = col("think tok mean", "think_tokens", "tokens", "think", "mean")
+THINK_FORCED = col("think forced", "think_forced_share", "tokens", "think_forced", "share", kind="pct", counts=("k", "n", "ci95"))
 OUTPUT_MEAN = col("output tok mean", "output_tokens", "tokens", "output", "mean")
 STRAGGLERS = col("stragglers", "straggler_share", "stragglers", "share", kind="pct", better=False)
 TAIL_SHARE = col("tail share", "tail_share", "stragglers", "tail_share", kind="pct", better=False)

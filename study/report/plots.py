@@ -275,6 +275,34 @@ def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | No
     return fig
 
 
+@figure
+def think_budget_sweep(series: dict[str, list[tuple[int, dict]]]) -> Figure:
+    """Four panels against the think budget (log2 x axis): accuracy, mean think tokens, TTFVT p50
+    and E2EL p50; one line per series. `series`: label -> [(think budget, cell_metrics)]."""
+    panels = (("accuracy (%)", lambda m: _pct(m["accuracy"]["overall"]["accuracy"])),
+              ("think tokens (mean)", lambda m: m["tokens"]["think"]["mean"]),
+              ("TTFVT p50 (s)", lambda m: m["latency"]["ttfvt_s"]["p50"]),
+              ("E2EL p50 (s)", lambda m: m["latency"]["e2el_s"]["p50"]))
+    fig, axes = subplots(1, len(panels), figsize=(WIDTH, 2.9), sharex=True, squeeze=False)
+    for ax, (title, get) in zip(axes[0], panels):
+        for i, (label, pts) in enumerate(series.items()):
+            xy = [(tb, get(m)) for tb, m in pts if get(m) is not None]
+            if xy:
+                ax.plot(*zip(*xy), marker="o", ms=4, color=CYCLE[i % len(CYCLE)], label=label)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("think budget (tokens)")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylim(0, 103)
+    axes[0][0].legend(loc="best")
+    return fig
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
 # ---- latency -------------------------------------------------------------------------------------
 
 @figure
