@@ -39,6 +39,7 @@ from rllm_study.results import (REQUESTS, CellWriter, FolderLock, ResultsWriteEr
                                  path_error, read_jsonl)
 from rllm_study.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
+from rllm_study.workloads.custom_dataset import load_items
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import grade
 from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
@@ -68,7 +69,10 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
     In native mode the thinking is opened as `open_thinking` says."""
     think_token = cell.prompt_mode == "native" and has_think_token(engine)
     shots = int(cell.workload.get("shared_prefix", 0) or 0)
-    items = load_dataset(cell.dataset, limit=cell.samples + shots)
+    if cell.custom_dataset:
+        items = load_items(cell.dataset, cell.custom_dataset, cell.samples + shots)
+    else:
+        items = load_dataset(cell.dataset, limit=cell.samples + shots)
     preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
     jobs = []
     for item in items[: cell.samples]:
