@@ -31,6 +31,7 @@ TOP_KEYS = {
     "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "think_budget", "repeats",
     "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
     "standard",
+    "energy_cmd",
 }
 SIZES = ("quick", "standard", "full")  # "full" is the spec's body
 SAMPLING_KEYS = {"temperature", "top_p", "top_k", "order"}
@@ -219,6 +220,8 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     period = spec.get("sample_period_s", 0.1)
     if not isinstance(period, (int, float)) or period <= 0:
         raise UserError(f"{where}: sample_period_s must be > 0, got {period!r}")
+    if not isinstance(spec.get("energy_cmd", ""), str):
+        raise UserError(f"{where}: energy_cmd must be a shell command (text) that prints cumulative joules")
     variants = spec.get("variants", [{"name": ""}])
     for i, v in enumerate(variants):
         _check_keys(v, VARIANT_KEYS, where, f"variants[{i}]")

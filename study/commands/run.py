@@ -30,6 +30,7 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (one subfolder per cell); re-running resumes.")] = Path("runs/latest"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks before its first cell (loads each model once), list the cells and stop.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the cells (0 <= K < N, balanced by expected tokens), or 'auto' from Slurm/Kubernetes variables.")] = None,
+    energy_cmd: Annotated[Optional[str], typer.Option("--energy-cmd", help="A shell command printing the machine's cumulative joules (e.g. a powermetrics wrapper on Apple Silicon); NVML and RAPL are read without it.")] = None,
     shard_count: Annotated[Optional[int], typer.Option("--shard-count", help="N for --shard auto under a Kubernetes Indexed Job (or set RLLM_SHARD_COUNT).")] = None,
     engine_values: dict = None,
 ) -> None:
@@ -47,6 +48,8 @@ def run(
                 variant["model"] = _with_model(variant["model"], model)
     if backend is not None:
         data["backend"] = backend
+    if energy_cmd is not None:
+        data["energy_cmd"] = energy_cmd
     keys = all_options()
     for name, value in engine_values.items():  # engine flags override the spec's [engine] for every cell
         table = data.setdefault("engine", {})
