@@ -24,6 +24,7 @@ from rllm_study.spec import workload_name
 from rllm_study.workloads.datasets import SPECS
 
 TIER_ORDER = ("easy", "medium", "hard")
+CUSTOM_SETS: dict[str, dict] = {}  # data set name -> its definition, from the manifests of the cells read
 REASONING, DIRECT = "reasoning", "direct"
 TECHNIQUE_FIELDS = {
     "weight quantization": ("model.quant",),
@@ -145,6 +146,9 @@ def _load(cell_dir: Path) -> CellData:
     except (ValueError, json.JSONDecodeError) as err:
         raise UserError(f"{cell_dir}: unreadable results file ({err}); re-run the cell or remove the folder") from None
     slo = cell.manifest.get("cell", {}).get("slo") or None
+    custom = cell.manifest.get("cell", {}).get("custom_dataset")
+    if custom:
+        CUSTOM_SETS[cell.manifest["cell"]["dataset"]] = custom
     rows = request_metrics(cell)
     difficulty = {r["id"]: r.get("difficulty") for r in cell.requests}
     for row in rows:
@@ -172,7 +176,11 @@ def pooled_accuracy(cells: list[CellData], by: str | None = None) -> dict:
 
 def tier(dataset: str) -> str:
     """The data set's place on the math difficulty ladder (easy, medium, hard), or its domain
-    for a data set off the ladder (GPQA: science-knowledge)."""
+    for a data set off the ladder (GPQA: science-knowledge). A user's data set (CUSTOM_SETS) is
+    placed by its `difficulty` key when that names a rung, else by its `domain`."""
+    if dataset in CUSTOM_SETS:
+        own = CUSTOM_SETS[dataset]
+        return own["difficulty"] if own["difficulty"] in TIER_ORDER else own["domain"]
     spec = SPECS.get(dataset)
     return "unknown" if spec is None else spec.tier if spec.tier in TIER_ORDER else spec.domain
 
