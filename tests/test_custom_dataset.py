@@ -120,7 +120,7 @@ def test_run_and_report_list_the_custom_set_like_a_shipped_one(tmp_path, smollm2
     spec = tmp_path / "spec.toml"
     spec.write_text('name = "mine-study"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [8]\n'
                     'datasets = { arith = { path = "problems.jsonl", n = 2, domain = "arithmetic" }, gsm8k = 1 }\n'
-                    '[engine]\nbatch_invariant = true\n[workload]\nbatch_size = 2\n')
+                    '[workload]\nbatch_size = 2\n')
     proc = run_cli("run", spec, "-t", str(THREADS), "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     cells = {read_cell(d).manifest["cell"]["dataset"]: read_cell(d) for d in find_cells([tmp_path / "out"])}

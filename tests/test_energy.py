@@ -139,7 +139,7 @@ def test_run_with_energy_cmd_records_energy_in_the_timeline(tmp_path, smollm2_pa
     script.write_text("import time\nprint(time.time() * 10)\n")
     proc = run_cli("run", "--preset", "pilot", "--quick", "-m", "smollm2-135m", "-t", str(THREADS),
                    "--set", "max_tokens=[8]", "--set", "datasets={gsm8k=2}", "--set", "prompt_modes=['direct']",
-                   "--set", "workload.batch_size=2", "--set", "engine.batch_invariant=true", "--energy-cmd", f"{sys.executable} {script}", "--out", tmp_path / "out")
+                   "--set", "workload.batch_size=2", "--energy-cmd", f"{sys.executable} {script}", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     (cell_dir,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
     timeline = [json.loads(line) for line in (cell_dir / "timeline.jsonl").read_text().splitlines()]
