@@ -108,6 +108,8 @@ def test_summary_and_report_over_both_shards_equal_the_unsharded_ones(runs, tmp_
         proc = run_cli("report", src, "--out", tmp_path / src.name)
         assert proc.returncode == 0, proc.stderr
         reports.append(_report_facts((tmp_path / src.name / "report.md").read_text()))
+    for (header, sharded), (_, single) in zip(reports[0]["tables"], reports[1]["tables"]):
+        assert sharded == single, header
     assert reports[0] == reports[1]
     assert reports[1]["made from"] == ("8", "16") and reports[1]["domain"]
     cell_table = next(body for header, body in reports[1]["tables"] if header[:2] == ("cell", "requests") and "think tok mean" in header)

@@ -19,7 +19,7 @@ from pathlib import Path
 from rllm_study.backends import all_options, option_defaults
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
-from rllm_study.results import Cell, cells_in, read_cell
+from rllm_study.results import Cell, cells_in, find_cells, read_cell
 from rllm_study.spec import workload_name
 from rllm_study.workloads.datasets import SPECS
 
@@ -42,6 +42,7 @@ class CellData:
     cell: Cell
     metrics: dict
     rows: list[dict]
+    root: Path | None = None  # the run folder the user named that holds it (see `run`)
 
     @property
     def name(self) -> str:
@@ -94,8 +95,10 @@ class CellData:
 
     @property
     def run(self) -> str:
-        """The run folder holding the cell (keeps cells of different runs apart when grouping)."""
-        return str(self.cell.dir.parent)
+        """The run a cell belongs to (keeps cells of different runs apart when grouping): the folder
+        the user named that holds it, so shards written to OUT/shard-K and reported as OUT form one
+        run; a cell folder named directly belongs to its parent folder."""
+        return str(self.root or self.cell.dir.parent)
 
     @property
     def n_params(self) -> int | None:
@@ -159,8 +162,16 @@ def _load(cell_dir: Path) -> CellData:
 def load_cells(run_dirs: Iterable[Path]) -> list[CellData]:
     """Every cell at or below the folders, ordered by study, model, variant, data set (easy to hard),
     prompt mode (reasoning first), budget, workload and repeat; UserError when a folder is missing or holds none."""
-    dirs = list(dict.fromkeys(d.resolve() for d in cells_in(run_dirs)))
-    return sorted((_load(d) for d in dirs), key=lambda c: (
+    roots: dict[Path, Path] = {}
+    cells_in(run_dirs)  # the user-facing checks: every folder exists, some cell is found
+    for named in (Path(d).resolve() for d in run_dirs):
+        for d in find_cells([named]):
+            roots.setdefault(d.resolve(), named if d.resolve() != named else named.parent)
+    loaded = []
+    for d, root in roots.items():
+        loaded.append(_load(d))
+        loaded[-1].root = root
+    return sorted(loaded, key=lambda c: (
         c.study, str(c.spec.get("model")), c.variant, dataset_order(c.dataset), c.mode != REASONING, c.mode, c.budget,
         c.workload_name, c.spec.get("repeat", 0)))
 
