@@ -22,6 +22,11 @@ if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
 fi
 
+# llama-cpp-python compiles llama.cpp here. The study calls only libllama/ggml (the llama_cpp
+# low-level API), never the multimodal library (mtmd/llava), so it is not built (README, "Engine
+# notes", has the measurement). A CMAKE_ARGS of your own (e.g. -DGGML_CUDA=on) is kept, after it.
+export CMAKE_ARGS="-DLLAVA_BUILD=OFF${CMAKE_ARGS:+ $CMAKE_ARGS}"
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 extras="test"

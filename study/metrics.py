@@ -672,6 +672,58 @@ def device(ctx: _Context) -> dict | None:
     return stats if stats["count"] else None
 
 
+@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes): peak, mean, cv = std / mean", section="memory")
+def gpu_memory(ctx: _Context) -> dict | None:
+    """GPU memory in use on the cell's GPUs as NVML reports it (every process on them); None without NVML."""
+    stats = fluctuation(s.get("gpu_bytes") for s in ctx.cell.timeline)
+    return stats if stats["count"] else None
+
+
+# ---- energy ---------------------------------------------------------------------------------
+
+def _measured_sessions(ctx: _Context) -> dict[int, tuple[float, float]]:
+    """session -> (energy_j, t_s) of its last timeline sample that carries energy_j."""
+    last: dict[int, tuple[float, float]] = {}
+    for s in ctx.cell.timeline:
+        if s.get("energy_j") is not None:
+            last[s.get("session", 0)] = (s["energy_j"], s["t_s"])
+    return last
+
+
+@metric("energy_j", "J", "sum over measured sessions of the last timeline energy_j", section="energy")
+def energy(ctx: _Context) -> float | None:
+    """Energy the machine's counters (NVML GPUs, RAPL CPU packages, --energy-cmd) measured while the
+    cell ran, from each session's start to its last sample; None ("not measured") without a counter."""
+    sessions = _measured_sessions(ctx)
+    return sum(j for j, _ in sessions.values()) if sessions else None
+
+
+def _measured_tokens(ctx: _Context) -> int:
+    sessions = _measured_sessions(ctx)
+    return sum(r.get("output_tokens") or 0 for r in ctx.cell.requests if r.get("session", 0) in sessions)
+
+
+@metric("j_per_token", "J/token", "energy_j / output tokens of the measured sessions' requests", section="energy")
+def j_per_token(ctx: _Context) -> float | None:
+    """Energy per generated token (think and answer); None when not measured or no tokens."""
+    joules = energy(ctx)
+    return None if joules is None else _ratio(joules, _measured_tokens(ctx))
+
+
+@metric("tokens_per_j", "tokens/J", "output tokens of the measured sessions' requests / energy_j", section="energy")
+def tokens_per_j(ctx: _Context) -> float | None:
+    """Generated tokens per joule; None when not measured or no energy was counted."""
+    joules = energy(ctx)
+    return None if joules is None else _ratio(_measured_tokens(ctx), joules)
+
+
+@metric("avg_power_w", "W", "energy_j / sum over measured sessions of their last sample's t_s", section="energy")
+def avg_power(ctx: _Context) -> float | None:
+    """Average power drawn by the measured parts while the cell ran; None when not measured."""
+    sessions = _measured_sessions(ctx)
+    return _ratio(sum(j for j, _ in sessions.values()), sum(t for _, t in sessions.values())) if sessions else None
+
+
 @metric("prefix_hit_rate", "fraction", "requests with cached_tokens > 0 / all requests", section="techniques")
 def prefix_hit_rate(ctx: _Context) -> float | None:
     """Share of requests whose prompt reused a cached prefix."""
@@ -779,7 +831,7 @@ def cell_metrics(
     percentiles = tuple(percentiles)
     ctx = _Context(cell, request_metrics(cell, straggler_k, window), percentiles, slo or None)
     out: dict = {"cell": cell.name}
-    sections = {s: {} for s in ("latency", "throughput", "arrivals", "tokens", "stragglers", "memory", "techniques")}
+    sections = {s: {} for s in ("latency", "throughput", "arrivals", "tokens", "stragglers", "memory", "energy", "techniques")}
     sections["throughput"]["slo"] = ctx.slo
     sections["stragglers"].update(k=straggler_k, window=window)
     for name, e in _ENTRIES.items():

@@ -15,7 +15,8 @@ correct_lenient, parse_status, draft_proposed, draft_accepted, error (grading fi
 A token line: {"id", "session", "t_s": [...], "token_ids": [...], "phase": "ttta...",
 "draft": "0010..." , "n_tokens": [...] (only when a network chunk held several tokens)}.
 A timeline line: {"session", "t_s", "kv_used", "kv_capacity", "kv_unit", "running",
-"waiting", "rss_bytes", "device_bytes"}.
+"waiting", "rss_bytes", "device_bytes"}, plus "energy_j" (joules since the session started) and
+"gpu_bytes" where the machine has counters for them (`rllm_study.energy`).
 
 Sessions: each start (or resume) of a cell is a new session with its own clock (t = 0 at its
 start), numbered from 0; times are comparable only within a session.

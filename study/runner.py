@@ -2,7 +2,8 @@
 
 One thread drives the engine: each loop submits the requests that are due, calls
 `engine.step()` once, and hands finished requests and a cheap engine-stats snapshot (every
-`sample_period_s`) to a writer thread (`RecordWriter`), which grades and records them (fsync'd)
+`sample_period_s`, with energy and GPU memory where `energy` has a counter for them) to a writer
+thread (`RecordWriter`), which grades and records them (fsync'd)
 off the engine loop: between two decode steps there is only engine work and bookkeeping.
 A request the engine finished but the writer has not yet fsync'd when the process dies is not
 finished (see study/results.py) and is rerun on resume; a clean stop (end, Ctrl-C, an error)
@@ -32,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
+from rllm_study.energy import CellEnergy, open_meters
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.recorder import Recorder
@@ -39,6 +41,7 @@ from rllm_study.results import (REQUESTS, CellWriter, FolderLock, ResultsWriteEr
                                  path_error, read_jsonl)
 from rllm_study.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
+from rllm_study.workloads.custom_dataset import load_items
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import grade
 from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
@@ -68,7 +71,10 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
     In native mode the thinking is opened as `open_thinking` says."""
     think_token = cell.prompt_mode == "native" and has_think_token(engine)
     shots = int(cell.workload.get("shared_prefix", 0) or 0)
-    items = load_dataset(cell.dataset, limit=cell.samples + shots)
+    if cell.custom_dataset:
+        items = load_items(cell.dataset, cell.custom_dataset, cell.samples + shots)
+    else:
+        items = load_dataset(cell.dataset, limit=cell.samples + shots)
     preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
     jobs = []
     for item in items[: cell.samples]:
@@ -170,8 +176,10 @@ class RecordWriter:
 class CellRun:
     """One session of one cell (see the module docstring)."""
 
-    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, on_progress=None):
+    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, on_progress=None,
+                 energy: CellEnergy | None = None):
         self.cell, self.engine, self.writer = cell, engine, writer
+        self.energy = energy or CellEnergy([])
         self.todo = [j for j in jobs if j.id not in writer.finished_ids]
         self.jobs = {j.id: j for j in self.todo}
         self.on_progress = on_progress  # called with (requests finished this session, output tokens/s)
@@ -213,6 +221,7 @@ class CellRun:
         arrivals = self._arrivals()
         queue = list(self.todo)
         t0 = self.recorder.t0_ns
+        self.energy.start()
         next_sample = t0
         while queue or self.in_flight:
             self.records.check()
@@ -236,11 +245,13 @@ class CellRun:
         """A stats snapshot on the engine thread (engine.stats() is a few counters); the writer
         thread formats and writes it."""
         st = self.engine.stats()
-        self.records.put({
+        row = {
             "t_s": self.recorder.seconds(now_ns), "kv_used": st.kv_used, "kv_capacity": st.kv_capacity,
             "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
             "device_bytes": st.device_bytes, **({"extra": st.extra.as_dict()} if st.extra else {}),
-        })
+        }
+        row.update(self.energy.read())
+        self.records.put(row)
 
     def _record(self, events) -> None:
         """Hand each finished request to the writer thread (grading and the fsync'd write happen there)."""
@@ -366,6 +377,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     check_cells(cells)
     make_folder(out_dir)
     pool = EnginePool()
+    energy = CellEnergy(open_meters(spec.get("energy_cmd")))
     dirs = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -389,8 +401,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
                         continue
-                    writer.write_manifest(manifest(cell, spec, engine))
-                    run = CellRun(cell, engine, jobs, writer)
+                    writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names})
+                    run = CellRun(cell, engine, jobs, writer, energy=energy)
                     already = len(jobs) - len(run.todo)
                     if console.is_terminal:
                         task = progress.add_task(label, total=len(jobs), completed=already, rate="")
@@ -408,6 +420,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
         raise path_error(failed.path, failed.err) from None
     finally:
         pool.close()
+        energy.close()
     return dirs
 
 

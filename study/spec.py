@@ -31,6 +31,7 @@ TOP_KEYS = {
     "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "think_budget", "repeats",
     "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
     "standard",
+    "energy_cmd",
 }
 SIZES = ("quick", "standard", "full")  # "full" is the spec's body
 SAMPLING_KEYS = {"temperature", "top_p", "top_k", "order"}
@@ -67,6 +68,7 @@ class CellSpec:
     top_k: int = 0
     sampling_order: str = DEFAULT_ORDER  # temperature and top-p: which comes first (backends/sampling.py)
     think_budget: int | None = None  # think tokens before the engine closes the thinking (think_budget_tokens)
+    custom_dataset: dict | None = None  # a data set from the user's file: custom_dataset.definition()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +167,7 @@ def _slug(text: str) -> str:
 
 def expand(spec: dict, where: str) -> list[CellSpec]:
     """Validate a spec and expand it into cells (unknown keys and bad values name the key)."""
+    from rllm_study.workloads.custom_dataset import definition
     from rllm_study.workloads.datasets import DATASETS
     from rllm_study.workloads.prompts import PROMPT_MODES
 
@@ -179,9 +182,14 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     datasets = spec.get("datasets")
     if not isinstance(datasets, dict) or not datasets:
         raise UserError(f"{where}: datasets must be a table of NAME = SAMPLE_COUNT, e.g. datasets = {{ gsm8k = 20 }}")
+    base = Path(where).parent if Path(where).is_file() else Path.cwd()  # user files are relative to the spec's folder
+    custom = {name: definition(name, t, base, where) for name, t in datasets.items() if isinstance(t, dict)}
     for name, count in datasets.items():
+        if name in custom:
+            continue
         if name not in DATASETS:
-            raise UserError(f"{where}: datasets.{name}: unknown data set (choose from {', '.join(DATASETS)})")
+            raise UserError(f"{where}: datasets.{name}: unknown data set (choose from {', '.join(DATASETS)}, "
+                            "or give your own file: { path = \"FILE.jsonl\", n = N, answer = \"number\" })")
         if not isinstance(count, int) or count < 1:
             raise UserError(f"{where}: datasets.{name} must be a sample count >= 1, got {count!r}")
     models = _as_list(spec.get("models", ["qwen2.5-coder-0.5b"]))
@@ -212,6 +220,8 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     period = spec.get("sample_period_s", 0.1)
     if not isinstance(period, (int, float)) or period <= 0:
         raise UserError(f"{where}: sample_period_s must be > 0, got {period!r}")
+    if not isinstance(spec.get("energy_cmd", ""), str):
+        raise UserError(f"{where}: energy_cmd must be a shell command (text) that prints cumulative joules")
     variants = spec.get("variants", [{"name": ""}])
     for i, v in enumerate(variants):
         _check_keys(v, VARIANT_KEYS, where, f"variants[{i}]")
@@ -240,12 +250,13 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
             name = "__".join(_slug(str(p)) for p in parts if p)
             cells.append(CellSpec(
                 name=name, study=study, backend=backend, model=model,
-                variant=variant.get("name", ""), dataset=dataset, samples=datasets[dataset], prompt_mode=mode,
+                variant=variant.get("name", ""), dataset=dataset, samples=custom[dataset]["n"] if dataset in custom else datasets[dataset], prompt_mode=mode,
                 max_tokens=budget, repeat=repeat, seed=seed0 + repeat, temperature=float(sampling["temperature"]),
                 top_p=float(sampling["top_p"]), engine=options, workload=wl, grammar=bool(spec.get("grammar", False)),
                 templates=spec.get("templates"), slo=dict(slo), sample_period_s=float(period),
                 top_k=sampling["top_k"], sampling_order=sampling["order"],
                 think_budget=think_budget_tokens(tb, budget, where),
+                custom_dataset=custom.get(dataset),
             ))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):

@@ -41,7 +41,8 @@ SOURCES = ("packages", "hub")
 @dataclass(frozen=True)
 class Item:
     """One problem. `answer` is the reference; for GPQA it is the correct choice's text and
-    `choices` holds all four unshuffled, correct first (the letter is decided per shuffle)."""
+    `choices` holds all four unshuffled, correct first (the letter is decided per shuffle).
+    `text_answer`: graded by exact text (`grading.text_equal`), not as math."""
 
     id: str
     dataset: str
@@ -50,6 +51,7 @@ class Item:
     problem: str
     answer: str
     choices: tuple[str, ...] = ()
+    text_answer: bool = False
 
 
 class MalformedRowWarning(UserWarning):

@@ -20,7 +20,7 @@ Within a text the final answer is, in this order:
 A multiple-choice answer must name one of the item's own letters (by the letter, "(B)",
 "B) text", or a choice's exact text): "E" for an item with choices A-D is no answer, and a letter
 followed by its own choice's text ("D) 10^-4 eV") restates the options and is no answer either.
-Math answers are compared by `math_equal`.
+Math answers are compared by `math_equal`, those of an item with `text_answer` by `text_equal`.
 """
 
 from __future__ import annotations
@@ -217,7 +217,13 @@ def _judge(item: Item, prompt: Prompt, text: str, weak: bool) -> tuple[str | Non
         letter = extract_answer(text, True, prompt.choice_letters, weak)
         return letter, letter is not None and letter == prompt.correct_letter
     extracted = extract_answer(text, False)
-    return extracted, extracted is not None and math_equal(item.answer, extracted)
+    equal = text_equal if item.text_answer else math_equal
+    return extracted, extracted is not None and equal(item.answer, extracted)
+
+
+def text_equal(reference: str, answer: str) -> bool:
+    """Exact match of two texts after runs of whitespace become one space and case is folded."""
+    return " ".join(reference.split()).casefold() == " ".join(answer.split()).casefold()
 
 
 def grade(item: Item, prompt: Prompt, output_text: str) -> Grade:

@@ -13,6 +13,7 @@ from rllm_study.commands.metrics import print_summary
 from rllm_study.commands.options import engine_flags
 from rllm_study.errors import UserError
 from rllm_study.runner import dry_run as dry_run_study, run_study
+from rllm_study.shards import parse_shard, select
 from rllm_study.spec import apply_overrides, expand, load_spec, preset_names
 
 
@@ -28,6 +29,9 @@ def run(
     overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a spec field: KEY=VALUE (TOML value), e.g. --set max_tokens=[64].")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (one subfolder per cell); re-running resumes.")] = Path("runs/latest"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything a run checks before its first cell (loads each model once), list the cells and stop.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the cells (0 <= K < N, balanced by expected tokens), or 'auto' from Slurm/Kubernetes variables.")] = None,
+    energy_cmd: Annotated[Optional[str], typer.Option("--energy-cmd", help="A shell command printing the machine's cumulative joules (e.g. a powermetrics wrapper on Apple Silicon); NVML and RAPL are read without it.")] = None,
+    shard_count: Annotated[Optional[int], typer.Option("--shard-count", help="N for --shard auto under a Kubernetes Indexed Job (or set RLLM_SHARD_COUNT).")] = None,
     engine_values: dict = None,
 ) -> None:
     """Run a study: every cell's requests through the engine, recorded as they finish (resumable)."""
@@ -44,6 +48,8 @@ def run(
                 variant["model"] = _with_model(variant["model"], model)
     if backend is not None:
         data["backend"] = backend
+    if energy_cmd is not None:
+        data["energy_cmd"] = energy_cmd
     keys = all_options()
     for name, value in engine_values.items():  # engine flags override the spec's [engine] for every cell
         table = data.setdefault("engine", {})
@@ -54,6 +60,11 @@ def run(
     data = apply_overrides(data, sets)
     cells = expand(data, where)
     console = Console(stderr=True, soft_wrap=True)
+    if shard is not None:
+        part = parse_shard(shard, shard_count)
+        total = len(cells)
+        cells = select(cells, part)
+        console.print(f"shard {part}: {len(cells)} of {total} cells")
     console.print(f"{where}: {len(cells)} cells -> {out}")
     if dry_run:
         planned = dry_run_study(cells, out, console)

@@ -19,11 +19,12 @@ from pathlib import Path
 from rllm_study.backends import all_options, option_defaults
 from rllm_study.errors import UserError
 from rllm_study.metrics import cell_metrics, request_metrics
-from rllm_study.results import Cell, cells_in, read_cell
+from rllm_study.results import Cell, cells_in, find_cells, read_cell
 from rllm_study.spec import workload_name
 from rllm_study.workloads.datasets import SPECS
 
 TIER_ORDER = ("easy", "medium", "hard")
+CUSTOM_SETS: dict[str, dict] = {}  # data set name -> its definition, from the manifests of the cells read
 REASONING, DIRECT = "reasoning", "direct"
 TECHNIQUE_FIELDS = {
     "weight quantization": ("model.quant",),
@@ -41,6 +42,7 @@ class CellData:
     cell: Cell
     metrics: dict
     rows: list[dict]
+    root: Path | None = None  # the run folder the user named that holds it (see `run`)
 
     @property
     def name(self) -> str:
@@ -93,8 +95,10 @@ class CellData:
 
     @property
     def run(self) -> str:
-        """The run folder holding the cell (keeps cells of different runs apart when grouping)."""
-        return str(self.cell.dir.parent)
+        """The run a cell belongs to (keeps cells of different runs apart when grouping): the folder
+        the user named that holds it, so shards written to OUT/shard-K and reported as OUT form one
+        run; a cell folder named directly belongs to its parent folder."""
+        return str(self.root or self.cell.dir.parent)
 
     @property
     def n_params(self) -> int | None:
@@ -145,6 +149,9 @@ def _load(cell_dir: Path) -> CellData:
     except (ValueError, json.JSONDecodeError) as err:
         raise UserError(f"{cell_dir}: unreadable results file ({err}); re-run the cell or remove the folder") from None
     slo = cell.manifest.get("cell", {}).get("slo") or None
+    custom = cell.manifest.get("cell", {}).get("custom_dataset")
+    if custom:
+        CUSTOM_SETS[cell.manifest["cell"]["dataset"]] = custom
     rows = request_metrics(cell)
     difficulty = {r["id"]: r.get("difficulty") for r in cell.requests}
     for row in rows:
@@ -155,8 +162,16 @@ def _load(cell_dir: Path) -> CellData:
 def load_cells(run_dirs: Iterable[Path]) -> list[CellData]:
     """Every cell at or below the folders, ordered by study, model, variant, data set (easy to hard),
     prompt mode (reasoning first), budget, workload and repeat; UserError when a folder is missing or holds none."""
-    dirs = list(dict.fromkeys(d.resolve() for d in cells_in(run_dirs)))
-    return sorted((_load(d) for d in dirs), key=lambda c: (
+    roots: dict[Path, Path] = {}
+    cells_in(run_dirs)  # the user-facing checks: every folder exists, some cell is found
+    for named in (Path(d).resolve() for d in run_dirs):
+        for d in find_cells([named]):
+            roots.setdefault(d.resolve(), named if d.resolve() != named else named.parent)
+    loaded = []
+    for d, root in roots.items():
+        loaded.append(_load(d))
+        loaded[-1].root = root
+    return sorted(loaded, key=lambda c: (
         c.study, str(c.spec.get("model")), c.variant, dataset_order(c.dataset), c.mode != REASONING, c.mode, c.budget,
         c.workload_name, c.spec.get("repeat", 0)))
 
@@ -172,7 +187,11 @@ def pooled_accuracy(cells: list[CellData], by: str | None = None) -> dict:
 
 def tier(dataset: str) -> str:
     """The data set's place on the math difficulty ladder (easy, medium, hard), or its domain
-    for a data set off the ladder (GPQA: science-knowledge)."""
+    for a data set off the ladder (GPQA: science-knowledge). A user's data set (CUSTOM_SETS) is
+    placed by its `difficulty` key when that names a rung, else by its `domain`."""
+    if dataset in CUSTOM_SETS:
+        own = CUSTOM_SETS[dataset]
+        return own["difficulty"] if own["difficulty"] in TIER_ORDER else own["domain"]
     spec = SPECS.get(dataset)
     return "unknown" if spec is None else spec.tier if spec.tier in TIER_ORDER else spec.domain
 

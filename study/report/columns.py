@@ -21,6 +21,7 @@ class Column:
     metric: str      # the METRICS entry that defines it
     path: tuple      # keys into cell_metrics()
     kind: str = "num"  # num | count (a whole number) | pct (a fraction printed as a percentage) | mib (bytes printed in MiB) | ms (seconds printed in ms)
+    #                    | measured (a number; None printed "not measured": no counter on the machine)
     higher_is_better: bool | None = None
     counts: tuple[str, str, str] | None = None  # a proportion's (k, n, interval) keys beside its value
 
@@ -60,15 +61,20 @@ KV_PEAK = col("KV peak", "kv_frac", "memory", "kv_frac", "peak", kind="pct", bet
 KV_MEAN = col("KV mean", "kv_frac", "memory", "kv_frac", "mean", kind="pct", better=False)
 KV_CV = col("KV CV", "kv_frac", "memory", "kv_frac", "cv")
 RSS_PEAK = col("RSS peak MiB", "rss_bytes", "memory", "rss_bytes", "peak", kind="mib", better=False)
+GPU_PEAK = col("GPU MiB peak", "gpu_bytes", "memory", "gpu_bytes", "peak", kind="mib", better=False)
+J_PER_TOKEN = col("J/token", "j_per_token", "energy", "j_per_token", kind="measured", better=False)
+TOKENS_PER_J = col("tokens/J", "tokens_per_j", "energy", "tokens_per_j", kind="measured", better=True)
+AVG_POWER = col("avg W", "avg_power_w", "energy", "avg_power_w", kind="measured")
 PREFIX_HITS = col("prefix hit rate", "prefix_hit_rate", "techniques", "prefix_hit_rate", kind="pct")
 DRAFT_ACCEPT = col("draft acceptance", "draft_acceptance_rate", "techniques", "draft_acceptance_rate", kind="pct")
 
-OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK)
+OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK,
+            J_PER_TOKEN)
 TECHNIQUE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
 LOAD = (N_REQUESTS, ARRIVAL_RATE, ARRIVAL_CV, REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
 COMPARE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
            TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
-           PREFIX_HITS, DRAFT_ACCEPT)
+           GPU_PEAK, J_PER_TOKEN, TOKENS_PER_J, AVG_POWER, PREFIX_HITS, DRAFT_ACCEPT)
 
 
 def _node(metrics: dict, path: tuple):
@@ -85,7 +91,7 @@ def value(metrics: dict, column: Column) -> float | None:
 
 def fmt(v: float | None, kind: str = "num") -> str:
     if v is None:
-        return "-"
+        return "not measured" if kind == "measured" else "-"
     if kind == "count":
         return str(int(v))
     if kind == "pct":

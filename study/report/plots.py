@@ -23,7 +23,7 @@ from rllm_study.metrics import straggler_groups, group_tail
 from rllm_study.report.cells import CellData
 
 MODE_COLORS = {"reasoning": "#d95f02", "direct": "#1b9e77"}
-KV_COLOR, RSS_COLOR, RUN_COLOR, WAIT_COLOR = "#7570b3", "#555555", "#1f78b4", "#e31a1c"
+KV_COLOR, RSS_COLOR, RUN_COLOR, WAIT_COLOR, GPU_COLOR = "#7570b3", "#555555", "#1f78b4", "#e31a1c", "#66a61e"
 STRAGGLER, NORMAL, FAILED, TAIL = "#d62728", "#1f77b4", "#999999", "#ffbf47"
 WIDTH = 10.0
 CYCLE = ("#1f77b4", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666", "#17becf")
@@ -65,7 +65,7 @@ def main_session(cell: CellData) -> int:
 @figure
 def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figure:
     """One column per cell: KV in use (capacity dashed, share of capacity on the right axis), RSS
-    (optional), running and waiting requests, and request arrivals / finishes as ticks; time in
+    (optional; with GPU memory in use beside it for cells that recorded gpu_bytes), running and waiting requests, and request arrivals / finishes as ticks; time in
     seconds from the session start."""
     rows = ["kv", *(["rss"] if with_rss else []), "reqs", "events"]
     ratios = {"kv": 2.4, "rss": 1.4, "reqs": 1.6, "events": 0.7}
@@ -87,6 +87,8 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
         unit = next((s.get("kv_unit") for s in samples if s.get("kv_unit")), "cells")
         if with_rss:
             ax["rss"].plot(t, [(s.get("rss_bytes") or 0) / 2**20 for s in samples], color=RSS_COLOR, lw=1.2, label="RSS")
+            if any(s.get("gpu_bytes") is not None for s in samples):
+                ax["rss"].plot(t, [(s.get("gpu_bytes") or 0) / 2**20 for s in samples], color=GPU_COLOR, lw=1.2, label="GPU memory")
         ax["reqs"].step(t, [s.get("running") or 0 for s in samples], where="post", color=RUN_COLOR, lw=1.2, label="running")
         ax["reqs"].step(t, [s.get("waiting") or 0 for s in samples], where="post", color=WAIT_COLOR, lw=1.2, label="waiting")
         arrivals = [r["arrival_s"] for r in reqs if r.get("arrival_s") is not None]
@@ -98,7 +100,8 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
         ax["events"].set_xlabel("time since session start (s)")
     axes[rows.index("kv"), 0].set_ylabel(f"KV {unit}")
     if with_rss:
-        axes[rows.index("rss"), 0].set_ylabel("RSS MiB")
+        axes[rows.index("rss"), 0].set_ylabel("memory MiB" if any(
+            s.get("gpu_bytes") is not None for _, c in columns for s in c.cell.timeline) else "RSS MiB")
     axes[rows.index("reqs"), 0].set_ylabel("requests")
     # limits once every column is drawn (rows share their y axis)
     kv_axis, req_axis = axes[rows.index("kv"), 0], axes[rows.index("reqs"), 0]

@@ -1,0 +1,210 @@
+"""Energy and GPU memory counters, read into each timeline sample.
+
+Meters (the METERS registry; `open_meters` opens every one the machine offers, skipping the
+rest silently: an unreadable counter means "not measured", never an error):
+  nvml  NVIDIA GPUs through NVML (`nvidia-ml-py`): nvmlDeviceGetTotalEnergyConsumption (mJ since
+        the driver loaded) and nvmlDeviceGetMemoryInfo().used (bytes, every process on the GPU),
+        summed over the GPUs in CUDA_VISIBLE_DEVICES (indices or UUIDs; all GPUs when unset).
+        GPUs whose energy counter is unsupported (before Volta) give memory only.
+  rapl  Intel/AMD CPU packages through powercap: /sys/class/powercap/intel-rapl:N/energy_uj
+        (package zones only: their :N:M subzones are parts of them), µJ, wrapping to 0 past
+        max_energy_range_uj; a wrap between two readings adds (max - previous) + current.
+        Often readable only by root (chmod a+r energy_uj, or run as root).
+  cmd   `run --energy-cmd CMD` (spec key energy_cmd): a shell command that prints the
+        machine's cumulative energy in joules (one number on stdout) each time it runs, e.g.
+        on Apple Silicon a wrapper around `sudo powermetrics` (README, "Energy"). A helper
+        process runs it every CMD_PERIOD_S, never the engine loop; a sample carries the latest
+        value it printed (so energy is exact to within one period's worth).
+`CellEnergy` turns them into timeline fields: energy_j = joules of all opened meters together
+since the cell's session started (GPU + CPU package + command), gpu_bytes = GPU memory in use.
+A field is absent when no meter measures it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable
+
+POWERCAP = Path("/sys/class/powercap")
+CMD_PERIOD_S = 1.0
+
+
+class RaplMeter:
+    """Cumulative joules of the CPU packages under a powercap tree, wrap-around handled."""
+
+    name = "rapl"
+
+    def __init__(self, zones: list[Path]):
+        self.zones = zones
+        self.ranges = [int((z / "max_energy_range_uj").read_text()) for z in zones]
+        self.last = [self._uj(z) for z in zones]
+        self.total_uj = 0
+
+    @staticmethod
+    def _uj(zone: Path) -> int:
+        return int((zone / "energy_uj").read_text())
+
+    @classmethod
+    def open(cls, root: Path = POWERCAP) -> "RaplMeter | None":
+        zones = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
+        try:
+            return cls(zones) if zones else None
+        except (OSError, ValueError):  # absent, or readable by root only
+            return None
+
+    def read(self) -> dict:
+        for i, zone in enumerate(self.zones):
+            now = self._uj(zone)
+            self.total_uj += now - self.last[i] if now >= self.last[i] else self.ranges[i] - self.last[i] + now
+            self.last[i] = now
+        return {"energy_j": self.total_uj / 1e6}
+
+
+class NvmlMeter:
+    """Energy (J, cumulative since the driver loaded) and memory in use of the visible NVIDIA GPUs."""
+
+    name = "nvml"
+
+    def __init__(self, nvml, handles: list):
+        self.nvml, self.handles = nvml, handles
+        self.energy_handles = []
+        for h in handles:
+            try:
+                nvml.nvmlDeviceGetTotalEnergyConsumption(h)
+                self.energy_handles.append(h)
+            except nvml.NVMLError:  # not supported on this GPU
+                pass
+
+    @classmethod
+    def open(cls) -> "NvmlMeter | None":
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None
+        try:
+            nvml.nvmlInit()
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible is None:
+                handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+            else:
+                handles = [nvml.nvmlDeviceGetHandleByUUID(d) if d.startswith(("GPU-", "MIG-")) else nvml.nvmlDeviceGetHandleByIndex(int(d))
+                           for d in (x.strip() for x in visible.split(",")) if d]
+        except (nvml.NVMLError, ValueError):  # no driver, no GPU, or an odd CUDA_VISIBLE_DEVICES
+            return None
+        return cls(nvml, handles) if handles else None
+
+    def read(self) -> dict:
+        row = {"gpu_bytes": sum(int(self.nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles)}
+        if self.energy_handles:
+            row["energy_j"] = sum(self.nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.energy_handles) / 1e3
+        return row
+
+
+_POLLER = """
+import subprocess, sys, time
+command, period = sys.argv[1], float(sys.argv[2])
+while True:
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+    words = proc.stdout.split()
+    if proc.returncode or not words:
+        err = proc.stderr.strip().splitlines()
+        print("error", repr(proc.stdout.strip()[:80]), err[-1] if err else f"exit {proc.returncode}", flush=True)
+    else:
+        print("ok", words[-1], flush=True)
+    time.sleep(period)
+"""
+
+
+class CommandMeter:
+    """The joules a user's command prints. A helper process, started before any engine, runs it
+    every period and writes each value to a pipe that a thread reads, so the engine's process
+    spawns nothing while it decodes."""
+
+    name = "cmd"
+
+    def __init__(self, command: str, period_s: float = CMD_PERIOD_S):
+        import sys
+
+        self.command = command
+        self._proc = subprocess.Popen([sys.executable, "-c", _POLLER, command, str(period_s)],
+                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.latest = self._next()  # the first reading is awaited: a broken command fails here
+        self._thread = threading.Thread(target=self._follow, name="energy-cmd", daemon=True)
+        self._thread.start()
+
+    def _next(self) -> float:
+        from rllm_study.errors import UserError
+
+        status, _, rest = self._proc.stdout.readline().strip().partition(" ")
+        try:
+            if status != "ok":
+                raise ValueError(rest or "no output")
+            return float(rest)
+        except ValueError as err:
+            self.close()
+            raise UserError(f"--energy-cmd {self.command!r} must print cumulative joules (a number): {err}") from None
+
+    def _follow(self) -> None:
+        for line in self._proc.stdout:
+            status, _, value = line.strip().partition(" ")
+            try:
+                if status == "ok":
+                    self.latest = float(value)
+            except ValueError:  # a bad reading keeps the last value; the next may be good
+                pass
+
+    def read(self) -> dict:
+        return {"energy_j": self.latest}
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait()
+
+
+METERS: dict[str, Callable] = {"nvml": NvmlMeter.open, "rapl": RaplMeter.open}
+
+
+def open_meters(energy_cmd: str | None = None) -> list:
+    """Every meter this machine offers (and the command meter when a command is given)."""
+    meters = [m for m in (open_meter() for open_meter in METERS.values()) if m is not None]
+    if energy_cmd:
+        meters.append(CommandMeter(energy_cmd))
+    return meters
+
+
+class CellEnergy:
+    """Timeline fields of the opened meters, energy counted from `start()` (a session's start)."""
+
+    def __init__(self, meters: list):
+        self.meters = meters
+        self.base = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.meters]
+
+    def _raw(self) -> dict:
+        row: dict = {}
+        for m in self.meters:
+            for key, value in m.read().items():
+                row[key] = row.get(key, 0) + value
+        return row
+
+    def start(self) -> None:
+        self.base = self._raw().get("energy_j", 0.0)
+
+    def read(self) -> dict:
+        """{"energy_j": joules since start(), "gpu_bytes": bytes}, each only where measured."""
+        row = self._raw()
+        if "energy_j" in row:
+            row["energy_j"] -= self.base
+        return row
+
+    def close(self) -> None:
+        for m in self.meters:
+            if hasattr(m, "close"):
+                m.close()

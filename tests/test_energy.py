@@ -1,0 +1,151 @@
+"""Energy meters: RAPL on a fake powercap tree (with a wrap-around), the --energy-cmd meter with a
+tiny script, NVML parsing with a fake pynvml, the energy metrics, and a real run with --energy-cmd."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from conftest import THREADS, run_cli
+from rllm_study.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
+from rllm_study.errors import UserError
+from rllm_study.metrics import cell_metrics
+from rllm_study.report.columns import J_PER_TOKEN, cell_value
+from rllm_study.results import Cell
+
+
+def _zone(root: Path, name: str, uj: int, max_uj: int) -> Path:
+    zone = root / name
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "energy_uj").write_text(f"{uj}\n")
+    (zone / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return zone
+
+
+def test_rapl_sums_packages_skips_subzones_and_handles_wrap(tmp_path):
+    p0 = _zone(tmp_path, "intel-rapl:0", 1_000_000, 10_000_000)
+    p1 = _zone(tmp_path, "intel-rapl:1", 9_000_000, 10_000_000)
+    sub = _zone(tmp_path, "intel-rapl:0:0", 500_000, 10_000_000)  # core, part of package 0
+    meter = RaplMeter.open(tmp_path)
+    assert [z.name for z in meter.zones] == ["intel-rapl:0", "intel-rapl:1"]
+    assert meter.read() == {"energy_j": 0.0}
+    (p0 / "energy_uj").write_text("3000000")   # +2 J
+    (p1 / "energy_uj").write_text("500000")    # wrapped: (10 - 9) + 0.5 = +1.5 J
+    (sub / "energy_uj").write_text("9000000")  # ignored
+    assert meter.read() == {"energy_j": pytest.approx(3.5)}
+    (p1 / "energy_uj").write_text("1500000")   # +1 J
+    assert meter.read() == {"energy_j": pytest.approx(4.5)}
+
+
+def test_rapl_absent_or_unreadable_is_not_measured(tmp_path):
+    assert RaplMeter.open(tmp_path) is None
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("5")  # no max_energy_range_uj
+    assert RaplMeter.open(tmp_path) is None
+
+
+def test_command_meter_and_cell_energy_count_from_start(tmp_path):
+    counter = tmp_path / "joules"
+    counter.write_text("100.0")
+    meter = CommandMeter(f"cat {counter}", period_s=0.05)
+    try:
+        energy = CellEnergy([meter])
+        energy.start()
+        counter.write_text("112.5")
+        import time
+
+        deadline = time.time() + 10
+        while meter.latest != 112.5 and time.time() < deadline:
+            time.sleep(0.05)
+        assert energy.read() == {"energy_j": pytest.approx(12.5)}
+        assert energy.names == ["cmd"]
+    finally:
+        meter.close()
+
+
+@pytest.mark.parametrize("command,needle", [("echo watts", "watts"), ("exit 3", "exit 3")])
+def test_bad_energy_command_is_a_user_error(command, needle):
+    with pytest.raises(UserError, match=needle):
+        CommandMeter(command)
+
+
+def _fake_pynvml(energy_mj: dict, used: dict):
+    nvml = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    nvml.NVMLError = NVMLError
+    nvml.nvmlInit = lambda: None
+    nvml.nvmlDeviceGetCount = lambda: len(used)
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: f"gpu{i}"
+    nvml.nvmlDeviceGetHandleByUUID = lambda u: {"GPU-b": "gpu1"}[u]
+
+    def total_energy(h):
+        if h not in energy_mj:
+            raise NVMLError("Not Supported")
+        return energy_mj[h]
+
+    nvml.nvmlDeviceGetTotalEnergyConsumption = total_energy
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=used[h], total=80 * 2**30)
+    return nvml
+
+
+def test_nvml_reading_with_a_fake_pynvml(monkeypatch):
+    energy_mj = {"gpu0": 5_000_000, "gpu1": 2_000}
+    used = {"gpu0": 3 * 2**30, "gpu1": 2**30, "gpu2": 2**20}  # gpu2: memory only
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(energy_mj, used))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    meter = NvmlMeter.open()
+    energy = CellEnergy([meter])
+    energy.start()
+    energy_mj["gpu0"] += 1500  # +1.5 J
+    energy_mj["gpu1"] += 500   # +0.5 J
+    assert energy.read() == {"gpu_bytes": 4 * 2**30 + 2**20, "energy_j": pytest.approx(2.0)}
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-b")
+    only = NvmlMeter.open()
+    assert only.read() == {"gpu_bytes": 2**30, "energy_j": pytest.approx(2.5)}
+
+
+def test_nvml_absent_is_not_measured(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    assert NvmlMeter.open() is None
+
+
+def test_energy_metrics_per_session_and_not_measured():
+    timeline = [
+        {"session": 0, "t_s": 0.0, "energy_j": 0.0}, {"session": 0, "t_s": 2.0, "energy_j": 30.0},
+        {"session": 1, "t_s": 0.0, "energy_j": 0.0}, {"session": 1, "t_s": 1.0, "energy_j": 10.0},
+        {"session": 2, "t_s": 5.0},  # resumed on a machine without counters
+    ]
+    requests = [{"id": "a", "session": 0, "output_tokens": 60, "finish_reason": "stop"},
+                {"id": "b", "session": 1, "output_tokens": 20, "finish_reason": "stop"},
+                {"id": "c", "session": 2, "output_tokens": 500, "finish_reason": "stop"}]
+    m = cell_metrics(Cell(Path("."), {"cell": {"name": "x"}}, requests, {}, timeline))["energy"]
+    assert m == {"energy_j": 40.0, "j_per_token": 0.5, "tokens_per_j": 2.0, "avg_power_w": pytest.approx(40 / 3)}
+    none = cell_metrics(Cell(Path("."), {"cell": {"name": "y"}}, requests, {}, timeline[-1:]))
+    assert set(none["energy"].values()) == {None} and none["memory"]["gpu_bytes"] is None
+    assert cell_value(none, J_PER_TOKEN) == "not measured" and cell_value({"energy": m}, J_PER_TOKEN) == "0.500"
+
+
+def test_run_with_energy_cmd_records_energy_in_the_timeline(tmp_path, smollm2_path):
+    script = tmp_path / "joules.py"  # a 10 W machine: cumulative joules = 10 x seconds
+    script.write_text("import time\nprint(time.time() * 10)\n")
+    proc = run_cli("run", "--preset", "pilot", "--quick", "-m", "smollm2-135m", "-t", str(THREADS),
+                   "--set", "max_tokens=[8]", "--set", "datasets={gsm8k=2}", "--set", "prompt_modes=['direct']",
+                   "--set", "workload.batch_size=2", "--energy-cmd", f"{sys.executable} {script}", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    (cell_dir,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    timeline = [json.loads(line) for line in (cell_dir / "timeline.jsonl").read_text().splitlines()]
+    assert all("energy_j" in s for s in timeline) and timeline[-1]["energy_j"] > 0
+    assert json.loads((cell_dir / "manifest.json").read_text())["energy_meters"] == ["cmd"]
+    summary = json.loads(run_cli("summarize", cell_dir, "--json").stdout)[0]
+    tokens = sum(json.loads(line)["output_tokens"] for line in (cell_dir / "requests.jsonl").read_text().splitlines())
+    assert summary["energy"]["j_per_token"] == pytest.approx(timeline[-1]["energy_j"] / tokens)
+    assert 2 < summary["energy"]["avg_power_w"] < 40  # 10 W, read once a second by the poller
