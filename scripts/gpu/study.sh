@@ -5,8 +5,9 @@
 # results compare cell for cell with the CPU runs of the same presets (same model, seeds, data).
 #
 # Usage: bash scripts/gpu/study.sh STEP RESULTS_DIR
-#   bench          rllm-study bench engine at 1, 8 and 32 sequences against llama-bench and
-#                  llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
+#   bench          rllm-study bench engine at 1, 8, 32 and 64 sequences, greedy and with the
+#                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), against
+#                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
 #   pilot          --preset pilot --quick            (same spec as the CPU run)
 #   realworld      --preset realworld --quick        (same spec as the CPU run)
 #   pilot-c32      pilot quick with synchronous batches of 32 (32 items per data set, 30 of AIME)
@@ -28,9 +29,9 @@ mkdir -p "$results"
 case "$step" in
   bench)
     mkdir -p "$results/bench"
-    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32 "${gpu[@]}" \
-      --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" --json \
-      > "$results/bench/engine.json.tmp"
+    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled "${gpu[@]}" \
+      --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
+      --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;
   pilot | realworld)
     "${rllm[@]}" run --preset "$step" --quick "${gpu[@]}" --out "$results/$step" ;;
