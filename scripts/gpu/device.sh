@@ -25,9 +25,6 @@ PIECES=$ROOT/pieces
 RESULTS=$ROOT/results
 OUT="${OUT:-$ROOT/out}"
 CUDA_CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
-# -march=native without AMX: llama.cpp's AMX kernels die with an illegal instruction (tileloadd) on
-# these Xeon hosts (tile configuration is per thread); explicit -mno-* win over -march in any order.
-NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 export PYTHONPATH=$ROOT/rllm:$SITE RLLM_STUDY_CACHE=$ROOT/models HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$ROOT" "$PIECES" "$RESULTS" "$OUT"
 
@@ -47,7 +44,8 @@ setup() {
   mkdir -p "$LCPP/src" && tar -xzf .gpu-carry/setup/llama_cpp_python-*-slim.tar.gz -C "$LCPP/src" || return 1
   cp -a "$LCPP/src/llama_cpp" .gpu-carry/setup/site/*.dist-info "$SITE/" && mkdir -p "$SITE/llama_cpp/lib"
   cp .gpu-carry/setup/*.part* "$PIECES/"
-  cp scripts/build_llama_tools.sh "$0" "$ROOT/"
+  mkdir -p "$ROOT/scripts" && cp scripts/build_llama_tools.sh scripts/llama_build_flags.sh "$ROOT/scripts/" && cp "$0" "$ROOT/"
+  rm -f "$ROOT/build.done"
   setsid nohup bash "$ROOT/device.sh" build > "$ROOT/build.log" 2>&1 < /dev/null &
   log "CUDA build started in the background (pid $!)"
   install_rllm && python3 -c 'import rllm_study.cli, datasets, math_verify, typer; print("imports ok: datasets", datasets.__version__)'
@@ -55,7 +53,8 @@ setup() {
 
 build() {
   local start=$SECONDS rc
-  CFLAGS="${CFLAGS:-} $NO_AMX" CXXFLAGS="${CXXFLAGS:-} $NO_AMX" CMAKE_ARGS="$CUDA_CMAKE_ARGS" PYTHON=python3 JOBS="$(nproc)" bash "$ROOT/build_llama_tools.sh" "$LCPP"
+  # build_llama_tools.sh sources llama_build_flags.sh (no AMX kernels) from its own scripts/ folder
+  CMAKE_ARGS="$CUDA_CMAKE_ARGS" PYTHON=python3 JOBS="$(nproc)" bash "$ROOT/scripts/build_llama_tools.sh" "$LCPP"
   rc=$?
   [ "$rc" = 0 ] && cp -a "$LCPP"/bin/*.so* "$SITE/llama_cpp/lib/"
   echo "$rc $((SECONDS - start))" > "$ROOT/build.done"
