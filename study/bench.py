@@ -36,12 +36,16 @@ def _prompt_of(engine, n_prompt: int) -> str:
     return engine.model.detokenize(tokens)
 
 
+def _batch(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: SamplingParams):
+    """The recorded cell of n_seqs concurrent requests (request i: seed sampling.seed + i)."""
+    prompt = _prompt_of(engine, n_prompt)
+    return record_batch(engine, [Request(f"b{i}", prompt, replace(sampling, max_tokens=n_gen, seed=sampling.seed + i))
+                                 for i in range(n_seqs)], name="bench")
+
+
 def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: SamplingParams = GREEDY) -> float:
     """One measurement of the metric decode_tok_s with n_seqs concurrent requests (request i: seed sampling.seed + i)."""
-    prompt = _prompt_of(engine, n_prompt)
-    cell = record_batch(engine, [Request(f"b{i}", prompt, replace(sampling, max_tokens=n_gen, seed=sampling.seed + i))
-                                 for i in range(n_seqs)], name="bench")
-    rate = cell_metrics(cell)["throughput"]["decode_tok_s"]
+    rate = cell_metrics(_batch(engine, n_seqs, n_prompt, n_gen, sampling))["throughput"]["decode_tok_s"]
     if rate is None:
         raise RuntimeError("no decode window: a request stopped right after its prompt")
     return rate
@@ -62,7 +66,7 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
         runs: dict[str, list[float]] = {mode: [] for mode in modes}
         try:
             for sampling in modes.values():
-                decode_rate(engine, n, n_prompt, 16, sampling)  # warm-up
+                _batch(engine, n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
             for _ in range(reps):
                 for mode, sampling in modes.items():
                     runs[mode].append(decode_rate(engine, n, n_prompt, n_gen, sampling))
