@@ -8,6 +8,9 @@
 #   bench          rllm-study bench engine at 1, 8, 32 and 64 sequences, greedy and with the
 #                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), against
 #                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
+#   server         rllm-study bench server: the realworld workload (64 GSM8K requests, Gamma arrivals at
+#                  4 requests/s, CV 2, 256 tokens) in process and through llama-server -np 32 from $TOOLS
+#                  (same sampling, and its defaults), goodput, E2EL and tok/s side by side
 #   pilot          --preset pilot --quick            (same spec as the CPU run)
 #   realworld      --preset realworld --quick        (same spec as the CPU run)
 #   pilot-c32      pilot quick with synchronous batches of 32 (32 items per data set, 30 of AIME)
@@ -33,6 +36,12 @@ case "$step" in
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;
+  server)
+    mkdir -p "$results/bench"
+    "${rllm[@]}" bench server --server-bin "${TOOLS:?TOOLS must name the folder with llama-server}/llama-server" -m "$model" \
+      -t "${THREADS:-16}" -c 32 -n 64 --max-tokens 256 --rate 4.0 --cv 2.0 "${gpu[@]}" --out "$results/bench/server" --json \
+      > "$results/bench/server.json.tmp"
+    mv "$results/bench/server.json.tmp" "$results/bench/server.json" ;;
   pilot | realworld)
     "${rllm[@]}" run --preset "$step" --quick "${gpu[@]}" --out "$results/$step" ;;
   pilot-c32)
@@ -50,6 +59,6 @@ case "$step" in
     done
     exit "$failed" ;;
   *)
-    echo "study.sh: unknown step $step (bench, pilot, realworld, pilot-c32, realworld-c32, techniques)" >&2
+    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques)" >&2
     exit 2 ;;
 esac
