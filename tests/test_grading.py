@@ -268,3 +268,14 @@ def test_grading_stays_fast_on_long_outputs():
         grade(GSM, REASONING, long_think + "so \\boxed{18}")
         grade(GPQA, build_prompt(GPQA, "reasoning"), long_think)
     assert (time.perf_counter() - start) / 40 < 0.1
+
+
+def test_a_direct_answer_that_is_only_a_number():
+    """Real direct-mode outputs of qwen2.5-coder-0.5b (reports/gpu-h200/pilot, gsm8k direct 256):
+    the whole answer is a bare number. It is the answer (right or wrong), never "unparsed"; a
+    number inside a sentence or inside the thinking is not taken by this rule."""
+    assert grade(GSM, DIRECT, "18") == Grade("18", True, PARSED)
+    assert grade(GSM, DIRECT, "5") == Grade("5", False, PARSED)
+    assert grade(GSM, DIRECT, " 18 dollars.\n") == Grade("18", True, PARSED)
+    assert grade(GSM, DIRECT, "I think 18 or 19").parse_status == UNPARSED
+    assert grade(GSM, REASONING, "<think>18").parse_status == UNPARSED

@@ -19,9 +19,20 @@ GRADING = {"extracted_answer", "correct", "correct_lenient", "parse_status"}
 
 
 def _copy(tmp_path):
+    """Copies of the cells with their grading fields as the grader before answer_in_think wrote
+    them (the committed files have been regraded since): no correct_lenient, answers found only
+    in the thinking unparsed, and the old false positive math500/0047 ("5 + c" for 5) right."""
     run = tmp_path / "run"
     for name in CELLS:
         shutil.copytree(SOURCE / name, run / name)
+        records = read_jsonl(run / name / "requests.jsonl")
+        for rec in records:
+            rec.pop("correct_lenient", None)
+            if rec["parse_status"] == "answer_in_think":
+                rec.update(extracted_answer=None, correct=False, parse_status="unparsed")
+            if rec["item_id"] == "math500/0047":
+                rec["correct"] = True
+        (run / name / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run
 
 

@@ -15,7 +15,8 @@ Within a text the final answer is, in this order:
   1. the last complete \\boxed{...} (nested braces allowed; an empty \\boxed{} is skipped)
   2. the last "answer is ..." / "answer: ..." (rest of that line; for multiple choice also
      "choice is ...", "option is ...", e.g. "The letter of the correct choice is B.")
-  3. multiple choice only, the last of: a bold letter ("**B**"), "(B)", "option B" / "choice B",
+  3. math: an answer that is nothing but a number ("18", "18 dollars"; answer phase only);
+     multiple choice only, the last of: a bold letter ("**B**"), "(B)", "option B" / "choice B",
      a line holding only the letter ("B", "B)", "(B).")
 A multiple-choice answer must name one of the item's own letters (by the letter, "(B)",
 "B) text", or a choice's exact text): "E" for an item with choices A-D is no answer, and a letter
@@ -43,6 +44,7 @@ VERIFY_TIMEOUT_S = 5      # per math-verify parse/compare, where a signal timer 
 MAX_ANSWER_CHARS = 500    # a longer "final answer" is not compared (it is not one)
 _RESTATED_CHARS = 12      # a letter followed by this much of its own choice's text restates the option
 
+_LONE_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")  # rule 3 for math: the whole answer
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # lookaheads, so that overlapping phrases are all found ("Answer: the answer is 18")
 _ANSWER_IS = re.compile(r"(?=\banswer\s*(?:is\b|:)[\s:]*([^\n]+))", re.IGNORECASE)
@@ -160,6 +162,8 @@ def extract_answer(text: str, multiple_choice: bool, choice_letters: dict[str, s
         # a \boxed left in the rest of the line was never closed: the output was cut off inside it
         if said and not _BOXED.search(said[-1].group(1)):
             return strip_units(_clean(said[-1].group(1)))
+        if weak and (lone := _LONE_NUMBER.fullmatch(strip_units(_clean(text)))):
+            return lone.group(0)
         return None
     letters = "".join(choice_letters) if choice_letters else LETTERS
     boxed = last_boxed(text)
