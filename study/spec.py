@@ -169,7 +169,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     """Validate a spec and expand it into cells (unknown keys and bad values name the key)."""
     from rllm_study.workloads.custom_dataset import definition
     from rllm_study.workloads.datasets import DATASETS
-    from rllm_study.workloads.prompts import PROMPT_MODES
+    from rllm_study.workloads.prompts import PROMPT_MODES, THINKING_MODES
 
     _check_keys(spec, TOP_KEYS - set(SIZES), where, "")
     for section, allowed in (("sampling", SAMPLING_KEYS), ("workload", WORKLOAD_KEYS), ("slo", SLO_KEYS)):
@@ -239,6 +239,11 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
         for model, dataset, mode, budget, tb, eng, wl, repeat in itertools.product(
             v_models, datasets, v_modes, budgets, think_budgets, engine_axes, workload_axes, range(repeats)
         ):
+            if mode not in THINKING_MODES and tb != think_budgets[0]:
+                continue  # a think budget acts only while thinking: a direct cell runs once, without one
+            if mode not in THINKING_MODES:
+                think_budget_tokens(tb, budget, where)  # its value is still checked
+                tb = None
             try:
                 check_workload(wl)
             except UserError as err:

@@ -164,3 +164,15 @@ def test_run_and_report_with_a_think_budget(tmp_path, smollm2_path):
     section = md[md.index("## Think budget"):]
     assert "answer phase" in section and "think forced" in section and "| 8 | 2 |" in section and "| 16 | 2 |" in section
     assert list((report / "figures").glob("think-budget-*.png"))
+
+
+def test_direct_cells_take_no_think_budget():
+    """The think-budget axis multiplies only the thinking modes: a direct cell runs once, without a
+    budget and without a `tb` part in its name; a bad budget value is still refused."""
+    cells = expand({"datasets": {"gsm8k": 1}, "prompt_modes": ["reasoning", "direct"], "max_tokens": [256],
+                    "think_budget": [64, "mt-32"]}, "spec.toml")
+    direct = [c for c in cells if c.prompt_mode == "direct"]
+    assert sorted(c.think_budget for c in cells if c.prompt_mode == "reasoning") == [64, 224]
+    assert len(direct) == 1 and direct[0].think_budget is None and "__tb" not in direct[0].name
+    with pytest.raises(UserError):
+        expand({"datasets": {"gsm8k": 1}, "prompt_modes": ["direct"], "think_budget": [0]}, "spec.toml")
