@@ -9,7 +9,9 @@ One `step()` is one `llama_decode` call:
      speculative decoding on, its draft tokens (logits on each: see `llama_spec`); then the room
      left (n_batch) goes to prompt chunks of sequences still prefilling (chunked prefill; logits
      on a prompt's last token only);
-  3. decode, then sample for every sequence that produced logits. With a draft, the target's
+  3. decode, then take a token for every sequence that produced an output (drawn on the host
+     from its logits, or read from the decode graph's own draw: see "Where tokens are drawn"
+     below). With a draft, the target's
      sampler picks a token at each fed position in order while it equals the draft token fed
      there: the accepted drafts and then one token of the target's own are emitted, and the KV
      cells of the rejected drafts are removed. Each emitted token is one draw of the target's
@@ -25,6 +27,19 @@ n_ctx cells: a request is admitted while its prompt fits in the free cells, and 
 runs out of cells the most recently admitted request is preempted (its KV dropped, requeued,
 and recomputed from prompt + output so far), as vLLM does. Either way nothing fails for
 lack of room; requests wait.
+
+Where tokens are drawn (`sample_on`). "host": every request's logits are copied off the device
+and the token is drawn in numpy (`rllm_study.backends.sampling`; a grammar request through its
+llama.cpp chain). "device": a request without a grammar gets a llama.cpp sampler chain of the
+same distribution (`make_sampler`: temperature and top-p in the request's order, exact: a full
+sort of the row, no implicit top-k) registered for its sequence id (`llama_set_sampler`); the
+draw is part of the decode graph, on the device holding the output layer, and no logits leave
+it (`llama_get_sampled_token_ith`). The chain follows its request when the sequence id changes
+(compaction, preemption). On a GPU this removes the host's per-step work of O(vocabulary x
+sequences); on a CPU-only build the graph's full sort costs more than the host's candidate
+sort, hence "auto": device only when the output layer is on a GPU. Speculative decoding
+samples several positions of one sequence per step and stays on the host. Same seed, same
+distribution, different tokens: numpy's PCG64 and llama.cpp's mt19937 are different streams.
 
 Batch invariance. On the CPU, llama.cpp computes a token's logits with kernels chosen by the
 shape of the batch, and they round differently: attention without flash attention (one token
@@ -255,16 +270,19 @@ class LlamaModel:
 
 
 def make_sampler(model: LlamaModel, request: Request):
-    """A grammar request's sampler chain: grammar -> greedy (temperature 0), or grammar -> [top-k] ->
-    temperature and top-p in the request's order -> seeded draw. Other requests need no chain:
-    they are sampled from the logits by `rllm_study.backends.sampling` (see Sequence)."""
+    """A request's llama.cpp sampler chain: [grammar ->] greedy (temperature 0), or [grammar ->]
+    [top-k ->] temperature and top-p in the request's order -> draw seeded with the request's
+    seed: the distribution of `rllm_study.backends.sampling`. A grammar request samples through
+    it on the host; with sample_on "device" every other request's chain runs in the decode graph
+    (see "Where tokens are drawn" in the module docstring)."""
     s = request.sampling
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
-    if not grammar:
-        lc.llama_sampler_free(chain)
-        raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
-    lc.llama_sampler_chain_add(chain, grammar)
+    if request.grammar:
+        grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
+        if not grammar:
+            lc.llama_sampler_free(chain)
+            raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
+        lc.llama_sampler_chain_add(chain, grammar)
     if s.temperature == 0:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         return chain
@@ -280,8 +298,8 @@ def make_sampler(model: LlamaModel, request: Request):
 class Sequence:
     """A request while it holds a sequence slot (or waits to get one back after preemption)."""
 
-    __slots__ = ("request", "seq_id", "prompt", "out", "pending", "n_past", "sampler", "utf8", "prefilled",
-                 "admitted", "spec_state", "rng")
+    __slots__ = ("request", "seq_id", "prompt", "out", "pending", "n_past", "sampler", "on_device", "bound", "utf8",
+                 "prefilled", "admitted", "spec_state", "rng")
 
     def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
         self.request = request
@@ -291,7 +309,9 @@ class Sequence:
         self.out = RequestOutput(request, len(prompt), phases)  # tokens, text, counts, stop rules
         self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
         self.n_past = 0                         # cells this sequence holds in the KV cache
-        self.sampler = None  # a grammar request's llama.cpp sampler chain (make_sampler)
+        self.sampler = None  # its llama.cpp sampler chain (make_sampler): a grammar request's, or any with on_device
+        self.on_device = False  # the chain is registered for seq_id and draws in the decode graph
+        self.bound = False  # the chain has been registered with the context once (see _bind_sampler)
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self.prefilled = False
         self.admitted = False
@@ -326,6 +346,7 @@ class LlamaCppInfo(EngineInfo):
     system_info: str
     gpu_offload_supported: bool
     context: dict
+    sample_on: str
     kv_bytes_per_token: float
     prefix_cache: dict | None = None
     speculative: dict | None = None
@@ -421,6 +442,7 @@ class LlamaCppEngine:
                 draft_model.close()
             self.model.close()
             raise
+        self.sample_on = self._where_to_sample(options.sample_on, spec_method)
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
@@ -520,6 +542,7 @@ class LlamaCppEngine:
                 "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
                 "batch_invariant": o.batch_invariant,
             },
+            sample_on=self.sample_on,
             kv_bytes_per_token=self.model.kv_bytes_per_token(o.type_k, o.type_v),
             prefix_cache={"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
             speculative={**self.drafter.info(), "spec_tokens": o.speculative_tokens} if self.drafter else None,
@@ -532,6 +555,8 @@ class LlamaCppEngine:
         return len(self.model.tokenize(text))
 
     def close(self) -> None:
+        for seq in self.running:
+            self._bind_sampler(seq, None)
         for seq in self.running + list(self.waiting):
             if seq.sampler:
                 lc.llama_sampler_free(seq.sampler)
@@ -544,6 +569,54 @@ class LlamaCppEngine:
             lc.llama_free(self.ctx)
             self.ctx = None
         self.model.close()
+
+    def _where_to_sample(self, asked: str, spec_method: str | None) -> str:
+        """"host" or "device" for `sample_on` (see "Where tokens are drawn" in the module docstring):
+        auto is device when the output layer is on a GPU (n_gpu_layers -1 or above the layer
+        count, in a build with GPU offload) and the context takes a sampler chain, else host."""
+        if asked == "host":
+            return "host"
+        if spec_method:
+            if asked == "device":
+                raise UserError("sample_on 'device': speculative decoding samples several positions of a sequence per step "
+                                "on the host; use sample_on 'host' or 'auto' with speculative decoding")
+            return "host"
+        n_layer = lc.llama_model_n_layer(self.model.ptr)
+        ngl = self.options.n_gpu_layers
+        output_on_gpu = lc.llama_supports_gpu_offload() and (ngl < 0 or ngl > n_layer)
+        if asked == "auto" and not output_on_gpu:
+            return "host"
+        if not output_on_gpu and self.options.n_threads > 1:
+            # llama.cpp 0.3.36's CPU graph with a sampler chain in it hangs in its thread barrier
+            # with more than one thread (seen as soon as a freed sequence id takes a new chain).
+            raise UserError(f"sample_on 'device' with the output layer on the CPU works with threads = 1 only "
+                            f"(threads = {self.options.n_threads}); use sample_on 'host' or 'auto' on a CPU")
+        probe = make_sampler(self.model, Request(id="probe", prompt=""))
+        took = lc.llama_set_sampler(self.ctx, 0, probe)
+        lc.llama_set_sampler(self.ctx, 0, None)
+        lc.llama_sampler_free(probe)
+        if took:
+            return "device"
+        if asked == "device":
+            raise UserError(f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
+                            "use sample_on 'host'")
+        return "host"
+
+    def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
+        """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
+        current id). llama.cpp initialises a chain for the graph once, so a chain that was
+        registered before is replaced by its clone (same samplers, same random state)."""
+        if not seq.on_device:
+            return
+        if seq_id is None:
+            lc.llama_set_sampler(self.ctx, seq.seq_id, None)
+            return
+        if seq.bound:
+            clone = lc.llama_sampler_clone(seq.sampler)
+            lc.llama_sampler_free(seq.sampler)
+            seq.sampler = clone
+        lc.llama_set_sampler(self.ctx, seq_id, seq.sampler)
+        seq.bound = True
 
     # -- scheduling -----------------------------------------------------------------------
     def _cells_needed(self) -> int:
@@ -559,7 +632,9 @@ class LlamaCppEngine:
             if not seq.admitted:
                 seq.admitted = True
                 try:
-                    seq.sampler = make_sampler(self.model, seq.request) if seq.request.grammar else None
+                    if seq.request.grammar or self.sample_on == "device":
+                        seq.sampler = make_sampler(self.model, seq.request)
+                        seq.on_device = not seq.request.grammar
                 except UserError as err:
                     heapq.heappush(self._free_ids, seq.seq_id)
                     self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
@@ -568,6 +643,7 @@ class LlamaCppEngine:
                 if self.prefix is not None:
                     seq.out.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
                     del seq.pending[:seq.n_past]
+            self._bind_sampler(seq, seq.seq_id)
             self.running.append(seq)
 
     def _compact_ids(self) -> None:
@@ -591,6 +667,8 @@ class LlamaCppEngine:
             lc.llama_memory_seq_rm(self.mem, top.seq_id, -1, -1)
             if self.drafter is not None:
                 self.drafter.move(top, low)
+            self._bind_sampler(top, None)
+            self._bind_sampler(top, low)
             top.seq_id = low
             self.seq_moves += 1
 
@@ -598,6 +676,7 @@ class LlamaCppEngine:
         """Unified cache only: drop the youngest request's KV and requeue it for recompute."""
         seq = self.running.pop()
         lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+        self._bind_sampler(seq, None)
         if self.drafter is not None:
             self.drafter.release(seq)
         heapq.heappush(self._free_ids, seq.seq_id)
@@ -708,9 +787,15 @@ class LlamaCppEngine:
             self._emit(seq, token, t_ns, out, draft)
 
     def _sample(self, seq: Sequence, index: int) -> int:
-        """The next token from the logits at batch output `index`: a grammar request through its
-        sampler chain; any other by `sampling.sample` straight from the logits (greedy = the first
-        argmax, as llama.cpp's greedy sampler), one draw from the request's own generator."""
+        """The next token at batch output `index`: the decode graph's draw for a sequence drawing on
+        the device; a grammar request's through its sampler chain; any other by `sampling.sample`
+        straight from the logits (greedy = the first argmax, as llama.cpp's greedy sampler), one
+        draw from the request's own generator."""
+        if seq.on_device:
+            token = lc.llama_get_sampled_token_ith(self.ctx, index)
+            if token == lc.LLAMA_TOKEN_NULL:
+                raise RuntimeError(f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})")
+            return token
         if seq.sampler is not None:
             return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
         s = seq.request.sampling
@@ -761,7 +846,6 @@ class LlamaCppEngine:
             if seq.request.grammar:
                 lc.llama_sampler_free(seq.sampler)
                 seq.sampler = make_sampler(self.model, replace(seq.request, grammar=None))
-                seq.greedy = seq.request.sampling.temperature == 0
         if reason is None and seq.n_past + len(pending) >= self.seq_capacity:
             reason = FINISH_LENGTH  # the sequence's KV slot is full
         if reason is not None:
@@ -774,6 +858,7 @@ class LlamaCppEngine:
         if seq in self.running:
             self.running.remove(seq)
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+            self._bind_sampler(seq, None)
             heapq.heappush(self._free_ids, seq.seq_id)
         if self.drafter is not None:
             self.drafter.release(seq)

@@ -43,7 +43,8 @@ min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matc
 in-process engine) and `samplers` in the request's order (llama-server honours it;
 llama-cpp-python's server ignores it and applies top-p before temperature), unless
 `server_default_samplers` is set (then the server's own defaults apply, e.g. llama-server's
-top_k 40, min_p 0.05; info().extra_samplers says which); other servers apply their own order
+top_k 40, min_p 0.05; info().extra_samplers says which); `server_backend_sampling` sends
+llama-server's `backend_sampling` (the draw inside its decode graph); other servers apply their own order
 (vLLM and SGLang: temperature first), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
 Think budget: llama-server in chat mode gets sampling.think_budget as `reasoning_budget_tokens`
 (it forces its own end tag, with its `--reasoning-budget-message` before it, when the model's
@@ -487,6 +488,8 @@ class OpenAIEngine:
                 body["grammar"] = request.grammar
         if self.kind == "llama-server":
             body.update(timings_per_token=True, cache_prompt=self.options.prefix_cache)
+            if self.options.server_backend_sampling:
+                body["backend_sampling"] = True
             if self.api == "chat" and s.think_budget is not None:
                 body["reasoning_budget_tokens"] = s.think_budget
         if self.kind in ("vllm", "sglang"):

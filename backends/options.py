@@ -180,6 +180,9 @@ class LlamaCppOptions(CommonOptions):
                          flag="--kv-type-v")
     flash_attn: bool | None = option(None, "Flash attention (default: llama.cpp's auto).")
     kv_unified: bool = option(False, "One KV pool shared by all sequences (admission by free cells, preemption when full).")
+    sample_on: str = option("auto", "Where tokens are drawn: host (numpy, from the logits), device (llama.cpp's sampler "
+                                    "chain inside the decode graph), auto (device when the output layer is on a GPU).",
+                            check=one_of("auto", "host", "device"))
 
 
 MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes
@@ -202,6 +205,8 @@ class OpenAIOptions(CommonOptions):
     timeout_s: float = option(600.0, "Seconds to wait for a request's complete answer.", check=above(0))
     server_default_samplers: bool = option(False, "llama.cpp servers: keep their own default extra samplers (top_k 40, "
                                                   "min_p 0.05 ...) instead of top_k 0, min_p 0, repeat_penalty 1 per request.")
+    server_backend_sampling: bool = option(False, "llama-server: draw tokens inside its decode graph (its per-request "
+                                                  "backend_sampling), as sample_on 'device' does in process.")
 
 
 def option_fields(cls) -> list[dataclasses.Field]:

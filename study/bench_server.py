@@ -16,6 +16,10 @@ recorded exactly as in a study) and measured by `rllm_study.metrics.cell_metrics
                            the same, but with the server's own default extra samplers
                            (`server_default_samplers`; llama-server's top_k 40, min_p 0.05 ...,
                            read back from its GET /props and printed)
+  llama-server, same sampling, drawn in its graph
+                           GPU runs only (n_gpu_layers != 0): as "same sampling", with llama-server's
+                           per-request backend_sampling (`server_backend_sampling`), the counterpart
+                           of the in-process engine's draw on the device
 
 Each side's results are a study's cell folder, OUT/<side>/<cell>/ (`summarize`, `report` read them).
 Figures per side (metrics' names): goodput_req_s with k of n (k = requests meeting every SLO =
@@ -46,11 +50,14 @@ from rllm_study.metrics import define, distribution, meets_slo, percentile_key
 
 READY_TIMEOUT_S = 120.0  # a server that does not answer /health in this time is given up
 STOP_TIMEOUT_S = 10.0    # SIGTERM -> SIGKILL
-SIDES = (  # (key, label, backend, server_default_samplers)
-    ("in_process", "in-process", "llama_cpp", False),
-    ("server_same", "llama-server, same sampling", "openai", False),
-    ("server_defaults", "llama-server, its defaults", "openai", True),
+SIDES = (  # (key, label, backend, server_default_samplers, server_backend_sampling)
+    ("in_process", "in-process", "llama_cpp", False, False),
+    ("server_same", "llama-server, same sampling", "openai", False, False),
+    ("server_defaults", "llama-server, its defaults", "openai", True, False),
+    ("server_same_graph", "llama-server, same sampling, drawn in its graph", "openai", False, True),
 )
+GPU_ONLY_SIDES = ("server_same_graph",)  # llama-server's backend_sampling: for an output layer on a GPU (the in-process
+                                         # engine's sample_on 'auto' draws there too; see backends/llama_cpp.py)
 DEFAULT_EXTRAS = ("top_k", "min_p", "repeat_penalty", "typical_p", "xtc_probability", "dry_multiplier", "top_n_sigma")
 
 
@@ -163,11 +170,12 @@ def workload_spec(model: str, dataset: str, requests: int, max_tokens: int, rate
     return spec
 
 
-def side_spec(spec: dict, backend: str, url: str | None, default_samplers: bool) -> dict:
+def side_spec(spec: dict, backend: str, url: str | None, default_samplers: bool, backend_sampling: bool = False) -> dict:
     """The workload spec for one side (module docstring)."""
     out = {**spec, "backend": backend, "engine": dict(spec["engine"])}
     if backend == "openai":
-        out["engine"].update(base_url=url, server_default_samplers=default_samplers)
+        out["engine"].update(base_url=url, server_default_samplers=default_samplers,
+                             **({"server_backend_sampling": True} if backend_sampling else {}))
     return out
 
 
@@ -253,9 +261,10 @@ def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Pa
     with server_url(base_url, server_bin, cell.model, cell.engine, log) as url:
         result["server"] = {"base_url": url, "started": server_bin is not None, "binary": str(server_bin) if server_bin else None,
                             "defaults": server_defaults(url)}
-        for key, label, backend, default_samplers in SIDES:
+        sides = [s for s in SIDES if cell.engine.n_gpu_layers != 0 or s[0] not in GPU_ONLY_SIDES]
+        for key, label, backend, default_samplers, backend_sampling in sides:
             console.print(f"bench server: {label}")
-            side = side_spec(spec, backend, url, default_samplers)
+            side = side_spec(spec, backend, url, default_samplers, backend_sampling)
             (cell_dir,) = run_study(expand(side, f"bench server {key}"), side, Path(out_dir) / key, console)
             data = read_cell(cell_dir)
             rows[key] = (request_metrics(data), cell_metrics(data)["throughput"]["duration_s"])
@@ -266,7 +275,7 @@ def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Pa
                                     **figures(cell_metrics(data, (50, 90), cell.slo or None))}
     ours = rows["in_process"]
     result["ratios"] = {}
-    for key, *_ in SIDES[1:]:
+    for key, *_ in sides[1:]:
         result["ratios"][key] = {}
         for name in RATIO_FIGURES:
             iv = ratio_interval(ours, rows[key], name, cell.slo or None)

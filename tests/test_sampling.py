@@ -189,3 +189,94 @@ def test_spec_order_is_in_the_cell_and_checked():
         expand({"datasets": {"gsm8k": 1}, "sampling": {"order": "random"}}, "test.toml")
     with pytest.raises(UserError, match="sampling.top_k"):
         expand({"datasets": {"gsm8k": 1}, "sampling": {"top_k": 1.5}}, "test.toml")
+
+
+# ---- drawing in the decode graph (sample_on = "device") -------------------------------------
+
+PROMPT = "Once upon a time, there was a"
+
+
+def _first_token_logits(engine, monkeypatch) -> np.ndarray:
+    """The logits of PROMPT's next token, as the host sampler sees them."""
+    rows = []
+
+    def recording(logits, *args):
+        rows.append(logits.copy())
+        return sample(logits, *args)
+
+    monkeypatch.setattr(llama_cpp, "sample", recording)
+    _run(engine, [Request("logits", PROMPT, SamplingParams(max_tokens=1, temperature=0.6, top_p=0.95))])
+    monkeypatch.undo()
+    return rows[0]
+
+
+@pytest.fixture(scope="module")
+def device_engine(smollm2_path):
+    eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=32, ctx_per_seq=32, n_threads=1,
+                                                                      sample_on="device"))
+    yield eng
+    eng.close()
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_device_draws_follow_the_exact_distribution(engine, device_engine, monkeypatch, order):
+    """1,024 first tokens of PROMPT drawn by llama.cpp's chain in the decode graph (distinct seeds,
+    the presets' temperature 0.6 and top-p 0.95) against exact_probs of that position's logits:
+    no draw outside the nucleus (51 tokens temperature-first, 1,420 top-p-first), and a
+    chi-square over the tokens expected 10+ times plus the rest of the nucleus."""
+    assert device_engine.sample_on == "device" and device_engine.info().sample_on == "device"
+    probs = exact_probs(_first_token_logits(engine, monkeypatch), 0.6, 0.95, 0, order)
+    draws = 1024
+    sp = SamplingParams(max_tokens=1, temperature=0.6, top_p=0.95, order=order)
+    out = _run(device_engine, [Request(f"d{i}", PROMPT, replace(sp, seed=i)) for i in range(draws)])
+    tokens = np.array([t for t in out.values()]).ravel()
+    assert len(tokens) == draws
+    big = np.flatnonzero(probs * draws >= 10)
+    buckets = np.full(len(probs), len(big) + 1)  # outside the nucleus
+    buckets[probs > 0] = len(big)                # the rest of the nucleus
+    buckets[big] = np.arange(len(big))
+    freq = np.bincount(buckets[tokens], minlength=len(big) + 2) / draws
+    bucket_probs = np.bincount(buckets, weights=probs, minlength=len(big) + 2)
+    assert freq[-1] == 0, f"{int(freq[-1] * draws)} draws outside the nucleus"
+    assert chi_square_ok(freq, bucket_probs, draws), (np.round(freq, 3), np.round(bucket_probs, 3))
+
+
+def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
+    """Greedy and sampled requests mixed, more than the engine's slots, so sequences finish, ids
+    are compacted and freed ids re-used: each greedy request's tokens equal the host's greedy
+    tokens in the same run shape (its chain followed it), and a sampled request's tokens repeat
+    with its seed."""
+    requests = []
+    for i in range(10):
+        sampled = SamplingParams(max_tokens=8 + 3 * i, temperature=0.6, top_p=0.95, seed=i % 3)
+        requests.append(Request(f"r{i}", PROMPT, sampled if i % 2 else SamplingParams(max_tokens=8 + 3 * i)))
+    runs = {}
+    for where in ("host", "device"):
+        eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=96, n_threads=1,
+                                                                          sample_on=where))
+        try:
+            runs[where] = _run(eng, requests)
+            assert eng.seq_moves > 0
+        finally:
+            eng.close()
+    for i, r in enumerate(requests):
+        assert len(runs["device"][r.id]) == r.sampling.max_tokens or runs["device"][r.id][-1] == 2
+        if i % 2 == 0:
+            assert runs["device"][r.id] == runs["host"][r.id], r.id
+    r1, r7 = runs["device"]["r1"], runs["device"]["r7"]  # both seed 1: the same draws while both run
+    assert r7[:len(r1)] == r1
+
+
+def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
+    """auto draws on the host when no layer is on a GPU (this machine); device is refused with
+    speculative decoding, and on a CPU output layer with more than one thread; a bad value
+    names the values."""
+    assert engine.sample_on == "host" and engine.info().sample_on == "host"
+    with pytest.raises(UserError, match="threads = 1 only"):
+        llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2,
+                                                                    sample_on="device"))
+    with pytest.raises(UserError, match="sample_on 'device': speculative"):
+        llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS,
+                                                                    sample_on="device", speculative="ngram"))
+    with pytest.raises(UserError, match="must be one of auto, host, device"):
+        LlamaCppOptions(sample_on="gpu")

@@ -6,7 +6,8 @@
 #
 # Usage: bash scripts/gpu/study.sh STEP RESULTS_DIR
 #   bench          rllm-study bench engine at 1, 8, 32 and 64 sequences, greedy and with the
-#                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), against
+#                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), each with
+#                  tokens drawn on the host and on the device (--sample-on host,auto), against
 #                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
 #   server         rllm-study bench server: the realworld workload (64 GSM8K requests, Gamma arrivals at
 #                  4 requests/s, CV 2, 256 tokens) in process and through llama-server -np 32 from $TOOLS
@@ -16,8 +17,13 @@
 #   pilot-c32      pilot quick with synchronous batches of 32 (32 items per data set, 30 of AIME)
 #   realworld-c32  realworld quick with 32 engine slots, 64 GSM8K requests at 4 requests/s
 #   techniques     --quick of every other shipped preset (quantization, kv-cache, ...)
+#   pilot-cpu      the pilot exactly as the 2-core CPU ran it (reports/cpu-2core/pilot: the standard
+#                  size's model and data sets cut to what the CPU finished in its window)
+#   pilot-standard the pilot at --size standard (qwen2.5-coder-1.5b, 3 repeats), budgets in
+#                  $BUDGETS (default [512,1024]) and synchronous batches of $BATCH (default 32)
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
-# llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16).
+# llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
+# server and the quick steps; default qwen2.5-coder-0.5b).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,14 +31,14 @@ cd "$(dirname "$0")/../.."
 step="${1:?usage: study.sh STEP RESULTS_DIR}"
 results="${2:?usage: study.sh STEP RESULTS_DIR}"
 read -r -a rllm <<< "${RLLM:-python3 -m rllm_study}"
-model=qwen2.5-coder-0.5b
+model="${MODEL:-qwen2.5-coder-0.5b}"
 gpu=(--n-gpu-layers -1)
 mkdir -p "$results"
 
 case "$step" in
   bench)
     mkdir -p "$results/bench"
-    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled "${gpu[@]}" \
+    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on host,auto "${gpu[@]}" \
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;
@@ -58,7 +64,14 @@ case "$step" in
       "${rllm[@]}" run --preset "$name" --quick "${gpu[@]}" --out "$results/$name" || { echo "preset $name failed" >&2; failed=1; }
     done
     exit "$failed" ;;
+  pilot-cpu)
+    "${rllm[@]}" run --preset pilot --size standard "${gpu[@]}" --set 'max_tokens=[512]' --set repeats=1 \
+      --set 'datasets={gsm8k=50, math500=20, aime24=10, gpqa-diamond=20}' --set 'workload={arrival="batch", batch_size=8}' \
+      --out "$results/pilot" ;;
+  pilot-standard)
+    "${rllm[@]}" run --preset pilot --size standard "${gpu[@]}" --set "max_tokens=${BUDGETS:-[512,1024]}" \
+      --set "workload={arrival=\"batch\", batch_size=${BATCH:-32}}" --out "$results/pilot-standard" ;;
   *)
-    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques)" >&2
+    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard)" >&2
     exit 2 ;;
 esac

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rllm_study.backends.options import LlamaCppOptions, OptionError
 from rllm_study.backends.sampling import DEFAULT_ORDER
 from rllm_study.bench import bench_engine
 from rllm_study.bench_server import bench_server, server_url, table, workload_spec
@@ -48,6 +49,8 @@ def engine_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write the result as JSON to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     n_gpu_layers: opt.flag("n_gpu_layers") = 0,
+    sample_on: Annotated[str, typer.Option("--sample-on", help="Where tokens are drawn (auto, host, device); a comma "
+                                           "list measures each, e.g. host,device on a GPU.")] = "auto",
 ) -> None:
     """Decode tokens/s at each number of concurrent sequences, greedy and with the study's sampling;
     with --reference-dir, llama.cpp's figures and the ratios (the metric decode_vs_reference)."""
@@ -62,7 +65,14 @@ def engine_cmd(
     if sampling is not None:
         check_sampling(Request("--temperature/--top-p/--order", "", sampling))
     threads = threads or psutil.cpu_count(logical=False) or 1
-    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers, sampling)
+    wheres = tuple(w.strip() for w in sample_on.split(","))
+    for where in wheres:
+        try:
+            LlamaCppOptions(sample_on=where)  # the option's own check names the values
+        except OptionError as err:
+            raise UserError(err.message_for("--sample-on")) from None
+    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers, sampling,
+                          wheres)
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if as_json:
@@ -77,7 +87,7 @@ def engine_cmd(
         for n, r in by_n.items():
             theirs = (ref.get("llama_bench_tg") if n == 1 else None) or ref.get("batched_bench_s_tg", {}).get(n)
             name = "llama-bench tg" if n == 1 and "llama_bench_tg" in ref else "batched-bench S_TG"
-            table.add_row(str(n), mode, f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
+            table.add_row(str(n), f"{mode} ({result['sample_on'][mode]})", f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
                           "-" if theirs is None else f"{r['mean'] / theirs:.3f}")
     Console().print(table)
     for mode, by_n in result["ours"].items():
