@@ -36,8 +36,8 @@ sort of the row, no implicit top-k) registered for its sequence id (`llama_set_s
 draw is part of the decode graph, on the device holding the output layer, and no logits leave
 it (`llama_get_sampled_token_ith`). The chain follows its request when the sequence id changes
 (compaction, preemption). On a GPU this removes the host's per-step work of O(vocabulary x
-sequences); on a CPU-only build the graph's full sort costs more than the host's candidate
-sort, hence "auto": device only when the output layer is on a GPU. Speculative decoding
+sequences), but the chain's top-p sorts the whole row per sequence, and on an H200 that cost
+more than the host path (README engine notes), so "host" is the default. Speculative decoding
 samples several positions of one sequence per step and stays on the host. Same seed, same
 distribution, different tokens: numpy's PCG64 and llama.cpp's mt19937 are different streams.
 
@@ -571,36 +571,30 @@ class LlamaCppEngine:
         self.model.close()
 
     def _where_to_sample(self, asked: str, spec_method: str | None) -> str:
-        """"host" or "device" for `sample_on` (see "Where tokens are drawn" in the module docstring):
-        auto is device when the output layer is on a GPU (n_gpu_layers -1 or above the layer
-        count, in a build with GPU offload) and the context takes a sampler chain, else host."""
+        """`sample_on` checked against the context (see "Where tokens are drawn" in the module
+        docstring): device needs no speculative decoding, a context that takes a sampler chain,
+        and, with the output layer on the CPU, one thread."""
         if asked == "host":
             return "host"
         if spec_method:
-            if asked == "device":
-                raise UserError("sample_on 'device': speculative decoding samples several positions of a sequence per step "
-                                "on the host; use sample_on 'host' or 'auto' with speculative decoding")
-            return "host"
+            raise UserError("sample_on 'device': speculative decoding samples several positions of a sequence per step "
+                            "on the host; use sample_on 'host' with speculative decoding")
         n_layer = lc.llama_model_n_layer(self.model.ptr)
         ngl = self.options.n_gpu_layers
         output_on_gpu = lc.llama_supports_gpu_offload() and (ngl < 0 or ngl > n_layer)
-        if asked == "auto" and not output_on_gpu:
-            return "host"
         if not output_on_gpu and self.options.n_threads > 1:
             # llama.cpp 0.3.36's CPU graph with a sampler chain in it hangs in its thread barrier
             # with more than one thread (seen as soon as a freed sequence id takes a new chain).
             raise UserError(f"sample_on 'device' with the output layer on the CPU works with threads = 1 only "
-                            f"(threads = {self.options.n_threads}); use sample_on 'host' or 'auto' on a CPU")
+                            f"(threads = {self.options.n_threads}); use sample_on 'host' on a CPU")
         probe = make_sampler(self.model, Request(id="probe", prompt=""))
         took = lc.llama_set_sampler(self.ctx, 0, probe)
         lc.llama_set_sampler(self.ctx, 0, None)
         lc.llama_sampler_free(probe)
-        if took:
-            return "device"
-        if asked == "device":
+        if not took:
             raise UserError(f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
                             "use sample_on 'host'")
-        return "host"
+        return "device"
 
     def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
         """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its

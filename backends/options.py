@@ -180,9 +180,9 @@ class LlamaCppOptions(CommonOptions):
                          flag="--kv-type-v")
     flash_attn: bool | None = option(None, "Flash attention (default: llama.cpp's auto).")
     kv_unified: bool = option(False, "One KV pool shared by all sequences (admission by free cells, preemption when full).")
-    sample_on: str = option("auto", "Where tokens are drawn: host (numpy, from the logits), device (llama.cpp's sampler "
-                                    "chain inside the decode graph), auto (device when the output layer is on a GPU).",
-                            check=one_of("auto", "host", "device"))
+    sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
+                                    "chain inside the decode graph; slower on an H200, see the README).",
+                            check=one_of("host", "device"))
 
 
 MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes

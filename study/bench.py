@@ -53,7 +53,7 @@ def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: Sampli
 
 def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
                  n_gpu_layers: int = 0, modes: dict[str, SamplingParams] | None = None,
-                 sample_on: tuple[str, ...] = ("auto",)) -> tuple[dict, dict]:
+                 sample_on: tuple[str, ...] = ("host",)) -> tuple[dict, dict]:
     """({mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...]}}}, {mode: where its tokens were
     drawn}) for each concurrency N, after one warm-up; the modes (default greedy only) alternate
     within each repetition. With several `sample_on` values (one engine each, e.g. "host" and
@@ -130,7 +130,7 @@ def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: l
 
 def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128, n_gen: int = 128,
                  flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None, n_gpu_layers: int = 0,
-                 sampled: SamplingParams | None = None, sample_on: tuple[str, ...] = ("auto",)) -> dict:
+                 sampled: SamplingParams | None = None, sample_on: tuple[str, ...] = ("host",)) -> dict:
     """Our figures per mode (greedy, and with `sampled` the study's sampling; each under every
     `sample_on` value), where each mode's tokens were drawn, and with reference_dir the reference
     tools' figures and, per mode, the ratios (ours / theirs)."""

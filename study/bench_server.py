@@ -57,7 +57,7 @@ SIDES = (  # (key, label, backend, server_default_samplers, server_backend_sampl
     ("server_same_graph", "llama-server, same sampling, drawn in its graph", "openai", False, True),
 )
 GPU_ONLY_SIDES = ("server_same_graph",)  # llama-server's backend_sampling: for an output layer on a GPU (the in-process
-                                         # engine's sample_on 'auto' draws there too; see backends/llama_cpp.py)
+                                         # engine's counterpart is sample_on 'device'; see backends/llama_cpp.py)
 DEFAULT_EXTRAS = ("top_k", "min_p", "repeat_penalty", "typical_p", "xtc_probability", "dry_multiplier", "top_n_sigma")
 
 

@@ -268,9 +268,8 @@ def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
 
 
 def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
-    """auto draws on the host when no layer is on a GPU (this machine); device is refused with
-    speculative decoding, and on a CPU output layer with more than one thread; a bad value
-    names the values."""
+    """host is the default; device is refused with speculative decoding, and on a CPU output
+    layer with more than one thread; a bad value names the values."""
     assert engine.sample_on == "host" and engine.info().sample_on == "host"
     with pytest.raises(UserError, match="threads = 1 only"):
         llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2,
@@ -278,5 +277,5 @@ def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
     with pytest.raises(UserError, match="sample_on 'device': speculative"):
         llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS,
                                                                     sample_on="device", speculative="ngram"))
-    with pytest.raises(UserError, match="must be one of auto, host, device"):
+    with pytest.raises(UserError, match="must be one of host, device"):
         LlamaCppOptions(sample_on="gpu")

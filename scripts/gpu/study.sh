@@ -7,7 +7,7 @@
 # Usage: bash scripts/gpu/study.sh STEP RESULTS_DIR
 #   bench          rllm-study bench engine at 1, 8, 32 and 64 sequences, greedy and with the
 #                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), each with
-#                  tokens drawn on the host and on the device (--sample-on host,auto), against
+#                  tokens drawn on the host and on the device (--sample-on host,device), against
 #                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
 #   server         rllm-study bench server: the realworld workload (64 GSM8K requests, Gamma arrivals at
 #                  4 requests/s, CV 2, 256 tokens) in process and through llama-server -np 32 from $TOOLS
@@ -38,7 +38,7 @@ mkdir -p "$results"
 case "$step" in
   bench)
     mkdir -p "$results/bench"
-    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on host,auto "${gpu[@]}" \
+    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on host,device "${gpu[@]}" \
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;

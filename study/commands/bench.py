@@ -49,8 +49,8 @@ def engine_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write the result as JSON to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     n_gpu_layers: opt.flag("n_gpu_layers") = 0,
-    sample_on: Annotated[str, typer.Option("--sample-on", help="Where tokens are drawn (auto, host, device); a comma "
-                                           "list measures each, e.g. host,device on a GPU.")] = "auto",
+    sample_on: Annotated[str, typer.Option("--sample-on", help="Where tokens are drawn (host, device); a comma "
+                                           "list measures each, e.g. host,device on a GPU.")] = "host",
 ) -> None:
     """Decode tokens/s at each number of concurrent sequences, greedy and with the study's sampling;
     with --reference-dir, llama.cpp's figures and the ratios (the metric decode_vs_reference)."""
