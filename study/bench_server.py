@@ -24,7 +24,9 @@ recorded exactly as in a study) and measured by `rllm_study.metrics.cell_metrics
 Each side's results are a study's cell folder, OUT/<side>/<cell>/ (`summarize`, `report` read them).
 Figures per side (metrics' names): goodput_req_s with k of n (k = requests meeting every SLO =
 goodput_req_s x duration_s, n = completed requests), e2el_s p50/p90 with its count, output_tok_s
-with the number of requests and their output tokens (output_tok_s x duration_s). Ratios in-process /
+with the number of requests and their output tokens (output_tok_s x duration_s), and the gap check
+finish_gap_p90_ratio (token gaps that span another request's finish against the others, with
+both counts; 1.0 when a finish costs the others nothing). Ratios in-process /
 llama-server with their 95% bootstrap intervals: `bench_server_ratio`; the goodput ratio at the
 same sampling is checked against TARGET (met / missed / inconclusive, as stats.Condition settles it).
 
@@ -241,7 +243,7 @@ def figures(m: dict) -> dict:
 
 def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Path | None, console) -> dict:
     """Run the three sides (module docstring) into out_dir/<side>/ and return the JSON result."""
-    from rllm_study.metrics import cell_metrics, request_metrics
+    from rllm_study.metrics import cell_metrics, finish_gaps, request_metrics
     from rllm_study.results import read_cell
     from rllm_study.runner import run_study
     from rllm_study.spec import expand
@@ -268,11 +270,14 @@ def bench_server(spec: dict, out_dir: Path, base_url: str | None, server_bin: Pa
             (cell_dir,) = run_study(expand(side, f"bench server {key}"), side, Path(out_dir) / key, console)
             data = read_cell(cell_dir)
             rows[key] = (request_metrics(data), cell_metrics(data)["throughput"]["duration_s"])
+            gaps = finish_gaps(data)
             engine = data.manifest.get("engine", {})
             result["sides"][key] = {"label": label, "backend": backend, "cell": cell_dir.name,
                                     "extra_samplers": engine.get("extra_samplers", "none: top-p, temperature"),
                                     "build": (engine.get("llama_server") or {}).get("build_info") or engine.get("llama_cpp_python"),
-                                    **figures(cell_metrics(data, (50, 90), cell.slo or None))}
+                                    **figures(cell_metrics(data, (50, 90), cell.slo or None)),
+                                    "finish_gaps": {"p90_ratio": gaps["ratio"], "n_spanning": gaps["spanning"]["count"],
+                                                    "n_other": gaps["other"]["count"]}}
     ours = rows["in_process"]
     result["ratios"] = {}
     for key, *_ in sides[1:]:
@@ -303,7 +308,8 @@ def table(result: dict):
                      f"top-p {w['top_p']}, a seed per request; SLO {w['slo'] or 'none'}; "
                      f"llama-server's default samplers: {defaults}"), title_justify="left")
     for header in ("side (extra samplers)", "goodput req/s\n(k of n met SLO)", "E2EL p50 s\n(n)", "E2EL p90 s\n(n)",
-                   "output tok/s\n(tokens, n req)", "arrivals req/s, CV\n(realised)"):
+                   "output tok/s\n(tokens, n req)", "arrivals req/s, CV\n(realised)",
+                   "finish-gap p90 ratio\n(n spanning / other)"):
         t.add_column(header, justify="left" if header.startswith("side") else "right")
     for side in sides.values():
         e2el = side["e2el_s"]
@@ -311,10 +317,12 @@ def table(result: dict):
                   f"{_num(side['goodput_req_s'], '{:.3f}')}\n({side['meeting_slo']} of {side['completed']})",
                   f"{_num(e2el['p50'])}\n(n={e2el['count']})", f"{_num(e2el['p90'])}\n(n={e2el['count']})",
                   f"{_num(side['output_tok_s'], '{:.1f}')}\n({side['output_tokens']}, n={side['n_requests']})",
-                  f"{_num(side['arrival_rate'])}, {_num(side['arrival_cv'])}")
+                  f"{_num(side['arrival_rate'])}, {_num(side['arrival_cv'])}",
+                  f"{_num(side['finish_gaps']['p90_ratio'], '{:.3f}')}\n({side['finish_gaps']['n_spanning']} / "
+                  f"{side['finish_gaps']['n_other']})")
     for key, r in result["ratios"].items():
         t.add_row(f"ratio in-process / {sides[key]['label']}\n(95% interval, n per side)",
-                  *(_ratio_cell(r[name]) for name in RATIO_FIGURES), "", style="bold")
+                  *(_ratio_cell(r[name]) for name in RATIO_FIGURES), "", "", style="bold")
     target = result.get("target")
     if target:
         more = f", about {target['needed_requests']} requests per side would settle it" if target["needed_requests"] else ""

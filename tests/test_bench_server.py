@@ -54,6 +54,8 @@ def test_side_by_side_starts_and_stops_llama_server(tmp_path):
         assert side["arrival_rate"] == pytest.approx(4.0) and side["arrival_cv"] == pytest.approx(sides["in_process"]["arrival_cv"])
         assert 0 <= side["meeting_slo"] <= 5 and side["output_tokens"] > 0
         assert side["e2el_s"]["p50"] <= side["e2el_s"]["p90"]
+        gaps = side["finish_gaps"]  # the gap check: 5 requests of up to 16 tokens, both kinds of gap present
+        assert gaps["n_spanning"] > 0 and gaps["n_other"] > 0 and gaps["p90_ratio"] > 0
     ours = sides["in_process"]
     for key in ("server_same", "server_defaults"):
         r, theirs = result["ratios"][key], sides[key]  # the ratios' estimates are the sides' figures

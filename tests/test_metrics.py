@@ -387,3 +387,28 @@ def test_realised_arrival_rate_and_cv_pool_sessions(tmp_path):
     one = cell_metrics(write_cell(tmp_path / "one", [s1[:1]]))["arrivals"]
     assert one == {"rate": None, "cv": None}                     # one arrival: no gap
     assert {"arrival_rate", "arrival_cv"} <= set(METRICS)
+
+
+def test_finish_gaps_split_every_gap_of_a_published_cell():
+    """finish_gap_p90_ratio on a real cell (the H200 run of the pilot's GSM8K reasoning cell): every
+    gap between consecutive tokens of a completed request is in exactly one of the two kinds, a
+    gap spans a finish iff another request finished inside it, and the ratio is the p90s' ratio."""
+    import numpy as np
+
+    from rllm_study.metrics import _tokens_of, finish_gaps
+    from rllm_study.results import read_cell
+
+    root = Path(__file__).parent.parent / "reports" / "gpu-h200" / "pilot-1.5b"
+    cell = read_cell(next(root.glob("*gsm8k__reasoning*")))
+    g = finish_gaps(cell)
+    done = [r for r in cell.requests if r.get("finish_reason") in ("stop", "length")]
+    ends = sorted(r["finish_s"] for r in done)
+    spanning = other = 0
+    for r in done:
+        times = _tokens_of(cell, r["id"])[0]
+        for a, b in zip(times, times[1:]):
+            inside = any(a <= e < b for e in ends if e != r["finish_s"])
+            spanning, other = spanning + inside, other + (not inside)
+    assert (g["spanning"]["count"], g["other"]["count"]) == (spanning, other) and spanning > 0
+    assert g["ratio"] == pytest.approx(g["spanning"]["p90"] / g["other"]["p90"])
+    assert np.isfinite(g["ratio"])

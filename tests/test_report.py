@@ -500,3 +500,14 @@ def test_two_runs_never_settle_opposite_verdicts(tmp_path, raw, seeds):
             assert not {REPRODUCED, NOT_REPRODUCED} <= set(seen.values()), (seed, key, seen)
             settled += any(s in (REPRODUCED, NOT_REPRODUCED) for s in seen.values())
     assert settled > 0, "no claim settled in any stand-in run: the check would pass vacuously"
+
+
+def test_title_names_the_gpu_for_offloaded_cells_and_the_cpu_otherwise():
+    """Published runs: the H200 pilot's cells had every layer on the GPU, the CPU run's none."""
+    from rllm_study.report.build import _title
+
+    root = Path(__file__).parent.parent / "reports"
+    gpu = load_cells([next((root / "gpu-h200" / "pilot-1.5b").iterdir())])
+    assert _title(gpu) == "rllm-study report: pilot on NVIDIA H200 (140 GiB)"
+    cpu = load_cells([next(p for p in (root / "cpu-2core" / "pilot").iterdir() if p.is_dir() and p.name != "report")])
+    assert "H200" not in _title(cpu) and _title(cpu).startswith("rllm-study report: pilot on ")

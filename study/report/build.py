@@ -439,9 +439,15 @@ def metrics_appendix() -> Section:
 
 
 def _title(cells: list[CellData]) -> str:
+    """The studies and where they ran: the GPU for cells with layers offloaded to one, else the CPU."""
     studies = ", ".join(dict.fromkeys(c.study for c in cells))
-    cpus = ", ".join(dict.fromkeys(fingerprint(c.cell.manifest)["CPU"] for c in cells))
-    return f"rllm-study report: {studies} on {cpus}"
+
+    def machine(c: CellData) -> str:
+        fp = fingerprint(c.cell.manifest)
+        offloaded = ((c.cell.manifest.get("engine") or {}).get("context") or {}).get("n_gpu_layers")
+        return fp["GPUs"] if offloaded and fp["GPUs"] != "none" else fp["CPU"]
+
+    return f"rllm-study report: {studies} on {', '.join(dict.fromkeys(machine(c) for c in cells))}"
 
 
 def build_report(cells: list[CellData], sources: list[str]) -> Document:
