@@ -511,3 +511,13 @@ def test_title_names_the_gpu_for_offloaded_cells_and_the_cpu_otherwise():
     assert _title(gpu) == "rllm-study report: pilot on NVIDIA H200 (140 GiB)"
     cpu = load_cells([next(p for p in (root / "cpu-2core" / "pilot").iterdir() if p.is_dir() and p.name != "report")])
     assert "H200" not in _title(cpu) and _title(cpu).startswith("rllm-study report: pilot on ")
+
+
+def test_labels_of_direct_cells_say_they_have_no_think_budget():
+    """A published run mixing reasoning cells (think budget 480) and direct ones (none)."""
+    from rllm_study.report.cells import varying_label
+
+    cells = load_cells([Path(__file__).parent.parent / "reports" / "gpu-h200" / "pilot-1.5b"])
+    labels = [varying_label(cells, c) for c in cells]
+    assert not any("None" in label for label in labels)
+    assert {("no think budget" in label) for label in labels} == {True, False}

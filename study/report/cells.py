@@ -282,7 +282,7 @@ def varying_label(cells: list[CellData], cell: CellData) -> str:
     shown = {
         "model": lambda c: c.spec.get("model"), "variant": lambda c: c.variant, "dataset": lambda c: c.dataset,
         "prompt_mode": lambda c: c.mode, "max_tokens": lambda c: f"budget {c.budget}",
-        "think_budget": lambda c: f"think budget {c.think_budget}",
+        "think_budget": lambda c: "no think budget" if c.think_budget is None else f"think budget {c.think_budget}",
         "workload": lambda c: c.workload_name, "repeat": lambda c: f"repeat {c.spec.get('repeat', 0)}",
     }
     parts = [str(get(cell)) for get in shown.values() if len({str(get(c)) for c in cells}) > 1]
