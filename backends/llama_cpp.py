@@ -442,7 +442,7 @@ class LlamaCppEngine:
                 draft_model.close()
             self.model.close()
             raise
-        self.sample_on = self._where_to_sample(options.sample_on, spec_method)
+        self._check_sample_on(spec_method)
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
@@ -542,7 +542,7 @@ class LlamaCppEngine:
                 "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
                 "batch_invariant": o.batch_invariant,
             },
-            sample_on=self.sample_on,
+            sample_on=o.sample_on,
             kv_bytes_per_token=self.model.kv_bytes_per_token(o.type_k, o.type_v),
             prefix_cache={"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
             speculative={**self.drafter.info(), "spec_tokens": o.speculative_tokens} if self.drafter else None,
@@ -570,12 +570,12 @@ class LlamaCppEngine:
             self.ctx = None
         self.model.close()
 
-    def _where_to_sample(self, asked: str, spec_method: str | None) -> str:
-        """`sample_on` checked against the context (see "Where tokens are drawn" in the module
-        docstring): device needs no speculative decoding, a context that takes a sampler chain,
-        and, with the output layer on the CPU, one thread."""
-        if asked == "host":
-            return "host"
+    def _check_sample_on(self, spec_method: str | None) -> None:
+        """sample_on "device" checked against the context (see "Where tokens are drawn" in the module
+        docstring): it needs no speculative decoding, a context that takes a sampler chain, and,
+        with the output layer on the CPU, one thread."""
+        if self.options.sample_on == "host":
+            return
         if spec_method:
             raise UserError("sample_on 'device': speculative decoding samples several positions of a sequence per step "
                             "on the host; use sample_on 'host' with speculative decoding")
@@ -594,7 +594,6 @@ class LlamaCppEngine:
         if not took:
             raise UserError(f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
                             "use sample_on 'host'")
-        return "device"
 
     def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
         """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
@@ -626,7 +625,7 @@ class LlamaCppEngine:
             if not seq.admitted:
                 seq.admitted = True
                 try:
-                    if seq.request.grammar or self.sample_on == "device":
+                    if seq.request.grammar or self.options.sample_on == "device":
                         seq.sampler = make_sampler(self.model, seq.request)
                         seq.on_device = not seq.request.grammar
                 except UserError as err:

@@ -53,17 +53,16 @@ def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: Sampli
 
 def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
                  n_gpu_layers: int = 0, modes: dict[str, SamplingParams] | None = None,
-                 sample_on: tuple[str, ...] = ("host",)) -> tuple[dict, dict]:
-    """({mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...]}}}, {mode: where its tokens were
-    drawn}) for each concurrency N, after one warm-up; the modes (default greedy only) alternate
-    within each repetition. With several `sample_on` values (one engine each, e.g. "host" and
-    "device" on a GPU) each mode is measured under each, named "MODE/WHERE"."""
+                 sample_on: tuple[str, ...] = ("host",)) -> dict:
+    """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...]}}} for each concurrency N, after one
+    warm-up; the modes (default greedy only) alternate within each repetition. With several
+    `sample_on` values (one engine each, e.g. "host" and "device" on a GPU) each mode is measured
+    under each, named "MODE/WHERE"."""
     from rllm_study.backends.llama_cpp import LlamaCppEngine
 
     modes = modes or {"greedy": GREEDY}
     named = {(mode, where): mode if len(sample_on) == 1 else f"{mode}/{where}" for where in sample_on for mode in modes}
     results: dict[str, dict] = {name: {} for name in named.values()}
-    drawn: dict[str, str] = {}
     for n in seqs:
         engines = {}
         runs: dict[str, list[float]] = {name: [] for name in named.values()}
@@ -77,13 +76,12 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
             for _ in range(reps):
                 for (mode, where), name in named.items():
                     runs[name].append(decode_rate(engines[where], n, n_prompt, n_gen, modes[mode]))
-                    drawn[name] = engines[where].sample_on
         finally:
             for engine in engines.values():
                 engine.close()
         for name, values in runs.items():
             results[name][n] = {"mean": statistics.fmean(values), "stdev": statistics.pstdev(values), "runs": values}
-    return results, drawn
+    return results
 
 
 def _tool_ngl(n_gpu_layers: int) -> int:
@@ -138,12 +136,12 @@ def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128,
 
     ref = resolve_model(model)
     modes = {"greedy": GREEDY, **({"sampled": sampled} if sampled is not None else {})}
-    ours, drawn = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on)
+    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on)
     result = {"model": ref.name, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "flash_attn": flash_attn,
               "n_gpu_layers": n_gpu_layers, "seqs": seqs,
               "sampling": {mode: {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "order": s.order,
                                   "seeds": "request i: seed i"} for mode, s in modes.items()},
-              "sample_on": drawn,
+              "sample_on": list(sample_on),
               "ours": ours}
     if reference_dir is not None:
         bench_tg = measure_llama_bench(reference_dir, ref.path, threads, n_gen, flash_attn, reps, n_gpu_layers)

@@ -720,8 +720,8 @@ def tokens_per_j(ctx: _Context) -> float | None:
 @metric("avg_power_w", "W", "energy_j / sum over measured sessions of their last sample's t_s", section="energy")
 def avg_power(ctx: _Context) -> float | None:
     """Average power drawn by the measured parts while the cell ran; None when not measured."""
-    sessions = _measured_sessions(ctx)
-    return _ratio(sum(j for j, _ in sessions.values()), sum(t for _, t in sessions.values())) if sessions else None
+    joules = energy(ctx)
+    return None if joules is None else _ratio(joules, sum(t for _, t in _measured_sessions(ctx).values()))
 
 
 @metric("prefix_hit_rate", "fraction", "requests with cached_tokens > 0 / all requests", section="techniques")

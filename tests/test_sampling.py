@@ -224,7 +224,7 @@ def test_device_draws_follow_the_exact_distribution(engine, device_engine, monke
     the presets' temperature 0.6 and top-p 0.95) against exact_probs of that position's logits:
     no draw outside the nucleus (51 tokens temperature-first, 1,420 top-p-first), and a
     chi-square over the tokens expected 10+ times plus the rest of the nucleus."""
-    assert device_engine.sample_on == "device" and device_engine.info().sample_on == "device"
+    assert device_engine.info().sample_on == "device"
     probs = exact_probs(_first_token_logits(engine, monkeypatch), 0.6, 0.95, 0, order)
     draws = 512
     sp = SamplingParams(max_tokens=1, temperature=0.6, top_p=0.95, order=order)
@@ -260,7 +260,6 @@ def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
         finally:
             eng.close()
     for i, r in enumerate(requests):
-        assert len(runs["device"][r.id]) == r.sampling.max_tokens or runs["device"][r.id][-1] == 2
         if i % 2 == 0:
             assert runs["device"][r.id] == runs["host"][r.id], r.id
     r1, r7 = runs["device"]["r1"], runs["device"]["r7"]  # both seed 1: the same draws while both run
@@ -270,7 +269,7 @@ def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
 def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
     """host is the default; device is refused with speculative decoding, and on a CPU output
     layer with more than one thread; a bad value names the values."""
-    assert engine.sample_on == "host" and engine.info().sample_on == "host"
+    assert engine.info().sample_on == "host"
     with pytest.raises(UserError, match="threads = 1 only"):
         llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2,
                                                                     sample_on="device"))

@@ -80,6 +80,7 @@ def engine_cmd(
         return
     ref = result.get("reference", {})
     table = Table(title=f"decode tokens/s (decode_tok_s): {result['model']}, {threads} threads, n_gpu_layers={n_gpu_layers}, "
+                        f"tokens drawn on: {', '.join(result['sample_on'])}, "
                         f"pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}, n = {reps} runs per cell")
     for col in ("sequences", "mode", "ours (mean ± sd)", "reference", "ratio"):
         table.add_column(col, justify="right")
@@ -87,7 +88,7 @@ def engine_cmd(
         for n, r in by_n.items():
             theirs = (ref.get("llama_bench_tg") if n == 1 else None) or ref.get("batched_bench_s_tg", {}).get(n)
             name = "llama-bench tg" if n == 1 and "llama_bench_tg" in ref else "batched-bench S_TG"
-            table.add_row(str(n), f"{mode} ({result['sample_on'][mode]})", f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
+            table.add_row(str(n), mode, f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
                           "-" if theirs is None else f"{r['mean'] / theirs:.3f}")
     Console().print(table)
     for mode, by_n in result["ours"].items():
