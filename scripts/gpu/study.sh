@@ -23,7 +23,8 @@
 #                  $BUDGETS (default [512,1024]) and synchronous batches of $BATCH (default 32)
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
 # llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
-# server and the quick steps; default qwen2.5-coder-0.5b).
+# server and the quick steps; default qwen2.5-coder-0.5b), SAMPLE_ON (bench: where tokens are drawn,
+# default host,device).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,7 +39,7 @@ mkdir -p "$results"
 case "$step" in
   bench)
     mkdir -p "$results/bench"
-    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on host,device "${gpu[@]}" \
+    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on "${SAMPLE_ON:-host,device}" "${gpu[@]}" \
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;
