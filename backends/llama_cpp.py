@@ -30,8 +30,7 @@ lack of room; requests wait.
 
 Where tokens are drawn (`sample_on`). "host": every request's logits are copied off the device
 and the token is drawn in numpy (`rllm_study.backends.sampling`; a grammar request through its
-llama.cpp chain); a step's rows are split over `sample_threads` threads, each row drawn whole
-from its request's own generator, so the tokens do not depend on the thread count. "device": a request without a grammar gets a llama.cpp sampler chain of the
+llama.cpp chain). "device": a request without a grammar gets a llama.cpp sampler chain of the
 same distribution (`make_sampler`: temperature and top-p in the request's order, exact: a full
 sort of the row, no implicit top-k) registered for its sequence id (`llama_set_sampler`); the
 draw is part of the decode graph, on the device holding the output layer, and no logits leave
@@ -65,7 +64,6 @@ import heapq
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -106,7 +104,6 @@ KV_TYPES = {
     "q4_0": (lc.GGML_TYPE_Q4_0, 18 / 32),
 }
 FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
-MAX_SAMPLE_THREADS = 8  # default cap of sample_threads: a step's rows rarely keep more busy
 
 _log_tail: deque[str] = deque(maxlen=30)
 
@@ -418,11 +415,9 @@ class LlamaCppEngine:
             flash = True if options.type_v not in ("f16", "f32", "bf16") or spec_method or batch_invariant else None
         if flash is False and options.type_v not in ("f16", "f32", "bf16"):
             raise UserError(f"type_v={options.type_v}: a quantized V cache needs flash attention; drop flash_attn=false")
-        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        n_threads = options.n_threads or cores
-        sample_threads = options.sample_threads or min(cores, MAX_SAMPLE_THREADS)
+        n_threads = options.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
-        self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash, sample_threads=sample_threads)
+        self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
         self.model = LlamaModel(self.ref.path, options.n_gpu_layers, not batch_invariant)
         self.ctx = self.drafter = draft_model = None
         try:
@@ -448,8 +443,6 @@ class LlamaCppEngine:
             self.model.close()
             raise
         self._check_sample_on(spec_method)
-        # Host draws of one step, spread over threads (see "Where tokens are drawn"); None: one thread.
-        self._draw_pool = ThreadPoolExecutor(sample_threads, "rllm-draw") if sample_threads > 1 else None
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
@@ -547,7 +540,7 @@ class LlamaCppEngine:
                 "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
                 "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
                 "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
-                "batch_invariant": o.batch_invariant, "sample_threads": o.sample_threads,
+                "batch_invariant": o.batch_invariant,
             },
             sample_on=o.sample_on,
             kv_bytes_per_token=self.model.kv_bytes_per_token(o.type_k, o.type_v),
@@ -562,9 +555,6 @@ class LlamaCppEngine:
         return len(self.model.tokenize(text))
 
     def close(self) -> None:
-        if self._draw_pool is not None:
-            self._draw_pool.shutdown()
-            self._draw_pool = None
         for seq in self.running:
             self._bind_sampler(seq, None)
         for seq in self.running + list(self.waiting):
@@ -775,13 +765,12 @@ class LlamaCppEngine:
         if prefill_only:
             self.prefill_only_s += time.perf_counter() - t0
             self.prefill_only_tokens += self.batch.n_tokens
-        drawn = self._draw_on_host([(seq, out) for seq, _, out, draft in plan if out >= 0 and not draft])
         for seq, fed, out, draft in plan:
             seq.n_past += fed
             del seq.pending[:fed]
             if out < 0:
                 continue
-            token = drawn[seq.seq_id] if seq.seq_id in drawn else self._sample(seq, out)
+            token = self._sample(seq, out)
             t_ns = time.perf_counter_ns()
             if not seq.prefilled:
                 seq.prefilled = True
@@ -789,29 +778,6 @@ class LlamaCppEngine:
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
             self._emit(seq, token, t_ns, out, draft)
-
-    def _draw_on_host(self, rows: list[tuple[Sequence, int]]) -> dict[int, int]:
-        """Sequence id -> token for the step's rows drawn by `sampling.sample` (no chain, not on the
-        device), split into one contiguous share per draw thread. Each row is drawn whole by one
-        thread from its request's own generator, so the tokens are those of a serial loop."""
-        work = [(seq, self._logits(index)) for seq, index in rows if seq.sampler is None and not seq.on_device]
-        if self._draw_pool is None or len(work) < 2:
-            return {seq.seq_id: self._draw(seq, logits) for seq, logits in work}
-        share = -(-len(work) // self.options.sample_threads)
-        parts = [work[i:i + share] for i in range(0, len(work), share)]
-        drawn = {}
-        for part in self._draw_pool.map(lambda rows: [(seq.seq_id, self._draw(seq, logits)) for seq, logits in rows], parts):
-            drawn.update(part)
-        return drawn
-
-    def _logits(self, index: int) -> np.ndarray:
-        """The logits of batch output `index`, a view of llama.cpp's buffer (valid until the next decode)."""
-        return np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
-
-    @staticmethod
-    def _draw(seq: Sequence, logits: np.ndarray) -> int:
-        s = seq.request.sampling
-        return sample(logits, s.temperature, s.top_p, s.top_k, s.order, seq.rng)
 
     def _sample(self, seq: Sequence, index: int) -> int:
         """The next token at batch output `index`: the decode graph's draw for a sequence drawing on
@@ -825,7 +791,9 @@ class LlamaCppEngine:
             return token
         if seq.sampler is not None:
             return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
-        return self._draw(seq, self._logits(index))
+        s = seq.request.sampling
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
+        return sample(logits, s.temperature, s.top_p, s.top_k, s.order, seq.rng)
 
     def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the

@@ -183,9 +183,6 @@ class LlamaCppOptions(CommonOptions):
     sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
                                     "chain inside the decode graph; slower on an H200, see the README).",
                             check=one_of("host", "device"))
-    sample_threads: int | None = option(None, "Threads that draw a step's host-sampled rows, each row whole on one thread "
-                                              "(default: physical cores, at most 8). The tokens do not depend on it.",
-                                        check=at_least(1))
 
 
 MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes

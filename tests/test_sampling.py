@@ -173,27 +173,6 @@ def test_engine_order_changes_the_draws_and_grammar_keeps_its_chain(engine):
     assert engine.model.detokenize([t for t in out["g"] if not engine.model.is_eog(t)]) in ("yes", "no")
 
 
-def test_engine_tokens_do_not_depend_on_the_draw_threads(engine, smollm2_path):
-    """A step's host rows drawn on 3 threads give the tokens of one thread: each row is drawn whole
-    from its own request's generator (greedy, both orders and top-k mixed in one batch)."""
-    prompt = chat(engine, "Write a sentence about rain.")
-    sps = [SamplingParams(max_tokens=20, temperature=0.6, top_p=0.95, seed=s) for s in range(3)]
-    sps += [SamplingParams(max_tokens=20, temperature=0.0), SamplingParams(max_tokens=20, temperature=0.9, top_k=20, seed=7),
-            SamplingParams(max_tokens=20, temperature=0.6, top_p=0.9, order=TOP_P_FIRST, seed=8)]
-    requests = [Request(f"r{i}", prompt, sp) for i, sp in enumerate(sps)]
-    out = {}
-    for threads in (1, 3):
-        eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=6, ctx_per_seq=256, n_threads=THREADS,
-                                                                           sample_threads=threads))
-        try:
-            assert eng.info().context["sample_threads"] == threads
-            out[threads] = _run(eng, requests)
-        finally:
-            eng.close()
-    assert out[1] == out[3]
-    assert len({tuple(t) for t in out[1].values()}) > 2  # the seeds and settings gave different texts
-
-
 @pytest.mark.parametrize("bad", [SamplingParams(order="top_p_last"), SamplingParams(top_k=-1)])
 def test_engine_refuses_bad_order_or_top_k(engine, bad):
     with pytest.raises(UserError, match="order one of"):
