@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CLI, REPO, THREADS, run_cli
 from rllm_study.errors import UserError
-from rllm_study.results import LOCK, REQUESTS, TOKENS, CellWriter, FolderLock, ResultsWriteError, read_jsonl
+from rllm_study.results import LOCK, PACKED, REQUESTS, TOKENS, CellWriter, FolderLock, ResultsWriteError, read_jsonl
 
 TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[8]", "--set", "prompt_modes=['direct']"]
 
@@ -256,3 +256,35 @@ def test_context_is_sized_for_the_longest_prompt(tmp_path, smollm2_path):
     assert "ok: 1 cells checked" in done.stderr
     done = run_cli("run", spec, "-t", str(THREADS), "--out", tmp_path / "out", "--dry-run", "--set", "engine.ctx_per_seq=1024")
     _one_line_error(done, "has a", "a sequence holds 1023", "set engine.ctx_per_seq >= ")
+
+
+def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
+    """`pack` on a published cell: tokens.jsonl and timeline.jsonl become .gz files, every summary
+    metric, token and timeline line reads back the same, and a resumed cell appends beside the
+    packed files."""
+    import shutil
+
+    from rllm_study.report.cells import load_cells
+    from rllm_study.results import read_cell
+
+    src = next(p for p in sorted((REPO / "reports" / "gpu-h200" / "pilot-1.5b").iterdir()) if (p / "manifest.json").exists())
+    cell_dir = tmp_path / "run" / src.name
+    shutil.copytree(src, cell_dir)
+    for name in PACKED:  # the published cell is packed: write its plain files back first
+        (cell_dir / name).write_text("".join(json.dumps(row) + "\n" for row in read_jsonl(cell_dir / name)))
+        (cell_dir / (name + ".gz")).unlink()
+    before, [loaded] = read_cell(cell_dir), load_cells([cell_dir])
+    assert before.tokens and before.timeline and loaded.rows
+    done = run_cli("pack", tmp_path / "run")
+    assert done.returncode == 0 and "packed 1 of 1 cells" in done.stdout, done.stderr
+    for name in PACKED:
+        assert not (cell_dir / name).exists() and (cell_dir / (name + ".gz")).exists()
+    after = read_cell(cell_dir)
+    assert after.tokens == before.tokens and after.requests == before.requests and after.timeline == before.timeline
+    [again] = load_cells([cell_dir])
+    assert again.metrics == loaded.metrics and again.rows == loaded.rows
+    w = CellWriter(cell_dir)  # a resume: new lines go to a plain tokens.jsonl, read after the packed ones
+    w.write_request({"id": "extra"}, {"id": "extra", "t_s": [0.5]})
+    w.close()
+    assert set(read_cell(cell_dir).tokens) == set(before.tokens) | {"extra"}
+    assert run_cli("pack", tmp_path / "run").returncode == 0 and set(read_cell(cell_dir).tokens) == set(before.tokens) | {"extra"}

@@ -7,6 +7,7 @@ from rllm_study.commands import models
 from rllm_study.commands import metrics
 from rllm_study.commands import report
 from rllm_study.commands import regrade
+from rllm_study.commands import pack
 from rllm_study.commands import datasets
 from rllm_study.commands import schedule
 
@@ -18,6 +19,7 @@ ALL = [
     metrics.register,
     report.register,
     regrade.register,
+    pack.register,
     datasets.register,
     schedule.register,
 ]
