@@ -20,10 +20,9 @@ maximum weighs 1, so together they weigh less than V e^-d = (1 - p) / p <= (1 - 
 hence Z_C >= p Z: the candidates C = {l >= M - d / s} hold at least p of the mass and so contain
 N. The few tokens within 4 nats of the maximum (l >= M - 4 / s) are tried first: when they
 already hold p of Z, N is among them. So the work per row is five vectorised passes over the
-vocabulary (about 0.2 ms at V = 152k on one x86 core) and a sort of a few candidates, instead of
+vocabulary (measured in the README's engine notes) and a sort of a few candidates, instead of
 the n_vocab-entry candidate array (one struct per token) that llama.cpp's sampler chain builds
-and sorts per sequence per token. Rows are independent: the engine spreads a step's rows over
-threads (numpy releases the GIL inside each pass).
+and sorts per sequence per token.
 
 Randomness: one `numpy.random.Generator(PCG64(seed))` per request, one uniform draw per
 sampled token, so the same seed and the same logits give the same tokens.
