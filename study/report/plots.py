@@ -252,8 +252,9 @@ def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
 
 @figure
 def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | None]]) -> Figure:
-    """One point per (variant, group), named: x output tokens/s (from 0), y accuracy; colour by
-    variant, marker by group. `points`: (variant, group label, output tok/s, accuracy fraction)."""
+    """One point per (variant, group), named: x output tokens/s (from 0), y lenient accuracy (the
+    grade the claims decide on); colour by variant, marker by group. `points`: (variant, group
+    label, output tok/s, lenient accuracy fraction)."""
     variants = list(dict.fromkeys(p[0] for p in points))
     groups = list(dict.fromkeys(p[1] for p in points))
     markers = "osD^v<>P*X"
@@ -272,7 +273,7 @@ def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | No
     top = max([p[2] for p in points if p[2] is not None] + [1.0])
     ax.set_xlim(0, top * 1.15)
     ax.set_xlabel("output tokens/s")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy, lenient (%)")
     ax.set_ylim(-3, 103)
     ax.set_title("accuracy against throughput (up and right is better)")
     return fig
