@@ -46,6 +46,7 @@ import json
 import os
 import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -209,7 +210,12 @@ def read_jsonl(path: Path) -> list[dict]:
     the file and line."""
     path = Path(path)
     packed = path.with_name(path.name + ".gz")
-    rows = _read_lines(packed, gzip.open) if packed.exists() else []
+    rows = []
+    if packed.exists():
+        try:
+            rows = _read_lines(packed, gzip.open)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise UserError(f"{packed}: not a complete gzip file ({err}); restore it from where it was published") from None
     return rows + (_read_lines(path, open) if path.exists() else [])
 
 

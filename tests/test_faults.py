@@ -288,3 +288,7 @@ def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
     w.close()
     assert set(read_cell(cell_dir).tokens) == set(before.tokens) | {"extra"}
     assert run_cli("pack", tmp_path / "run").returncode == 0 and set(read_cell(cell_dir).tokens) == set(before.tokens) | {"extra"}
+    with FolderLock(tmp_path / "run"):  # a run writing the folder: refused in one line, nothing packed
+        _one_line_error(run_cli("pack", tmp_path / "run"), "is being written by pid")
+    (cell_dir / (TOKENS + ".gz")).write_bytes(b"\x1f\x8b\x08\x00 cut")  # a damaged packed file: one line, exit 2
+    _one_line_error(run_cli("summarize", tmp_path / "run"), "not a complete gzip file")

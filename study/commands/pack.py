@@ -7,7 +7,7 @@ from typing import Annotated, List
 
 import typer
 
-from rllm_study.results import cells_in, pack_cell
+from rllm_study.results import FolderLock, cells_in, pack_cell
 
 
 def pack(
@@ -15,13 +15,15 @@ def pack(
 ) -> None:
     """Gzip each cell's tokens.jsonl and timeline.jsonl into NAME.gz (most of a results folder's
     size); every command reads a packed file as it read the plain one, and a resumed cell appends
-    to a new plain file beside it. requests.jsonl stays as it is. Do not run it on a folder a run
-    is writing."""
+    to a new plain file beside it. requests.jsonl stays as it is. Each run folder's lock is held
+    while its cells are packed, so a folder a run is writing is refused (exit 2), not cut short."""
     cells = cells_in(run_dirs)
     before = after = packed = 0
-    for cell_dir in cells:
-        b, a = pack_cell(cell_dir)
-        before, after, packed = before + b, after + a, packed + (b > 0)
+    for run_dir in dict.fromkeys(c.parent for c in cells):  # a cell's run folder holds its lock
+        with FolderLock(run_dir):
+            for cell_dir in (c for c in cells if c.parent == run_dir):
+                b, a = pack_cell(cell_dir)
+                before, after, packed = before + b, after + a, packed + (b > 0)
     print(f"packed {packed} of {len(cells)} cells: tokens and timeline files {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
 
 
