@@ -12,17 +12,23 @@ The distribution (l = the row's V logits, T = temperature, p = top_p, k = top_k)
   p = 1 keeps every token (a full softmax).
 
 Cost. With s the scale of the nucleus' softmax (1/T for temperature_first, 1 for
-top_p_first), one pass gives the maximum M and three the weights w = exp((l - M) s) and their
-sum Z (the exact normaliser: float32 weights, numpy's pairwise sum, relative error about
-log2(V) float32 ulps, 1e-6 at V = 152k). Only candidates are sorted: with
-d = max(0, ln(V p / (1 - p))), each token with l < M - d / s weighs less than e^-d while the
-maximum weighs 1, so together they weigh less than V e^-d = (1 - p) / p <= (1 - p) Z_C / p;
-hence Z_C >= p Z: the candidates C = {l >= M - d / s} hold at least p of the mass and so contain
-N. The few tokens within 4 nats of the maximum (l >= M - 4 / s) are tried first: when they
-already hold p of Z, N is among them. So the work per row is five vectorised passes over the
-vocabulary (measured in the README's engine notes) and a sort of a few candidates, instead of
-the n_vocab-entry candidate array (one struct per token) that llama.cpp's sampler chain builds
-and sorts per sequence per token.
+top_p_first) and M the row's maximum, the band B = {l >= M - BAND / s} holds every token that
+weighs at least e^-BAND (weights w = exp((l - M) s), the maximum weighs 1). Each of the V - |B|
+tokens outside weighs less than e^-BAND, so the normaliser Z lies in [Z_B, Z_B + (V - |B|)
+e^-BAND] (float64 sums). N is the shortest prefix of B, by logit descending, whose weight
+reaches p Z: when the prefix for p Z_B and the one for the upper bound are the same, that is N
+whatever Z is inside the interval, and no weight outside B is computed (only B's tokens within
+NEAR nats of the maximum are sorted when they alone reach p of the upper bound). So a peaked
+row costs a maximum and a comparison over the vocabulary and a sort of a few tokens.
+
+Otherwise (a tail of many tokens just below the band decides where N ends), or when B has more
+than BAND_MAX tokens (a flat row; top_p_first's scale 1 widens B), `_nucleus_of_row` sums Z
+over the whole row (float32 weights, numpy's pairwise sum, relative error about log2(V) float32
+ulps) and cuts N from the candidates C = {l >= M - d / s}, d = max(0, ln(V p / (1 - p))): each
+token below weighs less than e^-d, together less than V e^-d = (1 - p) / p <= (1 - p) Z_C / p,
+hence Z_C >= p Z and C contains N (tried first with d = NEAR): five vectorised passes and a
+sort of C. Either way far less than the n_vocab-entry candidate array (one struct per token)
+that llama.cpp's sampler chain builds and sorts per sequence per token.
 
 Randomness: one `numpy.random.Generator(PCG64(seed))` per request, one uniform draw per
 sampled token, so the same seed and the same logits give the same tokens.
@@ -86,6 +92,9 @@ def _draw(ids: np.ndarray, vals: np.ndarray, top: float, temperature: float, rng
     return int(ids[min(j, len(ids) - 1)])
 
 
+BAND = 20.0  # nats: the band's depth (see "Cost"); V e^-BAND = 3e-4 at V = 152k
+NEAR = 4.0  # nats: the band's tokens sorted first, when they alone reach p of the upper bound
+BAND_MAX = 4096  # a wider band (a flat row, or top_p_first's scale 1) takes the whole-row path
 _THREAD = threading.local()
 
 
@@ -100,8 +109,31 @@ def _scratch(n: int) -> np.ndarray:
 
 def _sample_nucleus(logits: np.ndarray, temperature: float, top_p: float, scale: float, rng: np.random.Generator) -> int:
     """top_p < 1 without top_k (see "Cost" in the module docstring)."""
-    n = len(logits)
     top = float(logits.max())
+    band = np.flatnonzero(logits >= np.float32(top - BAND / scale))
+    chosen = _nucleus_in_band(logits, band, top, top_p, scale) if len(band) <= BAND_MAX else None
+    if chosen is None:
+        chosen = _nucleus_of_row(logits, top, top_p, scale)
+    return _draw(chosen, logits[chosen].astype(np.float64), top, temperature, rng)
+
+
+def _nucleus_in_band(logits: np.ndarray, band: np.ndarray, top: float, top_p: float, scale: float) -> np.ndarray | None:
+    """N from the band's weights and the bound on the rest, or None when the bound leaves it open."""
+    weights = np.exp((logits[band].astype(np.float64) - top) * scale)
+    z_low = float(weights.sum())
+    z_high = z_low + (len(logits) - len(band)) * math.exp(-BAND) * (1 + 1e-4)  # 1e-4: the float32 rounding of the edge
+    near = weights >= math.exp(-NEAR)
+    if weights[near].sum() >= top_p * z_high:  # N is among the near tokens: sort only those
+        band, weights = band[near], weights[near]
+    rank = np.argsort(-logits[band], kind="stable")  # by logit descending, then id
+    cum = np.cumsum(weights[rank])
+    keep, last = np.searchsorted(cum, (top_p * z_low, top_p * z_high)) + 1
+    return band[rank[:keep]] if keep == last <= len(band) else None
+
+
+def _nucleus_of_row(logits: np.ndarray, top: float, top_p: float, scale: float) -> np.ndarray:
+    """N from the exact normaliser of the whole row, cut from the candidates C (see "Cost")."""
+    n = len(logits)
     weights = _scratch(n)
     np.subtract(logits, np.float32(top), out=weights, dtype=np.float32)
     if scale != 1.0:
@@ -109,12 +141,10 @@ def _sample_nucleus(logits: np.ndarray, temperature: float, top_p: float, scale:
     np.exp(weights, out=weights)
     z = float(np.add.reduce(weights))
     deepest = max(0.0, math.log(n * top_p / (1 - top_p)))
-    for depth in sorted({min(4.0, deepest), deepest}):
-        inside = np.flatnonzero(logits >= top - depth / scale)
+    for depth in sorted({min(NEAR, deepest), deepest}):
+        inside = np.flatnonzero(logits >= np.float32(top - depth / scale))
         inside = inside[np.argsort(-logits[inside], kind="stable")]  # by logit descending, then id
         cum = np.cumsum(weights[inside], dtype=np.float64)
         if cum[-1] >= top_p * z:
             break
-    keep = min(int(np.searchsorted(cum, top_p * z)) + 1, len(inside))
-    chosen = inside[:keep]
-    return _draw(chosen, logits[chosen].astype(np.float64), top, temperature, rng)
+    return inside[:min(int(np.searchsorted(cum, top_p * z)) + 1, len(inside))]

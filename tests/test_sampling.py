@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import THREADS, chat
-from rllm_study.backends import llama_cpp
+from rllm_study.backends import llama_cpp, sampling
 from rllm_study.backends.base import Request, SamplingParams, TokenEvent
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST, new_rng, sample
@@ -100,6 +100,28 @@ def test_a_full_vocabulary_row_with_heavy_tail(order):
     assert bucket_probs[5] > 0.01 and bucket_probs[6] == 0  # part of the tail is in the nucleus
     freq = frequencies(logits, 0.6, 0.95, 0, order, draws=2000, buckets=buckets)
     assert chi_square_ok(freq, bucket_probs, 2000), (np.round(freq, 4), np.round(bucket_probs, 4))
+
+
+def test_a_tail_just_below_the_band_is_counted(monkeypatch):
+    """The band's bound decides N only when it can: here 300k tokens just below the band (each
+    weighing e^-20.1) hold 5.6e-4 of the mass, enough to move the nucleus' edge from {A} to {A,
+    B}; the whole-row path must be taken and B drawn at its exact rate. A peaked row stays on
+    the band's path."""
+    whole_rows = []
+    nucleus_of_row = sampling._nucleus_of_row
+    monkeypatch.setattr(sampling, "_nucleus_of_row", lambda *a: whole_rows.append(1) or nucleus_of_row(*a))
+    t, p = 0.6, 0.95
+    logits = np.full(300_000, -(sampling.BAND + 0.1) * t, dtype=np.float32)
+    logits[[7, 123]] = [0.0, t * np.log(1 / p - 1 - 2e-4)]  # A alone holds p of the band's weight
+    probs = exact_probs(logits, t, p, 0, TEMPERATURE_FIRST)
+    assert probs[123] > 0.04 and (probs > 0).sum() == 2
+    buckets = np.full(len(logits), 2)
+    buckets[[7, 123]] = [0, 1]
+    freq = frequencies(logits, t, p, 0, TEMPERATURE_FIRST, draws=2000, buckets=buckets)
+    assert whole_rows and chi_square_ok(freq, np.bincount(buckets, weights=probs, minlength=3), 2000), freq
+    whole_rows.clear()
+    sample(ROW, t, 0.9, 0, TEMPERATURE_FIRST, new_rng(0))
+    assert not whole_rows
 
 
 def test_greedy_is_the_first_maximum_and_top_p_one_is_the_full_softmax():

@@ -21,10 +21,18 @@
 #                  size's model and data sets cut to what the CPU finished in its window)
 #   pilot-standard the pilot at --size standard (qwen2.5-coder-1.5b, 3 repeats), budgets in
 #                  $BUDGETS (default [512,1024]) and synchronous batches of $BATCH (default 32)
+#   realworld-standard  --preset realworld --size standard (150 GSM8K requests per CV, CVs 1, 2
+#                  and 4) on $MODEL at $RATE requests/s (default 3.0: the preset's 0.2 is a CPU's
+#                  load; a GPU serves that with an idle engine)
+#   techniques-standard  --size standard of each preset in $PRESETS (default "think-budget
+#                  kv-cache") on $MODEL, budgets $BUDGETS and repeats $REPEATS where set
+#                  (a later call with more repeats adds the missing cells), as a closed loop of
+#                  $CONCURRENCY (default 64) requests in flight instead of synchronous batches
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
 # llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
 # server and the quick steps; default qwen2.5-coder-0.5b), SAMPLE_ON (bench: where tokens are drawn,
-# default host,device).
+# default host,device), RATE, PRESETS, CONCURRENCY, BUDGETS and REPEATS
+# (the standard steps).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -72,7 +80,18 @@ case "$step" in
   pilot-standard)
     "${rllm[@]}" run --preset pilot --size standard "${gpu[@]}" --set "max_tokens=${BUDGETS:-[512,1024]}" \
       --set "workload={arrival=\"batch\", batch_size=${BATCH:-32}}" --out "$results/pilot-standard" ;;
+  realworld-standard)
+    "${rllm[@]}" run --preset realworld --size standard "${gpu[@]}" --set "models=[\"$model\"]" \
+      --set "workload.rate=${RATE:-3.0}" --out "$results/realworld-standard" ;;
+  techniques-standard)
+    budgets=(); [ -n "${BUDGETS:-}" ] && budgets=(--set "max_tokens=$BUDGETS")
+    [ -n "${REPEATS:-}" ] && budgets+=(--set "repeats=$REPEATS")
+    for name in ${PRESETS:-think-budget kv-cache}; do
+      "${rllm[@]}" run --preset "$name" --size standard "${gpu[@]}" --set "models=[\"$model\"]" "${budgets[@]}" \
+        --set "workload={arrival=\"closed\", concurrency=${CONCURRENCY:-64}}" --set "engine.concurrency=${CONCURRENCY:-64}" \
+        --out "$results/$name-standard"
+    done ;;
   *)
-    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard)" >&2
+    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, techniques-standard)" >&2
     exit 2 ;;
 esac
