@@ -1,3 +1,4 @@
 from rllm_study.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned child (the grading process) imports it
+    main()

@@ -3,8 +3,9 @@
 One thread drives the engine: each loop submits the requests that are due, calls
 `engine.step()` once, and hands finished requests and a cheap engine-stats snapshot (every
 `sample_period_s`, with energy and GPU memory where `energy` has a counter for them) to a writer
-thread (`RecordWriter`), which grades and records them (fsync'd)
-off the engine loop: between two decode steps there is only engine work and bookkeeping.
+thread (`RecordWriter`), which has them graded in a child process (`GradingProcess`: grading
+holds the GIL, the engine thread needs it) and records them (fsync'd), off the engine loop:
+between two decode steps there is only engine work and bookkeeping.
 A request the engine finished but the writer has not yet fsync'd when the process dies is not
 finished (see study/results.py) and is rerun on resume; a clean stop (end, Ctrl-C, an error)
 first writes every finished request. Arrivals: each loop asks the cell's arrival process
@@ -43,7 +44,7 @@ from rllm_study.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
 from rllm_study.workloads.custom_dataset import load_items
 from rllm_study.workloads.datasets import Item, load_dataset
-from rllm_study.workloads.grading import grade
+from rllm_study.workloads.grading import GradingProcess
 from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
 
 IDLE_SLEEP_S = 0.005
@@ -119,16 +120,16 @@ def cell_arrivals(cell: CellSpec, n: int):
 
 
 class RecordWriter:
-    """The writer thread of a cell session: grades finished requests and writes them (fsync'd)
-    and the timeline samples, in the order handed over, off the engine loop.
+    """The writer thread of a cell session: has finished requests graded by `grader` and writes
+    them (fsync'd) and the timeline samples, in the order handed over, off the engine loop.
 
     The queue is bounded (WRITER_QUEUE items): when the disk is slower than the engine, the
     engine loop waits instead of holding an unbounded backlog in memory. The first write error
     stops the writer (later items are dropped, so nothing half-recorded follows) and is raised
     in the engine loop by `check()` or `put()`; `close()` writes what is queued and joins."""
 
-    def __init__(self, cell: CellSpec, writer: CellWriter, on_written=None):
-        self.cell, self.writer, self.on_written = cell, writer, on_written
+    def __init__(self, cell: CellSpec, writer: CellWriter, grader: GradingProcess, on_written=None):
+        self.cell, self.writer, self.grader, self.on_written = cell, writer, grader, on_written
         self.error: BaseException | None = None
         self.written = 0  # requests recorded this session
         self._queue: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE)
@@ -158,7 +159,7 @@ class RecordWriter:
                     continue
                 job, record, tokens, extra = item
                 record.update(extra)
-                record.update(grade(job.item, job.prompt, record["output_text"]).record_fields())
+                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields())
                 self.writer.write_request(record, tokens)
                 self.written += 1
                 if self.on_written is not None:
@@ -176,9 +177,9 @@ class RecordWriter:
 class CellRun:
     """One session of one cell (see the module docstring)."""
 
-    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, on_progress=None,
-                 energy: CellEnergy | None = None):
-        self.cell, self.engine, self.writer = cell, engine, writer
+    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, grader: GradingProcess,
+                 on_progress=None, energy: CellEnergy | None = None):
+        self.cell, self.engine, self.writer, self.grader = cell, engine, writer, grader
         self.energy = energy or CellEnergy([])
         self.todo = [j for j in jobs if j.id not in writer.finished_ids]
         self.jobs = {j.id: j for j in self.todo}
@@ -204,7 +205,7 @@ class CellRun:
                                    job.prompt.answer_cue))
 
     def run(self) -> None:
-        self.records = RecordWriter(self.cell, self.writer, self._written)
+        self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
         try:
             self._loop()
         finally:
@@ -378,6 +379,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     make_folder(out_dir)
     pool = EnginePool()
     energy = CellEnergy(open_meters(spec.get("energy_cmd")))
+    grader = GradingProcess()
     dirs = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -402,7 +404,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                         console.print(f"{label}: done already, skipped")
                         continue
                     writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names})
-                    run = CellRun(cell, engine, jobs, writer, energy=energy)
+                    run = CellRun(cell, engine, jobs, writer, grader, energy=energy)
                     already = len(jobs) - len(run.todo)
                     if console.is_terminal:
                         task = progress.add_task(label, total=len(jobs), completed=already, rate="")
@@ -421,6 +423,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     finally:
         pool.close()
         energy.close()
+        grader.close()
     return dirs
 
 

@@ -279,3 +279,21 @@ def test_a_direct_answer_that_is_only_a_number():
     assert grade(GSM, DIRECT, " 18 dollars.\n") == Grade("18", True, PARSED)
     assert grade(GSM, DIRECT, "I think 18 or 19").parse_status == UNPARSED
     assert grade(GSM, REASONING, "<think>18").parse_status == UNPARSED
+
+
+def test_the_grading_process_grades_as_grade_does_in_its_own_process():
+    """GradingProcess (the runner's): the same verdicts as `grade`, from another process."""
+    import os
+
+    from rllm_study.workloads.grading import GradingProcess
+
+    cases = [(GSM, REASONING, "<think>6 * 3</think> The answer is \\boxed{18}."),
+             (GSM, REASONING, "<think>so 17</think> \\boxed{17}"),
+             (GPQA, build_prompt(GPQA, "reasoning"), "<think>hmm</think> The answer is (B)."),
+             (GSM, DIRECT, "I think 18 or 19")]
+    grader = GradingProcess()
+    try:
+        assert [grader.grade(*c) for c in cases] == [grade(*c) for c in cases]
+        assert grader.worker_pid() != os.getpid()
+    finally:
+        grader.close()

@@ -27,8 +27,12 @@ Math answers are compared by `math_equal`, those of an item with `text_answer` b
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
+import signal
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -242,6 +246,32 @@ def grade(item: Item, prompt: Prompt, output_text: str) -> Grade:
         if extracted is not None:
             return Grade(extracted, matches, ANSWER_IN_THINK)
     return Grade(None, False, UNPARSED)
+
+
+class GradingProcess:
+    """`grade` in one child process, for a run's writer thread.
+
+    Why: math-verify's sympy work is pure Python holding the GIL for milliseconds per answer, and
+    a thread doing it makes the engine thread wait for the GIL before its next decode step: on an
+    H200 the token gaps spanning another request's finish had a p90 1.66x the others' (`bench
+    server`'s gap check), 2-3x at 0-7 running sequences. A child process has its own GIL, and
+    runs `grade` in its main thread, where math-verify's signal timeout (VERIFY_TIMEOUT_S) works.
+    The child is spawned (not forked: no copy of the parent's engine threads or CUDA state) and
+    ignores SIGINT, so Ctrl-C stops the run cleanly while the writer still grades what finished.
+    The calling thread waits for each grade without holding the GIL."""
+
+    def __init__(self):
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+
+    def grade(self, item: Item, prompt: Prompt, output_text: str) -> Grade:
+        return self._pool.submit(grade, item, prompt, output_text).result()
+
+    def worker_pid(self) -> int:
+        return self._pool.submit(os.getpid).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
 
 # math-verify warns once per process when run without its signal timeout (see math_equal)
