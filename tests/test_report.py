@@ -521,3 +521,22 @@ def test_labels_of_direct_cells_say_they_have_no_think_budget():
     labels = [varying_label(cells, c) for c in cells]
     assert not any("None" in label for label in labels)
     assert {("no think budget" in label) for label in labels} == {True, False}
+
+
+def test_think_budget_rows_pool_their_repeats():
+    """The think-budget table pools a cap's repeats (the published H200 sweep: 3 repeats of 50
+    GSM8K requests a cap): counts add up, and latency percentiles are over all the requests."""
+    import numpy as np
+
+    from rllm_study.report.cells import pooled_metrics, think_budget_groups
+
+    run = Path(__file__).parents[1] / "reports" / "gpu-h200" / "think-budget-standard"
+    cells = load_cells([p for p in run.iterdir() if "__gsm8k__" in p.name and ("__tb64__" in p.name or "__tb128__" in p.name)])
+    (by_budget,) = think_budget_groups(cells).values()
+    assert [len(cs) for cs in by_budget] == [3, 3]
+    for cs in by_budget:
+        acc = pooled_metrics(cs)["accuracy"]["overall"]
+        assert acc["total"] == sum(c.metrics["accuracy"]["overall"]["total"] for c in cs) == 150
+        assert acc["correct"] == sum(c.metrics["accuracy"]["overall"]["correct"] for c in cs)
+        e2el = [r["finish_s"] - r["arrival_s"] for c in cs for r in c.cell.requests]
+        assert pooled_metrics(cs)["latency"]["e2el_s"]["p50"] == pytest.approx(float(np.percentile(e2el, 50)))

@@ -21,6 +21,7 @@ from rllm_study.report.cells import (
     load_groups,
     pilot_cells,
     pooled_accuracy,
+    pooled_metrics,
     technique_groups,
     techniques_between,
     think_budget_groups,
@@ -400,19 +401,19 @@ def think_budget_section(cells: list[CellData]) -> Section:
         "model ends while still thinking, by writing `</think>` and the prompt mode's answer cue; the answer follows "
         "within the rest of the token budget. `think forced` is the share of thinking requests it closed so.")]
     by_figure: dict[tuple, dict[str, list]] = {}
-    for key, cs in groups.items():
-        study, model, dataset, mode, budget, workload, repeat, _ = key
-        by_figure.setdefault((study, model, budget, workload, repeat), {})[f"{dataset} · {mode}"] = [
-            (c.think_budget, c.metrics) for c in cs]
-        rows = [[str(c.think_budget), str(len(c.cell.requests)), *(C.cell_value(c.metrics, col) for col in THINK_BUDGET_COLUMNS)]
-                for c in cs]
-        blocks.append(Table(["think budget", "requests", *(col.label for col in THINK_BUDGET_COLUMNS)], rows,
-                            f"{model}, {dataset}, {mode} mode, token budget {budget}, {workload}, repeat {repeat} "
-                            f"(study {study})."))
-    for (study, model, budget, workload, repeat), series in by_figure.items():
-        blocks.append(Figure(f"think-budget-{model}-{budget}-r{repeat}", plots.think_budget_sweep(series),
-                             f"Against the think budget: {model}, token budget {budget}, {workload}, repeat {repeat} "
-                             "(each point is one cell; its requests and intervals are in the tables above)."))
+    for key, by_budget in groups.items():
+        study, model, dataset, mode, budget, workload, _ = key
+        pooled = [(cs[0].think_budget, pooled_metrics(cs), cs) for cs in by_budget]
+        by_figure.setdefault((study, model, budget, workload), {})[f"{dataset} · {mode}"] = [(tb, m) for tb, m, _ in pooled]
+        rows = [[str(tb), str(sum(len(c.cell.requests) for c in cs)), str(len(cs)),
+                 *(C.cell_value(m, col) for col in THINK_BUDGET_COLUMNS)] for tb, m, cs in pooled]
+        blocks.append(Table(["think budget", "requests", "repeats", *(col.label for col in THINK_BUDGET_COLUMNS)], rows,
+                            f"{model}, {dataset}, {mode} mode, token budget {budget}, {workload} (study {study}); "
+                            "each row pools its repeats' requests."))
+    for (study, model, budget, workload), series in by_figure.items():
+        blocks.append(Figure(f"think-budget-{model}-{budget}-{workload}", plots.think_budget_sweep(series),
+                             f"Against the think budget: {model}, token budget {budget}, {workload} "
+                             "(each point pools one think budget's repeats; requests and intervals are in the tables above)."))
     return Section("Think budget", blocks)
 
 

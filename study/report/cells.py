@@ -178,11 +178,31 @@ def load_cells(run_dirs: Iterable[Path]) -> list[CellData]:
 
 def pooled_accuracy(cells: list[CellData], by: str | None = None) -> dict:
     """The accuracy metric over the requests of several cells taken together: overall (by=None),
-    or per group with by="by_domain" / "by_dataset". (Only accuracy: time-based metrics of pooled
-    requests would mean nothing, as clocks differ between cells.)"""
-    pooled = Cell(Path("."), {"cell": {"name": "pooled"}}, [r for c in cells for r in c.cell.requests])
-    acc = cell_metrics(pooled)["accuracy"]
+    or per group with by="by_domain" / "by_dataset"."""
+    acc = cell_metrics(_pooled_cell(cells, with_tokens=False))["accuracy"]
     return acc["overall"] if by is None else acc[by]
+
+
+def pooled_metrics(cells: list[CellData]) -> dict:
+    """`cell_metrics` over the requests of several cells of one spec (repeats) taken as one cell:
+    meaningful for per-request figures (accuracy with its Wilson interval over all the requests,
+    token counts, each request's own latencies), not for a cell's throughput or timeline (clocks
+    differ between cells), which callers must not read from it."""
+    if len(cells) == 1:
+        return cells[0].metrics
+    return cell_metrics(_pooled_cell(cells, with_tokens=True), slo=cells[0].spec.get("slo"))
+
+
+def _pooled_cell(cells: list[CellData], with_tokens: bool) -> Cell:
+    """One Cell holding every request of `cells` (ids prefixed by their cell's name, so repeats of
+    one item stay apart), with their token rows if asked; the first cell's manifest, no timeline."""
+    requests, tokens = [], {}
+    for c in cells:
+        for r in c.cell.requests:
+            requests.append({**r, "id": f"{c.name}/{r['id']}"})
+            if with_tokens and r["id"] in c.cell.tokens:
+                tokens[f"{c.name}/{r['id']}"] = c.cell.tokens[r["id"]]
+    return Cell(Path("."), cells[0].cell.manifest if cells else {"cell": {"name": "pooled"}}, requests, tokens)
 
 
 def tier(dataset: str) -> str:
@@ -261,15 +281,16 @@ def technique_groups(cells: list[CellData]) -> list[TechniqueGroup]:
     return sorted(out, key=lambda g: (g.study, g.key[0], dataset_order(g.key[1]), g.key[2:]))
 
 
-def think_budget_groups(cells: list[CellData]) -> dict[tuple, list[CellData]]:
-    """Cells without variants that differ only in their think budget, at least two budgets a group:
-    (study, model, data set, prompt mode, budget, workload, repeat, run folder) -> cells by think budget."""
-    groups: dict[tuple, list[CellData]] = {}
+def think_budget_groups(cells: list[CellData]) -> dict[tuple, list[list[CellData]]]:
+    """Cells without variants that differ only in their think budget (and repeat), at least two
+    budgets a group: (study, model, data set, prompt mode, budget, workload, run folder) -> for
+    each think budget in ascending order, its cells (one a repeat)."""
+    groups: dict[tuple, dict[int, list[CellData]]] = {}
     for c in cells:
         if not c.variant and c.think_budget is not None:
-            key = (c.study, c.spec.get("model"), c.dataset, c.mode, c.budget, c.workload_name, c.spec.get("repeat", 0), c.run)
-            groups.setdefault(key, []).append(c)
-    return {k: sorted(v, key=lambda c: c.think_budget) for k, v in groups.items() if len({c.think_budget for c in v}) > 1}
+            key = (c.study, c.spec.get("model"), c.dataset, c.mode, c.budget, c.workload_name, c.run)
+            groups.setdefault(key, {}).setdefault(c.think_budget, []).append(c)
+    return {k: [v[b] for b in sorted(v)] for k, v in groups.items() if len(v) > 1}
 
 
 def techniques_between(a: CellData, b: CellData) -> set[str]:
