@@ -190,7 +190,7 @@ def pooled_metrics(cells: list[CellData]) -> dict:
     differ between cells), which callers must not read from it."""
     if len(cells) == 1:
         return cells[0].metrics
-    return cell_metrics(_pooled_cell(cells, with_tokens=True), slo=cells[0].spec.get("slo"))
+    return cell_metrics(_pooled_cell(cells, with_tokens=True), slo=cells[0].spec.get("slo") or None)
 
 
 def _pooled_cell(cells: list[CellData], with_tokens: bool) -> Cell:
