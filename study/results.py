@@ -331,8 +331,9 @@ PACKED = (TOKENS, TIMELINE)  # the files `pack_cell` compresses (requests.jsonl 
 def pack_cell(cell_dir: Path) -> tuple[int, int]:
     """Compress a finished cell's tokens.jsonl and timeline.jsonl (most of its size) into NAME.gz,
     for publishing results in a repository. The lines of an existing .gz are kept first; the .gz
-    is written beside and renamed into place before the plain file goes, so a kill loses nothing (between the two steps it leaves lines twice: for a token line the
-    later line of an id wins when read; rerun pack to finish). Returns (bytes before, bytes
+    is written beside and renamed into place before the plain file goes, so a kill loses nothing
+    (between the two steps it leaves lines twice: for a token line the later line of an id wins
+    when read; rerun pack to finish). Returns (bytes before, bytes
     after) over the files packed; (0, 0) when there is nothing to pack."""
     before = after = 0
     for name in PACKED:

@@ -252,10 +252,10 @@ class GradingProcess:
     """`grade` in one child process, for a run's writer thread.
 
     Why: math-verify's sympy work is pure Python holding the GIL for milliseconds per answer, and
-    a thread doing it makes the engine thread wait for the GIL before its next decode step: on an
-    H200 the token gaps spanning another request's finish had a p90 1.66x the others' (`bench
-    server`'s gap check), 2-3x at 0-7 running sequences. A child process has its own GIL, and
-    runs `grade` in its main thread, where math-verify's signal timeout (VERIFY_TIMEOUT_S) works.
+    a thread doing it makes the engine thread wait for the GIL before its next decode step (what
+    `bench server`'s finish-gap check measures; figures in scripts/gpu/README.md). A child
+    process has its own GIL, and runs `grade` in its main thread, where math-verify's signal
+    timeout (VERIFY_TIMEOUT_S) works.
     The child is spawned (not forked: no copy of the parent's engine threads or CUDA state) and
     ignores SIGINT, so Ctrl-C stops the run cleanly while the writer still grades what finished.
     The calling thread waits for each grade without holding the GIL."""

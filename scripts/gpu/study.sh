@@ -84,10 +84,10 @@ case "$step" in
     "${rllm[@]}" run --preset realworld --size standard "${gpu[@]}" --set "models=[\"$model\"]" \
       --set "workload.rate=${RATE:-3.0}" --out "$results/realworld-standard" ;;
   techniques-standard)
-    budgets=(); [ -n "${BUDGETS:-}" ] && budgets=(--set "max_tokens=$BUDGETS")
-    [ -n "${REPEATS:-}" ] && budgets+=(--set "repeats=$REPEATS")
+    size=(); [ -n "${BUDGETS:-}" ] && size=(--set "max_tokens=$BUDGETS")
+    [ -n "${REPEATS:-}" ] && size+=(--set "repeats=$REPEATS")
     for name in ${PRESETS:-think-budget kv-cache}; do
-      "${rllm[@]}" run --preset "$name" --size standard "${gpu[@]}" --set "models=[\"$model\"]" "${budgets[@]}" \
+      "${rllm[@]}" run --preset "$name" --size standard "${gpu[@]}" --set "models=[\"$model\"]" "${size[@]}" \
         --set "workload={arrival=\"closed\", concurrency=${CONCURRENCY:-64}}" --set "engine.concurrency=${CONCURRENCY:-64}" \
         --out "$results/$name-standard"
     done ;;
