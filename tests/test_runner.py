@@ -79,6 +79,21 @@ def test_open_loop_requests_arrive_at_their_scheduled_times(tmp_path, smollm2_pa
     assert all(r["admitted_s"] >= r["arrival_s"] for r in cell.requests)
 
 
+def test_each_cell_starts_with_an_empty_prefix_cache(tmp_path, smollm2_path):
+    """Repeats send the same prompts: a cache kept from the cell before would serve repeat 1's
+    first request from repeat 0's (it did, before cells got fresh engines)."""
+    proc = run_cli("run", "--preset", "prefix-cache", "--quick", *TINY, "--set", "datasets={gsm8k=2}", "--set", "repeats=2",
+                   "--set", "workload={arrival='closed', concurrency=1}",
+                   "--set", 'variants=[{name="on", engine={prefix_cache=true}}]', "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cells = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [c.name[-2:] for c in cells] == ["r0", "r1"]
+    for cell_dir in cells:
+        first, second = sorted(read_jsonl(cell_dir / "requests.jsonl"), key=lambda r: r["admitted_s"])
+        assert first["cached_tokens"] == 0, cell_dir.name  # nothing cached when a cell starts
+        assert second["cached_tokens"] > 0  # the cache works within the cell (the chat template's opening)
+
+
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, smollm2_path):
     args = [*CLI, "run", "--preset", "realworld", "--quick", *TINY, "--set", "datasets={gsm8k=10}",
             "--set", "workload={arrival='closed', concurrency=2}", "--out", str(tmp_path)]
