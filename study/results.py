@@ -49,7 +49,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from rllm_study.errors import UserError
 
@@ -365,6 +365,15 @@ def find_cells(paths: Iterable[Path]) -> list[Path]:
         elif p.is_dir():
             found.extend(sorted(m.parent for m in p.rglob(MANIFEST)))
     return found
+
+
+def cells_locked(cells: list[Path]) -> Iterator[Path]:
+    """`cells` (from `cells_in`) one by one, each while its run folder's `FolderLock` is held,
+    one run folder at a time: for commands that rewrite finished cells (pack, regrade), so a
+    folder a run is writing is refused (UserError, exit 2) before any of its cells is touched."""
+    for run_dir in dict.fromkeys(c.parent for c in cells):  # a cell's run folder holds its lock
+        with FolderLock(run_dir):
+            yield from (c for c in cells if c.parent == run_dir)
 
 
 def cells_in(paths: Iterable[Path]) -> list[Path]:

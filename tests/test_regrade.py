@@ -9,7 +9,7 @@ import shutil
 
 from conftest import REPO, run_cli
 from rllm_study.metrics import cell_metrics
-from rllm_study.results import read_cell, read_jsonl
+from rllm_study.results import FolderLock, read_cell, read_jsonl
 
 SOURCE = REPO / "reports" / "gpu-h100" / "pilot-c32"
 CELLS = ("qwen2.5-coder-0.5b__gsm8k__reasoning__mt256__batch32__r0",       # gsm8k/0016: \boxed{230 miles}, no </think>
@@ -82,6 +82,17 @@ def test_regrade_rewrites_grading_fields_only(tmp_path):
         assert counts and counts.group(1) == counts.group(2), again.stdout
     assert "wrong -> right" not in again.stdout and "right -> wrong" not in again.stdout
     assert {name: _by_id(run / name) for name in CELLS} == after
+
+
+def test_regrade_refuses_a_folder_a_run_is_writing(tmp_path):
+    run = _copy(tmp_path)
+    raw = {name: (run / name / "requests.jsonl").read_bytes() for name in CELLS}
+    with FolderLock(run):  # as a run holds it while writing
+        refused = run_cli("regrade", run)
+        dry = run_cli("regrade", run, "--dry-run")
+    assert refused.returncode == 2 and "is being written by pid" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert dry.returncode == 0 and dry.stdout.startswith("would regrade"), dry.stderr  # reading needs no lock
+    assert all((run / name / "requests.jsonl").read_bytes() == raw[name] for name in CELLS)
 
 
 def test_regrade_refuses_prompts_that_do_not_match(tmp_path):

@@ -7,7 +7,7 @@ from typing import Annotated, List
 
 import typer
 
-from rllm_study.results import FolderLock, cells_in, pack_cell
+from rllm_study.results import cells_in, cells_locked, pack_cell
 
 
 def pack(
@@ -19,11 +19,9 @@ def pack(
     while its cells are packed, so a folder a run is writing is refused (exit 2), not cut short."""
     cells = cells_in(run_dirs)
     before = after = packed = 0
-    for run_dir in dict.fromkeys(c.parent for c in cells):  # a cell's run folder holds its lock
-        with FolderLock(run_dir):
-            for cell_dir in (c for c in cells if c.parent == run_dir):
-                b, a = pack_cell(cell_dir)
-                before, after, packed = before + b, after + a, packed + (b > 0)
+    for cell_dir in cells_locked(cells):
+        b, a = pack_cell(cell_dir)
+        before, after, packed = before + b, after + a, packed + (b > 0)
     print(f"packed {packed} of {len(cells)} cells: tokens and timeline files {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
 
 

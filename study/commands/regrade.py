@@ -7,7 +7,7 @@ from typing import Annotated, List
 
 import typer
 
-from rllm_study.results import cells_in
+from rllm_study.results import cells_in, cells_locked
 from rllm_study.regrade import Regraded, regrade_cell
 
 
@@ -18,9 +18,11 @@ def regrade(
 ) -> None:
     """Grade every recorded request again from its output text with the current rules, rewriting
     the grading fields of requests.jsonl in place (atomically), and print what changed and why.
-    Do not run it on a folder a run is writing."""
+    Each run folder's lock is held while its cells are rewritten, so a folder a run is writing is
+    refused (exit 2); --dry-run reads without it."""
     total = Regraded()
-    for cell_dir in cells_in(run_dirs):
+    cells = cells_in(run_dirs)
+    for cell_dir in (cells if dry_run else cells_locked(cells)):
         total.add(regrade_cell(cell_dir, write=not dry_run))
     print(summary(total, dry_run))
     if list_changes:
