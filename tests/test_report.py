@@ -18,6 +18,7 @@ from rllm_study.report import REPORT_HTML, REPORT_MD
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import adaptive_time, bursty_load, check_claims, domain_preference, memory, stragglers
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
+from rllm_study.report.plots import _log_ticks
 from rllm_study.results import CellWriter
 
 SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
@@ -540,3 +541,14 @@ def test_think_budget_rows_pool_their_repeats():
         assert acc["correct"] == sum(c.metrics["accuracy"]["overall"]["correct"] for c in cs)
         e2el = [r["finish_s"] - r["arrival_s"] for c in cs for r in c.cell.requests]
         assert pooled_metrics(cs)["latency"]["e2el_s"]["p50"] == pytest.approx(float(np.percentile(e2el, 50)))
+
+
+@pytest.mark.parametrize("decades", [0.4, 1.0, 2.0, 3.6, 5.0, 8.0])
+def test_ratio_axis_ticks_do_not_crowd(decades):
+    """The compare figure's log axis (ratios from 0.01x to 50x once crowded seven labels into two
+    decades): at most 10 ticks, at most three a decade past 1.2 decades, 1x always among them."""
+    lo, hi = 10 ** (-decades / 2), 10 ** (decades / 2)
+    ticks = _log_ticks(lo, hi)
+    assert ticks == sorted(ticks) and all(lo <= t <= hi for t in ticks) and 1.0 in ticks
+    assert 3 <= len(ticks) <= 10 or decades < 0.5
+    assert len(ticks) <= 1 + 3 * decades or decades <= 1.2

@@ -250,26 +250,35 @@ def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
     return fig
 
 
+LABELLED_POINTS = 8  # accuracy_vs_throughput names its points up to this many
+
+
 @figure
 def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | None]]) -> Figure:
-    """One point per (variant, group), named: x output tokens/s (from 0), y lenient accuracy (the
-    grade the claims decide on); colour by variant, marker by group. `points`: (variant, group
-    label, output tok/s, lenient accuracy fraction)."""
+    """One point per (variant, group): x output tokens/s (from 0), y lenient accuracy (the grade
+    the claims decide on); colour by variant, marker by group. Up to LABELLED_POINTS points are
+    named beside them; more would overlap, so the variants' colours go into the legend instead.
+    `points`: (variant, group label, output tok/s, lenient accuracy fraction)."""
     variants = list(dict.fromkeys(p[0] for p in points))
     groups = list(dict.fromkeys(p[1] for p in points))
-    markers = "osD^v<>P*X"
+    markers = "osD^v<>P*Xdh"
+    named = len(points) <= LABELLED_POINTS
     fig, ax = subplots(figsize=(WIDTH * 0.62, 3.6))
     for i, (variant, group, tok, acc) in enumerate(points):
         if tok is None or acc is None:
             continue
         ax.scatter(tok, 100 * acc, s=42, color=CYCLE[variants.index(variant) % len(CYCLE)],
                    marker=markers[groups.index(group) % len(markers)], edgecolor="black", lw=0.4, zorder=3)
-        # labels alternate above and below their points, so that close neighbours stay legible
-        ax.annotate(variant, (tok, 100 * acc), xytext=(0, 7 if i % 2 == 0 else -13), textcoords="offset points",
-                    ha="center", fontsize=8)
+        if named:  # labels alternate above and below their points, so that close neighbours stay legible
+            ax.annotate(variant, (tok, 100 * acc), xytext=(0, 7 if i % 2 == 0 else -13), textcoords="offset points",
+                        ha="center", fontsize=8)
+    handles = [] if named else [Line2D([], [], ls="", marker="s", color=CYCLE[i % len(CYCLE)], label=v)
+                                for i, v in enumerate(variants)]
     if len(groups) > 1:
-        ax.legend(handles=[Line2D([], [], ls="", marker=markers[i % len(markers)], color="black", label=g)
-                           for i, g in enumerate(groups)], loc="center left", bbox_to_anchor=(1.0, 0.5))
+        handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="black", label=g)
+                    for i, g in enumerate(groups)]
+    if handles:
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7 if len(handles) > 10 else None)
     top = max([p[2] for p in points if p[2] is not None] + [1.0])
     ax.set_xlim(0, top * 1.15)
     ax.set_xlabel("output tokens/s")
@@ -340,6 +349,15 @@ def latency_cdfs(series: dict[str, list[dict]]) -> Figure:
 
 # ---- comparison --------------------------------------------------------------------------------
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log axis from lo to hi that do not crowd: 1-1.5-2-3-5-7 in each decade for a
+    span of up to 1.2 decades, 1-2-5 up to 2.5, 1-3 up to 5, decades beyond."""
+    decades = np.log10(hi / lo)
+    steps = ((1, 1.5, 2, 3, 5, 7) if decades <= 1.2 else (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 5 else (1,))
+    first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    return [m * 10.0 ** e for e in range(first, last + 1) for m in steps if lo <= m * 10.0 ** e <= hi]
+
+
 @figure
 def ratio_bars(ratios: dict[str, dict[str, float | None]], reference: str) -> Figure:
     """Bars from 1 to each run / reference-run ratio per metric (log scale: 2x and 0.5x are equally
@@ -362,7 +380,7 @@ def ratio_bars(ratios: dict[str, dict[str, float | None]], reference: str) -> Fi
     ax.set_xscale("log")
     lo, hi = 10 ** (-span * 1.35), 10 ** (span * 1.35)
     ax.set_xlim(lo, hi)
-    ax.set_xticks([t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if lo <= t <= hi])
+    ax.set_xticks(_log_ticks(lo, hi))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}x"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
     ax.set_yticks(range(len(metrics)), metrics)
