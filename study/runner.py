@@ -287,7 +287,7 @@ class EnginePool:
 
     def get(self, cell: CellSpec):
         key = (cell.backend, cell.model, cell.engine)
-        if key != self.key or getattr(cell.engine, "prefix_cache", False):
+        if key != self.key or cell.engine.prefix_cache:
             self.close()
             self.engine = engine_class(cell.backend)(cell.model, cell.engine)
             self.key = key
