@@ -297,3 +297,43 @@ def test_the_grading_process_grades_as_grade_does_in_its_own_process():
         assert grader.worker_pid() != os.getpid()
     finally:
         grader.close()
+
+
+def _alive(pid: int) -> bool:
+    """Running; on Linux a zombie left unreaped by whoever adopted it counts as gone."""
+    import os
+
+    if os.path.isdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "\tZ" not in next(line for line in f if line.startswith("State:"))
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_grading_child_leaves_when_its_run_is_killed():
+    """A run killed with -9 takes its grading child with it (within about a second)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time; from rllm_study.workloads.grading import GradingProcess; "
+              "g = GradingProcess(); print(g.worker_pid(), flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if not _alive(child):
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"grading child {child} outlived its killed parent by 10 s")

@@ -248,6 +248,22 @@ def grade(item: Item, prompt: Prompt, output_text: str) -> Grade:
     return Grade(None, False, UNPARSED)
 
 
+PARENT_CHECK_S = 1.0  # how often the grading child checks that its parent is alive
+
+
+def _grading_child(parent_pid: int) -> None:
+    """GradingProcess's child at start: ignore SIGINT, and leave when the parent is gone (it is
+    re-parented, so os.getppid() changes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            threading.Event().wait(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
 class GradingProcess:
     """`grade` in one child process, for a run's writer thread.
 
@@ -258,11 +274,13 @@ class GradingProcess:
     timeout (VERIFY_TIMEOUT_S) works.
     The child is spawned (not forked: no copy of the parent's engine threads or CUDA state) and
     ignores SIGINT, so Ctrl-C stops the run cleanly while the writer still grades what finished.
-    The calling thread waits for each grade without holding the GIL."""
+    It exits by itself within PARENT_CHECK_S of its parent's death (a run killed with -9 left it
+    idle otherwise: its queue's pipe never reads EOF). The calling thread waits for each grade
+    without holding the GIL."""
 
     def __init__(self):
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+                                         initializer=_grading_child, initargs=(os.getpid(),))
 
     def grade(self, item: Item, prompt: Prompt, output_text: str) -> Grade:
         return self._pool.submit(grade, item, prompt, output_text).result()
