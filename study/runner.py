@@ -277,9 +277,8 @@ def hash_id(text: str) -> int:
 
 class EnginePool:
     """Keeps one engine open across cells that share backend, model and options, except with
-    prefix caching on: such a cell gets a fresh engine, so its cache starts empty. (A kept cache
-    served a cell's later repeats from the earlier repeats' identical prompts: 93-99% of their
-    prompt tokens, in the H200's standard prefix-cache run.)"""
+    prefix caching on: such a cell gets a fresh engine, so its cache starts empty (a kept cache
+    would serve a cell's repeats from the earlier repeats' identical prompts)."""
 
     def __init__(self):
         self.key = None

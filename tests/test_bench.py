@@ -42,3 +42,28 @@ def test_decode_rate_counts_the_all_decoding_window(engine):
     assert cell_metrics(cell)["throughput"]["decode_tok_s"] == pytest.approx(inside / (end - start))
     sampled = SamplingParams(temperature=0.6, top_p=0.95)
     assert decode_rate(engine, 3, 8, 12, sampled) > 0 and decode_rate(engine, 1, 8, 12, GREEDY) > 0
+
+
+def test_profile_summary_reproduces_the_published_step_shares(tmp_path):
+    """scripts/profile_summary.py on the committed H200 profile gives the shares its README quotes
+    (36.0% llama_decode, 30.1% waiting for the logits, 19.7% sampled rows), and a file that is not
+    py-spy's raw format is one line and exit 2."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = REPO / "scripts" / "profile_summary.py"
+    profile = REPO / "reports" / "gpu-h200" / "bench-1.5b" / "profile" / "bench-64.txt"
+    out = subprocess.run([sys.executable, script, profile, "--within", "LlamaCppEngine.step", "--functions", "--top", "40"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "6753 samples in stacks through 'LlamaCppEngine.step'" in out
+    assert " 19.7%  _sample_nucleus (rllm_study/backends/sampling.py)" in out
+    lines = subprocess.run([sys.executable, script, profile, "--within", "LlamaCppEngine.step"],
+                           capture_output=True, text=True, check=True).stdout.split("-- self")[1]
+    assert " 36.0%  LlamaCppEngine._decode_once (rllm_study/backends/llama_cpp.py:753)" in lines
+    assert " 30.1%  LlamaCppEngine._sample (rllm_study/backends/llama_cpp.py:795)" in lines
+    bad = tmp_path / "not-a-profile.txt"
+    bad.write_text("hello\n")
+    done = subprocess.run([sys.executable, script, bad], capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "line 1" in done.stderr
