@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 import tomllib
 from dataclasses import asdict, dataclass
@@ -108,6 +109,28 @@ def load_spec(path: Path | None = None, preset: str | None = None, quick: bool =
             raise UserError(f"{where}: has no [{size}] table, so --size {size} means nothing here")
         spec = _merge(spec, tables[size])
     return spec, where
+
+
+def recorded_specs(run_dir: Path) -> list[tuple[dict, set[str], str]]:
+    """The specs a results folder's cells ran with (each manifest.json's "spec", engine flags and
+    --set included), grouped: (spec, names of the cells that recorded it, where), largest group
+    first. A folder grown by a later command (more requests, another variant) holds several."""
+    from rllm_study.results import MANIFEST, cells_in
+
+    groups: dict[str, tuple[dict, set[str]]] = {}
+    for cell_dir in cells_in([run_dir]):
+        path = cell_dir / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: not a readable manifest ({err}); pass a results folder written by `rllm-study run`") from None
+        spec, name = manifest.get("spec"), manifest.get("cell", {}).get("name", cell_dir.name)
+        if not isinstance(spec, dict):
+            raise UserError(f"{path}: field spec is missing; pass a results folder written by `rllm-study run`")
+        key = json.dumps(spec, sort_keys=True)
+        groups.setdefault(key, (spec, set()))[1].add(name)
+    ranked = sorted(groups.values(), key=lambda g: -len(g[1]))
+    return [(spec, names, f"{run_dir} (the spec {len(names)} of its cells recorded)") for spec, names in ranked]
 
 
 def _merge(base: dict, over: dict) -> dict:

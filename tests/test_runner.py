@@ -94,6 +94,30 @@ def test_each_cell_starts_with_an_empty_prefix_cache(tmp_path, smollm2_path):
         assert second["cached_tokens"] > 0  # the cache works within the cell (the chat template's opening)
 
 
+def test_like_reruns_the_specs_a_folder_recorded(tmp_path, smollm2_path):
+    """A folder grown by a second command (one cell given more requests) holds two specs; --like
+    runs each cell again with its own, so the copy has the same cells and requests (the way a CPU
+    run is repeated on a GPU for report --compare)."""
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    base = ["run", "--preset", "pilot", "--quick", *TINY, "--set", "datasets={gsm8k=2}", "--set", "workload.batch_size=2"]
+    assert run_cli(*base, "--out", first).returncode == 0
+    grown = run_cli(*base, "--set", "datasets={gsm8k=3}", "--set", 'prompt_modes=["direct"]', "--out", first)
+    assert grown.returncode == 0, grown.stderr
+    proc = run_cli("run", "--like", first, "-t", "1", "--out", copy)
+    assert proc.returncode == 0, proc.stderr
+    assert "the spec 1 of its cells recorded" in proc.stderr
+    cells = sorted(p.name for p in first.iterdir() if p.is_dir())
+    assert sorted(p.name for p in copy.iterdir() if p.is_dir()) == cells and len(cells) == 2
+    for name in cells:
+        a, b = read_cell(first / name, with_tokens=False), read_cell(copy / name, with_tokens=False)
+        assert sorted((r["id"], r["item_id"]) for r in a.requests) == sorted((r["id"], r["item_id"]) for r in b.requests)
+        assert len(b.requests) == (3 if "gsm8k__direct" in name else 2)
+        assert b.manifest["engine"]["context"]["n_threads"] == 1  # flags apply on top of the recorded spec
+    for args, needle in (([tmp_path / "none"], "does not exist"), ([first, "--quick"], "drop --quick")):
+        bad = run_cli("run", "--like", *args, "--out", tmp_path / "x", "--dry-run")
+        assert bad.returncode == 2 and needle in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, smollm2_path):
     args = [*CLI, "run", "--preset", "realworld", "--quick", *TINY, "--set", "datasets={gsm8k=10}",
             "--set", "workload={arrival='closed', concurrency=2}", "--out", str(tmp_path)]

@@ -8,7 +8,8 @@
 #   .gpu-carry/pNN    pieces 01.. of the models in MODELS: their GGUF files cut into pieces named
 #                     MODEL.partKK, joined on the device and checked against the pinned sha256
 #   .gpu-carry/run    the rllm-study wheel built from the working tree, COMMIT (the commit it was
-#                     built from), tree.tar.gz (this checkout's scripts and specs at HEAD) and
+#                     built from), tree.tar.gz (this checkout's scripts and specs at HEAD, and the
+#                     manifests of reports/cpu-2core for study.sh's `like` step) and
 #                     enter.sh (runs device.sh from that tree); rebuild before each run call:
 #                     `bash scripts/gpu/prepare.sh wheel`
 # Every call carries .gpu-carry/run and runs `bash .gpu-carry/run/enter.sh ...`, because the tool
@@ -32,7 +33,10 @@ grep -qx "/.gpu-carry" "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude
 wheel() {
   rm -rf "$carry/run" && "${pip[@]}" wheel -q --no-deps -w "$carry/run" .
   .venv/bin/python -c 'from rllm_study.environment import git_commit; print(git_commit())' > "$carry/run/COMMIT"
-  git archive --format=tar.gz -o "$carry/run/tree.tar.gz" HEAD -- . ':!reports' ':!tests'
+  local tree="$carry/run/tree.tar"
+  git archive --format=tar -o "$tree" HEAD -- . ':!reports' ':!tests'
+  git archive --format=tar -o "$tree.manifests" HEAD -- ':(glob)reports/cpu-2core/**/manifest.json'
+  tar --concatenate -f "$tree" "$tree.manifests" && rm "$tree.manifests" && gzip -f "$tree"
   cp scripts/gpu/enter.sh "$carry/run/"
   echo "run load: $(cat "$carry/run/COMMIT"), $(du -cb "$carry/run" | tail -1 | cut -f1) bytes"
 }

@@ -9,6 +9,7 @@
 #                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), each with
 #                  tokens drawn on the host and on the device (--sample-on host,device), against
 #                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
+#                  (written to RESULTS/bench/engine.json, or engine-$TAG.json with TAG set)
 #   server         rllm-study bench server: the realworld workload (64 GSM8K requests, Gamma arrivals at
 #                  4 requests/s, CV 2, 256 tokens) in process and through llama-server -np 32 from $TOOLS
 #                  (same sampling, and its defaults), goodput, E2EL and tok/s side by side
@@ -27,6 +28,11 @@
 #   profile        py-spy (carried in the setup load) samples `bench engine` at $PROFILE_SEQS (default
 #                  64) sequences, greedy and sampled, every thread, idle time included; the raw
 #                  stacks go to RESULTS/profile/ (summarise them with scripts/profile_summary.py)
+#   like           `run --like` each results folder in $LIKE (paths under reports/, carried in
+#                  tree.tar.gz by prepare.sh: their manifests only), every layer on the GPU, into
+#                  RESULTS/<folder's name>: the CPU runs' own specs, for `report --compare`
+#   speculative-standard  --preset speculative --size standard (1.5B target, 0.5B draft) with
+#                  synchronous batches of $BATCH (default 8) only
 #   techniques-standard  --size standard of each preset in $PRESETS (default "think-budget
 #                  kv-cache") on $MODEL, budgets $BUDGETS and repeats $REPEATS where set
 #                  (a later call with more repeats adds the missing cells), as a closed loop of
@@ -34,8 +40,8 @@
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
 # llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
 # server and the quick steps; default qwen2.5-coder-0.5b), SAMPLE_ON (bench: where tokens are drawn,
-# default host,device), RATE, PRESETS, CONCURRENCY, BUDGETS and REPEATS
-# (the standard steps).
+# default host,device), TAG (bench), LIKE, RATE, PRESETS, CONCURRENCY, BATCH, BUDGETS and
+# REPEATS (the standard steps).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,7 +59,7 @@ case "$step" in
     "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on "${SAMPLE_ON:-host,device}" "${gpu[@]}" \
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
-    mv "$results/bench/engine.json.tmp" "$results/bench/engine.json" ;;
+    mv "$results/bench/engine.json.tmp" "$results/bench/engine${TAG:+-$TAG}.json" ;;
   profile)
     mkdir -p "$results/profile"
     seqs="${PROFILE_SEQS:-64}"
@@ -92,6 +98,15 @@ case "$step" in
   realworld-standard)
     "${rllm[@]}" run --preset realworld --size standard "${gpu[@]}" --set "models=[\"$model\"]" \
       --set "workload.rate=${RATE:-3.0}" --out "$results/realworld-standard" ;;
+  like)
+    failed=0
+    for dir in ${LIKE:?LIKE must name results folders under reports/, e.g. cpu-2core/speculative-gsm8k16}; do
+      "${rllm[@]}" run --like "reports/$dir" "${gpu[@]}" --out "$results/$(basename "$dir")" || { echo "like $dir failed" >&2; failed=1; }
+    done
+    exit "$failed" ;;
+  speculative-standard)
+    "${rllm[@]}" run --preset speculative --size standard "${gpu[@]}" --set "workload.batch_size=${BATCH:-8}" \
+      ${REPEATS:+--set "repeats=$REPEATS"} --out "$results/speculative-standard" ;;
   techniques-standard)
     size=(); [ -n "${BUDGETS:-}" ] && size=(--set "max_tokens=$BUDGETS")
     [ -n "${REPEATS:-}" ] && size+=(--set "repeats=$REPEATS")
@@ -101,6 +116,6 @@ case "$step" in
         --out "$results/$name-standard"
     done ;;
   *)
-    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, techniques-standard, profile)" >&2
+    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, like, speculative-standard, techniques-standard, profile)" >&2
     exit 2 ;;
 esac

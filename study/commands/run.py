@@ -14,13 +14,14 @@ from rllm_study.commands.options import engine_flags
 from rllm_study.errors import UserError
 from rllm_study.runner import dry_run as dry_run_study, run_study
 from rllm_study.shards import parse_shard, select
-from rllm_study.spec import apply_overrides, expand, load_spec, preset_names
+from rllm_study.spec import CellSpec, apply_overrides, expand, load_spec, preset_names, recorded_specs
 
 
 @engine_flags(overrides=True)
 def run(
     spec_file: Annotated[Optional[Path], typer.Argument(help="A TOML study spec (or use --preset).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help=f"A shipped study: {', '.join(preset_names())}.")] = None,
+    like: Annotated[Optional[Path], typer.Option("--like", help="Run the spec a results folder's cells recorded (e.g. a CPU run again on a GPU, for report --compare); the flags and --set below apply on top.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="The preset's short version (minutes on 2 cores); same as --size quick.")] = False,
     size: Annotated[str, typer.Option("--size", help="quick (CI, minutes), standard (published results: every claim can settle) or full (the spec's body).")] = "full",
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Replace the spec's models with this one.")] = None,
@@ -35,12 +36,49 @@ def run(
     engine_values: dict = None,
 ) -> None:
     """Run a study: every cell's requests through the engine, recorded as they finish (resumable)."""
-    if (spec_file is None) == (preset is None):
-        raise UserError("give either a spec file or --preset NAME (presets: " + ", ".join(preset_names()) + ")")
+    if sum(x is not None for x in (spec_file, preset, like)) != 1:
+        raise UserError("give one of a spec file, --preset NAME or --like RESULTS_FOLDER (presets: " + ", ".join(preset_names()) + ")")
     if quick and size not in ("full", "quick"):
         raise UserError(f"--quick and --size {size} disagree; give one of them")
-    data, where = load_spec(spec_file, preset, quick, size)
-    sets = list(overrides or [])
+    if like is not None:
+        if quick or size != "full":
+            raise UserError(f"--like {like} runs the size that folder ran; drop --quick/--size")
+        sources = recorded_specs(like)
+    else:
+        data, where = load_spec(spec_file, preset, quick, size)
+        sources = [(data, None, where)]
+    groups: list[tuple[dict, str, list[CellSpec]]] = []
+    for data, names, where in sources:
+        data = _with_flags(data, model, backend, energy_cmd, engine_values, think_budget, list(overrides or []))
+        cells = [c for c in expand(data, where) if names is None or c.name in names]
+        groups.append((data, where, cells))
+    console = Console(stderr=True, soft_wrap=True)
+    if shard is not None:
+        part = parse_shard(shard, shard_count)
+        everything = [c for _, _, cells in groups for c in cells]
+        chosen = {c.name for c in select(everything, part)}
+        groups = [(data, where, [c for c in cells if c.name in chosen]) for data, where, cells in groups]
+        console.print(f"shard {part}: {len(chosen)} of {len(everything)} cells")
+    dirs = []
+    for data, where, cells in groups:
+        console.print(f"{where}: {len(cells)} cells -> {out}")
+        if dry_run:
+            planned = dry_run_study(cells, out, console)
+            for (c, _), given in zip(planned, cells):
+                sized = c.engine.ctx_per_seq != given.engine.ctx_per_seq
+                print(c.name + (f"  (ctx_per_seq {c.engine.ctx_per_seq}: sized for its longest prompt)" if sized else ""))
+            console.print(f"ok: {len(cells)} cells checked (workload values, models, data sets, templates, every prompt "
+                          f"fits its sequence, {out} writable)")
+        elif cells:
+            dirs += run_study(cells, data, out, console)
+    if dirs:
+        print_summary(dirs)
+
+
+def _with_flags(data: dict, model: str | None, backend: str | None, energy_cmd: str | None, engine_values: dict,
+                think_budget: str | None, sets: list[str]) -> dict:
+    """The spec with run's flags applied: --model, --backend, --energy-cmd, the engine flags (over
+    the spec's [engine] for every cell), --think-budget, then each --set."""
     if model:
         data["models"] = [model]
         for variant in data.get("variants", []):
@@ -57,25 +95,7 @@ def run(
         table[keys[name].key] = value
     if think_budget is not None:
         data["think_budget"] = int(think_budget) if think_budget.isdigit() else think_budget
-    data = apply_overrides(data, sets)
-    cells = expand(data, where)
-    console = Console(stderr=True, soft_wrap=True)
-    if shard is not None:
-        part = parse_shard(shard, shard_count)
-        total = len(cells)
-        cells = select(cells, part)
-        console.print(f"shard {part}: {len(cells)} of {total} cells")
-    console.print(f"{where}: {len(cells)} cells -> {out}")
-    if dry_run:
-        planned = dry_run_study(cells, out, console)
-        for (c, _), given in zip(planned, cells):
-            sized = c.engine.ctx_per_seq != given.engine.ctx_per_seq
-            print(c.name + (f"  (ctx_per_seq {c.engine.ctx_per_seq}: sized for its longest prompt)" if sized else ""))
-        console.print(f"ok: {len(cells)} cells checked (workload values, models, data sets, templates, every prompt "
-                      f"fits its sequence, {out} writable)")
-        return
-    dirs = run_study(cells, data, out, console)
-    print_summary(dirs)
+    return apply_overrides(data, sets)
 
 
 def _with_model(variant_model: str, model: str) -> str:
