@@ -40,11 +40,6 @@ sequences), but the chain's top-p sorts the whole row per sequence, and on an H2
 more than the host path (README engine notes), so "host" is the default. Speculative decoding
 samples several positions of one sequence per step and stays on the host. Same seed, same
 distribution, different tokens: numpy's PCG64 and llama.cpp's mt19937 are different streams.
-With `draw_threads` N > 1 the host draws of a step (every sequence's token at its output, a
-drafting sequence's first) are split into up to N contiguous groups drawn by a pool of threads
-while the engine thread waits (numpy releases the GIL inside its passes over a row); each
-request has its own generator and each row is drawn by one thread, so the tokens are the same
-as with N = 1.
 
 Batch invariance. On the CPU, llama.cpp computes a token's logits with kernels chosen by the
 shape of the batch, and they round differently: attention without flash attention (one token
@@ -69,7 +64,6 @@ import heapq
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -301,11 +295,6 @@ def make_sampler(model: LlamaModel, request: Request):
     return chain
 
 
-def _draw_rows(rows: list) -> dict[int, int]:
-    """One draw thread's share of a step: (output index, sampling, generator, logits row) each."""
-    return {out: sample(row, s.temperature, s.top_p, s.top_k, s.order, rng) for out, s, rng, row in rows}
-
-
 class Sequence:
     """A request while it holds a sequence slot (or waits to get one back after preemption)."""
 
@@ -471,7 +460,6 @@ class LlamaCppEngine:
         self.prefill_only_tokens = 0
         self.draft_s = 0.0          # time spent proposing drafts
         self.draft_proposed = self.draft_accepted = 0
-        self._draw_pool = ThreadPoolExecutor(options.draw_threads, "draw") if options.draw_threads > 1 else None
 
     # -- protocol -----------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -576,9 +564,6 @@ class LlamaCppEngine:
         if self.drafter is not None:
             self.drafter.close()
             self.drafter = None
-        if self._draw_pool is not None:
-            self._draw_pool.shutdown()
-            self._draw_pool = None
         if self.ctx:
             lc.llama_batch_free(self.batch)
             lc.llama_free(self.ctx)
@@ -780,13 +765,12 @@ class LlamaCppEngine:
         if prefill_only:
             self.prefill_only_s += time.perf_counter() - t0
             self.prefill_only_tokens += self.batch.n_tokens
-        drawn = self._draw_in_pool(plan) if self._draw_pool is not None else {}
         for seq, fed, out, draft in plan:
             seq.n_past += fed
             del seq.pending[:fed]
             if out < 0:
                 continue
-            token = drawn[out] if out in drawn else self._sample(seq, out)
+            token = self._sample(seq, out)
             t_ns = time.perf_counter_ns()
             if not seq.prefilled:
                 seq.prefilled = True
@@ -794,24 +778,6 @@ class LlamaCppEngine:
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
             self._emit(seq, token, t_ns, out, draft)
-
-    def _draw_in_pool(self, plan: list[tuple[Sequence, int, int, list[int]]]) -> dict[int, int]:
-        """draw_threads > 1: this step's host draws at each sequence's output, by the pool (see
-        "Where tokens are drawn" in the module docstring); output index -> token."""
-        rows = [(out, seq.request.sampling, seq.rng, self._logits(out)) for seq, _, out, _ in plan
-                if out >= 0 and not seq.on_device and seq.sampler is None]
-        if len(rows) < 2:
-            return {}
-        share = -(-len(rows) // self.options.draw_threads)
-        groups = [rows[i:i + share] for i in range(0, len(rows), share)]
-        drawn = {}
-        for part in self._draw_pool.map(_draw_rows, groups):
-            drawn.update(part)
-        return drawn
-
-    def _logits(self, index: int) -> np.ndarray:
-        """The logits row of batch output `index` (a view of llama.cpp's buffer, valid until the next decode)."""
-        return np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
 
     def _sample(self, seq: Sequence, index: int) -> int:
         """The next token at batch output `index`: the decode graph's draw for a sequence drawing on
@@ -826,7 +792,8 @@ class LlamaCppEngine:
         if seq.sampler is not None:
             return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
         s = seq.request.sampling
-        return sample(self._logits(index), s.temperature, s.top_p, s.top_k, s.order, seq.rng)
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
+        return sample(logits, s.temperature, s.top_p, s.top_k, s.order, seq.rng)
 
     def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the

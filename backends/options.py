@@ -183,8 +183,6 @@ class LlamaCppOptions(CommonOptions):
     sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
                                     "chain inside the decode graph; slower on an H200, see the README).",
                             check=one_of("host", "device"))
-    draw_threads: int = option(1, "Threads drawing a step's tokens from their logits on the host (sample_on host; "
-                                  "1 = on the engine thread, in turn).", check=at_least(1))
 
 
 MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes

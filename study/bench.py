@@ -53,35 +53,29 @@ def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: Sampli
 
 def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
                  n_gpu_layers: int = 0, modes: dict[str, SamplingParams] | None = None,
-                 sample_on: tuple[str, ...] = ("host",), draw_threads: tuple[int, ...] = (1,)) -> dict:
+                 sample_on: tuple[str, ...] = ("host",)) -> dict:
     """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...]}}} for each concurrency N, after one
     warm-up; the modes (default greedy only) alternate within each repetition. With several
-    setups (one engine each: every `sample_on` value, e.g. "host" and "device" on a GPU, and for
-    "host" every `draw_threads` value) each mode is measured under each, named "MODE/WHERE",
-    "MODE/drawK" or "MODE/WHERE/drawK" by what varies."""
+    `sample_on` values (one engine each, e.g. "host" and "device" on a GPU) each mode is measured
+    under each, named "MODE/WHERE"."""
     from rllm_study.backends.llama_cpp import LlamaCppEngine
 
     modes = modes or {"greedy": GREEDY}
-    setups = [(where, k) for where in sample_on for k in (draw_threads if where == "host" else (1,))]
-    named = {}
-    for mode in modes:
-        for where, k in setups:
-            parts = [mode] + ([where] if len(sample_on) > 1 else []) + ([f"draw{k}"] if len(draw_threads) > 1 else [])
-            named[(mode, where, k)] = "/".join(parts)
+    named = {(mode, where): mode if len(sample_on) == 1 else f"{mode}/{where}" for where in sample_on for mode in modes}
     results: dict[str, dict] = {name: {} for name in named.values()}
     for n in seqs:
         engines = {}
         runs: dict[str, list[float]] = {name: [] for name in named.values()}
         try:
-            for where, k in setups:
+            for where in sample_on:
                 options = LlamaCppOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads,
-                                          flash_attn=flash_attn, n_gpu_layers=n_gpu_layers, sample_on=where, draw_threads=k)
-                engines[where, k] = LlamaCppEngine(model, options)
+                                          flash_attn=flash_attn, n_gpu_layers=n_gpu_layers, sample_on=where)
+                engines[where] = LlamaCppEngine(model, options)
                 for sampling in modes.values():
-                    _batch(engines[where, k], n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
+                    _batch(engines[where], n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
             for _ in range(reps):
-                for (mode, where, k), name in named.items():
-                    runs[name].append(decode_rate(engines[where, k], n, n_prompt, n_gen, modes[mode]))
+                for (mode, where), name in named.items():
+                    runs[name].append(decode_rate(engines[where], n, n_prompt, n_gen, modes[mode]))
         finally:
             for engine in engines.values():
                 engine.close()
@@ -134,21 +128,20 @@ def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: l
 
 def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128, n_gen: int = 128,
                  flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None, n_gpu_layers: int = 0,
-                 sampled: SamplingParams | None = None, sample_on: tuple[str, ...] = ("host",),
-                 draw_threads: tuple[int, ...] = (1,)) -> dict:
+                 sampled: SamplingParams | None = None, sample_on: tuple[str, ...] = ("host",)) -> dict:
     """Our figures per mode (greedy, and with `sampled` the study's sampling; each under every
-    setup of `measure_ours`), where each mode's tokens were drawn, and with reference_dir the reference
+    `sample_on` value), where each mode's tokens were drawn, and with reference_dir the reference
     tools' figures and, per mode, the ratios (ours / theirs)."""
     from rllm_study.models import resolve_model
 
     ref = resolve_model(model)
     modes = {"greedy": GREEDY, **({"sampled": sampled} if sampled is not None else {})}
-    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on, draw_threads)
+    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on)
     result = {"model": ref.name, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "flash_attn": flash_attn,
               "n_gpu_layers": n_gpu_layers, "seqs": seqs,
               "sampling": {mode: {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "order": s.order,
                                   "seeds": "request i: seed i"} for mode, s in modes.items()},
-              "sample_on": list(sample_on), "draw_threads": list(draw_threads),
+              "sample_on": list(sample_on),
               "ours": ours}
     if reference_dir is not None:
         bench_tg = measure_llama_bench(reference_dir, ref.path, threads, n_gen, flash_attn, reps, n_gpu_layers)

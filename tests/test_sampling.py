@@ -185,33 +185,6 @@ def test_engine_draws_every_token_with_the_sampling_function(engine, monkeypatch
         assert [sample(row, 0.6, 0.95, 0, TEMPERATURE_FIRST, replay) for row, _ in rows] == [t for _, t in rows]
 
 
-def test_draw_threads_give_the_same_tokens(engine, smollm2_path, monkeypatch):
-    """draw_threads 3: a step's rows are drawn by the pool's threads, each request's from its own
-    generator, so 4 sampled requests and a greedy one get exactly the tokens of the one-thread
-    engine (same schedule, same logits)."""
-    import threading
-
-    threads_seen = set()
-
-    def recording(*args):
-        threads_seen.add(threading.current_thread().name)
-        return sample(*args)
-
-    prompt = chat(engine, "Tell me a short story about a cat.")
-    requests = [Request(f"r{i}", prompt, SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=i)) for i in range(4)]
-    requests.append(Request("greedy", prompt, SamplingParams(max_tokens=24, temperature=0.0)))
-    alone = _run(engine, requests)
-    pooled = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=384, n_threads=THREADS,
-                                                                         draw_threads=3))
-    try:
-        monkeypatch.setattr(llama_cpp, "sample", recording)
-        assert _run(pooled, requests) == alone
-    finally:
-        pooled.close()
-    assert len(alone["r0"]) == 24 and len({tuple(t) for t in alone.values()}) > 1
-    assert {name.startswith("draw") for name in threads_seen} == {True, False}  # pool for full steps, engine thread for one row
-
-
 def test_engine_order_changes_the_draws_and_grammar_keeps_its_chain(engine):
     prompt = chat(engine, "Name three colours.")
     base = SamplingParams(max_tokens=24, temperature=1.5, top_p=0.8, seed=3)

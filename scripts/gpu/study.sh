@@ -9,8 +9,7 @@
 #                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), each with
 #                  tokens drawn on the host and on the device (--sample-on host,device), against
 #                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
-#                  (written to RESULTS/bench/engine.json, or engine-$TAG.json with TAG set); DRAW
-#                  lists the draw_threads values to measure (default 1)
+#                  (written to RESULTS/bench/engine.json, or engine-$TAG.json with TAG set)
 #   server         rllm-study bench server: the realworld workload (64 GSM8K requests, Gamma arrivals at
 #                  4 requests/s, CV 2, 256 tokens) in process and through llama-server -np 32 from $TOOLS
 #                  (same sampling, and its defaults), goodput, E2EL and tok/s side by side
@@ -41,7 +40,7 @@
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
 # llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
 # server and the quick steps; default qwen2.5-coder-0.5b), SAMPLE_ON (bench: where tokens are drawn,
-# default host,device), DRAW and TAG (bench), LIKE, RATE, PRESETS, CONCURRENCY, BATCH, BUDGETS and
+# default host,device), TAG (bench), LIKE, RATE, PRESETS, CONCURRENCY, BATCH, BUDGETS and
 # REPEATS (the standard steps).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
@@ -57,8 +56,7 @@ mkdir -p "$results"
 case "$step" in
   bench)
     mkdir -p "$results/bench"
-    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on "${SAMPLE_ON:-host,device}" \
-      --draw-threads "${DRAW:-1}" "${gpu[@]}" \
+    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on "${SAMPLE_ON:-host,device}" "${gpu[@]}" \
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine${TAG:+-$TAG}.json" ;;

@@ -22,15 +22,14 @@ from rllm_study.errors import UserError
 bench_app = typer.Typer(help="Benchmarks: our engine against llama.cpp's own tools, techniques against baselines.", no_args_is_help=True)
 
 
-def _counts(text: str, flag: str) -> list[int]:
-    """A comma list of whole numbers >= 1 (e.g. --seqs 1,8,32), sorted, without repeats."""
+def _seqs(text: str) -> list[int]:
     try:
-        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+        seqs = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise UserError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from None
-    if not counts or counts[0] < 1:
-        raise UserError(f"{flag} {text!r}: every value must be >= 1")
-    return counts
+        raise UserError(f"--seqs {text!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from None
+    if not seqs or seqs[0] < 1:
+        raise UserError(f"--seqs {text!r}: every value must be >= 1")
+    return seqs
 
 
 @bench_app.command("engine")
@@ -52,8 +51,6 @@ def engine_cmd(
     n_gpu_layers: opt.flag("n_gpu_layers") = 0,
     sample_on: Annotated[str, typer.Option("--sample-on", help="Where tokens are drawn (host, device); a comma "
                                            "list measures each, e.g. host,device on a GPU.")] = "host",
-    draw_threads: Annotated[str, typer.Option("--draw-threads", help="Threads drawing a step's tokens on the host "
-                                              "(engine option draw_threads); a comma list measures each, e.g. 1,4.")] = "1",
 ) -> None:
     """Decode tokens/s at each number of concurrent sequences, greedy and with the study's sampling;
     with --reference-dir, llama.cpp's figures and the ratios (the metric decode_vs_reference)."""
@@ -74,14 +71,8 @@ def engine_cmd(
             LlamaCppOptions(sample_on=where)  # the option's own check names the values
         except OptionError as err:
             raise UserError(err.message_for("--sample-on")) from None
-    draws = _counts(draw_threads, "--draw-threads")
-    for k in draws:
-        try:
-            LlamaCppOptions(draw_threads=k)
-        except OptionError as err:
-            raise UserError(err.message_for("--draw-threads")) from None
-    result = bench_engine(model, threads, _counts(seqs, "--seqs"), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers,
-                          sampling, wheres, tuple(draws))
+    result = bench_engine(model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers, sampling,
+                          wheres)
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if as_json:
@@ -89,7 +80,7 @@ def engine_cmd(
         return
     ref = result.get("reference", {})
     table = Table(title=f"decode tokens/s (decode_tok_s): {result['model']}, {threads} threads, n_gpu_layers={n_gpu_layers}, "
-                        f"tokens drawn on: {', '.join(result['sample_on'])}, draw threads: {', '.join(map(str, result['draw_threads']))}, "
+                        f"tokens drawn on: {', '.join(result['sample_on'])}, "
                         f"pp{n_prompt} tg{n_gen}, flash_attn={flash_attn}, n = {reps} runs per cell")
     for col in ("sequences", "mode", "ours (mean ± sd)", "reference", "ratio"):
         table.add_column(col, justify="right")
