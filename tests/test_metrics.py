@@ -389,6 +389,32 @@ def test_realised_arrival_rate_and_cv_pool_sessions(tmp_path):
     assert {"arrival_rate", "arrival_cv"} <= set(METRICS)
 
 
+def test_finish_gaps_by_change_reproduces_the_published_split(tmp_path):
+    """scripts/finish_gaps.py --by-change on the committed H200 server cell (1.5B): its classes
+    partition the gaps (the finish class is finish_gaps' spanning kind), and it prints the figures
+    scripts/gpu/README.md quotes: at 0-7 running, steady p50 3.8 ms, the gap after a finish 11.0
+    ms and after an admission 9.0 ms. A folder without cells is one line, exit 2."""
+    import subprocess
+    import sys
+
+    from rllm_study.metrics import finish_gaps
+    from rllm_study.results import read_cell
+
+    repo = Path(__file__).parent.parent
+    cell_dir = repo / "reports" / "gpu-h200" / "bench-1.5b" / "server-grading-process" / "in_process"
+    script = repo / "scripts" / "finish_gaps.py"
+    out = subprocess.run([sys.executable, script, "--by-change", cell_dir], capture_output=True, text=True, check=True).stdout
+    rows = [line[60:].split() for line in out.splitlines()[1:]]  # after the 60-character cell column
+    table = {(r[0], " ".join(r[1:-3])): (int(r[-3]), float(r[-2])) for r in rows}
+    g = finish_gaps(read_cell(next(cell_dir.iterdir())))
+    assert sum(n for n, _ in table.values()) == g["spanning"]["count"] + g["other"]["count"]
+    assert sum(n for (_, kind), (n, _) in table.items() if kind == "finish") == g["spanning"]["count"]
+    assert table["0-7", "steady"][1] == 3.8 and table["0-7", "1 after finish"][1] == 11.0
+    assert table["0-7", "1 after admission"][1] == 9.0
+    done = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_finish_gaps_split_every_gap_of_a_published_cell():
     """finish_gap_p90_ratio on a real cell (the H200 run of the pilot's GSM8K reasoning cell): every
     gap between consecutive tokens of a completed request is in exactly one of the two kinds, a
