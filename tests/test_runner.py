@@ -113,6 +113,9 @@ def test_like_reruns_the_specs_a_folder_recorded(tmp_path, smollm2_path):
         assert sorted((r["id"], r["item_id"]) for r in a.requests) == sorted((r["id"], r["item_id"]) for r in b.requests)
         assert len(b.requests) == (3 if "gsm8k__direct" in name else 2)
         assert b.manifest["engine"]["context"]["n_threads"] == 1  # flags apply on top of the recorded spec
+    renamed = run_cli("run", "--like", first, "--set", "max_tokens=[16]", "--out", tmp_path / "x", "--dry-run")
+    assert renamed.returncode == 0, renamed.stderr  # a flag that renames the cells keeps them: the same two, at mt16
+    assert sorted(line for line in renamed.stdout.splitlines() if "__mt16__" in line) == [c.replace("mt32", "mt16") for c in cells]
     for args, needle in (([tmp_path / "none"], "does not exist"), ([first, "--quick"], "drop --quick")):
         bad = run_cli("run", "--like", *args, "--out", tmp_path / "x", "--dry-run")
         assert bad.returncode == 2 and needle in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr

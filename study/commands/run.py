@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -48,9 +49,11 @@ def run(
         data, where = load_spec(spec_file, preset, quick, size)
         sources = [(data, None, where)]
     groups: list[tuple[dict, str, list[CellSpec]]] = []
-    for data, names, where in sources:
-        data = _with_flags(data, model, backend, energy_cmd, engine_values, think_budget, list(overrides or []))
-        cells = [c for c in expand(data, where) if names is None or c.name in names]
+    for recorded, names, where in sources:
+        data = _with_flags(copy.deepcopy(recorded), model, backend, energy_cmd, engine_values, think_budget, list(overrides or []))
+        cells = expand(data, where)
+        if names is not None:
+            cells = _the_recorded_cells(expand(recorded, where), names, cells)
         groups.append((data, where, cells))
     console = Console(stderr=True, soft_wrap=True)
     if shard is not None:
@@ -73,6 +76,15 @@ def run(
             dirs += run_study(cells, data, out, console)
     if dirs:
         print_summary(dirs)
+
+
+def _the_recorded_cells(recorded: list[CellSpec], names: set[str], changed: list[CellSpec]) -> list[CellSpec]:
+    """--like: the cells of `changed` (the recorded spec with the flags applied) that stand where
+    the folder's cells stand in the recorded spec's grid (flags such as --model rename them); when
+    the flags changed the grid itself (an axis with more or fewer values) every cell of it."""
+    if len(changed) != len(recorded):
+        return changed
+    return [new for old, new in zip(recorded, changed) if old.name in names]
 
 
 def _with_flags(data: dict, model: str | None, backend: str | None, energy_cmd: str | None, engine_values: dict,
