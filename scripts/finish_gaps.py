@@ -12,7 +12,7 @@ inside it), else "admission" (another was admitted inside it), else "1 after fin
 after finish" (the same request's gap before / two before was a finish gap; likewise "... after
 admission"), else "steady";
 and in a band by the requests running through the whole gap (admitted at or before its start,
-finished at or after its end): 0-7, 8-15, 16+. A finish and an admission both change the
+finished at or after its end; the gap's own request included): 1-7, 8-15, 16+. A finish and an admission both change the
 decode batch's shape; only a finish grades and writes a record. So when the gaps after an
 admission are as long as those after a finish, what a finish costs the others is the new
 shape (on CUDA: llama.cpp runs a changed graph without its CUDA graph, then captures it again),
@@ -30,7 +30,7 @@ from rllm_study.errors import UserError
 from rllm_study.results import cells_in, read_cell
 
 CLASSES = ("steady", "finish", "1 after finish", "2 after finish", "admission", "1 after admission", "2 after admission")
-BANDS = ((0, 8, "0-7"), (8, 16, "8-15"), (16, None, "16+"))
+BANDS = ((1, 8, "1-7"), (8, 16, "8-15"), (16, None, "16+"))
 
 
 def gaps_by_change(cell) -> dict[tuple[str, str], list[float]]:
@@ -45,7 +45,7 @@ def gaps_by_change(cell) -> dict[tuple[str, str], list[float]]:
             tokens = _tokens_of(cell, r["id"])
             if tokens is None:
                 continue
-            others = np.array([q is not r for q in mine])
+            others = finished != r["finish_s"]  # as finish_gaps: the finishes of the other requests
             times, kinds = tokens[0], []
             for a, b in zip(times, times[1:]):
                 inside = lambda t: bool(np.any(others & (t >= a) & (t < b)))  # noqa: E731, as finish_gaps: a <= t < b
@@ -62,19 +62,19 @@ def gaps_by_change(cell) -> dict[tuple[str, str], list[float]]:
 
 
 def main(args: list[str]) -> None:
+    if not args or "-h" in args or "--help" in args:
+        print(__doc__)
+        return
     by_change = "--by-change" in args
-    paths = [a for a in args if a != "--by-change"]
-    if not paths:
-        sys.exit(__doc__)
+    try:
+        cells = cells_in([a for a in args if a != "--by-change"])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if by_change:
         print(f"{'cell':<60} {'running':>7} {'gaps':<17} {'n':>6} {'p50 ms':>7} {'p90 ms':>7}")
     else:
         print(f"{'cell':<60} {'n span':>7} {'p50 ms':>7} {'p90 ms':>7} {'n other':>8} {'p50 ms':>7} {'p90 ms':>7} {'p90 ratio':>9}")
-    try:
-        cells = cells_in(paths)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     for d in cells:
         cell = read_cell(d)
         name = str(d)[-60:]
@@ -90,7 +90,7 @@ def main(args: list[str]) -> None:
         s, o = g["spanning"], g["other"]
         ms = lambda v: "-" if v is None else f"{v * 1e3:.1f}"  # noqa: E731
         ratio = "-" if g["ratio"] is None else f"{g['ratio']:.3f}"
-        print(f"{name:<60} {s['count']:>7} {ms(s['p50'])} {ms(s['p90']):>7} {o['count']:>8} {ms(o['p50']):>7} {ms(o['p90']):>7} {ratio:>9}")
+        print(f"{name:<60} {s['count']:>7} {ms(s['p50']):>7} {ms(s['p90']):>7} {o['count']:>8} {ms(o['p50']):>7} {ms(o['p90']):>7} {ratio:>9}")
 
 
 if __name__ == "__main__":

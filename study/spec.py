@@ -114,23 +114,34 @@ def load_spec(path: Path | None = None, preset: str | None = None, quick: bool =
 def recorded_specs(run_dir: Path) -> list[tuple[dict, set[str], str]]:
     """The specs a results folder's cells ran with (each manifest.json's "spec", engine flags and
     --set included), grouped: (spec, names of the cells that recorded it, where), largest group
-    first. A folder grown by a later command (more requests, another variant) holds several."""
+    first. A folder grown by a later command (more requests, another variant) holds several. A
+    custom data set's path, relative to the spec file it was run from, becomes the absolute path
+    its cells recorded."""
     from rllm_study.results import MANIFEST, cells_in
 
-    groups: dict[str, tuple[dict, set[str]]] = {}
+    groups: dict[str, tuple[dict, set[str], dict[str, str]]] = {}
     for cell_dir in cells_in([run_dir]):
         path = cell_dir / MANIFEST
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: not a readable manifest ({err}); pass a results folder written by `rllm-study run`") from None
-        spec, name = manifest.get("spec"), manifest.get("cell", {}).get("name", cell_dir.name)
-        if not isinstance(spec, dict):
-            raise UserError(f"{path}: field spec is missing; pass a results folder written by `rllm-study run`")
-        key = json.dumps(spec, sort_keys=True)
-        groups.setdefault(key, (spec, set()))[1].add(name)
+        spec = manifest.get("spec") if isinstance(manifest, dict) else None
+        cell = manifest.get("cell") if isinstance(manifest, dict) else None
+        if not isinstance(spec, dict) or not isinstance(cell, dict) or not isinstance(cell.get("name"), str):
+            raise UserError(f"{path}: fields spec and cell.name are needed; pass a results folder written by `rllm-study run`")
+        _, names, files = groups.setdefault(json.dumps(spec, sort_keys=True), (spec, set(), {}))
+        names.add(cell["name"])
+        if isinstance(cell.get("custom_dataset"), dict):
+            files[cell["dataset"]] = cell["custom_dataset"]["path"]
     ranked = sorted(groups.values(), key=lambda g: -len(g[1]))
-    return [(spec, names, f"{run_dir} (the spec {len(names)} of its cells recorded)") for spec, names in ranked]
+    out = []
+    for i, (spec, names, files) in enumerate(ranked, 1):
+        spec = copy.deepcopy(spec)
+        for name, file in files.items():
+            spec["datasets"][name]["path"] = file
+        out.append((spec, names, f"{run_dir} (spec {i} of {len(ranked)}, recorded by {len(names)} cell{'s' * (len(names) != 1)})"))
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:

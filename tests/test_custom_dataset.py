@@ -135,3 +135,6 @@ def test_run_and_report_list_the_custom_set_like_a_shipped_one(tmp_path, smollm2
     study_row = next(line for line in text.splitlines() if line.startswith("| mine-study |"))
     assert "arith" in study_row and "gsm8k" in study_row
     assert "arithmetic" in text and "not measured" in text  # no energy counter on this machine
+    again = run_cli("run", "--like", tmp_path / "out", "--out", tmp_path / "again", "--dry-run")  # from the repository's folder:
+    assert again.returncode == 0, again.stderr  # the file is found where the cells recorded it, not beside the working folder
+    assert len([line for line in again.stdout.splitlines() if "__arith__" in line]) == 1

@@ -392,7 +392,7 @@ def test_realised_arrival_rate_and_cv_pool_sessions(tmp_path):
 def test_finish_gaps_by_change_reproduces_the_published_split(tmp_path):
     """scripts/finish_gaps.py --by-change on the committed H200 server cell (1.5B): its classes
     partition the gaps (the finish class is finish_gaps' spanning kind), and it prints the figures
-    scripts/gpu/README.md quotes: at 0-7 running, steady p50 3.8 ms, the gap after a finish 11.0
+    scripts/gpu/README.md quotes: at 1-7 running, steady p50 3.8 ms, the gap after a finish 11.0
     ms and after an admission 9.0 ms. A folder without cells is one line, exit 2."""
     import subprocess
     import sys
@@ -409,8 +409,8 @@ def test_finish_gaps_by_change_reproduces_the_published_split(tmp_path):
     g = finish_gaps(read_cell(next(cell_dir.iterdir())))
     assert sum(n for n, _ in table.values()) == g["spanning"]["count"] + g["other"]["count"]
     assert sum(n for (_, kind), (n, _) in table.items() if kind == "finish") == g["spanning"]["count"]
-    assert table["0-7", "steady"][1] == 3.8 and table["0-7", "1 after finish"][1] == 11.0
-    assert table["0-7", "1 after admission"][1] == 9.0
+    assert table["1-7", "steady"][1] == 3.8 and table["1-7", "1 after finish"][1] == 11.0
+    assert table["1-7", "1 after admission"][1] == 9.0
     done = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.strip().splitlines()) == 1
 

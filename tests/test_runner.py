@@ -105,7 +105,7 @@ def test_like_reruns_the_specs_a_folder_recorded(tmp_path, smollm2_path):
     assert grown.returncode == 0, grown.stderr
     proc = run_cli("run", "--like", first, "-t", "1", "--out", copy)
     assert proc.returncode == 0, proc.stderr
-    assert "the spec 1 of its cells recorded" in proc.stderr
+    assert "(spec 1 of 2, recorded by 1 cell)" in proc.stderr and "(spec 2 of 2, recorded by 1 cell)" in proc.stderr
     cells = sorted(p.name for p in first.iterdir() if p.is_dir())
     assert sorted(p.name for p in copy.iterdir() if p.is_dir()) == cells and len(cells) == 2
     for name in cells:
@@ -113,10 +113,16 @@ def test_like_reruns_the_specs_a_folder_recorded(tmp_path, smollm2_path):
         assert sorted((r["id"], r["item_id"]) for r in a.requests) == sorted((r["id"], r["item_id"]) for r in b.requests)
         assert len(b.requests) == (3 if "gsm8k__direct" in name else 2)
         assert b.manifest["engine"]["context"]["n_threads"] == 1  # flags apply on top of the recorded spec
-    renamed = run_cli("run", "--like", first, "--set", "max_tokens=[16]", "--out", tmp_path / "x", "--dry-run")
-    assert renamed.returncode == 0, renamed.stderr  # a flag that renames the cells keeps them: the same two, at mt16
-    assert sorted(line for line in renamed.stdout.splitlines() if "__mt16__" in line) == [c.replace("mt32", "mt16") for c in cells]
-    for args, needle in (([tmp_path / "none"], "does not exist"), ([first, "--quick"], "drop --quick")):
+    renamed = run_cli("run", "--like", first, "-m", "qwen2.5-coder-0.5b", "--out", tmp_path / "x", "--dry-run")
+    assert renamed.returncode == 0, renamed.stderr  # a flag that renames the cells keeps them: the same two, on the 0.5B
+    assert sorted(line for line in renamed.stdout.splitlines() if "qwen" in line) == [
+        c.replace("smollm2-135m", "qwen2.5-coder-0.5b") for c in cells]
+    whole = run_cli("run", "--like", REPO / "reports" / "cpu-2core" / "kv-cache-gsm8k64", "--set", "max_tokens=[64]",
+                    "--out", tmp_path / "y", "--dry-run")  # a folder holding its whole grid: --set reshapes all of it
+    assert whole.returncode == 0, whole.stderr
+    assert len([line for line in whole.stdout.splitlines() if "__mt64__" in line]) == 3
+    for args, needle in (([tmp_path / "none"], "does not exist"), ([first, "--quick"], "drop --quick"),
+                         ([first, "--set", "max_tokens=[16]"], "holds 1 of the 2 cells its spec makes")):
         bad = run_cli("run", "--like", *args, "--out", tmp_path / "x", "--dry-run")
         assert bad.returncode == 2 and needle in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
 

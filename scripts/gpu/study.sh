@@ -28,9 +28,10 @@
 #   profile        py-spy (carried in the setup load) samples `bench engine` at $PROFILE_SEQS (default
 #                  64) sequences, greedy and sampled, every thread, idle time included; the raw
 #                  stacks go to RESULTS/profile/ (summarise them with scripts/profile_summary.py)
-#   like           `run --like` each results folder in $LIKE (paths under reports/, carried in
-#                  tree.tar.gz by prepare.sh: their manifests only), every layer on the GPU, into
-#                  RESULTS/<folder's name>: the CPU runs' own specs, for `report --compare`
+#   like           `run --like` each results folder in $LIKE (paths under reports/ of folders in
+#                  reports/cpu-2core/, whose manifests prepare.sh carries in tree.tar.gz), every
+#                  layer on the GPU, into RESULTS/<folder's name> (so names must differ): the CPU
+#                  runs' own specs, for `report --compare`
 #   speculative-standard  --preset speculative --size standard (1.5B target, 0.5B draft) with
 #                  synchronous batches of $BATCH (default 8) only
 #   techniques-standard  --size standard of each preset in $PRESETS (default "think-budget

@@ -20,7 +20,7 @@ from rllm_study.spec import CellSpec, apply_overrides, expand, load_spec, preset
 
 @engine_flags(overrides=True)
 def run(
-    spec_file: Annotated[Optional[Path], typer.Argument(help="A TOML study spec (or use --preset).")] = None,
+    spec_file: Annotated[Optional[Path], typer.Argument(help="A TOML study spec (or use --preset or --like).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", help=f"A shipped study: {', '.join(preset_names())}.")] = None,
     like: Annotated[Optional[Path], typer.Option("--like", help="Run the spec a results folder's cells recorded (e.g. a CPU run again on a GPU, for report --compare); the flags and --set below apply on top.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="The preset's short version (minutes on 2 cores); same as --size quick.")] = False,
@@ -53,8 +53,12 @@ def run(
         data = _with_flags(copy.deepcopy(recorded), model, backend, energy_cmd, engine_values, think_budget, list(overrides or []))
         cells = expand(data, where)
         if names is not None:
-            cells = _the_recorded_cells(expand(recorded, where), names, cells)
+            cells = _the_recorded_cells(expand(recorded, where), names, cells, bool(overrides or think_budget), where)
         groups.append((data, where, cells))
+    planned = [c.name for _, _, cells in groups for c in cells]
+    twice = sorted({name for name in planned if planned.count(name) > 1})
+    if twice:
+        raise UserError(f"--like {like}: the flags make cell {twice[0]} from two of its specs; drop the flag that merges them")
     console = Console(stderr=True, soft_wrap=True)
     if shard is not None:
         part = parse_shard(shard, shard_count)
@@ -78,12 +82,24 @@ def run(
         print_summary(dirs)
 
 
-def _the_recorded_cells(recorded: list[CellSpec], names: set[str], changed: list[CellSpec]) -> list[CellSpec]:
-    """--like: the cells of `changed` (the recorded spec with the flags applied) that stand where
-    the folder's cells stand in the recorded spec's grid (flags such as --model rename them); when
-    the flags changed the grid itself (an axis with more or fewer values) every cell of it."""
-    if len(changed) != len(recorded):
+def _the_recorded_cells(recorded: list[CellSpec], names: set[str], changed: list[CellSpec], sets: bool,
+                       where: str) -> list[CellSpec]:
+    """--like: which cells of `changed` (the recorded spec with the flags applied) to run. A folder
+    that holds its spec's whole grid gets all of `changed` (--set may reshape it). One that holds
+    part of it (a grown folder, a shard, one cell) gets the cells at the places its own stand in
+    the recorded grid (engine flags and --model keep the places; --set and --think-budget could
+    move them, so they are refused there). A recorded name the recorded spec does not make (an
+    older rllm-study named cells otherwise) is refused."""
+    grid = [c.name for c in recorded]
+    strange = sorted(names - set(grid))
+    if strange:
+        raise UserError(f"{where}: its cell {strange[0]} is not one its recorded spec makes now (written by another "
+                        "rllm-study version?); run that spec from a file instead")
+    if len(names) == len(grid):
         return changed
+    if sets or len(changed) != len(recorded):
+        raise UserError(f"{where}: holds {len(names)} of the {len(grid)} cells its spec makes, so --set, --think-budget or a "
+                        "flag that changes an axis could change which cells those are; drop them, or write the spec to a file")
     return [new for old, new in zip(recorded, changed) if old.name in names]
 
 
