@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from rllm_study.metrics import COMPLETED, _tokens_of, finish_gaps
+from rllm_study.metrics import completed_token_times, finish_gaps, gap_spans
 from rllm_study.errors import UserError
 from rllm_study.results import cells_in, read_cell
 
@@ -35,29 +35,23 @@ BANDS = ((1, 8, "1-7"), (8, 16, "8-15"), (16, None, "16+"))
 
 def gaps_by_change(cell) -> dict[tuple[str, str], list[float]]:
     """(band, class) -> gaps in seconds (see --by-change in the module docstring)."""
-    rows = [r for r in cell.requests if r.get("finish_reason") in COMPLETED]
     out: dict[tuple[str, str], list[float]] = {}
-    for session in {r.get("session", 0) for r in rows}:
-        mine = [r for r in rows if r.get("session", 0) == session]
-        admitted = np.array([r["admitted_s"] for r in mine])
-        finished = np.array([r["finish_s"] for r in mine])
-        for r in mine:
-            tokens = _tokens_of(cell, r["id"])
-            if tokens is None:
-                continue
-            others = finished != r["finish_s"]  # as finish_gaps: the finishes of the other requests
-            times, kinds = tokens[0], []
-            for a, b in zip(times, times[1:]):
-                inside = lambda t: bool(np.any(others & (t >= a) & (t < b)))  # noqa: E731, as finish_gaps: a <= t < b
-                kind = "finish" if inside(finished) else "admission" if inside(admitted) else None
-                running = int(np.sum((admitted <= a) & (finished >= b)))
-                kinds.append((kind, running, b - a))
-            for j, (kind, running, gap) in enumerate(kinds):
-                if kind is None:
-                    kind = (f"1 after {kinds[j - 1][0]}" if j >= 1 and kinds[j - 1][0] else
-                            f"2 after {kinds[j - 2][0]}" if j >= 2 and kinds[j - 2][0] else "steady")
-                band = next(name for low, high, name in BANDS if running >= low and (high is None or running < high))
-                out.setdefault((band, kind), []).append(gap)
+    for r, session, times in completed_token_times(cell):
+        others = [q for q in session if q["finish_s"] != r["finish_s"]]  # as finish_gaps
+        ends = np.sort([q["finish_s"] for q in others])
+        starts = np.sort([q["admitted_s"] for q in others])
+        admitted = np.array([q["admitted_s"] for q in session])
+        finished = np.array([q["finish_s"] for q in session])
+        kinds = []
+        for a, b in zip(times, times[1:]):
+            kind = "finish" if gap_spans(ends, a, b) else "admission" if gap_spans(starts, a, b) else None
+            kinds.append((kind, int(np.sum((admitted <= a) & (finished >= b))), b - a))
+        for j, (kind, running, gap) in enumerate(kinds):
+            if kind is None:
+                kind = (f"1 after {kinds[j - 1][0]}" if j >= 1 and kinds[j - 1][0] else
+                        f"2 after {kinds[j - 2][0]}" if j >= 2 and kinds[j - 2][0] else "steady")
+            band = next(name for low, high, name in BANDS if running >= low and (high is None or running < high))
+            out.setdefault((band, kind), []).append(gap)
     return out
 
 

@@ -850,6 +850,26 @@ def _pooled(ctx: _Context, fn: Callable) -> list[float]:
     return [v for r in ctx.cell.requests if r["id"] in ids for v in fn(r, _tokens_of(ctx.cell, r["id"]))]
 
 
+def completed_token_times(cell: Cell) -> Iterable[tuple[dict, list[dict], list[float]]]:
+    """(request, the completed requests of its session, its token times) for each completed
+    request whose tokens were recorded: what finish_gaps and its diagnostics
+    (scripts/finish_gaps.py) read."""
+    rows = [r for r in cell.requests if r.get("finish_reason") in COMPLETED]
+    sessions: dict[int, list[dict]] = {}
+    for r in rows:
+        sessions.setdefault(r.get("session", 0), []).append(r)
+    for r in rows:
+        tokens = _tokens_of(cell, r["id"])
+        if tokens is not None:
+            yield r, sessions[r.get("session", 0)], tokens[0]
+
+
+def gap_spans(events: np.ndarray, a: float, b: float) -> bool:
+    """Whether one of the sorted times `events` lies in the gap from a to b: a <= t < b."""
+    i = np.searchsorted(events, a, side="left")
+    return bool(i < len(events) and events[i] < b)
+
+
 @define("finish_gap_p90_ratio", "ratio",
         "p90(gaps spanning another request's finish) / p90(all other gaps); a gap t[i] - t[i-1] of one request spans "
         "a finish when another request of its session has t[i-1] <= finish_s < t[i]")
@@ -858,21 +878,12 @@ def finish_gaps(cell: Cell) -> dict:
     the gaps between consecutive tokens of completed requests, split into those that span
     another request's finish and the others, with their distributions and the ratio of their
     p90s (1.0: a finish costs the others nothing). Pooled over the cell's sessions."""
-    rows = [r for r in cell.requests if r.get("finish_reason") in COMPLETED]
-    finishes: dict[int, list[float]] = {}
-    for r in rows:
-        finishes.setdefault(r.get("session", 0), []).append(r["finish_s"])
     spanning: list[float] = []
     other: list[float] = []
-    for r in rows:
-        tokens = _tokens_of(cell, r["id"])
-        if tokens is None:
-            continue
-        ends = np.sort([f for f in finishes[r.get("session", 0)] if f != r["finish_s"]])
-        times = tokens[0]
+    for r, session, times in completed_token_times(cell):
+        ends = np.sort([q["finish_s"] for q in session if q["finish_s"] != r["finish_s"]])
         for a, b in zip(times, times[1:]):
-            i = np.searchsorted(ends, a, side="left")
-            (spanning if i < len(ends) and ends[i] < b else other).append(b - a)
+            (spanning if gap_spans(ends, a, b) else other).append(b - a)
     span, rest = distribution(spanning), distribution(other)
     return {"spanning": span, "other": rest,
             "ratio": _ratio(span["p90"], rest["p90"]) if span["count"] and rest["count"] else None}

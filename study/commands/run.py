@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -55,9 +56,9 @@ def run(
         if names is not None:
             cells = _the_recorded_cells(expand(recorded, where), names, cells, bool(overrides or think_budget), where)
         groups.append((data, where, cells))
-    planned = [c.name for _, _, cells in groups for c in cells]
-    twice = sorted({name for name in planned if planned.count(name) > 1})
-    if twice:
+    made = Counter(c.name for _, _, cells in groups for c in cells)
+    twice = sorted(name for name, count in made.items() if count > 1)
+    if twice:  # only --like has several specs
         raise UserError(f"--like {like}: the flags make cell {twice[0]} from two of its specs; drop the flag that merges them")
     console = Console(stderr=True, soft_wrap=True)
     if shard is not None:
