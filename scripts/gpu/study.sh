@@ -24,7 +24,8 @@
 #                  $BUDGETS (default [512,1024]) and synchronous batches of $BATCH (default 32)
 #   realworld-standard  --preset realworld --size standard (150 GSM8K requests per CV, CVs 1, 2
 #                  and 4) on $MODEL at $RATE requests/s (default 3.0: the preset's 0.2 is a CPU's
-#                  load; a GPU serves that with an idle engine)
+#                  load; a GPU serves that with an idle engine); with $GSM8K set, that many
+#                  requests per CV instead, into RESULTS/realworld-gsm8k$GSM8K-r$RATE
 #   profile        py-spy (carried in the setup load) samples `bench engine` at $PROFILE_SEQS (default
 #                  64) sequences, greedy and sampled, every thread, idle time included; the raw
 #                  stacks go to RESULTS/profile/ (summarise them with scripts/profile_summary.py)
@@ -41,7 +42,7 @@
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
 # llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
 # server and the quick steps; default qwen2.5-coder-0.5b), SAMPLE_ON (bench: where tokens are drawn,
-# default host,device), TAG (bench), LIKE, RATE, PRESETS, CONCURRENCY, BATCH, BUDGETS and
+# default host,device), TAG (bench), LIKE, RATE, GSM8K, PRESETS, CONCURRENCY, BATCH, BUDGETS and
 # REPEATS (the standard steps).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
@@ -98,7 +99,8 @@ case "$step" in
       --set "workload={arrival=\"batch\", batch_size=${BATCH:-32}}" --out "$results/pilot-standard" ;;
   realworld-standard)
     "${rllm[@]}" run --preset realworld --size standard "${gpu[@]}" --set "models=[\"$model\"]" \
-      --set "workload.rate=${RATE:-3.0}" --out "$results/realworld-standard" ;;
+      --set "workload.rate=${RATE:-3.0}" ${GSM8K:+--set "datasets={gsm8k=$GSM8K}"} \
+      --out "$results/realworld-$( [ -n "${GSM8K:-}" ] && echo "gsm8k$GSM8K-r${RATE:-3.0}" || echo standard)" ;;
   like)
     failed=0
     for dir in ${LIKE:?LIKE must name results folders under reports/, e.g. cpu-2core/speculative-gsm8k16}; do
