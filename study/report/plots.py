@@ -264,12 +264,11 @@ def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | No
     markers = "osD^v<>P*Xdh"
     named = len(points) <= LABELLED_POINTS
     fig, ax = subplots(figsize=(WIDTH * 0.62, 3.6))
-    for i, (variant, group, tok, acc) in enumerate(points):
-        if tok is None or acc is None:
-            continue
+    shown = sorted((p for p in points if p[2] is not None and p[3] is not None), key=lambda p: p[2])
+    for i, (variant, group, tok, acc) in enumerate(shown):
         ax.scatter(tok, 100 * acc, s=42, color=CYCLE[variants.index(variant) % len(CYCLE)],
                    marker=markers[groups.index(group) % len(markers)], edgecolor="black", lw=0.4, zorder=3)
-        if named:  # labels alternate above and below their points, so that close neighbours stay legible
+        if named:  # labels alternate above and below in order of throughput, so that neighbours on the x axis stay legible
             ax.annotate(variant, (tok, 100 * acc), xytext=(0, 7 if i % 2 == 0 else -13), textcoords="offset points",
                         ha="center", fontsize=8)
     handles = [] if named else [Line2D([], [], ls="", marker="s", color=CYCLE[i % len(CYCLE)], label=v)
