@@ -98,9 +98,10 @@ case "$step" in
     "${rllm[@]}" run --preset pilot --size standard "${gpu[@]}" --set "max_tokens=${BUDGETS:-[512,1024]}" \
       --set "workload={arrival=\"batch\", batch_size=${BATCH:-32}}" --out "$results/pilot-standard" ;;
   realworld-standard)
+    rate="${RATE:-3.0}" name=realworld-standard requests=()
+    [ -n "${GSM8K:-}" ] && name="realworld-gsm8k$GSM8K-r$rate" requests=(--set "datasets={gsm8k=$GSM8K}")
     "${rllm[@]}" run --preset realworld --size standard "${gpu[@]}" --set "models=[\"$model\"]" \
-      --set "workload.rate=${RATE:-3.0}" ${GSM8K:+--set "datasets={gsm8k=$GSM8K}"} \
-      --out "$results/realworld-$( [ -n "${GSM8K:-}" ] && echo "gsm8k$GSM8K-r${RATE:-3.0}" || echo standard)" ;;
+      --set "workload.rate=$rate" "${requests[@]}" --out "$results/$name" ;;
   like)
     failed=0
     for dir in ${LIKE:?LIKE must name results folders under reports/, e.g. cpu-2core/speculative-gsm8k16}; do
