@@ -13,8 +13,11 @@ rest silently: an unreadable counter means "not measured", never an error):
   cmd   `run --energy-cmd CMD` (spec key energy_cmd): a shell command that prints the
         machine's cumulative energy in joules (one number on stdout) each time it runs, e.g.
         on Apple Silicon a wrapper around `sudo powermetrics` (README, "Energy"). A helper
-        process runs it every CMD_PERIOD_S, never the engine loop; a sample carries the latest
-        value it printed (so energy is exact to within one period's worth).
+        process runs it every CMD_PERIOD_S, never the engine loop; a sample during a cell
+        carries the latest value it printed (exact to within one period's worth). A cell's two
+        ends are read fresh, outside its timed interval: the helper runs the command on request
+        before the cell's clock starts and after its last request finished, so a cell's energy
+        spans all of it plus the two command runs, however short the cell.
 `CellEnergy` turns them into timeline fields: energy_j = joules of all opened meters together
 since the cell's session started (GPU + CPU package + command), gpu_bytes = GPU memory in use.
 A field is absent when no meter measures it.
@@ -30,6 +33,7 @@ from typing import Callable
 
 POWERCAP = Path("/sys/class/powercap")
 CMD_PERIOD_S = 1.0
+CMD_FRESH_TIMEOUT_S = 30.0  # a fresh reading not in by then: the latest value stands
 
 
 class RaplMeter:
@@ -104,24 +108,29 @@ class NvmlMeter:
 
 
 _POLLER = """
-import subprocess, sys, time
+import select, subprocess, sys
 command, period = sys.argv[1], float(sys.argv[2])
+kind = "tick"
 while True:
     proc = subprocess.run(command, shell=True, capture_output=True, text=True)
     words = proc.stdout.split()
     if proc.returncode or not words:
         err = proc.stderr.strip().splitlines()
-        print("error", repr(proc.stdout.strip()[:80]), err[-1] if err else f"exit {proc.returncode}", flush=True)
+        print(kind, "error", repr(proc.stdout.strip()[:80]), err[-1] if err else f"exit {proc.returncode}", flush=True)
     else:
-        print("ok", words[-1], flush=True)
-    time.sleep(period)
+        print(kind, "ok", words[-1], flush=True)
+    kind = "tick"
+    if select.select([sys.stdin], [], [], period)[0]:
+        if not sys.stdin.readline():  # the study closed the pipe
+            break
+        kind = "now"
 """
 
 
 class CommandMeter:
     """The joules a user's command prints. A helper process, started before any engine, runs it
-    every period and writes each value to a pipe that a thread reads, so the engine's process
-    spawns nothing while it decodes."""
+    every period (a "tick") and on request (a "now" line on its stdin), and writes each value to a
+    pipe that a thread reads, so the engine's process spawns nothing while it decodes."""
 
     name = "cmd"
 
@@ -130,15 +139,24 @@ class CommandMeter:
 
         self.command = command
         self._proc = subprocess.Popen([sys.executable, "-c", _POLLER, command, str(period_s)],
-                                      stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.latest = self._next()  # the first reading is awaited: a broken command fails here
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.latest = self._first()  # awaited: a broken command fails here
+        self._fresh_count = 0  # "now" readings received
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._follow, name="energy-cmd", daemon=True)
         self._thread.start()
 
-    def _next(self) -> float:
+    @staticmethod
+    def _parse(line: str) -> tuple[str, str, str]:
+        """A helper line "KIND STATUS REST" -> (kind, status, rest); ("", "", "") at end of output."""
+        kind, _, rest = line.strip().partition(" ")
+        status, _, rest = rest.partition(" ")
+        return kind, status, rest
+
+    def _first(self) -> float:
         from rllm_study.errors import UserError
 
-        status, _, rest = self._proc.stdout.readline().strip().partition(" ")
+        _, status, rest = self._parse(self._proc.stdout.readline())
         try:
             if status != "ok":
                 raise ValueError(rest or "no output")
@@ -149,12 +167,28 @@ class CommandMeter:
 
     def _follow(self) -> None:
         for line in self._proc.stdout:
-            status, _, value = line.strip().partition(" ")
+            kind, status, value = self._parse(line)
+            with self._changed:
+                try:
+                    if status == "ok":
+                        self.latest = float(value)
+                except ValueError:  # a bad reading keeps the last value; the next may be good
+                    pass
+                if kind == "now":
+                    self._fresh_count += 1
+                    self._changed.notify_all()
+
+    def fresh(self) -> None:
+        """Have the helper run the command now and wait for its value (at most
+        CMD_FRESH_TIMEOUT_S; an error or a timeout leaves the latest value)."""
+        with self._changed:
+            asked = self._fresh_count
             try:
-                if status == "ok":
-                    self.latest = float(value)
-            except ValueError:  # a bad reading keeps the last value; the next may be good
-                pass
+                self._proc.stdin.write("now\n")
+                self._proc.stdin.flush()
+            except OSError:  # the helper is gone: the latest value stands
+                return
+            self._changed.wait_for(lambda: self._fresh_count > asked, timeout=CMD_FRESH_TIMEOUT_S)
 
     def read(self) -> dict:
         return {"energy_j": self.latest}
@@ -187,19 +221,23 @@ class CellEnergy:
     def names(self) -> list[str]:
         return [m.name for m in self.meters]
 
-    def _raw(self) -> dict:
+    def _raw(self, fresh: bool) -> dict:
         row: dict = {}
         for m in self.meters:
+            if fresh and hasattr(m, "fresh"):
+                m.fresh()
             for key, value in m.read().items():
                 row[key] = row.get(key, 0) + value
         return row
 
     def start(self) -> None:
-        self.base = self._raw().get("energy_j", 0.0)
+        """Before the session's clock starts: the base every later energy_j counts from (read fresh)."""
+        self.base = self._raw(fresh=True).get("energy_j", 0.0)
 
-    def read(self) -> dict:
-        """{"energy_j": joules since start(), "gpu_bytes": bytes}, each only where measured."""
-        row = self._raw()
+    def read(self, final: bool = False) -> dict:
+        """{"energy_j": joules since start(), "gpu_bytes": bytes}, each only where measured; `final`
+        (after the session's last request) reads periodic meters fresh, so it costs a command run."""
+        row = self._raw(fresh=final)
         if "energy_j" in row:
             row["energy_j"] -= self.base
         return row

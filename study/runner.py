@@ -184,7 +184,7 @@ class CellRun:
         self.todo = [j for j in jobs if j.id not in writer.finished_ids]
         self.jobs = {j.id: j for j in self.todo}
         self.on_progress = on_progress  # called with (requests finished this session, output tokens/s)
-        self.recorder = Recorder(time.perf_counter_ns())
+        self.recorder: Recorder | None = None  # made in run(), after the energy base is read
         self.in_flight: set[str] = set()
         self.batch_of: dict[str, int] = {}
         self.output_tokens = 0
@@ -206,6 +206,8 @@ class CellRun:
 
     def run(self) -> None:
         self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
+        self.energy.start()
+        self.recorder = Recorder(time.perf_counter_ns())
         try:
             self._loop()
         finally:
@@ -222,7 +224,6 @@ class CellRun:
         arrivals = self._arrivals()
         queue = list(self.todo)
         t0 = self.recorder.t0_ns
-        self.energy.start()
         next_sample = t0
         while queue or self.in_flight:
             self.records.check()
@@ -240,9 +241,9 @@ class CellRun:
                 if at_s is not None:
                     wake = min(wake, t0 + int(at_s * 1e9))
                 time.sleep(max(0.0, min(IDLE_SLEEP_S, (wake - time.perf_counter_ns()) / 1e9)))
-        self._sample(time.perf_counter_ns())
+        self._sample(time.perf_counter_ns(), final=True)
 
-    def _sample(self, now_ns: int) -> None:
+    def _sample(self, now_ns: int, final: bool = False) -> None:
         """A stats snapshot on the engine thread (engine.stats() is a few counters); the writer
         thread formats and writes it."""
         st = self.engine.stats()
@@ -251,7 +252,7 @@ class CellRun:
             "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
             "device_bytes": st.device_bytes, **({"extra": st.extra.as_dict()} if st.extra else {}),
         }
-        row.update(self.energy.read())
+        row.update(self.energy.read(final))
         self.records.put(row)
 
     def _record(self, events) -> None:
