@@ -142,6 +142,7 @@ class CommandMeter:
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.latest = self._first()  # awaited: a broken command fails here
         self._fresh_count = 0  # "now" readings received
+        self._ended = False  # the helper's output ended (it exited)
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._follow, name="energy-cmd", daemon=True)
         self._thread.start()
@@ -177,10 +178,13 @@ class CommandMeter:
                 if kind == "now":
                     self._fresh_count += 1
                     self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
 
     def fresh(self) -> None:
         """Have the helper run the command now and wait for its value (at most
-        CMD_FRESH_TIMEOUT_S; an error or a timeout leaves the latest value)."""
+        CMD_FRESH_TIMEOUT_S; an error, a timeout or an exited helper leaves the latest value)."""
         with self._changed:
             asked = self._fresh_count
             try:
@@ -188,7 +192,7 @@ class CommandMeter:
                 self._proc.stdin.flush()
             except OSError:  # the helper is gone: the latest value stands
                 return
-            self._changed.wait_for(lambda: self._fresh_count > asked, timeout=CMD_FRESH_TIMEOUT_S)
+            self._changed.wait_for(lambda: self._fresh_count > asked or self._ended, timeout=CMD_FRESH_TIMEOUT_S)
 
     def read(self) -> dict:
         return {"energy_j": self.latest}

@@ -81,6 +81,10 @@ def test_cell_ends_are_read_fresh_not_one_period_late(tmp_path):
         counter.write_text("9.5")
         assert energy.read() == {"energy_j": 0.0}  # mid-cell: the latest periodic value
         assert energy.read(final=True) == {"energy_j": pytest.approx(2.5)}
+        meter._proc.kill()  # a helper that died: the end reading keeps the latest value, no 30 s wait
+        meter._proc.wait()
+        counter.write_text("20")
+        assert energy.read(final=True) == {"energy_j": pytest.approx(2.5)}
     finally:
         meter.close()
 
