@@ -25,9 +25,9 @@ import sys
 
 import numpy as np
 
-from rllm_study.metrics import completed_token_times, finish_gaps, gap_spans
+from rllm_study.analysis.metrics import completed_token_times, finish_gaps, gap_spans
 from rllm_study.errors import UserError
-from rllm_study.results import cells_in, read_cell
+from rllm_study.running.results import cells_in, read_cell
 
 CLASSES = ("steady", "finish", "1 after finish", "2 after finish", "admission", "1 after admission", "2 after admission")
 BANDS = ((1, 8, "1-7"), (8, 16, "8-15"), (16, None, "16+"))

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 
 from rllm_study.errors import UserError
-from rllm_study.spec import WORKLOAD_KEYS, expand
+from rllm_study.running.spec import WORKLOAD_KEYS, expand
 from rllm_study.workloads.arrivals import ARRIVALS, ClosedLoop, OpenLoop, SyncBatches, gap_stats, make_arrivals
 from rllm_study.workloads.arrivals.base import Due
 

@@ -7,12 +7,12 @@ import pytest
 
 from conftest import THREADS
 from rllm_study.backends.base import Request, SamplingParams
-from rllm_study.backends.llama_cpp import LlamaCppEngine
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.bench import GREEDY, decode_rate
-from rllm_study.crosscheck import run_batch
-from rllm_study.metrics import cell_metrics
-from rllm_study.recorder import record_batch
+from rllm_study.bench.engine import GREEDY, decode_rate
+from rllm_study.bench.crosscheck import run_batch
+from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.running.recorder import record_batch
 
 
 @pytest.fixture(scope="module")

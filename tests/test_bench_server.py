@@ -72,7 +72,7 @@ def test_side_by_side_starts_and_stops_llama_server(tmp_path):
     assert [manifests[k]["cell"]["engine"].get("server_default_samplers") for k in sides] == [None, False, True]
     from rich.console import Console
 
-    from rllm_study.bench_server import table
+    from rllm_study.bench.server import table
 
     console = Console(width=200, record=True)
     console.print(table(result))

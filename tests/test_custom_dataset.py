@@ -10,8 +10,8 @@ import pytest
 
 from conftest import THREADS, run_cli
 from rllm_study.errors import UserError
-from rllm_study.results import find_cells, read_cell
-from rllm_study.spec import expand
+from rllm_study.running.results import find_cells, read_cell
+from rllm_study.running.spec import expand
 from rllm_study.workloads.custom_dataset import load_items
 from rllm_study.workloads.grading import grade, text_equal
 from rllm_study.workloads.prompts import build_prompt

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import THREADS, run_cli
-from rllm_study.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
+from rllm_study.running.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
 from rllm_study.errors import UserError
-from rllm_study.metrics import cell_metrics
+from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.report.columns import J_PER_TOKEN, cell_value
-from rllm_study.results import Cell
+from rllm_study.running.results import Cell
 
 
 def _zone(root: Path, name: str, uj: int, max_uj: int) -> Path:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CLI, REPO, THREADS, run_cli
 from rllm_study.errors import UserError
-from rllm_study.results import LOCK, PACKED, REQUESTS, TOKENS, CellWriter, FolderLock, ResultsWriteError, read_jsonl
+from rllm_study.running.results import LOCK, PACKED, REQUESTS, TOKENS, CellWriter, FolderLock, ResultsWriteError, read_jsonl
 
 TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[8]", "--set", "prompt_modes=['direct']"]
 
@@ -43,7 +43,7 @@ def _dead_pid() -> int:
 
 def test_a_held_lock_refuses_a_second_writer(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from rllm_study.results import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
+        "import sys, time; from rllm_study.running.results import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(60)"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -265,7 +265,7 @@ def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
     import shutil
 
     from rllm_study.report.cells import load_cells
-    from rllm_study.results import read_cell
+    from rllm_study.running.results import read_cell
 
     src = next(p for p in sorted((REPO / "reports" / "gpu-h200" / "pilot-1.5b").iterdir()) if (p / "manifest.json").exists())
     cell_dir = tmp_path / "run" / src.name

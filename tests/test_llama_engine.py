@@ -18,7 +18,7 @@ from rllm_study.backends.base import (
     SamplingParams,
     TokenEvent,
 )
-from rllm_study.backends.llama_cpp import LlamaCppEngine
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rllm_study.errors import UserError
-from rllm_study.metrics import METRICS, Z95, cell_metrics, distribution, request_metrics, token_times, wilson_interval
-from rllm_study.results import CellWriter, read_cell
+from rllm_study.analysis.metrics import METRICS, Z95, cell_metrics, distribution, request_metrics, token_times, wilson_interval
+from rllm_study.running.results import CellWriter, read_cell
 
 CLI = str(Path(sys.executable).with_name("rllm-study"))
 
@@ -397,8 +397,8 @@ def test_finish_gaps_by_change_reproduces_the_published_split(tmp_path):
     import subprocess
     import sys
 
-    from rllm_study.metrics import finish_gaps
-    from rllm_study.results import read_cell
+    from rllm_study.analysis.metrics import finish_gaps
+    from rllm_study.running.results import read_cell
 
     repo = Path(__file__).parent.parent
     cell_dir = repo / "reports" / "gpu-h200" / "bench-1.5b" / "server-grading-process" / "in_process"
@@ -421,8 +421,8 @@ def test_finish_gaps_split_every_gap_of_a_published_cell():
     gap spans a finish iff another request finished inside it, and the ratio is the p90s' ratio."""
     import numpy as np
 
-    from rllm_study.metrics import _tokens_of, finish_gaps
-    from rllm_study.results import read_cell
+    from rllm_study.analysis.metrics import _tokens_of, finish_gaps
+    from rllm_study.running.results import read_cell
 
     root = Path(__file__).parent.parent / "reports" / "gpu-h200" / "pilot-1.5b"
     cell = read_cell(next(root.glob("*gsm8k__reasoning*")))

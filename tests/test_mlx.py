@@ -12,7 +12,7 @@ from conftest import require, require_module
 
 require_module("mlx_lm")
 
-from rllm_study.backends.mlx import OPENBLAS, MlxEngine  # noqa: E402  (before mlx.core: it preloads OpenBLAS)
+from rllm_study.backends.mlx.engine import OPENBLAS, MlxEngine  # noqa: E402  (before mlx.core: it preloads OpenBLAS)
 import mlx.core as mx  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 
@@ -23,12 +23,12 @@ from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 from rllm_study.backends import options_for  # noqa: E402
 from rllm_study.backends.base import PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
 from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E402
-from rllm_study.backends.llama_cpp import LlamaCppEngine  # noqa: E402
-from rllm_study.backends.mlx import make_sampler  # noqa: E402
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine  # noqa: E402
+from rllm_study.backends.mlx.engine import make_sampler  # noqa: E402
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402
-from rllm_study.backends.mlx_kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
+from rllm_study.backends.mlx.kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
-from rllm_study.backends.mlx_convert import convert_gguf, convert_to_mlx  # noqa: E402
+from rllm_study.backends.mlx.convert import convert_gguf, convert_to_mlx  # noqa: E402
 from rllm_study.models import resolve_model  # noqa: E402
 
 pytestmark = pytest.mark.mlx

@@ -33,11 +33,11 @@ from rllm_study.backends.base import (
     SamplingParams,
     TokenEvent,
 )
-from rllm_study.backends.openai_http import OpenAIEngine, StreamState, split_base_url
+from rllm_study.backends.openai_http.engine import OpenAIEngine, StreamState, split_base_url
 from rllm_study.backends.options import LlamaCppOptions, OpenAIOptions
 from rllm_study.backends.phases import answer_text
-from rllm_study.backends.server_telemetry import load_from_metrics, load_from_slots, parse_prometheus
-from rllm_study.bench_server import free_port, serve
+from rllm_study.backends.openai_http.telemetry import load_from_metrics, load_from_slots, parse_prometheus
+from rllm_study.bench.server import free_port, serve
 from rllm_study.errors import UserError
 
 
@@ -300,7 +300,7 @@ def llama_server(smollm2_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_llama_server_counts_telemetry_and_template(llama_server, smollm2_path):
-    from rllm_study.backends.llama_cpp import LlamaModel
+    from rllm_study.backends.llama_cpp.engine import LlamaModel
 
     eng = OpenAIEngine("", OpenAIOptions(base_url=llama_server, prefix_cache=True))
     assert eng.info().server_kind == "llama-server"
@@ -329,8 +329,8 @@ def test_llama_server_counts_telemetry_and_template(llama_server, smollm2_path):
 @pytest.mark.slow
 def test_cross_check_in_process_engine_and_llama_server(llama_server, smollm2_path):
     """Same greedy workload through LlamaCppEngine and llama-server: same token counts; prints the ratio."""
-    from rllm_study.backends.llama_cpp import LlamaCppEngine
-    from rllm_study.crosscheck import cross_check
+    from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
+    from rllm_study.bench.crosscheck import cross_check
 
     questions = ["What is the capital of France?", "Name three prime numbers.", "Describe the sea in one sentence.",
                  "What does a CPU do?"]

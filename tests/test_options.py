@@ -12,7 +12,7 @@ from rllm_study.backends import REGISTRY, all_options, engine_class, engine_keys
 from rllm_study.backends.options import MLX_KV_BITS, LlamaCppOptions, MlxOptions, OpenAIOptions, parse_speculative
 from rllm_study.cli import main
 from rllm_study.errors import UserError
-from rllm_study.spec import expand
+from rllm_study.running.spec import expand
 
 
 def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -39,9 +39,9 @@ def test_registry_finds_backends_by_name_and_alias():
 
 def test_options_and_registry_import_no_engine():
     """Building any backend's options imports neither llama_cpp nor mlx (a missing mlx breaks nothing)."""
-    code = ("import sys; from rllm_study.backends import options_for; from rllm_study import spec; "
+    code = ("import sys; from rllm_study.backends import options_for; from rllm_study.running import spec; "
             "options_for('mlx', kv_bits=4); options_for('openai', base_url='http://x'); "
-            "print(sorted(m for m in ('llama_cpp', 'mlx', 'mlx_lm', 'rllm_study.backends.mlx') if m in sys.modules))")
+            "print(sorted(m for m in ('llama_cpp', 'mlx', 'mlx_lm', 'rllm_study.backends.mlx.engine') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
@@ -184,7 +184,7 @@ def test_run_flags_override_the_spec_for_every_cell(monkeypatch, capsys, tmp_pat
     code, out, _ = cli(monkeypatch, capsys, "run", spec, "--dry-run", "--out", tmp_path / "out",
                        "--speculative", "ngram", "--speculative-tokens", "5", "--no-flash-attn")
     assert code == 0
-    from rllm_study.spec import load_spec
+    from rllm_study.running.spec import load_spec
 
     seen = []
     monkeypatch.setattr("rllm_study.commands.run.expand", lambda data, where: seen.append(expand(data, where)) or [])

@@ -93,7 +93,7 @@ def test_template_and_grammar_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def vocab_model(smollm2_path):
-    from rllm_study.backends.llama_cpp import LlamaModel
+    from rllm_study.backends.llama_cpp.engine import LlamaModel
 
     model = LlamaModel(smollm2_path)
     yield model

@@ -11,7 +11,7 @@ from conftest import THREADS, run_cli
 from rllm_study.backends.base import ANSWER, THINK
 from rllm_study.backends.phases import PhaseTracker
 from rllm_study.models import gguf_facts
-from rllm_study.results import read_cell
+from rllm_study.running.results import read_cell
 from tiny_r1 import THINK_CLOSE_ID, THINK_OPEN_ID
 
 CUE = "\\n\\nThe final answer is $\\\\boxed{18}$."  # TOML escapes: the engine writes "...$\boxed{18}$."
@@ -27,7 +27,7 @@ answer_cue = "{CUE}"
 
 @pytest.fixture(scope="module")
 def model(tiny_r1_path):
-    from rllm_study.backends.llama_cpp import LlamaModel
+    from rllm_study.backends.llama_cpp.engine import LlamaModel
 
     m = LlamaModel(tiny_r1_path)
     yield m

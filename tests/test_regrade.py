@@ -8,8 +8,8 @@ import re
 import shutil
 
 from conftest import REPO, run_cli
-from rllm_study.metrics import cell_metrics
-from rllm_study.results import FolderLock, read_cell, read_jsonl
+from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.running.results import FolderLock, read_cell, read_jsonl
 
 SOURCE = REPO / "reports" / "gpu-h100" / "pilot-c32"
 CELLS = ("qwen2.5-coder-0.5b__gsm8k__reasoning__mt256__batch32__r0",       # gsm8k/0016: \boxed{230 miles}, no </think>

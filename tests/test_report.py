@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import THREADS, require, run_cli
-from rllm_study.metrics import METRICS
+from rllm_study.analysis.metrics import METRICS
 from rllm_study.report import REPORT_HTML, REPORT_MD
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import adaptive_time, bursty_load, check_claims, domain_preference, memory, stragglers
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from rllm_study.report.plots import _log_ticks
-from rllm_study.results import CellWriter
+from rllm_study.running.results import CellWriter
 
 SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
             "Latency distributions", "Techniques", "Bursty arrivals", "Think budget", "All cells", "Appendix: metrics"]
@@ -481,7 +481,7 @@ def test_two_runs_never_settle_opposite_verdicts(tmp_path, raw, seeds):
     settled in one and inconclusive in another, never reproduced in one and not reproduced in another."""
     import random
 
-    from rllm_study.results import find_cells, read_cell
+    from rllm_study.running.results import find_cells, read_cell
 
     cells = [read_cell(d) for d in find_cells([REPORTS / raw])]
     assert len(cells) == 16

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import CLI, REPO, THREADS, run_cli
-from rllm_study.results import read_cell, read_jsonl
+from rllm_study.running.results import read_cell, read_jsonl
 from rllm_study.workloads.arrivals import make_arrivals
 
 TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[32]"]

@@ -1,4 +1,4 @@
-"""Host-side sampling (backends/sampling.py): its distribution against the exact probabilities on
+"""Host-side sampling (backends/rllm_study/backends/sampling.py): its distribution against the exact probabilities on
 fixed logits, for both orders, and the llama.cpp engine's use of it on the real SmolLM2."""
 
 from __future__ import annotations
@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 
 from conftest import THREADS, chat
-from rllm_study.backends import llama_cpp, sampling
+from rllm_study.backends import sampling
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.base import Request, SamplingParams, TokenEvent
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST, new_rng, sample
 from rllm_study.errors import UserError
-from rllm_study.spec import expand
+from rllm_study.running.spec import expand
 
 DRAWS = 10_000
 
 
 def exact_probs(logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str) -> np.ndarray:
-    """The definition in backends/sampling.py, written out with a full sort in float64."""
+    """The definition in backends/rllm_study/backends/sampling.py, written out with a full sort in float64."""
     logits = logits.astype(np.float64)
     ranked = np.lexsort((np.arange(len(logits)), -logits))  # logit descending, then id
     if 0 < top_k < len(logits):
@@ -141,7 +142,7 @@ def test_same_seed_same_tokens():
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
-    eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=384, n_threads=THREADS))
+    eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=384, n_threads=THREADS))
     yield eng
     eng.close()
 
@@ -234,7 +235,7 @@ def _first_token_logits(engine, monkeypatch) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def device_engine(smollm2_path):
-    eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=32, ctx_per_seq=32, n_threads=1,
+    eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=32, ctx_per_seq=32, n_threads=1,
                                                                       sample_on="device"))
     yield eng
     eng.close()
@@ -274,7 +275,7 @@ def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
         requests.append(Request(f"r{i}", PROMPT, sampled if i % 2 else SamplingParams(max_tokens=8 + 3 * i)))
     runs = {}
     for where in ("host", "device"):
-        eng = llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=96, n_threads=1,
+        eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=96, n_threads=1,
                                                                           sample_on=where))
         try:
             runs[where] = _run(eng, requests)
@@ -293,10 +294,10 @@ def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
     layer with more than one thread; a bad value names the values."""
     assert engine.info().sample_on == "host"
     with pytest.raises(UserError, match="threads = 1 only"):
-        llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2,
+        LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2,
                                                                     sample_on="device"))
     with pytest.raises(UserError, match="sample_on 'device': speculative"):
-        llama_cpp.LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS,
+        LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS,
                                                                     sample_on="device", speculative="ngram"))
     with pytest.raises(UserError, match="must be one of host, device"):
         LlamaCppOptions(sample_on="gpu")

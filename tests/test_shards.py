@@ -17,9 +17,9 @@ import yaml
 
 from conftest import CLI, REPO, THREADS, run_cli
 from rllm_study.errors import UserError
-from rllm_study.results import find_cells, read_cell
-from rllm_study.shards import assign, expected_tokens, from_environment, parse_shard, select
-from rllm_study.spec import expand
+from rllm_study.running.results import find_cells, read_cell
+from rllm_study.running.shards import assign, expected_tokens, from_environment, parse_shard, select
+from rllm_study.running.spec import expand
 
 SLURM = REPO / "examples" / "slurm" / "study-array.sbatch"
 K8S = REPO / "examples" / "kubernetes" / "study-indexed-job.yaml"
@@ -166,7 +166,7 @@ def test_assignment_balances_expected_tokens_not_counts():
 
 
 def test_selection_is_a_deterministic_partition_in_spec_order():
-    from rllm_study.spec import load_spec
+    from rllm_study.running.spec import load_spec
 
     data, where = load_spec(None, "pilot", False)
     cells = expand(data, where)

@@ -8,8 +8,8 @@ import statistics
 import numpy as np
 import pytest
 
-from rllm_study.metrics import wilson_interval as wilson
-from rllm_study.stats import (
+from rllm_study.analysis.metrics import wilson_interval as wilson
+from rllm_study.analysis.stats import (
     MIN_BOOT_N,
     Interval,
     Condition,

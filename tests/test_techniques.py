@@ -2,7 +2,7 @@
 real SmolLM2 and Qwen2.5-Coder models.
 
 Greedy-equivalence runs go through `isolated`: a fresh Python process with a batch-invariant
-engine (see "Batch invariance" in backends/llama_cpp.py), because llama.cpp reads the switch
+engine (see "Batch invariance" in backends/rllm_study/backends/llama_cpp/engine.py), because llama.cpp reads the switch
 for its tiled matrix multiplication once per process."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 
 from conftest import REPO, THREADS, run_cli
 from rllm_study.backends.base import Request, RequestFinished, SamplingParams, TokenEvent
-from rllm_study.backends.llama_cpp import LlamaCppEngine
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions, parse_speculative
 from rllm_study.errors import UserError
-from rllm_study.metrics import prefix_saved_prefill
+from rllm_study.analysis.metrics import prefix_saved_prefill
 
 QUESTIONS = [
     "Count from 1 to 30, separated by commas.",
@@ -40,8 +40,8 @@ def generate(model: str, options: dict, prompts: list[list[dict]], max_tokens: i
     per request: tokens, draft marks ('1' = accepted draft), prompt/cached tokens, draft counts;
     plus the engine's stats().extra and the cell's `techniques` metrics."""
     from rllm_study.commands.generate import run_prompts
-    from rllm_study.metrics import cell_metrics
-    from rllm_study.results import Cell
+    from rllm_study.analysis.metrics import cell_metrics
+    from rllm_study.running.results import Cell
 
     engine = LlamaCppEngine(model, LlamaCppOptions(n_threads=THREADS, batch_invariant=batch_invariant, **options))
     texts = [engine.apply_chat_template(m) for m in prompts]
@@ -324,7 +324,7 @@ def test_bad_spec_values_are_user_errors(spec):
 
 
 def test_batch_invariant_is_a_spec_key_that_reaches_the_engine(smollm2_path):
-    from rllm_study.spec import expand
+    from rllm_study.running.spec import expand
 
     variants = [{"name": "plain"}, {"name": "invariant", "engine": {"batch_invariant": True}}]
     cells = expand({"datasets": {"gsm8k": 1}, "variants": variants}, "spec.toml")

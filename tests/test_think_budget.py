@@ -11,8 +11,8 @@ from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput
 from rllm_study.backends.phases import THINK_CLOSE, PhaseTracker
 from rllm_study.errors import UserError
-from rllm_study.results import read_cell
-from rllm_study.spec import expand
+from rllm_study.running.results import read_cell
+from rllm_study.running.spec import expand
 
 CUE = "\n\nThe final answer is $\\boxed{"
 
@@ -80,7 +80,7 @@ def test_model_closing_itself_is_not_forced():
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
-    from rllm_study.backends.llama_cpp import LlamaCppEngine
+    from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 
     eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS))
     yield eng

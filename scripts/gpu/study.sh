@@ -84,7 +84,7 @@ case "$step" in
       --set 'datasets={gsm8k=64}' --set workload.rate=4.0 --out "$results/$step" ;;
   techniques)
     failed=0
-    for toml in study/presets/*.toml; do
+    for toml in study/rllm_study/presets/*.toml; do
       name="$(basename "$toml" .toml)"
       case "$name" in pilot | realworld) continue ;; esac
       "${rllm[@]}" run --preset "$name" --quick "${gpu[@]}" --out "$results/$name" || { echo "preset $name failed" >&2; failed=1; }

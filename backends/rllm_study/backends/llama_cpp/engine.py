@@ -1,0 +1,861 @@
+"""llama.cpp backend: continuous batching over one context, in process.
+
+Built on llama-cpp-python's low-level API, the way llama.cpp's server schedules its slots.
+One `step()` is one `llama_decode` call:
+  1. admit queued requests into free sequence slots while the KV cache has room (with prefix
+     caching on, a new request first gets the longest cached prefix of its prompt copied into
+     its sequence: see `llama_prefix`);
+  2. build one batch: every decoding sequence adds its last sampled token (logits on) and, with
+     speculative decoding on, its draft tokens (logits on each: see `llama_spec`); then the room
+     left (n_batch) goes to prompt chunks of sequences still prefilling (chunked prefill; logits
+     on a prompt's last token only);
+  3. decode, then take a token for every sequence that produced an output (drawn on the host
+     from its logits, or read from the decode graph's own draw: see "Where tokens are drawn"
+     below). With a draft, the target's
+     sampler picks a token at each fed position in order while it equals the draft token fed
+     there: the accepted drafts and then one token of the target's own are emitted, and the KV
+     cells of the rejected drafts are removed. Each emitted token is one draw of the target's
+     sampler given exactly the tokens before it, so the output follows the target's distribution
+     at any temperature (with temperature 0 it is the same text token for token, exactly so in
+     batch-invariant mode, see below); a sampler chain's state (grammar, RNG) advances once per
+     emitted token, as without drafting.
+
+KV accounting is in cells (one per token held by one sequence). With the default split cache
+(kv_unified off) each sequence owns n_ctx / max_seqs cells: a request waits for a free slot,
+and one that fills its slot ends with reason `length`. With a unified cache all sequences share
+n_ctx cells: a request is admitted while its prompt fits in the free cells, and when decoding
+runs out of cells the most recently admitted request is preempted (its KV dropped, requeued,
+and recomputed from prompt + output so far), as vLLM does. Either way nothing fails for
+lack of room; requests wait.
+
+Where tokens are drawn (`sample_on`). "host": every request's logits are copied off the device
+and the token is drawn in numpy (`rllm_study.backends.sampling`; a grammar request through its
+llama.cpp chain). "device": a request without a grammar gets a llama.cpp sampler chain of the
+same distribution (`make_sampler`: temperature and top-p in the request's order, exact: a full
+sort of the row, no implicit top-k) registered for its sequence id (`llama_set_sampler`); the
+draw is part of the decode graph, on the device holding the output layer, and no logits leave
+it (`llama_get_sampled_token_ith`). The chain follows its request when the sequence id changes
+(compaction, preemption). On a GPU this removes the host's per-step work of O(vocabulary x
+sequences), but the chain's top-p sorts the whole row per sequence, and on an H200 that cost
+more than the host path (README engine notes), so "host" is the default. Speculative decoding
+samples several positions of one sequence per step and stays on the host. Same seed, same
+distribution, different tokens: numpy's PCG64 and llama.cpp's mt19937 are different streams.
+
+Batch invariance. On the CPU, llama.cpp computes a token's logits with kernels chosen by the
+shape of the batch, and they round differently: attention without flash attention (one token
+of a sequence in the batch vs several: its last token plus drafts), repacked quantized weights
+(llama.cpp's default), and tiled matrix multiplication (from 8 tokens in a micro-batch). So
+greedy output can change at near-ties with the number of concurrent sequences or drafts.
+With flash attention on, weight repacking off (model parameter use_extra_bufts) and tiled
+matrix multiplication off (environment GGML_CPU_TILED_MM=0, read once per process at llama.cpp's
+first matrix multiplication, so it must be set before then) the logits are bit-identical in
+every batch shape, and greedy speculative output equals greedy output without drafts (tested).
+`LlamaCppOptions(batch_invariant=True)` (spec key `engine.batch_invariant`) sets all three (the
+variable takes effect only if llama.cpp has not multiplied matrices yet in this process). It
+costs speed, so it is off by default. The measured differences and costs are in the README's
+engine notes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import heapq
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+import psutil
+
+from rllm_study.backends.base import (
+    FINISH_ABORT,
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    Capabilities,
+    EngineInfo,
+    EngineStats,
+    Event,
+    StatsExtra,
+    PrefillDone,
+    Request,
+    RequestAdmitted,
+)
+from rllm_study.backends.llama_cpp.prefix import MIN_REUSE_TOKENS, PrefixCache
+from rllm_study.backends.llama_cpp.speculative import ModelDrafter, NgramDrafter
+from rllm_study.backends.options import LlamaCppOptions
+from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
+from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
+from rllm_study.backends.sampling import TEMPERATURE_FIRST, new_rng, sample
+from rllm_study.errors import UserError
+
+# KV-cache element types by name, with their size in bytes per element (block size folded in).
+KV_TYPES = {
+    "f32": (lc.GGML_TYPE_F32, 4.0),
+    "f16": (lc.GGML_TYPE_F16, 2.0),
+    "bf16": (30, 2.0),
+    "q8_0": (lc.GGML_TYPE_Q8_0, 34 / 32),
+    "q5_1": (lc.GGML_TYPE_Q5_1, 24 / 32),
+    "q5_0": (lc.GGML_TYPE_Q5_0, 22 / 32),
+    "q4_1": (lc.GGML_TYPE_Q4_1, 20 / 32),
+    "q4_0": (lc.GGML_TYPE_Q4_0, 18 / 32),
+}
+FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
+
+_log_tail: deque[str] = deque(maxlen=30)
+
+
+@lc.llama_log_callback
+def _log_to_tail(level, text, user_data):  # keeps llama.cpp quiet; the tail explains failures
+    if text:
+        _log_tail.append(text.decode("utf-8", "replace"))
+
+
+_backend_ready = False
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process, with its log kept in a tail (see _last_log);
+    anything that loads a model through llama.cpp calls this first."""
+    global _backend_ready
+    if not _backend_ready:
+        lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))  # module-level reference keeps the callback alive
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+def _last_log() -> str:
+    lines = [line.strip() for line in _log_tail if line.strip()]
+    return lines[-1] if lines else "no details from llama.cpp"
+
+
+def load_model_file(path: Path, params, what: str = "this model"):
+    """llama_model_load_from_file after init_backend; a file llama.cpp cannot load is a UserError
+    naming the path, `what` was being loaded and llama.cpp's last log line."""
+    init_backend()
+    ptr = lc.llama_model_load_from_file(str(path).encode(), params)
+    if not ptr:
+        raise UserError(f"{path}: llama.cpp could not load {what} ({_last_log()})")
+    return ptr
+
+
+def check_kv_type(name: str, field: str) -> int:
+    if name not in KV_TYPES:
+        raise UserError(f"{field}: unknown KV-cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
+    return KV_TYPES[name][0]
+
+
+class LlamaModel:
+    """A loaded GGUF model: weights, vocabulary, tokenizer, chat template.
+
+    weight_repack: llama.cpp's runtime repacking of quantized weights for its CPU kernels (on by
+    default; see "Batch invariance" in the module docstring).
+    """
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0, weight_repack: bool = True):
+        self.path = Path(path)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = weight_repack
+        self.ptr = load_model_file(self.path, params)
+        self.vocab = lc.llama_model_get_vocab(self.ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: list[bytes | None] = [None] * self.n_vocab  # piece() per token id, filled on first use
+        self._eog: list[bool | None] = [None] * self.n_vocab      # is_eog() per token id, filled on first use
+        self.think_open_id = self._single_token(THINK_OPEN)
+        self.think_close_id = self._single_token(THINK_CLOSE)
+
+    def _single_token(self, text: str) -> int | None:
+        toks = self.tokenize(text, add_special=False)
+        return toks[0] if len(toks) == 1 else None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (lc.llama_token * n_max)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
+        if n < 0:
+            buf = (lc.llama_token * -n)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The token's text bytes (special tokens rendered), from the per-model table."""
+        piece = self._pieces[token]
+        if piece is None:
+            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+            if n < 0:
+                big = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, True)
+                piece = big.raw[:n]
+            else:
+                piece = self._piece_buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation (EOS, EOT, ...), from the per-model table."""
+        eog = self._eog[token]
+        if eog is None:
+            eog = self._eog[token] = bool(lc.llama_vocab_is_eog(self.vocab, token))
+        return eog
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def chat_template(self) -> str | None:
+        tmpl = lc.llama_model_chat_template(self.ptr, None)
+        return tmpl.decode("utf-8", "replace") if tmpl else None
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.chat_template()
+        if not template:
+            raise UserError(f"{self.path}: the model has no chat template; send raw prompts instead (--raw)")
+        bos = self.piece(lc.llama_vocab_bos(self.vocab)).decode("utf-8", "replace")
+        eos = self.piece(lc.llama_vocab_eos(self.vocab)).decode("utf-8", "replace")
+        formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
+        prompt = formatter(messages=messages).prompt
+        # The tokenizer adds BOS itself; a template that also writes it would double it.
+        if bos and prompt.startswith(bos) and lc.llama_vocab_get_add_bos(self.vocab):
+            prompt = prompt[len(bos):]
+        return prompt
+
+    def kv_bytes_per_token(self, type_k: str, type_v: str) -> float:
+        """KV bytes per token = n_layer * n_head_kv * (key_length * bytes/elem K + value_length * bytes/elem V);
+        key/value_length from the GGUF (`ARCH.attention.key_length`), else n_embd / n_head."""
+        n_layer = lc.llama_model_n_layer(self.ptr)
+        arch = self.meta("general.architecture")
+        head_dim = lc.llama_model_n_embd(self.ptr) // lc.llama_model_n_head(self.ptr)
+        k_len = int(self.meta(f"{arch}.attention.key_length") or head_dim)
+        v_len = int(self.meta(f"{arch}.attention.value_length") or head_dim)
+        n_head_kv = lc.llama_model_n_head_kv(self.ptr)
+        return n_layer * n_head_kv * (k_len * KV_TYPES[type_k][1] + v_len * KV_TYPES[type_v][1])
+
+    def same_vocab(self, other: LlamaModel) -> bool:
+        """Same token count, same text for every token id, same BOS and EOS: a valid draft/target pair."""
+        a, b = self.vocab, other.vocab
+        if self.n_vocab != other.n_vocab or lc.llama_vocab_bos(a) != lc.llama_vocab_bos(b) or lc.llama_vocab_eos(a) != lc.llama_vocab_eos(b):
+            return False
+        return all(lc.llama_vocab_get_text(a, i) == lc.llama_vocab_get_text(b, i) for i in range(self.n_vocab))
+
+    def facts(self) -> dict:
+        desc = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.ptr, desc, 256)
+        return {
+            "path": str(self.path),
+            "description": desc.value.decode(),
+            "n_params": lc.llama_model_n_params(self.ptr),
+            "size_bytes": lc.llama_model_size(self.ptr),
+            "n_layer": lc.llama_model_n_layer(self.ptr),
+            "n_ctx_train": lc.llama_model_n_ctx_train(self.ptr),
+            "n_vocab": self.n_vocab,
+            "think_tokens": [self.think_open_id, self.think_close_id],
+        }
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def make_sampler(model: LlamaModel, request: Request):
+    """A request's llama.cpp sampler chain: [grammar ->] greedy (temperature 0), or [grammar ->]
+    [top-k ->] temperature and top-p in the request's order -> draw seeded with the request's
+    seed: the distribution of `rllm_study.backends.sampling`. A grammar request samples through
+    it on the host; with sample_on "device" every other request's chain runs in the decode graph
+    (see "Where tokens are drawn" in the module docstring)."""
+    s = request.sampling
+    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    if request.grammar:
+        grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
+        if not grammar:
+            lc.llama_sampler_free(chain)
+            raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
+        lc.llama_sampler_chain_add(chain, grammar)
+    if s.temperature == 0:
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
+    steps = [lc.llama_sampler_init_temp(s.temperature), lc.llama_sampler_init_top_p(s.top_p, 1)]
+    for step in steps if s.order == TEMPERATURE_FIRST else steps[::-1]:
+        lc.llama_sampler_chain_add(chain, step)
+    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
+    return chain
+
+
+class Sequence:
+    """A request while it holds a sequence slot (or waits to get one back after preemption)."""
+
+    __slots__ = ("request", "seq_id", "prompt", "out", "pending", "n_past", "sampler", "on_device", "bound", "utf8",
+                 "prefilled", "admitted", "spec_state", "rng")
+
+    def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
+        self.request = request
+        self.rng = new_rng(request.sampling.seed)  # draws of rllm_study.backends.sampling (requests without grammar)
+        self.seq_id = -1
+        self.prompt = prompt
+        self.out = RequestOutput(request, len(prompt), phases)  # tokens, text, counts, stop rules
+        self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
+        self.n_past = 0                         # cells this sequence holds in the KV cache
+        self.sampler = None  # its llama.cpp sampler chain (make_sampler): a grammar request's, or any with on_device
+        self.on_device = False  # the chain is registered for seq_id and draws in the decode graph
+        self.bound = False  # the chain has been registered with the context once (see _bind_sampler)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.prefilled = False
+        self.admitted = False
+        self.spec_state = None  # the drafter's per-sequence state
+
+
+def _new_context(model: LlamaModel, o: LlamaCppOptions, type_k: int, type_v: int):
+    params = lc.llama_context_default_params()
+    params.n_ctx = o.n_ctx
+    params.n_batch = o.n_batch
+    params.n_ubatch = min(o.n_batch, 512)
+    params.n_seq_max = o.max_seqs
+    params.n_threads = o.n_threads
+    params.n_threads_batch = o.n_threads
+    params.type_k = type_k
+    params.type_v = type_v
+    params.flash_attn_type = {None: FLASH_ATTN_AUTO, True: FLASH_ATTN_ON, False: FLASH_ATTN_OFF}[o.flash_attn]
+    params.kv_unified = o.kv_unified
+    params.no_perf = False
+    ctx = lc.llama_init_from_model(model.ptr, params)
+    if not ctx:
+        raise UserError(f"{model.path}: llama.cpp could not create a context with these options ({_last_log()})")
+    return ctx
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaCppInfo(EngineInfo):
+    """info() of the llama.cpp engine: the binding's version, llama.cpp's system info, the context
+    as built (`context`), KV bytes per token, and the prefix-cache and drafter settings (None when off)."""
+
+    llama_cpp_python: str
+    system_info: str
+    gpu_offload_supported: bool
+    context: dict
+    sample_on: str
+    kv_bytes_per_token: float
+    prefix_cache: dict | None = None
+    speculative: dict | None = None
+
+
+@dataclass(frozen=True)
+class PrefixStats:
+    """Prefix-cache counters (see LlamaCppEngine.stats)."""
+
+    prefix_lookups: int
+    prefix_hits: int
+    prefix_tokens_reused: int
+    prefix_entries: int
+    prefix_cached_tokens: int
+    prefix_cache_bytes: int
+    prefix_restore_s: float
+    prefix_save_s: float
+    prefill_s_per_token: float | None
+
+
+@dataclass(frozen=True)
+class DraftStats:
+    """Speculative-decoding counters over all requests so far; draft_s: time spent proposing."""
+
+    draft_proposed: int
+    draft_accepted: int
+    draft_s: float
+
+
+@dataclass(frozen=True)
+class LlamaCppStats(StatsExtra):
+    """stats().extra of the llama.cpp engine: preemptions, seq_moves (see _compact_ids), and the
+    prefix-cache and drafting counters when those are on."""
+
+    preemptions: int
+    seq_moves: int
+    prefix: PrefixStats | None = None
+    draft: DraftStats | None = None
+
+
+class LlamaCppEngine:
+    """Continuous batching over one llama.cpp context (see the module docstring).
+
+    options.batch_invariant gives every token the same logits whatever else is in its batch (see
+    "Batch invariance" in the module docstring): no weight repacking, no tiled matrix
+    multiplication, flash attention on."""
+
+    def __init__(self, model: str, options: LlamaCppOptions = LlamaCppOptions()):
+        from rllm_study.models import resolve_model
+
+        speculative = options.speculative_method
+        spec_method = speculative.method if speculative else None
+        draft_ref = speculative.draft_model if speculative else None
+        batch_invariant = options.batch_invariant
+        if batch_invariant:
+            if options.flash_attn is False:
+                raise UserError("batch_invariant needs flash attention; drop flash_attn=false")
+            os.environ["GGML_CPU_TILED_MM"] = "0"
+        self.ref = resolve_model(model)
+        type_k = check_kv_type(options.type_k, "type_k")
+        type_v = check_kv_type(options.type_v, "type_v")
+        flash = options.flash_attn
+        # Flash attention by default where a quantized V cache needs it, and with speculative
+        # decoding or batch invariance, which want it (see "Batch invariance" in the module docstring).
+        if flash is None:
+            flash = True if options.type_v not in ("f16", "f32", "bf16") or spec_method or batch_invariant else None
+        if flash is False and options.type_v not in ("f16", "f32", "bf16"):
+            raise UserError(f"type_v={options.type_v}: a quantized V cache needs flash attention; drop flash_attn=false")
+        n_threads = options.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
+        self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
+        self.model = LlamaModel(self.ref.path, options.n_gpu_layers, not batch_invariant)
+        self.ctx = self.drafter = draft_model = None
+        try:
+            if draft_ref is not None:
+                draft_model = LlamaModel(resolve_model(draft_ref).path, options.n_gpu_layers, not batch_invariant)
+                if not draft_model.same_vocab(self.model):
+                    raise UserError(
+                        f"speculative draft:{draft_ref}: its vocabulary ({draft_model.n_vocab} tokens) differs from {model}'s "
+                        f"({self.model.n_vocab} tokens); a draft model must share the target's tokenizer exactly "
+                        "(e.g. qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b)"
+                    )
+            self.ctx = _new_context(self.model, self.options, type_k, type_v)
+            if spec_method == "ngram":
+                self.drafter = NgramDrafter()
+            elif draft_model is not None:
+                self.drafter = ModelDrafter(draft_model, _new_context(draft_model, self.options, type_k, type_v),
+                                            options.n_batch, draft_ref)
+        except UserError:
+            if self.ctx:
+                lc.llama_free(self.ctx)
+            if draft_model is not None:
+                draft_model.close()
+            self.model.close()
+            raise
+        self._check_sample_on(spec_method)
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
+        self.n_batch = lc.llama_n_batch(self.ctx)
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self.prefix = PrefixCache(self.ctx, options.prefix_cache_tokens) if options.prefix_cache else None
+        self._free_ids = list(range(options.max_seqs))  # a heap: a new request takes the lowest free id
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order (last = youngest)
+        self._events: list[Event] = []
+        self._proc = psutil.Process()
+        self.preemptions = 0
+        self.seq_moves = 0          # sequences moved to a lower id (see _compact_ids)
+        self.prefill_only_s = 0.0   # decode time of steps whose batch held prompt tokens only
+        self.prefill_only_tokens = 0
+        self.draft_s = 0.0          # time spent proposing drafts
+        self.draft_proposed = self.draft_accepted = 0
+
+    # -- protocol -----------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        check_sampling(request)
+        prompt = self.model.tokenize(request.prompt)
+        phases = PhaseTracker(request.starts_in_think, self.model.think_open_id, self.model.think_close_id)
+        seq = Sequence(request, prompt, phases)
+        if len(prompt) + 1 > self.seq_capacity:
+            self._finish(seq, FINISH_ERROR, time.perf_counter_ns(),
+                         f"prompt has {len(prompt)} tokens; a sequence holds at most {self.seq_capacity - 1} (raise ctx_per_seq)")
+            return
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> None:
+        for seq in list(self.waiting) + self.running:
+            if seq.request.id == request_id:
+                if seq in self.waiting:
+                    self.waiting.remove(seq)
+                self._finish(seq, FINISH_ABORT, time.perf_counter_ns())
+                return
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._events)
+
+    def step(self) -> list[Event]:
+        self._admit()
+        if self.running:
+            self._compact_ids()
+            self._decode_once()
+        events, self._events = self._events, []
+        return events
+
+    def prefill_s_per_token(self) -> float | None:
+        """Measured prefill cost: decode seconds / prompt tokens over steps that decoded prompt
+        tokens only (no decoding sequence in the batch); None before such a step."""
+        return self.prefill_only_s / self.prefill_only_tokens if self.prefill_only_tokens else None
+
+    def stats(self) -> EngineStats:
+        """extra: preemptions, seq_moves (see _compact_ids); with prefix caching prefix_lookups,
+        prefix_hits, prefix_tokens_reused, prefix_entries, prefix_cached_tokens, prefix_cache_bytes
+        (host copies), prefix_restore_s, prefix_save_s (measured copy time) and prefill_s_per_token (see
+        prefill_s_per_token; the prefill time saved is the metric prefix_saved_prefill_s); with speculative
+        decoding draft_proposed, draft_accepted (all requests so far) and draft_s (time proposing)."""
+        prefix = draft = None
+        if self.prefix is not None:
+            p, per_token = self.prefix, self.prefill_s_per_token()
+            prefix = PrefixStats(
+                prefix_lookups=p.lookups, prefix_hits=p.hits, prefix_tokens_reused=p.tokens_reused,
+                prefix_entries=len(p.entries), prefix_cached_tokens=p.cached_tokens, prefix_cache_bytes=p.cached_bytes,
+                prefix_restore_s=round(p.restore_s, 6), prefix_save_s=round(p.save_s, 6), prefill_s_per_token=per_token,
+            )
+        if self.drafter is not None:
+            draft = DraftStats(draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6))
+        extra = LlamaCppStats(preemptions=self.preemptions, seq_moves=self.seq_moves, prefix=prefix, draft=draft)
+        return EngineStats(
+            kv_used=sum(s.n_past for s in self.running),
+            kv_capacity=self.n_ctx,
+            running=len(self.running),
+            waiting=len(self.waiting),
+            rss_bytes=self._proc.memory_info().rss,
+            extra=extra,
+        )
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), prefix_cache=True,
+                            speculative=("ngram", "draft"), grammar=True, batch_invariant=True, think_budget=True)
+
+    def info(self) -> LlamaCppInfo:
+        o = self.options
+        return LlamaCppInfo(
+            backend="llama_cpp",
+            build=lc.__version__,
+            llama_cpp_python=lc.__version__,
+            system_info=lc.llama_print_system_info().decode(),
+            gpu_offload_supported=bool(lc.llama_supports_gpu_offload()),
+            model=self.model.facts(),
+            context={
+                "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
+                "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
+                "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
+                "batch_invariant": o.batch_invariant,
+            },
+            sample_on=o.sample_on,
+            kv_bytes_per_token=self.model.kv_bytes_per_token(o.type_k, o.type_v),
+            prefix_cache={"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
+            speculative={**self.drafter.info(), "spec_tokens": o.speculative_tokens} if self.drafter else None,
+        )
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.model.apply_chat_template(messages, add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenize(text))
+
+    def close(self) -> None:
+        for seq in self.running:
+            self._bind_sampler(seq, None)
+        for seq in self.running + list(self.waiting):
+            if seq.sampler:
+                lc.llama_sampler_free(seq.sampler)
+        self.running, self.waiting = [], deque()
+        if self.drafter is not None:
+            self.drafter.close()
+            self.drafter = None
+        if self.ctx:
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        self.model.close()
+
+    def _check_sample_on(self, spec_method: str | None) -> None:
+        """sample_on "device" checked against the context (see "Where tokens are drawn" in the module
+        docstring): it needs no speculative decoding, a context that takes a sampler chain, and,
+        with the output layer on the CPU, one thread."""
+        if self.options.sample_on == "host":
+            return
+        if spec_method:
+            raise UserError("sample_on 'device': speculative decoding samples several positions of a sequence per step "
+                            "on the host; use sample_on 'host' with speculative decoding")
+        n_layer = lc.llama_model_n_layer(self.model.ptr)
+        ngl = self.options.n_gpu_layers
+        output_on_gpu = lc.llama_supports_gpu_offload() and (ngl < 0 or ngl > n_layer)
+        if not output_on_gpu and self.options.n_threads > 1:
+            # llama.cpp 0.3.36's CPU graph with a sampler chain in it hangs in its thread barrier
+            # with more than one thread (seen as soon as a freed sequence id takes a new chain).
+            raise UserError(f"sample_on 'device' with the output layer on the CPU works with threads = 1 only "
+                            f"(threads = {self.options.n_threads}); use sample_on 'host' on a CPU")
+        probe = make_sampler(self.model, Request(id="probe", prompt=""))
+        took = lc.llama_set_sampler(self.ctx, 0, probe)
+        lc.llama_set_sampler(self.ctx, 0, None)
+        lc.llama_sampler_free(probe)
+        if not took:
+            raise UserError(f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
+                            "use sample_on 'host'")
+
+    def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
+        """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
+        current id). llama.cpp initialises a chain for the graph once, so a chain that was
+        registered before is replaced by its clone (same samplers, same random state)."""
+        if not seq.on_device:
+            return
+        if seq_id is None:
+            lc.llama_set_sampler(self.ctx, seq.seq_id, None)
+            return
+        if seq.bound:
+            clone = lc.llama_sampler_clone(seq.sampler)
+            lc.llama_sampler_free(seq.sampler)
+            seq.sampler = clone
+        lc.llama_set_sampler(self.ctx, seq_id, seq.sampler)
+        seq.bound = True
+
+    # -- scheduling -----------------------------------------------------------------------
+    def _cells_needed(self) -> int:
+        return sum(s.n_past + len(s.pending) for s in self.running)
+
+    def _admit(self) -> None:
+        while self.waiting and self._free_ids:
+            seq = self.waiting[0]
+            if self.options.kv_unified and self._cells_needed() + len(seq.pending) + 1 > self.n_ctx and self.running:
+                break  # not enough free cells: wait until running requests free some
+            self.waiting.popleft()
+            seq.seq_id = heapq.heappop(self._free_ids)
+            if not seq.admitted:
+                seq.admitted = True
+                try:
+                    if seq.request.grammar or self.options.sample_on == "device":
+                        seq.sampler = make_sampler(self.model, seq.request)
+                        seq.on_device = not seq.request.grammar
+                except UserError as err:
+                    heapq.heappush(self._free_ids, seq.seq_id)
+                    self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
+                    continue
+                self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
+                if self.prefix is not None:
+                    seq.out.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
+                    del seq.pending[:seq.n_past]
+            self._bind_sampler(seq, seq.seq_id)
+            self.running.append(seq)
+
+    def _compact_ids(self) -> None:
+        """Split cache only: while a free id is lower than the highest id in use, move that
+        sequence down into it, so the ids in use stay 0..n-1 and a decode step is one micro-batch
+        (see _fill_batch). Holes appear when requests end with none waiting to take their ids,
+        e.g. the stragglers of a batch (scripts/gpu/README.md has what this cost on a GPU before
+        the compaction). A move is llama_memory_seq_cp
+        across KV streams, which copies the whole stream (cells per sequence x KV bytes per cell)
+        on the device at the next decode, then drops the source. It runs after admission, so no
+        vacated id is reused before that decode has made the copy."""
+        if self.options.kv_unified:
+            return
+        while self._free_ids and self.running:
+            top = max(self.running, key=lambda s: s.seq_id)
+            low = self._free_ids[0]
+            if low > top.seq_id:
+                return
+            heapq.heapreplace(self._free_ids, top.seq_id)
+            lc.llama_memory_seq_cp(self.mem, top.seq_id, low, -1, -1)
+            lc.llama_memory_seq_rm(self.mem, top.seq_id, -1, -1)
+            if self.drafter is not None:
+                self.drafter.move(top, low)
+            self._bind_sampler(top, None)
+            self._bind_sampler(top, low)
+            top.seq_id = low
+            self.seq_moves += 1
+
+    def _preempt_youngest(self) -> None:
+        """Unified cache only: drop the youngest request's KV and requeue it for recompute."""
+        seq = self.running.pop()
+        lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+        self._bind_sampler(seq, None)
+        if self.drafter is not None:
+            self.drafter.release(seq)
+        heapq.heappush(self._free_ids, seq.seq_id)
+        seq.pending = seq.prompt + seq.out.fed_tokens()
+        seq.n_past = 0
+        self.waiting.appendleft(seq)
+        self.preemptions += 1
+
+    def _propose_drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
+        """Drafts for decoding sequences: up to speculative_tokens each, no more than the request's
+        remaining budget - 1 or its slot's room, and all of them within the batch (n_batch) and,
+        for a unified cache, the free cells; seq_id -> draft tokens."""
+        room = self.n_batch - len(decoding)
+        if self.options.kv_unified:
+            room = min(room, self.n_ctx - self._cells_needed())
+        work = []
+        for seq in sorted(decoding, key=lambda s: s.seq_id):  # id order, as in _fill_batch
+            k = min(self.options.speculative_tokens, seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
+                    self.seq_capacity - 2 - seq.n_past)
+            if k > 0:
+                work.append((seq, k))
+        if sum(k for _, k in work) > room:
+            share = room // max(len(work), 1)
+            work = [(seq, min(k, share)) for seq, k in work if min(k, share) > 0]
+        if not work:
+            return {}
+        t0 = time.perf_counter()
+        drafts = self.drafter.propose(work)
+        self.draft_s += time.perf_counter() - t0
+        return drafts
+
+    def _fill_batch(self, drafts: dict[int, list[int]]) -> list[tuple[Sequence, int, int, list[int]]]:
+        """Fill the batch; returns (sequence, pending tokens fed, output index or -1, draft fed)
+        per sequence fed. Decoding sequences are served first and always fit with their drafts;
+        prompt chunks take the room left. Tokens are written in sequence-id order: with a split KV
+        cache llama.cpp cuts a batch into micro-batches of consecutive, increasing sequence ids
+        (llama_batch_allocr::split_equal), so another order costs extra micro-batches, up to one
+        per sequence (README engine notes: what that costs). Admission
+        takes the lowest free id and _compact_ids closes the holes, so the ids are consecutive."""
+        chosen = []
+        room = self.n_batch
+        decoding = [s for s in self.running if len(s.pending) == 1]
+        prefilling = [s for s in self.running if len(s.pending) > 1]
+        for seq in decoding + prefilling:
+            if room <= 0:
+                break
+            draft = drafts.get(seq.seq_id, [])
+            take = seq.pending + draft if draft else seq.pending[:room]
+            room -= len(take)
+            chosen.append((seq, take, draft))
+        b = self.batch
+        n = 0
+        plan = []
+        for seq, take, draft in sorted(chosen, key=lambda c: c[0].seq_id):
+            for j, tok in enumerate(take):
+                b.token[n] = tok
+                b.pos[n] = seq.n_past + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq.seq_id
+                b.logits[n] = 1 if draft and j >= len(seq.pending) - 1 else 0
+                n += 1
+            out = -1
+            fed = len(take) - len(draft)
+            if fed == len(seq.pending):
+                b.logits[n - 1] = 1
+                out = n - 1 - len(draft)
+            plan.append((seq, fed, out, draft))
+        b.n_tokens = n
+        return plan
+
+    def _decode_once(self) -> None:
+        if self.options.kv_unified:
+            while len(self.running) > 1 and self._cells_needed() > self.n_ctx:
+                self._preempt_youngest()
+        drafts = {}
+        if self.drafter is not None:
+            drafts = self._propose_drafts([s for s in self.running if len(s.pending) == 1 and s.prefilled])
+        plan = self._fill_batch(drafts)
+        prefill_only = not any(s.prefilled and len(s.pending) == 1 for s in self.running)
+        t0 = time.perf_counter()
+        rc = lc.llama_decode(self.ctx, self.batch)
+        if rc == 1 and self.options.kv_unified and len(self.running) > 1:
+            for seq, _, _, _ in plan:  # nothing was kept; free the partial state and retry next step
+                lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
+            self._preempt_youngest()
+            return
+        if rc != 0:
+            now = time.perf_counter_ns()
+            for seq, _, _, _ in plan:
+                self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({_last_log()})")
+            return
+        t_decoded = time.perf_counter_ns()
+        if prefill_only:
+            self.prefill_only_s += time.perf_counter() - t0
+            self.prefill_only_tokens += self.batch.n_tokens
+        for seq, fed, out, draft in plan:
+            seq.n_past += fed
+            del seq.pending[:fed]
+            if out < 0:
+                continue
+            token = self._sample(seq, out)
+            t_ns = time.perf_counter_ns()
+            if not seq.prefilled:
+                seq.prefilled = True
+                self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.out.cached_tokens))
+                if self.prefix is not None:
+                    self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
+            self._emit(seq, token, t_ns, out, draft)
+
+    def _sample(self, seq: Sequence, index: int) -> int:
+        """The next token at batch output `index`: the decode graph's draw for a sequence drawing on
+        the device; a grammar request's through its sampler chain; any other by `sampling.sample`
+        straight from the logits (greedy = the first argmax, as llama.cpp's greedy sampler), one
+        draw from the request's own generator."""
+        if seq.on_device:
+            token = lc.llama_get_sampled_token_ith(self.ctx, index)
+            if token == lc.LLAMA_TOKEN_NULL:
+                raise RuntimeError(f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})")
+            return token
+        if seq.sampler is not None:
+            return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
+        s = seq.request.sampling
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
+        return sample(logits, s.temperature, s.top_p, s.top_k, s.order, seq.rng)
+
+    def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
+        """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
+        draft token fed at its position, the target's pick at the next position; then remove the
+        KV cells of the rejected drafts."""
+        seq.out.draft_proposed += len(draft)
+        self.draft_proposed += len(draft)
+        i = 0
+        while True:
+            hit = i < len(draft) and token == draft[i]
+            if hit:
+                self.draft_accepted += 1  # the request's own count is kept by RequestOutput.add
+            if not self._accept(seq, token, t_ns, hit):
+                return
+            if not hit or len(seq.pending) > 1:  # a miss, or the thinking was closed (see _accept)
+                break
+            seq.n_past += 1  # the accepted draft token's KV stays
+            i += 1
+            token = self._sample(seq, out + i)
+            t_ns = time.perf_counter_ns()
+        if i < len(draft):
+            lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
+
+    def _accept(self, seq: Sequence, token: int, t_ns: int, draft: bool = False) -> bool:
+        """Record a sampled token; end the request if it stops here. True while it goes on.
+
+        When RequestOutput says to close the thinking (think budget, see backends/rllm_study/backends/output.py),
+        the forced `</think>` + answer cue become the sequence's pending tokens: the next step
+        feeds them with the sampled token (if it is not end-of-generation) like a prompt chunk,
+        and samples the first answer token from the last of them. A grammar no longer applies
+        after the close (its sampler is replaced by the same chain without it): a grammar's
+        state cannot take tokens it did not choose."""
+        eog = self.model.is_eog(token)
+        piece = "" if eog else seq.utf8.decode(self.model.piece(token))
+        event, reason = seq.out.add(token, piece, t_ns, eog, draft)
+        self._events.append(event)
+        pending = [token]
+        if reason == CLOSE_THINK:
+            tail = seq.utf8.decode(b"", final=True)
+            pending = seq.out.close_thinking(lambda text: self.model.tokenize(text, add_special=False),
+                                             self.model.think_close_id, tail)
+            reason = None
+            if seq.request.grammar:
+                lc.llama_sampler_free(seq.sampler)
+                seq.sampler = make_sampler(self.model, replace(seq.request, grammar=None))
+        if reason is None and seq.n_past + len(pending) >= self.seq_capacity:
+            reason = FINISH_LENGTH  # the sequence's KV slot is full
+        if reason is not None:
+            self._finish(seq, reason, t_ns)
+            return False
+        seq.pending = pending
+        return True
+
+    def _finish(self, seq: Sequence, reason: str, t_ns: int, error: str | None = None) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+            lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+            self._bind_sampler(seq, None)
+            heapq.heappush(self._free_ids, seq.seq_id)
+        if self.drafter is not None:
+            self.drafter.release(seq)
+        if seq.sampler:
+            lc.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        self._events.append(seq.out.finished(reason, t_ns, tail=seq.utf8.decode(b"", final=True), error=error))

@@ -1,0 +1,225 @@
+"""Engine options: one frozen dataclass per backend, the shared fields in `CommonOptions`.
+
+Every field is declared once with `option(...)`: its default, help text, spec key under
+[engine] (default: the field name), CLI flag (default: `--` + the key with `-` for `_`), a
+check, and any deprecated names. Everything else is derived from these declarations:
+  - construction checks each field's type and rule (`__post_init__`), so a bad value is
+    refused the same way from a spec, a flag or code, by one check per rule;
+  - `study/rllm_study/running/spec.py` takes the [engine] keys from `engine_keys()` and builds a cell's options
+    with `build_options`;
+  - `study/rllm_study/commands/options.py` turns the fields into the flags of `generate`, `run`, `bench`.
+Options are frozen (hashable): the runner keeps one engine per (backend, model, options).
+
+A backend's options class adds only its own fields. A value set for a field of another
+backend is kept in `ignored` and reported (`unsupported_options`), never silently dropped.
+
+Techniques: speculative decoding is `speculative` ("ngram" or "draft:MODEL", parsed only by
+`parse_speculative`) with `speculative_tokens` drafted per step; prefix caching is
+`prefix_cache` with an LRU budget of `prefix_cache_tokens`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rllm_study.errors import UserError
+
+# -- checks: each returns None when the value is fine, else what is wrong ("must be ...") ----
+
+
+def at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v is None or v >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v is None or v > low else f"must be > {low:g}"
+
+
+def one_of(*allowed) -> Callable[[Any], str | None]:
+    return lambda v: None if v is None or v in allowed else f"must be one of {', '.join(map(str, allowed))}"
+
+
+# -- speculative decoding: the one parser ---------------------------------------------------
+
+SPECULATIVE_FORMS = "'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)"
+
+
+@dataclass(frozen=True)
+class Speculative:
+    """A parsed speculative method: "ngram" (prompt-lookup drafting) or "draft" with the draft
+    model reference (same vocabulary as the target)."""
+
+    method: str
+    draft_model: str | None = None
+
+
+def parse_speculative(value: str | None) -> Speculative | None:
+    """`speculative` option text -> Speculative (None when off); anything else is a UserError."""
+    if value is None:
+        return None
+    if value == "ngram":
+        return Speculative("ngram")
+    if isinstance(value, str) and value.startswith("draft:") and len(value) > len("draft:"):
+        return Speculative("draft", value[len("draft:"):])
+    raise UserError(f"speculative {value!r}: use {SPECULATIVE_FORMS}")
+
+
+def _check_speculative(value) -> str | None:
+    try:
+        parse_speculative(value)
+    except UserError:
+        return f"must be {SPECULATIVE_FORMS}"
+    return None
+
+
+# -- declarations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What `option()` attaches to a field (see the module docstring)."""
+
+    help: str
+    key: str
+    flag: str
+    short: str | None = None
+    check: Callable[[Any], str | None] | None = None
+    deprecated_key: str | None = None  # an old spec key (and its flag, --old-key) that still works
+    default: Any = None
+    type: str = "str"  # the field's annotation, e.g. "int | None"
+
+
+def option(default, help: str, *, key: str | None = None, flag: str | None = None, short: str | None = None,
+           check=None, deprecated_key: str | None = None):
+    """A dataclass field with its Meta; key/flag are filled in from the field name by `_meta`."""
+    meta = {"help": help, "key": key, "flag": flag, "short": short, "check": check, "deprecated_key": deprecated_key}
+    return field(default=default, metadata={"option": meta})
+
+
+def _meta(f: dataclasses.Field) -> Meta:
+    m = dict(f.metadata["option"])
+    m["key"] = m["key"] or f.name
+    m["flag"] = m["flag"] or "--" + m["key"].replace("_", "-")
+    return Meta(**m, default=f.default, type=f.type)
+
+
+_PLAIN = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _type_problem(value, annotation: str) -> str | None:
+    """None when value fits the field's annotation (int, float, bool, str, optionally `| None`)."""
+    parts = [p.strip() for p in annotation.split("|")]
+    if value is None:
+        return None if "None" in parts else "must be set"
+    want = _PLAIN[parts[0]]
+    if want is bool or isinstance(value, bool):  # true/false is no number, a number no true/false
+        ok = want is bool and isinstance(value, bool)
+    else:
+        ok = isinstance(value, want) or (want is float and isinstance(value, int))
+    if ok:
+        return None
+    return {int: "must be a whole number", float: "must be a number", bool: "must be true or false",
+            str: "must be text"}[want]
+
+
+class OptionError(UserError):
+    """A bad option value: `name` is the field, `reason` what is wrong; callers that know how the
+    user spelled it (spec key, flag) re-word it with `message_for`."""
+
+    def __init__(self, name: str, value, reason: str):
+        self.name, self.value, self.reason = name, value, reason
+        super().__init__(self.message_for(name))
+
+    def message_for(self, spelled: str) -> str:
+        return f"{spelled} {self.value!r}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options every backend takes (each honours what its Capabilities say; see `unsupported_options`)."""
+
+    max_seqs: int = option(4, "Concurrent sequences (parallel slots) in the engine.", key="concurrency", short="-c",
+                           check=at_least(1))
+    ctx_per_seq: int = option(4096, "KV cells (tokens) per sequence; the cache holds concurrency x this.", check=at_least(16))
+    n_ctx: int = option(0, "Total KV cells for all sequences (0 = concurrency x ctx_per_seq).", check=at_least(0))
+    n_batch: int = option(512, "Tokens per decode call (the chunked-prefill size).", check=at_least(1))
+    prefix_cache: bool = option(False, "Reuse the KV of cached prompt prefixes.")
+    prefix_cache_tokens: int = option(16384, "LRU budget of cached prefix tokens.", check=at_least(1))
+    speculative: str | None = option(None, "Speculative decoding: ngram, or draft:MODEL.", check=_check_speculative,
+                                     deprecated_key="spec")
+    speculative_tokens: int = option(4, "Draft tokens per step.", check=at_least(1), deprecated_key="spec_tokens")
+    batch_invariant: bool = option(False, "The same logits for a token whatever else is batched (llama.cpp; slower, "
+                                          "turns flash attention on).")
+    ignored: tuple = field(default=(), metadata={})  # ((field, value), ...) set for another backend
+
+    def __post_init__(self):
+        """Every field's type and rule, checked here once for specs, flags and code alike."""
+        for name, meta in option_meta(type(self)).items():
+            value = getattr(self, name)
+            reason = _type_problem(value, meta.type) or (meta.check(value) if meta.check else None)
+            if reason:
+                raise OptionError(name, value, reason)
+
+    @property
+    def speculative_method(self) -> Speculative | None:
+        return parse_speculative(self.speculative)
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions(CommonOptions):
+    """llama.cpp in process: threads, GPU offload, KV-cache types, flash attention, unified KV."""
+
+    n_threads: int | None = option(None, "CPU threads (default: physical cores).", key="threads", short="-t",
+                                   check=at_least(1))
+    n_gpu_layers: int = option(0, "Layers offloaded to CUDA/Metal (-1 = all).")
+    type_k: str = option("f16", "K-cache type: f16, q8_0, q4_0, ...", flag="--kv-type-k")
+    type_v: str = option("f16", "V-cache type: f16, q8_0, q4_0, ... (quantized V turns flash attention on).",
+                         flag="--kv-type-v")
+    flash_attn: bool | None = option(None, "Flash attention (default: llama.cpp's auto).")
+    kv_unified: bool = option(False, "One KV pool shared by all sequences (admission by free cells, preemption when full).")
+    sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
+                                    "chain inside the decode graph; slower on an H200, see the README).",
+                            check=one_of("host", "device"))
+
+
+MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes
+
+
+@dataclass(frozen=True)
+class MlxOptions(CommonOptions):
+    """MLX (mlx-lm) in process: quantized KV cache."""
+
+    kv_bits: int | None = option(None, f"MLX: quantized KV-cache bits ({', '.join(map(str, MLX_KV_BITS))}).",
+                                 check=one_of(*MLX_KV_BITS))
+
+
+@dataclass(frozen=True)
+class OpenAIOptions(CommonOptions):
+    """An OpenAI-compatible server: where it is and how long to wait."""
+
+    base_url: str | None = option(None, "OpenAI-compatible server URL (backend openai).")
+    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the server's API key.")
+    timeout_s: float = option(600.0, "Seconds to wait for a request's complete answer.", check=above(0))
+    server_default_samplers: bool = option(False, "llama.cpp servers: keep their own default extra samplers (top_k 40, "
+                                                  "min_p 0.05 ...) instead of top_k 0, min_p 0, repeat_penalty 1 per request.")
+    server_backend_sampling: bool = option(False, "llama-server: draw tokens inside its decode graph (its per-request "
+                                                  "backend_sampling), as sample_on 'device' does in process.")
+
+
+def option_fields(cls) -> list[dataclasses.Field]:
+    """The declared option fields of an options class (not `ignored`)."""
+    return [f for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def option_meta(cls) -> dict[str, Meta]:
+    """Field name -> Meta for an options class."""
+    return {f.name: _meta(f) for f in option_fields(cls)}
+
+
+def deprecated(message: str) -> None:
+    """One line on stderr for a deprecated spelling that still works."""
+    print(f"warning: {message}", file=sys.stderr)
+

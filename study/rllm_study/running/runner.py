@@ -1,0 +1,446 @@
+"""Runs cells: turns a workload into timed requests, drives an engine, records everything.
+
+One thread drives the engine: each loop submits the requests that are due, calls
+`engine.step()` once, and hands finished requests and a cheap engine-stats snapshot (every
+`sample_period_s`, with energy and GPU memory where `energy` has a counter for them) to a writer
+thread (`RecordWriter`), which has them graded in a child process (`GradingProcess`: grading
+holds the GIL, the engine thread needs it) and records them (fsync'd), off the engine loop:
+between two decode steps there is only engine work and bookkeeping.
+A request the engine finished but the writer has not yet fsync'd when the process dies is not
+finished (see study/rllm_study/running/results.py) and is rerun on resume; a clean stop (end, Ctrl-C, an error)
+first writes every finished request. Arrivals: each loop asks the cell's arrival process
+(`rllm_study.workloads.arrivals`) which requests are due, given the clock, how many were sent
+and how many are in flight, and submits them in order with the arrival time it names: for open
+loop (poisson, gamma, constant, trace, ramp) the *scheduled* time, whether or not the engine
+keeps up (submitted at the first loop turn after it); for closed loop and synchronous batches
+the moment they became due.
+A resumed cell (a new session) skips requests already in requests.jsonl and schedules the
+rest afresh from the same seed.
+
+Before the first cell, `preflight` checks the whole study (see there); `run --dry-run` prints
+the same verdict.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rllm_study.backends import engine_class
+from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
+from rllm_study.running.energy import CellEnergy, open_meters
+from rllm_study.environment import environment
+from rllm_study.errors import UserError
+from rllm_study.running.recorder import Recorder
+from rllm_study.running.results import (REQUESTS, CellWriter, FolderLock, ResultsWriteError, check_writable, make_folder,
+                                 path_error, read_jsonl)
+from rllm_study.running.spec import CellSpec, default_ctx_per_seq
+from rllm_study.workloads.arrivals import timing_of_workload
+from rllm_study.workloads.custom_dataset import load_items
+from rllm_study.workloads.datasets import Item, load_dataset
+from rllm_study.workloads.grading import GradingProcess
+from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
+
+IDLE_SLEEP_S = 0.005
+WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
+
+
+@dataclass
+class Job:
+    """A request of a cell before it is sent: its item, prompt and the exact text to send."""
+
+    id: str
+    item: Item
+    prompt: Prompt
+    text: str
+
+
+def few_shot_prefix(items: list[Item]) -> str:
+    """A shared few-shot preamble (worked examples with their answers) for prefix-cache workloads."""
+    shots = [f"Example problem: {it.problem}\nExample answer: \\boxed{{{it.answer}}}" for it in items]
+    return "Here are solved examples.\n\n" + "\n\n".join(shots) + "\n\nNow the problem to solve.\n\n"
+
+
+def build_jobs(cell: CellSpec, engine) -> list[Job]:
+    """The cell's requests in order: prompts through the model's chat template + assistant prefix.
+    In native mode the thinking is opened as `open_thinking` says."""
+    think_token = cell.prompt_mode == "native" and has_think_token(engine)
+    shots = int(cell.workload.get("shared_prefix", 0) or 0)
+    if cell.custom_dataset:
+        items = load_items(cell.dataset, cell.custom_dataset, cell.samples + shots)
+    else:
+        items = load_dataset(cell.dataset, limit=cell.samples + shots)
+    preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
+    jobs = []
+    for item in items[: cell.samples]:
+        prompt = build_prompt(item, cell.prompt_mode, seed=cell.seed, templates=cell.templates, grammar=cell.grammar)
+        messages = [dict(m) for m in prompt.messages]
+        if preamble and messages[0]["role"] == "system":
+            messages[0]["content"] += "\n\n" + preamble
+        elif preamble:
+            messages.insert(0, {"role": "system", "content": preamble})
+        text = engine.apply_chat_template(messages) + prompt.assistant_prefix
+        if cell.prompt_mode == "native":
+            text, thinking = open_thinking(text, think_token)
+            prompt = replace(prompt, starts_in_think=thinking)
+        jobs.append(Job(item.id, item, prompt, text))
+    return jobs
+
+
+def manifest(cell: CellSpec, spec: dict, engine) -> dict:
+    from rllm_study.models import model_facts, resolve_model
+
+    info = engine.info()
+    model = info.model  # a server's or an MLX folder's own account
+    if engine.capabilities().local_model:
+        try:  # a registry model (embedded, path, hub, derived): its verified facts
+            model = model_facts(resolve_model(cell.model, fetch=False))
+        except UserError:
+            pass
+    return {
+        "cell": cell.as_dict(),
+        "spec": spec,
+        "model": model,
+        "engine": info.as_dict(),
+        "capabilities": engine.capabilities().__dict__,
+        "unsupported_options": engine_unsupported(engine, cell.engine),
+        **environment(),
+    }
+
+
+def cell_arrivals(cell: CellSpec, n: int):
+    """The cell's arrival process for n requests (`timing_of_workload`, which validates as `schedule` does)."""
+    return timing_of_workload(cell.workload, n, cell.seed)
+
+
+class RecordWriter:
+    """The writer thread of a cell session: has finished requests graded by `grader` and writes
+    them (fsync'd) and the timeline samples, in the order handed over, off the engine loop.
+
+    The queue is bounded (WRITER_QUEUE items): when the disk is slower than the engine, the
+    engine loop waits instead of holding an unbounded backlog in memory. The first write error
+    stops the writer (later items are dropped, so nothing half-recorded follows) and is raised
+    in the engine loop by `check()` or `put()`; `close()` writes what is queued and joins."""
+
+    def __init__(self, cell: CellSpec, writer: CellWriter, grader: GradingProcess, on_written=None):
+        self.cell, self.writer, self.grader, self.on_written = cell, writer, grader, on_written
+        self.error: BaseException | None = None
+        self.written = 0  # requests recorded this session
+        self._queue: queue.Queue = queue.Queue(maxsize=WRITER_QUEUE)
+        self._thread = threading.Thread(target=self._loop, name=f"writer {cell.name}", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item) -> None:
+        while True:
+            self.check()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                if isinstance(item, dict):
+                    self.writer.write_timeline(item)
+                    continue
+                job, record, tokens, extra = item
+                record.update(extra)
+                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields())
+                self.writer.write_request(record, tokens)
+                self.written += 1
+                if self.on_written is not None:
+                    self.on_written(self.written, record)
+            except BaseException as err:  # handed to the engine loop
+                self.error = err
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread; raise a write error if one happened."""
+        self._queue.put(None)
+        self._thread.join()
+        self.check()
+
+
+class CellRun:
+    """One session of one cell (see the module docstring)."""
+
+    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, grader: GradingProcess,
+                 on_progress=None, energy: CellEnergy | None = None):
+        self.cell, self.engine, self.writer, self.grader = cell, engine, writer, grader
+        self.energy = energy or CellEnergy([])
+        self.todo = [j for j in jobs if j.id not in writer.finished_ids]
+        self.jobs = {j.id: j for j in self.todo}
+        self.on_progress = on_progress  # called with (requests finished this session, output tokens/s)
+        self.recorder: Recorder | None = None  # made in run(), after the energy base is read
+        self.in_flight: set[str] = set()
+        self.batch_of: dict[str, int] = {}
+        self.output_tokens = 0
+        self.records: RecordWriter | None = None
+
+    def _arrivals(self):
+        return cell_arrivals(self.cell, len(self.todo))
+
+    def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
+        c = self.cell
+        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
+                                  top_k=c.top_k, order=c.sampling_order, think_budget=c.think_budget)
+        self.recorder.arrived(job.id, arrival_ns)
+        if batch is not None:
+            self.batch_of[job.id] = batch
+        self.in_flight.add(job.id)
+        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar,
+                                   job.prompt.answer_cue))
+
+    def run(self) -> None:
+        self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
+        self.energy.start()
+        self.recorder = Recorder(time.perf_counter_ns())
+        try:
+            self._loop()
+        finally:
+            self.records.close()
+
+    def _written(self, done: int, record: dict) -> None:
+        """On the writer thread, after a request is recorded: progress."""
+        self.output_tokens += record["output_tokens"]
+        if self.on_progress is not None:
+            elapsed = max((time.perf_counter_ns() - self.recorder.t0_ns) / 1e9, 1e-9)
+            self.on_progress(done, self.output_tokens / elapsed)
+
+    def _loop(self) -> None:
+        arrivals = self._arrivals()
+        queue = list(self.todo)
+        t0 = self.recorder.t0_ns
+        next_sample = t0
+        while queue or self.in_flight:
+            self.records.check()
+            now = time.perf_counter_ns()
+            for due in arrivals.due((now - t0) / 1e9, len(self.todo) - len(queue), len(self.in_flight))[: len(queue)]:
+                self._submit(queue.pop(0), t0 + int(due.at_s * 1e9), due.batch)
+            if now >= next_sample:
+                self._sample(now)
+                next_sample = now + int(self.cell.sample_period_s * 1e9)
+            if self.engine.has_work():
+                self._record(self.engine.step())
+            else:
+                wake = next_sample
+                at_s = arrivals.next_due_s(len(self.todo) - len(queue))
+                if at_s is not None:
+                    wake = min(wake, t0 + int(at_s * 1e9))
+                time.sleep(max(0.0, min(IDLE_SLEEP_S, (wake - time.perf_counter_ns()) / 1e9)))
+        self._sample(time.perf_counter_ns(), final=True)
+
+    def _sample(self, now_ns: int, final: bool = False) -> None:
+        """A stats snapshot on the engine thread (engine.stats() is a few counters); the writer
+        thread formats and writes it."""
+        st = self.engine.stats()
+        row = {
+            "t_s": self.recorder.seconds(now_ns), "kv_used": st.kv_used, "kv_capacity": st.kv_capacity,
+            "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
+            "device_bytes": st.device_bytes, **({"extra": st.extra.as_dict()} if st.extra else {}),
+        }
+        row.update(self.energy.read(final))
+        self.records.put(row)
+
+    def _record(self, events) -> None:
+        """Hand each finished request to the writer thread (grading and the fsync'd write happen there)."""
+        for record, tokens in self.recorder.feed(events):
+            job = self.jobs[record["id"]]
+            extra = {
+                "dataset": job.item.dataset, "item_id": job.item.id, "domain": job.item.domain,
+                "difficulty": job.item.difficulty, "prompt_mode": self.cell.prompt_mode,
+                "batch": self.batch_of.get(job.id), "reference_answer": job.prompt.correct_letter or job.item.answer,
+            }
+            self.in_flight.discard(record["id"])
+            self.records.put((job, record, tokens, extra))
+
+
+def hash_id(text: str) -> int:
+    """A stable small hash of a request id (Python's hash() is salted per process)."""
+    h = 0
+    for ch in text.encode():
+        h = (h * 131 + ch) & 0xFFFFFFFF
+    return h
+
+
+class EnginePool:
+    """Keeps one engine open across cells that share backend, model and options, except with
+    prefix caching on: such a cell gets a fresh engine, so its cache starts empty (a kept cache
+    would serve a cell's repeats from the earlier repeats' identical prompts)."""
+
+    def __init__(self):
+        self.key = None
+        self.engine = None
+
+    def get(self, cell: CellSpec):
+        key = (cell.backend, cell.model, cell.engine)
+        if key != self.key or cell.engine.prefix_cache:
+            self.close()
+            self.engine = engine_class(cell.backend)(cell.model, cell.engine)
+            self.key = key
+        return self.engine
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.key = None, None
+
+
+def check_cells(cells: list[CellSpec]) -> None:
+    """The checks that need no engine, for every cell: its arrival values, by the same
+    validator as `schedule` (`timing_of_workload`, through `cell_arrivals`)."""
+    for cell in cells:
+        try:
+            cell_arrivals(cell, cell.samples)
+        except UserError as err:
+            raise UserError(f"{cell.name}: workload: {err}") from None
+
+
+def _fit(cell: CellSpec, jobs: list[Job], engine, console) -> CellSpec:
+    """The cell with a context every prompt fits, or a UserError naming the item that cannot.
+
+    Applies where the engine sizes its sequences from ctx_per_seq (its info().context has
+    seq_capacity). A sequence must hold prompt + max_tokens + 1 tokens. When
+    ctx_per_seq is the derived default (`spec.default_ctx_per_seq`) and n_ctx is not set, it
+    grows to that for the longest prompt, rounded up to 256; a value the user set is kept: a
+    prompt that does not fit at all is an error, one that leaves less than max_tokens of room a
+    warning (its output may end at the context before the budget)."""
+    capacity = (getattr(engine.info(), "context", None) or {}).get("seq_capacity")
+    if not capacity or not jobs:
+        return cell
+    counts = [(engine.count_tokens(j.text), j) for j in jobs]
+    longest, job = max(counts, key=lambda c: c[0])
+    needed = longest + cell.max_tokens + 1
+    if needed <= capacity:
+        return cell
+    options = cell.engine
+    if not options.n_ctx and options.ctx_per_seq == default_ctx_per_seq(cell.max_tokens):
+        return replace(cell, engine=replace(options, ctx_per_seq=-(-needed // 256) * 256))
+    if longest + 1 > capacity:
+        raise UserError(f"{cell.name}: {job.item.id} has a {longest}-token prompt; a sequence holds {capacity - 1} "
+                        f"(set engine.ctx_per_seq >= {needed}, or leave it unset to size it from the prompts)")
+    console.print(f"[yellow]warning:[/] {cell.name}: {job.item.id}'s {longest}-token prompt leaves {capacity - 1 - longest} "
+                  f"tokens of the {cell.max_tokens} budget (engine.ctx_per_seq >= {needed} fits it)")
+    return cell
+
+
+def preflight(cells: list[CellSpec], pool: "EnginePool", console) -> list[tuple[CellSpec, list[Job]]]:
+    """Everything checked before the first cell runs; returns each cell (its context sized,
+    see `_fit`) with its requests.
+
+    Arrival values first (`check_cells`); then each cell's engine is opened through the pool
+    (the model resolves and loads; cells sharing backend, model and options share it), the
+    cell builds its requests (data sets and prompt templates read, prompts rendered through the
+    model's chat template) and counts their tokens against its own sequence capacity. Cells go
+    last to first, so the first cell's engine stays open for the run."""
+    check_cells(cells)
+    planned: list = [None] * len(cells)
+    for i in reversed(range(len(cells))):
+        engine = pool.get(cells[i])
+        jobs = build_jobs(cells[i], engine)
+        planned[i] = (_fit(cells[i], jobs, engine, console), jobs)
+    return planned
+
+
+def dry_run(cells: list[CellSpec], out_dir: Path, console) -> list[tuple[CellSpec, list[Job]]]:
+    """The verdict `run` would reach before its first cell, with nothing written: the results
+    folder writable (`check_writable`), then `preflight`."""
+    check_writable(out_dir)
+    pool = EnginePool()
+    try:
+        return preflight(cells, pool, console)
+    finally:
+        pool.close()
+
+
+def _kept(dirs: list[Path]) -> int:
+    return sum(len(read_jsonl(d / REQUESTS)) for d in dirs if (d / REQUESTS).exists())
+
+
+def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list[Path]:
+    """Run every cell into OUT/<cell name>/, resuming finished requests; returns the cell folders.
+
+    Order: the no-engine checks, the results folder made and locked (one writer per folder,
+    `FolderLock`), `preflight`, then the cells. A full disk stops the run with a UserError
+    saying how many requests are kept; everything written stays readable."""
+    out_dir = Path(out_dir)
+    check_writable(out_dir)
+    check_cells(cells)
+    make_folder(out_dir)
+    pool = EnginePool()
+    energy = CellEnergy(open_meters(spec.get("energy_cmd")))
+    grader = GradingProcess()
+    dirs = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    try:
+        with FolderLock(out_dir) as lock, Progress(*columns, console=console, transient=False,
+                                                   disable=not console.is_terminal) as progress:
+            if lock.took_over:
+                console.print(lock.took_over)
+            planned = preflight(cells, pool, console)
+            for i, (cell, jobs) in enumerate(planned, 1):
+                cell_dir = out_dir / cell.name
+                dirs.append(cell_dir)
+                writer = CellWriter(cell_dir)
+                try:
+                    engine = pool.get(cell)
+                    for problem in engine_unsupported(engine, cell.engine):
+                        console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
+                    if cell.think_budget is not None and not engine.capabilities().think_budget:
+                        console.print(f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored")
+                    label = f"[{i}/{len(cells)}] {cell.name}"
+                    if len(writer.finished_ids) >= len(jobs):
+                        console.print(f"{label}: done already, skipped")
+                        continue
+                    writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names})
+                    run = CellRun(cell, engine, jobs, writer, grader, energy=energy)
+                    already = len(jobs) - len(run.todo)
+                    if console.is_terminal:
+                        task = progress.add_task(label, total=len(jobs), completed=already, rate="")
+                        run.on_progress = lambda done, rate, task=task: progress.update(
+                            task, completed=already + done, rate=f"{rate:,.1f} out tok/s")
+                    else:
+                        run.on_progress = _line_progress(console, label, already, len(jobs))
+                    run.run()
+                finally:
+                    writer.close()
+    except ResultsWriteError as failed:
+        if failed.err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{failed}: the run stopped; {_kept(dirs)} finished requests are kept in {out_dir} "
+                            "(summarize and report read them); free space and run the same command again to resume") from None
+        raise path_error(failed.path, failed.err) from None
+    finally:
+        pool.close()
+        energy.close()
+        grader.close()
+    return dirs
+
+
+def _line_progress(console, label: str, already: int, total: int, every_s: float = 10.0):
+    """Progress as plain lines (for logs and pipes): requests done/total, tokens/s, ETA."""
+    start = last = time.monotonic()
+
+    def report(done: int, rate: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < every_s and already + done < total:
+            return
+        last = now
+        eta = (now - start) / done * (total - already - done)
+        console.print(f"{label}: {already + done}/{total} requests, {rate:,.1f} out tok/s, ETA {eta:,.0f} s")
+
+    return report
