@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -65,6 +67,24 @@ def reference(eng: MlxEngine, prompt: str, max_tokens: int, **kwargs) -> list[in
     if not kwargs:
         _refs[prompt] = out
     return out
+
+
+@contextmanager
+def batch_invariant_matmuls():
+    """mlx's CPU matmuls (OpenBLAS on Linux, see engine.py) with one OpenBLAS thread, restored after.
+    Threaded, OpenBLAS's sgemm does not compute a row the same way for every matrix shape: layer
+    0's k_proj of a 36-token prompt differs by up to 4e-6 between that prompt alone (36 rows) and
+    batched with another (72 rows); with one thread the row is bit-identical."""
+    if not OPENBLAS:
+        yield
+        return
+    blas = ctypes.CDLL("libopenblas.so.0")
+    threads = blas.openblas_get_num_threads()
+    blas.openblas_set_num_threads(1)
+    try:
+        yield
+    finally:
+        blas.openblas_set_num_threads(threads)
 
 
 def test_conversion_is_cached_plain_hf_layout_with_llama_cpp_tokens(smollm2_path, smollm2_mlx):
@@ -167,20 +187,31 @@ def test_prefix_cache_reuses_shared_prefix(smollm2_mlx):
 
 def test_quantized_kv_stays_batched_and_matches_single_sequence(smollm2_mlx, engine):
     """kv_bits=8, 2 requests batched == each alone with the same cache (quantized from the first
-    token). Both fit the cache's first allocation (BatchKVCache.step positions per row), so it
-    holds exactly 2 x step x kv_bytes_per_token bytes."""
+    token), token for token; the prompts differ in length, so the shorter one's row is padded.
+    Both fit the cache's first allocation (BatchKVCache.step positions per row), so it holds
+    exactly 2 x step x kv_bytes_per_token bytes.
+
+    Exact equality needs matmuls that give a row the same result in a batch as alone
+    (batch_invariant_matmuls): quantizing each token as it enters the cache turns a 1e-6
+    difference that crosses a rounding boundary into a whole quantization step (1/255 of the
+    group's range), and such steps add up over 30 layers enough to flip a near-tie: with two
+    OpenBLAS threads, the greedy first token of QUESTIONS[0] alone ('The' 25.235 vs 'L' 25.211)
+    comes out 'L' when batched with QUESTIONS[1]."""
     eng = MlxEngine(str(smollm2_mlx), MlxOptions(max_seqs=2, kv_bits=8))
-    prompts = [chat(eng, q) for q in QUESTIONS[:2]]
-    for i, p in enumerate(prompts):
-        eng.submit(Request(f"q{i}", p, SamplingParams(max_tokens=12)))
-    seen = []
-    got = drain(eng, lambda _: seen.append(eng.stats()))
-    eng.close()
+    prompts = [chat(eng, q) for q in QUESTIONS[2:4]]
+    lengths = [eng.count_tokens(p) for p in prompts]
+    assert lengths[0] != lengths[1]  # one row padded
+    with batch_invariant_matmuls():
+        for i, p in enumerate(prompts):
+            eng.submit(Request(f"q{i}", p, SamplingParams(max_tokens=12)))
+        seen = []
+        got = drain(eng, lambda _: seen.append(eng.stats()))
+        eng.close()
+        singles = [reference(eng, p, 12, prompt_cache=make_quantized_cache(eng.n_layers, 8)) for p in prompts]
     assert max(s.running for s in seen) == 2
     assert max(s.extra.kv_bytes for s in seen) == 2 * BatchQuantizedKVCache.step * eng.kv_bytes_per_token()
     assert eng.kv_bytes_per_token() < 0.3 * engine.kv_bytes_per_token()  # 8 bits + scale, bias per 64 vs float32
-    for i, p in enumerate(prompts):
-        single = reference(eng, p, 12, prompt_cache=make_quantized_cache(eng.n_layers, 8))
+    for i, single in enumerate(singles):
         assert got[f"q{i}"]["tokens"] == single, f"prompt {i} diverged"
 
 

@@ -11,6 +11,11 @@ selects because the cache has `bits`.
 
 Bytes per token per layer = 2 * n_kv_heads * head_dim * (bits / 8 + 2 * 2 / group_size)
 (packed values plus a float16 scale and bias per group).
+
+A row of the batch holds exactly the values that the sequence alone would hold only when the
+model's matmuls give that row the same floats in both (on Linux, with one OpenBLAS thread): a
+1e-6 difference that crosses a rounding boundary moves a value by a whole quantization step, so
+batched and alone greedy outputs can part where two tokens nearly tie.
 """
 
 from __future__ import annotations
