@@ -793,6 +793,17 @@ def decode_vs_reference(ours: float, reference: float) -> float | None:
     return _ratio(ours, reference)
 
 
+@define("bench_server_ratio", "ratio", "in-process figure / llama-server figure on the same workload, with its "
+        "bootstrap_ci95 over each side's requests (durations held at the measured ones)")
+def bench_server_ratio(ours: float | None, theirs: float | None) -> float | None:
+    """`rllm-study bench server` (`rllm_study.bench.server.ratio_interval`): a figure of in process over
+    llama-server. Each side is its requests and its duration; a resample redraws each side's requests,
+    keeping its duration, so the interval shows the spread over requests, not over runs. For goodput and
+    output tok/s above 1 means in process is better, for E2EL below 1. None where the server's figure is
+    0 or missing."""
+    return None if ours is None or not theirs else ours / theirs
+
+
 @define("speculative_speedup", "ratio", "output_tok_s with speculation / output_tok_s without, means over alternating rounds")
 def speculative_speedup(with_spec: float, without: float) -> float | None:
     """`bench techniques`: throughput, not time, because outputs may differ in length."""

@@ -18,7 +18,6 @@ from rich.table import Table
 from rllm_study.errors import UserError
 from rllm_study.formatting import num, pct, proportion
 from rllm_study.analysis.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
-import rllm_study.analysis.stats  # noqa: F401  (registers the claim statistics' definitions in METRICS)
 from rllm_study.running.results import cells_in, read_cell
 
 LATENCY_COLUMNS = (("TTFT s", "ttft_s", 1), ("TTFVT s", "ttfvt_s", 1), ("E2EL s", "e2el_s", 1), ("TPOT ms", "tpot_s", 1000))
