@@ -136,8 +136,11 @@ def metric_reference() -> str:
            "appendix repeats this list.", "", "## Conventions", ""]
     out += [f"- {c}" for c in CONVENTIONS] + [""]
     out += ["## Definitions", ""]
-    out += _table(("metric", "unit", "formula", "what"),
-                  [(f"`{m.name}`", m.unit, f"`{m.formula}`", m.description) for m in METRICS.values()])
+    out += ["`table header` is how report tables and `summarize` head the metric ({stat}: the statistic a column "
+            "shows, e.g. p50 or peak); `better` the direction that is better, where one is.", ""]
+    out += _table(("metric", "unit", "formula", "what", "table header", "better"),
+                  [(f"`{m.name}`", m.unit, f"`{m.formula}`", m.description, f"`{m.label}`" if m.label else "",
+                    m.better or "") for m in METRICS.values()])
     return "\n".join(out).rstrip() + "\n"
 
 
