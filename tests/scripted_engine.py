@@ -27,6 +27,7 @@ import contextlib
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from rllm_study.backends import REGISTRY, register
@@ -40,7 +41,7 @@ from rllm_study.backends.base import (
     Request,
     RequestAdmitted,
 )
-from rllm_study.backends.options import CommonOptions
+from rllm_study.backends.options import CommonOptions, LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
 from rllm_study.backends.phases import PhaseTracker
 
@@ -179,13 +180,33 @@ class ScriptedEngine:
 
 
 @contextlib.contextmanager
-def scripted_backend(script: Script | None = None, step_s: float = 0.0):
-    """The backend "scripted" registered (and ScriptedEngine's script and step time set) inside the block."""
+def scripted_backend(script: Script | None = None, step_s: float = 0.0, options: type[CommonOptions] = LlamaCppOptions):
+    """The backend "scripted" registered (and ScriptedEngine's script and step time set) inside the
+    block. It takes llama.cpp's options by default, so a spec written for llama.cpp (KV types,
+    threads) runs unchanged; the scripted model honours only the common ones (concurrency, context)."""
     saved = ScriptedEngine.script, ScriptedEngine.step_s
     ScriptedEngine.script, ScriptedEngine.step_s = script or Script(), step_s
-    register(NAME, f"{__name__}:ScriptedEngine", CommonOptions)
+    register(NAME, f"{__name__}:ScriptedEngine", options)
     try:
         yield ScriptedEngine
     finally:
         REGISTRY.pop(NAME, None)
         ScriptedEngine.script, ScriptedEngine.step_s = saved
+
+
+def run_scripted(out: Path, spec: dict | None = None, *, preset: str | None = None, overrides: tuple[str, ...] = (),
+                 script: Script | None = None, step_s: float = 0.0) -> list[Path]:
+    """`rllm-study run` in process on the scripted engine: a spec (or a preset's quick size) with
+    `--set` overrides, its backend and models replaced by the scripted ones; returns the cell folders."""
+    from rich.console import Console
+
+    from rllm_study.running.runner import run_study
+    from rllm_study.running.spec import apply_overrides, expand, load_spec
+
+    where = str(out / "spec.toml")
+    if preset is not None:
+        spec, where = load_spec(preset=preset, quick=True)
+    spec = apply_overrides({**spec, "backend": NAME}, [*overrides, f"models=[\"{NAME}\"]"])
+    spec.pop("energy_cmd", None)
+    with scripted_backend(script, step_s):
+        return run_study(expand(spec, where), spec, out, Console(quiet=True))

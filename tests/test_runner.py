@@ -67,6 +67,19 @@ def test_summarize_reads_the_run(pilot_run):
         assert r["throughput"]["output_tok_s"] == pytest.approx(sum(x["output_tokens"] for x in rows) / span)
 
 
+def test_report_of_the_real_pilot(pilot_run, tmp_path):
+    """The report of a real model's run (tests/test_report.py checks reports in depth on scripted runs):
+    its sections, claims and the model's honest label from the manifest's model facts."""
+    from rllm_study.report import REPORT_MD, write_report
+
+    out, _ = pilot_run
+    write_report([out], tmp_path / "report")
+    md = (tmp_path / "report" / REPORT_MD).read_text()
+    assert re.findall(r"^## (.+)$", md, re.M)[:2] == ["Setup", "Claims"] and "## Appendix: metrics" in md
+    assert "SmolLM2-135M-Instruct Q4_1 prompted to reason; not a trained reasoning model" in md
+    assert "| Memory use and fluctuation |" in md and (tmp_path / "report" / "report.html").stat().st_size > 0
+
+
 def test_open_loop_requests_arrive_at_their_scheduled_times(tmp_path, smollm2_path):
     proc = run_cli("run", "--preset", "realworld", "--quick", *TINY, "--set", "datasets={gsm8k=5}",
                    "--set", "workload.cv=[2.0]", "--set", "workload.rate=2.0", "--out", tmp_path)
