@@ -97,7 +97,6 @@ class Script:
 class _Running:
     request: Request
     out: RequestOutput
-    admitted: bool = False
 
 
 class ScriptedEngine:
@@ -111,7 +110,6 @@ class ScriptedEngine:
         self.waiting: list[Request] = []
         self.running: dict[str, _Running] = {}
         self.aborted: set[str] = set()
-        self.steps = 0
 
     # -- the Engine protocol -------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -125,7 +123,6 @@ class ScriptedEngine:
         return bool(self.waiting or self.running)
 
     def step(self) -> list:
-        self.steps += 1
         events = []
         now = time.perf_counter_ns
         for rid in sorted(self.aborted):
@@ -139,7 +136,7 @@ class ScriptedEngine:
         while self.waiting and len(self.running) < self.options.max_seqs:
             r = self.waiting.pop(0)
             out = RequestOutput(r, self.count_tokens(r.prompt), PhaseTracker(r.starts_in_think))
-            self.running[r.id] = _Running(r, out, True)
+            self.running[r.id] = _Running(r, out)
             events.append(RequestAdmitted(r.id, now()))
             events.append(PrefillDone(r.id, now(), out.prompt_tokens))
         if self.step_s:
@@ -207,6 +204,5 @@ def run_scripted(out: Path, spec: dict | None = None, *, preset: str | None = No
     if preset is not None:
         spec, where = load_spec(preset=preset, quick=True)
     spec = apply_overrides({**spec, "backend": NAME}, [*overrides, f"models=[\"{NAME}\"]"])
-    spec.pop("energy_cmd", None)
     with scripted_backend(script, step_s):
         return run_study(expand(spec, where), spec, out, Console(quiet=True))
