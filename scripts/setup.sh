@@ -24,8 +24,8 @@ fi
 
 # llama-cpp-python compiles llama.cpp here. The study calls only libllama/ggml (the llama_cpp
 # low-level API), never the multimodal library (mtmd/llava) nor llama.cpp's common/ library that
-# only mtmd and the tools need, so neither is built (scripts/cmake/llama_no_common.cmake; README,
-# "Engine notes", has the measurement). A CMAKE_ARGS of your own (e.g. -DGGML_CUDA=on) is kept, after it.
+# only mtmd and the tools need, so neither is built (scripts/cmake/llama_no_common.cmake; docs/engines.md,
+# "What the build compiles", has the measurement). A CMAKE_ARGS of your own (e.g. -DGGML_CUDA=on) is kept, after it.
 export CMAKE_ARGS="-DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$PWD/scripts/cmake/llama_no_common.cmake${CMAKE_ARGS:+ $CMAKE_ARGS}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

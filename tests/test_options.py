@@ -13,6 +13,7 @@ from rllm_study.backends.options import MLX_KV_BITS, LlamaCppOptions, MlxOptions
 from rllm_study.cli import main
 from rllm_study.errors import UserError
 from rllm_study.running.spec import expand
+from scripted_engine import scripted_backend
 
 
 def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -167,8 +168,9 @@ def test_deprecated_spec_keys_warn_and_still_work(capsys):
 
 
 def test_deprecated_spec_flags_warn_and_still_work(monkeypatch, capsys, tmp_path):
-    code, out, err = cli(monkeypatch, capsys, "run", "--preset", "speculative", "--quick", "--dry-run",
-                         "--spec", "ngram", "--spec-tokens", "2", "--out", tmp_path)
+    with scripted_backend():  # the dry run opens the scripted engine, not the preset's models (flags are the point)
+        code, out, err = cli(monkeypatch, capsys, "run", "--preset", "speculative", "--quick", "--dry-run",
+                             "--backend", "scripted", "--spec", "ngram", "--spec-tokens", "2", "--out", tmp_path)
     assert code == 0 and len(out.splitlines()) == 3
     assert err.splitlines()[:2] == ["warning: --spec is deprecated; use --speculative",
                                     "warning: --spec-tokens is deprecated; use --speculative-tokens"]
@@ -181,8 +183,9 @@ def test_deprecated_spec_flags_warn_and_still_work(monkeypatch, capsys, tmp_path
 def test_run_flags_override_the_spec_for_every_cell(monkeypatch, capsys, tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text("datasets = { gsm8k = 1 }\n[engine]\nspec_tokens = 2\nthreads = 2\n")
-    code, out, _ = cli(monkeypatch, capsys, "run", spec, "--dry-run", "--out", tmp_path / "out",
-                       "--speculative", "ngram", "--speculative-tokens", "5", "--no-flash-attn")
+    with scripted_backend():  # the dry run opens the scripted engine, not a model (flags are the point)
+        code, out, _ = cli(monkeypatch, capsys, "run", spec, "--dry-run", "--out", tmp_path / "out", "--backend", "scripted",
+                           "--speculative", "ngram", "--speculative-tokens", "5", "--no-flash-attn")
     assert code == 0
     from rllm_study.running.spec import load_spec
 

@@ -1,6 +1,7 @@
-"""Reports: made from small real runs (SmolLM2 on the pilot, realworld and a KV-cache variant study),
-checked for every section, self-contained HTML, a real headless browser, --compare, and the
-claim rules on result files built by hand."""
+"""Reports: made from small runs on the scripted engine (the pilot, realworld and a KV-cache variant
+study; the report of a real model's run is tested in test_runner.py), checked for every section,
+self-contained HTML, a real headless browser, --compare, and the claim rules on result files built
+by hand."""
 
 from __future__ import annotations
 
@@ -8,24 +9,25 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import THREADS, require, run_cli
+from conftest import require, run_cli
 from rllm_study.analysis.metrics import METRICS
-from rllm_study.report import REPORT_HTML, REPORT_MD
+from rllm_study.report import REPORT_HTML, REPORT_MD, write_report
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import adaptive_time, bursty_load, check_claims, domain_preference, memory, stragglers
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from rllm_study.report.plots import _log_ticks
 from rllm_study.running.results import CellWriter
+from scripted_engine import run_scripted
 
 SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
             "Latency distributions", "Techniques", "Bursty arrivals", "Think budget", "All cells", "Appendix: metrics"]
 CLAIM_TITLES = ["Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
                 "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals"]
-SMALL = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[24]"]
 KV_SPEC = """
 name = "kv-cache-small"
 models = ["smollm2-135m"]
@@ -52,15 +54,16 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Three small real runs (about 30 s on 2 cores) and the report made from them."""
+    """Three small runs on the scripted engine, in process (a few seconds), and the report made from
+    them; the same report on a real model's run: tests/test_runner.py::test_report_of_the_real_pilot."""
     root = tmp_path_factory.mktemp("runs")
-    _ok(run_cli("run", "--preset", "pilot", "--quick", *SMALL, "--set", "datasets={gsm8k=2, math500=2, gpqa-diamond=2}",
-                "--set", "workload.batch_size=2", "--out", root / "pilot"))
-    _ok(run_cli("run", "--preset", "realworld", "--quick", *SMALL, "--set", "datasets={gsm8k=3}",
-                "--set", "workload.rate=2.0", "--out", root / "realworld"))
-    (root / "kv.toml").write_text(KV_SPEC)
-    _ok(run_cli("run", root / "kv.toml", "-t", str(THREADS), "--out", root / "kv"))
-    _ok(run_cli("report", root / "pilot", root / "realworld", root / "kv", "--out", root / "report"))
+    fast = ("max_tokens=[24]", "sample_period_s=0.005")  # 2 ms a decode step: a KV timeline of several samples a batch
+    run_scripted(root / "pilot", preset="pilot", step_s=0.002,
+                 overrides=(*fast, "datasets={gsm8k=2, math500=2, gpqa-diamond=2}", "workload.batch_size=2"))
+    run_scripted(root / "realworld", preset="realworld", step_s=0.002,
+                 overrides=(*fast, "datasets={gsm8k=3}", "workload.rate=2.0"))
+    run_scripted(root / "kv", tomllib.loads(KV_SPEC), overrides=fast, step_s=0.002)
+    write_report([root / "pilot", root / "realworld", root / "kv"], root / "report")
     return {"pilot": root / "pilot", "realworld": root / "realworld", "kv": root / "kv", "report": root / "report"}
 
 
@@ -98,8 +101,7 @@ def test_report_from_real_runs_has_every_section(runs):
     for kind in ("memory-", "stragglers-", "difficulty-", "accuracy-", "latency-pilot", "latency-realworld",
                  "technique-kv-cache-small", "load-realworld-"):
         assert any(kind in f for f in figures), kind
-    # honest model labels, the variant table, every metric in the appendix
-    assert "SmolLM2-135M-Instruct Q4_1 prompted to reason; not a trained reasoning model" in md
+    # the variant table, every metric in the appendix (the model's honest label: test_runner.py, on a real model)
     assert "| gsm8k | q8_0 | type_k q8_0, type_v q8_0, flash_attn True" in md
     appendix = md.split("## Appendix: metrics", 1)[1]
     for name in METRICS:

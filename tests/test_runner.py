@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -24,8 +25,10 @@ REQUIRED = ("id", "dataset", "item_id", "arrival_s", "admitted_s", "first_token_
 @pytest.fixture(scope="module")
 def pilot_run(tmp_path_factory, smollm2_path):
     out = tmp_path_factory.mktemp("pilot")
+    joules = out.parent / "joules.py"  # an --energy-cmd helper: a 10 W machine (test_energy.py tests the meters)
+    joules.write_text("import time\nprint(time.time() * 10)\n")
     proc = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--set", "datasets={gsm8k=4, gpqa-diamond=2}",
-                   "--set", "workload.batch_size=2", "--out", out)
+                   "--set", "workload.batch_size=2", "--energy-cmd", f"{sys.executable} {joules}", "--out", out)
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -44,6 +47,7 @@ def test_quick_pilot_end_to_end(pilot_run):
             assert r["output_tokens"] == r["think_tokens"] + r["answer_tokens"] == len(cell.tokens[r["id"]]["t_s"])
         assert {r["batch"] for r in cell.requests} == set(range(len(cell.requests) // 2))
         assert cell.timeline and all(0 <= t["kv_used"] <= t["kv_capacity"] for t in cell.timeline)
+        assert cell.timeline[-1]["energy_j"] > 0 and cell.manifest["energy_meters"] == ["cmd"]
         m = cell.manifest
         assert m["model"]["sha256"] and m["hardware"]["cores_logical"] and m["versions"]["llama-cpp-python"]
         assert m["engine"]["context"]["max_seqs"] == 2 and m["cell"]["max_tokens"] == 32
@@ -65,6 +69,20 @@ def test_summarize_reads_the_run(pilot_run):
         span = max(x["finish_s"] for x in rows) - min(x["arrival_s"] for x in rows)
         assert r["n_requests"] == len(rows)
         assert r["throughput"]["output_tok_s"] == pytest.approx(sum(x["output_tokens"] for x in rows) / span)
+        assert 5 < r["energy"]["avg_power_w"] < 20  # the --energy-cmd machine's 10 W: a cell's ends are read fresh
+
+
+def test_report_of_the_real_pilot(pilot_run, tmp_path):
+    """The report of a real model's run (tests/test_report.py checks reports in depth on scripted runs):
+    its sections, claims and the model's honest label from the manifest's model facts."""
+    from rllm_study.report import REPORT_MD, write_report
+
+    out, _ = pilot_run
+    write_report([out], tmp_path / "report")
+    md = (tmp_path / "report" / REPORT_MD).read_text()
+    assert re.findall(r"^## (.+)$", md, re.M)[:2] == ["Setup", "Claims"] and "## Appendix: metrics" in md
+    assert "SmolLM2-135M-Instruct Q4_1 prompted to reason; not a trained reasoning model" in md
+    assert "| Memory use and fluctuation |" in md and (tmp_path / "report" / "report.html").stat().st_size > 0
 
 
 def test_open_loop_requests_arrive_at_their_scheduled_times(tmp_path, smollm2_path):

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import THREADS, chat, drain, run_cli
+from conftest import THREADS, chat, drain
 from rllm_study.backends.base import ANSWER, FINISH_LENGTH, FINISH_STOP, THINK, Request, SamplingParams
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput
 from rllm_study.backends.phases import THINK_CLOSE, PhaseTracker
 from rllm_study.errors import UserError
 from rllm_study.running.results import read_cell
+from rllm_study.report import write_report
 from rllm_study.running.spec import expand
+from scripted_engine import Script, run_scripted
 
 CUE = "\n\nThe final answer is $\\boxed{"
 
@@ -143,12 +145,13 @@ def test_spec_think_budget_axis(tmp_path):
             expand({**spec, "think_budget": [bad]}, "t.toml")
 
 
-def test_run_and_report_with_a_think_budget(tmp_path, smollm2_path):
+def test_run_and_report_with_a_think_budget(tmp_path):
+    """The think-budget preset through the runner and the report, on the scripted engine in process (a
+    model that would think for 100 tokens); the real engine's close is tested above, and a real model's
+    run with a think budget (the pilot's mt-32) in test_runner.py."""
     out = tmp_path / "runs"
-    proc = run_cli("run", "--preset", "think-budget", "--quick", "-m", "smollm2-135m", "-t", THREADS,
-                   "--set", "max_tokens=[48]", "--set", "think_budget=[8, 16]", "--set", "datasets={gsm8k=2}",
-                   "--set", "workload.batch_size=2", "--out", out)
-    assert proc.returncode == 0, proc.stderr
+    run_scripted(out, preset="think-budget", script=Script(think_words=lambda r: 100), overrides=(
+        "max_tokens=[48]", "think_budget=[8, 16]", "datasets={gsm8k=2}", "workload.batch_size=2"))
     cells = sorted(p for p in out.iterdir() if p.is_dir())
     assert [c.name.split("__")[4] for c in cells] == ["tb16", "tb8"]
     for c in cells:
@@ -158,8 +161,7 @@ def test_run_and_report_with_a_think_budget(tmp_path, smollm2_path):
             assert r["think_forced"] and r["think_tokens"] <= budget and r["answer_tokens"] > 0
             assert cell.tokens[r["id"]]["phase"].startswith("t" * r["think_tokens"] + "a")
     report = tmp_path / "report"
-    proc = run_cli("report", out, "--out", report)
-    assert proc.returncode == 0, proc.stderr
+    write_report([out], report)
     md = (report / "report.md").read_text()
     section = md[md.index("## Think budget"):]
     assert "answer phase" in section and "think forced" in section and "| 8 | 2 |" in section and "| 16 | 2 |" in section

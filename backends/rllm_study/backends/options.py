@@ -181,7 +181,7 @@ class LlamaCppOptions(CommonOptions):
     flash_attn: bool | None = option(None, "Flash attention (default: llama.cpp's auto).")
     kv_unified: bool = option(False, "One KV pool shared by all sequences (admission by free cells, preemption when full).")
     sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
-                                    "chain inside the decode graph; slower on an H200, see the README).",
+                                    "chain inside the decode graph; slower on an H200, see docs/engines.md).",
                             check=one_of("host", "device"))
 
 

@@ -49,12 +49,27 @@ CONVENTIONS = (
 )
 
 
+DISPLAYS = ("num", "count", "pct", "mib", "ms", "measured")  # how a value prints: report/columns.py `fmt`
+BETTER = ("higher", "lower")
+
+
 @dataclass(frozen=True)
 class MetricDef:
+    """A metric's definition and how tables show it (one catalogue for every table, as AIPerf's
+    metric declarations carry header, unit and direction):
+      label    the column header, unit included; "{stat}" stands for the statistic a column shows
+               (p50, peak, mean ...), e.g. "TTFT {stat} s" -> "TTFT p50 s"; "" for a metric no table shows
+      display  how a value prints (DISPLAYS): a number, a whole count, a fraction as a percentage,
+               bytes in MiB, seconds in ms, or a number that is "not measured" when missing
+      better   "higher" or "lower" when that direction is better, None when neither is"""
+
     name: str
     unit: str
     formula: str
     description: str
+    label: str = ""
+    display: str = "num"
+    better: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,22 +84,25 @@ METRICS: dict[str, MetricDef] = {}
 _ENTRIES: dict[str, _Entry] = {}
 
 
-def define(name: str, unit: str, formula: str) -> Callable:
-    """Record the definition of `name` (its description is the function's docstring)."""
+def define(name: str, unit: str, formula: str, *, label: str = "", display: str = "num", better: str | None = None) -> Callable:
+    """Record the definition of `name` (its description is the function's docstring; label, display
+    and better as MetricDef says)."""
+    assert display in DISPLAYS and better in (None, *BETTER), (display, better)
 
     def record(fn: Callable) -> Callable:
-        METRICS[name] = MetricDef(name, unit, formula, " ".join((fn.__doc__ or "").split()))
+        METRICS[name] = MetricDef(name, unit, formula, " ".join((fn.__doc__ or "").split()), label, display, better)
         return fn
 
     return record
 
 
-def metric(name: str, unit: str, formula: str, *, section: str | None, key: str | None = None, per: str = "cell") -> Callable:
+def metric(name: str, unit: str, formula: str, *, section: str | None, key: str | None = None, per: str = "cell",
+           label: str = "", display: str = "num", better: str | None = None) -> Callable:
     """Define a metric and place its value at cell_metrics()[section][key] (top level when section is None)."""
     assert per in ("request", "pooled", "cell"), per
 
     def register(fn: Callable) -> Callable:
-        define(name, unit, formula)(fn)
+        define(name, unit, formula, label=label, display=display, better=better)(fn)
         _ENTRIES[name] = _Entry(per, section, key or name, fn)
         return fn
 
@@ -179,31 +197,31 @@ def fluctuation(values: Iterable[float | None]) -> dict:
 
 # ---- per-request metrics --------------------------------------------------------------------
 
-@metric("ttft_s", "s", "first_token_s - arrival_s", section="latency", per="request")
+@metric("ttft_s", "s", "first_token_s - arrival_s", label="TTFT {stat} s", better="lower", section="latency", per="request")
 def ttft(r: dict, tokens) -> float | None:
     """Time to first token of any phase (think or answer), queue wait and prefill included."""
     return _since(r.get("first_token_s"), r.get("arrival_s"))
 
 
-@metric("ttfvt_s", "s", "first_answer_token_s - arrival_s", section="latency", per="request")
+@metric("ttfvt_s", "s", "first_answer_token_s - arrival_s", label="TTFVT {stat} s", better="lower", section="latency", per="request")
 def ttfvt(r: dict, tokens) -> float | None:
     """Time to first visible token: the user waits through all the thinking. None when the request produced no answer token."""
     return _since(r.get("first_answer_token_s"), r.get("arrival_s"))
 
 
-@metric("e2el_s", "s", "finish_s - arrival_s", section="latency", per="request")
+@metric("e2el_s", "s", "finish_s - arrival_s", label="E2EL {stat} s", better="lower", section="latency", per="request")
 def e2el(r: dict, tokens) -> float | None:
     """End-to-end latency from (scheduled) arrival to the request's last token."""
     return _since(r.get("finish_s"), r.get("arrival_s"))
 
 
-@metric("queue_s", "s", "admitted_s - arrival_s", section="latency", per="request")
+@metric("queue_s", "s", "admitted_s - arrival_s", label="queue {stat} s", better="lower", section="latency", per="request")
 def queue(r: dict, tokens) -> float | None:
     """Queue wait: from (scheduled) arrival until the engine gave the request a sequence slot."""
     return _since(r.get("admitted_s"), r.get("arrival_s"))
 
 
-@metric("tpot_s", "s", "(e2el_s - ttft_s) / (output_tokens - 1)", section="latency", per="request")
+@metric("tpot_s", "s", "(e2el_s - ttft_s) / (output_tokens - 1)", label="TPOT {stat} ms", display="ms", better="lower", section="latency", per="request")
 def tpot(r: dict, tokens) -> float | None:
     """Time per output token after the first, both phases. None with fewer than 2 output tokens."""
     n, first, total = r.get("output_tokens") or 0, ttft(r, tokens), e2el(r, tokens)
@@ -222,19 +240,19 @@ def tpot_answer(r: dict, tokens) -> float | None:
     return _mean(_gaps(tokens, "a")) if tokens else None
 
 
-@metric("itl_s", "s", "every gap t[i] - t[i-1] between consecutive tokens of a request, pooled over requests", section="latency", per="pooled")
+@metric("itl_s", "s", "every gap t[i] - t[i-1] between consecutive tokens of a request, pooled over requests", label="ITL {stat} ms", display="ms", better="lower", section="latency", per="pooled")
 def itl(r: dict, tokens) -> list[float]:
     """Inter-token latency, both phases (network chunks: see the conventions)."""
     return _gaps(tokens) if tokens else []
 
 
-@metric("output_tokens", "tokens", "output_tokens (engine token count, think + answer)", section="tokens", key="output", per="request")
+@metric("output_tokens", "tokens", "output_tokens (engine token count, think + answer)", label="output tok {stat}", section="tokens", key="output", per="request")
 def output_tokens(r: dict, tokens) -> int | None:
     """Generated tokens of the request, counted by the engine's tokenizer (never re-tokenised text)."""
     return r.get("output_tokens")
 
 
-@metric("think_tokens", "tokens", "think_tokens (tokens generated in the think phase)", section="tokens", key="think", per="request")
+@metric("think_tokens", "tokens", "think_tokens (tokens generated in the think phase)", label="think tok {stat}", section="tokens", key="think", per="request")
 def think_tokens(r: dict, tokens) -> int | None:
     """Hidden reasoning tokens; the `</think>` token counts as think."""
     return r.get("think_tokens")
@@ -338,7 +356,7 @@ class _Context:
         return [r for r in self.rows if r["completed"]]
 
 
-@metric("n_requests", "requests", "lines in requests.jsonl", section=None)
+@metric("n_requests", "requests", "lines in requests.jsonl", label="n", display="count", section=None)
 def n_requests(ctx: _Context) -> int:
     """Recorded (finished, completed or failed) requests of the cell."""
     return len(ctx.cell.requests)
@@ -385,7 +403,7 @@ def _by(records: list[dict], field: str) -> dict[str, list[dict]]:
 
 
 @metric("accuracy", "fraction", "correct / total (all requests), with its wilson_ci95; accuracy_lenient = "
-        "sum(correct_lenient) / total, with its wilson_ci95", section=None)
+        "sum(correct_lenient) / total, with its wilson_ci95", label="accuracy {stat}", display="pct", better="higher", section=None)
 def accuracy(ctx: _Context) -> dict:
     """Overall, per data set and per domain, strict (`accuracy`: the answer stated in the answer
     phase) and lenient (`accuracy_lenient`: also an answer found only in the thinking), each with
@@ -408,7 +426,7 @@ def has_answer_phase(r: dict) -> bool:
 
 
 @metric("answer_phase_share", "fraction", "completed thinking-mode requests with think_tokens > 0 and (answer_tokens > 0 "
-        "or `</think>` in output_text) / completed thinking-mode requests, with its wilson_ci95", section="tokens", key="answer_phase")
+        "or `</think>` in output_text) / completed thinking-mode requests, with its wilson_ci95", label="answer phase", display="pct", section="tokens", key="answer_phase")
 def answer_phase_share(ctx: _Context) -> dict | None:
     """Share of completed requests in a prompt mode that thinks first (reasoning, native) whose
     output has both a think phase and an answer phase (think_tokens > 0 and answer_tokens > 0, or a
@@ -420,7 +438,7 @@ def answer_phase_share(ctx: _Context) -> dict | None:
 
 
 @metric("think_forced_share", "fraction", "completed requests with think_forced / completed requests with think_tokens > 0 "
-        "and a known think_forced, with its wilson_ci95", section="tokens", key="think_forced")
+        "and a known think_forced, with its wilson_ci95", label="think forced", display="pct", section="tokens", key="think_forced")
 def think_forced_share(ctx: _Context) -> dict | None:
     """Share of the completed requests that thought whose thinking the engine closed (think budget
     reached, or the model ended while thinking; see backends/rllm_study/backends/output.py): {share, k, n, ci95}. None
@@ -455,7 +473,7 @@ def _arrival_times(ctx: _Context) -> list[list[float]]:
 
 
 @metric("arrival_rate", "requests/s", "sum over sessions of (arrivals - 1) / sum over sessions of (last arrival_s - first arrival_s)",
-        section="arrivals", key="rate")
+        label="arrival rate req/s", section="arrivals", key="rate")
 def arrival_rate(ctx: _Context) -> float | None:
     """Realised offered load: recorded requests (completed or failed) per second of their arrival
     span. Open loop records scheduled arrivals, and Poisson/Gamma schedules are rescaled to their
@@ -464,13 +482,13 @@ def arrival_rate(ctx: _Context) -> float | None:
 
 
 @metric("arrival_cv", "ratio", "population std / mean of the gaps between consecutive arrival_s of a session, pooled over sessions",
-        section="arrivals", key="cv")
+        label="arrival CV", section="arrivals", key="cv")
 def arrival_cv(ctx: _Context) -> float | None:
     """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without two arrivals in a session."""
     return gap_stats(*_arrival_times(ctx))[1]
 
 
-@metric("output_tok_s", "tokens/s", "sum(output_tokens of all requests) / duration_s", section="throughput")
+@metric("output_tok_s", "tokens/s", "sum(output_tokens of all requests) / duration_s", label="out tok/s", better="higher", section="throughput")
 def output_throughput(ctx: _Context) -> float | None:
     """System output throughput (think and answer tokens)."""
     return _ratio(sum(r.get("output_tokens") or 0 for r in ctx.cell.requests), duration(ctx))
@@ -493,7 +511,7 @@ def decode_throughput(ctx: _Context) -> float | None:
     return n / (end - start) if end > start and n else None
 
 
-@metric("requests_s", "requests/s", "completed requests / duration_s", section="throughput")
+@metric("requests_s", "requests/s", "completed requests / duration_s", label="req/s", better="higher", section="throughput")
 def request_throughput(ctx: _Context) -> float | None:
     """Completed requests per second."""
     return _ratio(len(ctx.done), duration(ctx))
@@ -508,7 +526,7 @@ def meets_slo(row: dict, slo: dict) -> bool:
     )
 
 
-@metric("goodput_req_s", "requests/s", "completed requests meeting every SLO limit / duration_s", section="throughput")
+@metric("goodput_req_s", "requests/s", "completed requests meeting every SLO limit / duration_s", label="goodput req/s", better="higher", section="throughput")
 def goodput(ctx: _Context) -> float | None:
     """SLO limits are upper bounds on ttft_s, ttfvt_s, tpot_s, e2el_s; a missing TTFVT (no answer)
     misses its limit, a missing TPOT (under 2 tokens) meets it. None when no SLO is given."""
@@ -533,7 +551,7 @@ def straggler_count(ctx: _Context) -> int:
     return sum(r["straggler"] for r in ctx.rows)
 
 
-@metric("straggler_share", "fraction", "straggler_count / completed requests", section="stragglers", key="share")
+@metric("straggler_share", "fraction", "straggler_count / completed requests", label="stragglers", display="pct", better="lower", section="stragglers", key="share")
 def straggler_share(ctx: _Context) -> float | None:
     """Share of completed requests that are stragglers."""
     return _ratio(straggler_count(ctx), len(ctx.done))
@@ -557,7 +575,7 @@ def tail_time(ctx: _Context) -> float:
     return sum(group_tail(m)[1] for m in straggler_groups(ctx.rows).values())
 
 
-@metric("tail_share", "fraction", "tail_time_s / sum over groups of (last finish - first arrival)", section="stragglers")
+@metric("tail_share", "fraction", "tail_time_s / sum over groups of (last finish - first arrival)", label="tail share", display="pct", better="lower", section="stragglers")
 def tail_share(ctx: _Context) -> float | None:
     """Share of the groups' running time spent in the tail."""
     return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
@@ -646,7 +664,7 @@ def straggler_causes(ctx: _Context) -> dict:
             "dominant": max(known, key=known.get) if stragglers else None}
 
 
-@metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", label="KV {stat}", display="pct", better="lower", section="memory")
 def kv_frac(ctx: _Context) -> dict:
     """KV-cache usage and its fluctuation over the run (samples with no capacity skipped)."""
     return fluctuation(_ratio(s.get("kv_used") or 0, s.get("kv_capacity") or 0) for s in ctx.cell.timeline)
@@ -659,7 +677,7 @@ def kv_used(ctx: _Context) -> dict:
     return {**fluctuation(s.get("kv_used") for s in ctx.cell.timeline), "unit": "/".join(units) or None}
 
 
-@metric("rss_bytes", "bytes", "rss_bytes per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("rss_bytes", "bytes", "rss_bytes per timeline sample: peak, mean, cv = std / mean", label="RSS {stat} MiB", display="mib", better="lower", section="memory")
 def rss(ctx: _Context) -> dict:
     """Resident memory of the engine process."""
     return fluctuation(s.get("rss_bytes") for s in ctx.cell.timeline)
@@ -672,7 +690,7 @@ def device(ctx: _Context) -> dict | None:
     return stats if stats["count"] else None
 
 
-@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes): peak, mean, cv = std / mean", section="memory")
+@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes): peak, mean, cv = std / mean", label="GPU MiB {stat}", display="mib", better="lower", section="memory")
 def gpu_memory(ctx: _Context) -> dict | None:
     """GPU memory in use on the cell's GPUs as NVML reports it (every process on them); None without NVML."""
     stats = fluctuation(s.get("gpu_bytes") for s in ctx.cell.timeline)
@@ -703,28 +721,28 @@ def _measured_tokens(ctx: _Context) -> int:
     return sum(r.get("output_tokens") or 0 for r in ctx.cell.requests if r.get("session", 0) in sessions)
 
 
-@metric("j_per_token", "J/token", "energy_j / output tokens of the measured sessions' requests", section="energy")
+@metric("j_per_token", "J/token", "energy_j / output tokens of the measured sessions' requests", label="J/token", display="measured", better="lower", section="energy")
 def j_per_token(ctx: _Context) -> float | None:
     """Energy per generated token (think and answer); None when not measured or no tokens."""
     joules = energy(ctx)
     return None if joules is None else _ratio(joules, _measured_tokens(ctx))
 
 
-@metric("tokens_per_j", "tokens/J", "output tokens of the measured sessions' requests / energy_j", section="energy")
+@metric("tokens_per_j", "tokens/J", "output tokens of the measured sessions' requests / energy_j", label="tokens/J", display="measured", better="higher", section="energy")
 def tokens_per_j(ctx: _Context) -> float | None:
     """Generated tokens per joule; None when not measured or no energy was counted."""
     joules = energy(ctx)
     return None if joules is None else _ratio(_measured_tokens(ctx), joules)
 
 
-@metric("avg_power_w", "W", "energy_j / sum over measured sessions of their last sample's t_s", section="energy")
+@metric("avg_power_w", "W", "energy_j / sum over measured sessions of their last sample's t_s", label="avg W", display="measured", section="energy")
 def avg_power(ctx: _Context) -> float | None:
     """Average power drawn by the measured parts while the cell ran; None when not measured."""
     joules = energy(ctx)
     return None if joules is None else _ratio(joules, sum(t for _, t in _measured_sessions(ctx).values()))
 
 
-@metric("prefix_hit_rate", "fraction", "requests with cached_tokens > 0 / all requests", section="techniques")
+@metric("prefix_hit_rate", "fraction", "requests with cached_tokens > 0 / all requests", label="prefix hit rate", display="pct", section="techniques")
 def prefix_hit_rate(ctx: _Context) -> float | None:
     """Share of requests whose prompt reused a cached prefix."""
     reqs = ctx.cell.requests
@@ -766,7 +784,7 @@ def draft_accepted(ctx: _Context) -> int:
     return sum(r.get("draft_accepted") or 0 for r in ctx.cell.requests)
 
 
-@metric("draft_acceptance_rate", "fraction", "draft_accepted / draft_proposed", section="techniques")
+@metric("draft_acceptance_rate", "fraction", "draft_accepted / draft_proposed", label="draft acceptance", display="pct", section="techniques")
 def draft_acceptance_rate(ctx: _Context) -> float | None:
     """None when nothing was proposed."""
     return _ratio(draft_accepted(ctx), draft_proposed(ctx))
@@ -791,6 +809,17 @@ def decode_vs_reference(ours: float, reference: float) -> float | None:
     """`rllm-study bench engine`: our engine's decode rate against llama.cpp's own tools from the same
     build and settings (n_prompt, n_gen, threads, flash attention, offload). None without a reference."""
     return _ratio(ours, reference)
+
+
+@define("bench_server_ratio", "ratio", "in-process figure / llama-server figure on the same workload, with its "
+        "bootstrap_ci95 over each side's requests (durations held at the measured ones)")
+def bench_server_ratio(ours: float | None, theirs: float | None) -> float | None:
+    """`rllm-study bench server` (`rllm_study.bench.server.ratio_interval`): a figure of in process over
+    llama-server. Each side is its requests and its duration; a resample redraws each side's requests,
+    keeping its duration, so the interval shows the spread over requests, not over runs. For goodput and
+    output tok/s above 1 means in process is better, for E2EL below 1. None where the server's figure is
+    0 or missing."""
+    return None if ours is None or not theirs else ours / theirs
 
 
 @define("speculative_speedup", "ratio", "output_tok_s with speculation / output_tok_s without, means over alternating rounds")

@@ -1,7 +1,8 @@
 """Re-grading recorded requests with the current grader, from the recorded output alone.
 
-A cell's items and prompts are rebuilt from its manifest (data set, samples, prompt mode, seed and
-templates; the seed decides the multiple-choice shuffle, so the letters), and each line of
+A cell's items and prompts are rebuilt from its manifest's `cell` by the runner's own
+`rllm_study.running.prompts.cell_prompts` (shipped or custom data set, samples, prompt mode, seed,
+templates, grammar, few-shot prefix; the seed decides the multiple-choice shuffle), and each line of
 requests.jsonl is graded again by `grade(...)` from its `output_text`. Its grading fields
 (`Grade.record_fields`) are then rewritten in place: the new file is written next to the old one,
 fsync'd and renamed over it, so a kill at any moment leaves either file whole. Nothing else in
@@ -18,15 +19,15 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 from rllm_study.errors import UserError
 from rllm_study.analysis.metrics import correct_lenient
+from rllm_study.running.prompts import cell_prompts
 from rllm_study.running.results import MANIFEST, REQUESTS, read_jsonl
-from rllm_study.workloads.datasets import Item, load_dataset
+from rllm_study.workloads.datasets import Item
 from rllm_study.workloads.grading import Grade, grade
-from rllm_study.workloads.prompts import Prompt, build_prompt
+from rllm_study.workloads.prompts import Prompt
 
 @dataclass
 class Regraded:
@@ -51,17 +52,9 @@ class Regraded:
         self.changed += other.changed
 
 
-@lru_cache(maxsize=32)
-def _items(dataset: str, samples: int) -> tuple[Item, ...]:
-    return tuple(load_dataset(dataset, limit=samples))
-
-
-def cell_prompts(cell: dict) -> dict[str, tuple[Item, Prompt]]:
-    """item id -> (item, prompt) for a manifest's `cell`, as the runner built them (grammar aside:
-    it does not change what is graded)."""
-    items = _items(cell["dataset"], cell["samples"])
-    templates = Path(cell["templates"]) if cell.get("templates") else None
-    return {it.id: (it, build_prompt(it, cell["prompt_mode"], seed=cell.get("seed", 0), templates=templates)) for it in items}
+def cell_prompts_by_item(cell: dict) -> dict[str, tuple[Item, Prompt]]:
+    """item id -> (item, prompt) for a manifest's `cell`: the runner's own `cell_prompts`."""
+    return {p.item.id: (p.item, p.prompt) for p in cell_prompts(cell)}
 
 
 def _cause(old: dict, new: Grade) -> str:
@@ -80,7 +73,7 @@ def regrade_cell(cell_dir: Path, write: bool = True) -> Regraded:
         records = read_jsonl(path)
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{cell_dir}: cannot read its manifest's cell or {REQUESTS} ({err})") from None
-    prompts = cell_prompts(cell)
+    prompts = cell_prompts_by_item(cell)
     out = Regraded(cells=1, requests=len(records))
     for r in records:
         item_id = r.get("item_id") or r["id"]

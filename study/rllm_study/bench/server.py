@@ -48,7 +48,7 @@ from pathlib import Path
 import httpx
 
 from rllm_study.errors import UserError
-from rllm_study.analysis.metrics import define, distribution, meets_slo, percentile_key
+from rllm_study.analysis.metrics import bench_server_ratio, distribution, meets_slo, percentile_key
 
 READY_TIMEOUT_S = 120.0  # a server that does not answer /health in this time is given up
 STOP_TIMEOUT_S = 10.0    # SIGTERM -> SIGKILL
@@ -181,20 +181,15 @@ def side_spec(spec: dict, backend: str, url: str | None, default_samplers: bool,
     return out
 
 
-@define("bench_server_ratio", "ratio", "in-process figure / llama-server figure on the same workload, with its "
-        "bootstrap_ci95 over each side's requests (durations held at the measured ones)")
 def ratio_interval(ours: tuple[list[dict], float], theirs: tuple[list[dict], float], name: str, slo: dict | None):
-    """`name` (RATIO_FIGURES) of in process over llama-server. Each side is (its request_metrics
-    rows, its duration_s); a resample redraws each side's requests, keeping its duration, so the
-    interval shows the spread over requests, not over runs. For goodput and output tok/s above 1
-    means in process is better, for E2EL below 1. None where the server's figure is 0 or missing."""
+    """The metric `bench_server_ratio` (defined in rllm_study.analysis.metrics) of figure `name`
+    (RATIO_FIGURES); each side is (its request_metrics rows, its duration_s)."""
     from rllm_study.analysis.stats import bootstrap
 
     figure = RATIO_FIGURES[name]
 
     def stat(samples):
-        a, b = (figure(rows, dur, slo) for rows, dur in zip(samples, (ours[1], theirs[1])))
-        return a / b if a is not None and b else None
+        return bench_server_ratio(*(figure(rows, dur, slo) for rows, dur in zip(samples, (ours[1], theirs[1]))))
 
     return bootstrap([ours[0], theirs[0]], stat)
 

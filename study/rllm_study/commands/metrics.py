@@ -16,12 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from rllm_study.errors import UserError
-from rllm_study.formatting import num, pct, proportion
 from rllm_study.analysis.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
-import rllm_study.analysis.stats  # noqa: F401  (registers the claim statistics' definitions in METRICS)
+from rllm_study.report import columns as C
 from rllm_study.running.results import cells_in, read_cell
 
-LATENCY_COLUMNS = (("TTFT s", "ttft_s", 1), ("TTFVT s", "ttfvt_s", 1), ("E2EL s", "e2el_s", 1), ("TPOT ms", "tpot_s", 1000))
+LATENCY = ("ttft_s", "ttfvt_s", "e2el_s", "tpot_s")  # one column each, one line per percentile
 
 
 def parse_percentiles(text: str) -> tuple[float, ...]:
@@ -52,35 +51,30 @@ def parse_slo(text: str | None) -> dict | None:
 
 
 def asu_table(results: list[dict], percentiles: tuple[float, ...]) -> Table:
-    """One row per cell; latency columns hold one line per percentile; accuracy (strict and lenient)
-    and the answer-phase share show their counts and, below, their 95% Wilson interval."""
+    """One row per cell, columns from the report's catalogue (`rllm_study.report.columns`); latency
+    columns hold one line per percentile; accuracy (strict and lenient) and the answer-phase share
+    show their counts and, below, their 95% Wilson interval."""
     pkeys = [percentile_key(p) for p in percentiles]
     with_goodput = any(r["throughput"]["slo"] for r in results)
+    before = (C.N_REQUESTS, C.ACCURACY, C.ACCURACY_LENIENT)
+    after = (C.ANSWER_PHASE, C.OUT_TOK_S, C.REQ_S, *([C.GOODPUT] if with_goodput else []))
+    latency = [[C.latency(name, p) for p in pkeys] for name in LATENCY]
+    tail = (C.THINK_MEAN, C.STRAGGLERS, C.KV_PEAK, C.RSS_PEAK)
     table = Table(title="ASU per cell", title_justify="left", box=box.SIMPLE_HEAD)
-    headers = ("cell", "reqs", "accuracy strict", "accuracy lenient", "parsed / in think / unparsed", "answer phase",
-               "out tok/s", "req/s", *(["goodput/s"] if with_goodput else []),
-               "pct", *(c[0] for c in LATENCY_COLUMNS), "think tok", "stragglers", "KV peak", "RSS MiB")
+    headers = ("cell", *(c.label for c in before), "parsed / in think / unparsed", *(c.label for c in after), "pct",
+               *(C.latency(name, "").label for name in LATENCY), *(c.label for c in tail))
     for header in headers:
         table.add_column(header, justify="left" if header in ("cell", "pct") else "right")
     for r in results:
-        acc, thr, phase = r["accuracy"]["overall"], r["throughput"], r["tokens"]["answer_phase"] or {}
-        rss_peak = r["memory"]["rss_bytes"]["peak"]
+        acc = r["accuracy"]["overall"]
         table.add_row(
             escape(r["cell"]),
-            str(r["n_requests"]),
-            proportion(acc["accuracy"], acc["correct"], acc["total"], acc["ci95"], "\n"),
-            proportion(acc["accuracy_lenient"], acc["correct_lenient"], acc["total"], acc["ci95_lenient"], "\n"),
+            *(C.cell_value(r, c, "\n") for c in before),
             f"{acc['parsed']} / {acc['answer_in_think']} / {acc['unparsed']}",
-            proportion(phase.get("share"), phase.get("k"), phase.get("n"), phase.get("ci95"), "\n"),
-            num(thr["output_tok_s"]),
-            num(thr["requests_s"]),
-            *([num(thr["goodput_req_s"])] if with_goodput else []),
+            *(C.cell_value(r, c, "\n") for c in after),
             "\n".join(pkeys),
-            *("\n".join(num(None if r["latency"][key][p] is None else r["latency"][key][p] * scale) for p in pkeys) for _, key, scale in LATENCY_COLUMNS),
-            num(r["tokens"]["think"]["mean"]),
-            pct(r["stragglers"]["share"]),
-            pct(r["memory"]["kv_frac"]["peak"]),
-            num(None if rss_peak is None else rss_peak / 2**20),
+            *("\n".join(C.cell_value(r, c) for c in columns) for columns in latency),
+            *(C.cell_value(r, c) for c in tail),
         )
     return table
 

@@ -1,18 +1,27 @@
-"""The key metrics that report tables show, where each lives in `cell_metrics()` and how it is printed.
+"""The one catalogue of table columns: which metric each shows, where its value lives in
+`cell_metrics()`, and how it prints. Every report table and `rllm-study summarize` take their
+columns from here.
 
-A column's value is read from a cell's metrics, never recomputed; `ratio` = this run's (or
-variant's) value / the reference's value. A proportion column (accuracy, answer-phase share) is
-printed with its counts and 95% Wilson interval, read from beside its value.
+A column's header, display kind and better-direction come from its metric's declaration
+(`MetricDef.label`, `.display`, `.better` in rllm_study.analysis.metrics); a column adds only
+where its value is (the path into cell_metrics) and which statistic it shows (`stat`, filling the
+label's "{stat}"), and may override the kind or direction for that statistic (a CV is a plain
+number whatever its metric's unit). A column's value is read from a cell's metrics, never
+recomputed; `ratio` = this run's (or variant's) value / the reference's value. A proportion
+column (accuracy, answer-phase share) is printed with its counts and 95% Wilson interval, read
+from beside its value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rllm_study.formatting import num, pct, proportion
+from rllm_study.analysis.metrics import METRICS
 from rllm_study.analysis.stats import Interval
+from rllm_study.formatting import num, pct, proportion
 
 MIB = 2**20
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -20,53 +29,61 @@ class Column:
     label: str       # as printed, with its unit
     metric: str      # the METRICS entry that defines it
     path: tuple      # keys into cell_metrics()
-    kind: str = "num"  # num | count (a whole number) | pct (a fraction printed as a percentage) | mib (bytes printed in MiB) | ms (seconds printed in ms)
-    #                    | measured (a number; None printed "not measured": no counter on the machine)
+    kind: str = "num"  # a MetricDef display: num | count | pct | mib | ms | measured (see `fmt`)
     higher_is_better: bool | None = None
     counts: tuple[str, str, str] | None = None  # a proportion's (k, n, interval) keys beside its value
 
 
-def col(label: str, metric: str, *path: str, kind: str = "num", better: bool | None = None,
+def col(metric: str, *path: str, stat: str = "", kind: str | None = None, better=_UNSET,
         counts: tuple[str, str, str] | None = None) -> Column:
-    return Column(label, metric, path, kind, better, counts)
+    """The column of `metric` at `path` in cell_metrics(), showing statistic `stat`; header, kind and
+    direction from the metric's declaration unless `kind` / `better` ("higher", "lower", None) say otherwise."""
+    m = METRICS[metric]
+    label = " ".join(m.label.format(stat=stat).split())
+    direction = m.better if better is _UNSET else better
+    return Column(label, metric, path, kind or m.display, None if direction is None else direction == "higher", counts)
 
 
-ACCURACY = col("accuracy strict", "accuracy", "accuracy", "overall", "accuracy", kind="pct", better=True,
-               counts=("correct", "total", "ci95"))
-ACCURACY_LENIENT = col("accuracy lenient", "accuracy", "accuracy", "overall", "accuracy_lenient", kind="pct", better=True,
+def latency(metric: str, stat: str) -> Column:
+    """A latency percentile (or other distribution key) column, e.g. latency("ttft_s", "p90")."""
+    return col(metric, "latency", metric, stat, stat=stat)
+
+
+ACCURACY = col("accuracy", "accuracy", "overall", "accuracy", stat="strict", counts=("correct", "total", "ci95"))
+ACCURACY_LENIENT = col("accuracy", "accuracy", "overall", "accuracy_lenient", stat="lenient",
                        counts=("correct_lenient", "total", "ci95_lenient"))
-ANSWER_PHASE = col("answer phase", "answer_phase_share", "tokens", "answer_phase", "share", kind="pct", counts=("k", "n", "ci95"))
-OUT_TOK_S = col("out tok/s", "output_tok_s", "throughput", "output_tok_s", better=True)
-REQ_S = col("req/s", "requests_s", "throughput", "requests_s", better=True)
-N_REQUESTS = col("n", "n_requests", "n_requests", kind="count")
-ARRIVAL_RATE = col("arrival rate req/s", "arrival_rate", "arrivals", "rate")
-ARRIVAL_CV = col("arrival CV", "arrival_cv", "arrivals", "cv")
-GOODPUT = col("goodput req/s", "goodput_req_s", "throughput", "goodput_req_s", better=True)
-TTFT_P50 = col("TTFT p50 s", "ttft_s", "latency", "ttft_s", "p50", better=False)
-TTFVT_P50 = col("TTFVT p50 s", "ttfvt_s", "latency", "ttfvt_s", "p50", better=False)
-TTFVT_P95 = col("TTFVT p95 s", "ttfvt_s", "latency", "ttfvt_s", "p95", better=False)
-E2EL_P50 = col("E2EL p50 s", "e2el_s", "latency", "e2el_s", "p50", better=False)
-E2EL_P90 = col("E2EL p90 s", "e2el_s", "latency", "e2el_s", "p90", better=False)
-E2EL_P95 = col("E2EL p95 s", "e2el_s", "latency", "e2el_s", "p95", better=False)
-QUEUE_P50 = col("queue p50 s", "queue_s", "latency", "queue_s", "p50", better=False)
-QUEUE_P90 = col("queue p90 s", "queue_s", "latency", "queue_s", "p90", better=False)
-TPOT_P50 = col("TPOT p50 ms", "tpot_s", "latency", "tpot_s", "p50", kind="ms", better=False)
-ITL_P50 = col("ITL p50 ms", "itl_s", "latency", "itl_s", "p50", kind="ms", better=False)
-THINK_MEAN = col("think tok mean", "think_tokens", "tokens", "think", "mean")
-THINK_FORCED = col("think forced", "think_forced_share", "tokens", "think_forced", "share", kind="pct", counts=("k", "n", "ci95"))
-OUTPUT_MEAN = col("output tok mean", "output_tokens", "tokens", "output", "mean")
-STRAGGLERS = col("stragglers", "straggler_share", "stragglers", "share", kind="pct", better=False)
-TAIL_SHARE = col("tail share", "tail_share", "stragglers", "tail_share", kind="pct", better=False)
-KV_PEAK = col("KV peak", "kv_frac", "memory", "kv_frac", "peak", kind="pct", better=False)
-KV_MEAN = col("KV mean", "kv_frac", "memory", "kv_frac", "mean", kind="pct", better=False)
-KV_CV = col("KV CV", "kv_frac", "memory", "kv_frac", "cv")
-RSS_PEAK = col("RSS peak MiB", "rss_bytes", "memory", "rss_bytes", "peak", kind="mib", better=False)
-GPU_PEAK = col("GPU MiB peak", "gpu_bytes", "memory", "gpu_bytes", "peak", kind="mib", better=False)
-J_PER_TOKEN = col("J/token", "j_per_token", "energy", "j_per_token", kind="measured", better=False)
-TOKENS_PER_J = col("tokens/J", "tokens_per_j", "energy", "tokens_per_j", kind="measured", better=True)
-AVG_POWER = col("avg W", "avg_power_w", "energy", "avg_power_w", kind="measured")
-PREFIX_HITS = col("prefix hit rate", "prefix_hit_rate", "techniques", "prefix_hit_rate", kind="pct")
-DRAFT_ACCEPT = col("draft acceptance", "draft_acceptance_rate", "techniques", "draft_acceptance_rate", kind="pct")
+ANSWER_PHASE = col("answer_phase_share", "tokens", "answer_phase", "share", counts=("k", "n", "ci95"))
+OUT_TOK_S = col("output_tok_s", "throughput", "output_tok_s")
+REQ_S = col("requests_s", "throughput", "requests_s")
+N_REQUESTS = col("n_requests", "n_requests")
+ARRIVAL_RATE = col("arrival_rate", "arrivals", "rate")
+ARRIVAL_CV = col("arrival_cv", "arrivals", "cv")
+GOODPUT = col("goodput_req_s", "throughput", "goodput_req_s")
+TTFT_P50 = latency("ttft_s", "p50")
+TTFVT_P50 = latency("ttfvt_s", "p50")
+TTFVT_P95 = latency("ttfvt_s", "p95")
+E2EL_P50 = latency("e2el_s", "p50")
+E2EL_P90 = latency("e2el_s", "p90")
+E2EL_P95 = latency("e2el_s", "p95")
+QUEUE_P50 = latency("queue_s", "p50")
+QUEUE_P90 = latency("queue_s", "p90")
+TPOT_P50 = latency("tpot_s", "p50")
+ITL_P50 = latency("itl_s", "p50")
+THINK_MEAN = col("think_tokens", "tokens", "think", "mean", stat="mean")
+THINK_FORCED = col("think_forced_share", "tokens", "think_forced", "share", counts=("k", "n", "ci95"))
+OUTPUT_MEAN = col("output_tokens", "tokens", "output", "mean", stat="mean")
+STRAGGLERS = col("straggler_share", "stragglers", "share")
+TAIL_SHARE = col("tail_share", "stragglers", "tail_share")
+KV_PEAK = col("kv_frac", "memory", "kv_frac", "peak", stat="peak")
+KV_MEAN = col("kv_frac", "memory", "kv_frac", "mean", stat="mean")
+KV_CV = col("kv_frac", "memory", "kv_frac", "cv", stat="CV", kind="num", better=None)
+RSS_PEAK = col("rss_bytes", "memory", "rss_bytes", "peak", stat="peak")
+GPU_PEAK = col("gpu_bytes", "memory", "gpu_bytes", "peak", stat="peak")
+J_PER_TOKEN = col("j_per_token", "energy", "j_per_token")
+TOKENS_PER_J = col("tokens_per_j", "energy", "tokens_per_j")
+AVG_POWER = col("avg_power_w", "energy", "avg_power_w")
+PREFIX_HITS = col("prefix_hit_rate", "techniques", "prefix_hit_rate")
+DRAFT_ACCEPT = col("draft_acceptance_rate", "techniques", "draft_acceptance_rate")
 
 OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK,
             J_PER_TOKEN)
@@ -103,13 +120,13 @@ def fmt(v: float | None, kind: str = "num") -> str:
     return num(v)
 
 
-def cell_value(metrics: dict, column: Column) -> str:
-    """The column's value as printed; a proportion with its counts and interval."""
+def cell_value(metrics: dict, column: Column, sep: str = " ") -> str:
+    """The column's value as printed; a proportion with its counts and, after `sep`, its interval."""
     if column.counts is None:
         return fmt(value(metrics, column), column.kind)
     beside = _node(metrics, column.path[:-1]) or {}
     k, n, interval = (beside.get(key) for key in column.counts)
-    return proportion(value(metrics, column), k, n, interval)
+    return proportion(value(metrics, column), k, n, interval, sep)
 
 
 def acc_text(acc: dict, lenient: bool = False) -> str:

@@ -12,7 +12,7 @@ rest silently: an unreadable counter means "not measured", never an error):
         Often readable only by root (chmod a+r energy_uj, or run as root).
   cmd   `run --energy-cmd CMD` (spec key energy_cmd): a shell command that prints the
         machine's cumulative energy in joules (one number on stdout) each time it runs, e.g.
-        on Apple Silicon a wrapper around `sudo powermetrics` (README, "Energy"). A helper
+        on Apple Silicon a wrapper around `sudo powermetrics` (docs/running.md, "Energy"). A helper
         process runs it every CMD_PERIOD_S, never the engine loop; a sample during a cell
         carries the latest value it printed (exact to within one period's worth). A cell's two
         ends are read fresh, outside its timed interval: the helper runs the command on request

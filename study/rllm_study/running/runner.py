@@ -40,12 +40,12 @@ from rllm_study.errors import UserError
 from rllm_study.running.recorder import Recorder
 from rllm_study.running.results import (REQUESTS, CellWriter, FolderLock, ResultsWriteError, check_writable, make_folder,
                                  path_error, read_jsonl)
+from rllm_study.running.prompts import cell_prompts
 from rllm_study.running.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
-from rllm_study.workloads.custom_dataset import load_items
-from rllm_study.workloads.datasets import Item, load_dataset
+from rllm_study.workloads.datasets import Item
 from rllm_study.workloads.grading import GradingProcess
-from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
+from rllm_study.workloads.prompts import Prompt, has_think_token, open_thinking
 
 IDLE_SLEEP_S = 0.005
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
@@ -61,35 +61,18 @@ class Job:
     text: str
 
 
-def few_shot_prefix(items: list[Item]) -> str:
-    """A shared few-shot preamble (worked examples with their answers) for prefix-cache workloads."""
-    shots = [f"Example problem: {it.problem}\nExample answer: \\boxed{{{it.answer}}}" for it in items]
-    return "Here are solved examples.\n\n" + "\n\n".join(shots) + "\n\nNow the problem to solve.\n\n"
-
-
 def build_jobs(cell: CellSpec, engine) -> list[Job]:
-    """The cell's requests in order: prompts through the model's chat template + assistant prefix.
-    In native mode the thinking is opened as `open_thinking` says."""
+    """The cell's requests in order: `cell_prompts` through the model's chat template + assistant
+    prefix. In native mode the thinking is opened as `open_thinking` says."""
     think_token = cell.prompt_mode == "native" and has_think_token(engine)
-    shots = int(cell.workload.get("shared_prefix", 0) or 0)
-    if cell.custom_dataset:
-        items = load_items(cell.dataset, cell.custom_dataset, cell.samples + shots)
-    else:
-        items = load_dataset(cell.dataset, limit=cell.samples + shots)
-    preamble = few_shot_prefix(items[cell.samples:]) if shots else ""
     jobs = []
-    for item in items[: cell.samples]:
-        prompt = build_prompt(item, cell.prompt_mode, seed=cell.seed, templates=cell.templates, grammar=cell.grammar)
-        messages = [dict(m) for m in prompt.messages]
-        if preamble and messages[0]["role"] == "system":
-            messages[0]["content"] += "\n\n" + preamble
-        elif preamble:
-            messages.insert(0, {"role": "system", "content": preamble})
-        text = engine.apply_chat_template(messages) + prompt.assistant_prefix
+    for p in cell_prompts(cell):
+        text = engine.apply_chat_template(list(p.messages)) + p.prompt.assistant_prefix
+        prompt = p.prompt
         if cell.prompt_mode == "native":
             text, thinking = open_thinking(text, think_token)
             prompt = replace(prompt, starts_in_think=thinking)
-        jobs.append(Job(item.id, item, prompt, text))
+        jobs.append(Job(p.item.id, p.item, prompt, text))
     return jobs
 
 

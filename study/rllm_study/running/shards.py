@@ -2,7 +2,7 @@
 
 Rule (`assign`): every cell gets a weight, its expected output tokens,
     weight = samples x max_tokens x FILL[prompt_mode]
-where FILL is the share of the budget a request of that mode typically generates (README,
+where FILL is the share of the budget a request of that mode typically generates (docs/running.md,
 "Running larger studies", says where the factors come from). Cells are then dealt out by
 greedy longest-processing-time: in order of falling weight (ties by cell name), each cell goes
 to the shard with the least weight so far (ties to the lowest index). The assignment depends

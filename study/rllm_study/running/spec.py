@@ -28,18 +28,83 @@ from rllm_study.backends.sampling import DEFAULT_ORDER, ORDERS
 from rllm_study.errors import UserError
 from rllm_study.workloads.arrivals import check_workload, workload_arrival_keys, workload_arrival_name
 
-TOP_KEYS = {
-    "name", "description", "notes", "backend", "models", "datasets", "prompt_modes", "max_tokens", "think_budget", "repeats",
-    "seed", "grammar", "templates", "sampling", "engine", "workload", "slo", "variants", "sample_period_s", "quick",
-    "standard",
-    "energy_cmd",
-}
+
+@dataclass(frozen=True)
+class Key:
+    """One spec key as its reference (docs/specs.md, `scripts/gen_docs.py`) shows it: the TOML
+    type, the default (as TOML text, or what happens when it is left out) and what it means.
+    The tables below are the one list of these keys: validation takes the allowed names from them."""
+
+    key: str
+    type: str
+    default: str
+    meaning: str
+
+
+TOP = (
+    Key("name", "text", '"study"', "The study's name: cells record it, reports show it."),
+    Key("description", "text", "none", "One line on what the study asks; kept with the spec in every manifest, not used otherwise."),
+    Key("notes", "text", "none", "Free text kept with the spec in every manifest; not used otherwise."),
+    Key("backend", "text", '"llama_cpp"', "Engine: llama_cpp (aliases llamacpp, llama), mlx, or openai (openai_http, http); "
+        "`--backend` overrides it."),
+    Key("models", "text or list of text", '["qwen2.5-coder-0.5b"]', "Axis. Model references: an embedded name, a .gguf "
+        "path, hf:OWNER/REPO/FILE.gguf, any of them with :QUANT (e.g. qwen2.5-coder-0.5b:Q8_0); for backend openai the "
+        "server's model ids."),
+    Key("datasets", "table", "required", "Data set name = sample count (the first n items), e.g. { gsm8k = 50 }; "
+        "or name = a table naming your own file (see [datasets.NAME] below). Every data set is a cell axis."),
+    Key("prompt_modes", "text or list of text", '["reasoning"]', "Axis. reasoning (think in `<think>...</think>`, then "
+        "answer), direct (answer at once), native (the model's own chat template, for real reasoning models)."),
+    Key("max_tokens", "integer or list", "[1024]", "Axis. Output-token budget per request (think + answer), >= 1."),
+    Key("think_budget", "integer, text or list", "none (no think budget)", "Axis. Think tokens after which the engine "
+        "closes the thinking itself: N >= 1, \"mt-K\" (max_tokens - K, at least half of max_tokens) or \"off\". "
+        "Acts only in the thinking modes; direct cells take none."),
+    Key("repeats", "integer", "1", "Every cell runs this many times, repeat r with seed + r."),
+    Key("seed", "integer", "0", "Seed of repeat 0: sampling, arrival schedules and the multiple-choice shuffle."),
+    Key("grammar", "boolean", "false", "Constrain the reasoning mode's output with its GBNF grammar (llama.cpp only)."),
+    Key("templates", "text (path)", "the shipped prompts.toml", "A prompt-template TOML file replacing "
+        "workloads/rllm_study/workloads/templates/prompts.toml (its header explains the keys)."),
+    Key("sample_period_s", "number", "0.1", "Seconds between timeline samples (KV, running/waiting, RSS, energy), > 0."),
+    Key("energy_cmd", "text", "none", "A shell command that prints the machine's cumulative joules; read once a "
+        "second and at each cell's two ends (`--energy-cmd`)."),
+    Key("sampling", "table", "see [sampling]", "Sampling settings of every request."),
+    Key("engine", "table", "see [engine]", "Engine options; a list value is an axis."),
+    Key("workload", "table", "see [workload]", "The arrival process and its parameters; a list value is an axis."),
+    Key("slo", "table", "none", "Latency limits for goodput (see [slo])."),
+    Key("variants", "array of tables", "one unnamed variant", "Named sets of settings changed together (see [[variants]])."),
+    Key("quick", "table", "none", "Overrides for `--quick` (`--size quick`): a short run for CI and a first look."),
+    Key("standard", "table", "none", "Overrides for `--size standard`: the size of published results, each claim's "
+        "rule able to settle."),
+)
+SAMPLING = (
+    Key("temperature", "number", "0.6", "Sampling temperature, >= 0 (0 = greedy)."),
+    Key("top_p", "number", "0.95", "Nucleus mass, in (0, 1]."),
+    Key("top_k", "integer", "0", "Keep the k most likely tokens, >= 0 (0 = off)."),
+    Key("order", "text", f'"{DEFAULT_ORDER}"', f"Which of temperature and top-p comes first: {' or '.join(ORDERS)} "
+        "(temperature_first is vLLM's, Hugging Face's and so the paper's; top_p_first llama.cpp's and mlx-lm's default)."),
+)
+SHARED_PREFIX = Key("shared_prefix", "integer", "0", "Few-shot examples (items after the cell's samples) put into "
+                    "every request's system message: a prompt prefix all requests share (prefix-cache study).")
+SLO = (
+    Key("ttft_s", "number", "none", "Time-to-first-token limit, seconds (> 0)."),
+    Key("ttfvt_s", "number", "none", "Time-to-first-visible(answer)-token limit, seconds (> 0)."),
+    Key("tpot_s", "number", "none", "Time-per-output-token limit, seconds (> 0)."),
+    Key("e2el_s", "number", "none", "End-to-end latency limit, seconds (> 0)."),
+)
+VARIANT = (
+    Key("name", "text", '""', "The variant's part of its cells' names (distinct per variant)."),
+    Key("model", "text or list of text", "the spec's models", "Models of this variant instead of `models`."),
+    Key("prompt_modes", "text or list of text", "the spec's prompt_modes", "Prompt modes of this variant."),
+    Key("engine", "table", "{}", "[engine] keys set for this variant, on top of the spec's [engine]."),
+    Key("workload", "table", "{}", "[workload] keys set for this variant, on top of the spec's [workload]."),
+)
+
+TOP_KEYS = {k.key for k in TOP}
 SIZES = ("quick", "standard", "full")  # "full" is the spec's body
-SAMPLING_KEYS = {"temperature", "top_p", "top_k", "order"}
+SAMPLING_KEYS = {k.key for k in SAMPLING}
 # [engine] keys: the fields of the registered backends' options (rllm_study.backends.engine_keys)
-WORKLOAD_KEYS = {"shared_prefix", *workload_arrival_keys()}  # the arrival processes own the rest
-SLO_KEYS = {"ttft_s", "ttfvt_s", "tpot_s", "e2el_s"}
-VARIANT_KEYS = {"name", "model", "engine", "workload", "prompt_modes"}
+WORKLOAD_KEYS = {SHARED_PREFIX.key, *workload_arrival_keys()}  # the arrival processes own the rest
+SLO_KEYS = {k.key for k in SLO}
+VARIANT_KEYS = {k.key for k in VARIANT}
 PROMPT_ROOM = 1024  # tokens kept for the prompt when ctx_per_seq is derived from the budget
 
 

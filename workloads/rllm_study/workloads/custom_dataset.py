@@ -2,23 +2,8 @@
 
   datasets = { mine = { path = "problems.jsonl", n = 50, answer = "number" } }
 
-Keys of such a table (`definition` validates them; unknown keys are errors):
-  path          a .jsonl file (one JSON object a line) or a .csv file (a header row, then one row a
-                line), relative to the spec file's folder
-  n             how many items to run: the first n rows (the file must hold at least n)
-  answer        how the reference is graded: "number" (like the math sets: math-verify equivalence;
-                a reference holding \\boxed{...} is its content), "choice" (multiple choice, as
-                GPQA: choices shuffled and lettered per item, graded by letter; the reference is
-                a choice's letter, A = the first, or its text), "text" (exact match after runs of
-                whitespace become one space and case is folded). Default "number".
-  question      the field holding the problem; default: the first of DETECT["question"] in the
-                first row
-  answer_field  the field holding the reference; default: the first of DETECT["answer"]
-  choices       "choice" only: the field holding the choices (a list), or a list of fields (CSV
-                columns), one choice each; default: the first list field of DETECT["choices"]
-  domain        what the report groups the set under; default: the set's name
-  difficulty    its difficulty label; default "unlabelled"
-Item ids are NAME/<row index from 0>. A malformed row is a UserError naming the file, its line
+Keys of such a table: KEYS (name -> (default, meaning)); `definition` validates them and unknown
+keys are errors. Item ids are NAME/<row index from 0>. A malformed row is a UserError naming the file, its line
 number and the field; the whole file is checked when the spec is expanded, before any engine.
 """
 
@@ -35,9 +20,25 @@ from rllm_study.workloads.grading import last_boxed
 from rllm_study.workloads.prompts import LETTERS
 
 ANSWER_KINDS = ("number", "choice", "text")
-KEYS = {"path", "n", "answer", "question", "answer_field", "choices", "domain", "difficulty"}
 DETECT = {"question": ("question", "problem", "prompt"), "answer": ("answer", "solution", "target"),
           "choices": ("choices", "options")}
+KEYS = {  # key -> (default, meaning): the reference docs/specs.md is generated from it
+    "path": ("required", "A .jsonl file (one JSON object a line) or a .csv file (a header row, then one row a line), "
+             "relative to the spec file's folder."),
+    "n": ("required", "How many items to run: the first n rows (the file must hold at least n)."),
+    "answer": ('"number"', "How the reference is graded: \"number\" (like the math sets: math-verify equivalence; a "
+               "reference holding \\boxed{...} is its content), \"choice\" (multiple choice, as GPQA: choices "
+               "shuffled and lettered per item, graded by letter; the reference is a choice's letter, A = the first, "
+               "or its text), \"text\" (exact match after runs of whitespace become one space and case is folded)."),
+    "question": ("detected", f"The field holding the problem; default: the first of {', '.join(DETECT['question'])} in "
+                 "the first row."),
+    "answer_field": ("detected", f"The field holding the reference; default: the first of {', '.join(DETECT['answer'])}."),
+    "choices": ("detected", "answer = \"choice\" only: the field holding the choices (a list), or a list of fields "
+                f"(CSV columns), one choice each; default: the first list field of {', '.join(DETECT['choices'])}."),
+    "domain": ("the set's name", "What the report groups the set under."),
+    "difficulty": ('"unlabelled"', "Its difficulty label (easy, medium or hard puts it on the report's difficulty "
+                   "ladder)."),
+}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -84,7 +85,7 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
         raise UserError(f"{at}: {name} is a shipped data set's name; give your file another name")
     if not _NAME.fullmatch(name):
         raise UserError(f"{at}: a data set name may hold only letters, digits, '.', '_' and '-'")
-    unknown = sorted(set(table) - KEYS)
+    unknown = sorted(set(table) - set(KEYS))
     if unknown:
         raise UserError(f"{at}: unknown key {unknown[0]} (allowed: {', '.join(sorted(KEYS))})")
     if not isinstance(table.get("path"), str) or not table["path"]:

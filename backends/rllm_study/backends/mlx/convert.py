@@ -82,7 +82,7 @@ PROBE_TEXTS = (
 
 def default_dtype() -> str:
     """float16 on Apple Silicon (Metal), float32 elsewhere: mlx's CPU float16 matmuls are slower
-    than float32 ones on x86 (README, "Running on Apple Silicon (MLX)", has the measurement)."""
+    than float32 ones on x86 (docs/engines.md, "MLX (Apple Silicon)", has the measurement)."""
     return "float16" if platform.system() == "Darwin" and platform.machine() == "arm64" else "float32"
 
 

@@ -43,7 +43,7 @@ import sys
 
 def _preload_openblas() -> bool:
     """On Linux, load OpenBLAS globally before mlx so mlx-cpu's matmuls use it instead of its
-    bundled reference BLAS (README: how much faster); skipped silently when the library is absent."""
+    bundled reference BLAS (docs/engines.md, MLX: how much faster); skipped silently when the library is absent."""
     if not sys.platform.startswith("linux") or "mlx.core" in sys.modules:
         return False
     try:
