@@ -22,7 +22,7 @@ from rllm_study.report.plots import _log_ticks
 from rllm_study.running.results import CellWriter
 
 SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
-            "Latency distributions", "Techniques", "Bursty arrivals", "Think budget", "All cells", "Appendix: metrics"]
+            "Latency distributions", "Techniques", "Bursty arrivals", "Dispatch lag", "Think budget", "All cells", "Appendix: metrics"]
 CLAIM_TITLES = ["Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
                 "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals"]
 SMALL = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[24]"]

@@ -33,6 +33,7 @@ DEFAULT_WINDOW = 16
 COMPLETED = ("stop", "length")
 SLO_KEYS = ("ttft_s", "ttfvt_s", "tpot_s", "e2el_s")
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95% interval
+DISPATCH_LAG_BOUND_S = 0.1  # a cell whose p99 dispatch lag exceeds this is warned about (run and report)
 PARSE_STATUSES = ("parsed", "answer_in_think", "unparsed")  # as `rllm_study.workloads.grading` records them
 
 CONVENTIONS = (
@@ -201,6 +202,16 @@ def e2el(r: dict, tokens) -> float | None:
 def queue(r: dict, tokens) -> float | None:
     """Queue wait: from (scheduled) arrival until the engine gave the request a sequence slot."""
     return _since(r.get("admitted_s"), r.get("arrival_s"))
+
+
+@metric("dispatch_lag_s", "s", "sent_s - arrival_s", section="arrivals", per="request")
+def dispatch_lag(r: dict, tokens) -> float | None:
+    """How late the runner handed the request to the engine after its arrival (open loop: its
+    scheduled time). The runner sends at the first loop turn after a request is due, so a request
+    that comes due during an engine step waits for that step to end; latencies still count from
+    the arrival. A p99 above DISPATCH_LAG_BOUND_S (0.1 s) is warned about. None in files recorded
+    before `sent_s` existed."""
+    return _since(r.get("sent_s"), r.get("arrival_s"))
 
 
 @metric("tpot_s", "s", "(e2el_s - ttft_s) / (output_tokens - 1)", section="latency", per="request")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rllm_study.formatting import proportion
-from rllm_study.analysis.metrics import CAUSES, CONVENTIONS, METRICS, distribution
+from rllm_study.analysis.metrics import CAUSES, CONVENTIONS, DISPATCH_LAG_BOUND_S, METRICS, distribution
 from rllm_study.report import columns as C
 from rllm_study.report import plots
 from rllm_study.report.cells import (
@@ -384,6 +384,34 @@ def load_section(cells: list[CellData]) -> Section:
     return Section("Bursty arrivals", blocks)
 
 
+def dispatch_lag_section(cells: list[CellData]) -> Section:
+    """Per cell, how late the runner sent its requests after their arrival (`dispatch_lag_s`), with a
+    warning naming the cells whose p99 exceeds DISPATCH_LAG_BOUND_S."""
+    measured = [c for c in cells if c.metrics["arrivals"]["dispatch_lag_s"]["count"]]
+    if not measured:
+        return _section_or_hint("Dispatch lag", "No cell in these runs recorded its send times (`sent_s`, recorded "
+                                "since the runner took it): run them again to see the dispatch lag.")
+    late = [c for c in measured if c.metrics["arrivals"]["dispatch_lag_s"]["p99"] > DISPATCH_LAG_BOUND_S]
+    blocks: list = [Paragraph(
+        "Dispatch lag = sent_s - arrival_s: how long after its arrival (open loop: its scheduled time) the runner handed "
+        "a request to the engine. The runner sends at the first loop turn after a request is due, so one that comes due "
+        "during an engine step waits for that step; latencies still count from the arrival. Completed requests; "
+        f"bound on p99: {1000 * DISPATCH_LAG_BOUND_S:g} ms.")]
+    if late:
+        blocks.append(Paragraph(f"**Warning:** {len(late)} of {len(measured)} cells sent requests later than the bound "
+                                f"(p99 above {1000 * DISPATCH_LAG_BOUND_S:g} ms): "
+                                + ", ".join(f"{c.name} ({C.cell_value(c.metrics, C.LAG_P99)} ms)" for c in late)
+                                + ". Their offered load was not sent on time; read their latencies as including the lag."))
+    rows = []
+    for c in measured:
+        lag = c.metrics["arrivals"]["dispatch_lag_s"]
+        rows.append([varying_label(measured, c), c.workload_name, str(lag["count"]), C.cell_value(c.metrics, C.LAG_P50),
+                     C.fmt(lag["p90"], "ms"), C.cell_value(c.metrics, C.LAG_P99), C.fmt(lag["max"], "ms"),
+                     "over the bound" if c in late else "ok"])
+    blocks.append(Table(["cell", "workload", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 vs bound"], rows))
+    return Section("Dispatch lag", blocks)
+
+
 # ---- all cells and appendix ---------------------------------------------------------------------
 
 THINK_BUDGET_COLUMNS = (C.ACCURACY, C.ACCURACY_LENIENT, C.THINK_MEAN, C.THINK_FORCED, C.ANSWER_PHASE, C.TTFVT_P50,
@@ -460,5 +488,5 @@ def build_report(cells: list[CellData], sources: list[str]) -> Document:
     return Document(_title(cells), intro, [
         setup(cells), claims_section(cells), memory_section(cells), straggler_section(cells), difficulty_section(cells),
         domain_section(cells), latency_section(cells), technique_section(cells), load_section(cells),
-        think_budget_section(cells), cells_section(cells), metrics_appendix(),
+        dispatch_lag_section(cells), think_budget_section(cells), cells_section(cells), metrics_appendix(),
     ])

@@ -13,7 +13,9 @@ first writes every finished request. Arrivals: each loop asks the cell's arrival
 and how many are in flight, and submits them in order with the arrival time it names: for open
 loop (poisson, gamma, constant, trace, ramp) the *scheduled* time, whether or not the engine
 keeps up (submitted at the first loop turn after it); for closed loop and synchronous batches
-the moment they became due.
+the moment they became due. Each request also records when it was actually handed to the engine
+(`sent_s`, one timestamp taken at submit); `sent_s - arrival_s` is its dispatch lag, and a cell
+whose p99 lag exceeds `DISPATCH_LAG_BOUND_S` ends with a warning (the report shows the lag too).
 A resumed cell (a new session) skips requests already in requests.jsonl and schedules the
 rest afresh from the same seed.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rllm_study.analysis.metrics import DISPATCH_LAG_BOUND_S, distribution
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.running.energy import CellEnergy, open_meters
@@ -188,6 +191,7 @@ class CellRun:
         self.in_flight: set[str] = set()
         self.batch_of: dict[str, int] = {}
         self.output_tokens = 0
+        self.lags_ns: list[int] = []  # per request sent this session: send time - arrival time
         self.records: RecordWriter | None = None
 
     def _arrivals(self):
@@ -197,12 +201,24 @@ class CellRun:
         c = self.cell
         sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
                                   top_k=c.top_k, order=c.sampling_order, think_budget=c.think_budget)
-        self.recorder.arrived(job.id, arrival_ns)
         if batch is not None:
             self.batch_of[job.id] = batch
         self.in_flight.add(job.id)
-        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar,
-                                   job.prompt.answer_cue))
+        request = Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar, job.prompt.answer_cue)
+        sent_ns = time.perf_counter_ns()
+        self.recorder.arrived(job.id, arrival_ns, sent_ns)
+        self.lags_ns.append(sent_ns - arrival_ns)
+        self.engine.submit(request)
+
+    def lag_warning(self) -> str | None:
+        """A warning when this session's p99 dispatch lag (sent - scheduled arrival) exceeds
+        DISPATCH_LAG_BOUND_S, else None."""
+        lag = distribution((n / 1e9 for n in self.lags_ns), (99,))
+        if not lag["count"] or lag["p99"] <= DISPATCH_LAG_BOUND_S:
+            return None
+        return (f"{self.cell.name}: requests were sent late: dispatch lag p99 {lag['p99']:.3f} s, max {lag['max']:.3f} s "
+                f"(n={lag['count']}) exceeds the {DISPATCH_LAG_BOUND_S:g} s bound; an engine step was running when they came "
+                "due, and their latencies count from the scheduled arrival")
 
     def run(self) -> None:
         self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
@@ -416,6 +432,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     else:
                         run.on_progress = _line_progress(console, label, already, len(jobs))
                     run.run()
+                    if (late := run.lag_warning()) is not None:
+                        console.print(f"[yellow]warning:[/] {late}")
                 finally:
                     writer.close()
     except ResultsWriteError as failed:
