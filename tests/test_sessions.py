@@ -4,6 +4,9 @@ end to end on the real SmolLM2 model."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from conftest import THREADS, run_cli
@@ -67,7 +70,7 @@ def run(tmp_path_factory, smollm2_path):
     report = run_cli("report", root / "out", "--out", root / "report")
     assert report.returncode == 0, report.stderr[-3000:]
     cells = {p.name.split("__")[1]: read_cell(p) for p in (root / "out").iterdir() if p.is_dir()}
-    return cells, (root / "report" / REPORT_MD).read_text()
+    return cells, (root / "report" / REPORT_MD).read_text(), root
 
 
 def _by_turn(cell) -> dict[tuple[str, int], dict]:
@@ -75,7 +78,7 @@ def _by_turn(cell) -> dict[tuple[str, int], dict]:
 
 
 def test_turns_follow_their_answers_after_the_think_time(run):
-    cells, _ = run
+    cells, _, _ = run
     for cell in cells.values():
         turns = _by_turn(cell)
         assert sorted(turns) == [("gsm8k/0000", 1), ("gsm8k/0000", 2), ("gsm8k/0001", 1), ("gsm8k/0001", 2)]
@@ -91,7 +94,7 @@ def test_turns_follow_their_answers_after_the_think_time(run):
 def test_thinking_is_removed_from_later_prompts_unless_kept(run):
     """Turn 2's prompt = turn 1's + (turn 1's answer without its thinking, or its whole output when
     kept) + the follow-up: what it grew by beyond that is the same follow-up in both cells."""
-    cells, _ = run
+    cells, _, _ = run
     for session in ("gsm8k/0000", "gsm8k/0001"):
         removed, kept = _by_turn(cells["on"]), _by_turn(cells["on-keep"])
         r1, r2 = removed[(session, 1)], removed[(session, 2)]
@@ -103,7 +106,7 @@ def test_thinking_is_removed_from_later_prompts_unless_kept(run):
 
 
 def test_cache_serves_later_turns_and_the_report_says_so(run):
-    cells, md = run
+    cells, md, _ = run
     off, on = _by_turn(cells["off"]), _by_turn(cells["on"])
     assert all(r["cached_tokens"] == 0 for r in off.values())
     assert all(on[(s, 2)]["cached_tokens"] >= 16 for s in ("gsm8k/0000", "gsm8k/0001"))  # turn 1's prompt reused
@@ -113,3 +116,26 @@ def test_cache_serves_later_turns_and_the_report_says_so(run):
     row = next(line for line in md.splitlines() if line.startswith("| Multi-turn prefix caching |"))
     assert "| not tested |" not in row  # the claim is decided (at this size: inconclusive or settled)
     assert "TTFT p50 ratio on / off, turns >= 2" in md
+
+
+def test_an_interrupted_session_resumes_from_its_first_unfinished_turn(run):
+    """A cell cut off after its first turns (their requests.jsonl lines kept, the rest lost, as a
+    kill leaves it) resumes: each session's turn 2 is sent with the recorded turn-1 answer as its
+    history, so its prompt is the one the uninterrupted run sent; nothing finished is lost or doubled."""
+    cells, _, root = run
+    copy = root / "resumed"
+    shutil.copytree(root / "out", copy)
+    (cell_dir,) = [p for p in copy.iterdir() if "__on__" in p.name]
+    lines = (cell_dir / "requests.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["turn"] == 1]
+    (cell_dir / "requests.jsonl").write_text("".join(line + "\n" for line in kept))
+    proc = run_cli("run", root / "mt.toml", "--out", copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("done already") == 2  # the other two cells were complete
+    resumed = read_cell(cell_dir)
+    assert sorted(r["id"] for r in resumed.requests) == sorted(r["id"] for r in cells["on"].requests)
+    assert [json.loads(line) for line in kept] == resumed.requests[:2]  # the kept lines stay as they were
+    before, after = _by_turn(cells["on"]), _by_turn(resumed)
+    for session in ("gsm8k/0000", "gsm8k/0001"):
+        assert after[(session, 2)]["session"] == 1
+        assert after[(session, 2)]["prompt_tokens"] == before[(session, 2)]["prompt_tokens"]
