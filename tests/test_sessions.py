@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import THREADS, run_cli
+from conftest import THREADS, require_module, run_cli
 from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.errors import UserError
 from rllm_study.report import REPORT_MD
@@ -139,3 +139,25 @@ def test_an_interrupted_session_resumes_from_its_first_unfinished_turn(run):
     for session in ("gsm8k/0000", "gsm8k/0001"):
         assert after[(session, 2)]["session"] == 1
         assert after[(session, 2)]["prompt_tokens"] == before[(session, 2)]["prompt_tokens"]
+
+
+@pytest.mark.mlx
+def test_multi_turn_sessions_on_mlx_reuse_earlier_turns(tmp_path, smollm2_path):
+    """The same driver on the MLX backend (its prompt cache): later turns carry the earlier ones and
+    are served from the cache with caching on, never with it off."""
+    require_module("mlx_lm")
+    proc = run_cli("run", "--preset", "multi-turn", "--quick", "--backend", "mlx", "-m", "smollm2-135m",
+                   "--set", "datasets={gsm8k=1}", "--set", "max_tokens=[8]", "--set", "workload.concurrency=1",
+                   "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = {p.name.split("__")[1]: read_cell(p) for p in tmp_path.iterdir() if p.is_dir()}
+    for name, cell in cells.items():
+        turns = sorted(cell.requests, key=lambda r: r["turn"])
+        assert [r["turn"] for r in turns] == [1, 2, 3] and cell.manifest["cell"]["backend"] == "mlx"
+        assert turns[0]["prompt_tokens"] < turns[1]["prompt_tokens"] < turns[2]["prompt_tokens"]
+        for earlier, later in zip(turns, turns[1:]):
+            assert later["arrival_s"] == pytest.approx(earlier["finish_s"] + 0.2, abs=1e-5)
+            if name == "on":
+                assert later["cached_tokens"] >= earlier["prompt_tokens"] - 8  # the earlier turn's prompt, up to the reply
+            else:
+                assert later["cached_tokens"] == 0
