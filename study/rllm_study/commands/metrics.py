@@ -19,6 +19,7 @@ from rllm_study.errors import UserError
 from rllm_study.formatting import num, pct, proportion
 from rllm_study.analysis.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
 import rllm_study.analysis.stats  # noqa: F401  (registers the claim statistics' definitions in METRICS)
+import rllm_study.analysis.sweep  # noqa: F401  (registers the load-sweep front and knee definitions in METRICS)
 from rllm_study.running.results import cells_in, read_cell
 
 LATENCY_COLUMNS = (("TTFT s", "ttft_s", 1), ("TTFVT s", "ttfvt_s", 1), ("E2EL s", "e2el_s", 1), ("TPOT ms", "tpot_s", 1000))
