@@ -25,9 +25,12 @@ from rllm_study.running.results import CellWriter
 from scripted_engine import run_scripted
 
 SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
-            "Latency distributions", "Techniques", "Bursty arrivals", "Think budget", "All cells", "Appendix: metrics"]
+            "Latency distributions", "Techniques", "Bursty arrivals", "Load sweeps", "Multi-turn sessions", "Dispatch lag", "Think budget", "All cells", "Appendix: metrics"]
 CLAIM_TITLES = ["Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
-                "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals"]
+                "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals",
+                "Multi-turn prefix caching", "KV capacity at a fixed memory budget",
+                "Combined techniques"]
+SMALL = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[24]"]
 KV_SPEC = """
 name = "kv-cache-small"
 models = ["smollm2-135m"]

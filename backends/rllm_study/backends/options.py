@@ -180,6 +180,9 @@ class LlamaCppOptions(CommonOptions):
                          flag="--kv-type-v")
     flash_attn: bool | None = option(None, "Flash attention (default: llama.cpp's auto).")
     kv_unified: bool = option(False, "One KV pool shared by all sequences (admission by free cells, preemption when full).")
+    kv_budget_mib: float = option(0.0, "Size the KV cache in MiB instead of cells: n_ctx = budget / KV bytes per token "
+                                       "of type_k and type_v (0 = off; with kv_unified the requests share it).",
+                                  check=at_least(0))
     sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
                                     "chain inside the decode graph; slower on an H200, see docs/engines.md).",
                             check=one_of("host", "device"))

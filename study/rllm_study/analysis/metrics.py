@@ -33,6 +33,7 @@ DEFAULT_WINDOW = 16
 COMPLETED = ("stop", "length")
 SLO_KEYS = ("ttft_s", "ttfvt_s", "tpot_s", "e2el_s")
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95% interval
+DISPATCH_LAG_BOUND_S = 0.1  # a cell whose p99 dispatch lag exceeds this is warned about (run and report)
 PARSE_STATUSES = ("parsed", "answer_in_think", "unparsed")  # as `rllm_study.workloads.grading` records them
 
 CONVENTIONS = (
@@ -221,11 +222,29 @@ def queue(r: dict, tokens) -> float | None:
     return _since(r.get("admitted_s"), r.get("arrival_s"))
 
 
+@metric("dispatch_lag_s", "s", "sent_s - arrival_s", label="dispatch lag {stat} ms", display="ms", better="lower", section="arrivals", per="request")
+def dispatch_lag(r: dict, tokens) -> float | None:
+    """How late the runner handed the request to the engine after its arrival (open loop: its
+    scheduled time). The runner sends at the first loop turn after a request is due, so a request
+    that comes due during an engine step waits for that step to end; latencies still count from
+    the arrival. A p99 above DISPATCH_LAG_BOUND_S (0.1 s) is warned about. None in files recorded
+    before `sent_s` existed."""
+    return _since(r.get("sent_s"), r.get("arrival_s"))
+
+
 @metric("tpot_s", "s", "(e2el_s - ttft_s) / (output_tokens - 1)", label="TPOT {stat} ms", display="ms", better="lower", section="latency", per="request")
 def tpot(r: dict, tokens) -> float | None:
     """Time per output token after the first, both phases. None with fewer than 2 output tokens."""
     n, first, total = r.get("output_tokens") or 0, ttft(r, tokens), e2el(r, tokens)
     return None if n < 2 or first is None or total is None else (total - first) / (n - 1)
+
+
+@metric("user_tok_s", "tokens/s", "(output_tokens - 1) / (finish_s - first_token_s)", label="per-user tok/s {stat}", better="higher", section="throughput", per="request")
+def user_tok_s(r: dict, tokens) -> float | None:
+    """Per-user output speed: how fast one request's tokens came after its first (1 / TPOT; both
+    phases). None with fewer than 2 output tokens or no time between first and last token."""
+    n, first, last = r.get("output_tokens") or 0, r.get("first_token_s"), r.get("finish_s")
+    return None if n < 2 or first is None or last is None or last <= first else (n - 1) / (last - first)
 
 
 @metric("tpot_think_s", "s", "mean gap between consecutive think tokens (tokens.jsonl)", section="latency", per="request")
@@ -329,6 +348,7 @@ def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window
             "domain": r.get("domain"),
             "session": r.get("session", 0),
             "batch": r.get("batch"),
+            "turn": r.get("turn"),
             "arrival_s": r.get("arrival_s"),
             "finish_s": r.get("finish_s"),
             "finish_reason": r.get("finish_reason"),
@@ -677,6 +697,19 @@ def kv_used(ctx: _Context) -> dict:
     return {**fluctuation(s.get("kv_used") for s in ctx.cell.timeline), "unit": "/".join(units) or None}
 
 
+@metric("running", "requests", "running per timeline sample: peak, mean, cv = std / mean", label="running {stat}", display="count", better="higher", section="memory")
+def running(ctx: _Context) -> dict:
+    """Requests the engine ran at once (its concurrency reached), sampled at the fixed period, so the
+    mean is weighted by time: what a KV budget held, next to `waiting` for those it could not."""
+    return fluctuation(s.get("running") for s in ctx.cell.timeline)
+
+
+@metric("waiting", "requests", "waiting per timeline sample: peak, mean, cv = std / mean", label="waiting {stat}", display="num", better="lower", section="memory")
+def waiting(ctx: _Context) -> dict:
+    """Requests sent to the engine and not yet running (queued for a slot or KV room, or preempted)."""
+    return fluctuation(s.get("waiting") for s in ctx.cell.timeline)
+
+
 @metric("rss_bytes", "bytes", "rss_bytes per timeline sample: peak, mean, cv = std / mean", label="RSS {stat} MiB", display="mib", better="lower", section="memory")
 def rss(ctx: _Context) -> dict:
     """Resident memory of the engine process."""
@@ -802,6 +835,32 @@ def mean_accepted_per_step(ctx: _Context) -> float | None:
     return _ratio(marks.count("1"), marks.count("0"))
 
 
+@metric("by_turn", "s, tokens", "per turn k of multi-turn sessions (completed requests with turn = k): n; ttft_s and "
+        "ttfvt_s p50 and mean; prompt_tokens and cached_tokens means; reuse = sum(cached_tokens) / sum(prompt_tokens)",
+        section="turns")
+def by_turn(ctx: _Context) -> dict | None:
+    """Multi-turn sessions, turn by turn: how long a user waited for the first token and the first
+    visible token, how long the prompt had grown (earlier questions and answers) and how much of it
+    the prefix cache served. None for a cell without turns."""
+    records = {r["id"]: r for r in ctx.cell.requests}
+    turns: dict[int, list[dict]] = {}
+    for row in ctx.done:
+        if row.get("turn") is not None:
+            turns.setdefault(row["turn"], []).append(row)
+    if not turns:
+        return None
+    out = {}
+    for k, rows in sorted(turns.items()):
+        prompt = [records[r["id"]].get("prompt_tokens") or 0 for r in rows]
+        cached = [records[r["id"]].get("cached_tokens") or 0 for r in rows]
+        ttft_d, ttfvt_d = distribution((r["ttft_s"] for r in rows), (50,)), distribution((r["ttfvt_s"] for r in rows), (50,))
+        out[str(k)] = {"n": len(rows), "ttft_s_p50": ttft_d["p50"], "ttft_s_mean": ttft_d["mean"],
+                       "ttfvt_s_p50": ttfvt_d["p50"], "ttfvt_s_mean": ttfvt_d["mean"],
+                       "prompt_tokens_mean": statistics.fmean(prompt), "cached_tokens_mean": statistics.fmean(cached),
+                       "reuse": _ratio(sum(cached), sum(prompt))}
+    return out
+
+
 # ---- benchmark ratios (figures of two configurations measured in the same run) ----------------
 
 @define("decode_vs_reference", "ratio", "decode_tok_s (ours) / llama-batched-bench S_TG at N sequences, or llama-bench tg at 1")
@@ -860,7 +919,8 @@ def cell_metrics(
     percentiles = tuple(percentiles)
     ctx = _Context(cell, request_metrics(cell, straggler_k, window), percentiles, slo or None)
     out: dict = {"cell": cell.name}
-    sections = {s: {} for s in ("latency", "throughput", "arrivals", "tokens", "stragglers", "memory", "energy", "techniques")}
+    sections = {s: {} for s in ("latency", "throughput", "arrivals", "tokens", "stragglers", "memory", "energy", "techniques",
+                                "turns")}
     sections["throughput"]["slo"] = ctx.slo
     sections["stragglers"].update(k=straggler_k, window=window)
     for name, e in _ENTRIES.items():

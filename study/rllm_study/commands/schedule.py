@@ -14,7 +14,7 @@ import typer
 
 from rllm_study.workloads.arrivals import ARRIVALS, arrival_params, make_arrivals
 
-_TYPES = {"rate": float, "count": int, "file": Path}
+_TYPES = {"rate": float, "seconds": float, "count": int, "file": Path, "switch": bool}
 
 
 def _schedule(arrival: str, n: int, seed: int, as_json: bool, params: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rllm_study.formatting import proportion
-from rllm_study.analysis.metrics import CAUSES, CONVENTIONS, METRICS, distribution
+from rllm_study.analysis.metrics import CAUSES, CONVENTIONS, DISPATCH_LAG_BOUND_S, METRICS, distribution
 from rllm_study.report import columns as C
 from rllm_study.report import plots
 from rllm_study.report.cells import (
@@ -22,6 +22,7 @@ from rllm_study.report.cells import (
     pilot_cells,
     pooled_accuracy,
     pooled_metrics,
+    sweep_groups,
     technique_groups,
     techniques_between,
     think_budget_groups,
@@ -384,6 +385,95 @@ def load_section(cells: list[CellData]) -> Section:
     return Section("Bursty arrivals", blocks)
 
 
+def sweep_points(cells: list[CellData]) -> list:
+    """One `analysis.sweep.SweepPoint` per cell of a sweep, from its metrics."""
+    from rllm_study.analysis.sweep import SweepPoint, load_of
+
+    return [SweepPoint(load_of(c.workload)[1], C.value(c.metrics, C.OUT_TOK_S), C.value(c.metrics, C.USER_TOK_S_P50),
+                       C.value(c.metrics, C.TPOT_P50), C.value(c.metrics, C.GOODPUT), c.metrics["latency"]["e2el_s"]["count"],
+                       c.name) for c in cells]
+
+
+def sweep_section(cells: list[CellData]) -> Section:
+    """Load sweeps (`cells.sweep_groups`): per-user speed against machine throughput, front and knee."""
+    from rllm_study.analysis.sweep import knee, pareto_front
+
+    groups = sweep_groups(cells)
+    if not groups:
+        return _section_or_hint("Load sweeps", "No load sweeps in these runs (cells that differ only in concurrency or "
+                                "rate): `rllm-study run --preset load-sweep` makes one.")
+    blocks: list = [Paragraph(
+        "Each sweep runs the same requests at rising load. Per-user speed = `user_tok_s` p50, (output tokens - 1) / "
+        "(finish - first token) of each completed request; machine throughput = `output_tok_s`. Ringed points form the "
+        "Pareto front (no other point of the sweep is faster for users and for the machine at once); the star is the "
+        "knee (`sweep_knee`): the last load before TPOT p50 grows by a larger factor than throughput. Goodput needs "
+        "SLOs (`[slo]` in the spec).")]
+    by_figure: dict[tuple, dict[str, list]] = {}
+    for key, cs in groups.items():
+        study, model, variant, dataset, mode, budget, repeat, run, arrival, swept, _ = key
+        points = sweep_points(cs)
+        label = " · ".join(str(x) for x in (model, variant, dataset, f"r{repeat}") if x not in ("", None))
+        by_figure.setdefault((study, arrival, swept, budget), {})[label] = points
+        front, k = pareto_front(points), knee(points)
+        rows = [[f"{p.load:g}", str(p.n), C.fmt(p.throughput), C.fmt(p.user_speed), C.fmt(p.tpot, "ms"), C.fmt(p.goodput),
+                 ("front" if p in front else "") + (" knee" if p is k else "")] for p in points]
+        blocks.append(Table([swept, "n", "out tok/s", "per-user tok/s p50", "TPOT p50 ms", "goodput req/s", "marked"], rows,
+                            f"{label}, {mode}, budget {budget}, {arrival} (study {study})."))
+    for (study, arrival, swept, budget), series in by_figure.items():
+        blocks.append(Figure(f"sweep-{study}-{arrival}-{budget}", plots.load_sweep(series, swept),
+                             f"Load sweep over {swept}, {arrival}, budget {budget} (study {study})."))
+    return Section("Load sweeps", blocks)
+
+
+def sessions_section(cells: list[CellData]) -> Section:
+    """Multi-turn cells turn by turn (`by_turn`): what a user waited for and how much of the growing
+    prompt the prefix cache served."""
+    multi = [c for c in cells if (c.metrics.get("turns") or {}).get("by_turn")]
+    if not multi:
+        return _section_or_hint("Multi-turn sessions", "No multi-turn cells in these runs: `rllm-study run --preset "
+                                "multi-turn` makes them.")
+    rows = []
+    for c in multi:
+        for k, t in c.metrics["turns"]["by_turn"].items():
+            rows.append([varying_label(multi, c), k, str(t["n"]), C.fmt(t["ttft_s_p50"]), C.fmt(t["ttfvt_s_p50"]),
+                         C.fmt(t["prompt_tokens_mean"]), C.fmt(t["cached_tokens_mean"]), C.fmt(t["reuse"], "pct")])
+    return Section("Multi-turn sessions", [
+        Paragraph("Each session asks a problem, then follow-ups about it; every turn's prompt carries the earlier turns' "
+                  "questions and answers (thinking removed unless the workload keeps it), sent a think time after the "
+                  "previous answer. Per turn, over completed requests: TTFT and TTFVT p50 (from the turn's scheduled "
+                  "arrival), prompt tokens, tokens served from the prefix cache, and reuse = cached / prompt tokens."),
+        Table(["cell", "turn", "n", "TTFT p50 s", "TTFVT p50 s", "prompt tok mean", "cached tok mean", "reuse"], rows),
+    ])
+
+
+def dispatch_lag_section(cells: list[CellData]) -> Section:
+    """Per cell, how late the runner sent its requests after their arrival (`dispatch_lag_s`), with a
+    warning naming the cells whose p99 exceeds DISPATCH_LAG_BOUND_S."""
+    measured = [c for c in cells if c.metrics["arrivals"]["dispatch_lag_s"]["count"]]
+    if not measured:
+        return _section_or_hint("Dispatch lag", "No cell in these runs recorded its send times (`sent_s`, recorded "
+                                "since the runner took it): run them again to see the dispatch lag.")
+    late = [c for c in measured if c.metrics["arrivals"]["dispatch_lag_s"]["p99"] > DISPATCH_LAG_BOUND_S]
+    blocks: list = [Paragraph(
+        "Dispatch lag = sent_s - arrival_s: how long after its arrival (open loop: its scheduled time) the runner handed "
+        "a request to the engine. The runner sends at the first loop turn after a request is due, so one that comes due "
+        "during an engine step waits for that step; latencies still count from the arrival. Completed requests; "
+        f"bound on p99: {1000 * DISPATCH_LAG_BOUND_S:g} ms.")]
+    if late:
+        blocks.append(Paragraph(f"**Warning:** {len(late)} of {len(measured)} cells sent requests later than the bound "
+                                f"(p99 above {1000 * DISPATCH_LAG_BOUND_S:g} ms): "
+                                + ", ".join(f"{c.name} ({C.cell_value(c.metrics, C.LAG_P99)} ms)" for c in late)
+                                + ". Their offered load was not sent on time; read their latencies as including the lag."))
+    rows = []
+    for c in measured:
+        lag = c.metrics["arrivals"]["dispatch_lag_s"]
+        rows.append([varying_label(measured, c), c.workload_name, str(lag["count"]), C.cell_value(c.metrics, C.LAG_P50),
+                     C.fmt(lag["p90"], "ms"), C.cell_value(c.metrics, C.LAG_P99), C.fmt(lag["max"], "ms"),
+                     "over the bound" if c in late else "ok"])
+    blocks.append(Table(["cell", "workload", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 vs bound"], rows))
+    return Section("Dispatch lag", blocks)
+
+
 # ---- all cells and appendix ---------------------------------------------------------------------
 
 THINK_BUDGET_COLUMNS = (C.ACCURACY, C.ACCURACY_LENIENT, C.THINK_MEAN, C.THINK_FORCED, C.ANSWER_PHASE, C.TTFVT_P50,
@@ -460,5 +550,5 @@ def build_report(cells: list[CellData], sources: list[str]) -> Document:
     return Document(_title(cells), intro, [
         setup(cells), claims_section(cells), memory_section(cells), straggler_section(cells), difficulty_section(cells),
         domain_section(cells), latency_section(cells), technique_section(cells), load_section(cells),
-        think_budget_section(cells), cells_section(cells), metrics_appendix(),
+        sweep_section(cells), sessions_section(cells), dispatch_lag_section(cells), think_budget_section(cells), cells_section(cells), metrics_appendix(),
     ])

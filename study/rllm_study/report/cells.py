@@ -252,6 +252,26 @@ def load_groups(cells: list[CellData]) -> dict[tuple, list[CellData]]:
     return groups
 
 
+def sweep_groups(cells: list[CellData]) -> dict[tuple, list[CellData]]:
+    """Load sweeps: cells that differ only in their offered load (`analysis.sweep.load_of`: a
+    concurrency or a rate), two loads or more a group, in order of load: (study, model, variant,
+    data set, prompt mode, budget, repeat, run folder, arrival, what is swept, the rest of the
+    workload) -> cells."""
+    from rllm_study.analysis.sweep import CONCURRENCY_KEYS, RATE_KEYS, load_of
+
+    groups: dict[tuple, list[CellData]] = {}
+    for c in cells:
+        load = load_of(c.workload)
+        if load is None:
+            continue
+        rest = tuple(sorted((k, str(v)) for k, v in c.workload.items() if k not in (*CONCURRENCY_KEYS, *RATE_KEYS)))
+        key = (c.study, c.spec.get("model"), c.variant, c.dataset, c.mode, c.budget, c.spec.get("repeat", 0), c.run,
+               c.workload.get("arrival"), load[0], rest)
+        groups.setdefault(key, []).append(c)
+    return {k: sorted(v, key=lambda c: load_of(c.workload)[1]) for k, v in groups.items()
+            if len({load_of(c.workload)[1] for c in v}) > 1}
+
+
 @dataclass
 class TechniqueGroup:
     """Cells of one study that differ only in their variant; `variants` in the spec's order

@@ -466,7 +466,7 @@ def kv_quantization(cells: list[CellData]) -> Claim:
     claim = Claim("kv-cache", "KV-cache quantization",
                   "An FP8 KV cache is faster for 14B and 32B models at similar accuracy, but accuracy nearly collapses "
                   "for the 7B model.", rule, NOT_TESTED, "")
-    vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain))
+    vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain), keep=lambda g: not _kv_budget(g))
     if not vs:
         claim.reason = "needs cells with f16 and quantized KV caches: run `rllm-study run --preset kv-cache`"
         return claim
@@ -498,7 +498,7 @@ def prefix_caching(cells: list[CellData]) -> Claim:
                   "Prefix caching helps 14B and larger models; for the 7B model it adds latency, because single-turn "
                   "requests share no prefix and the bookkeeping is pure cost.", rule, NOT_TESTED, "")
     single = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")),
-                    keep=lambda g: not g.baseline.workload.get("shared_prefix"))
+                    keep=lambda g: not g.baseline.workload.get("shared_prefix") and not _multi_turn(g))
     shared = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")),
                     keep=lambda g: bool(g.baseline.workload.get("shared_prefix")))
     for v in shared:
@@ -588,11 +588,176 @@ def bursty_load(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, detail)
 
 
+# ---- workloads: capacity at a fixed KV memory budget ---------------------------------------------
+
+def _kv_budget(g: TechniqueGroup) -> float:
+    return g.baseline.field("engine.kv_budget_mib") or 0.0
+
+
+def kv_capacity(cells: list[CellData]) -> Claim:
+    rule = (f"Each quantized-KV variant against the f16 cache at the same KV memory budget (`kv_budget_mib`, the "
+            f"cache sized in bytes, so a smaller type holds more tokens), offered more requests than f16 holds: "
+            f"reproduced if the quantized cache runs more requests at once (mean `running` over the timeline, ratio "
+            f"above 1, t interval over matched cell pairs), raises output tokens/s (ratio above 1, bootstrapped over "
+            f"requests) and keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points (Newcombe).")
+    claim = Claim("kv-capacity", "KV capacity at a fixed memory budget",
+                  "A quantized KV cache allows larger batch sizes without performance degradation.", rule, NOT_TESTED, "")
+    vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain), keep=lambda g: bool(_kv_budget(g)))
+    if not vs:
+        claim.reason = "needs f16 and quantized KV cells at one KV budget: run `rllm-study run --preset kv-capacity`"
+        return claim
+    checks = []
+    for v in vs:
+        pairs = [(r, c) for r, c in v.pairs if C.value(r.metrics, C.RUNNING_MEAN) and C.value(c.metrics, C.RUNNING_MEAN)]
+        held = ratio_interval([C.value(c.metrics, C.RUNNING_MEAN) / C.value(r.metrics, C.RUNNING_MEAN) for r, c in pairs])
+        checks.append(Check(Condition(f"{v.variant}: requests running at once, ratio to f16", held, 1.0, log=True), "ratio"))
+        checks.append(Check(Condition(f"{v.variant}: out tok/s ratio to f16", v.ratio(TOK_S), 1.0, log=True), "ratio"))
+        ref_acc, acc = v.accuracy
+        if ref_acc["accuracy"] is not None and acc["accuracy"] is not None:
+            checks.append(Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points"))
+        budget = v.pairs[0][0].field("engine.kv_budget_mib")
+        claim.numbers.append((f"{v.variant} vs f16 at {budget:g} MiB (not deciding): running mean / peak, waiting mean; "
+                              "TPOT p50 ratio",
+                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.RUNNING_MEAN))} vs "
+                              f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.RUNNING_MEAN))} / "
+                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.RUNNING_PEAK))} vs "
+                              f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.RUNNING_PEAK))}, "
+                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.WAITING_MEAN))} vs "
+                              f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.WAITING_MEAN))}; "
+                              f"{C.fmt_interval(v.ratio(_pctl('tpot_s', 50)), 'ratio')}"))
+    return _decide(claim, checks, f"{len(vs)} quantized-KV variant(s) against f16 at one KV budget")
+
+
+# ---- combined techniques ------------------------------------------------------------------------
+
+ADDITIVE = 1.10  # "the effects add": the interaction ratio lies within [1/1.10, 1.10]
+
+
+@dataclass
+class Combination:
+    """A variant that differs from its group's baseline in two or more techniques, with, per group,
+    its cells: (baseline, combination, [one part per technique: the variant that differs from the
+    baseline in that technique alone, set as in the combination])."""
+
+    variant: str
+    techniques: list[str]
+    groups: list[tuple[CellData, CellData, list[CellData]]]
+
+
+def combinations(cells: list[CellData]) -> list[Combination]:
+    """Every combination of techniques whose single-technique parts were run beside it (same group)."""
+    from rllm_study.report.cells import TECHNIQUE_FIELDS
+
+    found: dict[str, Combination] = {}
+    for g in technique_groups(cells):
+        base = g.baseline
+        for name, combo in g.variants.items():
+            techniques = sorted(techniques_between(base, combo))
+            if len(techniques) < 2:
+                continue
+            parts = []
+            for t in techniques:
+                part = next((c for c in g.variants.values() if techniques_between(base, c) == {t}
+                             and all(c.field(f) == combo.field(f) for f in TECHNIQUE_FIELDS[t])), None)
+                parts.append(part)
+            if None not in parts:
+                found.setdefault(name, Combination(name, techniques, [])).groups.append((base, combo, parts))
+    return list(found.values())
+
+
+def _interaction(stat: Callable[[Rows], float | None], k: int) -> Callable[[list[Rows]], float | None]:
+    """Over samples laid out per group as [baseline, combination, part 1 .. part k]: the geometric mean
+    over groups of (stat(combination) / stat(baseline)) / product over parts of (stat(part) / stat(baseline))."""
+    def over(samples: list[Rows]) -> float | None:
+        logs = []
+        for i in range(0, len(samples), k + 2):
+            values = [stat(s) for s in samples[i:i + k + 2]]
+            if any(v is None or v <= 0 for v in values):
+                return None
+            base, combo, parts = values[0], values[1], values[2:]
+            logs.append(math.log(combo / base) - sum(math.log(p / base) for p in parts))
+        return math.exp(statistics.fmean(logs)) if logs else None
+    return over
+
+
+def combined_techniques(cells: list[CellData]) -> Claim:
+    rule = (f"Each combination of two or more techniques against its parts, in every group where the baseline, the "
+            f"combination and each single-technique part ran: the interaction ratio of output tokens/s, "
+            f"(combination / baseline) / product of (part / baseline), geometric mean over groups, bootstrapped over "
+            f"requests. Reproduced (the effects add, on a log scale) if it lies within [1/{ADDITIVE:g}, {ADDITIVE:g}] "
+            f"for every combination; not reproduced if one settles outside. The combination's accuracy difference "
+            f"from the baseline is shown beside it (Newcombe), not deciding.")
+    claim = Claim("combined", "Combined techniques",
+                  "The study names combining techniques (quantized weights, quantized KV, prefix caching, speculative "
+                  "decoding) as the next step: do their effects add?", rule, NOT_TESTED, "")
+    combos = combinations(cells)
+    if not combos:
+        claim.reason = ("needs a combination of techniques run beside each of its parts and the baseline: "
+                        "run `rllm-study run --preset combined`")
+        return claim
+    checks = []
+    for combo in combos:
+        k = len(combo.techniques)
+        samples = [c.rows for base, cell, parts in combo.groups for c in (base, cell, *parts)]
+        inter = bootstrap(samples, _interaction(TOK_S, k))
+        what = f"{combo.variant} ({' + '.join(combo.techniques)}): out tok/s interaction ratio"
+        checks += [Check(Condition(what + " (lower bound)", inter, 1 / ADDITIVE, log=True), "ratio"),
+                   Check(Condition(what + " (upper bound)", inter, ADDITIVE, above=False, log=True), "ratio")]
+        pairs = [(base, cell) for base, cell, _ in combo.groups]
+        together = Versus(combo.variant, pairs)
+        claim.numbers.append((f"{combo.variant} (not deciding): out tok/s ratio to baseline / accuracy difference",
+                              f"{C.fmt_interval(together.ratio(TOK_S), 'ratio')} / "
+                              f"{C.fmt_interval(together.accuracy_diff, 'points')}"))
+    return _decide(claim, checks, f"{len(combos)} combination(s), each beside its parts")
+
+
+# ---- workloads: multi-turn sessions ------------------------------------------------------------
+
+def _multi_turn(g: TechniqueGroup) -> bool:
+    return g.baseline.workload.get("arrival") == "sessions"
+
+
+def _later_turns(stat: Callable[[Rows], float | None]) -> Callable[[Rows], float | None]:
+    """stat over the requests of turn 2 and later (the turns whose prompts carry earlier turns)."""
+    return lambda rows: stat([r for r in rows if (r.get("turn") or 0) >= 2])
+
+
+def multi_turn_prefix_caching(cells: list[CellData]) -> Claim:
+    rule = ("Prefix caching on against off on multi-turn sessions (`arrival = \"sessions\"`, each turn's prompt "
+            "carrying the earlier turns): reproduced if output tokens/s rises (ratio on / off above 1) and the TTFT p50 "
+            "of turns 2 and later falls (ratio on / off below 1), both geometric means over matched cells, "
+            "bootstrapped over requests. The paper's \"up to 30%\" is an upper figure, so the size of the gain is "
+            "shown, not required.")
+    claim = Claim("multi-turn", "Multi-turn prefix caching",
+                  "Prefix caching raises throughput by up to 30% in multi-turn conversations.", rule, NOT_TESTED, "")
+    vs = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")), keep=_multi_turn)
+    if not vs:
+        claim.reason = "needs multi-turn cells with prefix caching on and off: run `rllm-study run --preset multi-turn`"
+        return claim
+    checks = []
+    for v in vs:
+        checks += [Check(Condition(f"{v.variant}: out tok/s ratio on / off", v.ratio(TOK_S), 1.0, log=True), "ratio"),
+                   Check(Condition(f"{v.variant}: TTFT p50 ratio on / off, turns >= 2",
+                                   v.ratio(_later_turns(_pctl("ttft_s", 50))), 1.0, above=False, log=True), "ratio")]
+        for side, group in (("off", [r for r, _ in v.pairs]), (v.variant, [c for _, c in v.pairs])):
+            turns: dict[str, list[dict]] = {}
+            for c in group:
+                for k, t in (c.metrics.get("turns", {}).get("by_turn") or {}).items():
+                    turns.setdefault(k, []).append(t)
+            claim.numbers.append((f"{side} (not deciding): per turn, prompt tokens mean / cache reuse / TTFT p50 s (n)",
+                                  "; ".join(f"turn {k}: {C.fmt(_mean(t['prompt_tokens_mean'] for t in ts))} / "
+                                            f"{C.fmt(_mean(t['reuse'] for t in ts), 'pct')} / "
+                                            f"{C.fmt(_mean(t['ttft_s_p50'] for t in ts))} ({sum(t['n'] for t in ts)})"
+                                            for k, ts in sorted(turns.items(), key=lambda kv: int(kv[0])))))
+    return _decide(claim, checks, f"{len(vs)} caching variant(s) against off, {sum(len(v.pairs) for v in vs)} matched cell pair(s)")
+
+
 PILOT_CLAIMS = (memory, stragglers, adaptive_time, domain_preference)
 TECHNIQUE_CLAIMS = (weight_quantization, kv_quantization, prefix_caching, speculative)
 LOAD_CLAIMS = (bursty_load,)
+WORKLOAD_CLAIMS = (multi_turn_prefix_caching, kv_capacity, combined_techniques)
 
 
 def check_claims(cells: list[CellData]) -> list[Claim]:
-    """Every claim (pilot, technique, real-world) checked against the cells."""
-    return [check(cells) for check in (*PILOT_CLAIMS, *TECHNIQUE_CLAIMS, *LOAD_CLAIMS)]
+    """Every claim (pilot, technique, real-world, workload) checked against the cells."""
+    return [check(cells) for check in (*PILOT_CLAIMS, *TECHNIQUE_CLAIMS, *LOAD_CLAIMS, *WORKLOAD_CLAIMS)]

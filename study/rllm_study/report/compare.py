@@ -14,8 +14,8 @@ import statistics
 from rllm_study.errors import UserError
 from rllm_study.report import columns as C
 from rllm_study.report import plots
-from rllm_study.report.build import metrics_appendix
-from rllm_study.report.cells import CellData, fingerprint
+from rllm_study.report.build import metrics_appendix, sweep_points
+from rllm_study.report.cells import CellData, fingerprint, sweep_groups
 from rllm_study.report.claims import check_claims
 from rllm_study.report.document import (
     INCONCLUSIVE,
@@ -96,6 +96,27 @@ def agreement(statuses: list[str]) -> str:
     return "same" if len(set(statuses)) == 1 else "differ in what was tested"
 
 
+def sweep_comparison(runs: dict[str, list[CellData]]) -> Section | None:
+    """The load-sweep figure (`plots.load_sweep`) with one line per run for each sweep the runs share
+    (`cells.sweep_groups`, matched by everything but the run folder); None when they share none."""
+    shared: dict[tuple, dict[str, list]] = {}
+    for label, cells in runs.items():
+        for key, cs in sweep_groups(cells).items():
+            shared.setdefault(key[:7] + key[8:], {})[label] = sweep_points(cs)
+    shared = {k: v for k, v in shared.items() if len(v) > 1}
+    if not shared:
+        return None
+    blocks: list = [Paragraph("Each load sweep the runs share, one line per run: per-user speed against machine "
+                              "throughput, with each run's Pareto front ringed and knee starred (as in the single-run "
+                              "report's Load sweeps).")]
+    for key, series in shared.items():
+        study, model, variant, dataset, mode, budget, repeat, arrival, swept, _ = key
+        name = " · ".join(str(x) for x in (model, variant, dataset, mode, f"budget {budget}", arrival, f"r{repeat}") if x)
+        blocks.append(Figure(f"compare-sweep-{study}-{dataset}-{arrival}-{budget}", plots.load_sweep(series, swept),
+                             f"Load sweep over {swept}: {name}."))
+    return Section("Load sweeps", blocks)
+
+
 def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     """The side-by-side report of runs (label -> its cells); the first run is the reference."""
     labels = list(runs)
@@ -156,6 +177,9 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
 
     unmatched = sorted(set.union(*names) - set(matched))
     sections = [Section("Runs", [_runs_table(runs)]), what_differed, claims_section, summary, cells_section]
+    sweeps = sweep_comparison(runs)
+    if sweeps is not None:
+        sections.insert(4, sweeps)
     if unmatched:
         sections.append(Section("Unmatched cells", [Paragraph("Cells present in only some of the runs, left out above: "
                                                               + ", ".join(f"`{n}`" for n in unmatched) + ".")]))

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from rllm_study.analysis.metrics import straggler_groups, group_tail
+from rllm_study.analysis.sweep import knee, non_dominated, pareto_front
 from rllm_study.report.cells import CellData
 
 MODE_COLORS = {"reasoning": "#d95f02", "direct": "#1b9e77"}
@@ -256,7 +257,8 @@ LABELLED_POINTS = 8  # accuracy_vs_throughput names its points up to this many
 @figure
 def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | None]]) -> Figure:
     """One point per (variant, group): x output tokens/s (from 0), y lenient accuracy (the grade
-    the claims decide on); colour by variant, marker by group. Up to LABELLED_POINTS points are
+    the claims decide on); colour by variant, marker by group; the Pareto front (points no other point
+    beats on both throughput and accuracy) is ringed and joined by a dashed line. Up to LABELLED_POINTS points are
     named beside them; more would overlap, so the variants' colours go into the legend instead.
     `points`: (variant, group label, output tok/s, lenient accuracy fraction)."""
     variants = list(dict.fromkeys(p[0] for p in points))
@@ -271,8 +273,15 @@ def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | No
         if named:  # labels alternate above and below in order of throughput, so that neighbours on the x axis stay legible
             ax.annotate(variant, (tok, 100 * acc), xytext=(0, 7 if i % 2 == 0 else -13), textcoords="offset points",
                         ha="center", fontsize=8)
+    front = non_dominated(shown, lambda p: p[2], lambda p: p[3])
+    if front:  # the ASU Pareto front: no other point is both faster and more accurate
+        ax.plot([p[2] for p in front], [100 * p[3] for p in front], ls="--", marker="o", ms=13, mfc="none", mec="black",
+                color="black", lw=0.8, zorder=2)
     handles = [] if named else [Line2D([], [], ls="", marker="s", color=CYCLE[i % len(CYCLE)], label=v)
                                 for i, v in enumerate(variants)]
+    if front:
+        handles.append(Line2D([], [], ls="--", marker="o", ms=9, mfc="none", mec="black", color="black", lw=0.8,
+                              label="Pareto front"))
     if len(groups) > 1:
         handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="black", label=g)
                     for i, g in enumerate(groups)]
@@ -284,6 +293,52 @@ def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | No
     ax.set_ylabel("accuracy, lenient (%)")
     ax.set_ylim(-3, 103)
     ax.set_title("accuracy against throughput (up and right is better)")
+    return fig
+
+
+@figure
+def load_sweep(series: dict[str, list], swept: str) -> Figure:
+    """Left: per-user output speed (user_tok_s p50) against machine throughput (output tok/s), one
+    line per sweep in order of load, each point named by its load; the Pareto front of each sweep
+    ringed, its knee starred. Right: output throughput and (where SLOs were given) goodput against
+    the load. `series`: label -> `analysis.sweep.SweepPoint`s; `swept`: "concurrency" or "rate"."""
+    fig, (ax, ax2) = subplots(1, 2, figsize=(WIDTH, 3.8))
+    good_ax = None
+    for i, (label, points) in enumerate(series.items()):
+        color = CYCLE[i % len(CYCLE)]
+        shown = [p for p in points if p.throughput is not None and p.user_speed is not None]
+        ax.plot([p.throughput for p in shown], [p.user_speed for p in shown], "-o", color=color, ms=5, lw=1.2, label=label)
+        for p in shown:
+            ax.annotate(f"{p.load:g}", (p.throughput, p.user_speed), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        front = pareto_front(points)
+        ax.scatter([p.throughput for p in front], [p.user_speed for p in front], s=140, facecolors="none",
+                   edgecolors=color, lw=1.2, zorder=3)
+        k = knee(points)
+        if k is not None and k.throughput is not None and k.user_speed is not None:
+            ax.scatter([k.throughput], [k.user_speed], marker="*", s=220, color=color, edgecolor="black", lw=0.6, zorder=4)
+        loads = [p.load for p in points]
+        ax2.plot(loads, [p.throughput for p in points], "-o", color=color, ms=4, lw=1.2)
+        if any(p.goodput is not None for p in points):
+            good_ax = good_ax or ax2.twinx()
+            good_ax.plot(loads, [p.goodput for p in points], "--s", color=color, ms=4, lw=1.0)
+    ax.set_xlabel("machine output tokens/s")
+    ax.set_ylabel("per-user output tokens/s (p50)")
+    known = [p for points in series.values() for p in points if p.throughput is not None and p.user_speed is not None]
+    ax.set_xlim(0, 1.15 * max([p.throughput for p in known] + [1e-9]))
+    ax.set_ylim(0, 1.15 * max([p.user_speed for p in known] + [1e-9]))
+    ax.set_title("per-user speed against throughput")
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], ls="", marker="o", mfc="none", mec="black", ms=10, label="Pareto front"),
+                Line2D([], [], ls="", marker="*", color="black", ms=12, label="knee")]
+    ax.legend(handles=handles, loc="best")
+    ax2.set_xlabel(swept + (" (req/s)" if swept == "rate" else " (requests in flight)"))
+    ax2.set_ylabel("output tokens/s (solid)")
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("throughput" + (" and goodput" if good_ax else "") + " against load")
+    if good_ax is not None:
+        good_ax.set_ylabel("goodput req/s (dashed)")
+        good_ax.set_ylim(bottom=0)
+        good_ax.grid(False)
     return fig
 
 

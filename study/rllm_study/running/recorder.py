@@ -25,6 +25,7 @@ from rllm_study.running.results import Cell
 @dataclass
 class _Open:
     arrival_s: float
+    sent_s: float
     admitted_s: float | None = None
     prefill_done_s: float | None = None
     times: list[float] = field(default_factory=list)
@@ -44,8 +45,10 @@ class Recorder:
     def seconds(self, t_ns: int) -> float:
         return round((t_ns - self.t0_ns) / 1e9, 6)
 
-    def arrived(self, request_id: str, t_ns: int) -> None:
-        self._open[request_id] = _Open(arrival_s=self.seconds(t_ns))
+    def arrived(self, request_id: str, t_ns: int, sent_ns: int | None = None) -> None:
+        """A request's arrival (`t_ns`: its scheduled time under open loop, else when it became due)
+        and the moment it was actually handed to the engine (`sent_ns`, default the arrival)."""
+        self._open[request_id] = _Open(arrival_s=self.seconds(t_ns), sent_s=self.seconds(t_ns if sent_ns is None else sent_ns))
 
     def feed(self, events: list[Event]) -> list[tuple[dict, dict]]:
         """Consume events; return (record, token row) for each request that finished."""
@@ -74,6 +77,7 @@ class Recorder:
         record = {
             "id": ev.request_id,
             "arrival_s": rec.arrival_s,
+            "sent_s": rec.sent_s,
             "admitted_s": rec.admitted_s,
             "prefill_done_s": rec.prefill_done_s,
             "first_token_s": rec.times[0] if rec.times else None,

@@ -9,7 +9,8 @@
                   packed for publishing (read before the plain file, so a packed cell that is
                   resumed keeps both)
 
-A request line holds at least: id, dataset, item_id, session, arrival_s, admitted_s,
+A request line holds at least: id, dataset, item_id, session, arrival_s, sent_s (when the
+runner handed it to the engine; files written before it existed lack it), admitted_s,
 prefill_done_s, first_token_s, first_answer_token_s, finish_s (seconds from the start of its
 session, see below; null when it never happened), prompt_tokens, cached_tokens,
 output_tokens, think_tokens, answer_tokens, finish_reason, extracted_answer, correct,

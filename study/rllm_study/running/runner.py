@@ -13,7 +13,9 @@ first writes every finished request. Arrivals: each loop asks the cell's arrival
 and how many are in flight, and submits them in order with the arrival time it names: for open
 loop (poisson, gamma, constant, trace, ramp) the *scheduled* time, whether or not the engine
 keeps up (submitted at the first loop turn after it); for closed loop and synchronous batches
-the moment they became due.
+the moment they became due. Each request also records when it was actually handed to the engine
+(`sent_s`, one timestamp taken at submit); `sent_s - arrival_s` is its dispatch lag, and a cell
+whose p99 lag exceeds `DISPATCH_LAG_BOUND_S` ends with a warning (the report shows the lag too).
 A resumed cell (a new session) skips requests already in requests.jsonl and schedules the
 rest afresh from the same seed.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rllm_study.analysis.metrics import DISPATCH_LAG_BOUND_S, distribution
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.running.energy import CellEnergy, open_meters
@@ -42,38 +45,74 @@ from rllm_study.running.results import (REQUESTS, CellWriter, FolderLock, Result
                                  path_error, read_jsonl)
 from rllm_study.running.prompts import cell_prompts
 from rllm_study.running.spec import CellSpec, default_ctx_per_seq
-from rllm_study.workloads.arrivals import timing_of_workload
+from rllm_study.workloads.arrivals import check_workload, timing_of_workload
 from rllm_study.workloads.datasets import Item
 from rllm_study.workloads.grading import GradingProcess
 from rllm_study.workloads.prompts import Prompt, has_think_token, open_thinking
+from rllm_study.workloads.traces import TRACE_DATASET, PromptSynthesizer, load_trace
 
 IDLE_SLEEP_S = 0.005
+UNGRADED = {"extracted_answer": None, "correct": None, "correct_lenient": None, "parse_status": None}
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
 
 
 @dataclass
 class Job:
-    """A request of a cell before it is sent: its item, prompt and the exact text to send."""
+    """A request of a cell before it is sent: its item, prompt and the exact text to send;
+    `max_tokens` caps its output below the cell's budget (a trace's recorded length); an
+    ungraded job (no reference answer) records null grades."""
 
     id: str
     item: Item
     prompt: Prompt
     text: str
+    max_tokens: int | None = None
+    graded: bool = True
+    session: str | None = None  # multi-turn: the conversation it belongs to (`rllm_study.running.sessions`)
+    turn: int | None = None  # multi-turn: its turn, from 1
+    reserve: int = 0  # tokens its prompt may grow by before it is sent (earlier turns' answers), for `_fit`
+
+
+def trace_jobs(cell: CellSpec, engine) -> list[Job]:
+    """The first `samples` requests of the replayed trace's window (`rllm_study.workloads.traces`):
+    raw prompts of their recorded lengths, outputs capped at their recorded lengths, ungraded."""
+    params = check_workload(cell.workload)
+    rows = load_trace(params["trace"], params["time_scale"], params["window_start_s"], params["window_s"], cell.samples)
+    synth = PromptSynthesizer(engine.count_tokens, cell.seed, params["block_tokens"])
+    prompt = Prompt([], "", False, None, None, None)
+    jobs = []
+    for i, row in enumerate(rows):
+        text = synth.prompt(row, i)
+        item = Item(f"{TRACE_DATASET}/{i:05d}", TRACE_DATASET, TRACE_DATASET, "-", text, "")
+        jobs.append(Job(item.id, item, prompt, text, max_tokens=row.output_tokens, graded=False))
+    return jobs
 
 
 def build_jobs(cell: CellSpec, engine) -> list[Job]:
-    """The cell's requests in order: `cell_prompts` through the model's chat template + assistant
-    prefix. In native mode the thinking is opened as `open_thinking` says."""
+    """The cell's requests in order: prompts through the model's chat template + assistant prefix
+    (`cell_prompts`, then `render`). A replayed trace's requests come from `trace_jobs`; a multi-turn cell's from
+    `rllm_study.running.sessions.session_jobs` (each item's K turns)."""
+    from rllm_study.running.sessions import session_jobs
+
+    if cell.dataset == TRACE_DATASET and not cell.custom_dataset:
+        return trace_jobs(cell, engine)
     think_token = cell.prompt_mode == "native" and has_think_token(engine)
     jobs = []
     for p in cell_prompts(cell):
-        text = engine.apply_chat_template(list(p.messages)) + p.prompt.assistant_prefix
-        prompt = p.prompt
-        if cell.prompt_mode == "native":
-            text, thinking = open_thinking(text, think_token)
-            prompt = replace(prompt, starts_in_think=thinking)
+        text, prompt = render(cell, engine, p.prompt, list(p.messages), think_token)
         jobs.append(Job(p.item.id, p.item, prompt, text))
-    return jobs
+    return session_jobs(cell, jobs)
+
+
+def render(cell: CellSpec, engine, prompt: Prompt, messages: list[dict], think_token: bool) -> tuple[str, Prompt]:
+    """The exact text to send for `messages` (the model's chat template, then the prompt's assistant
+    prefix) and the prompt with whether its output starts in the think phase: in native mode the
+    thinking is opened as `open_thinking` says."""
+    text = engine.apply_chat_template(messages) + prompt.assistant_prefix
+    if cell.prompt_mode == "native":
+        text, thinking = open_thinking(text, think_token)
+        prompt = replace(prompt, starts_in_think=thinking)
+    return text, prompt
 
 
 def manifest(cell: CellSpec, spec: dict, engine) -> dict:
@@ -142,7 +181,8 @@ class RecordWriter:
                     continue
                 job, record, tokens, extra = item
                 record.update(extra)
-                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields())
+                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields() if job.graded
+                              else UNGRADED)
                 self.writer.write_request(record, tokens)
                 self.written += 1
                 if self.on_written is not None:
@@ -171,6 +211,7 @@ class CellRun:
         self.in_flight: set[str] = set()
         self.batch_of: dict[str, int] = {}
         self.output_tokens = 0
+        self.lags_ns: list[int] = []  # per request sent this session: send time - arrival time
         self.records: RecordWriter | None = None
 
     def _arrivals(self):
@@ -178,14 +219,27 @@ class CellRun:
 
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
-        sampling = SamplingParams(c.max_tokens, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
+        budget = min(c.max_tokens, job.max_tokens or c.max_tokens)
+        sampling = SamplingParams(budget, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
                                   top_k=c.top_k, order=c.sampling_order, think_budget=c.think_budget)
-        self.recorder.arrived(job.id, arrival_ns)
         if batch is not None:
             self.batch_of[job.id] = batch
         self.in_flight.add(job.id)
-        self.engine.submit(Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar,
-                                   job.prompt.answer_cue))
+        request = Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar, job.prompt.answer_cue)
+        sent_ns = time.perf_counter_ns()
+        self.recorder.arrived(job.id, arrival_ns, sent_ns)
+        self.lags_ns.append(sent_ns - arrival_ns)
+        self.engine.submit(request)
+
+    def lag_warning(self) -> str | None:
+        """A warning when this session's p99 dispatch lag (sent - scheduled arrival) exceeds
+        DISPATCH_LAG_BOUND_S, else None."""
+        lag = distribution((n / 1e9 for n in self.lags_ns), (99,))
+        if not lag["count"] or lag["p99"] <= DISPATCH_LAG_BOUND_S:
+            return None
+        return (f"{self.cell.name}: requests were sent late: dispatch lag p99 {lag['p99']:.3f} s, max {lag['max']:.3f} s "
+                f"(n={lag['count']}) exceeds the {DISPATCH_LAG_BOUND_S:g} s bound; an engine step was running when they came "
+                "due, and their latencies count from the scheduled arrival")
 
     def run(self) -> None:
         self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
@@ -246,9 +300,14 @@ class CellRun:
                 "dataset": job.item.dataset, "item_id": job.item.id, "domain": job.item.domain,
                 "difficulty": job.item.difficulty, "prompt_mode": self.cell.prompt_mode,
                 "batch": self.batch_of.get(job.id), "reference_answer": job.prompt.correct_letter or job.item.answer,
+                **({"session_id": job.session, "turn": job.turn} if job.turn is not None else {}),
             }
             self.in_flight.discard(record["id"])
             self.records.put((job, record, tokens, extra))
+            self._finished(job, record)
+
+    def _finished(self, job: Job, record: dict) -> None:
+        """Called on the engine thread for each finished request (after it is handed to the writer)."""
 
 
 def hash_id(text: str) -> int:
@@ -257,6 +316,14 @@ def hash_id(text: str) -> int:
     for ch in text.encode():
         h = (h * 131 + ch) & 0xFFFFFFFF
     return h
+
+
+def run_class(cell: CellSpec) -> type[CellRun]:
+    """The driver of a cell: `SessionRun` for multi-turn sessions, whose later prompts are built
+    from earlier answers as they finish; `CellRun` for every other workload."""
+    from rllm_study.running.sessions import SessionRun, is_multi_turn
+
+    return SessionRun if is_multi_turn(cell) else CellRun
 
 
 class EnginePool:
@@ -300,11 +367,12 @@ def _fit(cell: CellSpec, jobs: list[Job], engine, console) -> CellSpec:
     ctx_per_seq is the derived default (`spec.default_ctx_per_seq`) and n_ctx is not set, it
     grows to that for the longest prompt, rounded up to 256; a value the user set is kept: a
     prompt that does not fit at all is an error, one that leaves less than max_tokens of room a
-    warning (its output may end at the context before the budget)."""
+    warning (its output may end at the context before the budget). A later turn of a multi-turn
+    session counts its `reserve` (room for the earlier turns' answers) as prompt."""
     capacity = (getattr(engine.info(), "context", None) or {}).get("seq_capacity")
     if not capacity or not jobs:
         return cell
-    counts = [(engine.count_tokens(j.text), j) for j in jobs]
+    counts = [(engine.count_tokens(j.text) + j.reserve, j) for j in jobs]
     longest, job = max(counts, key=lambda c: c[0])
     needed = longest + cell.max_tokens + 1
     if needed <= capacity:
@@ -390,7 +458,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                         console.print(f"{label}: done already, skipped")
                         continue
                     writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names})
-                    run = CellRun(cell, engine, jobs, writer, grader, energy=energy)
+                    run = run_class(cell)(cell, engine, jobs, writer, grader, energy=energy)
                     already = len(jobs) - len(run.todo)
                     if console.is_terminal:
                         task = progress.add_task(label, total=len(jobs), completed=already, rate="")
@@ -399,6 +467,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     else:
                         run.on_progress = _line_progress(console, label, already, len(jobs))
                     run.run()
+                    if (late := run.lag_warning()) is not None:
+                        console.print(f"[yellow]warning:[/] {late}")
                 finally:
                     writer.close()
     except ResultsWriteError as failed:

@@ -269,6 +269,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     from rllm_study.workloads.custom_dataset import definition
     from rllm_study.workloads.datasets import DATASETS
     from rllm_study.workloads.prompts import PROMPT_MODES, THINKING_MODES
+    from rllm_study.workloads.traces import TRACE_DATASET
 
     _check_keys(spec, TOP_KEYS - set(SIZES), where, "")
     for section, allowed in (("sampling", SAMPLING_KEYS), ("workload", WORKLOAD_KEYS), ("slo", SLO_KEYS)):
@@ -286,7 +287,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     for name, count in datasets.items():
         if name in custom:
             continue
-        if name not in DATASETS:
+        if name not in DATASETS and name != TRACE_DATASET:
             raise UserError(f"{where}: datasets.{name}: unknown data set (choose from {', '.join(DATASETS)}, "
                             "or give your own file: { path = \"FILE.jsonl\", n = N, answer = \"number\" })")
         if not isinstance(count, int) or count < 1:
@@ -347,6 +348,9 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
                 check_workload(wl)
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
+            if (dataset == TRACE_DATASET) != (wl["arrival"] == "replay") and dataset not in custom:
+                raise UserError(f"{where}: datasets.{TRACE_DATASET} (the requests of a trace) and workload.arrival = "
+                                f"\"replay\" (its times) go together: use both, with workload.trace = \"FILE\"")
             options = _engine_options(backend, eng, wl, budget, where)
             wl_name = workload_name(wl)
             tb_name = "" if tb in (None, "off") else f"tb{tb}"

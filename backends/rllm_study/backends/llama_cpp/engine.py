@@ -318,6 +318,16 @@ class Sequence:
         self.spec_state = None  # the drafter's per-sequence state
 
 
+def kv_budget_cells(budget_mib: float, bytes_per_token: float) -> int:
+    """KV cells (tokens, all sequences together) a budget of `budget_mib` MiB holds at
+    `bytes_per_token`: floor(budget_mib x 2^20 / bytes_per_token); a smaller cache type holds more."""
+    cells = int(budget_mib * 2**20 // bytes_per_token)
+    if cells < 16:
+        raise UserError(f"kv_budget_mib = {budget_mib:g} holds {cells} tokens at {bytes_per_token:g} bytes each; give at least "
+                        f"{16 * bytes_per_token / 2**20:.3f} MiB")
+    return cells
+
+
 def _new_context(model: LlamaModel, o: LlamaCppOptions, type_k: int, type_v: int):
     params = lc.llama_context_default_params()
     params.n_ctx = o.n_ctx
@@ -419,6 +429,9 @@ class LlamaCppEngine:
         n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
         self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
         self.model = LlamaModel(self.ref.path, options.n_gpu_layers, not batch_invariant)
+        if options.kv_budget_mib:
+            self.options = replace(self.options, n_ctx=kv_budget_cells(options.kv_budget_mib,
+                                                                       self.model.kv_bytes_per_token(options.type_k, options.type_v)))
         self.ctx = self.drafter = draft_model = None
         try:
             if draft_ref is not None:

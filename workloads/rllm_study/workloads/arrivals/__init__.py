@@ -18,13 +18,15 @@ from rllm_study.workloads.arrivals.constant import Constant
 from rllm_study.workloads.arrivals.gamma import Gamma
 from rllm_study.workloads.arrivals.poisson import Poisson
 from rllm_study.workloads.arrivals.ramp import Ramp
+from rllm_study.workloads.arrivals.replay import Replay
+from rllm_study.workloads.arrivals.sessions import Sessions, SessionTiming
 from rllm_study.workloads.arrivals.trace import Trace, read_trace
 
 ARRIVALS: dict[str, type[ArrivalProcess]] = {
-    p.NAME: p for p in (SyncBatches, ClosedLoop, Poisson, Gamma, Constant, Trace, Ramp)
+    p.NAME: p for p in (SyncBatches, ClosedLoop, Poisson, Gamma, Constant, Trace, Ramp, Replay, Sessions)
 }
 
-__all__ = ["ARRIVALS", "ArrivalProcess", "ClosedLoop", "OpenLoop", "SyncBatches", "Timing", "arrival_class",
+__all__ = ["ARRIVALS", "ArrivalProcess", "ClosedLoop", "OpenLoop", "SessionTiming", "SyncBatches", "Timing", "arrival_class",
            "arrival_params", "gap_stats", "make_arrivals", "read_trace", "timing_of_workload", "workload_arrival_keys",
            "workload_arrival_name", "check_workload"]
 

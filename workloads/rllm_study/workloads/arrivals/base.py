@@ -37,7 +37,8 @@ from rllm_study.errors import UserError
 @dataclass(frozen=True)
 class Param:
     """One parameter of an arrival process: its workload key, its kind and a default (None: required).
-    Kinds: "rate" a number > 0 (float); "count" a whole number >= 1; "file" a path."""
+    Kinds: "rate" a number > 0 (float); "seconds" a number >= 0 (float); "count" a whole number >= 1;
+    "file" a path; "switch" true or false."""
 
     key: str
     kind: str
@@ -71,12 +72,20 @@ def _check_value(param: Param, value, naming: Naming):
         if not isinstance(value, (str, Path)) or not str(value):
             raise UserError(f"{name} must be a file path, got {value!r}")
         return Path(value)
+    if param.kind == "switch":
+        if not isinstance(value, bool):
+            raise UserError(f"{name} must be true or false, got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{name} must be a number, got {value!r}")
     if param.kind == "count":
         if value != int(value) or value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
         return int(value)
+    if param.kind == "seconds":
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{name} must be a number of seconds >= 0, got {value}")
+        return float(value)
     if not math.isfinite(value) or value <= 0:
         raise UserError(f"{name} must be > 0, got {value}")
     return float(value)
