@@ -67,6 +67,7 @@ def spec_reference() -> str:
     from rllm_study.backends.options import CommonOptions, option_meta
     from rllm_study.running.spec import PROMPT_ROOM, SAMPLING, SHARED_PREFIX, SLO, TOP, VARIANT
     from rllm_study.workloads.arrivals import ARRIVALS
+    from rllm_study.workloads.arrivals.base import PARAM_KINDS
     from rllm_study.workloads.custom_dataset import KEYS as CUSTOM_KEYS
 
     out = ["# Spec keys", "",
@@ -98,7 +99,6 @@ def spec_reference() -> str:
             out += [f"### backend = \"{backend.name}\"", "", doc, ""]
             out += _table(("key", "flag", "type", "default", "meaning"), _option_rows(own))
 
-    kinds = {"rate": "number > 0", "count": "integer >= 1", "file": "text (path)"}
     out += ["## [workload]", "",
             f"`arrival` picks the arrival process (default `\"batch\"`): {', '.join(f'`{n}`' for n in ARRIVALS)}. "
             "Each takes only its own keys below (`rllm-study schedule --arrival NAME` previews a schedule with the "
@@ -106,7 +106,7 @@ def spec_reference() -> str:
     rows = [(f"`{SHARED_PREFIX.key}`", "any", SHARED_PREFIX.type, SHARED_PREFIX.default, SHARED_PREFIX.meaning)]
     for name, process in ARRIVALS.items():
         rows.append(("`arrival`", f"`{name}`", "text", "", process.SUMMARY))
-        rows += [(f"`{p.key}`", f"`{name}`", kinds[p.kind], "required" if p.default is None else _toml(p.default),
+        rows += [(f"`{p.key}`", f"`{name}`", PARAM_KINDS[p.kind], "required" if p.default is None else _toml(p.default),
                   p.help) for p in process.PARAMS]
     out += _table(("key", "arrival", "type", "default", "meaning"), rows)
     out += ["## [slo]", "", "Limits a request must meet to count towards goodput; a cell without [slo] has no goodput.",

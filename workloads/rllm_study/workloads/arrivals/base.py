@@ -34,11 +34,19 @@ import numpy as np
 from rllm_study.errors import UserError
 
 
+PARAM_KINDS = {  # a Param's kind -> the values it takes (checked by `_check_value`)
+    "rate": "number > 0",
+    "seconds": "number >= 0",
+    "count": "integer >= 1",
+    "file": "text (path)",
+    "switch": "true or false",
+}
+
+
 @dataclass(frozen=True)
 class Param:
-    """One parameter of an arrival process: its workload key, its kind and a default (None: required).
-    Kinds: "rate" a number > 0 (float); "seconds" a number >= 0 (float); "count" a whole number >= 1;
-    "file" a path; "switch" true or false."""
+    """One parameter of an arrival process: its workload key, its kind (one of PARAM_KINDS) and a
+    default (None: required)."""
 
     key: str
     kind: str
