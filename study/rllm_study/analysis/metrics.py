@@ -446,7 +446,15 @@ def session_spans(requests: Iterable[dict]) -> float:
     return sum(hi - lo for lo, hi in spans.values())
 
 
+def closed_loop(cell: Cell) -> bool:
+    """The cell's requests were sent by a closed loop (`arrival = "closed"`): each goes when one
+    finishes, so their send times follow the engine's completions and are no arrival process."""
+    return ((cell.manifest.get("cell") or {}).get("workload") or {}).get("arrival") == "closed"
+
+
 def _arrival_times(ctx: _Context) -> list[list[float]]:
+    if closed_loop(ctx.cell):
+        return []
     sessions: dict[int, list[float]] = {}
     for r in ctx.cell.requests:
         if r.get("arrival_s") is not None:
@@ -459,14 +467,17 @@ def _arrival_times(ctx: _Context) -> list[list[float]]:
 def arrival_rate(ctx: _Context) -> float | None:
     """Realised offered load: recorded requests (completed or failed) per second of their arrival
     span. Open loop records scheduled arrivals, and Poisson/Gamma schedules are rescaled to their
-    target rate, so a cell run to the end realises its target rate. None without two arrivals in a session."""
+    target rate, so a cell run to the end realises its target rate. None without two arrivals in a
+    session, and None for a closed loop (its send times follow completions: its request rate is
+    `requests_s`, the completed requests per second)."""
     return gap_stats(*_arrival_times(ctx))[0]
 
 
 @metric("arrival_cv", "ratio", "population std / mean of the gaps between consecutive arrival_s of a session, pooled over sessions",
         section="arrivals", key="cv")
 def arrival_cv(ctx: _Context) -> float | None:
-    """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without two arrivals in a session."""
+    """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without
+    two arrivals in a session, and None for a closed loop (its gaps are completion gaps, not arrivals)."""
     return gap_stats(*_arrival_times(ctx))[1]
 
 

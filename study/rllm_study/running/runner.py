@@ -42,9 +42,9 @@ from rllm_study.running.results import (REQUESTS, CellWriter, FolderLock, Result
                                  path_error, read_jsonl)
 from rllm_study.running.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import timing_of_workload
-from rllm_study.workloads.custom_dataset import load_items
+from rllm_study.workloads.custom_dataset import NO_ANSWER, load_items
 from rllm_study.workloads.datasets import Item, load_dataset
-from rllm_study.workloads.grading import GradingProcess
+from rllm_study.workloads.grading import UNGRADED, GradingProcess
 from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
 
 IDLE_SLEEP_S = 0.005
@@ -159,7 +159,8 @@ class RecordWriter:
                     continue
                 job, record, tokens, extra = item
                 record.update(extra)
-                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields())
+                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields()
+                              if job.item.answer else UNGRADED)
                 self.writer.write_request(record, tokens)
                 self.written += 1
                 if self.on_written is not None:
@@ -400,6 +401,9 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     engine = pool.get(cell)
                     for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
+                    if cell.custom_dataset and cell.custom_dataset["answer"] == NO_ANSWER:
+                        console.print(f"{cell.name}: data set {cell.dataset} has no reference answers (answer = \"none\"): "
+                                      "grading is off, no accuracy is reported")
                     if cell.think_budget is not None and not engine.capabilities().think_budget:
                         console.print(f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored")
                     label = f"[{i}/{len(cells)}] {cell.name}"

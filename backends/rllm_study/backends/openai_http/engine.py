@@ -38,6 +38,10 @@ splits too. When the server splits reasoning off, output_text is rebuilt as
 Failures (server unreachable, HTTP error status, an error event, a stream cut mid-way, timeout)
 finish the request with reason "error" and the cause in `error`; events already delivered stay.
 
+Load tests: `ignore_eos` sends the server's `ignore_eos: true` (llama-server, vLLM, SGLang; other
+kinds are reported in info().unsupported_options), so every request runs to max_tokens;
+`extra_body` (a JSON object) is merged into every request body last, so its fields override ours.
+
 Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k (0 = off),
 min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matches the
 in-process engine) and `samplers` in the request's order (llama-server honours it;
@@ -52,8 +56,9 @@ chat template has thinking tags; the request's answer_cue is not sent: the serve
 for text after the tag). Other servers and completions mode take no budget:
 `capabilities().think_budget` is False there. A server does not say whether it cut the
 thinking, so think_forced is None.
-Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
-requests are in flight (and once after). Gaps in the server's figures are filled from this
+Telemetry: see `telemetry`; polled in the background at most every `telemetry_period_s` (default
+0.1 s; 0 = never, so the server does no work for us beyond the requests) while requests are in
+flight (and once after). Gaps in the server's figures are filled from this
 client: running = in-flight requests that have streamed output, waiting = in-flight requests
 that have not. With no KV figure from the server, kv_used = kv_capacity = 0 (unknown).
 rss_bytes is this client process; a server's memory is not visible over HTTP.
@@ -93,7 +98,7 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.chat_template import render_chat
-from rllm_study.backends.options import OpenAIOptions
+from rllm_study.backends.options import OpenAIOptions, parse_json_object
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.backends.sampling import TEMPERATURE_FIRST
 from rllm_study.backends.openai_http.telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
@@ -101,12 +106,12 @@ from rllm_study.errors import UserError
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
-POLL_PERIOD_S = 0.1   # telemetry is read at most this often
 STEP_WAIT_S = 0.005   # step() waits this long for an event before returning none
 PROBE_TIMEOUT_S = 10.0
 # `owned_by` in GET /v1/models -> server kind
 SERVER_KINDS = {"llamacpp": "llama-server", "me": "llama_cpp.server", "vllm": "vllm", "sglang": "sglang"}
 LLAMA_CPP_KINDS = ("llama-server", "llama_cpp.server")
+IGNORE_EOS_KINDS = ("llama-server", "vllm", "sglang")  # servers whose request body takes `ignore_eos`
 FINISH_REASONS = {"stop": FINISH_STOP, "eos": FINISH_STOP, "tool_calls": FINISH_STOP, "length": FINISH_LENGTH,
                   "abort": FINISH_ABORT}
 
@@ -297,6 +302,7 @@ class OpenAIEngine:
         self._load = ServerLoad()
         self._no_endpoint: set[str] = set()     # telemetry endpoints that answered with an error status
         self._poller: asyncio.Task | None = None
+        self._extra_body = parse_json_object(options.extra_body) or {}
         self._proc = psutil.Process()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-http", daemon=True)
@@ -371,7 +377,16 @@ class OpenAIEngine:
             timeout_s=self.options.timeout_s,
             extra_samplers=None if self.kind not in LLAMA_CPP_KINDS else
             "server defaults" if self.options.server_default_samplers else "off (top_k 0, min_p 0, repeat_penalty 1)",
+            unsupported_options=tuple(self._unsupported()),
         )
+
+    def _unsupported(self) -> list[str]:
+        """Options this server kind cannot honour, one line each (info().unsupported_options)."""
+        problems = []
+        if self.options.ignore_eos and self.kind not in IGNORE_EOS_KINDS and "ignore_eos" not in self._extra_body:
+            problems.append(f"openai: ignore_eos is not sent to server kind {self.kind!r} (only {', '.join(IGNORE_EOS_KINDS)} "
+                            f"take it); output lengths follow the model")
+        return problems
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.api == "chat":
@@ -494,6 +509,9 @@ class OpenAIEngine:
                 body["reasoning_budget_tokens"] = s.think_budget
         if self.kind in ("vllm", "sglang"):
             body["stream_options"]["continuous_usage_stats"] = True
+        if self.options.ignore_eos and self.kind in IGNORE_EOS_KINDS:
+            body["ignore_eos"] = True
+        body.update(self._extra_body)
         return body
 
     async def _run(self, stream: StreamState) -> None:
@@ -552,18 +570,20 @@ class OpenAIEngine:
                 stream.task.cancel()
 
     def _start_poller(self) -> None:
+        if self.options.telemetry_period_s == 0:
+            return
         if self._poller is None or self._poller.done():
             self._poller = self._loop.create_task(self._poll_telemetry())
 
     async def _poll_telemetry(self) -> None:
-        """Read server telemetry every POLL_PERIOD_S while requests are in flight, then once more."""
+        """Read server telemetry every `telemetry_period_s` while requests are in flight, then once more."""
         while True:
             busy = bool(self._streams)
             t0 = time.perf_counter()
             self._load = await self._read_load()
             if not busy:
                 return
-            await asyncio.sleep(max(POLL_PERIOD_S - (time.perf_counter() - t0), 0.0))
+            await asyncio.sleep(max(self.options.telemetry_period_s - (time.perf_counter() - t0), 0.0))
 
     async def _read_load(self) -> ServerLoad:
         load = ServerLoad()
