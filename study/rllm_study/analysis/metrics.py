@@ -419,6 +419,31 @@ def answer_phase_share(ctx: _Context) -> dict | None:
     return share(sum(map(has_answer_phase, rows)), len(rows)) if rows else None
 
 
+@metric("think_budget_held_share", "fraction", "completed requests with think_tokens <= think_budget + tolerance / "
+        "completed requests, with its wilson_ci95 (tolerance: the engine's think_budget_tolerance, 0 in process)",
+        section="tokens", key="think_budget_held")
+def think_budget_held_share(ctx: _Context) -> dict | None:
+    """Whether the think budget held, per request: a server may take the budget field and not
+    apply it (vLLM #54906, SGLang #25536). The tolerance allows the tokens a server writes when it
+    closes the thinking itself (its end sequence and message, `info().think_budget_tolerance`).
+    {share, k, n, ci95}; None for a cell without a think budget."""
+    budget = (ctx.cell.manifest.get("cell") or {}).get("think_budget")
+    if budget is None:
+        return None
+    tolerance = (ctx.cell.manifest.get("engine") or {}).get("think_budget_tolerance") or 0
+    rows = [r for r in ctx.cell.requests if r.get("finish_reason") in COMPLETED and r.get("think_tokens") is not None]
+    return share(sum(r["think_tokens"] <= budget + tolerance for r in rows), len(rows)) if rows else None
+
+
+@metric("think_close_leaked", "requests", "count of requests with think_close_leaked", section="tokens", key="think_close_leaked")
+def think_close_leaked(ctx: _Context) -> int | None:
+    """Requests whose server split the reasoning off yet sent a literal `</think>` in the answer text
+    (llama.cpp #28182: a budget cut the parser missed); their phases are split at it. None when the
+    engine cannot say (in process: no such split)."""
+    flags = [r.get("think_close_leaked") for r in ctx.cell.requests]
+    return sum(f is True for f in flags) if any(f is not None for f in flags) else None
+
+
 @metric("think_forced_share", "fraction", "completed requests with think_forced / completed requests with think_tokens > 0 "
         "and a known think_forced, with its wilson_ci95", section="tokens", key="think_forced")
 def think_forced_share(ctx: _Context) -> dict | None:
