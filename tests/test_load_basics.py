@@ -150,3 +150,24 @@ def test_tokenizer_export_without_weights(tmp_path, smollm2_path):
     text = "The answer is 42, isn't it?\n  def f(x): return x**2"
     assert tok.encode(text, add_special_tokens=False).ids == llm.tokenize(text.encode(), add_bos=False, special=False)
     assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["chat_template"]
+
+
+@pytest.mark.mlx
+def test_ignore_eos_in_process_on_mlx(smollm2_path):
+    from conftest import require_module
+
+    require_module("mlx_lm")
+    from rllm_study.backends.mlx.convert import convert_gguf
+    from rllm_study.backends.mlx.engine import MlxEngine
+    from rllm_study.backends.options import MlxOptions
+
+    folder = convert_gguf(smollm2_path)
+    outs = {}
+    for ignore in (False, True):
+        engine = MlxEngine(str(folder), MlxOptions(max_seqs=1, ctx_per_seq=256, ignore_eos=ignore))
+        engine.submit(Request("r", chat(engine, "What is 2+2?"), SamplingParams(max_tokens=48)))
+        outs[ignore] = drain(engine)["r"]["finish"]
+        engine.close()
+    assert outs[False].reason == "stop" and outs[False].output_tokens < 48
+    assert outs[True].reason == "length" and outs[True].output_tokens == 48
+    assert outs[True].output_text.startswith(outs[False].output_text)
