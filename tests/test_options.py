@@ -71,7 +71,8 @@ def test_every_option_field_is_a_spec_key_that_reaches_the_cell():
               "prefix_cache_tokens": 99, "speculative": "ngram", "speculative_tokens": 2, "batch_invariant": True,
               "threads": 1, "n_gpu_layers": -1, "type_k": "q8_0", "type_v": "q8_0", "flash_attn": True,
               "kv_unified": True, "kv_budget_mib": 8.0, "kv_bits": 4, "base_url": "http://h:1", "api_key_env": "K", "timeout_s": 5.0,
-              "server_default_samplers": True, "sample_on": "device", "server_backend_sampling": True}
+              "server_default_samplers": True, "sample_on": "device", "server_backend_sampling": True,
+              "ignore_eos": True, "extra_body": '{"top_k": 3}', "telemetry_period_s": 0.0}
     assert sorted(values) == sorted(engine_keys())  # a new option must be added here with a value
     keys = {m.key: name for name, m in all_options().items()}
     for backend in REGISTRY:

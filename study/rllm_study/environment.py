@@ -83,6 +83,7 @@ def environment() -> dict:
             "cores_logical": psutil.cpu_count(logical=True) or os.cpu_count(),
             "ram_bytes": mem,
             "gpus": _gpus(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the GPUs this process may use (run --gpus)
             "machine": platform.machine(),
         },
         "os": f"{platform.system()} {platform.release()}",

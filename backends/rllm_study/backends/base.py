@@ -107,6 +107,7 @@ class RequestFinished:
     error: str | None = None
     think_forced: bool | None = None  # the engine closed the thinking (None: not known, e.g. a server)
     forced_tokens: int = 0            # tokens the engine fed for that close (not in output_tokens)
+    think_close_leaked: bool | None = None  # a server split the reasoning off, yet a literal `</think>` came in the answer text
 
 
 Event = Union[RequestAdmitted, PrefillDone, TokenEvent, RequestFinished]

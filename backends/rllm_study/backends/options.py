@@ -21,6 +21,7 @@ Techniques: speculative decoding is `speculative` ("ngram" or "draft:MODEL", par
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -72,6 +73,27 @@ def _check_speculative(value) -> str | None:
         parse_speculative(value)
     except UserError:
         return f"must be {SPECULATIVE_FORMS}"
+    return None
+
+
+def parse_json_object(text: str | None) -> dict | None:
+    """`extra_body` text -> dict (None when unset); anything but a JSON object is a UserError."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"extra_body {text!r}: not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"extra_body {text!r}: not a JSON object")
+    return value
+
+
+def _check_json_object(value) -> str | None:
+    try:
+        parse_json_object(value)
+    except UserError:
+        return "must be a JSON object, e.g. '{\"key\": 1}'"
     return None
 
 
@@ -153,6 +175,8 @@ class CommonOptions:
     speculative_tokens: int = option(4, "Draft tokens per step.", check=at_least(1), deprecated_key="spec_tokens")
     batch_invariant: bool = option(False, "The same logits for a token whatever else is batched (llama.cpp; slower, "
                                           "turns flash attention on).")
+    ignore_eos: bool = option(False, "Generate max_tokens tokens whatever the model says: end-of-generation tokens do not "
+                                     "stop a request (a load test's fixed output length; servers: their ignore_eos field).")
     ignored: tuple = field(default=(), metadata={})  # ((field, value), ...) set for another backend
 
     def __post_init__(self):
@@ -210,6 +234,11 @@ class OpenAIOptions(CommonOptions):
                                                   "min_p 0.05 ...) instead of top_k 0, min_p 0, repeat_penalty 1 per request.")
     server_backend_sampling: bool = option(False, "llama-server: draw tokens inside its decode graph (its per-request "
                                                   "backend_sampling), as sample_on 'device' does in process.")
+    extra_body: str | None = option(None, "A JSON object whose fields are added to every request body (they override "
+                                          "ours), e.g. '{\"chat_template_kwargs\": {\"enable_thinking\": true}}'.",
+                                    check=_check_json_object)
+    telemetry_period_s: float = option(0.1, "Seconds between reads of the server's /slots and /metrics while requests "
+                                            "run (0 = never read them: no server KV or queue figures).", check=at_least(0))
 
 
 def option_fields(cls) -> list[dataclasses.Field]:

@@ -457,6 +457,31 @@ def answer_phase_share(ctx: _Context) -> dict | None:
     return share(sum(map(has_answer_phase, rows)), len(rows)) if rows else None
 
 
+@metric("think_budget_held_share", "fraction", "completed requests with think_tokens <= think_budget + tolerance / "
+        "completed requests, with its wilson_ci95 (tolerance: the engine's think_budget_tolerance, 0 in process)",
+        section="tokens", key="think_budget_held")
+def think_budget_held_share(ctx: _Context) -> dict | None:
+    """Whether the think budget held, per request: a server may take the budget field and not
+    apply it (vLLM #54906, SGLang #25536). The tolerance allows the tokens a server writes when it
+    closes the thinking itself (its end sequence and message, `info().think_budget_tolerance`).
+    {share, k, n, ci95}; None for a cell without a think budget."""
+    budget = (ctx.cell.manifest.get("cell") or {}).get("think_budget")
+    if budget is None:
+        return None
+    tolerance = (ctx.cell.manifest.get("engine") or {}).get("think_budget_tolerance") or 0
+    rows = [r for r in ctx.cell.requests if r.get("finish_reason") in COMPLETED and r.get("think_tokens") is not None]
+    return share(sum(r["think_tokens"] <= budget + tolerance for r in rows), len(rows)) if rows else None
+
+
+@metric("think_close_leaked", "requests", "count of requests with think_close_leaked", section="tokens", key="think_close_leaked")
+def think_close_leaked(ctx: _Context) -> int | None:
+    """Requests whose server split the reasoning off yet sent a literal `</think>` in the answer text
+    (llama.cpp #28182: a budget cut the parser missed); their phases are split at it. None when the
+    engine cannot say (in process: no such split)."""
+    flags = [r.get("think_close_leaked") for r in ctx.cell.requests]
+    return sum(f is True for f in flags) if any(f is not None for f in flags) else None
+
+
 @metric("think_forced_share", "fraction", "completed requests with think_forced / completed requests with think_tokens > 0 "
         "and a known think_forced, with its wilson_ci95", label="think forced", display="pct", section="tokens", key="think_forced")
 def think_forced_share(ctx: _Context) -> dict | None:
@@ -484,7 +509,15 @@ def session_spans(requests: Iterable[dict]) -> float:
     return sum(hi - lo for lo, hi in spans.values())
 
 
+def closed_loop(cell: Cell) -> bool:
+    """The cell's requests were sent by a closed loop (`arrival = "closed"`): each goes when one
+    finishes, so their send times follow the engine's completions and are no arrival process."""
+    return ((cell.manifest.get("cell") or {}).get("workload") or {}).get("arrival") == "closed"
+
+
 def _arrival_times(ctx: _Context) -> list[list[float]]:
+    if closed_loop(ctx.cell):
+        return []
     sessions: dict[int, list[float]] = {}
     for r in ctx.cell.requests:
         if r.get("arrival_s") is not None:
@@ -497,14 +530,17 @@ def _arrival_times(ctx: _Context) -> list[list[float]]:
 def arrival_rate(ctx: _Context) -> float | None:
     """Realised offered load: recorded requests (completed or failed) per second of their arrival
     span. Open loop records scheduled arrivals, and Poisson/Gamma schedules are rescaled to their
-    target rate, so a cell run to the end realises its target rate. None without two arrivals in a session."""
+    target rate, so a cell run to the end realises its target rate. None without two arrivals in a
+    session, and None for a closed loop (its send times follow completions: its request rate is
+    `requests_s`, the completed requests per second)."""
     return gap_stats(*_arrival_times(ctx))[0]
 
 
 @metric("arrival_cv", "ratio", "population std / mean of the gaps between consecutive arrival_s of a session, pooled over sessions",
         label="arrival CV", section="arrivals", key="cv")
 def arrival_cv(ctx: _Context) -> float | None:
-    """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without two arrivals in a session."""
+    """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without
+    two arrivals in a session, and None for a closed loop (its gaps are completion gaps, not arrivals)."""
     return gap_stats(*_arrival_times(ctx))[1]
 
 

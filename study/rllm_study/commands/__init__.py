@@ -10,6 +10,7 @@ from rllm_study.commands import regrade
 from rllm_study.commands import pack
 from rllm_study.commands import datasets
 from rllm_study.commands import schedule
+from rllm_study.commands import peer_import
 
 ALL = [
     generate.register,
@@ -22,4 +23,5 @@ ALL = [
     pack.register,
     datasets.register,
     schedule.register,
+    peer_import.register,
 ]

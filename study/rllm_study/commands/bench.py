@@ -194,5 +194,47 @@ def techniques_cmd(
     print(json.dumps(result, indent=2))
 
 
+@bench_app.command("agree")
+def agree_cmd(
+    peers_bin: Annotated[Path, typer.Option("--peers-bin", help="The bin folder of a venv holding aiperf and guidellm (pip install 'rllm-study[peers]').")],
+    server_bin: Annotated[Path, typer.Option("--server-bin", help="llama-server binary to start on 127.0.0.1 (scripts/build_llama_tools.sh builds it).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The model llama-server serves (a GGUF reference).")] = "qwen2.5-coder-0.5b",
+    threads: opt.flag("n_threads", note="The server's -t.") = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Closed-loop concurrency (and the server's -np).")] = 4,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests per run.")] = 12,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Tokens in every prompt.")] = 128,
+    output_tokens: Annotated[int, typer.Option("--output-tokens", help="Output tokens of every request (ignore_eos).")] = 32,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of A B C (rllm-study, AIPerf, GuideLLM).")] = 2,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Relative difference a peer may show and still agree.")] = 0.05,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every run, the imports, agree.json and agree.md.")] = Path("runs/agree"),
+) -> None:
+    """One fixed workload against one llama-server through rllm-study, AIPerf and GuideLLM in turns:
+    TTFT, TPOT, ITL, E2EL and output tok/s per tool from each tool's own timestamps, the ratio of
+    each peer to rllm-study with its interval over rounds, a verdict per metric, and CPU seconds."""
+    from rllm_study.backends.mlx.convert import export_tokenizer
+    from rllm_study.bench.agree import AgreeSpec, bench_agree, markdown
+    from rllm_study.bench.server import check_server_bin, free_port, llama_server_command, serve
+    from rllm_study.models import resolve_model
+
+    if min(concurrency, requests, prompt_tokens, output_tokens, rounds) < 1 or not 0 < tolerance < 1:
+        raise UserError("--concurrency, --requests, --prompt-tokens, --output-tokens and --rounds must be >= 1, "
+                        "--tolerance in (0, 1)")
+    threads = threads or psutil.cpu_count(logical=False) or 1
+    spec = AgreeSpec(model, prompt_tokens, output_tokens, requests, concurrency, rounds, threads, tolerance)
+    console = Console(stderr=True, soft_wrap=True)
+    path = resolve_model(model).path
+    tokenizer = export_tokenizer(path, out / "tokenizer")
+    options = opt.options_from_flags("llama_cpp", {"max_seqs": concurrency, "n_threads": threads,
+                                                   "ctx_per_seq": prompt_tokens + output_tokens + 64})
+    port = free_port()
+    cmd = llama_server_command(check_server_bin(server_bin), path, options, port, model) + ["--temp", "0"]
+    out.mkdir(parents=True, exist_ok=True)
+    with serve(cmd, port, out / "llama-server.log") as (proc, url):
+        result = bench_agree(spec, url, proc.pid, peers_bin, tokenizer, out, console)
+    text = markdown(result)
+    (out / "agree.md").write_text(text + "\n")
+    print(text)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -43,10 +43,19 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return out
 
 
+def _has_think_token(engine) -> bool:
+    """`has_think_token`, False where the engine cannot count tokens (a server without a tokenizer
+    endpoint, e.g. mlx_lm.server: its own chat template decides whether the prompt opens thinking)."""
+    try:
+        return has_think_token(engine)
+    except UserError:
+        return False
+
+
 def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -> Cell:
     """Submit all prompts at t=0 (seed + i for the i-th), step the engine until done; the results as an
     in-memory cell. Templated prompts open the thinking as the native prompt mode does (`open_thinking`)."""
-    think_token = not raw and has_think_token(engine)
+    think_token = not raw and _has_think_token(engine)
     prompts = [(t, ends_in_think(t)) if raw else open_thinking(engine.apply_chat_template([{"role": "user", "content": t}]), think_token)
                for t in texts]
     cue = load_templates()["native"].get("answer_cue", "")

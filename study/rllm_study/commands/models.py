@@ -89,13 +89,20 @@ def register(app: typer.Typer) -> None:
     @group.command("convert")
     def convert_cmd(
         ref: str = typer.Argument(..., help=REF_HELP),
-        to: str = typer.Option(..., "--to", help="Target format: mlx (a Hugging Face-layout folder mlx-lm loads)."),
+        to: str = typer.Option(..., "--to", help="Target format: mlx (a Hugging Face-layout folder mlx-lm loads), or "
+                                                 "tokenizer (only its Hugging Face tokenizer, no weights: for AIPerf, GuideLLM)."),
         dtype: str = typer.Option(None, "--dtype", help="float16 or float32 (default: float16 on Apple Silicon, float32 elsewhere)."),
+        out: Path = typer.Option(None, "--out", help="tokenizer: the folder to write (default: <cache>/tokenizers/<model>)."),
     ) -> None:
         """Convert a model (fetched if needed) for another engine, offline; cached, so repeats are free."""
-        if to != "mlx":
-            raise UserError(f"--to {to!r}: the only target is mlx")
+        if to not in ("mlx", "tokenizer"):
+            raise UserError(f"--to {to!r}: the targets are mlx and tokenizer")
+        m = resolve_model(ref, fetch=True)
+        if to == "tokenizer":
+            from rllm_study.backends.mlx.convert import export_tokenizer
+
+            print(f"{m.name}: {export_tokenizer(Path(m.path), out or cache_dir() / 'tokenizers' / m.name)}")
+            return
         from rllm_study.backends.mlx.convert import convert_to_mlx
 
-        m = resolve_model(ref, fetch=True)
         print(f"{m.name}: {convert_to_mlx(m, dtype)}")

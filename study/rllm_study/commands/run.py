@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -15,6 +16,8 @@ from rllm_study.commands.metrics import print_summary
 from rllm_study.commands.options import engine_flags
 from rllm_study.errors import UserError
 from rllm_study.running.runner import dry_run as dry_run_study, run_study
+from rllm_study.running.gpus import parse_gpus, run_on_gpus
+from rllm_study.running.results import find_cells
 from rllm_study.running.shards import parse_shard, select
 from rllm_study.running.spec import CellSpec, apply_overrides, expand, load_spec, preset_names, recorded_specs
 
@@ -35,9 +38,17 @@ def run(
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the cells (0 <= K < N, balanced by expected tokens), or 'auto' from Slurm/Kubernetes variables.")] = None,
     energy_cmd: Annotated[Optional[str], typer.Option("--energy-cmd", help="A shell command printing the machine's cumulative joules (e.g. a powermetrics wrapper on Apple Silicon); NVML and RAPL are read without it.")] = None,
     shard_count: Annotated[Optional[int], typer.Option("--shard-count", help="N for --shard auto under a Kubernetes Indexed Job (or set RLLM_SHARD_COUNT).")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Run one shard per GPU (e.g. 0,1,2,3): a child process each, with CUDA_VISIBLE_DEVICES set, writing OUT/shard-K; waits for all.")] = None,
     engine_values: dict = None,
 ) -> None:
     """Run a study: every cell's requests through the engine, recorded as they finish (resumable)."""
+    if gpus is not None:
+        if dry_run:
+            raise UserError("--gpus with --dry-run: check the spec with --dry-run alone first")
+        console = Console(stderr=True, soft_wrap=True)
+        args = sys.argv[sys.argv.index("run") + 1:] if "run" in sys.argv else []
+        print_summary(find_cells(run_on_gpus(args, parse_gpus(gpus), out, console)))
+        return
     if sum(x is not None for x in (spec_file, preset, like)) != 1:
         raise UserError("give one of a spec file, --preset NAME or --like RESULTS_FOLDER (presets: " + ", ".join(preset_names()) + ")")
     if quick and size not in ("full", "quick"):

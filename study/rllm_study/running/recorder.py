@@ -94,6 +94,7 @@ class Recorder:
             "error": ev.error,
             "think_forced": ev.think_forced,
             "forced_tokens": ev.forced_tokens,
+            "think_close_leaked": ev.think_close_leaked,
             "output_text": ev.output_text,
         }
         tokens = {

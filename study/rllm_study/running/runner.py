@@ -46,13 +46,13 @@ from rllm_study.running.results import (REQUESTS, CellWriter, FolderLock, Result
 from rllm_study.running.prompts import cell_prompts
 from rllm_study.running.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import check_workload, timing_of_workload
+from rllm_study.workloads.custom_dataset import NO_ANSWER
 from rllm_study.workloads.datasets import Item
-from rllm_study.workloads.grading import GradingProcess
+from rllm_study.workloads.grading import UNGRADED, GradingProcess
 from rllm_study.workloads.prompts import Prompt, has_think_token, open_thinking
 from rllm_study.workloads.traces import TRACE_DATASET, PromptSynthesizer, load_trace
 
 IDLE_SLEEP_S = 0.005
-UNGRADED = {"extracted_answer": None, "correct": None, "correct_lenient": None, "parse_status": None}
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
 
 
@@ -181,8 +181,8 @@ class RecordWriter:
                     continue
                 job, record, tokens, extra = item
                 record.update(extra)
-                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields() if job.graded
-                              else UNGRADED)
+                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields()
+                              if job.graded and job.item.answer else UNGRADED)
                 self.writer.write_request(record, tokens)
                 self.written += 1
                 if self.on_written is not None:
@@ -451,6 +451,9 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     engine = pool.get(cell)
                     for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
+                    if cell.custom_dataset and cell.custom_dataset["answer"] == NO_ANSWER:
+                        console.print(f"{cell.name}: data set {cell.dataset} has no reference answers (answer = \"none\"): "
+                                      "grading is off, no accuracy is reported")
                     if cell.think_budget is not None and not engine.capabilities().think_budget:
                         console.print(f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored")
                     label = f"[{i}/{len(cells)}] {cell.name}"

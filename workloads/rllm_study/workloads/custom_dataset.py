@@ -19,7 +19,8 @@ from rllm_study.workloads.datasets import DATASETS, Item
 from rllm_study.workloads.grading import last_boxed
 from rllm_study.workloads.prompts import LETTERS
 
-ANSWER_KINDS = ("number", "choice", "text")
+NO_ANSWER = "none"
+ANSWER_KINDS = ("number", "choice", "text", NO_ANSWER)
 DETECT = {"question": ("question", "problem", "prompt"), "answer": ("answer", "solution", "target"),
           "choices": ("choices", "options")}
 KEYS = {  # key -> (default, meaning): the reference docs/specs.md is generated from it
@@ -29,10 +30,13 @@ KEYS = {  # key -> (default, meaning): the reference docs/specs.md is generated 
     "answer": ('"number"', "How the reference is graded: \"number\" (like the math sets: math-verify equivalence; a "
                "reference holding \\boxed{...} is its content), \"choice\" (multiple choice, as GPQA: choices "
                "shuffled and lettered per item, graded by letter; the reference is a choice's letter, A = the first, "
-               "or its text), \"text\" (exact match after runs of whitespace become one space and case is folded)."),
+               "or its text), \"text\" (exact match after runs of whitespace become one space and case is folded), "
+               "\"none\" (no reference: a load test's prompts; grading is off, the requests record correct = null "
+               "and the reports show no accuracy for the set)."),
     "question": ("detected", f"The field holding the problem; default: the first of {', '.join(DETECT['question'])} in "
                  "the first row."),
-    "answer_field": ("detected", f"The field holding the reference; default: the first of {', '.join(DETECT['answer'])}."),
+    "answer_field": ("detected", f"The field holding the reference; default: the first of {', '.join(DETECT['answer'])} "
+                     "(not read with answer = \"none\")."),
     "choices": ("detected", "answer = \"choice\" only: the field holding the choices (a list), or a list of fields "
                 f"(CSV columns), one choice each; default: the first list field of {', '.join(DETECT['choices'])}."),
     "domain": ("the set's name", "What the report groups the set under."),
@@ -116,7 +120,7 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
     resolved = {
         "path": str(path), "n": n, "answer": kind,
         "question": _detect(path, first, "question", table.get("question")),
-        "answer_field": _detect(path, first, "answer", table.get("answer_field")),
+        "answer_field": None if kind == NO_ANSWER else _detect(path, first, "answer", table.get("answer_field")),
         "choices": (_detect(path, first, "choices", choices, lists=True) if kind == "choice" and not isinstance(choices, list)
                     else choices),
         "domain": table.get("domain", name), "difficulty": table.get("difficulty", "unlabelled"),
@@ -139,7 +143,7 @@ def _item(name: str, d: dict, index: int, number: int, row: dict) -> Item:
     """One row as an Item; UserError naming file, line and field when it is malformed."""
     path = d["path"]
     problem = _text(path, number, row, d["question"])
-    answer = _text(path, number, row, d["answer_field"])
+    answer = "" if d["answer"] == NO_ANSWER else _text(path, number, row, d["answer_field"])
     choices: tuple[str, ...] = ()
     if d["answer"] == "choice":
         if isinstance(d["choices"], list):

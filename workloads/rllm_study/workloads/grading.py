@@ -249,6 +249,11 @@ def grade(item: Item, prompt: Prompt, output_text: str) -> Grade:
     return Grade(None, False, UNPARSED)
 
 
+UNGRADED = {"extracted_answer": None, "correct": None, "correct_lenient": None, "parse_status": None}
+"""The grade fields of a request whose item has no reference answer (`Item.answer` empty: a
+custom data set with answer = "none"): nothing is graded, and accuracy is None for its set."""
+
+
 PARENT_CHECK_S = 1.0  # how often the grading child checks that its parent is alive
 
 

@@ -839,8 +839,9 @@ class LlamaCppEngine:
         and samples the first answer token from the last of them. A grammar no longer applies
         after the close (its sampler is replaced by the same chain without it): a grammar's
         state cannot take tokens it did not choose."""
-        eog = self.model.is_eog(token)
-        piece = "" if eog else seq.utf8.decode(self.model.piece(token))
+        end_token = self.model.is_eog(token)
+        eog = end_token and not self.options.ignore_eos  # ignore_eos: an end token is one more (textless) token
+        piece = "" if end_token else seq.utf8.decode(self.model.piece(token))
         event, reason = seq.out.add(token, piece, t_ns, eog, draft)
         self._events.append(event)
         pending = [token]

@@ -153,6 +153,32 @@ def convert_gguf(gguf_path: Path, dtype: str | None = None, out_dir: Path | None
     return out
 
 
+def export_tokenizer(gguf_path: Path, out_dir: Path) -> Path:
+    """Only the tokenizer of a GGUF, as a Hugging Face tokenizer folder (tokenizer.json and
+    tokenizer_config.json with the chat template; no weights, a few MB), for tools that count
+    tokens with `transformers.AutoTokenizer` (AIPerf, GuideLLM). Built and checked against
+    llama.cpp exactly as `convert_gguf` builds the MLX folder's tokenizer."""
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise UserError(f"{gguf_path}: no such GGUF file")
+    try:
+        import gguf
+        import tokenizers  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"exporting a tokenizer needs {err.name}: pip install 'rllm-study[mlx]'") from None
+    meta = _metadata(gguf.GGUFReader(str(gguf_path)))
+    with _LlamaVocab(gguf_path) as vocab:
+        tokenizer_json, tokenizer_config = _tokenizer(meta, gguf_path, vocab)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer_json.save(str(out / "tokenizer.json"))
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    except OSError as err:
+        raise UserError(f"{out}: cannot write the tokenizer folder ({err.strerror})") from None
+    return out
+
+
 def _metadata(reader) -> dict:
     meta = {}
     for name, field in reader.fields.items():

@@ -355,7 +355,7 @@ class MlxEngine:
     # -- batched mode ---------------------------------------------------------------------
     def _new_batch(self) -> BatchGenerator:
         return BatchGenerator(
-            self.model, stop_tokens=[[t] for t in sorted(self.eos_ids)],
+            self.model, stop_tokens=[] if self.options.ignore_eos else [[t] for t in sorted(self.eos_ids)],
             completion_batch_size=self.options.max_seqs, prefill_batch_size=self.options.max_seqs,
             prefill_step_size=self.options.n_batch,
         )
@@ -418,7 +418,7 @@ class MlxEngine:
             cache, tokens = r.prompt_cache, r.all_tokens
         del self.running[r.uid]
         tokens = list(tokens)
-        if seq.out.tokens and seq.out.tokens[-1] in self.eos_ids:  # the generator fed it: drop its KV
+        if seq.out.tokens and seq.out.tokens[-1] in self.eos_ids and not self.options.ignore_eos:  # the generator fed it: drop its KV
             trim_prompt_cache(cache, 1)
             tokens = tokens[:-1]
         seq.detok.finalize()
@@ -501,9 +501,10 @@ class MlxEngine:
 
     # -- both -----------------------------------------------------------------------------
     def _accept(self, seq: _Seq, token: int, t_ns: int, draft: bool = False) -> str | None:
-        eog = token in self.eos_ids
+        end_token = token in self.eos_ids
+        eog = end_token and not self.options.ignore_eos  # ignore_eos: an end token is one more (textless) token
         piece = ""
-        if not eog:
+        if not end_token:
             seq.detok.add_token(token)
             piece = seq.detok.last_segment
         event, reason = seq.out.add(token, piece, t_ns, eog, draft)

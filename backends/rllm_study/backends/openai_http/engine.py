@@ -32,11 +32,17 @@ difference between usage and the chunk counts goes to the phase the stream ended
 
 Phases: `reasoning_content` (vLLM, SGLang, llama-server) or `reasoning` (mlx_lm, newer vLLM)
 deltas are think; `content`/`text` deltas go through `PhaseTracker`, so `<think>` text in them
-splits too. When the server splits reasoning off, output_text is rebuilt as
+splits too, and so do gpt-oss (harmony) channels passed through as text: from
+`<|channel|>analysis<|message|>` think, from `<|channel|>final<|message|>` answer (output_text
+writes them as `<think>` / `</think>` for grading). When the server splits reasoning off, output_text is rebuilt as
 `<think>REASONING</think>CONTENT` (without the opening tag when the prompt already opened it).
 
 Failures (server unreachable, HTTP error status, an error event, a stream cut mid-way, timeout)
 finish the request with reason "error" and the cause in `error`; events already delivered stay.
+
+Load tests: `ignore_eos` sends the server's `ignore_eos: true` (llama-server, vLLM, SGLang; other
+kinds are reported in info().unsupported_options), so every request runs to max_tokens;
+`extra_body` (a JSON object) is merged into every request body last, so its fields override ours.
 
 Sampling: temperature, top_p, seed, max_tokens, stop. llama.cpp servers also get top_k (0 = off),
 min_p=0 and repeat_penalty=1 (their default extra samplers off, so sampling matches the
@@ -46,14 +52,27 @@ llama-cpp-python's server ignores it and applies top-p before temperature), unle
 top_k 40, min_p 0.05; info().extra_samplers says which); `server_backend_sampling` sends
 llama-server's `backend_sampling` (the draw inside its decode graph); other servers apply their own order
 (vLLM and SGLang: temperature first), `cache_prompt` = options.prefix_cache (llama-server), and GBNF `grammar`.
-Think budget: llama-server in chat mode gets sampling.think_budget as `reasoning_budget_tokens`
-(it forces its own end tag, with its `--reasoning-budget-message` before it, when the model's
-chat template has thinking tags; the request's answer_cue is not sent: the server has no field
-for text after the tag). Other servers and completions mode take no budget:
-`capabilities().think_budget` is False there. A server does not say whether it cut the
-thinking, so think_forced is None.
-Telemetry: see `server_telemetry`; polled in the background at most every POLL_PERIOD_S while
-requests are in flight (and once after). Gaps in the server's figures are filled from this
+Think budget (sampling.think_budget), by the server kind the probe found:
+- llama-server, chat mode: `reasoning_budget_tokens` (it forces its own end tag, with its
+  `--reasoning-budget-message` before it, when the model's chat template has thinking tags);
+- vLLM: `thinking_token_budget` (applied when the server runs with a reasoning parser / reasoning
+  config; it forces the end tokens);
+- SGLang: `custom_params.thinking_budget` (enforced with `--enable-strict-thinking` or its
+  thinking-budget logit processor) and, in chat mode, `chat_template_kwargs.thinking_budget`
+  (a hint to templates that define it, e.g. Qwen3's).
+The request's answer_cue is not sent: no server has a field for text after the tag. Other
+servers (and llama-server's completions mode) take no budget: `capabilities().think_budget` is
+False there. A server does not say whether it cut the thinking, so think_forced is None; whether
+the budget held is checked per request from the think tokens (metric think_budget_held_share,
+with `info().think_budget_tolerance` = THINK_BUDGET_TOLERANCE for the server's end sequence),
+since servers have taken the field and not applied it (vLLM #54906, SGLang #25536).
+A leaked `</think>` (llama.cpp #28182: a budget cut the reasoning parser missed, so the literal
+tag comes in the content): a `</think>` in the answer phase with no `<think>` before it marks the
+request `think_close_leaked`; the chunk holding it and every token counted as answer before it
+are think, the answer starts after it, and output_text keeps the tag once.
+Telemetry: see `telemetry`; polled in the background at most every `telemetry_period_s` (default
+0.1 s; 0 = never, so the server does no work for us beyond the requests) while requests are in
+flight (and once after). Gaps in the server's figures are filled from this
 client: running = in-flight requests that have streamed output, waiting = in-flight requests
 that have not. With no KV figure from the server, kv_used = kv_capacity = 0 (unknown).
 rss_bytes is this client process; a server's memory is not visible over HTTP.
@@ -93,7 +112,7 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.chat_template import render_chat
-from rllm_study.backends.options import OpenAIOptions
+from rllm_study.backends.options import OpenAIOptions, parse_json_object
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.backends.sampling import TEMPERATURE_FIRST
 from rllm_study.backends.openai_http.telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
@@ -101,12 +120,20 @@ from rllm_study.errors import UserError
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
-POLL_PERIOD_S = 0.1   # telemetry is read at most this often
 STEP_WAIT_S = 0.005   # step() waits this long for an event before returning none
 PROBE_TIMEOUT_S = 10.0
 # `owned_by` in GET /v1/models -> server kind
 SERVER_KINDS = {"llamacpp": "llama-server", "me": "llama_cpp.server", "vllm": "vllm", "sglang": "sglang"}
 LLAMA_CPP_KINDS = ("llama-server", "llama_cpp.server")
+IGNORE_EOS_KINDS = ("llama-server", "vllm", "sglang")  # servers whose request body takes `ignore_eos`
+# Think tokens a server may write past the budget when it closes the thinking itself (its end
+# sequence, and llama-server's --reasoning-budget-message): the allowance of the budget-held check.
+THINK_BUDGET_TOLERANCE = {"llama-server": 16, "vllm": 4, "sglang": 4}
+# gpt-oss (harmony) channels, where a server passes them through as text instead of parsing them
+# into reasoning deltas: analysis is think, final is the answer.
+CHANNEL_THINK = "<|channel|>analysis<|message|>"
+CHANNEL_ANSWER = "<|channel|>final<|message|>"
+TAIL_CHARS = max(len(CHANNEL_THINK), len(CHANNEL_ANSWER), len(THINK_CLOSE))
 FINISH_REASONS = {"stop": FINISH_STOP, "eos": FINISH_STOP, "tool_calls": FINISH_STOP, "length": FINISH_LENGTH,
                   "abort": FINISH_ABORT}
 
@@ -158,7 +185,7 @@ class StreamState:
     """One request's stream so far: texts, token counts per phase, server usage and timings."""
 
     __slots__ = ("request", "phases", "reasoning", "text", "counted", "usage", "timings", "finish_reason",
-                 "prefilled", "task", "aborted")
+                 "prefilled", "task", "aborted", "leaked", "answer_before_leak", "_tail")
 
     def __init__(self, request: Request):
         self.request = request
@@ -172,6 +199,9 @@ class StreamState:
         self.prefilled = False
         self.task: asyncio.Task | None = None  # set when its coroutine starts on the loop
         self.aborted = False
+        self.leaked = False          # a literal `</think>` came while in the answer phase
+        self.answer_before_leak = 0  # answer-counted tokens before it (think tokens in truth)
+        self._tail = ""              # the end of the content so far, for a tag cut between chunks
 
     def on_chunk(self, chunk: dict, t_ns: int, chat: bool) -> list[Event]:
         """Events for one server-sent event of this stream (module docstring: counts and phases)."""
@@ -212,7 +242,7 @@ class StreamState:
             pieces.append((THINK, reasoning))
         if content:
             self.text += content
-            pieces.append((self.phases.feed(-1, content), content))
+            pieces.append((self._content_phase(content), content))
         if not pieces:
             pieces.append((self.phases.phase, ""))  # tokens without text: EOS, text held back by a stop string
         for i, (phase, text) in enumerate(pieces):
@@ -221,10 +251,34 @@ class StreamState:
             events.append(TokenEvent(rid, t_ns, -1, text, phase, n_tokens=n_tokens))
         return events
 
+    def _content_phase(self, content: str) -> str:
+        """The phase of a content piece; a `</think>` arriving in the answer phase with no `<think>`
+        before it is a leaked close (see the module docstring): the piece is think, and so is
+        everything counted as answer before it."""
+        seen, new_from = self._tail + content, len(self._tail)
+        self._tail = seen[-TAIL_CHARS:]
+        channels = [(seen.find(mark, max(0, new_from - len(mark) + 1)), phase)
+                    for mark, phase in ((CHANNEL_THINK, THINK), (CHANNEL_ANSWER, ANSWER))]
+        channels = sorted((at, phase) for at, phase in channels if at >= 0)
+        if channels:  # the piece holding a channel marker is think (the markers are the model's overhead)
+            self.phases.phase = channels[-1][1]
+            return THINK
+        answering = self.phases.phase == ANSWER
+        phase = self.phases.feed(-1, content)
+        close_at = seen.find(THINK_CLOSE, max(0, new_from - len(THINK_CLOSE) + 1))  # a tag this piece completes
+        if answering and not self.leaked and close_at >= 0 and THINK_OPEN not in seen[:close_at]:
+            self.leaked, self.answer_before_leak = True, self.counted[ANSWER]
+            return THINK
+        return phase
+
     def output_text(self) -> str:
+        if CHANNEL_THINK in self.text or CHANNEL_ANSWER in self.text:  # harmony channels as think tags
+            return self.text.replace(CHANNEL_THINK, THINK_OPEN).replace(CHANNEL_ANSWER, THINK_CLOSE)
+        opening = "" if self.request.starts_in_think else THINK_OPEN
+        if self.leaked:  # the text already holds its `</think>`
+            return f"{opening}{self.reasoning}{self.text}" if self.reasoning or opening else self.text
         if not self.reasoning:
             return self.text
-        opening = "" if self.request.starts_in_think else THINK_OPEN
         return f"{opening}{self.reasoning}{THINK_CLOSE}{self.text}"
 
     def prompt_tokens(self) -> int:
@@ -241,7 +295,9 @@ class StreamState:
         counted = self.counted[THINK] + self.counted[ANSWER]
         output = int(self.usage.get("completion_tokens", counted))
         reasoning_tokens = (self.usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
-        if reasoning_tokens:
+        if self.leaked:  # the server's reasoning count ends before the leaked text: ours splits at the tag
+            think = self.counted[THINK] + self.answer_before_leak + (output - counted if self.phases.phase == THINK else 0)
+        elif reasoning_tokens:
             think = int(reasoning_tokens)
         else:
             think = self.counted[THINK] + (output - counted if self.phases.phase == THINK else 0)
@@ -251,7 +307,7 @@ class StreamState:
             prompt_tokens=self.prompt_tokens(), output_tokens=output, think_tokens=think,
             answer_tokens=output - think, cached_tokens=self.cached_tokens(),
             draft_proposed=int(self.timings.get("draft_n", 0)), draft_accepted=int(self.timings.get("draft_n_accepted", 0)),
-            error=error,
+            error=error, think_close_leaked=self.leaked,
         )
 
 
@@ -268,6 +324,7 @@ class OpenAIInfo(EngineInfo):
     llama_server: dict | None
     timeout_s: float
     extra_samplers: str | None  # llama.cpp servers: "off (top_k 0, ...)" or "server defaults"
+    think_budget_tolerance: int = 0  # THINK_BUDGET_TOLERANCE of this server kind
 
 
 @dataclass(frozen=True)
@@ -297,6 +354,7 @@ class OpenAIEngine:
         self._load = ServerLoad()
         self._no_endpoint: set[str] = set()     # telemetry endpoints that answered with an error status
         self._poller: asyncio.Task | None = None
+        self._extra_body = parse_json_object(options.extra_body) or {}
         self._proc = psutil.Process()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-http", daemon=True)
@@ -348,7 +406,7 @@ class OpenAIEngine:
         kind = self._ensure_server()
         return Capabilities(backend="openai", prefix_cache=kind == "llama-server", grammar=kind in LLAMA_CPP_KINDS,
                             per_token_times=False, local_model=False,
-                            think_budget=kind == "llama-server" and self.api == "chat")
+                            think_budget=(kind == "llama-server" and self.api == "chat") or kind in ("vllm", "sglang"))
 
     def info(self) -> OpenAIInfo:
         self._ensure_server()
@@ -371,7 +429,17 @@ class OpenAIEngine:
             timeout_s=self.options.timeout_s,
             extra_samplers=None if self.kind not in LLAMA_CPP_KINDS else
             "server defaults" if self.options.server_default_samplers else "off (top_k 0, min_p 0, repeat_penalty 1)",
+            unsupported_options=tuple(self._unsupported()),
+            think_budget_tolerance=THINK_BUDGET_TOLERANCE.get(self.kind, 0),
         )
+
+    def _unsupported(self) -> list[str]:
+        """Options this server kind cannot honour, one line each (info().unsupported_options)."""
+        problems = []
+        if self.options.ignore_eos and self.kind not in IGNORE_EOS_KINDS and "ignore_eos" not in self._extra_body:
+            problems.append(f"openai: ignore_eos is not sent to server kind {self.kind!r} (only {', '.join(IGNORE_EOS_KINDS)} "
+                            f"take it); output lengths follow the model")
+        return problems
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.api == "chat":
@@ -492,8 +560,17 @@ class OpenAIEngine:
                 body["backend_sampling"] = True
             if self.api == "chat" and s.think_budget is not None:
                 body["reasoning_budget_tokens"] = s.think_budget
+        if s.think_budget is not None and self.kind == "vllm":
+            body["thinking_token_budget"] = s.think_budget
+        if s.think_budget is not None and self.kind == "sglang":
+            body["custom_params"] = {"thinking_budget": s.think_budget}
+            if self.api == "chat":
+                body["chat_template_kwargs"] = {"thinking_budget": s.think_budget}
         if self.kind in ("vllm", "sglang"):
             body["stream_options"]["continuous_usage_stats"] = True
+        if self.options.ignore_eos and self.kind in IGNORE_EOS_KINDS:
+            body["ignore_eos"] = True
+        body.update(self._extra_body)
         return body
 
     async def _run(self, stream: StreamState) -> None:
@@ -552,18 +629,20 @@ class OpenAIEngine:
                 stream.task.cancel()
 
     def _start_poller(self) -> None:
+        if self.options.telemetry_period_s == 0:
+            return
         if self._poller is None or self._poller.done():
             self._poller = self._loop.create_task(self._poll_telemetry())
 
     async def _poll_telemetry(self) -> None:
-        """Read server telemetry every POLL_PERIOD_S while requests are in flight, then once more."""
+        """Read server telemetry every `telemetry_period_s` while requests are in flight, then once more."""
         while True:
             busy = bool(self._streams)
             t0 = time.perf_counter()
             self._load = await self._read_load()
             if not busy:
                 return
-            await asyncio.sleep(max(POLL_PERIOD_S - (time.perf_counter() - t0), 0.0))
+            await asyncio.sleep(max(self.options.telemetry_period_s - (time.perf_counter() - t0), 0.0))
 
     async def _read_load(self) -> ServerLoad:
         load = ServerLoad()

@@ -1,0 +1,253 @@
+"""`rllm-study bench agree`: rllm-study's OpenAI backend against AIPerf and GuideLLM on one server.
+
+One fixed workload: `requests` prompts of `prompt_tokens` tokens each (ours: built and counted
+with the server's own /tokenize; the peers': their synthetic prompts of that length, counted
+with the same tokenizer exported by `models convert --to tokenizer`), exactly `output_tokens`
+output tokens (ignore_eos; GuideLLM sends it with fixed output lengths, AIPerf gets it as an
+extra input), a closed loop of `concurrency`, greedy decoding (the server is started with
+--temp 0 and every client leaves sampling to it), completions API, streaming. The tools run
+in turns, A B C A B C ... for `rounds` rounds, so a drift of the machine hits every tool.
+
+Every figure is computed by our metric registry from each tool's own per-request timestamps
+(its export imported by `rllm_study.peers`), so the formulas are the same and a difference is
+the measurement's: TTFT p50, TPOT p50 ((E2EL - TTFT) / (output tokens - 1) per request: AIPerf's
+"inter_token_latency", GuideLLM's "inter_token_latency_ms", vLLM's "TPOT"), ITL p50 (pooled
+chunk gaps: vLLM's "ITL"; GuideLLM records none), E2EL p50, output tok/s (all output tokens /
+(last finish - first arrival)). Per metric: each tool's value in each round, and the ratio
+peer / rllm-study over the rounds (geometric mean, t interval of the logs, n = rounds). A peer
+agrees when that interval lies within 1 -+ tolerance, differs when it lies wholly outside,
+else the comparison is inconclusive (more rounds settle it). Each client's CPU seconds (its
+process tree: user + system) are reported, with the server's, per run.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.analysis.stats import ratio_interval
+from rllm_study.backends.base import Request, SamplingParams
+from rllm_study.backends.openai_http.engine import OpenAIEngine
+from rllm_study.backends.options import OpenAIOptions
+from rllm_study.errors import UserError
+from rllm_study.peers import import_export
+from rllm_study.running.recorder import Recorder
+from rllm_study.running.results import CellWriter, read_cell
+
+TOOLS = ("rllm-study", "aiperf", "guidellm")
+METRICS = (  # (label, section, key, statistic) in cell_metrics
+    ("TTFT p50 ms", "latency", "ttft_s", "p50"),
+    ("TPOT p50 ms", "latency", "tpot_s", "p50"),
+    ("ITL p50 ms", "latency", "itl_s", "p50"),
+    ("E2EL p50 ms", "latency", "e2el_s", "p50"),
+    ("out tok/s", "throughput", "output_tok_s", None),
+)
+WHY = {  # what explains a difference, per metric (docs/peers.md has the full mapping)
+    "TTFT p50 ms": "all three stamp the first content chunk on arrival; AIPerf's client busy-polls and can delay it",
+    "TPOT p50 ms": "same formula from each tool's own first and last chunk times",
+    "ITL p50 ms": "pooled chunk gaps; one token a chunk on llama-server, so gaps are token gaps (GuideLLM records none)",
+    "E2EL p50 ms": "to the last token: ours and GuideLLM's last token, AIPerf's request end (after [DONE])",
+    "out tok/s": "all output tokens over the span from first send to last finish; tools differ in warm-up and ramp",
+}
+
+
+@dataclass(frozen=True)
+class AgreeSpec:
+    model: str
+    prompt_tokens: int = 128
+    output_tokens: int = 32
+    requests: int = 12
+    concurrency: int = 4
+    rounds: int = 2
+    threads: int = 2
+    tolerance: float = 0.05
+
+
+def _tree_cpu_s(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def fixed_prompts(url: str, n: int, tokens: int) -> list[str]:
+    """n distinct prompts of exactly `tokens` tokens by the server's tokenizer (llama-server /tokenize)."""
+    words = " ".join(f"item {i} of the list is a word" for i in range(tokens))
+    base = httpx.post(url + "/tokenize", json={"content": words}, timeout=30).json()["tokens"]
+    out = []
+    for i in range(n):
+        head = httpx.post(url + "/tokenize", json={"content": f"Request {i}:"}, timeout=30).json()["tokens"]
+        ids = (head + base)[:tokens]
+        text = httpx.post(url + "/detokenize", json={"tokens": ids}, timeout=30).json()["content"]
+        count = len(httpx.post(url + "/tokenize", json={"content": text, "add_special": True}, timeout=30).json()["tokens"])
+        if abs(count - tokens) > 1:
+            raise UserError(f"{url}: could not build a prompt of {tokens} tokens (got {count})")
+        out.append(text)
+    return out
+
+
+def run_ours(url: str, spec: AgreeSpec, prompts: list[str], out: Path) -> float:
+    """A closed loop of spec.concurrency through OpenAIEngine, recorded as a cell; our CPU seconds."""
+    proc = psutil.Process()
+    cpu0 = _tree_cpu_s(proc)
+    engine = OpenAIEngine(spec.model, OpenAIOptions(base_url=url, ignore_eos=True, telemetry_period_s=0,
+                                                    server_default_samplers=True, timeout_s=900))
+    writer = CellWriter(out)
+    writer.write_manifest({"cell": {"name": out.name, "model": spec.model, "backend": "openai", "dataset": "agree",
+                                    "workload": {"arrival": "closed", "concurrency": spec.concurrency}},
+                           "engine": engine.info().as_dict()})
+    recorder = Recorder(time.perf_counter_ns())
+    todo = list(enumerate(prompts))
+    in_flight = 0
+    while todo or engine.has_work():
+        while todo and in_flight < spec.concurrency:
+            i, prompt = todo.pop(0)
+            recorder.arrived(f"r{i}", time.perf_counter_ns())
+            engine.submit(Request(f"r{i}", prompt, SamplingParams(max_tokens=spec.output_tokens, temperature=0.0)))
+            in_flight += 1
+        for record, tokens in recorder.feed(engine.step()):
+            in_flight -= 1
+            writer.write_request({**record, "dataset": "agree", "session": 0, "correct": None}, {**tokens, "session": 0})
+    engine.close()
+    writer.close()
+    return _tree_cpu_s(proc) - cpu0
+
+
+def _run_child(cmd: list[str], log: Path) -> float:
+    """Run a peer tool; the CPU seconds of its process tree (waited-for children, as getrusage counts them)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log, "w") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise UserError(f"{cmd[0]} failed (exit {done.returncode}); see {log}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_aiperf(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out: Path) -> tuple[Path, float]:
+    cmd = [str(bin_dir / "aiperf"), "profile", "--model", spec.model, "--url", url, "--endpoint-type", "completions",
+           "--streaming", "--tokenizer", str(tokenizer), "--isl", str(spec.prompt_tokens), "--osl", str(spec.output_tokens),
+           "--extra-inputs", "ignore_eos:true", "--concurrency", str(spec.concurrency),
+           "--request-count", str(spec.requests), "--artifact-dir", str(out), "--ui-type", "none"]
+    cpu = _run_child(cmd, out.with_suffix(".log"))
+    return out / "profile_export.jsonl", cpu
+
+
+def run_guidellm(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out: Path) -> tuple[Path, float]:
+    path = out / "benchmarks.json"
+    cmd = [str(bin_dir / "guidellm"), "run",
+           "--backend", f"kind=openai_http,target={url},model={spec.model},validate_backend=false,request_format=/v1/completions",
+           "--profile", f"kind=concurrent,streams={spec.concurrency}",
+           "--constraint", f"kind=max_requests,count={spec.requests}",
+           "--data", f"kind=synthetic_text,prompt_tokens={spec.prompt_tokens},output_tokens={spec.output_tokens}",
+           "--tokenizer", f"kind=huggingface_auto,model={tokenizer}",
+           "--output", f"kind=json,path={path}", "--disable-console-interactive"]
+    cpu = _run_child(cmd, out.with_suffix(".log"))
+    return path, cpu
+
+
+def figures(cell_dir: Path) -> dict:
+    m = cell_metrics(read_cell(cell_dir))
+    out = {"n": m["n_requests"]}
+    for label, section, key, stat in METRICS:
+        v = m[section][key]
+        if stat is not None:
+            v = v.get(stat) if v and v.get("count") else None
+            v = None if v is None else v * 1e3
+        out[label] = v
+    return out
+
+
+def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
+    """Per metric and peer: ratio peer / ours over matched rounds, with its interval and verdict."""
+    rows = []
+    for label, *_ in METRICS:
+        for tool in TOOLS[1:]:
+            ratios = [p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool])
+                      if o.get(label) and p.get(label)]
+            iv = ratio_interval(ratios, "rounds")
+            if not ratios:
+                verdict = "not measured"
+            elif not iv.known:
+                verdict = f"inconclusive ({iv.why})"
+            elif 1 - tolerance <= iv.lo and iv.hi <= 1 + tolerance:
+                verdict = "agrees"
+            elif iv.hi < 1 - tolerance or iv.lo > 1 + tolerance:
+                verdict = "differs: " + WHY[label]
+            else:
+                verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; more rounds settle it)"
+            rows.append({"metric": label, "tool": tool, "ratio": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n": iv.n,
+                         "verdict": verdict})
+    return rows
+
+
+def bench_agree(spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path,
+                console) -> dict:
+    for tool in ("aiperf", "guidellm"):
+        if not (peers_bin / tool).is_file():
+            raise UserError(f"--peers-bin {peers_bin}: no {tool} there; pip install 'rllm-study[peers]' into a venv "
+                            "and give its bin folder")
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = fixed_prompts(url, spec.requests, spec.prompt_tokens)
+    server = psutil.Process(server_pid) if server_pid else None
+    runs: dict[str, list[dict]] = {t: [] for t in TOOLS}
+    for r in range(spec.rounds):
+        for tool in TOOLS:
+            dest = out / f"{tool}-round{r}"
+            shutil.rmtree(dest, ignore_errors=True)
+            server_cpu0 = _tree_cpu_s(server) if server else 0.0
+            t0 = time.monotonic()
+            console.print(f"round {r + 1}/{spec.rounds}: {tool} ...")
+            if tool == "rllm-study":
+                client_cpu = run_ours(url, spec, prompts, dest)
+                cell = dest
+            else:
+                export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(peers_bin, url, spec, tokenizer, dest)
+                (cell,) = import_export(tool, export, out / "imported", name=f"{tool}-round{r}")
+            row = figures(cell)
+            row.update(client_cpu_s=client_cpu, server_cpu_s=(_tree_cpu_s(server) - server_cpu0) if server else None,
+                       wall_s=time.monotonic() - t0)
+            runs[tool].append(row)
+            console.print(f"  {tool}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    result = {"spec": asdict(spec), "runs": runs, "comparison": compare(runs, spec.tolerance)}
+    (out / "agree.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def markdown(result: dict) -> str:
+    """The agreement table: per tool and metric the mean over rounds (n requests per round), then
+    each peer's ratio to rllm-study with its 95% interval over rounds and the verdict."""
+    spec, runs = result["spec"], result["runs"]
+    lines = [f"Workload: {spec['requests']} requests x {spec['prompt_tokens']} prompt tokens -> {spec['output_tokens']} "
+             f"output tokens (ignore_eos), closed loop of {spec['concurrency']}, greedy, {spec['rounds']} rounds "
+             f"A B C; tolerance {spec['tolerance']:.0%}.", "",
+             "| tool | n/round | " + " | ".join(label for label, *_ in METRICS) + " | client CPU s | server CPU s |",
+             "|---" * (len(METRICS) + 4) + "|"]
+    for tool in TOOLS:
+        rows = runs[tool]
+        mean = {k: (sum(r[k] for r in rows if r.get(k) is not None) / len([r for r in rows if r.get(k) is not None])
+                    if any(r.get(k) is not None for r in rows) else None)
+                for k in [label for label, *_ in METRICS] + ["client_cpu_s", "server_cpu_s"]}
+        lines.append(f"| {tool} | {rows[0]['n']} | " + " | ".join(_fmt(mean[label]) for label, *_ in METRICS)
+                     + f" | {_fmt(mean['client_cpu_s'], 3)} | {_fmt(mean['server_cpu_s'], 3)} |")
+    lines += ["", "| metric | peer | ratio peer / rllm-study | 95% interval | n rounds | verdict |", "|---|---|---|---|---|---|"]
+    for c in result["comparison"]:
+        lines.append(f"| {c['metric']} | {c['tool']} | {_fmt(c['ratio'])} | {_fmt(c['lo'])} - {_fmt(c['hi'])} | "
+                     f"{c['n']} | {c['verdict']} |")
+    return "\n".join(lines)
+
+

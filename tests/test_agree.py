@@ -1,0 +1,61 @@
+"""`rllm-study bench agree` (issue 29, Deliver 2): the verdict rule on known ratios, and the whole
+command at CI size (slow: llama-server from scripts/build_llama_tools.sh and a venv with the
+`peers` extra named by RLLM_PEERS_BIN)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from rllm_study.bench.agree import METRICS, TOOLS, compare, markdown
+
+
+def _runs(scale: dict[str, list[float]]) -> dict[str, list[dict]]:
+    """Runs where every metric of a tool is ours x its scale in that round."""
+    base = {label: 100.0 for label, *_ in METRICS}
+    return {tool: [{**{k: v * s for k, v in base.items()}, "n": 4, "client_cpu_s": 1.0, "server_cpu_s": 2.0}
+                   for s in scale[tool]] for tool in TOOLS}
+
+
+def test_verdicts_follow_the_interval_over_rounds():
+    rows = compare(_runs({"rllm-study": [1, 1, 1], "aiperf": [1.01, 0.99, 1.0], "guidellm": [1.5, 1.6, 1.55]}), 0.05)
+    by = {(r["metric"], r["tool"]): r for r in rows}
+    assert by[("TTFT p50 ms", "aiperf")]["verdict"] == "agrees"
+    assert by[("TTFT p50 ms", "guidellm")]["verdict"].startswith("differs: ")
+    assert by[("TTFT p50 ms", "guidellm")]["ratio"] == pytest.approx((1.5 * 1.6 * 1.55) ** (1 / 3))
+    wide = compare(_runs({"rllm-study": [1, 1], "aiperf": [0.9, 1.2], "guidellm": [1.0, 1.0]}), 0.05)
+    assert all(r["verdict"].startswith("inconclusive") for r in wide if r["tool"] == "aiperf")
+    one = compare(_runs({"rllm-study": [1], "aiperf": [1.0], "guidellm": [1.0]}), 0.05)
+    assert all("an interval needs two" in r["verdict"] for r in one)
+    text = markdown({"spec": {"requests": 4, "prompt_tokens": 32, "output_tokens": 8, "concurrency": 2, "rounds": 3,
+                              "tolerance": 0.05}, "runs": _runs({t: [1, 1, 1] for t in TOOLS}), "comparison": rows})
+    header = next(line for line in text.splitlines() if line.startswith("| tool |"))
+    rule = text.splitlines()[text.splitlines().index(header) + 1]
+    assert header.count("|") == rule.count("|")
+
+
+def _llama_server() -> Path | None:
+    import importlib.metadata
+
+    version = importlib.metadata.version("llama_cpp_python")
+    path = Path(os.environ.get("RLLM_LLAMA_SERVER", Path.home() / ".cache/rllm-study/llama-tools" / version / "bin/llama-server"))
+    return path if path.is_file() else None
+
+
+@pytest.mark.slow
+def test_bench_agree_end_to_end(tmp_path):
+    server, peers = _llama_server(), os.environ.get("RLLM_PEERS_BIN")
+    if server is None or not peers:
+        pytest.skip("needs llama-server (scripts/build_llama_tools.sh) and RLLM_PEERS_BIN (a venv with rllm-study[peers])")
+    proc = run_cli("bench", "agree", "--peers-bin", peers, "--server-bin", server, "-m", "smollm2-135m", "-t", "2",
+                   "-c", "2", "-n", "2", "--prompt-tokens", "16", "--output-tokens", "4", "--rounds", "2",
+                   "--out", tmp_path / "agree", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "agree" / "agree.json").read_text())
+    for tool in TOOLS:
+        assert len(result["runs"][tool]) == 2 and all(r["n"] == 2 for r in result["runs"][tool])
+    assert "| rllm-study |" in proc.stdout and "verdict" in proc.stdout
