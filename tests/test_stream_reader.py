@@ -148,4 +148,4 @@ def test_reader_rules_without_a_network():
     with pytest.raises(ServerError, match="disk full"):
         list(SSEReader().chunks([b"event: error", b'data: {"error": {"message": "disk full"}}']))
     # `event:` holds for one event only: after the blank line, data is an ordinary chunk again
-    assert list(SSEReader().chunks([b"event: ping", b"", b'data: {"c": 3}'])) == [{"c": 3}]
+    assert list(SSEReader().chunks([b"event: error", b"", b'data: {"c": 3}'])) == [{"c": 3}]
