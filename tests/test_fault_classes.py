@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-from rllm_study.errors import UserError
+from conftest import CLI, REPO, THREADS, run_cli
+from rllm_study.running.results import read_jsonl
 from rllm_study.running.spec import expand
 from rllm_study.workloads.custom_dataset import load_items
 
@@ -92,3 +97,90 @@ def test_unreadable_data_is_one_line_naming_file_and_fix(tmp_path, name, data, n
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert name in proc.stderr and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---- files that change while a study runs -------------------------------------------------------------
+
+CHANGING_SPEC = """
+name = "changing"
+models = ["{model}"]
+prompt_modes = ["direct"]
+max_tokens = [8]
+[datasets]
+mine = {{ path = "rows.jsonl", n = 6 }}
+[sampling]
+temperature = 0.0
+[workload]
+arrival = "closed"
+concurrency = {batch}
+"""
+ROWS = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(6)]
+
+
+def _study(tmp_path: Path, model: Path, batch: str = "1") -> list[str]:
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "s.toml").write_text(CHANGING_SPEC.format(model=model, batch=batch))
+    return [*CLI, "run", str(tmp_path / "s.toml"), "-t", str(THREADS), "--out", str(tmp_path / "out")]
+
+
+def _start_and_stop(args: list[str], until, kill: bool) -> subprocess.Popen:
+    """Start a run; once until() holds, kill it with -9 (kill) or let it go on."""
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not until():
+        time.sleep(0.02)
+    if kill:
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc
+
+
+def _lines(folder: Path) -> list[list[dict]]:
+    return [read_jsonl(f) for f in sorted(folder.glob("*/requests.jsonl"))]
+
+
+def test_the_model_file_deleted_between_cells_stops_in_one_line_and_resumes(tmp_path, smollm2_path):
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(smollm2_path, model)
+    args = _study(tmp_path, model, batch="[1, 2]")  # two engine configurations: the second cell opens the model again
+    proc = _start_and_stop(args, lambda: any(len(r) >= 1 for r in _lines(tmp_path / "out")), kill=False)
+    model.unlink()
+    _, err = proc.communicate(timeout=600)
+    line = err.strip().splitlines()[-1]
+    assert proc.returncode == 2 and line.startswith("error: ") and "Traceback" not in err, err
+    assert str(model) in line and "not found" in line and "finished requests are kept" in line and "resumes" in line, line
+    first = _lines(tmp_path / "out")[0]
+    assert len(first) == 6
+    shutil.copyfile(smollm2_path, model)
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    cells = _lines(tmp_path / "out")
+    assert [len(c) for c in cells] == [6, 6] and cells[0] == first
+
+
+def test_a_resumed_cell_refuses_a_changed_data_file_or_model_file(tmp_path, smollm2_path, tiny_r1_path):
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(smollm2_path, model)
+    args = _study(tmp_path, model)
+    proc = _start_and_stop(args, lambda: any(len(r) >= 2 for r in _lines(tmp_path / "out")), kill=True)
+    proc.communicate()
+    (kept,) = _lines(tmp_path / "out")
+    assert 2 <= len(kept) < 6
+    rows = (tmp_path / "rows.jsonl").read_text()
+    # the data file edited (a row replaced): the finished requests were graded against the old rows
+    (tmp_path / "rows.jsonl").write_text(rows.replace("What is 0 plus 0?", "What is 9 plus 9?").replace('"0"', '"18"'))
+    changed = run_cli(*args[3:])
+    line = changed.stderr.strip().splitlines()[-1]
+    assert changed.returncode == 2 and line.startswith("error: ") and "Traceback" not in changed.stderr, changed.stderr
+    assert "rows.jsonl: the data file changed since cell" in line and "restore the file" in line, line
+    (tmp_path / "rows.jsonl").write_text(rows)
+    # the model file replaced by another model
+    shutil.copyfile(tiny_r1_path, model)
+    replaced = run_cli(*args[3:])
+    assert replaced.returncode == 2 and "Traceback" not in replaced.stderr, replaced.stderr
+    assert f"{model}: the model file changed since cell" in replaced.stderr.strip().splitlines()[-1], replaced.stderr
+    # both restored: the cell resumes where it stopped
+    shutil.copyfile(smollm2_path, model)
+    done = run_cli(*args[3:])
+    assert done.returncode == 0, done.stderr
+    (after,) = _lines(tmp_path / "out")
+    assert after[: len(kept)] == kept and len({r["id"] for r in after}) == len(after) == 6

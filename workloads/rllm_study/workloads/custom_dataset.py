@@ -19,7 +19,8 @@ Keys of such a table (`definition` validates them; unknown keys are errors):
                 columns), one choice each; default: the first list field of DETECT["choices"]
   domain        what the report groups the set under; default: the set's name
   difficulty    its difficulty label; default "unlabelled"
-Item ids are NAME/<row index from 0>. A malformed row is a UserError naming the file, its line
+Item ids are NAME/<row index from 0>; the definition records the file's sha256, so a cell resumed
+after its file changed is refused (the runner's `check_same_inputs`). A malformed row is a UserError naming the file, its line
 number and the field; the whole file is checked when the spec is expanded, before any engine.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import re
@@ -144,7 +146,7 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
         raise UserError(f"{at}.n = {n}, but {path} holds {len(rows)} rows")
     first = rows[0][1]
     resolved = {
-        "path": str(path), "n": n, "answer": kind,
+        "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": n, "answer": kind,
         "question": _detect(path, first, "question", table.get("question")),
         "answer_field": _detect(path, first, "answer", table.get("answer_field")),
         "choices": (_detect(path, first, "choices", choices, lists=True) if kind == "choice" and not isinstance(choices, list)
