@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,39 @@ def test_a_resumed_cell_refuses_a_changed_data_file_or_model_file(tmp_path, smol
     assert done.returncode == 0, done.stderr
     (after,) = _lines(tmp_path / "out")
     assert after[: len(kept)] == kept and len({r["id"] for r in after}) == len(after) == 6
+
+
+# ---- every command on every kind of folder ------------------------------------------------------------
+
+def test_commands_on_a_custom_data_set_folder(tmp_path):
+    """regrade refused a custom data set's cells ("unknown data set 'mine'"); summarize, report, pack and
+    run --like read them. The cell is written by the run's own writer, its outputs by hand."""
+    from rllm_study.running.results import CellWriter
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "s.toml").write_text(CHANGING_SPEC.format(model="smollm2-135m", batch="1"))
+    (cell,) = expand(tomllib.loads((tmp_path / "s.toml").read_text()), str(tmp_path / "s.toml"))
+    out = tmp_path / "out"
+    w = CellWriter(out / cell.name)
+    w.write_manifest({"cell": cell.as_dict(), "spec": tomllib.loads((tmp_path / "s.toml").read_text())})
+    for i, row in enumerate(ROWS):
+        rid = f"mine/{i:04d}"
+        w.write_request({"id": rid, "item_id": rid, "dataset": "mine", "domain": "mine", "arrival_s": 0.0, "admitted_s": 0.0,
+                         "first_token_s": 0.1, "first_answer_token_s": 0.1, "finish_s": 0.5 + i, "output_tokens": 3,
+                         "think_tokens": 0, "answer_tokens": 3, "finish_reason": "stop", "reference_answer": row["answer"],
+                         "output_text": f"\\boxed{{{row['answer'] if i % 2 else 7}}}", "correct": False, "parse_status": "unparsed"},
+                        {"id": rid, "t_s": [0.1, 0.2, 0.5 + i], "token_ids": [1, 2, 3], "phase": "aaa", "draft": "000"})
+    w.close()
+    regraded = run_cli("regrade", out)
+    assert regraded.returncode == 0, regraded.stderr
+    grades = [r["correct"] for r in read_jsonl(out / cell.name / "requests.jsonl")]
+    assert grades == [False, True, False, True, False, True]
+    for args in (("summarize", out), ("report", out, "--out", tmp_path / "report"), ("pack", out),
+                 ("run", "--like", out, "--dry-run", "--out", tmp_path / "again")):
+        done = run_cli(*args)
+        assert done.returncode == 0, (args, done.stderr)
+    # the data file moved away since the run: regrade names it
+    (tmp_path / "rows.jsonl").rename(tmp_path / "moved.jsonl")
+    moved = run_cli("regrade", out)
+    assert moved.returncode == 2 and "rows.jsonl: cannot read the data set" in moved.stderr, moved.stderr
+    assert len(moved.stderr.strip().splitlines()) == 1

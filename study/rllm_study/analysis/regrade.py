@@ -1,7 +1,7 @@
 """Re-grading recorded requests with the current grader, from the recorded output alone.
 
-A cell's items and prompts are rebuilt from its manifest (data set, samples, prompt mode, seed and
-templates; the seed decides the multiple-choice shuffle, so the letters), and each line of
+A cell's items and prompts are rebuilt from its manifest (data set, or a custom data set's recorded
+definition: its file is read again; samples, prompt mode, seed and templates; the seed decides the multiple-choice shuffle, so the letters), and each line of
 requests.jsonl is graded again by `grade(...)` from its `output_text`. Its grading fields
 (`Grade.record_fields`) are then rewritten in place: the new file is written next to the old one,
 fsync'd and renamed over it, so a kill at any moment leaves either file whole. Nothing else in
@@ -24,6 +24,7 @@ from pathlib import Path
 from rllm_study.errors import UserError
 from rllm_study.analysis.metrics import correct_lenient
 from rllm_study.running.results import MANIFEST, REQUESTS, read_jsonl
+from rllm_study.workloads.custom_dataset import load_items
 from rllm_study.workloads.datasets import Item, load_dataset
 from rllm_study.workloads.grading import Grade, grade
 from rllm_study.workloads.prompts import Prompt, build_prompt
@@ -59,7 +60,8 @@ def _items(dataset: str, samples: int) -> tuple[Item, ...]:
 def cell_prompts(cell: dict) -> dict[str, tuple[Item, Prompt]]:
     """item id -> (item, prompt) for a manifest's `cell`, as the runner built them (grammar aside:
     it does not change what is graded)."""
-    items = _items(cell["dataset"], cell["samples"])
+    custom = cell.get("custom_dataset")
+    items = load_items(cell["dataset"], custom, cell["samples"]) if custom else _items(cell["dataset"], cell["samples"])
     templates = Path(cell["templates"]) if cell.get("templates") else None
     return {it.id: (it, build_prompt(it, cell["prompt_mode"], seed=cell.get("seed", 0), templates=templates)) for it in items}
 
