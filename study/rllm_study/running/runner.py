@@ -485,7 +485,7 @@ def check_same_inputs(cell_dir: Path, now: dict, finished: int) -> None:
     if old_data.get("sha256") and new_data.get("sha256") and old_data["sha256"] != new_data["sha256"]:
         raise UserError(f"{new_data['path']}: the data file changed since cell {name} started ({finished} of its requests "
                         f"finished on the old rows): restore the file, or run into a new --out folder")
-    old_model, new_model = before.get("model") or {}, now.get("model") or {}
+    old_model, new_model = (m if isinstance(m, dict) else {} for m in (before.get("model"), now.get("model")))  # served: a name
     differ = [k for k in MODEL_IDENTITY if old_model.get(k) is not None and new_model.get(k) is not None
               and old_model[k] != new_model[k]]
     if differ:
