@@ -31,6 +31,8 @@ CLAIMS = "study/rllm_study/report/claims.py"
 GRADING = "workloads/rllm_study/workloads/grading.py"
 OPENAI = "backends/rllm_study/backends/openai_http/engine.py"
 CUSTOM = "workloads/rllm_study/workloads/custom_dataset.py"
+BENCH = "study/rllm_study/bench/engine.py"
+REGRADE = "study/rllm_study/analysis/regrade.py"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,16 @@ MUTATIONS = (
     Mutation("openai: the last line without its newline is dropped", OPENAI,
              "for chunk in reader.chunks([pending]):", "for chunk in reader.chunks([]):", ("tests/test_stream_reader.py",)),
     Mutation("openai: event: error is ignored", OPENAI, 'if self.event == b"error":', "if False:", ("tests/test_stream_reader.py",)),
+    Mutation("bench: batched-bench read as prompt speed", BENCH, 'float(row["speed_tg"])', 'float(row["speed_pp"])',
+             ("tests/test_bench_parsing.py",)),
+    Mutation("bench: llama-bench's prompt row taken", BENCH, 'if r["n_gen"] == n_gen', 'if r["n_gen"] != n_gen',
+             ("tests/test_bench_parsing.py",)),
+    Mutation("bench: prefix_ttft_gain inverted", METRICS, "return _ratio(off, on)", "return _ratio(on, off)", ("tests/test_bench_parsing.py",)),
+    Mutation("custom data: a byte-order mark kept", CUSTOM, 'else "utf-8-sig"', 'else "utf-8"', ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
+    Mutation("custom data: always comma-separated", CUSTOM, 'delimiter=max(",;\\t", key=header.count)', 'delimiter=","',
+             ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
+    Mutation("regrade: custom data sets read as shipped ones", REGRADE, "if custom else _items(", "if False else _items(",
+             ("tests/test_fault_classes.py::test_commands_on_a_custom_data_set_folder",)),
     Mutation("openai: an event name outlives its event", OPENAI,
              'self.event = b""  # a blank line ends an event', "pass", ("tests/test_stream_reader.py",)),
 )
@@ -138,7 +150,7 @@ def main() -> int:
         tree = Path(tmp)
         _copy_tree(tree)
         # the unmutated copy must pass, or a "caught" would mean nothing
-        files = sorted({t.split("::")[0] for m in chosen for t in m.tests})
+        files = sorted({t for m in chosen for t in m.tests})
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in ("study", "backends", "workloads"))}
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *files],
                               cwd=tree, env=env, capture_output=True, text=True)
