@@ -32,6 +32,7 @@ GRADING = "workloads/rllm_study/workloads/grading.py"
 OPENAI = "backends/rllm_study/backends/openai_http/engine.py"
 CUSTOM = "workloads/rllm_study/workloads/custom_dataset.py"
 BENCH = "study/rllm_study/bench/engine.py"
+ARRIVALS = "workloads/rllm_study/workloads/arrivals/base.py"
 REGRADE = "study/rllm_study/analysis/regrade.py"
 
 
@@ -93,11 +94,15 @@ MUTATIONS = (
     Mutation("bench: llama-bench's prompt row taken", BENCH, 'if r["n_gen"] == n_gen', 'if r["n_gen"] != n_gen',
              ("tests/test_bench_parsing.py",)),
     Mutation("bench: prefix_ttft_gain inverted", METRICS, "return _ratio(off, on)", "return _ratio(on, off)", ("tests/test_bench_parsing.py",)),
-    Mutation("custom data: a byte-order mark kept", CUSTOM, 'else "utf-8-sig"', 'else "utf-8"', ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
+    Mutation("custom data: a byte-order mark kept", CUSTOM, 'else "utf-8-sig"', 'else "utf-8"',
+             ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
     Mutation("custom data: always comma-separated", CUSTOM, 'delimiter=max(",;\\t", key=header.count)', 'delimiter=","',
              ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
     Mutation("regrade: custom data sets read as shipped ones", REGRADE, "if custom else _items(", "if False else _items(",
              ("tests/test_fault_classes.py::test_commands_on_a_custom_data_set_folder",)),
+    Mutation("arrivals: random schedules not rescaled to the rate", ARRIVALS,
+             "return gaps if total == 0 else gaps * (len(gaps) / (rate * total))", "return gaps",
+             ("tests/test_arrivals.py::test_rate_and_cv_within_5_percent",)),
     Mutation("openai: an event name outlives its event", OPENAI,
              'self.event = b""  # a blank line ends an event', "pass", ("tests/test_stream_reader.py",)),
 )
