@@ -358,8 +358,8 @@ def preflight(cells: list[CellSpec], pool: "EnginePool", console) -> list[tuple[
 
     Work that is the same for many cells is done once: cells are visited grouped by engine (each
     engine opened once; the first cell's group last, so its engine stays open for the run), and
-    cells that differ only in what does not change their requests (budget, engine options,
-    workload, repeat's name) share one job list and its token count (`_jobs_key`)."""
+    cells that differ only in what does not change their requests (token budget, engine options,
+    workload) share one job list and its token count (`_jobs_key`); a repeat has its own seed."""
     check_cells(cells)
     planned: list = [None] * len(cells)
     groups: dict[tuple, list[int]] = {}
