@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import CLI, REPO, THREADS, run_cli
+from conftest import CLI, REPO, THREADS, require, run_cli
 from rllm_study.errors import UserError
 from rllm_study.running.results import LOCK, PACKED, REQUESTS, TOKENS, CellWriter, FolderLock, ResultsWriteError, read_jsonl
 
@@ -105,15 +105,16 @@ def test_out_under_a_regular_file_or_a_file_is_one_line_exit_2(tmp_path):
 
 @pytest.fixture
 def mounted(tmp_path):
-    """mount(8) a small tmpfs (root only): yields a function mount(options) -> folder."""
+    """mount(8) a small tmpfs (root only): yields a function mount(options) -> folder. Where mount is
+    refused the test skips, and under CI (CI=true) fails (`conftest.require`): CI runs as root."""
     points = []
 
     def mount(options: str):
         point = tmp_path / f"mnt{len(points)}"
         point.mkdir()
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); test_a_failed_write_is_rolled_back covers it")
+        require(done.returncode == 0, f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root where mount(8) is "
+                                      f"allowed; test_a_failed_write_is_rolled_back covers the rollback only")
         points.append(point)
         return point
 

@@ -173,6 +173,7 @@ def test_goodput_under_slo(cell):
     def goodput(slo):
         return cell_metrics(cell, slo=slo)["throughput"]["goodput_req_s"]
     assert goodput({"ttft_s": 1.5}) == pytest.approx(2 / 5)          # r1, r2 (TTFT 1); r3 has 2
+    assert goodput({"ttft_s": 1.0}) == pytest.approx(2 / 5)          # on the limit meets it (an upper bound, inclusive)
     assert goodput({"ttfvt_s": 2}) == pytest.approx(1 / 5)           # r2 only; r3 never answered
     assert goodput({"tpot_s": 0.4}) == pytest.approx(1 / 5)          # r3: one token, no gap to wait
     assert goodput({"ttft_s": 1.5, "e2el_s": 4}) == pytest.approx(1 / 5)

@@ -380,3 +380,42 @@ def test_think_budget_goes_to_llama_server_chat_only(kind, url_tail, sent):
     eng.close()
     assert body.get("reasoning_budget_tokens") == (16 if sent else None)
     assert eng.capabilities().think_budget is (sent or kind == "vllm")  # vLLM takes its own field (test_reasoning_streams)
+
+
+OPENAI_SPEC = """
+name = "served"
+backend = "openai"
+models = ["smollm2"]
+prompt_modes = ["direct", "reasoning"]
+max_tokens = [8]
+datasets = {{ gsm8k = 2 }}
+[engine]
+base_url = "{url}/v1/chat/completions"
+[workload]
+arrival = "batch"
+batch_size = 2
+"""
+
+
+def test_every_command_on_the_openai_backends_cells(server_url, tmp_path):
+    """A served model's manifest records only its name (a string, not the facts of a file): report
+    crashed on it ('str' object has no attribute 'get'), and a resumed cell's input check must read it."""
+    from conftest import run_cli
+    from rllm_study.running.results import find_cells, read_jsonl
+
+    (tmp_path / "s.toml").write_text(OPENAI_SPEC.format(url=server_url))
+    out = tmp_path / "out"
+    run = run_cli("run", tmp_path / "s.toml", "--out", out)
+    assert run.returncode == 0, run.stderr
+    cell = find_cells([out])[0] / "requests.jsonl"
+    lines = cell.read_text().splitlines(keepends=True)
+    cell.write_text("".join(lines[:-1]))  # the run stopped before its last request: resumed on the same server
+    resumed = run_cli("run", tmp_path / "s.toml", "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(read_jsonl(cell)) == 2
+    for args in (("summarize", out), ("report", out, "--out", tmp_path / "report"), ("regrade", out), ("pack", out),
+                 ("report", out, out, "--compare", "--out", tmp_path / "cmp"),
+                 ("run", "--like", out, "--dry-run", "--out", tmp_path / "again")):
+        done = run_cli(*args)
+        assert done.returncode == 0, (args, done.stderr)
+    assert "smollm2 (served; reasoning training unknown)" in (tmp_path / "report" / "report.md").read_text()

@@ -71,13 +71,14 @@ def test_bootstrap_is_seeded_and_covers():
     first, again = bootstrap([a, b], _ratio_of_means), bootstrap([a, b], _ratio_of_means)
     assert first == again, "the same data must give the same interval"
     assert first.estimate == pytest.approx(_ratio_of_means([a, b])) and first.lo < first.estimate < first.hi
-    # coverage of the true ratio 2 over independent samples (percentile bootstrap, 60 per cell)
+    # coverage of the true ratio 2 over independent samples (percentile bootstrap, 60 per cell): these
+    # seeds give 143/150 (95.3%) at 95%; a 90% interval would give about 135 (90%)
     hits = 0
     for seed in range(150):
         r = np.random.default_rng(100 + seed)
         iv = bootstrap([list(r.exponential(1.0, 60)), list(r.exponential(2.0, 60))], _ratio_of_means, n_boot=400)
         hits += iv.lo <= 2.0 <= iv.hi
-    assert hits / 150 >= 0.88, hits
+    assert 0.93 <= hits / 150 <= 0.99, hits
 
 
 def test_bootstrap_needs_enough_requests():

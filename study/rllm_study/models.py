@@ -33,6 +33,7 @@ import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -211,9 +212,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """_sha256 of a file as it is now (its size, mtime and inode): a file replaced or rewritten is hashed again."""
+    return _sha256(Path(path))
+
+
 def _verified(path: Path, size_bytes: int, sha256: str) -> bool:
-    """The file exists with exactly this size and sha256 (the whole file is hashed each time)."""
-    return path.is_file() and path.stat().st_size == size_bytes and _sha256(path) == sha256
+    """The file exists with exactly this size and sha256 (the whole file is hashed once per process
+    while its size, mtime and inode stay the same: a study opening many engines on it hashes it once)."""
+    if not path.is_file():
+        return False
+    st = path.stat()
+    return st.st_size == size_bytes and _sha256_of(str(path), st.st_size, st.st_mtime_ns, st.st_ino) == sha256
 
 
 @contextmanager

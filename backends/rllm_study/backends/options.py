@@ -21,6 +21,7 @@ Techniques: speculative decoding is `speculative` ("ngram" or "draft:MODEL", par
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -248,6 +249,12 @@ def option_fields(cls) -> list[dataclasses.Field]:
 
 def option_meta(cls) -> dict[str, Meta]:
     """Field name -> Meta for an options class."""
+    return dict(_option_meta(cls))
+
+
+@functools.lru_cache(maxsize=None)
+def _option_meta(cls) -> dict[str, Meta]:
+    """option_meta, made once per class (a 10,000-cell spec asks for it for every cell)."""
     return {f.name: _meta(f) for f in option_fields(cls)}
 
 

@@ -54,7 +54,8 @@ class CellData:
 
     @property
     def model(self) -> dict:
-        return self.cell.manifest.get("model") or {}
+        model = self.cell.manifest.get("model")
+        return model if isinstance(model, dict) else {}  # a served model (OpenAI backend) records only its name
 
     @property
     def study(self) -> str:
@@ -130,8 +131,8 @@ def model_label(manifest: dict) -> str:
     Q4_K_M prompted to reason; not a trained reasoning model'."""
     cell, model = manifest.get("cell", {}), manifest.get("model")
     mode = cell.get("prompt_mode")
-    if not model:  # a served model (OpenAI-compatible backend): only its name is known
-        name = f"{cell.get('model', '?')} (served; reasoning training unknown)"
+    if not isinstance(model, dict) or not model:  # a served model (OpenAI-compatible backend): only its name is known
+        name = f"{model if isinstance(model, str) and model else cell.get('model', '?')} (served; reasoning training unknown)"
         return f"{name}, prompted to reason" if mode == REASONING else name
     name = str(model.get("label") or model.get("name") or cell.get("model")).split(" (")[0]
     if model.get("reasoning"):

@@ -26,6 +26,7 @@ the same verdict.
 from __future__ import annotations
 
 import errno
+import json
 import queue
 import threading
 import time
@@ -41,7 +42,7 @@ from rllm_study.running.energy import CellEnergy, open_meters
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.running.recorder import Recorder
-from rllm_study.running.results import (REQUESTS, CellWriter, FolderLock, ResultsWriteError, check_writable, make_folder,
+from rllm_study.running.results import (MANIFEST, REQUESTS, CellWriter, FolderLock, ResultsWriteError, check_writable, make_folder,
                                  path_error, read_jsonl)
 from rllm_study.running.prompts import cell_prompts
 from rllm_study.running.spec import CellSpec, default_ctx_per_seq
@@ -335,9 +336,15 @@ class EnginePool:
         self.key = None
         self.engine = None
 
-    def get(self, cell: CellSpec):
-        key = (cell.backend, cell.model, cell.engine)
-        if key != self.key or cell.engine.prefix_cache:
+    @staticmethod
+    def key_of(cell: CellSpec) -> tuple:
+        return (cell.backend, cell.model, cell.engine)
+
+    def get(self, cell: CellSpec, fresh_cache: bool = True):
+        """The cell's engine; `fresh_cache=False` keeps an open engine of the same key even with
+        prefix caching on (for checks that run no request)."""
+        key = self.key_of(cell)
+        if key != self.key or (cell.engine.prefix_cache and fresh_cache):
             self.close()
             self.engine = engine_class(cell.backend)(cell.model, cell.engine)
             self.key = key
@@ -359,7 +366,7 @@ def check_cells(cells: list[CellSpec]) -> None:
             raise UserError(f"{cell.name}: workload: {err}") from None
 
 
-def _fit(cell: CellSpec, jobs: list[Job], engine, console) -> CellSpec:
+def _fit(cell: CellSpec, jobs: list[Job], engine, console, longest_of: dict | None = None) -> CellSpec:
     """The cell with a context every prompt fits, or a UserError naming the item that cannot.
 
     Applies where the engine sizes its sequences from ctx_per_seq (its info().context has
@@ -368,12 +375,15 @@ def _fit(cell: CellSpec, jobs: list[Job], engine, console) -> CellSpec:
     grows to that for the longest prompt, rounded up to 256; a value the user set is kept: a
     prompt that does not fit at all is an error, one that leaves less than max_tokens of room a
     warning (its output may end at the context before the budget). A later turn of a multi-turn
-    session counts its `reserve` (room for the earlier turns' answers) as prompt."""
+    session counts its `reserve` (room for the earlier turns' answers) as prompt. `longest_of` keeps
+    each job list's longest prompt (by the list's id) for cells that share the list."""
     capacity = (getattr(engine.info(), "context", None) or {}).get("seq_capacity")
     if not capacity or not jobs:
         return cell
-    counts = [(engine.count_tokens(j.text) + j.reserve, j) for j in jobs]
-    longest, job = max(counts, key=lambda c: c[0])
+    longest_of = {} if longest_of is None else longest_of
+    if id(jobs) not in longest_of:
+        longest_of[id(jobs)] = max(((engine.count_tokens(j.text) + j.reserve, j) for j in jobs), key=lambda c: c[0])
+    longest, job = longest_of[id(jobs)]
     needed = longest + cell.max_tokens + 1
     if needed <= capacity:
         return cell
@@ -395,15 +405,38 @@ def preflight(cells: list[CellSpec], pool: "EnginePool", console) -> list[tuple[
     Arrival values first (`check_cells`); then each cell's engine is opened through the pool
     (the model resolves and loads; cells sharing backend, model and options share it), the
     cell builds its requests (data sets and prompt templates read, prompts rendered through the
-    model's chat template) and counts their tokens against its own sequence capacity. Cells go
-    last to first, so the first cell's engine stays open for the run."""
+    model's chat template) and counts their tokens against its own sequence capacity.
+
+    Work that is the same for many cells is done once: cells are visited grouped by engine (each
+    engine opened once; the first cell's group last, so its engine stays open for the run), and
+    cells that differ only in what does not change their requests (token budget, engine options,
+    workload) share one job list and its token count (`_jobs_key`); a repeat has its own seed."""
     check_cells(cells)
     planned: list = [None] * len(cells)
-    for i in reversed(range(len(cells))):
-        engine = pool.get(cells[i])
-        jobs = build_jobs(cells[i], engine)
-        planned[i] = (_fit(cells[i], jobs, engine, console), jobs)
+    groups: dict[tuple, list[int]] = {}
+    for i, cell in enumerate(cells):
+        groups.setdefault(pool.key_of(cell), []).append(i)
+    shared: dict[tuple, list[Job]] = {}
+    longest_of: dict = {}
+    for members in sorted(groups.values(), key=lambda m: m[0] == 0):
+        for i in members:
+            engine = pool.get(cells[i], fresh_cache=False)
+            key = _jobs_key(cells[i])
+            if key not in shared:
+                shared[key] = build_jobs(cells[i], engine)
+            planned[i] = (_fit(cells[i], shared[key], engine, console, longest_of), shared[key])
     return planned
+
+
+def _jobs_key(cell: CellSpec) -> tuple:
+    """What a cell's requests (`build_jobs`) depend on: the model (its chat template and tokens),
+    where it is served, the items, the prompt and its rendering; for a replayed trace or multi-turn
+    sessions, the whole workload (its trace, window and turns shape the requests)."""
+    shaping = cell.workload.get("arrival") in ("replay", "sessions")
+    workload = json.dumps(cell.workload, sort_keys=True, default=str) if shaping else cell.workload.get("shared_prefix", 0)
+    return (cell.backend, cell.model, getattr(cell.engine, "base_url", None), cell.dataset, cell.samples,
+            workload, cell.prompt_mode, cell.seed, cell.templates, cell.grammar,
+            json.dumps(cell.custom_dataset, sort_keys=True))
 
 
 def dry_run(cells: list[CellSpec], out_dir: Path, console) -> list[tuple[CellSpec, list[Job]]]:
@@ -460,7 +493,10 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
                         continue
-                    writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names})
+                    recorded = {**manifest(cell, spec, engine), "energy_meters": energy.names}
+                    if writer.finished_ids:
+                        check_same_inputs(cell_dir, recorded, len(writer.finished_ids))
+                    writer.write_manifest(recorded)
                     run = run_class(cell)(cell, engine, jobs, writer, grader, energy=energy)
                     already = len(jobs) - len(run.todo)
                     if console.is_terminal:
@@ -474,6 +510,11 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                         console.print(f"[yellow]warning:[/] {late}")
                 finally:
                     writer.close()
+    except UserError as err:
+        if not dirs:
+            raise
+        raise UserError(f"{err} [the run stopped at cell {dirs[-1].name}; {_kept(dirs)} finished requests are kept in {out_dir} "
+                        f"and the same command resumes them]") from None
     except ResultsWriteError as failed:
         if failed.err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"{failed}: the run stopped; {_kept(dirs)} finished requests are kept in {out_dir} "
@@ -484,6 +525,32 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
         energy.close()
         grader.close()
     return dirs
+
+
+MODEL_IDENTITY = ("sha256", "size_bytes", "quant", "params")  # manifest.model facts a resumed cell must share
+
+
+def check_same_inputs(cell_dir: Path, now: dict, finished: int) -> None:
+    """A cell resumed in a new session runs on the inputs its finished requests ran on: the same
+    custom data file (its sha256) and the same model file (`MODEL_IDENTITY` of its facts), as its
+    manifest.json recorded them; else a UserError naming the file and the fix. Facts an older
+    manifest lacks are not compared."""
+    try:
+        before = json.loads((cell_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    name = now["cell"]["name"]
+    old_data, new_data = before.get("cell", {}).get("custom_dataset") or {}, now["cell"].get("custom_dataset") or {}
+    if old_data.get("sha256") and new_data.get("sha256") and old_data["sha256"] != new_data["sha256"]:
+        raise UserError(f"{new_data['path']}: the data file changed since cell {name} started ({finished} of its requests "
+                        f"finished on the old rows): restore the file, or run into a new --out folder")
+    old_model, new_model = (m if isinstance(m, dict) else {} for m in (before.get("model"), now.get("model")))  # served: a name
+    differ = [k for k in MODEL_IDENTITY if old_model.get(k) is not None and new_model.get(k) is not None
+              and old_model[k] != new_model[k]]
+    if differ:
+        raise UserError(f"{new_model.get('path') or now['cell']['model']}: the model file changed since cell {name} started "
+                        f"({differ[0]} {old_model[differ[0]]} -> {new_model[differ[0]]}; {finished} of its requests finished "
+                        f"on the old one): restore the file, or run into a new --out folder")
 
 
 def _line_progress(console, label: str, already: int, total: int, every_s: float = 10.0):

@@ -329,6 +329,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     variant_engines = [_engine_fields(v.get("engine", {}), where, f"variants[{i}].engine") for i, v in enumerate(variants)]
 
     cells = []
+    options_of: dict[str, CommonOptions] = {}
     study = spec.get("name", "study")
     seed0 = spec.get("seed", 0)
     for variant, v_engine in zip(variants, variant_engines):
@@ -351,7 +352,11 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
             if (dataset == TRACE_DATASET) != (wl["arrival"] == "replay") and dataset not in custom:
                 raise UserError(f"{where}: datasets.{TRACE_DATASET} (the requests of a trace) and workload.arrival = "
                                 f"\"replay\" (its times) go together: use both, with workload.trace = \"FILE\"")
-            options = _engine_options(backend, eng, wl, budget, where)
+            concurrency = wl.get("batch_size") or wl.get("concurrency")
+            made = json.dumps([eng, concurrency, default_ctx_per_seq(budget)], sort_keys=True, default=str)
+            if made not in options_of:  # the same options for many cells: built and checked once
+                options_of[made] = _engine_options(backend, eng, wl, budget, where)
+            options = options_of[made]
             wl_name = workload_name(wl)
             tb_name = "" if tb in (None, "off") else f"tb{tb}"
             parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", tb_name, wl_name, f"r{repeat}"]

@@ -3,13 +3,17 @@
   datasets = { mine = { path = "problems.jsonl", n = 50, answer = "number" } }
 
 Keys of such a table: KEYS (name -> (default, meaning)); `definition` validates them and unknown
-keys are errors. Item ids are NAME/<row index from 0>. A malformed row is a UserError naming the file, its line
+keys are errors. Item ids are NAME/<row index from 0>; the definition records the file's sha256, so a cell resumed
+after its file changed is refused (the runner's `check_same_inputs`). A malformed row is a UserError naming the file, its line
 number and the field; the whole file is checked when the spec is expanded, before any engine.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -24,8 +28,9 @@ ANSWER_KINDS = ("number", "choice", "text", NO_ANSWER)
 DETECT = {"question": ("question", "problem", "prompt"), "answer": ("answer", "solution", "target"),
           "choices": ("choices", "options")}
 KEYS = {  # key -> (default, meaning): the reference docs/specs.md is generated from it
-    "path": ("required", "A .jsonl file (one JSON object a line) or a .csv file (a header row, then one row a line), "
-             "relative to the spec file's folder."),
+    "path": ("required", "A .jsonl file (one JSON object a line) or a .csv file (a header row, then one row a line; "
+             "comma, semicolon or tab separated, quoted fields may span lines), relative to the spec file's folder; "
+             "UTF-8 (with or without a byte-order mark) or UTF-16 with one."),
     "n": ("required", "How many items to run: the first n rows (the file must hold at least n)."),
     "answer": ('"number"', "How the reference is graded: \"number\" (like the math sets: math-verify equivalence; a "
                "reference holding \\boxed{...} is its content), \"choice\" (multiple choice, as GPQA: choices "
@@ -44,21 +49,49 @@ KEYS = {  # key -> (default, meaning): the reference docs/specs.md is generated 
                    "ladder)."),
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_FIELD_CHARS = 1 << 30  # a CSV field may be this long (the csv module's default limit is 131,072 characters)
+
+
+def _text_of(path: Path) -> str:
+    """The file's text: UTF-8 (a byte-order mark, as Excel and Notepad write, is dropped), or UTF-16
+    when it starts with a UTF-16 byte-order mark (Excel's "Unicode text"); other encodings are a
+    UserError naming the line and how to convert."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the data set ({err.strerror})") from None
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not {encoding.upper().removesuffix('-SIG')} text (byte 0x{data[err.start]:02x}); save the file "
+                        f"as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}") from None
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) for every data row of a .jsonl or .csv file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the data set ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
+    """(line number, row) for every data row of a .jsonl or .csv file. A CSV's delimiter is the
+    one its header row uses most of comma, semicolon and tab (spreadsheets in many locales write
+    semicolons); quoted fields may hold delimiters and line breaks; field names are stripped."""
+    text = _text_of(path)
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        return [(reader.line_num, row) for row in reader]
+        header = text.split("\n", 1)[0]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=max(",;\t", key=header.count), strict=True)
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
+        rows, start = [], 1
+        try:
+            if reader.fieldnames:
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
+            start = reader.line_num + 1
+            for row in reader:
+                rows.append((reader.line_num, row))
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise UserError(f"{path}:{start}: not a CSV row ({err}); quote a field that holds the "
+                            f"delimiter, a quote (as \"\") or a line break") from None
+        return rows
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a JSON string
         if not line.strip():
             continue
         try:
@@ -118,7 +151,7 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
         raise UserError(f"{at}.n = {n}, but {path} holds {len(rows)} rows")
     first = rows[0][1]
     resolved = {
-        "path": str(path), "n": n, "answer": kind,
+        "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": n, "answer": kind,
         "question": _detect(path, first, "question", table.get("question")),
         "answer_field": None if kind == NO_ANSWER else _detect(path, first, "answer", table.get("answer_field")),
         "choices": (_detect(path, first, "choices", choices, lists=True) if kind == "choice" and not isinstance(choices, list)

@@ -28,6 +28,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -253,7 +254,18 @@ def _csv_rows(path: Path, text: str) -> list[Row]:
 
 def _read_file(path: Path) -> list[Row]:
     """All rows of a local .json/.jsonl/.csv file, in order; a UserError names the file, line and
-    what is wrong where it cannot be parsed."""
+    what is wrong where it cannot be parsed. Parsed once per process while the file's size, mtime
+    and inode stay the same (a study's cells share their data sets)."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    return list(_parsed_file(str(path), st.st_size, st.st_mtime_ns, st.st_ino))
+
+
+@lru_cache(maxsize=32)
+def _parsed_file(name: str, size: int, mtime_ns: int, inode: int) -> tuple[Row, ...]:
+    path = Path(name)
     kind = "csv" if path.suffix.lower() == ".csv" else "json"
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -268,7 +280,7 @@ def _read_file(path: Path) -> list[Row]:
     for row in rows:
         if not isinstance(row.data, dict):
             raise UserError(f"cannot read {path} as {kind}: line {row.line}: a row must be an object of fields")
-    return rows
+    return tuple(rows)
 
 
 def _read_hub(splits: tuple[HubSplit, ...]) -> list[Row]:

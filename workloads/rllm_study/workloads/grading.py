@@ -62,6 +62,7 @@ _POWER = r"(?:\^\{?\d\}?)?"       # cm^2
 # "5c": a coefficient), or a \text{...} / \mathrm{...} after anything
 _WORD_UNITS = re.compile(rf"({_NUMBER})(?:{_SPACE}+[A-Za-z]|[A-Za-z]{{2}})[A-Za-z ]*{_POWER}")
 _TEXT_UNITS = re.compile(rf"(.*?\S){_SPACE}*\\(?:text|mathrm|mbox)\s*\{{[^{{}}0-9]*\}}{_POWER}")
+_E_NOTATION = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)")  # 1.5e3: math-verify reads it as 1.5 x e x 3
 
 
 @dataclass(frozen=True)
@@ -197,9 +198,16 @@ def _no_unit_stripping() -> list:
     return [LatexExtractionConfig(normalization_config=normal), ExprExtractionConfig()]
 
 
+def _from_e_notation(value: str) -> str:
+    """A number written in e notation as LaTeX: "1.5e3" -> "1.5 \\times 10^{3}"; anything else as is."""
+    m = _E_NOTATION.fullmatch(value.strip())
+    return f"{m.group(1)} \\times 10^{{{m.group(2)}}}" if m else value
+
+
 def math_equal(reference: str, answer: str) -> bool:
     """True when `answer` is `reference`: math-verify equivalence (fractions, LaTeX forms, "070" =
-    70, an equation's right side: "x = 5" is 5) of the two without their units (`strip_units`).
+    70, an equation's right side: "x = 5" is 5, "25\\%" is 25) of the two without their units
+    (`strip_units`), an answer in e notation read as a power of ten ("1.5e3" is 1500).
     Symbols are kept, so an answer with free symbols is wrong for a numeric reference ("5 + c" is
     not 5). Any math-verify failure or timeout, or an answer longer than MAX_ANSWER_CHARS, counts
     as not equal.
@@ -214,7 +222,7 @@ def math_equal(reference: str, answer: str) -> bool:
     config = _no_unit_stripping()
     try:
         gold = parse(f"${strip_units(reference)}$", extraction_config=config, parsing_timeout=timeout)
-        pred = parse(f"${strip_units(answer)}$", extraction_config=config, parsing_timeout=timeout)
+        pred = parse(f"${_from_e_notation(strip_units(answer))}$", extraction_config=config, parsing_timeout=timeout)
         return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
     except Exception:  # math-verify and sympy raise many types on odd input; not equal
         return False

@@ -37,8 +37,9 @@ splits too, and so do gpt-oss (harmony) channels passed through as text: from
 writes them as `<think>` / `</think>` for grading). When the server splits reasoning off, output_text is rebuilt as
 `<think>REASONING</think>CONTENT` (without the opening tag when the prompt already opened it).
 
-Failures (server unreachable, HTTP error status, an error event, a stream cut mid-way, timeout)
-finish the request with reason "error" and the cause in `error`; events already delivered stay.
+Failures (server unreachable, HTTP error status, an error event, a data line that is not JSON, an
+HTTP 200 that is not a stream, a stream cut mid-way, timeout) finish the request with reason
+"error" and the cause in `error`; events already delivered stay.
 
 Load tests: `ignore_eos` sends the server's `ignore_eos: true` (llama-server, vLLM, SGLang; other
 kinds are reported in info().unsupported_options), so every request runs to max_tokens;
@@ -179,6 +180,51 @@ def _error_message(body: bytes) -> str:
     if isinstance(err, dict):
         return str(err.get("message") or err.get("detail") or err)[:300]
     return str(err)[:300]
+
+
+class SSEReader:
+    """Server-sent event lines to chunks (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+    each `data:` line is one JSON object; `data: [DONE]` ends the stream (yielded as None); blank
+    separators, comment lines (`: ping`) and other fields are skipped; `event: error` makes the
+    next data line the server's error. A data line that is not a JSON object, or an error event,
+    raises ServerError naming what arrived, so the request alone finishes with reason "error"."""
+
+    __slots__ = ("event", "seen_data", "first_line")
+
+    def __init__(self):
+        self.event = b""          # the `event:` field of the event being read
+        self.seen_data = False    # a `data:` line arrived (else the body was not a stream)
+        self.first_line = ""      # the body's first non-blank line, for the error of a non-stream answer
+
+    def chunks(self, lines: list[bytes]):
+        for line in lines:
+            line = line.strip()
+            if line and not self.first_line:
+                self.first_line = line.decode("utf-8", "replace")
+            if not line:
+                self.event = b""  # a blank line ends an event
+                continue
+            if line.startswith(b"event:"):
+                self.event = line[6:].strip()
+                continue
+            if not line.startswith(b"data:"):
+                continue  # comments (pings: lines starting ':'), id:, retry:
+            self.seen_data = True
+            payload = line[5:].strip()
+            if self.event == b"error":
+                raise ServerError(f"error event in the stream: {_error_message(payload)}")
+            if payload == b"[DONE]":
+                yield None
+                return
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                chunk = None
+            if not isinstance(chunk, dict):
+                text = payload.decode("utf-8", "replace")
+                raise ServerError(f"the server sent a data line that is not a JSON object: {text[:120]!r}"
+                                  f"{' (cut)' if len(text) > 120 else ''}")
+            yield chunk
 
 
 class StreamState:
@@ -606,20 +652,25 @@ class OpenAIEngine:
         async with self._client.stream("POST", url, json=self._body(stream.request)) as resp:
             if resp.status_code != 200:
                 raise ServerError(f"HTTP {resp.status_code}: {_error_message(await resp.aread())}")
-            pending = b""
+            pending, reader = b"", SSEReader()
             async with aclosing(resp.aiter_bytes()) as reads:
                 async for data in reads:
                     t_ns = time.perf_counter_ns()
                     *lines, pending = (pending + data).split(b"\n")
-                    for line in lines:
-                        line = line.strip()
-                        if not line.startswith(b"data:"):
-                            continue  # blank separators, comments (pings), `event:` lines
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
+                    for chunk in reader.chunks(lines):
+                        if chunk is None:
                             return
-                        for event in stream.on_chunk(json.loads(payload), t_ns, self.api == "chat"):
+                        for event in stream.on_chunk(chunk, t_ns, self.api == "chat"):
                             self._events.put(event)
+            for chunk in reader.chunks([pending]):  # the last line may come without its newline
+                if chunk is None:
+                    return
+                for event in stream.on_chunk(chunk, time.perf_counter_ns(), self.api == "chat"):
+                    self._events.put(event)
+            if not reader.seen_data:
+                raise ServerError(f"HTTP 200 but no server-sent event stream (content-type "
+                                  f"{resp.headers.get('content-type', 'none')!r}, body starts {reader.first_line[:80]!r}): "
+                                  f"the server ignored stream=true; use an OpenAI-compatible server that streams")
 
     def _cancel(self, request_id: str) -> None:
         stream = self._streams.get(request_id)
