@@ -438,3 +438,24 @@ def test_finish_gaps_split_every_gap_of_a_published_cell():
     assert (g["spanning"]["count"], g["other"]["count"]) == (spanning, other) and spanning > 0
     assert g["ratio"] == pytest.approx(g["spanning"]["p90"] / g["other"]["p90"])
     assert np.isfinite(g["ratio"])
+
+
+def test_occupancy_and_one_sequence_speed_from_events(tmp_path):
+    # three_requests by hand: r1 waits 0-0.5 and runs 0.5-5; r2 runs 1-4; r3 waits 2-3 and runs 3-4
+    from rllm_study.analysis.metrics import occupancy, solo_gaps
+
+    cell = write_cell(tmp_path / "c", [three_requests()])
+    times, running, waiting = occupancy(cell.requests)[0]
+    assert list(times) == [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert list(running) == [0, 1, 2, 2, 3, 1, 0] and list(waiting) == [1, 0, 0, 1, 0, 0, 0]
+    # one request runs alone in [0.5, 1) and [4, 5): only r1's last gap (4 -> 5 s) lies wholly inside one
+    assert solo_gaps(cell) == [1.0]
+    speed = cell_metrics(cell)["throughput"]["machine_speed"]
+    assert speed == {"tok_s": 1.0, "source": "one-sequence gaps", "calibration": [], "own_tok_s": 1.0, "n_gaps": 1}
+    # calibration decodes recorded around the session win over the cell's own gaps: their mean
+    w = CellWriter(tmp_path / "c")
+    for when, tok_s in (("before", 20.0), ("after", 30.0)):
+        w.write_calibration({"when": when, "tokens": 32, "seconds": 31 / tok_s, "tok_s": tok_s})
+    w.close()
+    speed = cell_metrics(read_cell(tmp_path / "c"))["throughput"]["machine_speed"]
+    assert (speed["tok_s"], speed["source"], speed["calibration"]) == (25.0, "calibration", [20.0, 30.0])

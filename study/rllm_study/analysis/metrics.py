@@ -598,6 +598,70 @@ def solo_itl(ctx: _Context) -> dict:
     return distribution(gaps, ctx.percentiles)
 
 
+# ---- occupancy and the machine's speed, from the recorded events ---------------------------------
+
+def occupancy(requests: Iterable[dict]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per session, the running and waiting counts as step functions, exact at every change: (times,
+    running, waiting), the counts holding from times[k] until times[k + 1]. A request waits from
+    arrival_s to admitted_s and runs from admitted_s to finish_s (records without admitted_s are
+    admitted on arrival); a change point gathers every event at that time."""
+    deltas: dict[int, dict[float, list[int]]] = {}
+    for r in requests:
+        arrival, finish = r.get("arrival_s"), r.get("finish_s")
+        if arrival is None or finish is None:
+            continue
+        admitted = r.get("admitted_s") if r.get("admitted_s") is not None else arrival
+        d = deltas.setdefault(r.get("session", 0), {})
+        for t, dr, dw in ((arrival, 0, 1), (admitted, 1, -1), (finish, -1, 0)):
+            step = d.setdefault(t, [0, 0])
+            step[0] += dr
+            step[1] += dw
+    out = {}
+    for session, d in deltas.items():
+        times = np.array(sorted(d))
+        out[session] = (times, np.cumsum([d[t][0] for t in times]), np.cumsum([d[t][1] for t in times]))
+    return out
+
+
+def solo_gaps(cell: Cell) -> list[float]:
+    """Token gaps t[i] - t[i-1] of any request during which exactly one request was running (by
+    `occupancy`: no admission or finish between the two tokens, one sequence in the engine): the
+    one-sequence decode step of this cell, measured from its own events."""
+    steps = occupancy(cell.requests)
+    gaps = []
+    for r in cell.requests:
+        tokens = _tokens_of(cell, r["id"])
+        if not tokens or r.get("session", 0) not in steps:
+            continue
+        times, running, _ = steps[r.get("session", 0)]
+        t = np.array(tokens[0])
+        if len(t) < 2:
+            continue
+        k = np.searchsorted(times, t[:-1], side="right") - 1
+        nxt = np.append(times, np.inf)[k + 1]
+        alone = (k >= 0) & (running[np.maximum(k, 0)] == 1) & (nxt >= t[1:])
+        gaps += [float(g) for g in (t[1:] - t[:-1])[alone] if g > 0]
+    return gaps
+
+
+@metric("machine_speed", "tokens/s",
+        "calibration: mean tok_s of calibration.jsonl (CALIBRATION_TOKENS greedy tokens, one sequence, just before and "
+        "after each session); own_tok_s = 1 / median(solo_gaps): gaps t[i] - t[i-1] while exactly one request ran "
+        "(occupancy from admitted_s / finish_s); tok_s = calibration where recorded, else own_tok_s", section="throughput")
+def machine_speed(ctx: _Context) -> dict:
+    """How fast the machine decoded one sequence while the cell ran, in tokens/s:
+    {tok_s, source ("calibration", "one-sequence gaps" or None), calibration (each calibration
+    decode's tok_s, in order), own_tok_s, n_gaps}. The calibration is a fixed decode on the cell's
+    own engine, so it also carries what the cell's engine settings do to speed (a quantized model
+    decodes faster): compare it between cells of one engine configuration. Cells recorded before
+    calibrations existed use their own one-sequence token gaps."""
+    cal = [c["tok_s"] for c in ctx.cell.calibration if c.get("tok_s")]
+    gaps = solo_gaps(ctx.cell)
+    own = 1.0 / float(np.median(gaps)) if gaps else None
+    tok_s, source = (_mean(cal), "calibration") if cal else (own, "one-sequence gaps") if own else (None, None)
+    return {"tok_s": tok_s, "source": source, "calibration": cal, "own_tok_s": own, "n_gaps": len(gaps)}
+
+
 CAUSES = ("queue", "prefill", "think", "answer", "sharing")
 
 

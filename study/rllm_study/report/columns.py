@@ -66,15 +66,16 @@ J_PER_TOKEN = col("J/token", "j_per_token", "energy", "j_per_token", kind="measu
 TOKENS_PER_J = col("tokens/J", "tokens_per_j", "energy", "tokens_per_j", kind="measured", better=True)
 AVG_POWER = col("avg W", "avg_power_w", "energy", "avg_power_w", kind="measured")
 PREFIX_HITS = col("prefix hit rate", "prefix_hit_rate", "techniques", "prefix_hit_rate", kind="pct")
+MACHINE_SPEED = col("machine tok/s", "machine_speed", "throughput", "machine_speed", "tok_s")
 DRAFT_ACCEPT = col("draft acceptance", "draft_acceptance_rate", "techniques", "draft_acceptance_rate", kind="pct")
 
 OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK,
-            J_PER_TOKEN)
+            J_PER_TOKEN, MACHINE_SPEED)
 TECHNIQUE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
 LOAD = (N_REQUESTS, ARRIVAL_RATE, ARRIVAL_CV, REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
 COMPARE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
            TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
-           GPU_PEAK, J_PER_TOKEN, TOKENS_PER_J, AVG_POWER, PREFIX_HITS, DRAFT_ACCEPT)
+           GPU_PEAK, J_PER_TOKEN, TOKENS_PER_J, AVG_POWER, PREFIX_HITS, DRAFT_ACCEPT, MACHINE_SPEED)
 
 
 def _node(metrics: dict, path: tuple):
@@ -120,14 +121,15 @@ def acc_text(acc: dict, lenient: bool = False) -> str:
 
 
 def fmt_interval(iv: Interval, kind: str = "num") -> str:
-    """'estimate [lo, hi] (n=N unit)'; kind ratio (x), points (difference of fractions), pct or a num kind."""
+    """'estimate [lo, hi] (n=N unit; scope)'; kind ratio (x), points (difference of fractions), pct or a num kind."""
     def one(v: float | None) -> str:
         if v is None:
             return "-"
         return f"{v:.2f}x" if kind == "ratio" else f"{100 * v:+.1f} pt" if kind == "points" else fmt(v, kind)
 
     bounds = f" [{one(iv.lo)}, {one(iv.hi)}]" if iv.known else " (no interval)"
-    return f"{one(iv.estimate)}{bounds} (n={iv.n} {iv.unit})"
+    scope = f"; {iv.scope}" if iv.scope else ""
+    return f"{one(iv.estimate)}{bounds} (n={iv.n} {iv.unit}{scope})"
 
 
 def ratio(new: float | None, ref: float | None) -> float | None:

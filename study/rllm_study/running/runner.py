@@ -19,6 +19,14 @@ rest afresh from the same seed.
 
 Before the first cell, `preflight` checks the whole study (see there); `run --dry-run` prints
 the same verdict.
+
+The machine's speed: just before a session's first request and just after its last, an engine
+that loads its own model runs one fixed calibration decode (`calibrate`: CALIBRATION_TOKENS greedy
+tokens of one fixed prompt, one sequence) and the cell records its decode rate in
+calibration.jsonl: never between two decode steps of the measured requests. Reports compare the
+seconds of two cells only where these agree (see rllm_study.report.claims).
+Cells run in the order `spec.expand` gives (the compared conditions interleaved); the manifest
+records each cell's place in it (`run_order`).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rllm_study.backends import engine_class
-from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
+from rllm_study.backends.base import Request, SamplingParams, TokenEvent, engine_unsupported
 from rllm_study.running.energy import CellEnergy, open_meters
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
@@ -48,6 +56,8 @@ from rllm_study.workloads.grading import GradingProcess
 from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, open_thinking
 
 IDLE_SLEEP_S = 0.005
+CALIBRATION_TOKENS = 16  # tokens of the calibration decode around each session (see `calibrate`)
+CALIBRATION_PROMPT = "Count on, one number after another: 1, 2, 3, 4, 5, 6, 7, 8,"
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
 
 
@@ -205,6 +215,9 @@ class CellRun:
                                    job.prompt.answer_cue))
 
     def run(self) -> None:
+        calibrates = self.engine.capabilities().local_model
+        if calibrates:
+            self.writer.write_calibration(calibrate(self.engine, "before"))
         self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
         self.energy.start()
         self.recorder = Recorder(time.perf_counter_ns())
@@ -212,6 +225,8 @@ class CellRun:
             self._loop()
         finally:
             self.records.close()
+        if calibrates:  # every measured request has finished: the engine is idle again
+            self.writer.write_calibration(calibrate(self.engine, "after"))
 
     def _written(self, done: int, record: dict) -> None:
         """On the writer thread, after a request is recorded: progress."""
@@ -266,6 +281,22 @@ class CellRun:
             }
             self.in_flight.discard(record["id"])
             self.records.put((job, record, tokens, extra))
+
+
+def calibrate(engine, when: str) -> dict:
+    """The machine's decode speed now, on this engine: one sequence, CALIBRATION_PROMPT, greedy,
+    CALIBRATION_TOKENS tokens, stepped until it finishes (the engine must be idle: nothing else
+    shares its steps). tok_s = (tokens - 1) / (last token time - first token time): decode only,
+    the prompt's prefill left out. {"when", "tokens", "seconds", "tok_s"}; tok_s None with fewer
+    than two tokens."""
+    rid = f"calibration-{when}"
+    engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(CALIBRATION_TOKENS, 0.0, 1.0, 0)))
+    times: list[int] = []
+    while engine.has_work():
+        times += [ev.t_ns for ev in engine.step() if isinstance(ev, TokenEvent) and ev.request_id == rid]
+    seconds = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
+    return {"when": when, "tokens": len(times), "seconds": round(seconds, 6),
+            "tok_s": (len(times) - 1) / seconds if seconds > 0 else None}
 
 
 def hash_id(text: str) -> int:
@@ -406,7 +437,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
                         continue
-                    writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names})
+                    writer.write_manifest({**manifest(cell, spec, engine), "energy_meters": energy.names,
+                                           "run_order": {"position": i, "of": len(planned)}})
                     run = CellRun(cell, engine, jobs, writer, grader, energy=energy)
                     already = len(jobs) - len(run.todo)
                     if console.is_terminal:
