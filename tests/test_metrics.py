@@ -227,8 +227,8 @@ def test_stragglers_in_synchronous_batches(tmp_path):
 def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     # batch 0 of 5, all arrive at 0. Four finish at 1 s. The straggler s: admitted at 0.5 (queue 0.5), first token at
     # 0.75 (prefill 0.25), 4 think then 3 answer tokens at 0.75, 1.2 | 1.4, 1.6 | 1.8, 2.0, 2.2: 6 gaps (3 think,
-    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Timeline: 5 running until 1.0, then s alone (one running
-    # at 1.0, none at 2.25): its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
+    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Occupancy from the events: 4 running from 0, 5 from 0.5, s
+    # alone from 1.0 to its finish: its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
     # think = 3 x 0.2 = 0.6, answer = 0.6, sharing = decode 1.45 - 6 x 0.2 = 0.25 (the shared gap 0.45 less 0.2);
     # 0.5 + 0.25 + 0.6 + 0.6 + 0.25 = 2.2 = E2EL.
     fast = [(record(f"f{i}", 0.0, 0.0, 0.5, 0.5, 1.0, 2, 0, batch=0), tokens(f"f{i}", [0.5, 1.0], "aa")) for i in range(4)]
@@ -243,9 +243,10 @@ def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     assert causes["seconds"] == {"queue": pytest.approx(0.5), "prefill": pytest.approx(0.25), "think": pytest.approx(0.6),
                                  "answer": pytest.approx(0.6), "sharing": pytest.approx(0.25)}
     assert sum(causes["seconds"].values()) == pytest.approx(2.2)
-    # never alone (5 running throughout): no solo speed; think / answer are the measured gaps (0.85 / 0.6), sharing unknown
-    crowded = [{**s, "running": 5} for s in samples]
-    causes = cell_metrics(write_cell(tmp_path / "d", [fast + [slow]], timeline=crowded))["stragglers"]["causes"]
+    # never alone (g, outside the batch, runs from 0 to 3 s): no solo speed; think / answer are the measured gaps
+    # (0.85 / 0.6), sharing unknown
+    g = (record("g", 0.0, 0.0, 0.5, 0.5, 3.0, 2, 0), tokens("g", [0.5, 3.0], "aa"))
+    causes = cell_metrics(write_cell(tmp_path / "d", [fast + [slow, g]], timeline=samples))["stragglers"]["causes"]
     assert causes["solo_itl_s"] is None and causes["seconds"]["sharing"] is None
     assert (causes["seconds"]["think"], causes["seconds"]["answer"]) == (pytest.approx(0.85), pytest.approx(0.6))
     assert causes["dominant"] == "think"
@@ -269,11 +270,26 @@ def test_memory_fluctuation(tmp_path):
         {"t_s": 0.2, "kv_used": 30, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 300, "device_bytes": None},
     ]
     mem = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["memory"]
-    assert mem["kv_frac"]["peak"] == 0.5 and mem["kv_frac"]["mean"] == pytest.approx(0.3)
-    assert mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(0.08 / 3) / 0.3)      # population std / mean
-    assert mem["kv_used"]["peak"] == 50 and mem["kv_used"]["unit"] == "cells"
-    assert mem["rss_bytes"] == {"count": 3, "peak": 300, "mean": 200, "cv": pytest.approx(math.sqrt(20000 / 3) / 200)}
+    # KV from the events (the engine counts cells; 20-token prompts): a request holds 20 cells from its prefill and one
+    # more per token until it finishes. r1: +20 at 1.0 and a token at 1, 1.25, ..., 5; r2: +20 at 2.0, tokens 2 .. 4; r3
+    # comes and goes at 4.0. Cells: 0 (0-1 s), 21, 22, 23, 24 (each 0.25 s), 46, 47, 49, 51 (each 0.5 s), 28 (4-5 s):
+    # weighted by time over the 5 s span, mean = (90 x 0.25 + 193 x 0.5 + 28) / 5 = 29.4 cells, peak 51
+    held = [(1.0, 0), (0.25, 21), (0.25, 22), (0.25, 23), (0.25, 24), (0.5, 46), (0.5, 47), (0.5, 49), (0.5, 51), (1.0, 28)]
+    var = sum(w * (v / 100 - 0.294) ** 2 for w, v in held) / 5
+    assert mem["kv_frac"]["source"] == "events" and mem["kv_frac"]["peak"] == 0.51
+    assert mem["kv_frac"]["mean"] == pytest.approx(0.294) and mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(var) / 0.294)
+    assert mem["kv_used"]["peak"] == 51 and mem["kv_used"]["unit"] == "cells" and mem["kv_used"]["seconds"] == 5.0
+    # running requests from the events: 0, 1, 2, 2, 3, 1 over 0.5, 0.5, 1, 1, 1, 1 s: mean 8.5 / 5
+    assert (mem["running"]["peak"], mem["running"]["mean"]) == (3, pytest.approx(1.7))
+    assert (mem["waiting"]["peak"], mem["waiting"]["mean"]) == (1, pytest.approx(1.5 / 5))
+    # what events cannot give is sampled and held until the next sample: rss 100 (0-0.1 s), 200 (0.1-0.2), 300 (last)
+    assert mem["rss_bytes"] == {"count": 3, "peak": 300, "mean": 150, "cv": pytest.approx(50 / 150), "seconds": pytest.approx(0.2),
+                                "max_gap_s": pytest.approx(0.1)}
     assert mem["device_bytes"] is None
+    # an engine that counts KV in bytes: the sampled counter, held between samples (0.1 and 0.5, 0.1 s each)
+    in_bytes = [{**x, "kv_unit": "bytes"} for x in samples]
+    kv = cell_metrics(write_cell(tmp_path / "b", [three_requests()], timeline=in_bytes))["memory"]["kv_frac"]
+    assert (kv["source"], kv["peak"], kv["mean"], kv["cv"]) == ("sampler", 0.5, pytest.approx(0.3), pytest.approx(0.2 / 0.3))
 
 
 def test_prefix_and_speculative_counters(tmp_path):

@@ -210,12 +210,13 @@ DOMAINS = {"gpqa-diamond": "science-knowledge"}
 def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float], think: list[int], *, study="pilot",
           variant="", engine=None, model=None, correct=False, batch: int | None = None, workload=None,
           arrivals: list[float] | None = None, queue: list[float] | None = None, lenient: bool | None = None,
-          repeat: int = 0, speed: float | tuple[float, float] | None = 20.0) -> None:
+          repeat: int = 0, speed: float | tuple[float, float] | None = 20.0, kv_every: float = 1.0) -> None:
     """A cell of one synchronous batch (or, with `workload` and `arrivals`, an open-loop cell):
     request i arrives at arrivals[i] (default 0), is admitted after queue[i] (default 0) and finishes
     e2el[i] after arriving; `correct` is one grade for all or one per request (`lenient`, when given,
     the lenient grade of all: then every answer was found in the thinking). KV samples every
-    second out of a capacity of 100 cells, one request running. `repeat` > 0 names a repeat of the cell;
+    second (`kv_every` s) out of a capacity of 100 percent, one request running (an engine counting KV in
+    percent: the report reads the sampled timeline, as for engines whose KV events cannot be counted in cells). `repeat` > 0 names a repeat of the cell;
     `speed` the machine speed its calibrations measured before and after it (tok/s; one value: both)."""
     n = len(e2el)
     workload = workload or {"arrival": "batch", "batch_size": batch or n}
@@ -238,7 +239,8 @@ def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float],
                          **({} if lenient is None else {"correct_lenient": lenient})},
                         {"id": rid, "t_s": [at + wait + 0.1], "token_ids": [1], "phase": "t", "draft": "0"})
     for s, used in enumerate(kv):
-        w.write_timeline({"t_s": float(s), "kv_used": used, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
+        w.write_timeline({"t_s": s * kv_every, "kv_used": used, "kv_capacity": 100, "kv_unit": "percent", "running": 1, "waiting": 0,
+                          "rss_bytes": 1})
     if speed is not None:
         for when, tok_s in zip(("before", "after"), speed if isinstance(speed, tuple) else (speed, speed)):
             w.write_calibration({"when": when, "tokens": 32, "seconds": 31 / tok_s, "tok_s": tok_s})
@@ -268,6 +270,13 @@ def test_memory_rule(tmp_path):
         _cell(tmp_path / "b", "reasoning", dataset, [top - 10, top, top - 5, top, top - 10], [1, 2], [5, 9])
         _cell(tmp_path / "b", "direct", dataset, [0, 3, 0, 3, 0], [1, 1], [0, 0])
     assert memory(load_cells([tmp_path / "b"])).status == NOT_REPRODUCED
+    # the same, but the reasoning cells' sampler starved (samples 1.5 s apart, over the 1 s a claim accepts): the memory
+    # claim does not rest on a timeline with holes
+    for dataset, top in zip(MATH, (70, 66, 60)):
+        _cell(tmp_path / "gaps", "reasoning", dataset, [3, 40, top, 10, 3], [1, 2], [5, 9], kv_every=1.5)
+        _cell(tmp_path / "gaps", "direct", dataset, [2, 3, 3, 3, 3], [1, 1], [0, 0])
+    gaps = memory(load_cells([tmp_path / "gaps"]))
+    assert gaps.status == NOT_TESTED and "gaps over 1 s" in gaps.reason, gaps
     # one pair: no interval over pairs, so it cannot settle
     one = memory(load_cells([tmp_path / "a" / "gsm8k-reasoning-batch-2", tmp_path / "a" / "gsm8k-direct-batch-2"]))
     assert one.status == INCONCLUSIVE and "an interval needs two" in one.reason, one

@@ -168,15 +168,6 @@ def share(k: int, n: int) -> dict:
     return {"share": _ratio(k, n), "k": k, "n": n, "ci95": wilson_interval(k, n)}
 
 
-def fluctuation(values: Iterable[float | None]) -> dict:
-    """peak = max, mean, cv = population std / mean (None when the mean is 0); None values dropped."""
-    vals = np.array([v for v in values if v is not None], dtype=float)
-    if not len(vals):
-        return {"count": 0, "peak": None, "mean": None, "cv": None}
-    mean = float(vals.mean())
-    return {"count": int(len(vals)), "peak": float(vals.max()), "mean": mean, "cv": float(vals.std()) / mean if mean else None}
-
-
 # ---- per-request metrics --------------------------------------------------------------------
 
 @metric("ttft_s", "s", "first_token_s - arrival_s", section="latency", per="request")
@@ -563,41 +554,6 @@ def tail_share(ctx: _Context) -> float | None:
     return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
 
 
-def _alone_stretches(timeline: list[dict]) -> dict[int, list[tuple[float, float]]]:
-    """Per session, [first, last] sample times of each run of two or more consecutive timeline samples with
-    at most one request running, at least one of them with exactly one."""
-    out: dict[int, list[tuple[float, float]]] = {}
-    run: list[dict] = []
-    samples = sorted((s for s in timeline if s.get("t_s") is not None and s.get("running") is not None),
-                     key=lambda s: (s.get("session", 0), s["t_s"]))
-    for s in samples + [{"session": None, "running": None}]:
-        if run and (s["running"] is None or s["running"] > 1 or s.get("session", 0) != run[-1].get("session", 0)):
-            if len(run) > 1 and any(x["running"] == 1 for x in run):
-                out.setdefault(run[0].get("session", 0), []).append((run[0]["t_s"], run[-1]["t_s"]))
-            run = []
-        if s["running"] is not None and s["running"] <= 1:
-            run.append(s)
-    return out
-
-
-@metric("solo_itl_s", "s", "gaps t[i] - t[i-1] of any request with both tokens inside a timeline stretch where running <= 1",
-        section="stragglers")
-def solo_itl(ctx: _Context) -> dict:
-    """One-sequence decode speed measured in the cell itself: the token gaps of requests while they
-    ran alone. A stretch runs from the first to the last of two or more consecutive timeline samples
-    that each show at most one request running (and one shows exactly one). Its p50 is the reference
-    of `straggler_causes`; count 0 when the cell never ran one request alone."""
-    stretches = _alone_stretches(ctx.cell.timeline)
-    gaps = []
-    for r in ctx.cell.requests:
-        tokens = _tokens_of(ctx.cell, r["id"])
-        spans = stretches.get(r.get("session", 0), [])
-        if tokens and spans:
-            times = tokens[0]
-            gaps += [b - a for a, b in zip(times, times[1:]) if any(lo <= a and b <= hi for lo, hi in spans)]
-    return distribution(gaps, ctx.percentiles)
-
-
 # ---- occupancy and the machine's speed, from the recorded events ---------------------------------
 
 def occupancy(requests: Iterable[dict]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -662,6 +618,15 @@ def machine_speed(ctx: _Context) -> dict:
     return {"tok_s": tok_s, "source": source, "calibration": cal, "own_tok_s": own, "n_gaps": len(gaps)}
 
 
+@metric("solo_itl_s", "s", "solo_gaps: gaps t[i] - t[i-1] of any request while exactly one request ran (occupancy, from events)",
+        section="stragglers")
+def solo_itl(ctx: _Context) -> dict:
+    """One-sequence decode speed measured in the cell itself: the token gaps of requests while they
+    ran alone (`solo_gaps`, exact from the admission and finish events). Its p50 is the reference of
+    `straggler_causes`; count 0 when the cell never ran one request alone."""
+    return distribution(solo_gaps(ctx.cell), ctx.percentiles)
+
+
 CAUSES = ("queue", "prefill", "think", "answer", "sharing")
 
 
@@ -710,36 +675,142 @@ def straggler_causes(ctx: _Context) -> dict:
             "dominant": max(known, key=known.get) if stragglers else None}
 
 
-@metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", section="memory")
+MAX_TIMELINE_GAP_S = 1.0  # a sampled timeline with a longer gap between samples decides no claim
+
+
+@define("time_weighted", "as the values",
+        "values[k] holds from t[k] to t[k+1]: peak = max(values); mean = sum(values[k] x (t[k+1] - t[k])) / T; "
+        "cv = sqrt(sum((values[k] - mean)^2 x (t[k+1] - t[k])) / T) / mean; T = sum of the sessions' spans")
+def time_weighted(series: Iterable[tuple[Iterable[float], Iterable[float | None]]]) -> dict:
+    """Peak, time-weighted mean and coefficient of variation of step functions (one per session; a
+    value None is left out with its stretch): {count (values), peak, mean, cv (None when the mean is 0),
+    seconds (T), max_gap_s (the longest stretch one value held)}."""
+    values, weights, peak, gap = [], [], None, 0.0
+    for times, vals in series:
+        kept = [(t, v) for t, v in zip(times, vals) if v is not None]
+        for (t, v), (t_next, _) in zip(kept, kept[1:] + [kept[-1]] if kept else []):
+            values.append(float(v))
+            weights.append(float(t_next) - float(t))
+            peak = float(v) if peak is None else max(peak, float(v))
+            gap = max(gap, float(t_next) - float(t))
+    total = sum(weights)
+    if not values:
+        return {"count": 0, "peak": None, "mean": None, "cv": None, "seconds": 0.0, "max_gap_s": None}
+    v, w = np.array(values), np.array(weights)
+    mean = float((v * w).sum() / total) if total > 0 else float(v.mean())
+    var = float(((v - mean) ** 2 * w).sum() / total) if total > 0 else float(v.var())
+    return {"count": len(values), "peak": peak, "mean": mean, "cv": (var ** 0.5) / mean if mean else None,
+            "seconds": total, "max_gap_s": gap}
+
+
+def _sampled(timeline: list[dict], value: Callable[[dict], float | None]) -> list[tuple[list[float], list]]:
+    """A sampled timeline as one sample-and-hold step function per session (samples in time order)."""
+    sessions: dict[int, list[dict]] = {}
+    for s in timeline:
+        if s.get("t_s") is not None:
+            sessions.setdefault(s.get("session", 0), []).append(s)
+    return [([s["t_s"] for s in rows], [value(s) for s in rows])
+            for rows in (sorted(r, key=lambda s: s["t_s"]) for r in sessions.values())]
+
+
+def kv_events(cell: Cell) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
+    """Per session, KV cells held by requests as a step function from the recorded events, exact at
+    every change: a request holds its prompt_tokens cells from prefill_done_s (first_token_s where
+    not recorded), one more cell from each of its token times, and releases them all at finish_s;
+    the function starts at the session's first arrival. None when a request has no per-token times
+    or the engine counts KV in another unit than cells (one per token per sequence)."""
+    units = {s.get("kv_unit") for s in cell.timeline if s.get("kv_unit")}
+    if units - {"cells"} or not cell.requests:
+        return None
+    deltas: dict[int, Counter] = {}
+    for r in cell.requests:
+        tokens = _tokens_of(cell, r["id"])
+        start = r.get("prefill_done_s") if r.get("prefill_done_s") is not None else r.get("first_token_s")
+        if r.get("arrival_s") is None or r.get("finish_s") is None:
+            continue
+        d = deltas.setdefault(r.get("session", 0), Counter())
+        d[r["arrival_s"]] += 0
+        if start is None:
+            continue
+        if not tokens:
+            return None
+        held = (r.get("prompt_tokens") or 0) + len(tokens[0])
+        d[start] += r.get("prompt_tokens") or 0
+        for t in tokens[0]:
+            d[t] += 1
+        d[r["finish_s"]] -= held
+    out = {}
+    for session, d in deltas.items():
+        times = np.array(sorted(d))
+        out[session] = (times, np.cumsum([d[t] for t in times]))
+    return out
+
+
+def _kv_capacity(cell: Cell) -> int | None:
+    caps = [s["kv_capacity"] for s in cell.timeline if s.get("kv_capacity")]
+    return max(caps) if caps else None
+
+
+@metric("kv_frac", "fraction",
+        "KV cells in use / kv_capacity: from events (kv_events) where the engine counts cells, else per timeline sample "
+        "(sample-and-hold); peak, mean and cv = std / mean weighted by time (time_weighted)", section="memory")
 def kv_frac(ctx: _Context) -> dict:
-    """KV-cache usage and its fluctuation over the run (samples with no capacity skipped)."""
-    return fluctuation(_ratio(s.get("kv_used") or 0, s.get("kv_capacity") or 0) for s in ctx.cell.timeline)
+    """KV-cache usage and its fluctuation over the run, weighted by time: {count, peak, mean, cv,
+    seconds, max_gap_s, source}. source "events": KV cells held by the requests, exact at every
+    admission, token and finish (`kv_events`), as a share of the engine's capacity; source
+    "sampler": the engine's own counter sampled by the runner (other engines, older cells), whose
+    `max_gap_s` says how long the sampler went without a sample (gaps over MAX_TIMELINE_GAP_S
+    keep a claim from resting on it)."""
+    events, capacity = kv_events(ctx.cell), _kv_capacity(ctx.cell)
+    if events is not None and capacity:
+        return {**time_weighted((t, v / capacity) for t, v in events.values()), "source": "events"}
+    series = _sampled(ctx.cell.timeline, lambda s: _ratio(s.get("kv_used") or 0, s.get("kv_capacity") or 0))
+    return {**time_weighted(series), "source": "sampler"}
 
 
-@metric("kv_used", "kv_unit", "kv_used per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("kv_used", "kv_unit", "KV in use: from events (kv_events, cells) or per timeline sample; peak, mean, cv weighted by time",
+        section="memory")
 def kv_used(ctx: _Context) -> dict:
-    """KV cache in use, in the engine's unit (cells: one per token per sequence; bytes; percent)."""
+    """KV cache in use, in the engine's unit (cells: one per token per sequence; bytes; percent), from
+    events where the unit is cells (see kv_frac), weighted by time."""
     units = sorted({s.get("kv_unit") for s in ctx.cell.timeline if s.get("kv_unit")})
-    return {**fluctuation(s.get("kv_used") for s in ctx.cell.timeline), "unit": "/".join(units) or None}
+    events = kv_events(ctx.cell)
+    stats = time_weighted(events.values()) if events is not None else time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("kv_used")))
+    return {**stats, "unit": "/".join(units) or None, "source": "events" if events is not None else "sampler"}
 
 
-@metric("rss_bytes", "bytes", "rss_bytes per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("running_requests", "requests", "requests admitted and not finished (occupancy, from events): peak, mean, cv weighted by time",
+        section="memory", key="running")
+def running_requests(ctx: _Context) -> dict:
+    """How many requests the engine held at once, exact at every admission and finish."""
+    return time_weighted((t, r) for t, r, _ in occupancy(ctx.cell.requests).values())
+
+
+@metric("waiting_requests", "requests", "requests arrived and not admitted (occupancy, from events): peak, mean, cv weighted by time",
+        section="memory", key="waiting")
+def waiting_requests(ctx: _Context) -> dict:
+    """How many requests waited for a sequence slot at once, exact at every arrival and admission."""
+    return time_weighted((t, w) for t, _, w in occupancy(ctx.cell.requests).values())
+
+
+@metric("rss_bytes", "bytes", "rss_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time", section="memory")
 def rss(ctx: _Context) -> dict:
-    """Resident memory of the engine process."""
-    return fluctuation(s.get("rss_bytes") for s in ctx.cell.timeline)
+    """Resident memory of the engine process (what events cannot give: the sampler records it)."""
+    return time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("rss_bytes")))
 
 
-@metric("device_bytes", "bytes", "device_bytes per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("device_bytes", "bytes", "device_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time", section="memory")
 def device(ctx: _Context) -> dict | None:
     """Accelerator memory in use; None when there is no device."""
-    stats = fluctuation(s.get("device_bytes") for s in ctx.cell.timeline)
+    stats = time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("device_bytes")))
     return stats if stats["count"] else None
 
 
-@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes): peak, mean, cv = std / mean", section="memory")
+@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes; sample-and-hold): peak, mean, cv weighted by time",
+        section="memory")
 def gpu_memory(ctx: _Context) -> dict | None:
     """GPU memory in use on the cell's GPUs as NVML reports it (every process on them); None without NVML."""
-    stats = fluctuation(s.get("gpu_bytes") for s in ctx.cell.timeline)
+    stats = time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("gpu_bytes")))
     return stats if stats["count"] else None
 
 

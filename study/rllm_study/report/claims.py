@@ -40,7 +40,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rllm_study.analysis.metrics import distribution, group_tail, percentile_key, session_spans, straggler_groups
+from rllm_study.analysis.metrics import (MAX_TIMELINE_GAP_S, distribution, group_tail, percentile_key, session_spans,
+                                         straggler_groups)
 from rllm_study.models import FLOAT_TYPES
 from rllm_study.report import columns as C
 from rllm_study.report.cells import (
@@ -261,6 +262,13 @@ def _in_steps(c: CellData) -> Rows:
     return [{**r, "e2el_steps": None if sp is None or r["e2el_s"] is None else r["e2el_s"] * sp} for r in _completed(c.rows)]
 
 
+def _timeline_gap(c: CellData) -> bool:
+    """Whether the cell's KV figures come from a sampled timeline with a gap over MAX_TIMELINE_GAP_S
+    (KV from events has none)."""
+    kv = c.metrics["memory"]["kv_frac"]
+    return kv.get("source") != "events" and (kv.get("max_gap_s") or 0) > MAX_TIMELINE_GAP_S
+
+
 def _share(c: CellData) -> float | None:
     """A cell's straggler share (`straggler_share`)."""
     return c.metrics["stragglers"]["share"]
@@ -328,15 +336,22 @@ def memory(cells: list[CellData]) -> Claim:
     rule = (f"Over matched pilot pairs at the largest budget: reproduced if the reasoning cells' peak KV-cache use is "
             f"at least {PEAK_FACTOR:g}x the direct cells' (geometric mean of the pairs' ratios) and their KV-use "
             f"coefficient of variation (std / mean over the timeline) is higher (mean of the pairs' differences above "
-            f"0); t intervals over the pairs, as KV use is a per-cell timeline figure; at least {MIN_CELLS} pairs.")
+            f"0); t intervals over the pairs, as KV use is a per-cell timeline figure; at least {MIN_CELLS} pairs. KV use "
+            f"comes from the requests' events (exact at every change) where the engine counts cells, else from the "
+            f"sampled timeline, and a cell whose sampled timeline has a gap over {MAX_TIMELINE_GAP_S:g} s is left out; "
+            f"peak, mean and CV are weighted by time.")
     claim = Claim("memory", "Memory use and fluctuation",
                   "A reasoning model's KV-cache use is high and swings within a batch (about 3% to 70% for a 7B "
                   "model on MATH-500) while the ordinary model stays under about 3%.", rule, NOT_TESTED, "")
     pairs, top = _largest_budget_pairs(cells)
     pairs = [(r, d) for r, d in pairs if C.value(r.metrics, C.KV_PEAK) and C.value(d.metrics, C.KV_PEAK)
              and C.value(r.metrics, C.KV_CV) is not None and C.value(d.metrics, C.KV_CV) is not None]
+    gapped = [c.name for pair in pairs for c in pair if _timeline_gap(c)]
+    pairs = [(r, d) for r, d in pairs if not (_timeline_gap(r) or _timeline_gap(d))]
     if not pairs:
-        claim.reason = f"needs reasoning and direct pilot cells with a KV timeline: {PILOT_HINT}"
+        claim.reason = (f"every pair has a cell whose sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s "
+                        f"({', '.join(gapped)}): no claim rests on a timeline with holes" if gapped else
+                        f"needs reasoning and direct pilot cells with a KV timeline: {PILOT_HINT}")
         return claim
     reasoning, direct = [r for r, _ in pairs], [d for _, d in pairs]
     where = _pair_scope(pairs)
@@ -346,9 +361,12 @@ def memory(cells: list[CellData]) -> Claim:
                       f"{C.fmt(_mean_of(reasoning, C.KV_PEAK), 'pct')} / {C.fmt(_mean_of(direct, C.KV_PEAK), 'pct')}"),
                      ("KV-use CV, reasoning / direct (mean over cells)",
                       f"{C.fmt(_mean_of(reasoning, C.KV_CV))} / {C.fmt(_mean_of(direct, C.KV_CV))}")]
+    sources = sorted({c.metrics["memory"]["kv_frac"].get("source") or "sampler" for pair in pairs for c in pair})
+    detail = f"reasoning peak KV is {C.fmt_ratio(peak.estimate)} direct's ({len(pairs)} pairs, budget {top}; KV from {' and '.join(sources)})"
+    if gapped:
+        detail += (f"; left out, their sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s: {', '.join(gapped)}")
     return _decide(claim, [Check(Condition("peak KV ratio reasoning / direct", peak, PEAK_FACTOR, log=True), "ratio"),
-                           Check(Condition("KV-use CV, reasoning - direct", cv, 0.0))],
-                   f"reasoning peak KV is {C.fmt_ratio(peak.estimate)} direct's ({len(pairs)} pairs, budget {top})")
+                           Check(Condition("KV-use CV, reasoning - direct", cv, 0.0))], detail)
 
 
 def stragglers(cells: list[CellData]) -> Claim:
