@@ -475,3 +475,43 @@ def test_occupancy_and_one_sequence_speed_from_events(tmp_path):
     w.close()
     speed = cell_metrics(read_cell(tmp_path / "c"))["throughput"]["machine_speed"]
     assert (speed["tok_s"], speed["source"], speed["calibration"]) == (25.0, "calibration", [20.0, 30.0])
+
+
+def test_who_ended_the_thinking_and_capped_repetition_loops(tmp_path):
+    from rllm_study.analysis.metrics import repeat_share
+
+    # think budget 20. a: the model closed its thinking (5 think, 3 answer tokens); b: cut at the cap after 20 think tokens
+    # that alternate 1, 2 (a loop: of its 13 8-grams only 2 are new, 11 repeat); c: the model ended while thinking after
+    # 6 (the engine closed it below the cap); d: 8 distinct think tokens, then the output budget ran out (length) with the
+    # thinking never closed; e: answered directly.
+    def row(id, think, answer, ids, **extra):
+        n = think + answer
+        return (record(id, 0.0, 0.0, 0.1, 0.1 if answer else None, 1.0 + n / 100, n, think, batch=0, **extra),
+                {**tokens(id, [0.1 + i / 100 for i in range(n)], "t" * think + "a" * answer), "token_ids": ids})
+
+    cases = [row("a", 5, 3, list(range(8)), think_forced=False), row("b", 20, 2, [1, 2] * 10 + [7, 8], think_forced=True),
+             row("c", 6, 2, list(range(8)), think_forced=True),
+             row("d", 8, 0, list(range(8)), think_forced=False, finish_reason="length"),
+             row("e", 0, 4, list(range(4)), think_forced=False)]
+    w = CellWriter(tmp_path / "c")
+    w.write_manifest({"cell": {"name": "c", "think_budget": 20}})
+    for rec, tok in cases:
+        w.write_request(rec, tok)
+    w.close()
+    cell = read_cell(tmp_path / "c")
+    rows = {r["id"]: r for r in request_metrics(cell)}
+    assert {i: rows[i]["think_closed_by"] for i in "abcde"} == {"a": "model", "b": "cap", "c": "ended", "d": "unclosed", "e": None}
+    # a cap hit counts as hitting the budget, like running out of output tokens
+    assert [i for i in "abcde" if rows[i]["capped"]] == ["b", "d"]
+    assert rows["b"]["repeat_share"] == pytest.approx(11 / 13) and rows["b"]["repetition_loop"]
+    assert rows["d"]["repeat_share"] == 0.0 and not rows["d"]["repetition_loop"]   # cut, but no loop
+    assert repeat_share([1, 2] * 3, "t" * 6) is None                                  # under 8 think tokens
+    tok = cell_metrics(cell)["tokens"]
+    assert {c: (v["k"], v["n"]) for c, v in tok["think_closers"].items()} == {"model": (1, 4), "cap": (1, 4), "ended": (1, 4),
+                                                                               "unclosed": (1, 4)}
+    assert (tok["hit_budget"]["k"], tok["hit_budget"]["n"]) == (2, 5)
+    # the straggler causes count capped requests and capped repetition loops among the stragglers: E2EL 1.08, 1.22,
+    # 1.08, 1.08, 1.04 s; at k = 2 none exceeds 2 x the median 1.08, at k = 1 b alone does, capped in a loop
+    assert cell_metrics(cell)["stragglers"]["causes"]["count"] == 0
+    causes = cell_metrics(cell, straggler_k=1.0)["stragglers"]["causes"]
+    assert (causes["count"], causes["capped"], causes["capped_repetition_loops"]) == (1, 1, 1)

@@ -286,16 +286,87 @@ def group_tail(members: list[dict]) -> tuple[float, float]:
     return span, finishes[-1] - finishes[len(finishes) // 2]
 
 
+# ---- who ended the thinking ------------------------------------------------------------------
+
+CLOSERS = ("model", "cap", "ended", "unclosed")
+LOOP_N = 8            # n of the n-grams that tell a repetition loop
+LOOP_SHARE = 0.5      # a thinking whose n-grams repeat at least this share is a repetition loop
+
+
+@define("think_closed_by", "category",
+        "model: not think_forced and an answer phase; cap: think_forced and think_tokens >= the cell's think_budget; "
+        "ended: think_forced below the think budget (the model ended while thinking); unclosed: never closed")
+def think_closed_by(r: dict, think_budget: int | None) -> str | None:
+    """Who ended a request's thinking: the model itself (it wrote `</think>`), the engine at the think
+    cap (think_budget think tokens), the engine after the model ended while still thinking, or nobody
+    (the output budget ran out first, or the request stopped inside its thinking). None when it did not
+    think (a direct request, or no think tokens)."""
+    if (r.get("think_tokens") or 0) <= 0:
+        return None
+    if r.get("think_forced"):
+        return "cap" if think_budget is not None and r["think_tokens"] >= think_budget else "ended"
+    return "model" if has_answer_phase(r) else "unclosed"
+
+
+@define("repeat_share", "fraction", f"think-phase {LOOP_N}-grams of token ids that occurred earlier in the same thinking / "
+        f"all its {LOOP_N}-grams")
+def repeat_share(token_ids: list[int], phases: str) -> float | None:
+    """How much a request's thinking repeats itself: the share of its think tokens' 8-grams (token ids,
+    tokens.jsonl) that already occurred earlier in that thinking. None with fewer than 8 think tokens."""
+    think = [t for t, p in zip(token_ids, phases) if p == "t"]
+    grams = [tuple(think[i:i + LOOP_N]) for i in range(len(think) - LOOP_N + 1)]
+    seen: set = set()
+    repeats = 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams) if grams else None
+
+
+@define("capped_repetition_loop", "bool", f"think_closed_by = cap (or finish_reason = length while thinking) and "
+        f"repeat_share >= {LOOP_SHARE:g}")
+def capped_loop(r: dict, closer: str | None, share: float | None) -> bool:
+    """A request whose thinking went round in a loop until the engine cut it: cut at the think cap (or at
+    the output budget while still thinking) with at least half its think-phase 8-grams repeating earlier
+    ones (loops repeat about two thirds; other thinking 1-10%)."""
+    cut = closer == "cap" or (closer == "unclosed" and r.get("finish_reason") == "length")
+    return bool(cut and share is not None and share >= LOOP_SHARE)
+
+
+@metric("think_closers", "fraction",
+        "per closer in think_closed_by: completed requests that thought with that closer / completed requests that thought, "
+        "with its wilson_ci95", section="tokens")
+def think_closers(ctx: _Context) -> dict | None:
+    """Who ended the thinking, as shares of the completed requests that thought: {model, cap, ended,
+    unclosed: {share, k, n, ci95}}. A cap hit counts as hitting the budget. None when none thought."""
+    closers = [r["think_closed_by"] for r in ctx.done if r["think_closed_by"] is not None]
+    return {c: share(closers.count(c), len(closers)) for c in CLOSERS} if closers else None
+
+
+@metric("hit_budget_share", "fraction", "completed requests with finish_reason = length or think_closed_by = cap / completed requests",
+        section="tokens", key="hit_budget")
+def hit_budget_share(ctx: _Context) -> dict | None:
+    """Requests that hit a budget: the output budget (finish `length`) or the think budget (cut at the think
+    cap, which ends with `stop`): {share, k, n, ci95}. None without completed requests."""
+    return share(sum(r["capped"] for r in ctx.done), len(ctx.done)) if ctx.done else None
+
+
 # ---- requests ------------------------------------------------------------------------------
 
 def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window: int = DEFAULT_WINDOW) -> list[dict]:
     """One dict per recorded request: identifiers (id, dataset, domain, session, batch, arrival_s,
-    finish_s, finish_reason, completed), every per-request metric, and its straggler `group` and flag."""
+    finish_s, finish_reason, completed), every per-request metric, who closed its thinking
+    (`think_closed_by`), whether it hit a budget (`capped`: finish length or cut at the think cap), its
+    `repeat_share` and `repetition_loop` (`capped_repetition_loop`), and its straggler `group` and flag."""
     if straggler_k <= 0 or window < 1:
         raise UserError(f"straggler k = {straggler_k} must be > 0 and window = {window} at least 1")
     rows = []
+    think_budget = cell.manifest.get("cell", {}).get("think_budget")
     for r in cell.requests:
         tokens = _tokens_of(cell, r["id"])
+        token_row = cell.tokens.get(r["id"]) or {}
+        closer = think_closed_by(r, think_budget)
+        loop_share = repeat_share(token_row.get("token_ids") or [], token_row.get("phase") or "")
         row = {
             "id": r["id"],
             "dataset": r.get("dataset"),
@@ -306,6 +377,10 @@ def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window
             "finish_s": r.get("finish_s"),
             "finish_reason": r.get("finish_reason"),
             "completed": r.get("finish_reason") in COMPLETED,
+            "think_closed_by": closer,
+            "capped": r.get("finish_reason") == "length" or closer == "cap",
+            "repeat_share": loop_share,
+            "repetition_loop": capped_loop(r, closer, loop_share),
         }
         row.update({name: e.fn(r, tokens) for name, e in _ENTRIES.items() if e.per == "request"})
         rows.append(row)
@@ -633,14 +708,17 @@ CAUSES = ("queue", "prefill", "think", "answer", "sharing")
 @metric("straggler_causes", "s",
         "per straggler: queue = admitted_s - arrival_s; prefill = first_token_s - admitted_s; with solo = solo_itl_s p50: "
         "think = think gaps x solo, answer = answer gaps x solo, sharing = (finish_s - first_token_s) - think - answer; "
-        "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers",
+        "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers; "
+        "capped_repetition_loops = stragglers with capped_repetition_loop",
         section="stragglers", key="causes")
 def straggler_causes(ctx: _Context) -> dict:
     """Where the stragglers' E2EL went. A gap belongs to the phase of its later token (tokens.jsonl;
     without per-token times: think gaps = think_tokens - 1 when it thought, answer gaps the rest). The
     five parts add up to E2EL. `sharing` is the slowdown from sharing decode steps with other requests:
     decoding time beyond what a one-sequence decode of the same length took in this cell (may be
-    negative when the straggler decoded faster than that median). `dominant` names the largest part
+    negative when the straggler decoded faster than that median). `capped` counts the stragglers that hit
+    a budget (output or think cap), `capped_repetition_loops` those whose cause is a capped repetition loop
+    (`capped_repetition_loop`: cut with at least half its thinking's 8-grams repeating). `dominant` names the largest part
     (None without stragglers); `seconds` are sums over the cell's `count` stragglers."""
     solo_gaps = solo_itl(ctx)
     solo = solo_gaps["p50"] if solo_gaps["count"] else None
@@ -672,7 +750,9 @@ def straggler_causes(ctx: _Context) -> dict:
         sums["sharing"] = None
     known = {c: v for c, v in sums.items() if v is not None}
     return {"count": len(stragglers), "solo_itl_s": solo, "seconds": sums,
-            "dominant": max(known, key=known.get) if stragglers else None}
+            "dominant": max(known, key=known.get) if stragglers else None,
+            "capped_repetition_loops": sum(r["repetition_loop"] for r in stragglers),
+            "capped": sum(r["capped"] for r in stragglers)}
 
 
 MAX_TIMELINE_GAP_S = 1.0  # a sampled timeline with a longer gap between samples decides no claim

@@ -439,14 +439,17 @@ def adaptive_time(cells: list[CellData]) -> Claim:
                        Check(Condition(f"{where}: mean E2EL {hard} / {easy}", _noted(e2el, note), 1.0, log=True), "ratio")]
         for t in tiers:
             rows = [r for c in by_tier[t] for r in _completed(c.rows)]
-            capped = sum(r["finish_reason"] == "length" for r in rows) / len(rows) if rows else 0.0
+            capped = sum(r["capped"] for r in rows) / len(rows) if rows else 0.0
             capped_max = max(capped_max, capped)
+            free = [r for r in rows if not r["capped"]]
             claim.numbers.append((f"{where}, {t}: think tokens mean / E2EL mean / hit budget (n={len(rows)})",
                                   f"{C.fmt(_mean_key('think_tokens')(rows))} tok / {C.fmt(_mean_key('e2el_s')(rows))} s / "
                                   f"{C.fmt(capped, 'pct')}"))
+            claim.numbers.append((f"{where}, {t}: without capped requests, think tokens mean / E2EL mean (n={len(free)}; not deciding)",
+                                  f"{C.fmt(_mean_key('think_tokens')(free))} tok / {C.fmt(_mean_key('e2el_s')(free))} s"))
     detail = f"budget {top}, batch size {_sizes(groups)}"
     if capped_max >= 0.5:
-        detail += f"; {C.fmt(capped_max, 'pct')} of a tier's requests hit the budget, which flattens the ladder"
+        detail += f"; {C.fmt(capped_max, 'pct')} of a tier's requests hit a budget (output or think cap), which flattens the ladder"
     return _decide(claim, checks, detail)
 
 
