@@ -494,6 +494,26 @@ def test_derived_quantization_ladder_has_no_accuracy_verdict(tmp_path):
     assert dict(claim.numbers)["new (4.50 bpw) vs 16.00 bpw: out tok/s ratio (engine cost only)"].startswith("1.97x [")
 
 
+def test_lower_precision_than_the_source_gets_an_accuracy_verdict(tmp_path):
+    # a ladder derived from the shipped Q4_K_M file: F16 (higher precision than its source: engine cost only), the
+    # source itself, and Q4_0 re-quantized from it (lower precision: its loss is attributable). Q4_0 answers half of
+    # 150 requests where the source answers all: settled against, by the accuracy condition against the source.
+    origin = "m (Q4_K_M, embedded:x)"
+    ladder = (("base", "F16", 16.0, origin, True), ("q4km", "Q4_K_M", 4.85, None, True), ("new", "Q4_0", 4.5, origin, [True, False]))
+    for variant, quant, bits, derived, correct in ladder:
+        for r in range(3):
+            _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1.0, 50), [9] * 50, study="quantization", variant=variant, repeat=r,
+                  correct=correct if correct is True else [i % 2 == 0 for i in range(50)],
+                  model={"quant": quant, "derived_from": derived, "gguf": {"bits_per_weight": bits, "n_params": 5e8}})
+    claim = {c.key: c for c in check_claims(load_cells([tmp_path]))}["quantization"]
+    assert claim.status == NOT_REPRODUCED, claim
+    numbers = dict(claim.numbers)
+    assert "settled: fails" in numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"]
+    assert numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"].startswith("-50.0 pt [")
+    assert "q4km (4.85 bpw) vs 16.00 bpw: out tok/s ratio (engine cost only)" in numbers
+    assert "against their source file (Q4_K_M)" in claim.reason, claim.reason
+
+
 def _open_loop(root: Path, cv: float, arrivals: list[float], queue: float, e2el: float, repeats: int = 3) -> None:
     n = len(arrivals)
     for r in range(repeats):

@@ -554,8 +554,10 @@ def weight_quantization(cells: list[CellData]) -> Claim:
     rule = (f"Each variant with fewer bits per weight than its group's highest-precision variant (same model, data set, "
             f"budget, workload): reproduced if every one keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points "
             f"of it (Newcombe interval of the difference above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
-            f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs, above 1). Not tested for accuracy "
-            f"when the ladder was derived from one quantized file.")
+            f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} "
+            f"pairs, above 1). A ladder derived from one quantized file: a variant of lower precision than that source is "
+            f"judged the same way against the source's own cells (its loss is attributable to precision); variants of "
+            f"higher precision than the source hold no more information than it, so they show engine cost only.")
     claim = Claim("quantization", "Weight quantization",
                   "4-bit (GPTQ-Int4) and FP8 weights stay within about 3% accuracy with equal or better serving.",
                   rule, NOT_TESTED, "")
@@ -565,22 +567,30 @@ def weight_quantization(cells: list[CellData]) -> Claim:
         claim.reason = "needs cells of one model at several weight quantizations: run `rllm-study run --preset quantization`"
         return claim
     origins = {derived_origin(c) for v in vs for pair in v.pairs for c in pair} - {None}
+    reference = "the highest precision"
     if origins:
         for v in vs:
             ref, new = v.pairs[0]
             claim.numbers.append((f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: out tok/s ratio (engine cost only)",
                                   C.fmt_interval(v.ratio(TOK_S), "ratio")))
             claim.numbers.append((f"{v.variant}: E2EL p50 ratio (engine cost only)", C.fmt_interval(v.ratio(E2EL_P50), "ratio")))
-        claim.reason = (f"the ladder is derived from one {', '.join(sorted(origins))} file, so its accuracy "
-                        f"cannot differ for a reason the study can attribute to precision; engine cost shown only")
-        return claim
+        sources = {o.upper() for o in origins}
+        vs = [v for v in versus(cells, "weight quantization", _ref_where(lambda c: derived_origin(c) is None and
+                                                                         str(c.model.get("quant") or "").upper() in sources))
+              if _bits(v.pairs[0][1]) < _bits(v.pairs[0][0])]
+        if not vs:
+            claim.reason = (f"the ladder is derived from one {', '.join(sorted(origins))} file and has no variant of lower "
+                            f"precision than it: the others' accuracy cannot differ for a reason the study can attribute to "
+                            f"precision; engine cost shown only")
+            return claim
+        reference = f"their source file ({', '.join(sorted(origins))}); higher-precision variants: engine cost only"
     checks = []
     for v in vs:
         ref, new = v.pairs[0]
         checks += [Check(Condition(f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: accuracy difference",
                               v.accuracy_diff, -ACC_TOLERANCE), "points"),
                    Check(Condition(f"{v.variant}: out tok/s ratio", v.ratio(TOK_S), 1.0, log=True), "ratio")]
-    detail = f"{len(vs)} lower-bit variant(s) against the highest precision"
+    detail = f"{len(vs)} lower-bit variant(s) against {reference}"
     if _no_answers(vs):
         detail += "; the reference answered nothing correctly, so only speed was really tested"
     return _decide(claim, checks, detail)
