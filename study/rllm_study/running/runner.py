@@ -57,6 +57,7 @@ from rllm_study.workloads.prompts import Prompt, build_prompt, has_think_token, 
 
 IDLE_SLEEP_S = 0.005
 CALIBRATION_TOKENS = 16  # tokens of the calibration decode around each session (see `calibrate`)
+CALIBRATION_MAX_S = 2.0  # ... cut short after this many seconds of decoding on a very busy machine
 CALIBRATION_PROMPT = "Count on, one number after another: 1, 2, 3, 4, 5, 6, 7, 8,"
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
 
@@ -286,14 +287,17 @@ class CellRun:
 def calibrate(engine, when: str) -> dict:
     """The machine's decode speed now, on this engine: one sequence, CALIBRATION_PROMPT, greedy,
     CALIBRATION_TOKENS tokens, stepped until it finishes (the engine must be idle: nothing else
-    shares its steps). tok_s = (tokens - 1) / (last token time - first token time): decode only,
-    the prompt's prefill left out. {"when", "tokens", "seconds", "tok_s"}; tok_s None with fewer
-    than two tokens."""
+    shares its steps); a busy machine stops it after CALIBRATION_MAX_S of decoding once it has 3
+    tokens (it is aborted), so calibrating never costs much. tok_s = (tokens - 1) / (last token time
+    - first token time): decode only, the prompt's prefill left out. {"when", "tokens", "seconds",
+    "tok_s"}; tok_s None with fewer than two tokens."""
     rid = f"calibration-{when}"
     engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(CALIBRATION_TOKENS, 0.0, 1.0, 0)))
     times: list[int] = []
     while engine.has_work():
         times += [ev.t_ns for ev in engine.step() if isinstance(ev, TokenEvent) and ev.request_id == rid]
+        if len(times) >= 3 and times[-1] - times[0] > CALIBRATION_MAX_S * 1e9:
+            engine.abort(rid)
     seconds = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
     return {"when": when, "tokens": len(times), "seconds": round(seconds, 6),
             "tok_s": (len(times) - 1) / seconds if seconds > 0 else None}
