@@ -270,15 +270,16 @@ def test_memory_fluctuation(tmp_path):
         {"t_s": 0.2, "kv_used": 30, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 300, "device_bytes": None},
     ]
     mem = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["memory"]
-    # KV from the events (the engine counts cells; 20-token prompts): a request holds 20 cells from its prefill and one
-    # more per token until it finishes. r1: +20 at 1.0 and a token at 1, 1.25, ..., 5; r2: +20 at 2.0, tokens 2 .. 4; r3
-    # comes and goes at 4.0. Cells: 0 (0-1 s), 21, 22, 23, 24 (each 0.25 s), 46, 47, 49, 51 (each 0.5 s), 28 (4-5 s):
-    # weighted by time over the 5 s span, mean = (90 x 0.25 + 193 x 0.5 + 28) / 5 = 29.4 cells, peak 51
-    held = [(1.0, 0), (0.25, 21), (0.25, 22), (0.25, 23), (0.25, 24), (0.5, 46), (0.5, 47), (0.5, 49), (0.5, 51), (1.0, 28)]
-    var = sum(w * (v / 100 - 0.294) ** 2 for w, v in held) / 5
-    assert mem["kv_frac"]["source"] == "events" and mem["kv_frac"]["peak"] == 0.51
-    assert mem["kv_frac"]["mean"] == pytest.approx(0.294) and mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(var) / 0.294)
-    assert mem["kv_used"]["peak"] == 51 and mem["kv_used"]["unit"] == "cells" and mem["kv_used"]["seconds"] == 5.0
+    # KV from the events (the engine counts cells; 20-token prompts): a request's 20 prompt cells enter at the middle of
+    # its prefill (r1: admitted 0.5, prefill done 1.0 -> 0.75; r2: 1.5; r3: 3.5), one more cell per token, all released at
+    # its finish. Cells: 0 (0-0.75 s), 20, 21, 22, 43, 44 (each 0.25 s), 46, 47, 49, 71 (each 0.5 s), 28 (4-5 s):
+    # weighted by time over the 5 s span, mean = (150 x 0.25 + 213 x 0.5 + 28) / 5 = 34.4 cells, peak 71
+    held = [(0.75, 0), (0.25, 20), (0.25, 21), (0.25, 22), (0.25, 43), (0.25, 44), (0.5, 46), (0.5, 47), (0.5, 49), (0.5, 71),
+            (1.0, 28)]
+    var = sum(w * (v / 100 - 0.344) ** 2 for w, v in held) / 5
+    assert mem["kv_frac"]["source"] == "events" and mem["kv_frac"]["peak"] == 0.71
+    assert mem["kv_frac"]["mean"] == pytest.approx(0.344) and mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(var) / 0.344)
+    assert mem["kv_used"]["peak"] == 71 and mem["kv_used"]["unit"] == "cells" and mem["kv_used"]["seconds"] == 5.0
     # running requests from the events: 0, 1, 2, 2, 3, 1 over 0.5, 0.5, 1, 1, 1, 1 s: mean 8.5 / 5
     assert (mem["running"]["peak"], mem["running"]["mean"]) == (3, pytest.approx(1.7))
     assert (mem["waiting"]["peak"], mem["waiting"]["mean"]) == (1, pytest.approx(1.5 / 5))

@@ -794,18 +794,21 @@ def _sampled(timeline: list[dict], value: Callable[[dict], float | None]) -> lis
 
 
 def kv_events(cell: Cell) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
-    """Per session, KV cells held by requests as a step function from the recorded events, exact at
-    every change: a request holds its prompt_tokens cells from prefill_done_s (first_token_s where
-    not recorded), one more cell from each of its token times, and releases them all at finish_s;
-    the function starts at the session's first arrival. None when a request has no per-token times
-    or the engine counts KV in another unit than cells (one per token per sequence)."""
+    """Per session, KV cells held by requests as a step function from the recorded events: one more
+    cell from each token's time, all released at finish_s, exact at every change; a request's
+    prompt_tokens cells, which fill while its prompt is decoded between admitted_s and prefill_done_s
+    (first_token_s where not recorded), enter at the midpoint of that prefill, where a step has the
+    same time integral as a steady fill (the mean is exact; within a prefill the step is off by at most
+    half its prompt). The function starts at the session's first arrival. None when a request has no
+    per-token times or the engine counts KV in another unit than cells (one per token per sequence)."""
     units = {s.get("kv_unit") for s in cell.timeline if s.get("kv_unit")}
     if units - {"cells"} or not cell.requests:
         return None
     deltas: dict[int, Counter] = {}
     for r in cell.requests:
         tokens = _tokens_of(cell, r["id"])
-        start = r.get("prefill_done_s") if r.get("prefill_done_s") is not None else r.get("first_token_s")
+        done = r.get("prefill_done_s") if r.get("prefill_done_s") is not None else r.get("first_token_s")
+        start = None if done is None else (done + (r.get("admitted_s") if r.get("admitted_s") is not None else done)) / 2
         if r.get("arrival_s") is None or r.get("finish_s") is None:
             continue
         d = deltas.setdefault(r.get("session", 0), Counter())
