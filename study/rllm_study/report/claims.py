@@ -114,8 +114,8 @@ def _more(checks: Sequence[Check]) -> str:
     if sized:
         t = max(sized, key=lambda t: t.needed / max(t.interval.n, 1))
         iv = t.interval
-        short = (f" (it rests on {iv.n}, fewer than the {iv.min_n} independent ones a cell-level condition needs: run "
-                 f"more repeats)" if t.too_few else f" (now {iv.n})")
+        short = (f" (it rests on {iv.n}, fewer than the {iv.min_n} independent ones a cell-level condition needs)"
+                 if t.too_few else f" (now {iv.n})")
         parts.append(f"about {t.needed} {iv.unit}{short} would settle \"{t.what}\" if its estimate held")
     parts += sorted({f"\"{t.what}\": {t.interval.why}" for t in open_ if (not t.interval.known or t.too_few) and t.interval.why})
     return "; ".join(parts) or "the estimate sits on the threshold; no sample size settles it"
