@@ -160,10 +160,14 @@ def memory_section(cells: list[CellData]) -> Section:
     for group in reps:
         blocks.append(Figure(f"memory-{group[0].base_model}-{group[0].dataset}", plots.timeline(_columns(group)),
                              f"Memory over time, {group[0].dataset}: {_models_note(group)}."))
-    blocks.append(Table(["cell", "KV peak", "KV mean", "KV CV", "RSS peak MiB", "RSS CV"],
+    blocks.append(Table(["cell", "KV peak", "KV mean", "KV CV", "KV from", "RSS peak MiB", "RSS CV", "longest sampler gap s"],
                         [[f"{c.dataset} · {c.mode}", C.cell_value(c.metrics, C.KV_PEAK), C.cell_value(c.metrics, C.KV_MEAN),
-                          C.cell_value(c.metrics, C.KV_CV), C.cell_value(c.metrics, C.RSS_PEAK),
-                          C.fmt(c.metrics["memory"]["rss_bytes"]["cv"])] for g in reps for c in g]))
+                          C.cell_value(c.metrics, C.KV_CV), c.metrics["memory"]["kv_frac"].get("source") or "sampler",
+                          C.cell_value(c.metrics, C.RSS_PEAK), C.fmt(c.metrics["memory"]["rss_bytes"]["cv"]),
+                          C.fmt(c.metrics["memory"]["rss_bytes"].get("max_gap_s"))] for g in reps for c in g],
+                        "KV from events: the cells the requests held, exact at every admission, token and finish "
+                        "(`kv_events`); from the sampler: the engine's own counter, sampled. Peak, mean and CV are weighted by "
+                        "time (`time_weighted`)."))
     return Section("Memory use and fluctuation", blocks)
 
 
