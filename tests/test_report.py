@@ -510,6 +510,7 @@ def test_lower_precision_than_the_source_gets_an_accuracy_verdict(tmp_path):
     numbers = dict(claim.numbers)
     assert "settled: fails" in numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"]
     assert numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"].startswith("-50.0 pt [")
+    assert "(n=150 matched items)" in numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"]  # paired by item
     assert "q4km (4.85 bpw) vs 16.00 bpw: out tok/s ratio (engine cost only)" in numbers
     assert "against their source file (Q4_K_M)" in claim.reason, claim.reason
 

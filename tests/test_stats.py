@@ -171,3 +171,29 @@ def test_too_few_cells_stay_inconclusive_whatever_their_requests():
     assert wide.outcome is None and wide.needed > 4
     # undefined pair figures (None) are dropped, not counted
     assert pair_interval([0.1, None, 0.2]).n == 2
+
+
+def test_paired_newcombe_uses_the_items_correlation():
+    from rllm_study.analysis.stats import paired_newcombe
+
+    # no correlation (ad = bc): exactly the unpaired Newcombe interval of the two proportions over n items each
+    free = paired_newcombe(20, 20, 20, 20)
+    unpaired = newcombe(40, 80, 40, 80)
+    assert (free.estimate, free.lo, free.hi) == (0.0, pytest.approx(unpaired.lo), pytest.approx(unpaired.hi))
+    # the same two accuracies (60% vs 50%) on items mostly right or wrong alike: a much narrower interval, which
+    # settles a 10-point gain the unpaired one cannot
+    alike = paired_newcombe(40, 8, 0, 32)
+    apart = newcombe(48, 80, 40, 80)
+    assert alike.estimate == pytest.approx(0.1) == apart.estimate
+    assert alike.hi - alike.lo < 0.5 * (apart.hi - apart.lo) and alike.lo > 0 > apart.lo
+    assert alike.unit == "matched items" and alike.n == 80
+    # coverage over simulated correlated pairs: item difficulty shared by both conditions
+    rng = np.random.default_rng(5)
+    hits = 0
+    for _ in range(1000):
+        easy = rng.random(60) < 0.5
+        x = rng.random(60) < np.where(easy, 0.9, 0.3)       # first condition: 0.6 on average
+        y = rng.random(60) < np.where(easy, 0.8, 0.2)       # second: 0.5
+        iv = paired_newcombe(int((x & y).sum()), int((x & ~y).sum()), int((~x & y).sum()), int((~x & ~y).sum()))
+        hits += iv.lo <= 0.1 <= iv.hi
+    assert 0.93 <= hits / 1000 <= 0.99, hits

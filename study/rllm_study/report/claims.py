@@ -6,7 +6,9 @@ threshold (`rllm_study.analysis.stats.Condition`): reproduced when every interva
 not reproduced when any lies on the other side, inconclusive otherwise (then the claim says roughly
 how many requests, cells or cell pairs would settle it), not tested when the cells it needs are
 absent. Every interval names its unit and n ("3 cell pairs; 540 requests in 24 batches"). Intervals:
-  accuracy             Wilson per proportion; Newcombe (MOVER over Wilson) for differences; over requests
+  accuracy             Wilson per proportion; differences paired by item where every item of the compared cells
+                       has its twin (same item id, same repeat: `stats.paired_newcombe`), else Newcombe (MOVER over
+                       Wilson); over requests (matched items)
   token counts         think tokens are a property of the items, not of the machine: seeded bootstrap over
                        requests resampled within each cell (`stats.bootstrap`)
   cell-level figures   latency, throughput, KV use, straggler and tail figures: the cells are the unit
@@ -40,8 +42,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rllm_study.analysis.metrics import (MAX_TIMELINE_GAP_S, distribution, group_tail, percentile_key, session_spans,
-                                         straggler_groups)
+from rllm_study.analysis.metrics import (MAX_TIMELINE_GAP_S, correct_lenient, distribution, group_tail, percentile_key,
+                                         session_spans, straggler_groups)
 from rllm_study.models import FLOAT_TYPES
 from rllm_study.report import columns as C
 from rllm_study.report.cells import (
@@ -67,6 +69,7 @@ from rllm_study.analysis.stats import (
     mover,
     newcombe,
     pair_interval,
+    paired_newcombe,
     proportion,
     settle,
 )
@@ -283,6 +286,20 @@ def _acc_diff(new: dict, ref: dict) -> Interval:
     return newcombe(new[CORRECT], new["total"], ref[CORRECT], ref["total"])
 
 
+def _paired_acc(pairs: Sequence[tuple[CellData, CellData]], keep: Callable[[dict], bool] = lambda r: True) -> Interval | None:
+    """Lenient accuracy of the second cell of each pair - the first's, over the items the two answered (matched by
+    item id within each pair), with `stats.paired_newcombe`; None when an item of one side has no twin in the other."""
+    counts = [0, 0, 0, 0]  # both right, only the second, only the first, neither
+    for first, second in pairs:
+        sides = [{r.get("item_id") or r["id"]: correct_lenient(r) for r in c.cell.requests if keep(r)} for c in (first, second)]
+        if set(sides[0]) != set(sides[1]) or not sides[0]:
+            return None
+        for item, ok_first in sides[0].items():
+            ok_second = sides[1][item]
+            counts[0 if ok_first and ok_second else 1 if ok_second else 2 if ok_first else 3] += 1
+    return paired_newcombe(*counts)
+
+
 def _largest_budget_pairs(cells: list[CellData]) -> tuple[list[tuple[CellData, CellData]], int | None]:
     pairs = pilot_pairs(cells)
     if not pairs:
@@ -455,7 +472,7 @@ def adaptive_time(cells: list[CellData]) -> Claim:
 
 def domain_preference(cells: list[CellData]) -> Claim:
     rule = (f"Pooled accuracy over matched pilot pairs at the largest budget, per domain: reproduced if reasoning beats "
-            f"direct on math by at least {100 * MATH_GAIN:g} points (Newcombe interval of the difference) and its gain "
+            f"direct on math by at least {100 * MATH_GAIN:g} points (Newcombe interval of the difference, paired by item where the items match) and its gain "
             f"on every other domain is under half the math gain (MOVER interval of half the math gain minus that gain, "
             f"above 0).")
     claim = Claim("domain", "Domain preference",
@@ -468,7 +485,8 @@ def domain_preference(cells: list[CellData]) -> Claim:
     if "math" not in domains or not others:
         claim.reason = f"needs reasoning and direct pilot cells on math and on another domain (e.g. gpqa-diamond): {PILOT_HINT}"
         return claim
-    gain = {d: _acc_diff(acc_r[d], acc_d[d]) for d in domains}
+    gain = {d: _paired_acc([(dr, r) for r, dr in pairs], lambda x, d=d: (x.get("domain") or "unknown") == d)
+            or _acc_diff(acc_r[d], acc_d[d]) for d in domains}
     checks = [Check(Condition("math: reasoning - direct", gain["math"], MATH_GAIN), "points")]
     checks += [Check(Condition(f"half the math gain - {d} gain", mover(gain["math"], gain[d], 0.5), 0.0), "points") for d in others]
     claim.numbers = [(f"{d}: accuracy lenient, reasoning / direct", f"{C.acc_text(acc_r[d], True)} / {C.acc_text(acc_d[d], True)}")
@@ -494,9 +512,10 @@ class Versus:
 
     @property
     def accuracy_diff(self) -> Interval:
-        """Variant accuracy - reference accuracy (pooled), Newcombe interval."""
+        """Variant accuracy - reference accuracy, paired by item (`_paired_acc`) where the items match, else pooled
+        with the Newcombe interval."""
         ref, new = self.accuracy
-        return _acc_diff(new, ref)
+        return _paired_acc(self.pairs) or _acc_diff(new, ref)
 
     def ratio(self, stat: Callable[[Rows], float | None]) -> Interval:
         """Geometric mean over the matched cell pairs of stat(variant) / stat(reference), t interval over the pairs."""
@@ -553,7 +572,7 @@ def derived_origin(c: CellData) -> str | None:
 def weight_quantization(cells: list[CellData]) -> Claim:
     rule = (f"Each variant with fewer bits per weight than its group's highest-precision variant (same model, data set, "
             f"budget, workload): reproduced if every one keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points "
-            f"of it (Newcombe interval of the difference above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
+            f"of it (Newcombe interval of the difference, paired by item where the items match, above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
             f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} "
             f"pairs, above 1). A ladder derived from one quantized file: a variant of lower precision than that source is "
             f"judged the same way against the source's own cells (its loss is attributable to precision); variants of "
@@ -605,7 +624,7 @@ def kv_quantization(cells: list[CellData]) -> Claim:
             f"parameters (the paper's 7B case): reproduced if accuracy collapses (pooled accuracy at most "
             f"{COLLAPSE:g}x the f16 cache's: MOVER interval of {COLLAPSE:g} x f16 accuracy - variant accuracy above 0). "
             f"Larger models: reproduced if output tokens/s rises (bootstrap ratio above 1) at accuracy within "
-            f"{100 * ACC_TOLERANCE:g} points (Newcombe).")
+            f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match).")
     claim = Claim("kv-cache", "KV-cache quantization",
                   "An FP8 KV cache is faster for 14B and 32B models at similar accuracy, but accuracy nearly collapses "
                   "for the 7B model.", rule, NOT_TESTED, "")
@@ -660,7 +679,7 @@ def prefix_caching(cells: list[CellData]) -> Claim:
 def speculative(cells: list[CellData]) -> Claim:
     rule = (f"Each speculative variant against no speculation: reproduced if every one shortens E2EL p50 (ratio below "
             f"1, geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs) with pooled accuracy within "
-            f"{100 * ACC_TOLERANCE:g} points (Newcombe). The paper also saw lower tokens/s and a worse TTFVT: both "
+            f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match). The paper also saw lower tokens/s and a worse TTFVT: both "
             f"ratios are shown, not deciding.")
     claim = Claim("speculative", "Speculative decoding",
                   "N-gram speculative decoding shortens end-to-end time at every model size with no accuracy loss, but "
