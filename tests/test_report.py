@@ -375,6 +375,8 @@ def test_domain_rule(tmp_path):
     claim = domain_preference(load_cells([tmp_path / "yes"]))
     assert claim.status == REPRODUCED, claim
     assert ("math: accuracy lenient, reasoning / direct", "100.0% (100/100) [96.3-100.0%] / 0.0% (0/100) [0.0-3.7%]") in claim.numbers
+    # the gains pair each item with its twin in the other mode, domain by domain (GPQA items are not math items)
+    assert "(n=100 matched items)" in dict(claim.numbers)["math: reasoning - direct"]
     # no math gain at all (0/100 both): the interval of the gain lies below 5 points, settled against it
     for mode in ("reasoning", "direct"):
         _cell(tmp_path / "no", mode, "gsm8k", [1], [1.0] * 100, [1] * 100, correct=False)

@@ -292,12 +292,12 @@ def _paired_acc(pairs: Sequence[tuple[CellData, CellData]], keep: Callable[[dict
     counts = [0, 0, 0, 0]  # both right, only the second, only the first, neither
     for first, second in pairs:
         sides = [{r.get("item_id") or r["id"]: correct_lenient(r) for r in c.cell.requests if keep(r)} for c in (first, second)]
-        if set(sides[0]) != set(sides[1]) or not sides[0]:
+        if set(sides[0]) != set(sides[1]):
             return None
         for item, ok_first in sides[0].items():
             ok_second = sides[1][item]
             counts[0 if ok_first and ok_second else 1 if ok_second else 2 if ok_first else 3] += 1
-    return paired_newcombe(*counts)
+    return paired_newcombe(*counts) if sum(counts) else None
 
 
 def _largest_budget_pairs(cells: list[CellData]) -> tuple[list[tuple[CellData, CellData]], int | None]:
