@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from conftest import THREADS, run_cli
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import check_claims
@@ -25,11 +27,13 @@ def _hog_for(seconds: float) -> None:
     threading.Timer(seconds, hog.kill).start()
 
 
+@pytest.mark.slow  # 24 cells: a run took over 600 s on the shared 2-core machine at load average ~12 (`-m slow`)
+@pytest.mark.timeout(3600)
 def test_a_busy_core_never_turns_a_verdict(tmp_path):
-    quiet = run_cli("run", *PILOT, "--out", tmp_path / "quiet")
+    quiet = run_cli("run", *PILOT, "--out", tmp_path / "quiet", timeout=1800)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     _hog_for(HOG_S)
-    busy = run_cli("run", *PILOT, "--out", tmp_path / "busy")
+    busy = run_cli("run", *PILOT, "--out", tmp_path / "busy", timeout=1800)
     assert busy.returncode == 0, busy.stderr[-3000:]
     runs = {name: load_cells([tmp_path / name]) for name in ("quiet", "busy")}
     for name, cells in runs.items():
