@@ -228,8 +228,8 @@ def test_stragglers_in_synchronous_batches(tmp_path):
 def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     # batch 0 of 5, all arrive at 0. Four finish at 1 s. The straggler s: admitted at 0.5 (queue 0.5), first token at
     # 0.75 (prefill 0.25), 4 think then 3 answer tokens at 0.75, 1.2 | 1.4, 1.6 | 1.8, 2.0, 2.2: 6 gaps (3 think,
-    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Timeline: 5 running until 1.0, then s alone (one running
-    # at 1.0, none at 2.25): its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
+    # 3 answer), finish 2.2 (E2EL 2.2 > 2 x median 1.0). Occupancy from the events: 4 running from 0, 5 from 0.5, s
+    # alone from 1.0 to its finish: its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
     # think = 3 x 0.2 = 0.6, answer = 0.6, sharing = decode 1.45 - 6 x 0.2 = 0.25 (the shared gap 0.45 less 0.2);
     # 0.5 + 0.25 + 0.6 + 0.6 + 0.25 = 2.2 = E2EL.
     fast = [(record(f"f{i}", 0.0, 0.0, 0.5, 0.5, 1.0, 2, 0, batch=0), tokens(f"f{i}", [0.5, 1.0], "aa")) for i in range(4)]
@@ -244,9 +244,10 @@ def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     assert causes["seconds"] == {"queue": pytest.approx(0.5), "prefill": pytest.approx(0.25), "think": pytest.approx(0.6),
                                  "answer": pytest.approx(0.6), "sharing": pytest.approx(0.25)}
     assert sum(causes["seconds"].values()) == pytest.approx(2.2)
-    # never alone (5 running throughout): no solo speed; think / answer are the measured gaps (0.85 / 0.6), sharing unknown
-    crowded = [{**s, "running": 5} for s in samples]
-    causes = cell_metrics(write_cell(tmp_path / "d", [fast + [slow]], timeline=crowded))["stragglers"]["causes"]
+    # never alone (g, outside the batch, runs from 0 to 3 s): no solo speed; think / answer are the measured gaps
+    # (0.85 / 0.6), sharing unknown
+    g = (record("g", 0.0, 0.0, 0.5, 0.5, 3.0, 2, 0), tokens("g", [0.5, 3.0], "aa"))
+    causes = cell_metrics(write_cell(tmp_path / "d", [fast + [slow, g]], timeline=samples))["stragglers"]["causes"]
     assert causes["solo_itl_s"] is None and causes["seconds"]["sharing"] is None
     assert (causes["seconds"]["think"], causes["seconds"]["answer"]) == (pytest.approx(0.85), pytest.approx(0.6))
     assert causes["dominant"] == "think"
@@ -270,11 +271,27 @@ def test_memory_fluctuation(tmp_path):
         {"t_s": 0.2, "kv_used": 30, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 300, "device_bytes": None},
     ]
     mem = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["memory"]
-    assert mem["kv_frac"]["peak"] == 0.5 and mem["kv_frac"]["mean"] == pytest.approx(0.3)
-    assert mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(0.08 / 3) / 0.3)      # population std / mean
-    assert mem["kv_used"]["peak"] == 50 and mem["kv_used"]["unit"] == "cells"
-    assert mem["rss_bytes"] == {"count": 3, "peak": 300, "mean": 200, "cv": pytest.approx(math.sqrt(20000 / 3) / 200)}
+    # KV from the events (the engine counts cells; 20-token prompts): a request's 20 prompt cells enter at the middle of
+    # its prefill (r1: admitted 0.5, prefill done 1.0 -> 0.75; r2: 1.5; r3: 3.5), one more cell per token, all released at
+    # its finish. Cells: 0 (0-0.75 s), 20, 21, 22, 43, 44 (each 0.25 s), 46, 47, 49, 71 (each 0.5 s), 28 (4-5 s):
+    # weighted by time over the 5 s span, mean = (150 x 0.25 + 213 x 0.5 + 28) / 5 = 34.4 cells, peak 71
+    held = [(0.75, 0), (0.25, 20), (0.25, 21), (0.25, 22), (0.25, 43), (0.25, 44), (0.5, 46), (0.5, 47), (0.5, 49), (0.5, 71),
+            (1.0, 28)]
+    var = sum(w * (v / 100 - 0.344) ** 2 for w, v in held) / 5
+    assert mem["kv_frac"]["source"] == "events" and mem["kv_frac"]["peak"] == 0.71
+    assert mem["kv_frac"]["mean"] == pytest.approx(0.344) and mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(var) / 0.344)
+    assert mem["kv_used"]["peak"] == 71 and mem["kv_used"]["unit"] == "cells" and mem["kv_used"]["seconds"] == 5.0
+    # running requests from the events: 0, 1, 2, 2, 3, 1 over 0.5, 0.5, 1, 1, 1, 1 s: mean 8.5 / 5
+    assert (mem["running"]["peak"], mem["running"]["mean"]) == (3, pytest.approx(1.7))
+    assert (mem["waiting"]["peak"], mem["waiting"]["mean"]) == (1, pytest.approx(1.5 / 5))
+    # what events cannot give is sampled and held until the next sample: rss 100 (0-0.1 s), 200 (0.1-0.2), 300 (last)
+    assert mem["rss_bytes"] == {"count": 3, "peak": 300, "mean": 150, "cv": pytest.approx(50 / 150), "seconds": pytest.approx(0.2),
+                                "max_gap_s": pytest.approx(0.1)}
     assert mem["device_bytes"] is None
+    # an engine that counts KV in bytes: the sampled counter, held between samples (0.1 and 0.5, 0.1 s each)
+    in_bytes = [{**x, "kv_unit": "bytes"} for x in samples]
+    kv = cell_metrics(write_cell(tmp_path / "b", [three_requests()], timeline=in_bytes))["memory"]["kv_frac"]
+    assert (kv["source"], kv["peak"], kv["mean"], kv["cv"]) == ("sampler", 0.5, pytest.approx(0.3), pytest.approx(0.2 / 0.3))
 
 
 def test_prefix_and_speculative_counters(tmp_path):
@@ -437,3 +454,64 @@ def test_finish_gaps_split_every_gap_of_a_published_cell():
     assert (g["spanning"]["count"], g["other"]["count"]) == (spanning, other) and spanning > 0
     assert g["ratio"] == pytest.approx(g["spanning"]["p90"] / g["other"]["p90"])
     assert np.isfinite(g["ratio"])
+
+
+def test_occupancy_and_one_sequence_speed_from_events(tmp_path):
+    # three_requests by hand: r1 waits 0-0.5 and runs 0.5-5; r2 runs 1-4; r3 waits 2-3 and runs 3-4
+    from rllm_study.analysis.metrics import occupancy, solo_gaps
+
+    cell = write_cell(tmp_path / "c", [three_requests()])
+    times, running, waiting = occupancy(cell.requests)[0]
+    assert list(times) == [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert list(running) == [0, 1, 2, 2, 3, 1, 0] and list(waiting) == [1, 0, 0, 1, 0, 0, 0]
+    # one request runs alone in [0.5, 1) and [4, 5): only r1's last gap (4 -> 5 s) lies wholly inside one
+    assert solo_gaps(cell) == [1.0]
+    speed = cell_metrics(cell)["throughput"]["machine_speed"]
+    assert speed == {"tok_s": 1.0, "source": "one-sequence gaps", "calibration": [], "own_tok_s": 1.0, "n_gaps": 1}
+    # calibration decodes recorded around the session win over the cell's own gaps: their mean
+    w = CellWriter(tmp_path / "c")
+    for when, tok_s in (("before", 20.0), ("after", 30.0)):
+        w.write_calibration({"when": when, "tokens": 32, "seconds": 31 / tok_s, "tok_s": tok_s})
+    w.close()
+    speed = cell_metrics(read_cell(tmp_path / "c"))["throughput"]["machine_speed"]
+    assert (speed["tok_s"], speed["source"], speed["calibration"]) == (25.0, "calibration", [20.0, 30.0])
+
+
+def test_who_ended_the_thinking_and_capped_repetition_loops(tmp_path):
+    from rllm_study.analysis.metrics import repeat_share
+
+    # think budget 20. a: the model closed its thinking (5 think, 3 answer tokens); b: cut at the cap after 20 think tokens
+    # that alternate 1, 2 (a loop: of its 13 8-grams only 2 are new, 11 repeat); c: the model ended while thinking after
+    # 6 (the engine closed it below the cap); d: 8 distinct think tokens, then the output budget ran out (length) with the
+    # thinking never closed; e: answered directly.
+    def row(id, think, answer, ids, **extra):
+        n = think + answer
+        return (record(id, 0.0, 0.0, 0.1, 0.1 if answer else None, 1.0 + n / 100, n, think, batch=0, **extra),
+                {**tokens(id, [0.1 + i / 100 for i in range(n)], "t" * think + "a" * answer), "token_ids": ids})
+
+    cases = [row("a", 5, 3, list(range(8)), think_forced=False), row("b", 20, 2, [1, 2] * 10 + [7, 8], think_forced=True),
+             row("c", 6, 2, list(range(8)), think_forced=True),
+             row("d", 8, 0, list(range(8)), think_forced=False, finish_reason="length"),
+             row("e", 0, 4, list(range(4)), think_forced=False)]
+    w = CellWriter(tmp_path / "c")
+    w.write_manifest({"cell": {"name": "c", "think_budget": 20}})
+    for rec, tok in cases:
+        w.write_request(rec, tok)
+    w.close()
+    cell = read_cell(tmp_path / "c")
+    rows = {r["id"]: r for r in request_metrics(cell)}
+    assert {i: rows[i]["think_closed_by"] for i in "abcde"} == {"a": "model", "b": "cap", "c": "ended", "d": "unclosed", "e": None}
+    # a cap hit counts as hitting the budget, like running out of output tokens
+    assert [i for i in "abcde" if rows[i]["capped"]] == ["b", "d"]
+    assert rows["b"]["repeat_share"] == pytest.approx(11 / 13) and rows["b"]["repetition_loop"]
+    assert rows["d"]["repeat_share"] == 0.0 and not rows["d"]["repetition_loop"]   # cut, but no loop
+    assert repeat_share([1, 2] * 3, "t" * 6) is None                                  # under 8 think tokens
+    tok = cell_metrics(cell)["tokens"]
+    assert {c: (v["k"], v["n"]) for c, v in tok["think_closers"].items()} == {"model": (1, 4), "cap": (1, 4), "ended": (1, 4),
+                                                                               "unclosed": (1, 4)}
+    assert (tok["hit_budget"]["k"], tok["hit_budget"]["n"]) == (2, 5)
+    # the straggler causes count capped requests and capped repetition loops among the stragglers: E2EL 1.08, 1.22,
+    # 1.08, 1.08, 1.04 s; at k = 2 none exceeds 2 x the median 1.08, at k = 1 b alone does, capped in a loop
+    assert cell_metrics(cell)["stragglers"]["causes"]["count"] == 0
+    causes = cell_metrics(cell, straggler_k=1.0)["stragglers"]["causes"]
+    assert (causes["count"], causes["capped"], causes["capped_repetition_loops"]) == (1, 1, 1)

@@ -91,9 +91,9 @@ def test_report_from_real_runs_has_every_section(runs):
     for small in ("Stragglers", "Adaptive running time"):
         assert status[small] == INCONCLUSIVE, claims[small]
     assert "the bootstrap needs at least 5" in claims["Adaptive running time"][1]
-    # bursty arrivals: both schedules realise 2.0 req/s (the same load, so compared), but 3 requests a cell cannot settle
+    # bursty arrivals: both schedules realise 2.0 req/s (the same load, so compared), but one pair of cells cannot settle
     assert status["Bursty arrivals"] == INCONCLUSIVE, claims["Bursty arrivals"]
-    assert "the bootstrap needs at least 5" in claims["Bursty arrivals"][1]
+    assert "about 3 cell pairs (it rests on " in claims["Bursty arrivals"][1]  # 1, or 0 where the machine speed differed
     for absent in ("Weight quantization", "Prefix caching", "Speculative decoding"):
         assert status[absent] == NOT_TESTED, absent
     # every figure it references is a PNG written next to it
@@ -214,20 +214,24 @@ DOMAINS = {"gpqa-diamond": "science-knowledge"}
 
 def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float], think: list[int], *, study="pilot",
           variant="", engine=None, model=None, correct=False, batch: int | None = None, workload=None,
-          arrivals: list[float] | None = None, queue: list[float] | None = None, lenient: bool | None = None) -> None:
+          arrivals: list[float] | None = None, queue: list[float] | None = None, lenient: bool | None = None,
+          repeat: int = 0, speed: float | tuple[float, float] | None = 20.0, kv_every: float = 1.0) -> None:
     """A cell of one synchronous batch (or, with `workload` and `arrivals`, an open-loop cell):
     request i arrives at arrivals[i] (default 0), is admitted after queue[i] (default 0) and finishes
     e2el[i] after arriving; `correct` is one grade for all or one per request (`lenient`, when given,
     the lenient grade of all: then every answer was found in the thinking). KV samples every
-    second out of a capacity of 100 cells, one request running."""
+    second (`kv_every` s) out of a capacity of 100 percent, one request running (an engine counting KV in
+    percent: the report reads the sampled timeline, as for engines whose KV events cannot be counted in cells). `repeat` > 0 names a repeat of the cell;
+    `speed` the machine speed its calibrations measured before and after it (tok/s; one value: both)."""
     n = len(e2el)
     workload = workload or {"arrival": "batch", "batch_size": batch or n}
-    name = "-".join(p for p in (dataset, mode, variant, workload.get("arrival"), str(workload.get("batch_size") or workload.get("cv"))) if p)
+    name = "-".join(p for p in (dataset, mode, variant, workload.get("arrival"), str(workload.get("batch_size") or workload.get("cv")),
+                                repeat and f"r{repeat}") if p)
     grades = correct if isinstance(correct, list) else [correct] * n
     w = CellWriter(root / name)
     w.write_manifest({
         "cell": {"name": name, "study": study, "model": "m", "variant": variant, "dataset": dataset, "prompt_mode": mode,
-                 "max_tokens": 64, "repeat": 0, "workload": workload, "engine": engine or {}},
+                 "max_tokens": 64, "repeat": repeat, "workload": workload, "engine": engine or {}},
         "model": model, "spec": {"variants": [{"name": "base"}, {"name": "new"}]},
     })
     for i, (t, k, ok) in enumerate(zip(e2el, think, grades)):
@@ -240,7 +244,11 @@ def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float],
                          **({} if lenient is None else {"correct_lenient": lenient})},
                         {"id": rid, "t_s": [at + wait + 0.1], "token_ids": [1], "phase": "t", "draft": "0"})
     for s, used in enumerate(kv):
-        w.write_timeline({"t_s": float(s), "kv_used": used, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
+        w.write_timeline({"t_s": s * kv_every, "kv_used": used, "kv_capacity": 100, "kv_unit": "percent", "running": 1, "waiting": 0,
+                          "rss_bytes": 1})
+    if speed is not None:
+        for when, tok_s in zip(("before", "after"), speed if isinstance(speed, tuple) else (speed, speed)):
+            w.write_calibration({"when": when, "tokens": 32, "seconds": 31 / tok_s, "tok_s": tok_s})
     w.close()
 
 
@@ -261,12 +269,19 @@ def test_memory_rule(tmp_path):
     assert claim.status == REPRODUCED, claim
     peak = dict(claim.numbers)["peak KV ratio reasoning / direct"]
     assert peak.startswith("21.73x [")  # (70/3 x 66/3 x 60/3)^(1/3)
-    assert "(n=3 pairs); needs > 2.00x: settled: holds" in peak, peak
+    assert "(n=3 cell pairs; 12 requests in 6 batches); needs > 2.00x: settled: holds" in peak, peak
     # the same peaks but the direct runs swing more: the CV condition settles against the finding
     for dataset, top in zip(MATH, (70, 66, 60)):
         _cell(tmp_path / "b", "reasoning", dataset, [top - 10, top, top - 5, top, top - 10], [1, 2], [5, 9])
         _cell(tmp_path / "b", "direct", dataset, [0, 3, 0, 3, 0], [1, 1], [0, 0])
     assert memory(load_cells([tmp_path / "b"])).status == NOT_REPRODUCED
+    # the same, but the reasoning cells' sampler starved (samples 1.5 s apart, over the 1 s a claim accepts): the memory
+    # claim does not rest on a timeline with holes
+    for dataset, top in zip(MATH, (70, 66, 60)):
+        _cell(tmp_path / "gaps", "reasoning", dataset, [3, 40, top, 10, 3], [1, 2], [5, 9], kv_every=1.5)
+        _cell(tmp_path / "gaps", "direct", dataset, [2, 3, 3, 3, 3], [1, 1], [0, 0])
+    gaps = memory(load_cells([tmp_path / "gaps"]))
+    assert gaps.status == NOT_TESTED and "gaps over 1 s" in gaps.reason, gaps
     # one pair: no interval over pairs, so it cannot settle
     one = memory(load_cells([tmp_path / "a" / "gsm8k-reasoning-batch-2", tmp_path / "a" / "gsm8k-direct-batch-2"]))
     assert one.status == INCONCLUSIVE and "an interval needs two" in one.reason, one
@@ -274,17 +289,30 @@ def test_memory_rule(tmp_path):
     assert memory(load_cells([tmp_path / "a" / "gsm8k-reasoning-batch-2"])).status == NOT_TESTED
 
 
-def _ladder(root: Path, e2el: dict, think: dict, n: int, batch: int | None = None) -> None:
+def _ladder(root: Path, e2el: dict, think: dict, n: int, batch: int | None = None, repeats: int = 3,
+            speed: dict | None = None) -> None:
+    """Reasoning cells of each data set, `repeats` of each, the repeats' E2EL 2% apart; `speed` the machine
+    speed per data set (tok/s, 20 where not given)."""
     for dataset in e2el:
-        _cell(root, "reasoning", dataset, [1, 2], _spread(e2el[dataset], n), [think[dataset] + (-1) ** i for i in range(n)], batch=batch)
+        for r in range(repeats):
+            _cell(root, "reasoning", dataset, [1, 2], _spread(e2el[dataset] * (1 + 0.02 * r), n),
+                  [think[dataset] + (-1) ** i for i in range(n)], batch=batch, repeat=r, speed=(speed or {}).get(dataset, 20.0))
 
 
 def test_adaptive_time_rule(tmp_path):
-    # think tokens and E2EL rise from GSM8K (easy) to MATH-500 (medium) to AIME (hard), 8 requests a tier: reproduced
+    # think tokens and E2EL rise from GSM8K (easy) to MATH-500 (medium) to AIME (hard), 3 cells of 8 requests a tier: reproduced
     _ladder(tmp_path / "up", {"gsm8k": 1.5, "math500": 3.5, "aime24": 7.0}, {"gsm8k": 15, "math500": 35, "aime24": 55}, 8)
     claim = adaptive_time(load_cells([tmp_path / "up"]))
     assert claim.status == REPRODUCED, claim
-    assert claim.numbers[0] == ("batch 8, easy: think tokens mean / E2EL mean / hit budget (n=8)", "15.0 tok / 1.50 s / 0.0%")
+    assert claim.numbers[0] == ("batch 8, easy: think tokens mean / E2EL mean / hit budget (n=24)", "15.0 tok / 1.53 s / 0.0%")
+    assert "(n=3 cells per tier; 48 requests in 6 batches)" in dict(claim.numbers)["batch 8: mean E2EL medium / easy"]
+    # the same ladder from one cell a tier, however many requests: E2EL rests on one cell a tier (one moment on the
+    # machine), fewer than 3: inconclusive, and what is missing is counted in cells (repeats)
+    _ladder(tmp_path / "once", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 40, repeats=1)
+    once = adaptive_time(load_cells([tmp_path / "once"]))
+    assert once.status == INCONCLUSIVE, once
+    assert "about 3 cells per tier (it rests on 1, fewer than the 3 independent ones" in once.reason, once.reason
+    assert "settled: holds" in dict(once.numbers)["batch 40: mean think tokens hard / easy"]
     # AIME thinks less and runs shorter than MATH-500: the ladder breaks, settled
     _ladder(tmp_path / "down", {"math500": 3.5, "aime24": 2.0}, {"math500": 35, "aime24": 20}, 8)
     assert adaptive_time(load_cells([tmp_path / "down"])).status == NOT_REPRODUCED
@@ -292,6 +320,23 @@ def test_adaptive_time_rule(tmp_path):
     _ladder(tmp_path / "few", {"gsm8k": 1.5, "math500": 3.5}, {"gsm8k": 15, "math500": 35}, 2)
     few = adaptive_time(load_cells([tmp_path / "few"]))
     assert few.status == INCONCLUSIVE and "the bootstrap needs at least 5" in few.reason, few
+    # the machine ran the GSM8K cells at 33 tok/s and the AIME cells at 11 (another process took the CPU): the seconds
+    # measure the machine as much as the problems, so the seconds condition keeps only cells of one speed (here too
+    # few) and says why; in the cells' own one-sequence steps AIME still runs longer (7 s x 11 = 77 against 1.5 x 33 = 50)
+    _ladder(tmp_path / "busy", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 8, speed={"gsm8k": 33.0, "aime24": 11.0})
+    busy = adaptive_time(load_cells([tmp_path / "busy"]))
+    seconds = dict(busy.numbers)["batch 8: mean E2EL hard / easy"]
+    assert "too few to settle (0 cells per tier; needs 3)" in seconds, seconds
+    assert "machine speed: 3 of 6 cells left out" in busy.reason and busy.status == INCONCLUSIVE, busy.reason
+    assert "settled: holds" in dict(busy.numbers)["batch 8: mean E2EL in one-sequence steps hard / easy"]
+    # the same with speeds within the 20% tolerance (30 and 33 tok/s): settled on seconds and steps alike
+    _ladder(tmp_path / "near", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 8, speed={"gsm8k": 33.0, "aime24": 30.0})
+    assert adaptive_time(load_cells([tmp_path / "near"])).status == REPRODUCED
+    # a cell whose own calibrations disagree (the machine changed speed while it ran) is left out of the seconds
+    _ladder(tmp_path / "unsteady", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 8,
+            speed={"gsm8k": 30.0, "aime24": (30.0, 12.0)})
+    unsteady = adaptive_time(load_cells([tmp_path / "unsteady"]))
+    assert unsteady.status == INCONCLUSIVE and "machine speed changed during" in unsteady.reason, unsteady.reason
     # the technique and load claims need cells these runs do not have
     statuses = {c.key: c.status for c in check_claims(load_cells([tmp_path / "up"]))}
     assert {statuses[k] for k in ("quantization", "kv-cache", "prefix-cache", "speculative", "bursty", "memory")} == {NOT_TESTED}
@@ -335,6 +380,8 @@ def test_domain_rule(tmp_path):
     claim = domain_preference(load_cells([tmp_path / "yes"]))
     assert claim.status == REPRODUCED, claim
     assert ("math: accuracy lenient, reasoning / direct", "100.0% (100/100) [96.3-100.0%] / 0.0% (0/100) [0.0-3.7%]") in claim.numbers
+    # the gains pair each item with its twin in the other mode, domain by domain (GPQA items are not math items)
+    assert "(n=100 matched items)" in dict(claim.numbers)["math: reasoning - direct"]
     # no math gain at all (0/100 both): the interval of the gain lies below 5 points, settled against it
     for mode in ("reasoning", "direct"):
         _cell(tmp_path / "no", mode, "gsm8k", [1], [1.0] * 100, [1] * 100, correct=False)
@@ -358,33 +405,47 @@ def test_domain_rule(tmp_path):
 
 def test_technique_rules(tmp_path):
     small = {"quant": "Q8_0", "gguf": {"bits_per_weight": 8.5, "n_params": 5e8}}
-    n = 130  # a 0-point accuracy difference settles "within 3 points" from about 125 requests a cell
-    # weight quantization: 4.5 bpw keeps accuracy (both all correct) and is faster (E2EL 1 s vs 2 s)
-    _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(2, n), [9] * n, study="quantization", variant="base", model=small, correct=True)
-    _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1, n), [9] * n, study="quantization", variant="new", correct=True,
-          model={"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}})
-    # prefix caching on a small model, single-turn: on is slower (E2EL 3 s vs 2 s), as the paper found for 7B
-    _cell(tmp_path, "reasoning", "math500", [1], _spread(2, 8), [9] * 8, study="prefix", variant="base", model=small, engine={"prefix_cache": False})
-    _cell(tmp_path, "reasoning", "math500", [1], _spread(3, 8), [9] * 8, study="prefix", variant="new", model=small, engine={"prefix_cache": True})
-    # speculative decoding: shorter end to end (1 s vs 2 s) at the same accuracy
-    _cell(tmp_path, "reasoning", "aime24", [1], _spread(2, n), [9] * n, study="spec", variant="base", model=small, engine={"spec": None}, correct=True)
-    _cell(tmp_path, "reasoning", "aime24", [1], _spread(1, n), [9] * n, study="spec", variant="new", model=small, engine={"spec": "ngram"}, correct=True)
+    n = 50  # 3 repeats: 150 requests; a 0-point accuracy difference settles "within 3 points" from about 125
+    for r in range(3):  # three repeats of every pair: three independent matched cell pairs
+        # weight quantization: 4.5 bpw keeps accuracy (both all correct) and is faster (E2EL 1 s vs 2 s)
+        _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(2, n), [9] * n, study="quantization", variant="base", model=small,
+              correct=True, repeat=r)
+        _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1, n), [9] * n, study="quantization", variant="new", correct=True,
+              model={"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}}, repeat=r)
+        # prefix caching on a small model, single-turn: on is slower (E2EL 3 s vs 2 s), as the paper found for 7B
+        _cell(tmp_path, "reasoning", "math500", [1], _spread(2, 8), [9] * 8, study="prefix", variant="base", model=small,
+              engine={"prefix_cache": False}, repeat=r)
+        _cell(tmp_path, "reasoning", "math500", [1], _spread(3 + 0.1 * r, 8), [9] * 8, study="prefix", variant="new", model=small,
+              engine={"prefix_cache": True}, repeat=r)
+        # speculative decoding: shorter end to end (1 s vs 2 s) at the same accuracy
+        _cell(tmp_path, "reasoning", "aime24", [1], _spread(2, n), [9] * n, study="spec", variant="base", model=small,
+              engine={"spec": None}, correct=True, repeat=r)
+        _cell(tmp_path, "reasoning", "aime24", [1], _spread(1 + 0.05 * r, n), [9] * n, study="spec", variant="new", model=small,
+              engine={"spec": "ngram"}, correct=True, repeat=r)
     claims = {c.key: c for c in check_claims(load_cells([tmp_path]))}
     assert claims["quantization"].status == REPRODUCED, claims["quantization"]
     quant = dict(claims["quantization"].numbers)
-    # the same tokens over each cell's span, the last finish: (2 + 0.645 s) / (1 + 0.645 s)
-    assert quant["new: out tok/s ratio"].startswith("1.61x [") and "settled: holds" in quant["new: out tok/s ratio"]
+    # the same tokens over each cell's span, the last finish: (2 + 0.245 s) / (1 + 0.245 s), over 3 cell pairs
+    assert quant["new: out tok/s ratio"].startswith("1.80x [") and "settled: holds" in quant["new: out tok/s ratio"]
+    assert "(n=3 cell pairs; 300 requests in 6 batches)" in quant["new: out tok/s ratio"]
     assert claims["prefix-cache"].status == REPRODUCED, claims["prefix-cache"]
     assert claims["speculative"].status == REPRODUCED, claims["speculative"]
     assert claims["kv-cache"].status == NOT_TESTED
     # speculation that makes requests slower (3 s vs 2 s) does not reproduce the finding
-    _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(2, 8), [9] * 8, study="spec", variant="base", model=small, engine={"spec": None})
-    _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(3, 8), [9] * 8, study="spec", variant="new", model=small, engine={"spec": "ngram"})
+    for r in range(3):
+        _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(2, 8), [9] * 8, study="spec", variant="base", model=small,
+              engine={"spec": None}, repeat=r)
+        _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(3 - 0.1 * r, 8), [9] * 8, study="spec", variant="new",
+              model=small, engine={"spec": "ngram"}, repeat=r)
     assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "slow"]))}["speculative"] == NOT_REPRODUCED
-    # the same speed-up with 2 requests a cell and 2 accuracy grades: inconclusive
-    _cell(tmp_path / "few", "reasoning", "aime24", [1], [2, 2], [9, 9], study="spec", variant="base", model=small, engine={"spec": None}, correct=True)
-    _cell(tmp_path / "few", "reasoning", "aime24", [1], [1, 1], [9, 9], study="spec", variant="new", model=small, engine={"spec": "ngram"}, correct=True)
-    assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "few"]))}["speculative"] == INCONCLUSIVE
+    # the same speed-up from one pair of cells (130 requests each, all correct): however many requests, one pair is one
+    # moment on the machine; inconclusive, and the repeats it lacks are named
+    _cell(tmp_path / "one", "reasoning", "aime24", [1], _spread(2, 130), [9] * 130, study="spec", variant="base", model=small,
+          engine={"spec": None}, correct=True)
+    _cell(tmp_path / "one", "reasoning", "aime24", [1], _spread(1, 130), [9] * 130, study="spec", variant="new", model=small,
+          engine={"spec": "ngram"}, correct=True)
+    one = {c.key: c for c in check_claims(load_cells([tmp_path / "one"]))}["speculative"]
+    assert one.status == INCONCLUSIVE and "about 3 cell pairs (it rests on 1" in one.reason, one.reason
 
 
 def _graded_cell(root: Path, name: str, grades: list[tuple[bool, bool, str, int]], *, variant="", mode="reasoning") -> None:
@@ -431,18 +492,41 @@ def test_cell_tables_show_strict_lenient_accuracy_and_answer_phase(tmp_path):
 def test_derived_quantization_ladder_has_no_accuracy_verdict(tmp_path):
     origin = "m (Q4_K_M, embedded:x)"
     for variant, quant, bits, e2el in (("base", "F16", 16.0, 2.0), ("new", "Q4_0", 4.5, 1.0)):
-        _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(e2el, 8), [9] * 8, study="quantization", variant=variant, correct=True,
-              model={"quant": quant, "derived_from": origin, "gguf": {"bits_per_weight": bits, "n_params": 5e8}})
+        for r in range(3):
+            _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(e2el, 8), [9] * 8, study="quantization", variant=variant, correct=True,
+                  model={"quant": quant, "derived_from": origin, "gguf": {"bits_per_weight": bits, "n_params": 5e8}}, repeat=r)
     claim = {c.key: c for c in check_claims(load_cells([tmp_path]))}["quantization"]
     assert claim.status == NOT_TESTED and "derived from one Q4_K_M file" in claim.reason, claim
     # output tokens over the last finish: (2 + 0.035 s) / (1 + 0.035 s)
     assert dict(claim.numbers)["new (4.50 bpw) vs 16.00 bpw: out tok/s ratio (engine cost only)"].startswith("1.97x [")
 
 
-def _open_loop(root: Path, cv: float, arrivals: list[float], queue: float, e2el: float) -> None:
+def test_lower_precision_than_the_source_gets_an_accuracy_verdict(tmp_path):
+    # a ladder derived from the shipped Q4_K_M file: F16 (higher precision than its source: engine cost only), the
+    # source itself, and Q4_0 re-quantized from it (lower precision: its loss is attributable). Q4_0 answers half of
+    # 150 requests where the source answers all: settled against, by the accuracy condition against the source.
+    origin = "m (Q4_K_M, embedded:x)"
+    ladder = (("base", "F16", 16.0, origin, True), ("q4km", "Q4_K_M", 4.85, None, True), ("new", "Q4_0", 4.5, origin, [True, False]))
+    for variant, quant, bits, derived, correct in ladder:
+        for r in range(3):
+            _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1.0, 50), [9] * 50, study="quantization", variant=variant, repeat=r,
+                  correct=correct if correct is True else [i % 2 == 0 for i in range(50)],
+                  model={"quant": quant, "derived_from": derived, "gguf": {"bits_per_weight": bits, "n_params": 5e8}})
+    claim = {c.key: c for c in check_claims(load_cells([tmp_path]))}["quantization"]
+    assert claim.status == NOT_REPRODUCED, claim
+    numbers = dict(claim.numbers)
+    assert "settled: fails" in numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"]
+    assert numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"].startswith("-50.0 pt [")
+    assert "(n=150 matched items)" in numbers["new (4.50 bpw) vs 4.85 bpw: accuracy difference"]  # paired by item
+    assert "q4km (4.85 bpw) vs 16.00 bpw: out tok/s ratio (engine cost only)" in numbers
+    assert "against their source file (Q4_K_M)" in claim.reason, claim.reason
+
+
+def _open_loop(root: Path, cv: float, arrivals: list[float], queue: float, e2el: float, repeats: int = 3) -> None:
     n = len(arrivals)
-    _cell(root, "reasoning", "gsm8k", [1], _spread(e2el, n), [9] * n, workload={"arrival": "gamma", "rate": 1.0, "cv": cv},
-          arrivals=arrivals, queue=_spread(queue, n))
+    for r in range(repeats):
+        _cell(root, "reasoning", "gsm8k", [1], _spread(e2el * (1 + 0.05 * r), n), [9] * n,
+              workload={"arrival": "gamma", "rate": 1.0, "cv": cv}, arrivals=arrivals, queue=_spread(queue * (1 + 0.05 * r), n), repeat=r)
 
 
 def test_bursty_rule_needs_the_same_realised_load(tmp_path):
@@ -451,7 +535,12 @@ def test_bursty_rule_needs_the_same_realised_load(tmp_path):
     _open_loop(tmp_path / "same", 3.0, [0.0, 0.1, 0.2, 0.3, 0.4, 8.5, 8.6, 8.7, 8.8, 9.0], 2.0, 4.0)
     claim = bursty_load(load_cells([tmp_path / "same"]))
     assert claim.status == REPRODUCED, claim
-    assert dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3: realised arrival rate (req/s)"] == "1.00 -> 1.00"
+    assert dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3, repeat 2: realised arrival rate (req/s)"] == "1.00 -> 1.00"
+    assert "(n=3 cell pairs; 60 requests in 6 windows)" in dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3: queue p90 high - low CV (s)"]
+    # one repeat of the same: one pair, inconclusive
+    _open_loop(tmp_path / "once", 1.0, [float(i) for i in range(10)], 0.1, 2.0, repeats=1)
+    _open_loop(tmp_path / "once", 3.0, [0.0, 0.1, 0.2, 0.3, 0.4, 8.5, 8.6, 8.7, 8.8, 9.0], 2.0, 4.0, repeats=1)
+    assert bursty_load(load_cells([tmp_path / "once"])).status == INCONCLUSIVE
     # CV 3 realises 10 arrivals in 2.25 s (4.0 req/s against 1.0): burstiness confounded with load, not tested
     _open_loop(tmp_path / "load", 1.0, [float(i) for i in range(10)], 0.1, 2.0)
     _open_loop(tmp_path / "load", 3.0, [0.25 * i for i in range(10)], 2.0, 4.0)
@@ -479,17 +568,19 @@ def _rerun(cells, dest: Path, pick) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("raw, seeds", [("cpu-2core/pilot", 2), ("gpu-h100/pilot-c32", 1)])
-def test_two_runs_never_settle_opposite_verdicts(tmp_path, raw, seeds):
+@pytest.mark.parametrize("raw, n_cells, seeds", [("cpu-2core/pilot-0.5b", 24, 2)])
+def test_two_runs_never_settle_opposite_verdicts(tmp_path, raw, n_cells, seeds):
     """Stand-ins for runs of one preset, made from its committed raw files: the two halves of each
     cell's requests (split at random), and two resamples of each cell with replacement. A claim may be
-    settled in one and inconclusive in another, never reproduced in one and not reproduced in another."""
+    settled in one and inconclusive in another, never reproduced in one and not reproduced in another.
+    pilot-0.5b ran 3 repeats (12 cell pairs), enough independent cells to settle; a run of one repeat
+    (e.g. gpu-h100/pilot-c32) leaves its cell-level conditions open, so it could not show a settled verdict."""
     import random
 
     from rllm_study.running.results import find_cells, read_cell
 
     cells = [read_cell(d) for d in find_cells([REPORTS / raw])]
-    assert len(cells) == 16
+    assert len(cells) == n_cells
     settled = 0
     for seed in range(seeds):
         rng = random.Random(seed)

@@ -58,6 +58,36 @@ def test_quick_pilot_end_to_end(pilot_run):
     assert "ASU per cell" in proc.stdout and "smollm2-135m__gsm8k__reasoning" in proc.stdout
 
 
+def test_cells_record_their_machine_speed_and_run_interleaved(pilot_run):
+    out, _ = pilot_run
+    order = {}
+    for c in (p for p in out.iterdir() if p.is_dir()):
+        cell = read_cell(c)
+        # a calibration decode on the cell's own engine just before its first request and just after its last
+        assert [x["when"] for x in cell.calibration] == ["before", "after"], cell.calibration
+        assert all(x["tokens"] >= 2 and x["tok_s"] > 0 and x["session"] == 0 for x in cell.calibration)
+        assert not any(r["id"].startswith("calibration") for r in cell.requests)
+        order[tuple(c.name.split("__")[1:3])] = cell.manifest["run_order"]
+    # reasoning and direct twins run next to each other, data set by data set
+    assert {k: v["position"] for k, v in order.items()} == {
+        ("gsm8k", "reasoning"): 1, ("gsm8k", "direct"): 2, ("gpqa-diamond", "reasoning"): 3, ("gpqa-diamond", "direct"): 4}
+    assert {v["of"] for v in order.values()} == {4}
+
+
+def test_repeats_rotate_the_order_of_the_compared_conditions():
+    from rllm_study.running.spec import expand
+
+    spec = {"models": ["m"], "datasets": {"gsm8k": 1, "aime24": 1}, "prompt_modes": ["reasoning", "direct"], "repeats": 2,
+            "max_tokens": [16, 32], "variants": [{"name": "a"}, {"name": "b"}]}
+    names = [c.name.removeprefix("m__") for c in expand(spec, "s.toml")]
+    assert names[:4] == ["a__gsm8k__reasoning__mt16__batch8__r0", "a__gsm8k__direct__mt16__batch8__r0",
+                         "a__gsm8k__reasoning__mt32__batch8__r0", "a__gsm8k__direct__mt32__batch8__r0"]
+    assert names[8:10] == ["b__gsm8k__reasoning__mt16__batch8__r0", "b__gsm8k__direct__mt16__batch8__r0"]
+    # repeat 1 runs variant b first, and each pair direct first
+    assert names[16:18] == ["b__gsm8k__direct__mt16__batch8__r1", "b__gsm8k__reasoning__mt16__batch8__r1"]
+    assert names[24] == "a__gsm8k__direct__mt16__batch8__r1" and len(names) == 32
+
+
 def test_summarize_reads_the_run(pilot_run):
     out, _ = pilot_run
     proc = run_cli("summarize", out, "--json")

@@ -11,9 +11,12 @@ import pytest
 from rllm_study.analysis.metrics import wilson_interval as wilson
 from rllm_study.analysis.stats import (
     MIN_BOOT_N,
+    MIN_CELLS,
     Interval,
     Condition,
     bootstrap,
+    cluster_bootstrap,
+    pair_interval,
     mean_interval,
     mover,
     newcombe,
@@ -118,3 +121,80 @@ def test_settle_combines_conditions():
     assert settle([]) is None
     # `above=False`: the finding lies below the threshold
     assert Condition("below", Interval(0.5, 0.2, 0.8, 9), 1.0, above=False).outcome is True
+
+
+# ---- cells as the unit of evidence ----------------------------------------------------------------
+
+def _pooled_means(conds):
+    a, b = ([r for cluster in cond for cell in cluster for r in cell] for cond in conds)
+    return statistics.fmean(b) / statistics.fmean(a)
+
+
+def test_cluster_bootstrap_carries_the_variation_between_cells():
+    # each condition: 4 cells of 50 requests; the cells' own levels differ a lot (a busy machine, another batch),
+    # the requests within a cell little. Resampling requests alone gives a narrow interval; the two-stage
+    # bootstrap (cells, then requests) a much wider one that still covers the true ratio 1.
+    rng = np.random.default_rng(4)
+    levels = {"a": [1.0, 2.0, 3.0, 1.5], "b": [3.0, 1.0, 1.2, 2.8]}
+    cells = {k: [list(rng.normal(level, 0.05, 50)) for level in v] for k, v in levels.items()}
+    two_stage = cluster_bootstrap([[[c] for c in cells["a"]], [[c] for c in cells["b"]]], _pooled_means)
+    within = bootstrap(cells["a"] + cells["b"], lambda s: statistics.fmean([x for c in s[4:] for x in c]) /
+                       statistics.fmean([x for c in s[:4] for x in c]))
+    assert two_stage.estimate == pytest.approx(within.estimate)
+    assert (two_stage.hi - two_stage.lo) > 5 * (within.hi - within.lo), (two_stage, within)
+    assert two_stage.lo < 1.0 < two_stage.hi and two_stage.unit == "cells per side" and two_stage.n == 4
+    assert two_stage.min_n == MIN_CELLS and Condition("r", two_stage, 1.0, log=True).outcome is None
+    assert cluster_bootstrap([[[c] for c in cells["a"]], [[c] for c in cells["b"]]], _pooled_means) == two_stage  # seeded
+
+
+def test_cluster_bootstrap_needs_two_cells_and_enough_requests():
+    one = cluster_bootstrap([[[[1.0] * 20]], [[[2.0] * 20], [[2.1] * 20]]], _pooled_means)
+    assert not one.known and one.n == 1 and "an interval needs two" in one.why
+    few = cluster_bootstrap([[[[1.0] * 3], [[1.1] * 3]], [[[2.0] * 20], [[2.1] * 20]]], _pooled_means)
+    assert not few.known and f"at least {MIN_BOOT_N}" in few.why
+
+
+def test_too_few_cells_stay_inconclusive_whatever_their_requests():
+    # two pairs agreeing exactly clear the threshold on their own, but two independent pairs are below MIN_CELLS = 3:
+    # inconclusive, and what would settle it counts pairs (at least MIN_CELLS)
+    two = pair_interval([2.0, 2.1], log=True, scope="2000 requests in 40 batches")
+    cond = Condition("r", two, 1.0, log=True)
+    assert two.known and two.lo > 1.0 and cond.side is True and cond.too_few
+    assert cond.outcome is None and cond.needed == MIN_CELLS and two.unit == "cell pairs"
+    # the same with three pairs: settled
+    three = Condition("r", pair_interval([2.0, 2.1, 1.9], log=True), 1.0, log=True)
+    assert not three.too_few and three.outcome is True and three.needed is None
+    # a single pair has no interval at all, and still MIN_CELLS pairs would settle it
+    single = Condition("r", pair_interval([2.0], log=True), 1.0, log=True)
+    assert not single.interval.known and single.outcome is None and single.needed == MIN_CELLS
+    # enough pairs but spanning the threshold: the usual n x (h / d)^2, in pairs
+    wide = Condition("d", pair_interval([0.1, -0.05, 0.2, 0.0]), 0.0)
+    assert wide.outcome is None and wide.needed > 4
+    # undefined pair figures (None) are dropped, not counted
+    assert pair_interval([0.1, None, 0.2]).n == 2
+
+
+def test_paired_newcombe_uses_the_items_correlation():
+    from rllm_study.analysis.stats import paired_newcombe
+
+    # no correlation (ad = bc): exactly the unpaired Newcombe interval of the two proportions over n items each
+    free = paired_newcombe(20, 20, 20, 20)
+    unpaired = newcombe(40, 80, 40, 80)
+    assert (free.estimate, free.lo, free.hi) == (0.0, pytest.approx(unpaired.lo), pytest.approx(unpaired.hi))
+    # the same two accuracies (60% vs 50%) on items mostly right or wrong alike: a much narrower interval, which
+    # settles a 10-point gain the unpaired one cannot
+    alike = paired_newcombe(40, 8, 0, 32)
+    apart = newcombe(48, 80, 40, 80)
+    assert alike.estimate == pytest.approx(0.1) == apart.estimate
+    assert alike.hi - alike.lo < 0.5 * (apart.hi - apart.lo) and alike.lo > 0 > apart.lo
+    assert alike.unit == "matched items" and alike.n == 80
+    # coverage over simulated correlated pairs: item difficulty shared by both conditions
+    rng = np.random.default_rng(5)
+    hits = 0
+    for _ in range(1000):
+        easy = rng.random(60) < 0.5
+        x = rng.random(60) < np.where(easy, 0.9, 0.3)       # first condition: 0.6 on average
+        y = rng.random(60) < np.where(easy, 0.8, 0.2)       # second: 0.5
+        iv = paired_newcombe(int((x & y).sum()), int((x & ~y).sum()), int((~x & y).sum()), int((~x & ~y).sum()))
+        hits += iv.lo <= 0.1 <= iv.hi
+    assert 0.93 <= hits / 1000 <= 0.99, hits

@@ -187,15 +187,6 @@ def share(k: int, n: int) -> dict:
     return {"share": _ratio(k, n), "k": k, "n": n, "ci95": wilson_interval(k, n)}
 
 
-def fluctuation(values: Iterable[float | None]) -> dict:
-    """peak = max, mean, cv = population std / mean (None when the mean is 0); None values dropped."""
-    vals = np.array([v for v in values if v is not None], dtype=float)
-    if not len(vals):
-        return {"count": 0, "peak": None, "mean": None, "cv": None}
-    mean = float(vals.mean())
-    return {"count": int(len(vals)), "peak": float(vals.max()), "mean": mean, "cv": float(vals.std()) / mean if mean else None}
-
-
 # ---- per-request metrics --------------------------------------------------------------------
 
 @metric("ttft_s", "s", "first_token_s - arrival_s", label="TTFT {stat} s", better="lower", section="latency", per="request")
@@ -332,16 +323,87 @@ def group_tail(members: list[dict]) -> tuple[float, float]:
     return span, finishes[-1] - finishes[len(finishes) // 2]
 
 
+# ---- who ended the thinking ------------------------------------------------------------------
+
+CLOSERS = ("model", "cap", "ended", "unclosed")
+LOOP_N = 8            # n of the n-grams that tell a repetition loop
+LOOP_SHARE = 0.5      # a thinking whose n-grams repeat at least this share is a repetition loop
+
+
+@define("think_closed_by", "category",
+        "model: not think_forced and an answer phase; cap: think_forced and think_tokens >= the cell's think_budget; "
+        "ended: think_forced below the think budget (the model ended while thinking); unclosed: never closed")
+def think_closed_by(r: dict, think_budget: int | None) -> str | None:
+    """Who ended a request's thinking: the model itself (it wrote `</think>`), the engine at the think
+    cap (think_budget think tokens), the engine after the model ended while still thinking, or nobody
+    (the output budget ran out first, or the request stopped inside its thinking). None when it did not
+    think (a direct request, or no think tokens)."""
+    if (r.get("think_tokens") or 0) <= 0:
+        return None
+    if r.get("think_forced"):
+        return "cap" if think_budget is not None and r["think_tokens"] >= think_budget else "ended"
+    return "model" if has_answer_phase(r) else "unclosed"
+
+
+@define("repeat_share", "fraction", f"think-phase {LOOP_N}-grams of token ids that occurred earlier in the same thinking / "
+        f"all its {LOOP_N}-grams")
+def repeat_share(token_ids: list[int], phases: str) -> float | None:
+    """How much a request's thinking repeats itself: the share of its think tokens' 8-grams (token ids,
+    tokens.jsonl) that already occurred earlier in that thinking. None with fewer than 8 think tokens."""
+    think = [t for t, p in zip(token_ids, phases) if p == "t"]
+    grams = [tuple(think[i:i + LOOP_N]) for i in range(len(think) - LOOP_N + 1)]
+    seen: set = set()
+    repeats = 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams) if grams else None
+
+
+@define("capped_repetition_loop", "bool", f"think_closed_by = cap (or finish_reason = length while thinking) and "
+        f"repeat_share >= {LOOP_SHARE:g}")
+def capped_loop(r: dict, closer: str | None, share: float | None) -> bool:
+    """A request whose thinking went round in a loop until the engine cut it: cut at the think cap (or at
+    the output budget while still thinking) with at least half its think-phase 8-grams repeating earlier
+    ones (loops repeat about two thirds; other thinking 1-10%)."""
+    cut = closer == "cap" or (closer == "unclosed" and r.get("finish_reason") == "length")
+    return bool(cut and share is not None and share >= LOOP_SHARE)
+
+
+@metric("think_closers", "fraction",
+        "per closer in think_closed_by: completed requests that thought with that closer / completed requests that thought, "
+        "with its wilson_ci95", section="tokens")
+def think_closers(ctx: _Context) -> dict | None:
+    """Who ended the thinking, as shares of the completed requests that thought: {model, cap, ended,
+    unclosed: {share, k, n, ci95}}. A cap hit counts as hitting the budget. None when none thought."""
+    closers = [r["think_closed_by"] for r in ctx.done if r["think_closed_by"] is not None]
+    return {c: share(closers.count(c), len(closers)) for c in CLOSERS} if closers else None
+
+
+@metric("hit_budget_share", "fraction", "completed requests with finish_reason = length or think_closed_by = cap / completed requests",
+        section="tokens", key="hit_budget")
+def hit_budget_share(ctx: _Context) -> dict | None:
+    """Requests that hit a budget: the output budget (finish `length`) or the think budget (cut at the think
+    cap, which ends with `stop`): {share, k, n, ci95}. None without completed requests."""
+    return share(sum(r["capped"] for r in ctx.done), len(ctx.done)) if ctx.done else None
+
+
 # ---- requests ------------------------------------------------------------------------------
 
 def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window: int = DEFAULT_WINDOW) -> list[dict]:
     """One dict per recorded request: identifiers (id, dataset, domain, session, batch, arrival_s,
-    finish_s, finish_reason, completed), every per-request metric, and its straggler `group` and flag."""
+    finish_s, finish_reason, completed), every per-request metric, who closed its thinking
+    (`think_closed_by`), whether it hit a budget (`capped`: finish length or cut at the think cap), its
+    `repeat_share` and `repetition_loop` (`capped_repetition_loop`), and its straggler `group` and flag."""
     if straggler_k <= 0 or window < 1:
         raise UserError(f"straggler k = {straggler_k} must be > 0 and window = {window} at least 1")
     rows = []
+    think_budget = cell.manifest.get("cell", {}).get("think_budget")
     for r in cell.requests:
         tokens = _tokens_of(cell, r["id"])
+        token_row = cell.tokens.get(r["id"]) or {}
+        closer = think_closed_by(r, think_budget)
+        loop_share = repeat_share(token_row.get("token_ids") or [], token_row.get("phase") or "")
         row = {
             "id": r["id"],
             "dataset": r.get("dataset"),
@@ -353,6 +415,10 @@ def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window
             "finish_s": r.get("finish_s"),
             "finish_reason": r.get("finish_reason"),
             "completed": r.get("finish_reason") in COMPLETED,
+            "think_closed_by": closer,
+            "capped": r.get("finish_reason") == "length" or closer == "cap",
+            "repeat_share": loop_share,
+            "repetition_loop": capped_loop(r, closer, loop_share),
         }
         row.update({name: e.fn(r, tokens) for name, e in _ENTRIES.items() if e.per == "request"})
         rows.append(row)
@@ -637,39 +703,78 @@ def tail_share(ctx: _Context) -> float | None:
     return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
 
 
-def _alone_stretches(timeline: list[dict]) -> dict[int, list[tuple[float, float]]]:
-    """Per session, [first, last] sample times of each run of two or more consecutive timeline samples with
-    at most one request running, at least one of them with exactly one."""
-    out: dict[int, list[tuple[float, float]]] = {}
-    run: list[dict] = []
-    samples = sorted((s for s in timeline if s.get("t_s") is not None and s.get("running") is not None),
-                     key=lambda s: (s.get("session", 0), s["t_s"]))
-    for s in samples + [{"session": None, "running": None}]:
-        if run and (s["running"] is None or s["running"] > 1 or s.get("session", 0) != run[-1].get("session", 0)):
-            if len(run) > 1 and any(x["running"] == 1 for x in run):
-                out.setdefault(run[0].get("session", 0), []).append((run[0]["t_s"], run[-1]["t_s"]))
-            run = []
-        if s["running"] is not None and s["running"] <= 1:
-            run.append(s)
+# ---- occupancy and the machine's speed, from the recorded events ---------------------------------
+
+def occupancy(requests: Iterable[dict]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per session, the running and waiting counts as step functions, exact at every change: (times,
+    running, waiting), the counts holding from times[k] until times[k + 1]. A request waits from
+    arrival_s to admitted_s and runs from admitted_s to finish_s (records without admitted_s are
+    admitted on arrival); a change point gathers every event at that time."""
+    deltas: dict[int, dict[float, list[int]]] = {}
+    for r in requests:
+        arrival, finish = r.get("arrival_s"), r.get("finish_s")
+        if arrival is None or finish is None:
+            continue
+        admitted = r.get("admitted_s") if r.get("admitted_s") is not None else arrival
+        d = deltas.setdefault(r.get("session", 0), {})
+        for t, dr, dw in ((arrival, 0, 1), (admitted, 1, -1), (finish, -1, 0)):
+            step = d.setdefault(t, [0, 0])
+            step[0] += dr
+            step[1] += dw
+    out = {}
+    for session, d in deltas.items():
+        times = np.array(sorted(d))
+        out[session] = (times, np.cumsum([d[t][0] for t in times]), np.cumsum([d[t][1] for t in times]))
     return out
 
 
-@metric("solo_itl_s", "s", "gaps t[i] - t[i-1] of any request with both tokens inside a timeline stretch where running <= 1",
+def solo_gaps(cell: Cell) -> list[float]:
+    """Token gaps t[i] - t[i-1] of any request during which exactly one request was running (by
+    `occupancy`: no admission or finish between the two tokens, one sequence in the engine): the
+    one-sequence decode step of this cell, measured from its own events."""
+    steps = occupancy(cell.requests)
+    gaps = []
+    for r in cell.requests:
+        tokens = _tokens_of(cell, r["id"])
+        if not tokens or r.get("session", 0) not in steps:
+            continue
+        times, running, _ = steps[r.get("session", 0)]
+        t = np.array(tokens[0])
+        if len(t) < 2:
+            continue
+        k = np.searchsorted(times, t[:-1], side="right") - 1
+        nxt = np.append(times, np.inf)[k + 1]
+        alone = (k >= 0) & (running[np.maximum(k, 0)] == 1) & (nxt >= t[1:])
+        gaps += [float(g) for g in (t[1:] - t[:-1])[alone] if g > 0]
+    return gaps
+
+
+@metric("machine_speed", "tokens/s",
+        "calibration: mean tok_s of calibration.jsonl (CALIBRATION_TOKENS greedy tokens, one sequence, just before and "
+        "after each session); own_tok_s = 1 / median(solo_gaps): gaps t[i] - t[i-1] while exactly one request ran "
+        "(occupancy from admitted_s / finish_s); tok_s = calibration where recorded, else own_tok_s",
+        label="machine tok/s", better="higher", section="throughput")
+def machine_speed(ctx: _Context) -> dict:
+    """How fast the machine decoded one sequence while the cell ran, in tokens/s:
+    {tok_s, source ("calibration", "one-sequence gaps" or None), calibration (each calibration
+    decode's tok_s, in order), own_tok_s, n_gaps}. The calibration is a fixed decode on the cell's
+    own engine, so it also carries what the cell's engine settings do to speed (a quantized model
+    decodes faster): compare it between cells of one engine configuration. Cells recorded before
+    calibrations existed use their own one-sequence token gaps."""
+    cal = [c["tok_s"] for c in ctx.cell.calibration if c.get("tok_s")]
+    gaps = solo_gaps(ctx.cell)
+    own = 1.0 / float(np.median(gaps)) if gaps else None
+    tok_s, source = (_mean(cal), "calibration") if cal else (own, "one-sequence gaps") if own else (None, None)
+    return {"tok_s": tok_s, "source": source, "calibration": cal, "own_tok_s": own, "n_gaps": len(gaps)}
+
+
+@metric("solo_itl_s", "s", "solo_gaps: gaps t[i] - t[i-1] of any request while exactly one request ran (occupancy, from events)",
         section="stragglers")
 def solo_itl(ctx: _Context) -> dict:
     """One-sequence decode speed measured in the cell itself: the token gaps of requests while they
-    ran alone. A stretch runs from the first to the last of two or more consecutive timeline samples
-    that each show at most one request running (and one shows exactly one). Its p50 is the reference
-    of `straggler_causes`; count 0 when the cell never ran one request alone."""
-    stretches = _alone_stretches(ctx.cell.timeline)
-    gaps = []
-    for r in ctx.cell.requests:
-        tokens = _tokens_of(ctx.cell, r["id"])
-        spans = stretches.get(r.get("session", 0), [])
-        if tokens and spans:
-            times = tokens[0]
-            gaps += [b - a for a, b in zip(times, times[1:]) if any(lo <= a and b <= hi for lo, hi in spans)]
-    return distribution(gaps, ctx.percentiles)
+    ran alone (`solo_gaps`, exact from the admission and finish events). Its p50 is the reference of
+    `straggler_causes`; count 0 when the cell never ran one request alone."""
+    return distribution(solo_gaps(ctx.cell), ctx.percentiles)
 
 
 CAUSES = ("queue", "prefill", "think", "answer", "sharing")
@@ -678,14 +783,17 @@ CAUSES = ("queue", "prefill", "think", "answer", "sharing")
 @metric("straggler_causes", "s",
         "per straggler: queue = admitted_s - arrival_s; prefill = first_token_s - admitted_s; with solo = solo_itl_s p50: "
         "think = think gaps x solo, answer = answer gaps x solo, sharing = (finish_s - first_token_s) - think - answer; "
-        "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers",
+        "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers; "
+        "capped_repetition_loops = stragglers with capped_repetition_loop",
         section="stragglers", key="causes")
 def straggler_causes(ctx: _Context) -> dict:
     """Where the stragglers' E2EL went. A gap belongs to the phase of its later token (tokens.jsonl;
     without per-token times: think gaps = think_tokens - 1 when it thought, answer gaps the rest). The
     five parts add up to E2EL. `sharing` is the slowdown from sharing decode steps with other requests:
     decoding time beyond what a one-sequence decode of the same length took in this cell (may be
-    negative when the straggler decoded faster than that median). `dominant` names the largest part
+    negative when the straggler decoded faster than that median). `capped` counts the stragglers that hit
+    a budget (output or think cap), `capped_repetition_loops` those whose cause is a capped repetition loop
+    (`capped_repetition_loop`: cut with at least half its thinking's 8-grams repeating). `dominant` names the largest part
     (None without stragglers); `seconds` are sums over the cell's `count` stragglers."""
     solo_gaps = solo_itl(ctx)
     solo = solo_gaps["p50"] if solo_gaps["count"] else None
@@ -717,52 +825,152 @@ def straggler_causes(ctx: _Context) -> dict:
         sums["sharing"] = None
     known = {c: v for c, v in sums.items() if v is not None}
     return {"count": len(stragglers), "solo_itl_s": solo, "seconds": sums,
-            "dominant": max(known, key=known.get) if stragglers else None}
+            "dominant": max(known, key=known.get) if stragglers else None,
+            "capped_repetition_loops": sum(r["repetition_loop"] for r in stragglers),
+            "capped": sum(r["capped"] for r in stragglers)}
 
 
-@metric("kv_frac", "fraction", "kv_used / kv_capacity per timeline sample: peak, mean, cv = std / mean", label="KV {stat}", display="pct", better="lower", section="memory")
+MAX_TIMELINE_GAP_S = 1.0  # a sampled timeline with a longer gap between samples decides no claim
+
+
+@define("time_weighted", "as the values",
+        "values[k] holds from t[k] to t[k+1]: peak = max(values); mean = sum(values[k] x (t[k+1] - t[k])) / T; "
+        "cv = sqrt(sum((values[k] - mean)^2 x (t[k+1] - t[k])) / T) / mean; T = sum of the sessions' spans")
+def time_weighted(series: Iterable[tuple[Iterable[float], Iterable[float | None]]]) -> dict:
+    """Peak, time-weighted mean and coefficient of variation of step functions (one per session; a
+    value None is left out with its stretch): {count (values), peak, mean, cv (None when the mean is 0),
+    seconds (T), max_gap_s (the longest stretch one value held)}."""
+    values, weights, peak, gap = [], [], None, 0.0
+    for times, vals in series:
+        kept = [(t, v) for t, v in zip(times, vals) if v is not None]
+        for (t, v), (t_next, _) in zip(kept, kept[1:] + [kept[-1]] if kept else []):
+            values.append(float(v))
+            weights.append(float(t_next) - float(t))
+            peak = float(v) if peak is None else max(peak, float(v))
+            gap = max(gap, float(t_next) - float(t))
+    total = sum(weights)
+    if not values:
+        return {"count": 0, "peak": None, "mean": None, "cv": None, "seconds": 0.0, "max_gap_s": None}
+    v, w = np.array(values), np.array(weights)
+    mean = float((v * w).sum() / total) if total > 0 else float(v.mean())
+    var = float(((v - mean) ** 2 * w).sum() / total) if total > 0 else float(v.var())
+    return {"count": len(values), "peak": peak, "mean": mean, "cv": (var ** 0.5) / mean if mean else None,
+            "seconds": total, "max_gap_s": gap}
+
+
+def _sampled(timeline: list[dict], value: Callable[[dict], float | None]) -> list[tuple[list[float], list]]:
+    """A sampled timeline as one sample-and-hold step function per session (samples in time order)."""
+    sessions: dict[int, list[dict]] = {}
+    for s in timeline:
+        if s.get("t_s") is not None:
+            sessions.setdefault(s.get("session", 0), []).append(s)
+    return [([s["t_s"] for s in rows], [value(s) for s in rows])
+            for rows in (sorted(r, key=lambda s: s["t_s"]) for r in sessions.values())]
+
+
+def kv_events(cell: Cell) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
+    """Per session, KV cells held by requests as a step function from the recorded events: one more
+    cell from each token's time, all released at finish_s, exact at every change; a request's
+    prompt_tokens cells, which fill while its prompt is decoded between admitted_s and prefill_done_s
+    (first_token_s where not recorded), enter at the midpoint of that prefill, where a step has the
+    same time integral as a steady fill (the mean is exact; within a prefill the step is off by at most
+    half its prompt). The function starts at the session's first arrival. None when a request has no
+    per-token times or the engine counts KV in another unit than cells (one per token per sequence)."""
+    units = {s.get("kv_unit") for s in cell.timeline if s.get("kv_unit")}
+    if units - {"cells"} or not cell.requests:
+        return None
+    deltas: dict[int, Counter] = {}
+    for r in cell.requests:
+        tokens = _tokens_of(cell, r["id"])
+        done = r.get("prefill_done_s") if r.get("prefill_done_s") is not None else r.get("first_token_s")
+        start = None if done is None else (done + (r.get("admitted_s") if r.get("admitted_s") is not None else done)) / 2
+        if r.get("arrival_s") is None or r.get("finish_s") is None:
+            continue
+        d = deltas.setdefault(r.get("session", 0), Counter())
+        d[r["arrival_s"]] += 0
+        if start is None:
+            continue
+        if not tokens:
+            return None
+        held = (r.get("prompt_tokens") or 0) + len(tokens[0])
+        d[start] += r.get("prompt_tokens") or 0
+        for t in tokens[0]:
+            d[t] += 1
+        d[r["finish_s"]] -= held
+    out = {}
+    for session, d in deltas.items():
+        times = np.array(sorted(d))
+        out[session] = (times, np.cumsum([d[t] for t in times]))
+    return out
+
+
+def _kv_capacity(cell: Cell) -> int | None:
+    caps = [s["kv_capacity"] for s in cell.timeline if s.get("kv_capacity")]
+    return max(caps) if caps else None
+
+
+@metric("kv_frac", "fraction",
+        "KV cells in use / kv_capacity: from events (kv_events) where the engine counts cells, else per timeline sample "
+        "(sample-and-hold); peak, mean and cv = std / mean weighted by time (time_weighted)", label="KV {stat}",
+        display="pct", better="lower", section="memory")
 def kv_frac(ctx: _Context) -> dict:
-    """KV-cache usage and its fluctuation over the run (samples with no capacity skipped)."""
-    return fluctuation(_ratio(s.get("kv_used") or 0, s.get("kv_capacity") or 0) for s in ctx.cell.timeline)
+    """KV-cache usage and its fluctuation over the run, weighted by time: {count, peak, mean, cv,
+    seconds, max_gap_s, source}. source "events": KV cells held by the requests, exact at every
+    admission, token and finish (`kv_events`), as a share of the engine's capacity; source
+    "sampler": the engine's own counter sampled by the runner (other engines, older cells), whose
+    `max_gap_s` says how long the sampler went without a sample (gaps over MAX_TIMELINE_GAP_S
+    keep a claim from resting on it)."""
+    events, capacity = kv_events(ctx.cell), _kv_capacity(ctx.cell)
+    if events is not None and capacity:
+        return {**time_weighted((t, v / capacity) for t, v in events.values()), "source": "events"}
+    series = _sampled(ctx.cell.timeline, lambda s: _ratio(s.get("kv_used") or 0, s.get("kv_capacity") or 0))
+    return {**time_weighted(series), "source": "sampler"}
 
 
-@metric("kv_used", "kv_unit", "kv_used per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("kv_used", "kv_unit", "KV in use: from events (kv_events, cells) or per timeline sample; peak, mean, cv weighted by time",
+        section="memory")
 def kv_used(ctx: _Context) -> dict:
-    """KV cache in use, in the engine's unit (cells: one per token per sequence; bytes; percent)."""
+    """KV cache in use, in the engine's unit (cells: one per token per sequence; bytes; percent), from
+    events where the unit is cells (see kv_frac), weighted by time."""
     units = sorted({s.get("kv_unit") for s in ctx.cell.timeline if s.get("kv_unit")})
-    return {**fluctuation(s.get("kv_used") for s in ctx.cell.timeline), "unit": "/".join(units) or None}
+    events = kv_events(ctx.cell)
+    stats = time_weighted(events.values()) if events is not None else time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("kv_used")))
+    return {**stats, "unit": "/".join(units) or None, "source": "events" if events is not None else "sampler"}
 
 
-@metric("running", "requests", "running per timeline sample: peak, mean, cv = std / mean", label="running {stat}", display="count", better="higher", section="memory")
-def running(ctx: _Context) -> dict:
-    """Requests the engine ran at once (its concurrency reached), sampled at the fixed period, so the
-    mean is weighted by time: what a KV budget held, next to `waiting` for those it could not."""
-    return fluctuation(s.get("running") for s in ctx.cell.timeline)
+@metric("running_requests", "requests", "requests admitted and not finished (occupancy, from events): peak, mean, cv weighted by time",
+        label="running {stat}", display="count", better="higher", section="memory", key="running")
+def running_requests(ctx: _Context) -> dict:
+    """How many requests the engine held at once, exact at every admission and finish."""
+    return time_weighted((t, r) for t, r, _ in occupancy(ctx.cell.requests).values())
 
 
-@metric("waiting", "requests", "waiting per timeline sample: peak, mean, cv = std / mean", label="waiting {stat}", display="num", better="lower", section="memory")
-def waiting(ctx: _Context) -> dict:
-    """Requests sent to the engine and not yet running (queued for a slot or KV room, or preempted)."""
-    return fluctuation(s.get("waiting") for s in ctx.cell.timeline)
+@metric("waiting_requests", "requests", "requests arrived and not admitted (occupancy, from events): peak, mean, cv weighted by time",
+        label="waiting {stat}", better="lower", section="memory", key="waiting")
+def waiting_requests(ctx: _Context) -> dict:
+    """How many requests waited for a sequence slot at once, exact at every arrival and admission."""
+    return time_weighted((t, w) for t, _, w in occupancy(ctx.cell.requests).values())
 
 
-@metric("rss_bytes", "bytes", "rss_bytes per timeline sample: peak, mean, cv = std / mean", label="RSS {stat} MiB", display="mib", better="lower", section="memory")
+@metric("rss_bytes", "bytes", "rss_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time",
+        label="RSS {stat} MiB", display="mib", better="lower", section="memory")
 def rss(ctx: _Context) -> dict:
-    """Resident memory of the engine process."""
-    return fluctuation(s.get("rss_bytes") for s in ctx.cell.timeline)
+    """Resident memory of the engine process (what events cannot give: the sampler records it)."""
+    return time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("rss_bytes")))
 
 
-@metric("device_bytes", "bytes", "device_bytes per timeline sample: peak, mean, cv = std / mean", section="memory")
+@metric("device_bytes", "bytes", "device_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time", section="memory")
 def device(ctx: _Context) -> dict | None:
     """Accelerator memory in use; None when there is no device."""
-    stats = fluctuation(s.get("device_bytes") for s in ctx.cell.timeline)
+    stats = time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("device_bytes")))
     return stats if stats["count"] else None
 
 
-@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes): peak, mean, cv = std / mean", label="GPU MiB {stat}", display="mib", better="lower", section="memory")
+@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes; sample-and-hold): peak, mean, cv weighted by time",
+        label="GPU MiB {stat}", display="mib", better="lower", section="memory")
 def gpu_memory(ctx: _Context) -> dict | None:
     """GPU memory in use on the cell's GPUs as NVML reports it (every process on them); None without NVML."""
-    stats = fluctuation(s.get("gpu_bytes") for s in ctx.cell.timeline)
+    stats = time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("gpu_bytes")))
     return stats if stats["count"] else None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from rllm_study.formatting import proportion
-from rllm_study.analysis.metrics import CAUSES, CONVENTIONS, DISPATCH_LAG_BOUND_S, METRICS, distribution
+from rllm_study.analysis.metrics import CAUSES, CLOSERS, CONVENTIONS, DISPATCH_LAG_BOUND_S, LOOP_N, LOOP_SHARE, METRICS, distribution
 from rllm_study.report import columns as C
 from rllm_study.report import plots
 from rllm_study.report.cells import (
@@ -161,10 +161,14 @@ def memory_section(cells: list[CellData]) -> Section:
     for group in reps:
         blocks.append(Figure(f"memory-{group[0].base_model}-{group[0].dataset}", plots.timeline(_columns(group)),
                              f"Memory over time, {group[0].dataset}: {_models_note(group)}."))
-    blocks.append(Table(["cell", "KV peak", "KV mean", "KV CV", "RSS peak MiB", "RSS CV"],
+    blocks.append(Table(["cell", "KV peak", "KV mean", "KV CV", "KV from", "RSS peak MiB", "RSS CV", "longest sampler gap s"],
                         [[f"{c.dataset} · {c.mode}", C.cell_value(c.metrics, C.KV_PEAK), C.cell_value(c.metrics, C.KV_MEAN),
-                          C.cell_value(c.metrics, C.KV_CV), C.cell_value(c.metrics, C.RSS_PEAK),
-                          C.fmt(c.metrics["memory"]["rss_bytes"]["cv"])] for g in reps for c in g]))
+                          C.cell_value(c.metrics, C.KV_CV), c.metrics["memory"]["kv_frac"].get("source") or "sampler",
+                          C.cell_value(c.metrics, C.RSS_PEAK), C.fmt(c.metrics["memory"]["rss_bytes"]["cv"]),
+                          C.fmt(c.metrics["memory"]["rss_bytes"].get("max_gap_s"))] for g in reps for c in g],
+                        "KV from events: the cells the requests held, exact at every admission, token and finish "
+                        "(`kv_events`); from the sampler: the engine's own counter, sampled. Peak, mean and CV are weighted by "
+                        "time (`time_weighted`)."))
     return Section("Memory use and fluctuation", blocks)
 
 
@@ -192,8 +196,11 @@ def straggler_section(cells: list[CellData]) -> Section:
         "gaps while only one request ran), and the rest of its decoding, the slowdown from sharing decode steps with "
         "other requests. Seconds summed over the cell's stragglers; the largest part dominates. Where the cell never "
         "ran one request alone, think and answer are their measured decoding times and sharing is not measured."))
-    blocks.append(Table(["cell", "stragglers", "solo ITL ms (gaps)", *(f"{c} s" for c in CAUSES), "dominant"],
-                        [_causes_row(c) for g in reps for c in g]))
+    blocks.append(Table(["cell", "stragglers", "solo ITL ms (gaps)", *(f"{c} s" for c in CAUSES), "dominant",
+                         "capped / capped repetition loops"],
+                        [_causes_row(c) for g in reps for c in g],
+                        f"A capped repetition loop (`capped_repetition_loop`): a straggler cut at a budget whose thinking repeats "
+                        f"itself, at least {LOOP_SHARE:g} of its think-phase {LOOP_N}-grams occurring earlier in it."))
     return Section("Stragglers", blocks)
 
 
@@ -208,10 +215,11 @@ def _causes_row(c: CellData) -> list[str]:
     secs = causes["seconds"]
     solo_text = f"{C.fmt(solo['p50'], 'ms')} ({solo['count']})" if solo["count"] else "not measured (0)"
     if not causes["count"]:
-        return [f"{c.dataset} · {c.mode}", "0", solo_text, *("-" for _ in CAUSES), "-"]
+        return [f"{c.dataset} · {c.mode}", "0", solo_text, *("-" for _ in CAUSES), "-", "-"]
     parts = [("—" if part == "think" and c.mode != REASONING else "not measured" if secs[part] is None else C.fmt(secs[part]))
              for part in CAUSES]
-    return [f"{c.dataset} · {c.mode}", str(causes["count"]), solo_text, *parts, causes["dominant"]]
+    loops = f"{causes.get('capped', '-')} / {causes.get('capped_repetition_loops', '-')}"
+    return [f"{c.dataset} · {c.mode}", str(causes["count"]), solo_text, *parts, causes["dominant"], loops]
 
 
 def _top_budget_pilot(cells: list[CellData]) -> dict[tuple, list[CellData]]:
@@ -241,11 +249,24 @@ def difficulty_section(cells: list[CellData]) -> Section:
             for mode in sorted(modes, key=_mode_order):
                 rs = modes[mode]
                 think, out, e2el = (distribution(r[k] for r in rs) for k in ("think_tokens", "output_tokens", "e2el_s"))
+                free = [r for r in rs if not r["capped"]]
+                think_free, e2el_free = (distribution(r[k] for r in free) for k in ("think_tokens", "e2el_s"))
                 rows.append([d, tier(d), mode, str(len(rs)), f"{C.fmt(think['mean'])} / {C.fmt(think['p90'])}" if mode == REASONING else "—",
                              C.fmt(out["mean"]), f"{C.fmt(e2el['mean'])} / {C.fmt(e2el['p90'])}",
-                             C.fmt(sum(r["finish_reason"] == "length" for r in rs) / len(rs) if rs else None, "pct")])
-        blocks.append(Table(["data set", "difficulty", "mode", "n", "think tok mean / p90", "output tok mean", "E2EL s mean / p90", "hit budget"], rows))
+                             C.fmt(sum(r["capped"] for r in rs) / len(rs) if rs else None, "pct"),
+                             f"{C.fmt(think_free['mean']) if mode == REASONING else '—'} / {C.fmt(e2el_free['mean'])} (n={len(free)})",
+                             _closers_text(rs) if mode == REASONING else "—"])
+        blocks.append(Table(["data set", "difficulty", "mode", "n", "think tok mean / p90", "output tok mean", "E2EL s mean / p90",
+                             "hit budget", "without capped: think tok / E2EL s mean", "thinking closed by model / cap / ended / unclosed"], rows,
+                            "Hit budget: the output budget (finish length) or the think cap (`think_closed_by` cap); "
+                            "the means without capped leave those requests out."))
     return Section("Adaptive running time", blocks)
+
+
+def _closers_text(rows: list[dict]) -> str:
+    """Who ended the thinking of these requests (`think_closed_by`), as counts of those that thought."""
+    closers = [r["think_closed_by"] for r in rows if r["think_closed_by"] is not None]
+    return " / ".join(str(closers.count(c)) for c in CLOSERS) + f" of {len(closers)}" if closers else "-"
 
 
 def domain_section(cells: list[CellData]) -> Section:

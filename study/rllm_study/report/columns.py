@@ -70,9 +70,9 @@ QUEUE_P90 = latency("queue_s", "p90")
 LAG_P50 = col("dispatch_lag_s", "arrivals", "dispatch_lag_s", "p50", stat="p50")
 LAG_P99 = col("dispatch_lag_s", "arrivals", "dispatch_lag_s", "p99", stat="p99")
 USER_TOK_S_P50 = col("user_tok_s", "throughput", "user_tok_s", "p50", stat="p50")
-RUNNING_MEAN = col("running", "memory", "running", "mean", stat="mean", kind="num")
-RUNNING_PEAK = col("running", "memory", "running", "peak", stat="peak")
-WAITING_MEAN = col("waiting", "memory", "waiting", "mean", stat="mean")
+RUNNING_MEAN = col("running_requests", "memory", "running", "mean", stat="mean", kind="num")
+RUNNING_PEAK = col("running_requests", "memory", "running", "peak", stat="peak")
+WAITING_MEAN = col("waiting_requests", "memory", "waiting", "mean", stat="mean")
 TPOT_P50 = latency("tpot_s", "p50")
 ITL_P50 = latency("itl_s", "p50")
 THINK_MEAN = col("think_tokens", "tokens", "think", "mean", stat="mean")
@@ -89,15 +89,16 @@ J_PER_TOKEN = col("j_per_token", "energy", "j_per_token")
 TOKENS_PER_J = col("tokens_per_j", "energy", "tokens_per_j")
 AVG_POWER = col("avg_power_w", "energy", "avg_power_w")
 PREFIX_HITS = col("prefix_hit_rate", "techniques", "prefix_hit_rate")
+MACHINE_SPEED = col("machine_speed", "throughput", "machine_speed", "tok_s")
 DRAFT_ACCEPT = col("draft_acceptance_rate", "techniques", "draft_acceptance_rate")
 
 OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK,
-            J_PER_TOKEN)
+            J_PER_TOKEN, MACHINE_SPEED)
 TECHNIQUE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
 LOAD = (N_REQUESTS, ARRIVAL_RATE, ARRIVAL_CV, REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
 COMPARE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
            TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
-           GPU_PEAK, J_PER_TOKEN, TOKENS_PER_J, AVG_POWER, PREFIX_HITS, DRAFT_ACCEPT)
+           GPU_PEAK, J_PER_TOKEN, TOKENS_PER_J, AVG_POWER, PREFIX_HITS, DRAFT_ACCEPT, MACHINE_SPEED)
 
 
 def _node(metrics: dict, path: tuple):
@@ -143,14 +144,15 @@ def acc_text(acc: dict, lenient: bool = False) -> str:
 
 
 def fmt_interval(iv: Interval, kind: str = "num") -> str:
-    """'estimate [lo, hi] (n=N unit)'; kind ratio (x), points (difference of fractions), pct or a num kind."""
+    """'estimate [lo, hi] (n=N unit; scope)'; kind ratio (x), points (difference of fractions), pct or a num kind."""
     def one(v: float | None) -> str:
         if v is None:
             return "-"
         return f"{v:.2f}x" if kind == "ratio" else f"{100 * v:+.1f} pt" if kind == "points" else fmt(v, kind)
 
     bounds = f" [{one(iv.lo)}, {one(iv.hi)}]" if iv.known else " (no interval)"
-    return f"{one(iv.estimate)}{bounds} (n={iv.n} {iv.unit})"
+    scope = f"; {iv.scope}" if iv.scope else ""
+    return f"{one(iv.estimate)}{bounds} (n={iv.n} {iv.unit}{scope})"
 
 
 def ratio(new: float | None, ref: float | None) -> float | None:

@@ -5,6 +5,10 @@
   tokens.jsonl    one line per finished request: its per-token times, written just before
                   its requests.jsonl line (a request counts as finished only once that is there)
   timeline.jsonl  engine stats sampled at a fixed period
+  calibration.jsonl  the machine's speed around each session: one line per fixed calibration decode
+                  the runner ran on the cell's own engine just before its first request and just
+                  after its last (never between decode steps of the measured requests):
+                  {"session", "when": "before"|"after", "tokens", "seconds", "tok_s"}
   tokens.jsonl.gz, timeline.jsonl.gz  the same lines gzip-compressed, in a cell `pack_cell`
                   packed for publishing (read before the plain file, so a packed cell that is
                   resumed keeps both)
@@ -58,6 +62,7 @@ MANIFEST = "manifest.json"
 REQUESTS = "requests.jsonl"
 TOKENS = "tokens.jsonl"
 TIMELINE = "timeline.jsonl"
+CALIBRATION = "calibration.jsonl"
 LOCK = ".rllm-study.lock"
 
 _CAUSES = {
@@ -251,14 +256,14 @@ class CellWriter:
     def __init__(self, cell_dir: Path):
         self.dir = make_folder(cell_dir)
         try:
-            for name in (REQUESTS, TOKENS, TIMELINE):
+            for name in (REQUESTS, TOKENS, TIMELINE, CALIBRATION):
                 _repair_torn_tail(self.dir / name)
             done = read_jsonl(self.dir / REQUESTS)
             self.finished_ids: set[str] = {r["id"] for r in done}
             sessions = [r.get("session", 0) for r in done] + [r.get("session", 0) for r in read_jsonl(self.dir / TIMELINE)[-1:]]
             self.session = (max(sessions) + 1) if sessions else 0
             self._fds = {name: os.open(self.dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                         for name in (REQUESTS, TOKENS, TIMELINE)}
+                         for name in (REQUESTS, TOKENS, TIMELINE, CALIBRATION)}
         except OSError as err:
             raise path_error(self.dir, err) from None
 
@@ -295,6 +300,9 @@ class CellWriter:
     def write_timeline(self, sample: dict) -> None:
         self._append([(TIMELINE, sample)], sync=False)
 
+    def write_calibration(self, row: dict) -> None:
+        self._append([(CALIBRATION, row)], sync=True)
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
@@ -310,6 +318,7 @@ class Cell:
     requests: list[dict]
     tokens: dict[str, dict] = field(default_factory=dict)
     timeline: list[dict] = field(default_factory=list)
+    calibration: list[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -323,7 +332,8 @@ def read_cell(cell_dir: Path, with_tokens: bool = True) -> Cell:
     if with_tokens:
         for row in read_jsonl(cell_dir / TOKENS):
             tokens[row["id"]] = row  # a later line for the same id wins
-    return Cell(cell_dir, manifest, read_jsonl(cell_dir / REQUESTS), tokens, read_jsonl(cell_dir / TIMELINE))
+    return Cell(cell_dir, manifest, read_jsonl(cell_dir / REQUESTS), tokens, read_jsonl(cell_dir / TIMELINE),
+                read_jsonl(cell_dir / CALIBRATION))
 
 
 PACKED = (TOKENS, TIMELINE)  # the files `pack_cell` compresses (requests.jsonl stays plain: regrade rewrites it)

@@ -21,6 +21,14 @@ rest afresh from the same seed.
 
 Before the first cell, `preflight` checks the whole study (see there); `run --dry-run` prints
 the same verdict.
+
+The machine's speed: just before a session's first request and just after its last, an engine
+that loads its own model runs one fixed calibration decode (`calibrate`: CALIBRATION_TOKENS greedy
+tokens of one fixed prompt, one sequence) and the cell records its decode rate in
+calibration.jsonl: never between two decode steps of the measured requests. Reports compare the
+seconds of two cells only where these agree (see rllm_study.report.claims).
+Cells run in the order `spec.expand` gives (the compared conditions interleaved); the manifest
+records each cell's place in it (`run_order`).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rllm_study.analysis.metrics import DISPATCH_LAG_BOUND_S, distribution
 from rllm_study.backends import engine_class
-from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
+from rllm_study.backends.base import Request, SamplingParams, TokenEvent, engine_unsupported
 from rllm_study.running.energy import CellEnergy, open_meters
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
@@ -54,6 +62,9 @@ from rllm_study.workloads.prompts import Prompt, has_think_token, open_thinking
 from rllm_study.workloads.traces import TRACE_DATASET, PromptSynthesizer, load_trace
 
 IDLE_SLEEP_S = 0.005
+CALIBRATION_TOKENS = 16  # tokens of the calibration decode around each session (see `calibrate`)
+CALIBRATION_MAX_S = 2.0  # ... cut short after this many seconds of decoding on a very busy machine
+CALIBRATION_PROMPT = "Count on, one number after another: 1, 2, 3, 4, 5, 6, 7, 8,"
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
 
 
@@ -243,6 +254,9 @@ class CellRun:
                 "due, and their latencies count from the scheduled arrival")
 
     def run(self) -> None:
+        calibrates = self.engine.capabilities().local_model
+        if calibrates:
+            self.writer.write_calibration(calibrate(self.engine, "before"))
         self.records = RecordWriter(self.cell, self.writer, self.grader, self._written)
         self.energy.start()
         self.recorder = Recorder(time.perf_counter_ns())
@@ -250,6 +264,8 @@ class CellRun:
             self._loop()
         finally:
             self.records.close()
+        if calibrates:  # every measured request has finished: the engine is idle again
+            self.writer.write_calibration(calibrate(self.engine, "after"))
 
     def _written(self, done: int, record: dict) -> None:
         """On the writer thread, after a request is recorded: progress."""
@@ -309,6 +325,25 @@ class CellRun:
 
     def _finished(self, job: Job, record: dict) -> None:
         """Called on the engine thread for each finished request (after it is handed to the writer)."""
+
+
+def calibrate(engine, when: str) -> dict:
+    """The machine's decode speed now, on this engine: one sequence, CALIBRATION_PROMPT, greedy,
+    CALIBRATION_TOKENS tokens, stepped until it finishes (the engine must be idle: nothing else
+    shares its steps); a busy machine stops it after CALIBRATION_MAX_S of decoding once it has 3
+    tokens (it is aborted), so calibrating never costs much. tok_s = (tokens - 1) / (last token time
+    - first token time): decode only, the prompt's prefill left out. {"when", "tokens", "seconds",
+    "tok_s"}; tok_s None with fewer than two tokens."""
+    rid = f"calibration-{when}"
+    engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(CALIBRATION_TOKENS, 0.0, 1.0, 0)))
+    times: list[int] = []
+    while engine.has_work():
+        times += [ev.t_ns for ev in engine.step() if isinstance(ev, TokenEvent) and ev.request_id == rid]
+        if len(times) >= 3 and times[-1] - times[0] > CALIBRATION_MAX_S * 1e9:
+            engine.abort(rid)
+    seconds = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
+    return {"when": when, "tokens": len(times), "seconds": round(seconds, 6),
+            "tok_s": (len(times) - 1) / seconds if seconds > 0 else None}
 
 
 def hash_id(text: str) -> int:
@@ -493,7 +528,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
                         continue
-                    recorded = {**manifest(cell, spec, engine), "energy_meters": energy.names}
+                    recorded = {**manifest(cell, spec, engine), "energy_meters": energy.names,
+                                "run_order": {"position": i, "of": len(planned)}}
                     if writer.finished_ids:
                         check_same_inputs(cell_dir, recorded, len(writer.finished_ids))
                     writer.write_manifest(recorded)

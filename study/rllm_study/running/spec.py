@@ -5,7 +5,8 @@ engine options, a workload (arrival process) and SLOs. Every list-valued field o
 `prompt_modes`, `max_tokens`, `think_budget`, `[engine]` and `[workload]` is an axis; `[[variants]]` adds
 named sets of settings changed together (e.g. K and V cache types); `repeats` repeats every
 cell with seed + repeat. A cell = model x variant x data set x prompt mode x budget x engine
-axes x workload axes x repeat. Presets are specs shipped in `rllm_study/presets/`; a spec's body
+axes x workload axes x repeat, listed in run order (`expand`: the conditions a claim compares
+interleaved, see RUN ORDER there). Presets are specs shipped in `rllm_study/presets/`; a spec's body
 is its full size, and optional tables of overrides give other sizes (SIZES): `[quick]` a short
 run for CI and a first look, `[standard]` the size of published results, each claim's rule able
 to settle (the arithmetic is in each preset's comments).
@@ -265,7 +266,14 @@ def _slug(text: str) -> str:
 
 
 def expand(spec: dict, where: str) -> list[CellSpec]:
-    """Validate a spec and expand it into cells (unknown keys and bad values name the key)."""
+    """Validate a spec and expand it into cells (unknown keys and bad values name the key), in run order.
+
+    RUN ORDER interleaves the conditions claims compare, so that a machine that slows down for a while
+    slows both sides alike: repeats outermost (each repeat a full pass), then the variants, then model,
+    data set, budget, think budget, engine and workload axes, and the prompt modes innermost (a
+    reasoning cell next to its direct twin); each repeat r rotates the order of the variants and of the
+    prompt modes by r places (repeat 0 runs reasoning first, repeat 1 direct first, ...). Variants stay
+    blocks within a repeat, so an engine is not reloaded for every cell."""
     from rllm_study.workloads.custom_dataset import definition
     from rllm_study.workloads.datasets import DATASETS
     from rllm_study.workloads.prompts import PROMPT_MODES, THINKING_MODES
@@ -328,17 +336,18 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
         _check_keys(v.get("workload", {}), WORKLOAD_KEYS, where, f"variants[{i}].workload")
     variant_engines = [_engine_fields(v.get("engine", {}), where, f"variants[{i}].engine") for i, v in enumerate(variants)]
 
-    cells = []
+    cells, order = [], []
     options_of: dict[str, CommonOptions] = {}
     study = spec.get("name", "study")
     seed0 = spec.get("seed", 0)
-    for variant, v_engine in zip(variants, variant_engines):
+    for variant_index, (variant, v_engine) in enumerate(zip(variants, variant_engines)):
         v_models = _as_list(variant["model"]) if "model" in variant else models
         v_modes = _as_list(variant.get("prompt_modes", modes))
         engine_axes = _axes({**engine, **v_engine})
         workload_axes = _axes({"arrival": "batch", **spec.get("workload", {}), **variant.get("workload", {})})
-        for model, dataset, mode, budget, tb, eng, wl, repeat in itertools.product(
-            v_models, datasets, v_modes, budgets, think_budgets, engine_axes, workload_axes, range(repeats)
+        axes = (v_models, list(datasets), v_modes, budgets, think_budgets, engine_axes, workload_axes, range(repeats))
+        for (model, dataset, mode, budget, tb, eng, wl, repeat), pos in zip(
+            itertools.product(*axes), itertools.product(*(range(len(a)) for a in axes))
         ):
             if mode not in THINKING_MODES and tb != think_budgets[0]:
                 continue  # a think budget acts only while thinking: a direct cell runs once, without one
@@ -361,6 +370,8 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
             tb_name = "" if tb in (None, "off") else f"tb{tb}"
             parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", tb_name, wl_name, f"r{repeat}"]
             name = "__".join(_slug(str(p)) for p in parts if p)
+            mi, di, pi, bi, ti, ei, wi, _ = pos
+            order.append((repeat, (variant_index + repeat) % len(variants), mi, di, bi, ti, ei, wi, (pi + repeat) % len(v_modes)))
             cells.append(CellSpec(
                 name=name, study=study, backend=backend, model=model,
                 variant=variant.get("name", ""), dataset=dataset, samples=custom[dataset]["n"] if dataset in custom else datasets[dataset], prompt_mode=mode,
@@ -374,7 +385,7 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: two cells get the same name; give each [[variants]] a distinct name")
-    return cells
+    return [cells[i] for i in sorted(range(len(cells)), key=order.__getitem__)]
 
 
 def think_budget_tokens(value, max_tokens: int, where: str) -> int | None:
