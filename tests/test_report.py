@@ -30,7 +30,6 @@ CLAIM_TITLES = ["Memory use and fluctuation", "Stragglers", "Adaptive running ti
                 "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals",
                 "Multi-turn prefix caching", "KV capacity at a fixed memory budget",
                 "Combined techniques"]
-SMALL = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[24]"]
 KV_SPEC = """
 name = "kv-cache-small"
 models = ["smollm2-135m"]

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import THREADS, chat
 from rllm_study.backends import sampling
+from rllm_study.backends.llama_cpp import engine as llama_engine
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.base import Request, SamplingParams, TokenEvent
 from rllm_study.backends.options import LlamaCppOptions
@@ -172,7 +173,7 @@ def test_engine_draws_every_token_with_the_sampling_function(engine, monkeypatch
         calls.setdefault(id(rng), []).append((logits.copy(), token))
         return token
 
-    monkeypatch.setattr(llama_cpp, "sample", recording)
+    monkeypatch.setattr(llama_engine, "sample", recording)
     prompt = chat(engine, "Tell me a short story about a cat.")
     sp = SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=11)
     out = _run(engine, [Request("a", prompt, sp), Request("b", prompt, sp),
@@ -227,7 +228,7 @@ def _first_token_logits(engine, monkeypatch) -> np.ndarray:
         rows.append(logits.copy())
         return sample(logits, *args)
 
-    monkeypatch.setattr(llama_cpp, "sample", recording)
+    monkeypatch.setattr(llama_engine, "sample", recording)
     _run(engine, [Request("logits", PROMPT, SamplingParams(max_tokens=1, temperature=0.6, top_p=0.95))])
     monkeypatch.undo()
     return rows[0]

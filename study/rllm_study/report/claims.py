@@ -36,6 +36,7 @@ mix their latencies), and hold only if they hold at every batch size.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -780,7 +781,8 @@ def kv_capacity(cells: list[CellData]) -> Claim:
     checks = []
     for v in vs:
         pairs = [(r, c) for r, c in v.pairs if C.value(r.metrics, C.RUNNING_MEAN) and C.value(c.metrics, C.RUNNING_MEAN)]
-        held = ratio_interval([C.value(c.metrics, C.RUNNING_MEAN) / C.value(r.metrics, C.RUNNING_MEAN) for r, c in pairs])
+        held = pair_interval([C.value(c.metrics, C.RUNNING_MEAN) / C.value(r.metrics, C.RUNNING_MEAN) for r, c in pairs],
+                             log=True)
         checks.append(Check(Condition(f"{v.variant}: requests running at once, ratio to f16", held, 1.0, log=True), "ratio"))
         checks.append(Check(Condition(f"{v.variant}: out tok/s ratio to f16", v.ratio(TOK_S), 1.0, log=True), "ratio"))
         ref_acc, acc = v.accuracy

@@ -537,7 +537,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     already = len(jobs) - len(run.todo)
                     if console.is_terminal:
                         task = progress.add_task(label, total=len(jobs), completed=already, rate="")
-                        run.on_progress = lambda done, rate, task=task: progress.update(
+                        run.on_progress = lambda done, rate, task=task, already=already: progress.update(
                             task, completed=already + done, rate=f"{rate:,.1f} out tok/s")
                     else:
                         run.on_progress = _line_progress(console, label, already, len(jobs))
