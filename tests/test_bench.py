@@ -3,13 +3,15 @@ study's metrics, on the real SmolLM2."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from conftest import THREADS
 from rllm_study.backends.base import Request, SamplingParams
-from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine, StepTimes
 from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.bench.engine import GREEDY, decode_rate
+from rllm_study.bench.engine import GREEDY, STEP_PARTS, decode_rate, step_breakdown
 from rllm_study.bench.crosscheck import run_batch
 from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.running.recorder import record_batch
@@ -42,6 +44,22 @@ def test_decode_rate_counts_the_all_decoding_window(engine):
     assert cell_metrics(cell)["throughput"]["decode_tok_s"] == pytest.approx(inside / (end - start))
     sampled = SamplingParams(temperature=0.6, top_p=0.95)
     assert decode_rate(engine, 3, 8, 12, sampled) > 0 and decode_rate(engine, 1, 8, 12, GREEDY) > 0
+
+
+def test_step_times_count_the_decode_steps_and_split_them(engine):
+    """3 requests of 12 tokens: one prefill step (not counted: it holds prompt tokens) draws their
+    first tokens, then 11 decode steps of 3 sequences each; every part of a step is measured and
+    the shares add up to the step."""
+    engine.step_times = StepTimes()
+    sampled = SamplingParams(temperature=0.6, top_p=0.95)
+    record_batch(engine, [Request(f"s{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=12, seed=i)) for i in range(2)]
+                 + [Request("s2", "1, 2, 3, 4, 5,", replace(sampled, max_tokens=12))])
+    times = engine.step_times
+    assert (times.steps, times.sequences) == (11, 33)
+    assert times.decode_s > 0 and times.draw_s > 0 and times.other_s > 0 and times.wait_s >= 0
+    b = step_breakdown(times)
+    assert b["sequences_per_step"] == 3 and sum(b["share"].values()) == pytest.approx(1)
+    assert b["ms_per_step"]["decode"] == pytest.approx(1e3 * times.decode_s / 11) and set(b["share"]) == set(STEP_PARTS)
 
 
 def test_profile_summary_reproduces_the_published_step_shares(tmp_path):

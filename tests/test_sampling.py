@@ -14,7 +14,7 @@ from rllm_study.backends.llama_cpp import engine as llama_engine
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.base import Request, SamplingParams, TokenEvent
 from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST, new_rng, sample
+from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST, draw_rows, new_rng, sample
 from rllm_study.errors import UserError
 from rllm_study.running.spec import expand
 
@@ -104,26 +104,54 @@ def test_a_full_vocabulary_row_with_heavy_tail(order):
     assert chi_square_ok(freq, bucket_probs, 2000), (np.round(freq, 4), np.round(bucket_probs, 4))
 
 
-def test_a_tail_just_below_the_band_is_counted(monkeypatch):
+def test_a_tail_just_below_the_band_is_counted():
     """The band's bound decides N only when it can: here 300k tokens just below the band (each
     weighing e^-20.1) hold 5.6e-4 of the mass, enough to move the nucleus' edge from {A} to {A,
-    B}; the whole-row path must be taken and B drawn at its exact rate. A peaked row stays on
-    the band's path."""
-    whole_rows = []
-    nucleus_of_row = sampling._nucleus_of_row
-    monkeypatch.setattr(sampling, "_nucleus_of_row", lambda *a: whole_rows.append(1) or nucleus_of_row(*a))
+    B}; the band leaves N open, the whole-row path is taken and B drawn at its exact rate. A
+    peaked row is decided by the band."""
     t, p = 0.6, 0.95
     logits = np.full(300_000, -(sampling.BAND + 0.1) * t, dtype=np.float32)
     logits[[7, 123]] = [0.0, t * np.log(1 / p - 1 - 2e-4)]  # A alone holds p of the band's weight
     probs = exact_probs(logits, t, p, 0, TEMPERATURE_FIRST)
     assert probs[123] > 0.04 and (probs > 0).sum() == 2
+    assert len(sampling._nucleus_in_band(logits, np.array([7, 123]), 0.0, p, 1 / t)) == 0  # left open
     buckets = np.full(len(logits), 2)
     buckets[[7, 123]] = [0, 1]
     freq = frequencies(logits, t, p, 0, TEMPERATURE_FIRST, draws=2000, buckets=buckets)
-    assert whole_rows and chi_square_ok(freq, np.bincount(buckets, weights=probs, minlength=3), 2000), freq
-    whole_rows.clear()
-    sample(ROW, t, 0.9, 0, TEMPERATURE_FIRST, new_rng(0))
-    assert not whole_rows
+    assert chi_square_ok(freq, np.bincount(buckets, weights=probs, minlength=3), 2000), freq
+    top = float(ROW.max())
+    band = np.flatnonzero(ROW >= np.float32(top - sampling.BAND * t))
+    nucleus = np.flatnonzero(exact_probs(ROW, t, 0.9, 0, TEMPERATURE_FIRST))
+    assert list(sampling._nucleus_in_band(ROW, band, top, 0.9, 1 / t)) == list(nucleus)
+
+
+def test_a_step_drawn_at_once_equals_its_rows_drawn_one_by_one():
+    """draw_rows over a step's rows (split over the cores) gives each row the token sample gives
+    it alone with the same generator: greedy, nucleus in both orders, top-k and top-p = 1 rows
+    mixed, rows taken out of order and one twice; each sampled row takes one uniform."""
+    rng = np.random.default_rng(3)
+    block = (rng.standard_normal((12, 5000)) * 3).astype(np.float32)
+    block[rng.integers(0, 12, 30), rng.integers(0, 5000, 30)] += 12
+    kinds = [(0.0, 0.95, 0, TEMPERATURE_FIRST), (0.6, 0.95, 0, TEMPERATURE_FIRST), (1.2, 0.9, 0, TOP_P_FIRST),
+             (0.6, 0.95, 40, TEMPERATURE_FIRST), (0.8, 1.0, 0, TOP_P_FIRST)]
+    rows = [11, 3, 0, 7, 7, 5, 9, 1, 2, 10, 4, 6, 8]
+    params = [kinds[i % len(kinds)] for i in range(len(rows))]
+    together = draw_rows(block, rows, [(*k, new_rng(i)) for i, k in enumerate(params)])
+    alone = [sample(block[r], *k, new_rng(i)) for i, (r, k) in enumerate(zip(rows, params))]
+    assert together == alone
+    assert together[0] == int(block[11].argmax())
+    gen = new_rng(0)
+    draw_rows(block, [1, 2], [(0.6, 0.95, 0, TEMPERATURE_FIRST, gen), (0.0, 0.95, 0, TEMPERATURE_FIRST, gen)])
+    ref = new_rng(0)
+    ref.random()  # the sampled row's uniform; the greedy row takes none
+    assert gen.random() == ref.random()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 127, 128, 129, 300, 4096, 151_936])
+def test_sums_round_as_numpy_sums(n):
+    """The native normaliser adds in numpy's pairwise order, so its nucleus edge is numpy's."""
+    a = np.random.default_rng(n).random(n) * 10.0 ** np.random.default_rng(n + 1).uniform(-6, 6, n)
+    assert sampling._pairwise_sum(a) == float(np.add.reduce(a))
 
 
 def test_greedy_is_the_first_maximum_and_top_p_one_is_the_full_softmax():
@@ -163,17 +191,18 @@ def _run(engine, requests) -> dict[str, list[int]]:
 
 
 def test_engine_draws_every_token_with_the_sampling_function(engine, monkeypatch):
-    """Each emitted token is sampling.sample on that step's logits with the request's own
+    """Each emitted token is drawn by sampling.draw_rows from that step's logits with the request's own
     generator: replaying the recorded logits through it with a fresh generator of the request's
     seed gives the same tokens. The same seed repeats the tokens, another seed changes them."""
     calls: dict[int, list[tuple[np.ndarray, int]]] = {}
 
-    def recording(logits, temperature, top_p, top_k, order, rng):
-        token = sample(logits, temperature, top_p, top_k, order, rng)
-        calls.setdefault(id(rng), []).append((logits.copy(), token))
-        return token
+    def recording(block, rows, draws):
+        tokens = draw_rows(block, rows, draws)
+        for row, draw, token in zip(rows, draws, tokens):
+            calls.setdefault(id(draw[-1]), []).append((block[row].copy(), token))
+        return tokens
 
-    monkeypatch.setattr(llama_engine, "sample", recording)
+    monkeypatch.setattr(llama_engine, "draw_rows", recording)
     prompt = chat(engine, "Tell me a short story about a cat.")
     sp = SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=11)
     out = _run(engine, [Request("a", prompt, sp), Request("b", prompt, sp),
@@ -224,11 +253,11 @@ def _first_token_logits(engine, monkeypatch) -> np.ndarray:
     """The logits of PROMPT's next token, as the host sampler sees them."""
     rows = []
 
-    def recording(logits, *args):
-        rows.append(logits.copy())
-        return sample(logits, *args)
+    def recording(block, at, draws):
+        rows.extend(block[r].copy() for r in at)
+        return draw_rows(block, at, draws)
 
-    monkeypatch.setattr(llama_engine, "sample", recording)
+    monkeypatch.setattr(llama_engine, "draw_rows", recording)
     _run(engine, [Request("logits", PROMPT, SamplingParams(max_tokens=1, temperature=0.6, top_p=0.95))])
     monkeypatch.undo()
     return rows[0]

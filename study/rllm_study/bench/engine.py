@@ -7,6 +7,9 @@ tokens/s while all N decode: `rllm-study metrics --explain`). Each N is measured
 the same engine, in alternating repetitions: greedy, and sampled with the presets' settings
 (temperature, top-p, order; request i gets seed i), the study's own path.
 N = 1 gives the single-stream decode rate, comparable to llama-bench's tg<n_gen>.
+Each N's figures come with where its decode steps went (the engine's StepTimes over the
+measured runs: llama_decode, waiting for the device and its logits, drawing the tokens, the
+rest of the step), so a gap to the reference is explained in the run that measures it.
 Reference: llama-bench (-p 0 -n n_gen: tg tokens/s) and llama-batched-bench (-npp n_prompt
 -ntg n_gen -npl N: S_TG), built from the llama.cpp sources vendored in the installed
 llama-cpp-python (scripts/build_llama_tools.sh). Ratios: the metric decode_vs_reference.
@@ -51,14 +54,28 @@ def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: Sampli
     return rate
 
 
+STEP_PARTS = ("decode", "wait", "draw", "other")
+
+
+def step_breakdown(times) -> dict:
+    """A StepTimes as {"steps", "sequences_per_step", "ms_per_step": {part: ms}, "share": {part:
+    fraction of the step}} (parts: STEP_PARTS, see LlamaCppEngine's StepTimes)."""
+    steps = max(times.steps, 1)
+    ms = {part: 1e3 * getattr(times, f"{part}_s") / steps for part in STEP_PARTS}
+    total = sum(ms.values()) or 1.0
+    return {"steps": times.steps, "sequences_per_step": times.sequences / steps,
+            "ms_per_step": ms, "share": {part: value / total for part, value in ms.items()}}
+
+
 def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
                  n_gpu_layers: int = 0, modes: dict[str, SamplingParams] | None = None,
                  sample_on: tuple[str, ...] = ("host",)) -> dict:
-    """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...]}}} for each concurrency N, after one
-    warm-up; the modes (default greedy only) alternate within each repetition. With several
-    `sample_on` values (one engine each, e.g. "host" and "device" on a GPU) each mode is measured
-    under each, named "MODE/WHERE"."""
-    from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
+    """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...], "steps": step_breakdown}}} for each
+    concurrency N, after one warm-up; the modes (default greedy only) alternate within each
+    repetition; "steps" sums the decode steps of the measured runs. With several `sample_on`
+    values (one engine each, e.g. "host" and "device" on a GPU) each mode is measured under each,
+    named "MODE/WHERE"."""
+    from rllm_study.backends.llama_cpp.engine import LlamaCppEngine, StepTimes
 
     modes = modes or {"greedy": GREEDY}
     named = {(mode, where): mode if len(sample_on) == 1 else f"{mode}/{where}" for where in sample_on for mode in modes}
@@ -66,6 +83,7 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
     for n in seqs:
         engines = {}
         runs: dict[str, list[float]] = {name: [] for name in named.values()}
+        steps = {name: StepTimes() for name in named.values()}
         try:
             for where in sample_on:
                 options = LlamaCppOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads,
@@ -75,12 +93,14 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
                     _batch(engines[where], n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
             for _ in range(reps):
                 for (mode, where), name in named.items():
+                    engines[where].step_times = steps[name]  # accumulates over this mode's runs
                     runs[name].append(decode_rate(engines[where], n, n_prompt, n_gen, modes[mode]))
         finally:
             for engine in engines.values():
                 engine.close()
         for name, values in runs.items():
-            results[name][n] = {"mean": statistics.fmean(values), "stdev": statistics.pstdev(values), "runs": values}
+            results[name][n] = {"mean": statistics.fmean(values), "stdev": statistics.pstdev(values), "runs": values,
+                                "steps": step_breakdown(steps[name])}
     return results
 
 

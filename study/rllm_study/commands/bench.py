@@ -14,7 +14,7 @@ from rich.table import Table
 
 from rllm_study.backends.options import LlamaCppOptions, OptionError
 from rllm_study.backends.sampling import DEFAULT_ORDER
-from rllm_study.bench.engine import bench_engine
+from rllm_study.bench.engine import STEP_PARTS, bench_engine
 from rllm_study.bench.server import bench_server, server_url, table, workload_spec
 from rllm_study.commands import options as opt
 from rllm_study.errors import UserError
@@ -91,6 +91,18 @@ def engine_cmd(
             table.add_row(str(n), mode, f"{r['mean']:.1f} ± {r['stdev']:.1f}", "-" if theirs is None else f"{theirs:.1f} ({name})",
                           "-" if theirs is None else f"{r['mean'] / theirs:.3f}")
     Console().print(table)
+    steps = Table(title="where a decode step's time goes (ms per step, share of the step; steps with no prompt token, "
+                        "summed over the measured runs): decode = llama_decode, wait = the device and its logits, "
+                        "draw = taking the tokens, other = the rest of the step")
+    for col in ("sequences", "mode", "steps", *STEP_PARTS, "step ms"):
+        steps.add_column(col, justify="right")
+    for mode, by_n in result["ours"].items():
+        for n, r in by_n.items():
+            b = r["steps"]
+            steps.add_row(str(n), mode, str(b["steps"]),
+                          *(f"{b['ms_per_step'][p]:.2f} ({100 * b['share'][p]:.0f}%)" for p in STEP_PARTS),
+                          f"{sum(b['ms_per_step'].values()):.2f}")
+    Console().print(steps)
     for mode, by_n in result["ours"].items():
         if 1 in by_n and ref.get("batched_bench_s_tg", {}).get(1):
             print(f"({mode}, single stream vs batched-bench S_TG at 1: {by_n[1]['mean'] / ref['batched_bench_s_tg'][1]:.3f})")

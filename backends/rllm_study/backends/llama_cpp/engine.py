@@ -90,7 +90,7 @@ from rllm_study.backends.llama_cpp.speculative import ModelDrafter, NgramDrafter
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
-from rllm_study.backends.sampling import TEMPERATURE_FIRST, new_rng, sample
+from rllm_study.backends.sampling import TEMPERATURE_FIRST, draw_rows, new_rng
 from rllm_study.errors import UserError
 
 # KV-cache element types by name, with their size in bytes per element (block size folded in).
@@ -394,6 +394,23 @@ class DraftStats:
     draft_s: float
 
 
+@dataclass
+class StepTimes:
+    """Where the engine's decode steps went (steps whose batch held no prompt token; seconds
+    summed over them). decode: the llama_decode call (the whole computation on a CPU; building
+    and launching the graph on a GPU); wait: llama_synchronize after it (waiting for the device
+    to finish and its logits to arrive); draw: taking every sequence's token (`_draw_step`);
+    other: the rest of step() (admission, batch building, events, detokenising, stop rules,
+    drafting). sequences: outputs drawn, summed over the steps."""
+
+    steps: int = 0
+    sequences: int = 0
+    decode_s: float = 0.0
+    wait_s: float = 0.0
+    draw_s: float = 0.0
+    other_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class LlamaCppStats(StatsExtra):
     """stats().extra of the llama.cpp engine: preemptions, seq_moves (see _compact_ids), and the
@@ -481,6 +498,7 @@ class LlamaCppEngine:
         self.prefill_only_tokens = 0
         self.draft_s = 0.0          # time spent proposing drafts
         self.draft_proposed = self.draft_accepted = 0
+        self.step_times = StepTimes()  # see StepTimes; a benchmark may replace it to measure a window
 
     # -- protocol -----------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -506,10 +524,19 @@ class LlamaCppEngine:
         return bool(self.waiting or self.running or self._events)
 
     def step(self) -> list[Event]:
+        t0 = time.perf_counter()
         self._admit()
         if self.running:
             self._compact_ids()
-            self._decode_once()
+            parts = self._decode_once()
+            if parts is not None:
+                times = self.step_times
+                times.steps += 1
+                times.sequences += parts[0]
+                times.decode_s += parts[1]
+                times.wait_s += parts[2]
+                times.draw_s += parts[3]
+                times.other_s += time.perf_counter() - t0 - sum(parts[1:])
         events, self._events = self._events, []
         return events
 
@@ -761,7 +788,9 @@ class LlamaCppEngine:
         b.n_tokens = n
         return plan
 
-    def _decode_once(self) -> None:
+    def _decode_once(self) -> tuple[int, float, float, float] | None:
+        """One llama_decode and its tokens; for a step whose batch held no prompt token, (outputs,
+        decode s, wait s, draw s) for StepTimes, else None."""
         if self.options.kv_unified:
             while len(self.running) > 1 and self._cells_needed() > self.n_ctx:
                 self._preempt_youngest()
@@ -776,22 +805,28 @@ class LlamaCppEngine:
             for seq, _, _, _ in plan:  # nothing was kept; free the partial state and retry next step
                 lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
             self._preempt_youngest()
-            return
+            return None
         if rc != 0:
             now = time.perf_counter_ns()
             for seq, _, _, _ in plan:
                 self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({_last_log()})")
-            return
+            return None
         t_decoded = time.perf_counter_ns()
+        t1 = time.perf_counter()
         if prefill_only:
-            self.prefill_only_s += time.perf_counter() - t0
+            self.prefill_only_s += t1 - t0
             self.prefill_only_tokens += self.batch.n_tokens
+        lc.llama_synchronize(self.ctx)
+        t2 = time.perf_counter()
+        outputs = [(seq, out) for seq, _, out, _ in plan if out >= 0]
+        drawn = self._draw_step(outputs)
+        t3 = time.perf_counter()
         for seq, fed, out, draft in plan:
             seq.n_past += fed
             del seq.pending[:fed]
             if out < 0:
                 continue
-            token = self._sample(seq, out)
+            token = drawn[out]
             t_ns = time.perf_counter_ns()
             if not seq.prefilled:
                 seq.prefilled = True
@@ -799,22 +834,44 @@ class LlamaCppEngine:
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
             self._emit(seq, token, t_ns, out, draft)
+        decoding_only = all(fed == 1 for _, fed, _, _ in plan)
+        return (len(outputs), t1 - t0, t2 - t1, t3 - t2) if decoding_only else None
 
-    def _sample(self, seq: Sequence, index: int) -> int:
-        """The next token at batch output `index`: the decode graph's draw for a sequence drawing on
-        the device; a grammar request's through its sampler chain; any other by `sampling.sample`
-        straight from the logits (greedy = the first argmax, as llama.cpp's greedy sampler), one
-        draw from the request's own generator."""
-        if seq.on_device:
-            token = lc.llama_get_sampled_token_ith(self.ctx, index)
-            if token == lc.LLAMA_TOKEN_NULL:
-                raise RuntimeError(f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})")
-            return token
-        if seq.sampler is not None:
-            return lc.llama_sampler_sample(seq.sampler, self.ctx, index)
-        s = seq.request.sampling
-        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
-        return sample(logits, s.temperature, s.top_p, s.top_k, s.order, seq.rng)
+    def _draw_step(self, outputs: list[tuple[Sequence, int]]) -> dict[int, int]:
+        """The next token of each (sequence, batch output index): the decode graph's draw for a
+        sequence drawing on the device; a grammar request's through its sampler chain; every other
+        row by one `sampling.draw_rows` call over all of them, straight from the logits (greedy =
+        the first argmax, as llama.cpp's greedy sampler; one draw from each request's own
+        generator). Batch index -> token."""
+        tokens, host = {}, []
+        for seq, index in outputs:
+            if seq.on_device:
+                token = lc.llama_get_sampled_token_ith(self.ctx, index)
+                if token == lc.LLAMA_TOKEN_NULL:
+                    raise RuntimeError(f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})")
+                tokens[index] = token
+            elif seq.sampler is not None:
+                tokens[index] = lc.llama_sampler_sample(seq.sampler, self.ctx, index)
+            else:
+                host.append((seq, index))
+        if host:
+            block, rows = self._logits_rows([index for _, index in host])
+            draws = []
+            for seq, _ in host:
+                s = seq.request.sampling
+                draws.append((s.temperature, s.top_p, s.top_k, s.order, seq.rng))
+            tokens.update(zip((index for _, index in host), draw_rows(block, rows, draws)))
+        return tokens
+
+    def _logits_rows(self, indices: list[int]) -> tuple[np.ndarray, list[int]]:
+        """The step's logits as one (outputs x n_vocab) float32 array over llama.cpp's buffer (no
+        copy), and the row of each batch index (llama_get_logits_ith's row, found from its address)."""
+        n_vocab = self.model.n_vocab
+        base = ctypes.cast(lc.llama_get_logits(self.ctx), ctypes.c_void_p).value
+        rows = [(ctypes.cast(lc.llama_get_logits_ith(self.ctx, i), ctypes.c_void_p).value - base) // (4 * n_vocab)
+                for i in indices]
+        block = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(max(rows) + 1, n_vocab))
+        return block, rows
 
     def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
@@ -833,7 +890,7 @@ class LlamaCppEngine:
                 break
             seq.n_past += 1  # the accepted draft token's KV stays
             i += 1
-            token = self._sample(seq, out + i)
+            token = self._draw_step([(seq, out + i)])[out + i]
             t_ns = time.perf_counter_ns()
         if i < len(draft):
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
