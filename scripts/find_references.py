@@ -43,7 +43,7 @@ class Lsp:
 
     def receive(self) -> dict:
         length = 0
-        while (line := self.proc.stdout.readline().strip()):
+        while line := self.proc.stdout.readline().strip():
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         return json.loads(self.proc.stdout.read(length))
@@ -55,7 +55,9 @@ class Lsp:
             if msg.get("id") == wanted and "method" not in msg:
                 return msg.get("result")
             if "method" in msg and "id" in msg:  # a request from the server (configuration, progress): answer it
-                result = [{}] * len(msg["params"].get("items", [])) if msg["method"] == "workspace/configuration" else None
+                result = (
+                    [{}] * len(msg["params"].get("items", [])) if msg["method"] == "workspace/configuration" else None
+                )
                 body = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode()
                 self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 self.proc.stdin.flush()
@@ -76,15 +78,40 @@ def main() -> int:
         print(f"{args.module}: no definition of {args.name} at the start of a line", file=sys.stderr)
         return 2
     lsp = Lsp([args.langserver, "--stdio"])
-    lsp.request("initialize", {"processId": None, "rootUri": ROOT.as_uri(), "capabilities": {},
-                               "workspaceFolders": [{"uri": ROOT.as_uri(), "name": ROOT.name}]})
+    lsp.request(
+        "initialize",
+        {
+            "processId": None,
+            "rootUri": ROOT.as_uri(),
+            "capabilities": {},
+            "workspaceFolders": [{"uri": ROOT.as_uri(), "name": ROOT.name}],
+        },
+    )
     lsp.send("initialized", {}, notify=True)
-    lsp.send("textDocument/didOpen", {"textDocument": {"uri": path.as_uri(), "languageId": "python", "version": 1,
-                                                       "text": path.read_text(encoding="utf-8")}}, notify=True)
+    lsp.send(
+        "textDocument/didOpen",
+        {
+            "textDocument": {
+                "uri": path.as_uri(),
+                "languageId": "python",
+                "version": 1,
+                "text": path.read_text(encoding="utf-8"),
+            }
+        },
+        notify=True,
+    )
     time.sleep(args.wait)  # let the server index the workspace first
-    refs = lsp.request("textDocument/references", {"textDocument": {"uri": path.as_uri()},
-                                                   "position": {"line": where[0], "character": where[1]},
-                                                   "context": {"includeDeclaration": True}}) or []
+    refs = (
+        lsp.request(
+            "textDocument/references",
+            {
+                "textDocument": {"uri": path.as_uri()},
+                "position": {"line": where[0], "character": where[1]},
+                "context": {"includeDeclaration": True},
+            },
+        )
+        or []
+    )
     lsp.proc.kill()
     found = sorted({(r["uri"].removeprefix(ROOT.as_uri() + "/"), r["range"]["start"]["line"] + 1) for r in refs})
     for uri, line in found:

@@ -29,7 +29,15 @@ from rllm_study.analysis.metrics import completed_token_times, finish_gaps, gap_
 from rllm_study.errors import UserError
 from rllm_study.running.results import cells_in, read_cell
 
-CLASSES = ("steady", "finish", "1 after finish", "2 after finish", "admission", "1 after admission", "2 after admission")
+CLASSES = (
+    "steady",
+    "finish",
+    "1 after finish",
+    "2 after finish",
+    "admission",
+    "1 after admission",
+    "2 after admission",
+)
 BANDS = ((1, 8, "1-7"), (8, 16, "8-15"), (16, None, "16+"))
 
 
@@ -48,8 +56,13 @@ def gaps_by_change(cell) -> dict[tuple[str, str], list[float]]:
             kinds.append((kind, int(np.sum((admitted <= a) & (finished >= b))), b - a))
         for j, (kind, running, gap) in enumerate(kinds):
             if kind is None:
-                kind = (f"1 after {kinds[j - 1][0]}" if j >= 1 and kinds[j - 1][0] else
-                        f"2 after {kinds[j - 2][0]}" if j >= 2 and kinds[j - 2][0] else "steady")
+                kind = (
+                    f"1 after {kinds[j - 1][0]}"
+                    if j >= 1 and kinds[j - 1][0]
+                    else f"2 after {kinds[j - 2][0]}"
+                    if j >= 2 and kinds[j - 2][0]
+                    else "steady"
+                )
             band = next(name for low, high, name in BANDS if running >= low and (high is None or running < high))
             out.setdefault((band, kind), []).append(gap)
     return out
@@ -68,7 +81,9 @@ def main(args: list[str]) -> None:
     if by_change:
         print(f"{'cell':<60} {'running':>7} {'gaps':<17} {'n':>6} {'p50 ms':>7} {'p90 ms':>7}")
     else:
-        print(f"{'cell':<60} {'n span':>7} {'p50 ms':>7} {'p90 ms':>7} {'n other':>8} {'p50 ms':>7} {'p90 ms':>7} {'p90 ratio':>9}")
+        print(
+            f"{'cell':<60} {'n span':>7} {'p50 ms':>7} {'p90 ms':>7} {'n other':>8} {'p50 ms':>7} {'p90 ms':>7} {'p90 ratio':>9}"
+        )
     for d in cells:
         cell = read_cell(d)
         name = str(d)[-60:]
@@ -78,13 +93,17 @@ def main(args: list[str]) -> None:
                 for kind in CLASSES:
                     v = split.get((band, kind))
                     if v:
-                        print(f"{name:<60} {band:>7} {kind:<17} {len(v):>6} {np.percentile(v, 50) * 1e3:>7.1f} {np.percentile(v, 90) * 1e3:>7.1f}")
+                        print(
+                            f"{name:<60} {band:>7} {kind:<17} {len(v):>6} {np.percentile(v, 50) * 1e3:>7.1f} {np.percentile(v, 90) * 1e3:>7.1f}"
+                        )
             continue
         g = finish_gaps(cell)
         s, o = g["spanning"], g["other"]
         ms = lambda v: "-" if v is None else f"{v * 1e3:.1f}"  # noqa: E731
         ratio = "-" if g["ratio"] is None else f"{g['ratio']:.3f}"
-        print(f"{name:<60} {s['count']:>7} {ms(s['p50']):>7} {ms(s['p90']):>7} {o['count']:>8} {ms(o['p50']):>7} {ms(o['p90']):>7} {ratio:>9}")
+        print(
+            f"{name:<60} {s['count']:>7} {ms(s['p50']):>7} {ms(s['p90']):>7} {o['count']:>8} {ms(o['p50']):>7} {ms(o['p90']):>7} {ratio:>9}"
+        )
 
 
 if __name__ == "__main__":

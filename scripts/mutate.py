@@ -47,70 +47,235 @@ class Mutation:
 
 MUTATIONS = (
     # the nine of issue #31
-    Mutation("stats: the bootstrap reports a 90% interval as 95%", STATS,
-             "np.percentile(values, [2.5, 97.5])", "np.percentile(values, [5, 95])",
-             ("tests/test_stats.py", "tests/test_stats_reference.py")),
-    Mutation("stats: an interval whose end is on the threshold counts as settled", STATS,
-             "if iv.lo > self.threshold:", "if iv.lo >= self.threshold:", ("tests/test_claim_thresholds.py", "tests/test_stats.py")),
-    Mutation("metrics: the SLO limit is exclusive (<= turned into <)", METRICS,
-             "row[key] <= limit", "row[key] < limit", ("tests/test_metrics.py",)),
-    Mutation("grading: negative bare answers are left unparsed", GRADING,
-             '_LONE_NUMBER = re.compile(r"-?\\d', '_LONE_NUMBER = re.compile(r"\\d', ("tests/test_grading.py", "tests/test_grading_forms.py")),
-    Mutation("claims: MATH_GAIN 0.05 -> 0.25", CLAIMS, "MATH_GAIN = 0.05", "MATH_GAIN = 0.25", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: ACC_TOLERANCE 0.03 -> 0.10", CLAIMS, "ACC_TOLERANCE = 0.03", "ACC_TOLERANCE = 0.10", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: SAME_LOAD 0.10 -> 0.50", CLAIMS, "SAME_LOAD = 0.10", "SAME_LOAD = 0.50", ("tests/test_claim_thresholds.py",)),
-    Mutation("metrics: TPOT divided by n instead of n - 1", METRICS,
-             "else (total - first) / (n - 1)", "else (total - first) / n", ("tests/test_metrics.py",)),
-    Mutation("grading: the first \"answer is\" is taken instead of the last", GRADING,
-             "return strip_units(_clean(said[-1].group(1)))", "return strip_units(_clean(said[0].group(1)))",
-             ("tests/test_grading.py", "tests/test_grading_forms.py")),
+    Mutation(
+        "stats: the bootstrap reports a 90% interval as 95%",
+        STATS,
+        "np.percentile(values, [2.5, 97.5])",
+        "np.percentile(values, [5, 95])",
+        ("tests/test_stats.py", "tests/test_stats_reference.py"),
+    ),
+    Mutation(
+        "stats: an interval whose end is on the threshold counts as settled",
+        STATS,
+        "if iv.lo > self.threshold:",
+        "if iv.lo >= self.threshold:",
+        ("tests/test_claim_thresholds.py", "tests/test_stats.py"),
+    ),
+    Mutation(
+        "metrics: the SLO limit is exclusive (<= turned into <)",
+        METRICS,
+        "row[key] <= limit",
+        "row[key] < limit",
+        ("tests/test_metrics.py",),
+    ),
+    Mutation(
+        "grading: negative bare answers are left unparsed",
+        GRADING,
+        '_LONE_NUMBER = re.compile(r"-?\\d',
+        '_LONE_NUMBER = re.compile(r"\\d',
+        ("tests/test_grading.py", "tests/test_grading_forms.py"),
+    ),
+    Mutation(
+        "claims: MATH_GAIN 0.05 -> 0.25",
+        CLAIMS,
+        "MATH_GAIN = 0.05",
+        "MATH_GAIN = 0.25",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: ACC_TOLERANCE 0.03 -> 0.10",
+        CLAIMS,
+        "ACC_TOLERANCE = 0.03",
+        "ACC_TOLERANCE = 0.10",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: SAME_LOAD 0.10 -> 0.50",
+        CLAIMS,
+        "SAME_LOAD = 0.10",
+        "SAME_LOAD = 0.50",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "metrics: TPOT divided by n instead of n - 1",
+        METRICS,
+        "else (total - first) / (n - 1)",
+        "else (total - first) / n",
+        ("tests/test_metrics.py",),
+    ),
+    Mutation(
+        'grading: the first "answer is" is taken instead of the last',
+        GRADING,
+        "return strip_units(_clean(said[-1].group(1)))",
+        "return strip_units(_clean(said[0].group(1)))",
+        ("tests/test_grading.py", "tests/test_grading_forms.py"),
+    ),
     # more, on the gaps the issue lists
-    Mutation("claims: COLLAPSE 0.5 -> 0.25", CLAIMS, "COLLAPSE = 0.5 ", "COLLAPSE = 0.25 ", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: COLLAPSE 0.5 -> 0.75", CLAIMS, "COLLAPSE = 0.5 ", "COLLAPSE = 0.75 ", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: PEAK_FACTOR 2 -> 3", CLAIMS, "PEAK_FACTOR = 2.0", "PEAK_FACTOR = 3.0", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: LARGE_MODEL 10B -> 20B", CLAIMS, "LARGE_MODEL = 10e9", "LARGE_MODEL = 20e9", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: LARGE_MODEL 10B -> 5B", CLAIMS, "LARGE_MODEL = 10e9", "LARGE_MODEL = 5e9", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: 10B itself counts as small (>= turned into >)", CLAIMS,
-             "(v.n_params or 0) >= LARGE_MODEL", "(v.n_params or 0) > LARGE_MODEL", ("tests/test_claim_thresholds.py",)),
-    Mutation("claims: the prefix-cache rule ignores model size", CLAIMS,
-             "v.ratio(E2EL_P50), 1.0, above=not v.large, log=True)", "v.ratio(E2EL_P50), 1.0, above=True, log=True)",
-             ("tests/test_claim_thresholds.py",)),
-    Mutation("stats: an upper end on the threshold counts as settled", STATS,
-             "if iv.hi < self.threshold:", "if iv.hi <= self.threshold:", ("tests/test_claim_thresholds.py", "tests/test_stats.py")),
-    Mutation("stats: t_quantile leaves its table one step early", STATS,
-             "if df <= len(_T975):", "if df < len(_T975):", ("tests/test_stats.py", "tests/test_stats_reference.py")),
-    Mutation("grading: \\fbox is not a box", GRADING,
-             '_BOXED = re.compile(r"\\\\(?:boxed|fbox)\\s*\\{")', '_BOXED = re.compile(r"\\\\(?:boxed)\\s*\\{")',
-             ("tests/test_grading.py", "tests/test_grading_forms.py")),
-    Mutation("grading: units are not stripped", GRADING,
-             "for pattern in (_WORD_UNITS, _TEXT_UNITS):", "for pattern in ():", ("tests/test_grading.py", "tests/test_grading_forms.py")),
-    Mutation("grading: no math-verify timeout", GRADING,
-             "timeout = VERIFY_TIMEOUT_S if", "timeout = None if", ("tests/test_grading_forms.py::test_math_verify_timeout_counts_as_not_equal",)),
-    Mutation("openai: the last line without its newline is dropped", OPENAI,
-             "for chunk in reader.chunks([pending]):", "for chunk in reader.chunks([]):", ("tests/test_stream_reader.py",)),
-    Mutation("openai: event: error is ignored", OPENAI, 'if self.event == b"error":', "if False:", ("tests/test_stream_reader.py",)),
-    Mutation("bench: batched-bench read as prompt speed", BENCH, 'float(row["speed_tg"])', 'float(row["speed_pp"])',
-             ("tests/test_bench_parsing.py",)),
-    Mutation("bench: llama-bench's prompt row taken", BENCH, 'if r["n_gen"] == n_gen', 'if r["n_gen"] != n_gen',
-             ("tests/test_bench_parsing.py",)),
-    Mutation("bench: prefix_ttft_gain inverted", METRICS, "return _ratio(off, on)", "return _ratio(on, off)", ("tests/test_bench_parsing.py",)),
-    Mutation("custom data: a byte-order mark kept", CUSTOM, 'else "utf-8-sig"', 'else "utf-8"',
-             ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
-    Mutation("custom data: always comma-separated", CUSTOM, 'delimiter=max(",;\\t", key=header.count)', 'delimiter=","',
-             ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",)),
-    Mutation("regrade: custom data sets read as shipped ones", REGRADE, "if custom else _items(", "if False else _items(",
-             ("tests/test_fault_classes.py::test_commands_on_a_custom_data_set_folder",)),
-    Mutation("arrivals: random schedules not rescaled to the rate", ARRIVALS,
-             "return gaps if total == 0 else gaps * (len(gaps) / (rate * total))", "return gaps",
-             ("tests/test_arrivals.py::test_rate_and_cv_within_5_percent",)),
-    Mutation("openai: an event name outlives its event", OPENAI,
-             'self.event = b""  # a blank line ends an event', "pass", ("tests/test_stream_reader.py",)),
+    Mutation(
+        "claims: COLLAPSE 0.5 -> 0.25",
+        CLAIMS,
+        "COLLAPSE = 0.5 ",
+        "COLLAPSE = 0.25 ",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: COLLAPSE 0.5 -> 0.75",
+        CLAIMS,
+        "COLLAPSE = 0.5 ",
+        "COLLAPSE = 0.75 ",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: PEAK_FACTOR 2 -> 3",
+        CLAIMS,
+        "PEAK_FACTOR = 2.0",
+        "PEAK_FACTOR = 3.0",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: LARGE_MODEL 10B -> 20B",
+        CLAIMS,
+        "LARGE_MODEL = 10e9",
+        "LARGE_MODEL = 20e9",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: LARGE_MODEL 10B -> 5B",
+        CLAIMS,
+        "LARGE_MODEL = 10e9",
+        "LARGE_MODEL = 5e9",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: 10B itself counts as small (>= turned into >)",
+        CLAIMS,
+        "(v.n_params or 0) >= LARGE_MODEL",
+        "(v.n_params or 0) > LARGE_MODEL",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "claims: the prefix-cache rule ignores model size",
+        CLAIMS,
+        "v.ratio(E2EL_P50), 1.0, above=not v.large, log=True)",
+        "v.ratio(E2EL_P50), 1.0, above=True, log=True)",
+        ("tests/test_claim_thresholds.py",),
+    ),
+    Mutation(
+        "stats: an upper end on the threshold counts as settled",
+        STATS,
+        "if iv.hi < self.threshold:",
+        "if iv.hi <= self.threshold:",
+        ("tests/test_claim_thresholds.py", "tests/test_stats.py"),
+    ),
+    Mutation(
+        "stats: t_quantile leaves its table one step early",
+        STATS,
+        "if df <= len(_T975):",
+        "if df < len(_T975):",
+        ("tests/test_stats.py", "tests/test_stats_reference.py"),
+    ),
+    Mutation(
+        "grading: \\fbox is not a box",
+        GRADING,
+        '_BOXED = re.compile(r"\\\\(?:boxed|fbox)\\s*\\{")',
+        '_BOXED = re.compile(r"\\\\(?:boxed)\\s*\\{")',
+        ("tests/test_grading.py", "tests/test_grading_forms.py"),
+    ),
+    Mutation(
+        "grading: units are not stripped",
+        GRADING,
+        "for pattern in (_WORD_UNITS, _TEXT_UNITS):",
+        "for pattern in ():",
+        ("tests/test_grading.py", "tests/test_grading_forms.py"),
+    ),
+    Mutation(
+        "grading: no math-verify timeout",
+        GRADING,
+        "timeout = VERIFY_TIMEOUT_S if",
+        "timeout = None if",
+        ("tests/test_grading_forms.py::test_math_verify_timeout_counts_as_not_equal",),
+    ),
+    Mutation(
+        "openai: the last line without its newline is dropped",
+        OPENAI,
+        "for chunk in reader.chunks([pending]):",
+        "for chunk in reader.chunks([]):",
+        ("tests/test_stream_reader.py",),
+    ),
+    Mutation(
+        "openai: event: error is ignored",
+        OPENAI,
+        'if self.event == b"error":',
+        "if False:",
+        ("tests/test_stream_reader.py",),
+    ),
+    Mutation(
+        "bench: batched-bench read as prompt speed",
+        BENCH,
+        'float(row["speed_tg"])',
+        'float(row["speed_pp"])',
+        ("tests/test_bench_parsing.py",),
+    ),
+    Mutation(
+        "bench: llama-bench's prompt row taken",
+        BENCH,
+        'if r["n_gen"] == n_gen',
+        'if r["n_gen"] != n_gen',
+        ("tests/test_bench_parsing.py",),
+    ),
+    Mutation(
+        "bench: prefix_ttft_gain inverted",
+        METRICS,
+        "return _ratio(off, on)",
+        "return _ratio(on, off)",
+        ("tests/test_bench_parsing.py",),
+    ),
+    Mutation(
+        "custom data: a byte-order mark kept",
+        CUSTOM,
+        'else "utf-8-sig"',
+        'else "utf-8"',
+        ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",),
+    ),
+    Mutation(
+        "custom data: always comma-separated",
+        CUSTOM,
+        'delimiter=max(",;\\t", key=header.count)',
+        'delimiter=","',
+        ("tests/test_fault_classes.py::test_data_files_from_other_tools_read_the_same",),
+    ),
+    Mutation(
+        "regrade: custom data sets read as shipped ones",
+        REGRADE,
+        "if custom else _items(",
+        "if False else _items(",
+        ("tests/test_fault_classes.py::test_commands_on_a_custom_data_set_folder",),
+    ),
+    Mutation(
+        "arrivals: random schedules not rescaled to the rate",
+        ARRIVALS,
+        "return gaps if total == 0 else gaps * (len(gaps) / (rate * total))",
+        "return gaps",
+        ("tests/test_arrivals.py::test_rate_and_cv_within_5_percent",),
+    ),
+    Mutation(
+        "openai: an event name outlives its event",
+        OPENAI,
+        'self.event = b""  # a blank line ends an event',
+        "pass",
+        ("tests/test_stream_reader.py",),
+    ),
 )
 
 
 def _copy_tree(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -125,13 +290,28 @@ def _run(tree: Path, m: Mutation, timeout: float) -> tuple[str, float, str]:
     if count != 1:
         return f"not applied ({count} matches)", 0.0, ""
     target.write_text(original.replace(m.old, m.new))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / root) for root in ("study", "backends", "workloads")),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(tree / root) for root in ("study", "backends", "workloads")),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     start = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *m.tests],
-                              cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
-        verdict = "caught" if proc.returncode == 1 else "missed" if proc.returncode == 0 else f"error (pytest exit {proc.returncode})"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *m.tests],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        verdict = (
+            "caught"
+            if proc.returncode == 1
+            else "missed"
+            if proc.returncode == 0
+            else f"error (pytest exit {proc.returncode})"
+        )
         failed = next((line for line in proc.stdout.splitlines() if line.startswith("FAILED")), "")
     except subprocess.TimeoutExpired:
         verdict, failed = f"error (over {timeout:g} s)", ""
@@ -157,8 +337,13 @@ def main() -> int:
         # the unmutated copy must pass, or a "caught" would mean nothing
         files = sorted({t for m in chosen for t in m.tests})
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in ("study", "backends", "workloads"))}
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *files],
-                              cwd=tree, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *files],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         print(f"baseline, no mutation: {'passes' if proc.returncode == 0 else 'FAILS'} ({' '.join(files)})", flush=True)
         if proc.returncode != 0:
             print(proc.stdout[-3000:])
@@ -167,7 +352,10 @@ def main() -> int:
         for m in chosen:
             verdict, took, failed = _run(tree, m, args.timeout)
             missed += verdict != "caught"
-            print(f"{verdict:8} {took:6.1f} s  {m.name}" + (f"\n                   {failed}" if failed else ""), flush=True)
+            print(
+                f"{verdict:8} {took:6.1f} s  {m.name}" + (f"\n                   {failed}" if failed else ""),
+                flush=True,
+            )
         print(f"{len(chosen) - missed} of {len(chosen)} caught")
     return 1 if missed else 0
 

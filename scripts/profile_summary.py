@@ -24,8 +24,9 @@ def summarise(path: str, top: int, thread: str | None, within: str | None = None
         for number, line in enumerate(f, 1):
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
-                raise ValueError(f"{path}: line {number} is not `frame;...;frame COUNT`; "
-                                 "pass the output of `py-spy record -f raw`")
+                raise ValueError(
+                    f"{path}: line {number} is not `frame;...;frame COUNT`; pass the output of `py-spy record -f raw`"
+                )
             frames = stack.split(";")
             if functions:
                 frames = [re.sub(r":\d+\)$", ")", f) for f in frames]
@@ -36,8 +37,11 @@ def summarise(path: str, top: int, thread: str | None, within: str | None = None
             self_time[frames[-1]] += n
             for frame in set(frames):
                 inclusive[frame] += n
-    lines = [f"{path}: {total} samples" + (f" in threads matching {thread!r}" if thread else "")
-             + (f" in stacks through {within!r}" if within else "")]
+    lines = [
+        f"{path}: {total} samples"
+        + (f" in threads matching {thread!r}" if thread else "")
+        + (f" in stacks through {within!r}" if within else "")
+    ]
     for title, counter in (("inclusive", inclusive), ("self", self_time)):
         lines.append(f"-- {title}")
         lines += [f"{100 * c / max(total, 1):5.1f}%  {frame[:160]}" for frame, c in counter.most_common(top)]

@@ -32,7 +32,10 @@ def require(present: bool, what: str) -> None:
 def require_module(name: str) -> None:
     """Like `pytest.importorskip`, failing under CI (see `require`); finds the module without
     importing it (so a test module can still order its imports)."""
-    require(importlib.util.find_spec(name) is not None, f"python module {name} is not installed (scripts/setup.sh installs it)")
+    require(
+        importlib.util.find_spec(name) is not None,
+        f"python module {name} is not installed (scripts/setup.sh installs it)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +55,11 @@ def qwen05_path() -> Path:
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `rllm-study ARGS` in a subprocess; returns the completed process (text output)."""
     return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
         env={**os.environ, **(env or {})},
     )
 

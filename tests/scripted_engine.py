@@ -26,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from rllm_study.backends import REGISTRY, register
 from rllm_study.backends.base import (
@@ -55,7 +55,7 @@ def pieces(text: str) -> list[str]:
     4-character chunks."""
     out = []
     for word in re.findall(r"\s*\S+", text):
-        out += [word[i:i + 4] for i in range(0, len(word), 4)]
+        out += [word[i : i + 4] for i in range(0, len(word), 4)]
     return out
 
 
@@ -130,8 +130,11 @@ class ScriptedEngine:
                 events.append(self.running.pop(rid).out.finished(FINISH_ABORT, now()))
             for r in [r for r in self.waiting if r.id == rid]:
                 self.waiting.remove(r)
-                events.append(RequestOutput(r, self.count_tokens(r.prompt), PhaseTracker(r.starts_in_think))
-                              .finished(FINISH_ABORT, now()))
+                events.append(
+                    RequestOutput(r, self.count_tokens(r.prompt), PhaseTracker(r.starts_in_think)).finished(
+                        FINISH_ABORT, now()
+                    )
+                )
         self.aborted.clear()
         while self.waiting and len(self.running) < self.options.max_seqs:
             r = self.waiting.pop(0)
@@ -155,8 +158,13 @@ class ScriptedEngine:
     def stats(self) -> EngineStats:
         used = sum(r.out.prompt_tokens + len(r.out.tokens) + len(r.out.forced) for r in self.running.values())
         capacity = self.options.n_ctx or self.options.max_seqs * self.options.ctx_per_seq
-        return EngineStats(kv_used=used, kv_capacity=capacity, running=len(self.running), waiting=len(self.waiting),
-                           rss_bytes=(1 + len(self.running)) * 2**20)
+        return EngineStats(
+            kv_used=used,
+            kv_capacity=capacity,
+            running=len(self.running),
+            waiting=len(self.waiting),
+            rss_bytes=(1 + len(self.running)) * 2**20,
+        )
 
     def capabilities(self) -> Capabilities:
         return Capabilities(backend=NAME, local_model=False, think_budget=True)
@@ -191,8 +199,15 @@ def scripted_backend(script: Script | None = None, step_s: float = 0.0, options:
         ScriptedEngine.script, ScriptedEngine.step_s = saved
 
 
-def run_scripted(out: Path, spec: dict | None = None, *, preset: str | None = None, overrides: tuple[str, ...] = (),
-                 script: Script | None = None, step_s: float = 0.0) -> list[Path]:
+def run_scripted(
+    out: Path,
+    spec: dict | None = None,
+    *,
+    preset: str | None = None,
+    overrides: tuple[str, ...] = (),
+    script: Script | None = None,
+    step_s: float = 0.0,
+) -> list[Path]:
     """`rllm-study run` in process on the scripted engine: a spec (or a preset's quick size) with
     `--set` overrides, its backend and models replaced by the scripted ones; returns the cell folders."""
     from rich.console import Console
@@ -203,6 +218,6 @@ def run_scripted(out: Path, spec: dict | None = None, *, preset: str | None = No
     where = str(out / "spec.toml")
     if preset is not None:
         spec, where = load_spec(preset=preset, quick=True)
-    spec = apply_overrides({**spec, "backend": NAME}, [*overrides, f"models=[\"{NAME}\"]"])
+    spec = apply_overrides({**spec, "backend": NAME}, [*overrides, f'models=["{NAME}"]'])
     with scripted_backend(script, step_s):
         return run_study(expand(spec, where), spec, out, Console(quiet=True))

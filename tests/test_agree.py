@@ -17,8 +17,13 @@ from rllm_study.bench.agree import METRICS, TOOLS, compare, markdown
 def _runs(scale: dict[str, list[float]]) -> dict[str, list[dict]]:
     """Runs where every metric of a tool is ours x its scale in that round."""
     base = {label: 100.0 for label, *_ in METRICS}
-    return {tool: [{**{k: v * s for k, v in base.items()}, "n": 4, "client_cpu_s": 1.0, "server_cpu_s": 2.0}
-                   for s in scale[tool]] for tool in TOOLS}
+    return {
+        tool: [
+            {**{k: v * s for k, v in base.items()}, "n": 4, "client_cpu_s": 1.0, "server_cpu_s": 2.0}
+            for s in scale[tool]
+        ]
+        for tool in TOOLS
+    }
 
 
 def test_verdicts_follow_the_interval_over_rounds():
@@ -31,8 +36,20 @@ def test_verdicts_follow_the_interval_over_rounds():
     assert all(r["verdict"].startswith("inconclusive") for r in wide if r["tool"] == "aiperf")
     one = compare(_runs({"rllm-study": [1], "aiperf": [1.0], "guidellm": [1.0]}), 0.05)
     assert all("an interval needs two" in r["verdict"] for r in one)
-    text = markdown({"spec": {"requests": 4, "prompt_tokens": 32, "output_tokens": 8, "concurrency": 2, "rounds": 3,
-                              "tolerance": 0.05}, "runs": _runs({t: [1, 1, 1] for t in TOOLS}), "comparison": rows})
+    text = markdown(
+        {
+            "spec": {
+                "requests": 4,
+                "prompt_tokens": 32,
+                "output_tokens": 8,
+                "concurrency": 2,
+                "rounds": 3,
+                "tolerance": 0.05,
+            },
+            "runs": _runs({t: [1, 1, 1] for t in TOOLS}),
+            "comparison": rows,
+        }
+    )
     header = next(line for line in text.splitlines() if line.startswith("| tool |"))
     rule = text.splitlines()[text.splitlines().index(header) + 1]
     assert header.count("|") == rule.count("|")
@@ -42,7 +59,11 @@ def _llama_server() -> Path | None:
     import importlib.metadata
 
     version = importlib.metadata.version("llama_cpp_python")
-    path = Path(os.environ.get("RLLM_LLAMA_SERVER", Path.home() / ".cache/rllm-study/llama-tools" / version / "bin/llama-server"))
+    path = Path(
+        os.environ.get(
+            "RLLM_LLAMA_SERVER", Path.home() / ".cache/rllm-study/llama-tools" / version / "bin/llama-server"
+        )
+    )
     return path if path.is_file() else None
 
 
@@ -50,10 +71,34 @@ def _llama_server() -> Path | None:
 def test_bench_agree_end_to_end(tmp_path):
     server, peers = _llama_server(), os.environ.get("RLLM_PEERS_BIN")
     if server is None or not peers:
-        pytest.skip("needs llama-server (scripts/build_llama_tools.sh) and RLLM_PEERS_BIN (a venv with rllm-study[peers])")
-    proc = run_cli("bench", "agree", "--peers-bin", peers, "--server-bin", server, "-m", "smollm2-135m", "-t", "2",
-                   "-c", "2", "-n", "2", "--prompt-tokens", "16", "--output-tokens", "4", "--rounds", "2",
-                   "--out", tmp_path / "agree", timeout=1800)
+        pytest.skip(
+            "needs llama-server (scripts/build_llama_tools.sh) and RLLM_PEERS_BIN (a venv with rllm-study[peers])"
+        )
+    proc = run_cli(
+        "bench",
+        "agree",
+        "--peers-bin",
+        peers,
+        "--server-bin",
+        server,
+        "-m",
+        "smollm2-135m",
+        "-t",
+        "2",
+        "-c",
+        "2",
+        "-n",
+        "2",
+        "--prompt-tokens",
+        "16",
+        "--output-tokens",
+        "4",
+        "--rounds",
+        "2",
+        "--out",
+        tmp_path / "agree",
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "agree" / "agree.json").read_text())
     for tool in TOOLS:

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from rllm_study.errors import UserError
 from rllm_study.running.spec import WORKLOAD_KEYS, expand
 from rllm_study.workloads.arrivals import ARRIVALS, ClosedLoop, OpenLoop, SyncBatches, gap_stats, make_arrivals
@@ -15,13 +15,16 @@ from rllm_study.workloads.arrivals.base import Due
 N = 10_001  # 10,000 gaps
 
 
-@pytest.mark.parametrize("kind, rate, cv, expected_cv", [
-    ("poisson", 5.0, None, 1.0),
-    ("gamma", 2.0, 0.5, 0.5),
-    ("gamma", 0.5, 1.0, 1.0),
-    ("gamma", 10.0, 1.41, 1.41),
-    ("gamma", 3.0, 2.0, 2.0),
-])
+@pytest.mark.parametrize(
+    "kind, rate, cv, expected_cv",
+    [
+        ("poisson", 5.0, None, 1.0),
+        ("gamma", 2.0, 0.5, 0.5),
+        ("gamma", 0.5, 1.0, 1.0),
+        ("gamma", 10.0, 1.41, 1.41),
+        ("gamma", 3.0, 2.0, 2.0),
+    ],
+)
 def test_rate_and_cv_within_5_percent(kind, rate, cv, expected_cv):
     arrivals = make_arrivals(kind, N, rate=rate, cv=cv, seed=7)
     measured_rate, measured_cv = gap_stats(arrivals.times)
@@ -68,17 +71,20 @@ def test_trace_replay(tmp_path):
     assert arrivals == OpenLoop((0.0, 1.0, 2.5), "trace")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(kind="gamma", rate=0.0, cv=1.0), "--rate must be > 0"),
-    (dict(kind="poisson", rate=-2.0), "--rate must be > 0"),
-    (dict(kind="gamma", rate=1.0, cv=0.0), "--cv must be > 0"),
-    (dict(kind="gamma", rate=1.0), "needs --cv"),
-    (dict(kind="batch", batch_size=0), "--batch-size must be at least 1"),
-    (dict(kind="closed", concurrency=0), "--concurrency must be at least 1"),
-    (dict(kind="poisson", rate=1.0, cv=2.0), "--cv does not apply to --arrival poisson"),
-    (dict(kind="burst", rate=1.0), "unknown arrival 'burst'"),
-    (dict(kind="trace"), "needs --trace"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(kind="gamma", rate=0.0, cv=1.0), "--rate must be > 0"),
+        (dict(kind="poisson", rate=-2.0), "--rate must be > 0"),
+        (dict(kind="gamma", rate=1.0, cv=0.0), "--cv must be > 0"),
+        (dict(kind="gamma", rate=1.0), "needs --cv"),
+        (dict(kind="batch", batch_size=0), "--batch-size must be at least 1"),
+        (dict(kind="closed", concurrency=0), "--concurrency must be at least 1"),
+        (dict(kind="poisson", rate=1.0, cv=2.0), "--cv does not apply to --arrival poisson"),
+        (dict(kind="burst", rate=1.0), "unknown arrival 'burst'"),
+        (dict(kind="trace"), "needs --trace"),
+    ],
+)
 def test_bad_input(kwargs, message):
     kind = kwargs.pop("kind")
     with pytest.raises(UserError, match=message):
@@ -113,12 +119,15 @@ def test_cli_text_and_closed_loop():
     assert json.loads(done.stdout) == {"arrival": "closed", "n": 20, "concurrency": 8}
 
 
-@pytest.mark.parametrize("args", [
-    ("--arrival", "gamma", "--rate", "0", "--cv", "1", "-n", "5"),
-    ("--arrival", "gamma", "--rate", "1", "--cv", "-1", "-n", "5"),
-    ("--arrival", "batch", "--batch-size", "0", "-n", "5"),
-    ("--arrival", "trace", "--trace", "/nonexistent/trace.txt", "-n", "5"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--arrival", "gamma", "--rate", "0", "--cv", "1", "-n", "5"),
+        ("--arrival", "gamma", "--rate", "1", "--cv", "-1", "-n", "5"),
+        ("--arrival", "batch", "--batch-size", "0", "-n", "5"),
+        ("--arrival", "trace", "--trace", "/nonexistent/trace.txt", "-n", "5"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line(args):
     done = run_cli("schedule", *args)
     assert done.returncode == 2
@@ -126,6 +135,7 @@ def test_cli_bad_input_exits_2_with_one_line(args):
 
 
 # ---- realised rate: every random open-loop schedule offers its target load exactly ----------
+
 
 @pytest.mark.parametrize("kind, cv", [("poisson", None), ("gamma", 1.0), ("gamma", 3.0), ("gamma", 0.3)])
 def test_short_schedules_realise_the_target_rate_exactly(kind, cv):
@@ -139,16 +149,17 @@ def test_short_schedules_realise_the_target_rate_exactly(kind, cv):
 def test_rescaling_keeps_the_shape_of_the_draws():
     raw = np.random.Generator(np.random.PCG64(5)).gamma(1 / 9, 9 / 2.0, 29)  # CV 3 at rate 2, as drawn
     gaps = np.diff(make_arrivals("gamma", 30, rate=2.0, cv=3.0, seed=5).times)
-    assert np.allclose(gaps / gaps.sum(), raw / raw.sum())         # one factor for every gap
+    assert np.allclose(gaps / gaps.sum(), raw / raw.sum())  # one factor for every gap
     assert gap_stats(np.cumsum([0, *raw]))[1] == pytest.approx(gap_stats(np.cumsum([0, *gaps]))[1])  # CV unchanged
 
 
 # ---- the timing protocol: what the runner asks -------------------------------------------
 
+
 def test_open_loop_is_due_by_the_clock_alone():
     timing = OpenLoop((0.0, 1.0, 2.5), "trace")
     assert timing.due(0.5, 0, 0) == [Due(0.0)]
-    assert timing.due(2.6, 1, 99) == [Due(1.0), Due(2.5)]          # in flight does not matter
+    assert timing.due(2.6, 1, 99) == [Due(1.0), Due(2.5)]  # in flight does not matter
     assert timing.due(0.9, 1, 0) == [] and timing.next_due_s(1) == 1.0 and timing.next_due_s(3) is None
 
 
@@ -156,20 +167,20 @@ def test_closed_loop_fills_up_to_its_concurrency():
     timing = ClosedLoop(3)
     assert timing.due(1.5, 0, 0) == [Due(1.5)] * 3
     assert timing.due(2.0, 3, 3) == [] and timing.due(2.0, 3, 1) == [Due(2.0)] * 2
-    assert timing.next_due_s(3) is None                             # it waits for finishes
+    assert timing.next_due_s(3) is None  # it waits for finishes
 
 
 def test_sync_batches_wait_for_the_whole_batch():
     timing = SyncBatches(2)
     assert timing.due(0.0, 0, 0) == [Due(0.0, 0)] * 2
-    assert timing.due(5.0, 2, 1) == []                              # one of batch 0 still running
+    assert timing.due(5.0, 2, 1) == []  # one of batch 0 still running
     assert timing.due(6.0, 2, 0) == [Due(6.0, 1)] * 2
 
 
 def test_every_process_is_registered_with_its_keys_and_name():
-    assert WORKLOAD_KEYS >= {"arrival", "rate_start", "rate_end", "shared_prefix"}
+    assert {"arrival", "rate_start", "rate_end", "shared_prefix"} <= WORKLOAD_KEYS
     for name, process in ARRIVALS.items():
-        assert process.NAME == name and process.SUMMARY
+        assert name == process.NAME and process.SUMMARY
         assert {p.key for p in process.PARAMS} <= WORKLOAD_KEYS
 
 
@@ -186,6 +197,7 @@ def test_spec_and_cli_share_one_validator(tmp_path):
 
 # ---- ramp-up ------------------------------------------------------------------------------
 
+
 def test_ramp_is_reproducible_from_its_seed():
     first = make_arrivals("ramp", 300, rate_start=1.0, rate_end=5.0, seed=4)
     assert make_arrivals("ramp", 300, rate_start=1.0, rate_end=5.0, seed=4) == first
@@ -195,7 +207,7 @@ def test_ramp_is_reproducible_from_its_seed():
 
 def test_ramp_spans_its_mean_rate_exactly():
     times = make_arrivals("ramp", 101, rate_start=2.0, rate_end=8.0, seed=0).times
-    assert times[0] == 0.0 and times[-1] == pytest.approx(2 * 100 / (2.0 + 8.0))   # T = 2(n-1)/(r0+r1)
+    assert times[0] == 0.0 and times[-1] == pytest.approx(2 * 100 / (2.0 + 8.0))  # T = 2(n-1)/(r0+r1)
     assert gap_stats(times)[0] == pytest.approx(5.0)
 
 
@@ -215,13 +227,19 @@ def test_ramp_realises_r0_at_the_start_and_r1_at_the_end(r0, r1, cv):
     assert np.count_nonzero(times < span / 2) / n == pytest.approx((3 * r0 + r1) / (4 * (r0 + r1)), rel=0.01)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(rate_start=0.0, rate_end=2.0), r"^--rate-start must be > 0, got 0.0$"),
-    (dict(rate_start=1.0, rate_end=float("inf")), r"^--rate-end must be > 0, got inf$"),
-    (dict(rate_start=1.0), r"^--arrival ramp needs --rate-end$"),
-    (dict(rate_start=1.0, rate_end=2.0, cv=-1.0), r"^--cv must be > 0, got -1.0$"),
-    (dict(rate=1.0, rate_start=1.0, rate_end=2.0), r"^--rate does not apply to --arrival ramp \(it uses --cv, --rate-end, --rate-start\)$"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rate_start=0.0, rate_end=2.0), r"^--rate-start must be > 0, got 0.0$"),
+        (dict(rate_start=1.0, rate_end=float("inf")), r"^--rate-end must be > 0, got inf$"),
+        (dict(rate_start=1.0), r"^--arrival ramp needs --rate-end$"),
+        (dict(rate_start=1.0, rate_end=2.0, cv=-1.0), r"^--cv must be > 0, got -1.0$"),
+        (
+            dict(rate=1.0, rate_start=1.0, rate_end=2.0),
+            r"^--rate does not apply to --arrival ramp \(it uses --cv, --rate-end, --rate-start\)$",
+        ),
+    ],
+)
 def test_ramp_bad_params(kwargs, message):
     with pytest.raises(UserError, match=message):
         make_arrivals("ramp", 10, **kwargs)
@@ -233,7 +251,9 @@ def test_cli_ramp_schedule():
     lines = done.stdout.splitlines()
     assert lines[0] == "ramp arrivals, n=8, seed=3 (rate_start 1.0, rate_end 4.0)"
     assert lines[1].startswith("measured: rate 2.5 req/s") and len(lines) == 3 + 8
-    done = run_cli("schedule", "--arrival", "ramp", "--rate-start", "1", "--rate-end", "4", "-n", "8", "--seed", "3", "--json")
+    done = run_cli(
+        "schedule", "--arrival", "ramp", "--rate-start", "1", "--rate-end", "4", "-n", "8", "--seed", "3", "--json"
+    )
     times = [json.loads(line) for line in done.stdout.splitlines()]
     assert times == list(make_arrivals("ramp", 8, rate_start=1.0, rate_end=4.0, seed=3).times)
     done = run_cli("schedule", "--arrival", "ramp", "--rate-start", "1", "-n", "8")

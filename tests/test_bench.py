@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 
 from conftest import THREADS
+from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine, StepTimes
 from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.bench.engine import GREEDY, STEP_PARTS, decode_rate, step_breakdown
 from rllm_study.bench.crosscheck import run_batch
-from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.bench.engine import GREEDY, STEP_PARTS, decode_rate, step_breakdown
 from rllm_study.running.recorder import record_batch
 
 
@@ -25,8 +25,10 @@ def engine(smollm2_path):
 
 
 def test_batch_figures_are_the_recorded_cells_metrics(engine):
-    reqs = [Request(f"r{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=6 + i, temperature=0.6, top_p=0.95, seed=i))
-            for i in range(3)]
+    reqs = [
+        Request(f"r{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=6 + i, temperature=0.6, top_p=0.95, seed=i))
+        for i in range(3)
+    ]
     run = run_batch(engine, reqs)
     recs = run.cell.requests
     assert [r["id"] for r in recs] == ["r0", "r1", "r2"] and all(r["arrival_s"] == 0.0 for r in recs)
@@ -52,8 +54,11 @@ def test_step_times_count_the_decode_steps_and_split_them(engine):
     the shares add up to the step."""
     engine.step_times = StepTimes()
     sampled = SamplingParams(temperature=0.6, top_p=0.95)
-    record_batch(engine, [Request(f"s{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=12, seed=i)) for i in range(2)]
-                 + [Request("s2", "1, 2, 3, 4, 5,", replace(sampled, max_tokens=12))])
+    record_batch(
+        engine,
+        [Request(f"s{i}", "1, 2, 3, 4, 5,", SamplingParams(max_tokens=12, seed=i)) for i in range(2)]
+        + [Request("s2", "1, 2, 3, 4, 5,", replace(sampled, max_tokens=12))],
+    )
     times = engine.step_times
     assert (times.steps, times.sequences) == (11, 33)
     assert times.decode_s > 0 and times.draw_s > 0 and times.other_s > 0 and times.wait_s >= 0
@@ -73,12 +78,17 @@ def test_profile_summary_reproduces_the_published_step_shares(tmp_path):
 
     script = REPO / "scripts" / "profile_summary.py"
     profile = REPO / "reports" / "gpu-h200" / "bench-1.5b" / "profile" / "bench-64.txt"
-    out = subprocess.run([sys.executable, script, profile, "--within", "LlamaCppEngine.step", "--functions", "--top", "40"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, script, profile, "--within", "LlamaCppEngine.step", "--functions", "--top", "40"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "6753 samples in stacks through 'LlamaCppEngine.step'" in out
     assert " 19.7%  _sample_nucleus (rllm_study/backends/sampling.py)" in out
-    lines = subprocess.run([sys.executable, script, profile, "--within", "LlamaCppEngine.step"],
-                           capture_output=True, text=True, check=True).stdout.split("-- self")[1]
+    lines = subprocess.run(
+        [sys.executable, script, profile, "--within", "LlamaCppEngine.step"], capture_output=True, text=True, check=True
+    ).stdout.split("-- self")[1]
     assert " 36.0%  LlamaCppEngine._decode_once (rllm_study/backends/llama_cpp.py:753)" in lines
     assert " 30.1%  LlamaCppEngine._sample (rllm_study/backends/llama_cpp.py:795)" in lines
     bad = tmp_path / "not-a-profile.txt"

@@ -26,10 +26,25 @@ ROWS = [
 def _spec(tmp_path: Path, **extra) -> tuple[dict, str]:
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (tmp_path / "spec.toml").write_text("")
-    spec = {"name": "t", "backend": "scripted", "models": ["scripted"], "prompt_modes": ["reasoning"],
-            "max_tokens": [64], "seed": 3,
-            "datasets": {"mine": {"path": "mc.jsonl", "n": 2, "answer": "choice", "question": "q",
-                                  "answer_field": "gold", "choices": "opts"}}, **extra}
+    spec = {
+        "name": "t",
+        "backend": "scripted",
+        "models": ["scripted"],
+        "prompt_modes": ["reasoning"],
+        "max_tokens": [64],
+        "seed": 3,
+        "datasets": {
+            "mine": {
+                "path": "mc.jsonl",
+                "n": 2,
+                "answer": "choice",
+                "question": "q",
+                "answer_field": "gold",
+                "choices": "opts",
+            }
+        },
+        **extra,
+    }
     return spec, str(tmp_path / "spec.toml")
 
 

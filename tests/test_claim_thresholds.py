@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from test_report import MATH, _cell, _open_loop, _spread
 from rllm_study.analysis.stats import Condition, Interval
 from rllm_study.report.cells import load_cells
-from rllm_study.report.claims import bursty_load, domain_preference, kv_quantization, memory, prefix_caching, weight_quantization
+from rllm_study.report.claims import (
+    bursty_load,
+    domain_preference,
+    kv_quantization,
+    memory,
+    prefix_caching,
+    weight_quantization,
+)
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
+from test_report import MATH, _cell, _open_loop, _spread
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +48,7 @@ def test_an_interval_touching_its_threshold_is_not_settled():
 
 # ---- memory: reasoning peak KV at least 2x direct's ------------------------------------------------
 
+
 def _memory(root: Path, peaks: tuple[int, ...]) -> str:
     """Three pilot pairs: direct sits flat at 10% (one dip), reasoning swings up to each peak."""
     for dataset, top in zip(MATH, peaks):
@@ -50,12 +58,13 @@ def _memory(root: Path, peaks: tuple[int, ...]) -> str:
 
 
 def test_memory_peak_factor_both_sides(tmp_path):
-    assert _memory(tmp_path / "above", (24, 25, 23)) == REPRODUCED        # 2.3x-2.5x: clears 2x
-    assert _memory(tmp_path / "below", (16, 17, 15)) == NOT_REPRODUCED    # 1.5x-1.7x: under 2x
-    assert _memory(tmp_path / "across", (12, 30, 21)) == INCONCLUSIVE     # 1.2x-3x over three pairs: spans 2x
+    assert _memory(tmp_path / "above", (24, 25, 23)) == REPRODUCED  # 2.3x-2.5x: clears 2x
+    assert _memory(tmp_path / "below", (16, 17, 15)) == NOT_REPRODUCED  # 1.5x-1.7x: under 2x
+    assert _memory(tmp_path / "across", (12, 30, 21)) == INCONCLUSIVE  # 1.2x-3x over three pairs: spans 2x
 
 
 # ---- domain preference: reasoning beats direct on math by at least 5 points -------------------------
+
 
 def _domain(root: Path, reasoning: int, direct: int, n: int = 300) -> str:
     """Pilot pairs on GSM8K (reasoning / direct right answers of n) and on GPQA (no gain there)."""
@@ -67,9 +76,9 @@ def _domain(root: Path, reasoning: int, direct: int, n: int = 300) -> str:
 
 def test_domain_math_gain_both_sides(tmp_path):
     # 300 requests a cell; near 100% the Newcombe interval is narrow
-    assert _domain(tmp_path / "12pt", 300, 264) == REPRODUCED             # +12 points: [+8.6, +16.2] clears 5 (not 25)
-    assert _domain(tmp_path / "0pt", 300, 300) == NOT_REPRODUCED          # 0 points: [-1.3, +1.3], under 5
-    assert _domain(tmp_path / "5pt", 300, 285) == INCONCLUSIVE            # +5 points: [+2.7, +8.1] spans 5
+    assert _domain(tmp_path / "12pt", 300, 264) == REPRODUCED  # +12 points: [+8.6, +16.2] clears 5 (not 25)
+    assert _domain(tmp_path / "0pt", 300, 300) == NOT_REPRODUCED  # 0 points: [-1.3, +1.3], under 5
+    assert _domain(tmp_path / "5pt", 300, 285) == INCONCLUSIVE  # +5 points: [+2.7, +8.1] spans 5
 
 
 # ---- weight quantization: accuracy within 3 points and no slower ----------------------------------
@@ -80,17 +89,38 @@ Q4 = {"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}}
 
 def _quantization(root: Path, n: int, right: int) -> str:
     """The Q8_0 reference answers all n; the faster Q4_0 variant `right` of them."""
-    _cell(root, "reasoning", "gsm8k", [1], _spread(2, n), [9] * n, study="quantization", variant="base", model=SMALL, correct=True)
-    _cell(root, "reasoning", "gsm8k", [1], _spread(1, n), [9] * n, study="quantization", variant="new", model=Q4,
-          correct=_grades(right, n))
+    _cell(
+        root,
+        "reasoning",
+        "gsm8k",
+        [1],
+        _spread(2, n),
+        [9] * n,
+        study="quantization",
+        variant="base",
+        model=SMALL,
+        correct=True,
+    )
+    _cell(
+        root,
+        "reasoning",
+        "gsm8k",
+        [1],
+        _spread(1, n),
+        [9] * n,
+        study="quantization",
+        variant="new",
+        model=Q4,
+        correct=_grades(right, n),
+    )
     return weight_quantization(load_cells([root])).status
 
 
 def test_quantization_accuracy_tolerance_both_sides(tmp_path):
     n = 400
-    assert _quantization(tmp_path / "same", n, n) == REPRODUCED            # 0 points: [-1.0, +1.0] within 3
-    assert _quantization(tmp_path / "6pt", n, 376) == NOT_REPRODUCED       # -6 points: [-8.8, -3.8], past 3 (within 10)
-    assert _quantization(tmp_path / "2pt", n, 392) == INCONCLUSIVE         # -2 points: [-3.9, -0.8] spans -3
+    assert _quantization(tmp_path / "same", n, n) == REPRODUCED  # 0 points: [-1.0, +1.0] within 3
+    assert _quantization(tmp_path / "6pt", n, 376) == NOT_REPRODUCED  # -6 points: [-8.8, -3.8], past 3 (within 10)
+    assert _quantization(tmp_path / "2pt", n, 392) == INCONCLUSIVE  # -2 points: [-3.9, -0.8] spans -3
 
 
 # ---- KV-cache quantization: small models collapse to at most half; >= 10B models get faster ---------------
@@ -102,17 +132,40 @@ Q8 = {"type_k": "q8_0", "type_v": "q8_0", "flash_attn": True}
 def _kv(root: Path, params: float, n: int, right: int, variant_e2el: float = 1.0) -> str:
     """The f16-cache reference answers all n in about 2 s each; the q8_0 cache `right` of them in `variant_e2el` s."""
     model = {"quant": "Q4_K_M", "gguf": {"bits_per_weight": 4.8, "n_params": params}}
-    _cell(root, "reasoning", "math500", [1], _spread(2, n), [9] * n, study="kv", variant="base", model=model, engine=F16, correct=True)
-    _cell(root, "reasoning", "math500", [1], _spread(variant_e2el, n), [9] * n, study="kv", variant="new", model=model, engine=Q8,
-          correct=_grades(right, n))
+    _cell(
+        root,
+        "reasoning",
+        "math500",
+        [1],
+        _spread(2, n),
+        [9] * n,
+        study="kv",
+        variant="base",
+        model=model,
+        engine=F16,
+        correct=True,
+    )
+    _cell(
+        root,
+        "reasoning",
+        "math500",
+        [1],
+        _spread(variant_e2el, n),
+        [9] * n,
+        study="kv",
+        variant="new",
+        model=model,
+        engine=Q8,
+        correct=_grades(right, n),
+    )
     return kv_quantization(load_cells([root])).status
 
 
 def test_kv_small_model_collapse_both_sides(tmp_path):
     # 7B: reproduced only if accuracy falls to at most half of the f16 cache's (100%)
-    assert _kv(tmp_path / "30", 7e9, 100, 30) == REPRODUCED                # 30%: half of 100% - 30% = [+10, +28] pt
-    assert _kv(tmp_path / "70", 7e9, 100, 70) == NOT_REPRODUCED            # 70%: [-28, -10] pt, well over half
-    assert _kv(tmp_path / "50", 7e9, 100, 50) == INCONCLUSIVE              # 50%: exactly half, [-10, +10] pt spans 0
+    assert _kv(tmp_path / "30", 7e9, 100, 30) == REPRODUCED  # 30%: half of 100% - 30% = [+10, +28] pt
+    assert _kv(tmp_path / "70", 7e9, 100, 70) == NOT_REPRODUCED  # 70%: [-28, -10] pt, well over half
+    assert _kv(tmp_path / "50", 7e9, 100, 50) == INCONCLUSIVE  # 50%: exactly half, [-10, +10] pt spans 0
 
 
 def test_kv_large_model_branch_both_sides(tmp_path):
@@ -128,10 +181,33 @@ def test_kv_large_model_branch_both_sides(tmp_path):
 
 # ---- prefix caching: adds latency under 10B, helps from 10B ------------------------------------------
 
+
 def _prefix(root: Path, params: float, on_e2el: float) -> str:
     model = {"quant": "Q4_K_M", "gguf": {"bits_per_weight": 4.8, "n_params": params}}
-    _cell(root, "reasoning", "math500", [1], _spread(2, 8), [9] * 8, study="prefix", variant="base", model=model, engine={"prefix_cache": False})
-    _cell(root, "reasoning", "math500", [1], _spread(on_e2el, 8), [9] * 8, study="prefix", variant="new", model=model, engine={"prefix_cache": True})
+    _cell(
+        root,
+        "reasoning",
+        "math500",
+        [1],
+        _spread(2, 8),
+        [9] * 8,
+        study="prefix",
+        variant="base",
+        model=model,
+        engine={"prefix_cache": False},
+    )
+    _cell(
+        root,
+        "reasoning",
+        "math500",
+        [1],
+        _spread(on_e2el, 8),
+        [9] * 8,
+        study="prefix",
+        variant="new",
+        model=model,
+        engine={"prefix_cache": True},
+    )
     return prefix_caching(load_cells([root])).status
 
 
@@ -140,10 +216,11 @@ def test_prefix_cache_both_branches_both_sides(tmp_path):
     assert _prefix(tmp_path / "large-slower", 14e9, 3.0) == NOT_REPRODUCED
     assert _prefix(tmp_path / "small-slower", 7e9, 3.0) == REPRODUCED
     assert _prefix(tmp_path / "small-faster", 7e9, 1.0) == NOT_REPRODUCED
-    assert _prefix(tmp_path / "large-same", 14e9, 2.0) == INCONCLUSIVE     # no change: the ratio's interval spans 1
+    assert _prefix(tmp_path / "large-same", 14e9, 2.0) == INCONCLUSIVE  # no change: the ratio's interval spans 1
 
 
 # ---- bursty arrivals: compared only at realised rates within 10% --------------------------------------
+
 
 def _bursty(root: Path, span: float) -> str:
     """CV 1 realises 10 arrivals over 9 s (1.0 req/s); CV 3 the same 10 over `span` s, queueing and turning around longer."""
@@ -154,7 +231,7 @@ def _bursty(root: Path, span: float) -> str:
 
 
 def test_bursty_same_load_both_sides(tmp_path):
-    assert _bursty(tmp_path / "5pct", 9 / 1.05) == REPRODUCED              # realised 1.05 req/s against 1.00: same load
+    assert _bursty(tmp_path / "5pct", 9 / 1.05) == REPRODUCED  # realised 1.05 req/s against 1.00: same load
     assert _bursty(tmp_path / "8pct", 9 / 1.08) == REPRODUCED
-    assert _bursty(tmp_path / "20pct", 9 / 1.20) == NOT_TESTED             # 1.20 against 1.00: confounded with load
+    assert _bursty(tmp_path / "20pct", 9 / 1.20) == NOT_TESTED  # 1.20 against 1.00: confounded with load
     assert _bursty(tmp_path / "12pct", 9 / 1.12) == NOT_TESTED

@@ -14,8 +14,12 @@ from rllm_study.running.results import CellWriter
 
 N = 60
 VARIANTS = [{"name": "base"}, {"name": "kv"}, {"name": "spec"}, {"name": "both"}]
-ENGINES = {"base": {}, "kv": {"type_k": "q8_0", "type_v": "q8_0"}, "spec": {"speculative": "ngram"},
-           "both": {"type_k": "q8_0", "type_v": "q8_0", "speculative": "ngram"}}
+ENGINES = {
+    "base": {},
+    "kv": {"type_k": "q8_0", "type_v": "q8_0"},
+    "spec": {"speculative": "ngram"},
+    "both": {"type_k": "q8_0", "type_v": "q8_0", "speculative": "ngram"},
+}
 
 
 def _cell(root: Path, variant: str, span: float) -> None:
@@ -23,18 +27,48 @@ def _cell(root: Path, variant: str, span: float) -> None:
     output tok/s = 10 N / span), all correct."""
     name = f"gsm8k-{variant}"
     w = CellWriter(root / name)
-    w.write_manifest({"cell": {"name": name, "study": "combined", "model": "m", "variant": variant, "dataset": "gsm8k",
-                               "prompt_mode": "reasoning", "max_tokens": 64, "repeat": 0, "engine": ENGINES[variant],
-                               "workload": {"arrival": "closed", "concurrency": 4}},
-                      "model": {"quant": "Q4_K_M"}, "spec": {"variants": VARIANTS}})
+    w.write_manifest(
+        {
+            "cell": {
+                "name": name,
+                "study": "combined",
+                "model": "m",
+                "variant": variant,
+                "dataset": "gsm8k",
+                "prompt_mode": "reasoning",
+                "max_tokens": 64,
+                "repeat": 0,
+                "engine": ENGINES[variant],
+                "workload": {"arrival": "closed", "concurrency": 4},
+            },
+            "model": {"quant": "Q4_K_M"},
+            "spec": {"variants": VARIANTS},
+        }
+    )
     for i in range(N):
         finish = span * (0.5 + 0.5 * (i + 1) / N)
         rid = f"gsm8k/{i}"
-        w.write_request({"id": rid, "dataset": "gsm8k", "domain": "math", "batch": None, "arrival_s": 0.0, "admitted_s": 0.0,
-                         "first_token_s": 0.1, "first_answer_token_s": None, "finish_s": finish, "output_tokens": 10,
-                         "think_tokens": 10, "answer_tokens": 0, "finish_reason": "stop", "correct": True,
-                         "correct_lenient": True, "parse_status": "parsed"},
-                        {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"})
+        w.write_request(
+            {
+                "id": rid,
+                "dataset": "gsm8k",
+                "domain": "math",
+                "batch": None,
+                "arrival_s": 0.0,
+                "admitted_s": 0.0,
+                "first_token_s": 0.1,
+                "first_answer_token_s": None,
+                "finish_s": finish,
+                "output_tokens": 10,
+                "think_tokens": 10,
+                "answer_tokens": 0,
+                "finish_reason": "stop",
+                "correct": True,
+                "correct_lenient": True,
+                "parse_status": "parsed",
+            },
+            {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"},
+        )
     w.close()
 
 
@@ -48,7 +82,9 @@ def test_interaction_rule(tmp_path):
     claim = combined_techniques(cells)
     assert claim.status == REPRODUCED, claim
     numbers = dict(claim.numbers)
-    assert numbers["both (KV-cache quantization + speculative decoding): out tok/s interaction ratio (lower bound)"].startswith("1.00x [")
+    assert numbers[
+        "both (KV-cache quantization + speculative decoding): out tok/s interaction ratio (lower bound)"
+    ].startswith("1.00x [")
     # together no faster than the baseline: interaction 1 / (1.25 x 1.6) = 0.50, settled against
     for variant, span in (("base", 20.0), ("kv", 16.0), ("spec", 12.5), ("both", 20.0)):
         _cell(tmp_path / "clash", variant, span)
@@ -61,8 +97,22 @@ def test_interaction_rule(tmp_path):
 
 def test_quick_combined_preset_runs_and_is_judged(tmp_path, smollm2_path):
     out = tmp_path / "combined"
-    proc = run_cli("run", "--preset", "combined", "--quick", "-m", "smollm2-135m", "-t", str(THREADS),
-                   "--set", "max_tokens=[16]", "--set", "datasets={gsm8k=2}", "--out", out)
+    proc = run_cli(
+        "run",
+        "--preset",
+        "combined",
+        "--quick",
+        "-m",
+        "smollm2-135m",
+        "-t",
+        str(THREADS),
+        "--set",
+        "max_tokens=[16]",
+        "--set",
+        "datasets={gsm8k=2}",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([p for p in out.iterdir() if p.is_dir()]) == 4
     report = run_cli("report", out, "--out", tmp_path / "report")

@@ -49,14 +49,23 @@ def test_fields_are_detected_and_paths_are_relative_to_the_spec(tmp_path):
 
 
 def test_choice_answers_by_letter_or_text_and_csv_columns(tmp_path):
-    _write(tmp_path / "mc.jsonl", [
-        {"q": "Largest planet?", "gold": "B", "opts": ["Mars", "Jupiter", "Venus"]},
-        {"q": "Smallest prime?", "gold": "2", "opts": ["1", "2", "3", "4"]},
-    ])
-    (cell,) = _expand(tmp_path, {"path": "mc.jsonl", "n": 2, "answer": "choice", "question": "q",
-                                 "answer_field": "gold", "choices": "opts"})
+    _write(
+        tmp_path / "mc.jsonl",
+        [
+            {"q": "Largest planet?", "gold": "B", "opts": ["Mars", "Jupiter", "Venus"]},
+            {"q": "Smallest prime?", "gold": "2", "opts": ["1", "2", "3", "4"]},
+        ],
+    )
+    (cell,) = _expand(
+        tmp_path,
+        {"path": "mc.jsonl", "n": 2, "answer": "choice", "question": "q", "answer_field": "gold", "choices": "opts"},
+    )
     first, second = load_items("mine", cell.custom_dataset, 2)
-    assert first.answer == "Jupiter" and first.choices[0] == "Jupiter" and set(first.choices) == {"Mars", "Jupiter", "Venus"}
+    assert (
+        first.answer == "Jupiter"
+        and first.choices[0] == "Jupiter"
+        and set(first.choices) == {"Mars", "Jupiter", "Venus"}
+    )
     assert second.answer == "2" and len(second.choices) == 4
     prompt = build_prompt(first, "direct", seed=3)
     assert grade(first, prompt, f"\\boxed{{{prompt.correct_letter}}}").correct
@@ -76,26 +85,39 @@ def test_text_answers_match_exactly_after_whitespace_and_case():
 
 
 def test_text_kind_grades_by_text_not_math(tmp_path):
-    _write(tmp_path / "t.jsonl", [{"prompt": "Capital of France?", "target": "Paris"}, {"prompt": "2+2?", "target": "4"}])
+    _write(
+        tmp_path / "t.jsonl", [{"prompt": "Capital of France?", "target": "Paris"}, {"prompt": "2+2?", "target": "4"}]
+    )
     (cell,) = _expand(tmp_path, {"path": "t.jsonl", "n": 2, "answer": "text"})
     paris, four = load_items("mine", cell.custom_dataset, 2)
     assert grade(paris, build_prompt(paris, "direct"), "\\boxed{ paris }").correct
     assert not grade(four, build_prompt(four, "direct"), "\\boxed{4.0}").correct  # math would accept it
 
 
-@pytest.mark.parametrize("rows,table,needle", [
-    (ROWS[:1] + ['{"problem": "x", "solution": '], {}, "bad.jsonl:2: not a JSON object"),
-    (ROWS[:2] + [{"problem": "x"}], {}, "bad.jsonl:3: field 'solution' is missing or empty"),
-    (ROWS[:1] + [{"problem": " ", "solution": "1"}], {}, "bad.jsonl:2: field 'problem' is missing or empty"),
-    (ROWS[:1] + ["[1, 2]"], {}, "bad.jsonl:2: not a JSON object"),
-    ([{"problem": "p", "answer": "E", "choices": ["a", "b"]}], {"answer": "choice"}, "bad.jsonl:1: field 'answer': 'E' is neither"),
-    ([{"problem": "p", "answer": "a", "choices": "a, b"}], {"answer": "choice"}, "no choices / options field"),
-    ([{"problem": "p", "answer": "a", "options": ["a", "a"]}], {"answer": "choice"}, "bad.jsonl:1: field 'options': choices must be distinct"),
-    (ROWS, {"n": 9}, "datasets.mine.n = 9, but"),
-    (ROWS, {"answer": "words"}, "datasets.mine.answer must be one of number, choice, text"),
-    (ROWS, {"colour": "red"}, "datasets.mine: unknown key colour"),
-    ([{"q": "x", "a": "1"}], {}, "no question / problem / prompt field in the first row"),
-])
+@pytest.mark.parametrize(
+    "rows,table,needle",
+    [
+        (ROWS[:1] + ['{"problem": "x", "solution": '], {}, "bad.jsonl:2: not a JSON object"),
+        (ROWS[:2] + [{"problem": "x"}], {}, "bad.jsonl:3: field 'solution' is missing or empty"),
+        (ROWS[:1] + [{"problem": " ", "solution": "1"}], {}, "bad.jsonl:2: field 'problem' is missing or empty"),
+        (ROWS[:1] + ["[1, 2]"], {}, "bad.jsonl:2: not a JSON object"),
+        (
+            [{"problem": "p", "answer": "E", "choices": ["a", "b"]}],
+            {"answer": "choice"},
+            "bad.jsonl:1: field 'answer': 'E' is neither",
+        ),
+        ([{"problem": "p", "answer": "a", "choices": "a, b"}], {"answer": "choice"}, "no choices / options field"),
+        (
+            [{"problem": "p", "answer": "a", "options": ["a", "a"]}],
+            {"answer": "choice"},
+            "bad.jsonl:1: field 'options': choices must be distinct",
+        ),
+        (ROWS, {"n": 9}, "datasets.mine.n = 9, but"),
+        (ROWS, {"answer": "words"}, "datasets.mine.answer must be one of number, choice, text"),
+        (ROWS, {"colour": "red"}, "datasets.mine: unknown key colour"),
+        ([{"q": "x", "a": "1"}], {}, "no question / problem / prompt field in the first row"),
+    ],
+)
 def test_malformed_rows_and_keys_are_one_line_exit_2_before_any_work(tmp_path, rows, table, needle):
     _write(tmp_path / "bad.jsonl", rows)
     entries = ", ".join(f"{k} = {json.dumps(v)}" for k, v in {"path": "bad.jsonl", "n": 1, **table}.items())
@@ -118,9 +140,11 @@ def test_shipped_name_and_missing_file(tmp_path):
 def test_run_and_report_list_the_custom_set_like_a_shipped_one(tmp_path, smollm2_path):
     _write(tmp_path / "problems.jsonl", ROWS)
     spec = tmp_path / "spec.toml"
-    spec.write_text('name = "mine-study"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [8]\n'
-                    'datasets = { arith = { path = "problems.jsonl", n = 2, domain = "arithmetic" }, gsm8k = 1 }\n'
-                    '[workload]\nbatch_size = 2\n')
+    spec.write_text(
+        'name = "mine-study"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [8]\n'
+        'datasets = { arith = { path = "problems.jsonl", n = 2, domain = "arithmetic" }, gsm8k = 1 }\n'
+        "[workload]\nbatch_size = 2\n"
+    )
     proc = run_cli("run", spec, "-t", str(THREADS), "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     cells = {read_cell(d).manifest["cell"]["dataset"]: read_cell(d) for d in find_cells([tmp_path / "out"])}
@@ -135,6 +159,10 @@ def test_run_and_report_list_the_custom_set_like_a_shipped_one(tmp_path, smollm2
     study_row = next(line for line in text.splitlines() if line.startswith("| mine-study |"))
     assert "arith" in study_row and "gsm8k" in study_row
     assert "arithmetic" in text and "not measured" in text  # no energy counter on this machine
-    again = run_cli("run", "--like", tmp_path / "out", "--out", tmp_path / "again", "--dry-run")  # from the repository's folder:
-    assert again.returncode == 0, again.stderr  # the file is found where the cells recorded it, not beside the working folder
+    again = run_cli(
+        "run", "--like", tmp_path / "out", "--out", tmp_path / "again", "--dry-run"
+    )  # from the repository's folder:
+    assert again.returncode == 0, (
+        again.stderr
+    )  # the file is found where the cells recorded it, not beside the working folder
     assert len([line for line in again.stdout.splitlines() if "__arith__" in line]) == 1

@@ -3,10 +3,18 @@
 import json
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from rllm_study.errors import UserError
-from rllm_study.workloads.datasets import DATASETS, MATH, SCIENCE, MalformedRowWarning, PackageFile, load_dataset, package_file
+from rllm_study.workloads.datasets import (
+    DATASETS,
+    MATH,
+    SCIENCE,
+    MalformedRowWarning,
+    PackageFile,
+    load_dataset,
+    package_file,
+)
 from rllm_study.workloads.sharegpt import load_sharegpt
 
 COUNTS = {"gsm8k": 1319, "math500": 311, "aime24": 30, "aime25": 30, "gpqa-diamond": 198}
@@ -34,8 +42,13 @@ def test_tiers_and_reference_answers():
     assert {i.difficulty for i in load_dataset("math500")} == {"medium"}  # the offline file has no levels
     gpqa = load_dataset("gpqa-diamond")
     assert all(len(i.choices) == 4 and i.choices[0] == i.answer for i in gpqa)
-    assert {i.difficulty for i in gpqa} == {"Hard undergraduate level", "Hard graduate level",
-                                            "Post-graduate level or harder", "Easy undergraduate level", "unlabelled"}
+    assert {i.difficulty for i in gpqa} == {
+        "Hard undergraduate level",
+        "Hard graduate level",
+        "Post-graduate level or harder",
+        "Easy undergraduate level",
+        "unlabelled",
+    }
 
 
 def test_math500_ids_are_positions_in_the_full_set():
@@ -72,7 +85,9 @@ def _gsm8k_file(tmp_path, bad_rows=1):
 
 def test_malformed_rows_are_skipped_with_a_counted_warning(tmp_path):
     path = _gsm8k_file(tmp_path, bad_rows=2)
-    with pytest.warns(MalformedRowWarning, match=r"skipped 2 malformed row\(s\).*first: row 2 of .*gsm8k.jsonl line 2: .*'####"):
+    with pytest.warns(
+        MalformedRowWarning, match=r"skipped 2 malformed row\(s\).*first: row 2 of .*gsm8k.jsonl line 2: .*'####"
+    ):
         items = load_dataset("gsm8k", source=str(path))
     assert [i.answer for i in items] == ["1", "4", "5"]
 
@@ -84,7 +99,10 @@ def test_malformed_row_is_an_error_with_strict(tmp_path):
 
 def test_local_file_in_hub_format_keeps_math_levels(tmp_path):
     path = tmp_path / "math500.jsonl"
-    path.write_text(json.dumps({"problem": "1+1?", "solution": "2", "answer": "2", "level": 3, "unique_id": "x"}) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"problem": "1+1?", "solution": "2", "answer": "2", "level": 3, "unique_id": "x"}) + "\n",
+        encoding="utf-8",
+    )
     assert load_dataset("math500", source=str(path))[0].difficulty == "level-3"
 
 
@@ -97,12 +115,31 @@ def test_unreadable_sources(tmp_path):
         load_dataset("gsm8k", source=str(broken))
 
 
-@pytest.mark.parametrize("name,text,needle", [
-    ("bad.jsonl", '{"question": "a", "answer": "#### 1"}\n{"question": "b", "answer": \n', r"bad.jsonl as json: line 2 column \d+: Expecting value"),
-    ("bad.json", '[\n  {"question": "a", "answer": "#### 1"},\n  {"question": "b" "answer": "#### 2"}\n]\n', r"bad.json as json: line 3 column \d+: Expecting ','"),
-    ("bad.csv", 'question,answer\n"a\nb","#### 1"\nc,"#### 2",extra\n', r"bad.csv as csv: line 4: 3 fields, the header has 2"),
-    ("list.jsonl", '{"question": "a", "answer": "#### 1"}\n[1, 2]\n', r"list.jsonl as json: line 2: a row must be an object"),
-])
+@pytest.mark.parametrize(
+    "name,text,needle",
+    [
+        (
+            "bad.jsonl",
+            '{"question": "a", "answer": "#### 1"}\n{"question": "b", "answer": \n',
+            r"bad.jsonl as json: line 2 column \d+: Expecting value",
+        ),
+        (
+            "bad.json",
+            '[\n  {"question": "a", "answer": "#### 1"},\n  {"question": "b" "answer": "#### 2"}\n]\n',
+            r"bad.json as json: line 3 column \d+: Expecting ','",
+        ),
+        (
+            "bad.csv",
+            'question,answer\n"a\nb","#### 1"\nc,"#### 2",extra\n',
+            r"bad.csv as csv: line 4: 3 fields, the header has 2",
+        ),
+        (
+            "list.jsonl",
+            '{"question": "a", "answer": "#### 1"}\n[1, 2]\n',
+            r"list.jsonl as json: line 2: a row must be an object",
+        ),
+    ],
+)
 def test_unparseable_file_names_file_and_line(tmp_path, name, text, needle):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -120,7 +157,8 @@ def test_malformed_row_names_file_line_and_field_without_library_logs(tmp_path):
     broken.write_text('{"question": "x", "answer": "#### 1"}\n{"question": \n', encoding="utf-8")
     done = run_cli("datasets", "show", "gsm8k", "--source", str(broken))
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        f"error: cannot read {broken} as json: line 2 column 14: Expecting value"]
+        f"error: cannot read {broken} as json: line 2 column 14: Expecting value"
+    ]
 
 
 def test_sharegpt_lengths_source():

@@ -21,9 +21,15 @@ RATE = 20.0  # constant arrivals 50 ms apart: several come due during one slowed
 
 
 def _run_cell(tmp_path: Path, slow: bool) -> Cell:
-    spec = {"name": "lag", "models": ["smollm2-135m"], "datasets": {"gsm8k": 4}, "max_tokens": [4],
-            "prompt_modes": ["direct"], "engine": {"threads": THREADS, "concurrency": 4},
-            "workload": {"arrival": "constant", "rate": RATE}}
+    spec = {
+        "name": "lag",
+        "models": ["smollm2-135m"],
+        "datasets": {"gsm8k": 4},
+        "max_tokens": [4],
+        "prompt_modes": ["direct"],
+        "engine": {"threads": THREADS, "concurrency": 4},
+        "workload": {"arrival": "constant", "rate": RATE},
+    }
     (cell,) = expand(spec, "test")
     pool, grader = EnginePool(), GradingProcess()
     try:
@@ -55,7 +61,9 @@ def test_a_slow_engine_step_shows_as_dispatch_lag(tmp_path, smollm2_path):
     (cell, warning) = _run_cell(tmp_path, slow=True)
     scheduled = make_arrivals("constant", 4, rate=RATE).times
     reqs = sorted(cell.requests, key=lambda r: r["arrival_s"])
-    assert [r["arrival_s"] for r in reqs] == pytest.approx(list(scheduled), abs=2e-3)  # arrival stays the scheduled time
+    assert [r["arrival_s"] for r in reqs] == pytest.approx(
+        list(scheduled), abs=2e-3
+    )  # arrival stays the scheduled time
     lags = [r["sent_s"] - r["arrival_s"] for r in reqs]
     assert all(lag >= 0 for lag in lags)
     # request 0 is sent at once and its first step sleeps STEP_DELAY_S: requests 1..3 come due
@@ -69,8 +77,15 @@ def test_a_slow_engine_step_shows_as_dispatch_lag(tmp_path, smollm2_path):
 
 
 def test_old_folders_without_sent_s_have_no_lag():
-    old = {"id": "a", "arrival_s": 0.0, "admitted_s": 0.1, "first_token_s": 0.2, "finish_s": 0.5,
-           "output_tokens": 3, "finish_reason": "stop"}
+    old = {
+        "id": "a",
+        "arrival_s": 0.0,
+        "admitted_s": 0.1,
+        "first_token_s": 0.2,
+        "finish_s": 0.5,
+        "output_tokens": 3,
+        "finish_reason": "stop",
+    }
     new = {**old, "id": "b", "sent_s": 0.25}
     cell = Cell(Path("."), {"cell": {"name": "x"}}, [old, new])
     rows = {r["id"]: r for r in request_metrics(cell)}
@@ -84,8 +99,19 @@ def test_report_warns_about_late_cells(tmp_path):
     from rllm_study.report.cells import CellData
 
     def cell(name: str, lag: float) -> CellData:
-        reqs = [{"id": f"{name}{i}", "arrival_s": float(i), "sent_s": i + lag, "admitted_s": i + lag, "first_token_s": i + 1.0,
-                 "finish_s": i + 2.0, "output_tokens": 3, "finish_reason": "stop"} for i in range(5)]
+        reqs = [
+            {
+                "id": f"{name}{i}",
+                "arrival_s": float(i),
+                "sent_s": i + lag,
+                "admitted_s": i + lag,
+                "first_token_s": i + 1.0,
+                "finish_s": i + 2.0,
+                "output_tokens": 3,
+                "finish_reason": "stop",
+            }
+            for i in range(5)
+        ]
         c = Cell(tmp_path / name, {"cell": {"name": name, "workload": {"arrival": "poisson", "rate": 1.0}}}, reqs)
         return CellData(c, cell_metrics(c), request_metrics(c))
 

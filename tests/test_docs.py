@@ -53,6 +53,7 @@ def test_registry_is_whole_whatever_is_imported_first():
 
 
 def test_gen_docs_check_exit_code():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/gen_docs.py"), "--check"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/gen_docs.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from rllm_study.running.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
-from rllm_study.errors import UserError
 from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.errors import UserError
 from rllm_study.report.columns import J_PER_TOKEN, cell_value
+from rllm_study.running.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
 from rllm_study.running.results import Cell
 from scripted_engine import run_scripted
 
@@ -34,11 +34,11 @@ def test_rapl_sums_packages_skips_subzones_and_handles_wrap(tmp_path):
     meter = RaplMeter.open(tmp_path)
     assert [z.name for z in meter.zones] == ["intel-rapl:0", "intel-rapl:1"]
     assert meter.read() == {"energy_j": 0.0}
-    (p0 / "energy_uj").write_text("3000000")   # +2 J
-    (p1 / "energy_uj").write_text("500000")    # wrapped: (10 - 9) + 0.5 = +1.5 J
+    (p0 / "energy_uj").write_text("3000000")  # +2 J
+    (p1 / "energy_uj").write_text("500000")  # wrapped: (10 - 9) + 0.5 = +1.5 J
     (sub / "energy_uj").write_text("9000000")  # ignored
     assert meter.read() == {"energy_j": pytest.approx(3.5)}
-    (p1 / "energy_uj").write_text("1500000")   # +1 J
+    (p1 / "energy_uj").write_text("1500000")  # +1 J
     assert meter.read() == {"energy_j": pytest.approx(4.5)}
 
 
@@ -127,7 +127,7 @@ def test_nvml_reading_with_a_fake_pynvml(monkeypatch):
     energy = CellEnergy([meter])
     energy.start()
     energy_mj["gpu0"] += 1500  # +1.5 J
-    energy_mj["gpu1"] += 500   # +0.5 J
+    energy_mj["gpu1"] += 500  # +0.5 J
     assert energy.read() == {"gpu_bytes": 4 * 2**30 + 2**20, "energy_j": pytest.approx(2.0)}
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-b")
@@ -142,13 +142,17 @@ def test_nvml_absent_is_not_measured(monkeypatch):
 
 def test_energy_metrics_per_session_and_not_measured():
     timeline = [
-        {"session": 0, "t_s": 0.0, "energy_j": 0.0}, {"session": 0, "t_s": 2.0, "energy_j": 30.0},
-        {"session": 1, "t_s": 0.0, "energy_j": 0.0}, {"session": 1, "t_s": 1.0, "energy_j": 10.0},
+        {"session": 0, "t_s": 0.0, "energy_j": 0.0},
+        {"session": 0, "t_s": 2.0, "energy_j": 30.0},
+        {"session": 1, "t_s": 0.0, "energy_j": 0.0},
+        {"session": 1, "t_s": 1.0, "energy_j": 10.0},
         {"session": 2, "t_s": 5.0},  # resumed on a machine without counters
     ]
-    requests = [{"id": "a", "session": 0, "output_tokens": 60, "finish_reason": "stop"},
-                {"id": "b", "session": 1, "output_tokens": 20, "finish_reason": "stop"},
-                {"id": "c", "session": 2, "output_tokens": 500, "finish_reason": "stop"}]
+    requests = [
+        {"id": "a", "session": 0, "output_tokens": 60, "finish_reason": "stop"},
+        {"id": "b", "session": 1, "output_tokens": 20, "finish_reason": "stop"},
+        {"id": "c", "session": 2, "output_tokens": 500, "finish_reason": "stop"},
+    ]
     m = cell_metrics(Cell(Path("."), {"cell": {"name": "x"}}, requests, {}, timeline))["energy"]
     assert m == {"energy_j": 40.0, "j_per_token": 0.5, "tokens_per_j": 2.0, "avg_power_w": pytest.approx(40 / 3)}
     none = cell_metrics(Cell(Path("."), {"cell": {"name": "y"}}, requests, {}, timeline[-1:]))
@@ -161,9 +165,18 @@ def test_run_with_energy_cmd_records_energy_in_the_timeline(tmp_path):
     the meters' own readings are tested above, a real model's run in test_runner.py."""
     script = tmp_path / "joules.py"  # a 10 W machine: cumulative joules = 10 x seconds
     script.write_text("import time\nprint(time.time() * 10)\n")
-    (cell_dir,) = run_scripted(tmp_path / "out", preset="pilot", step_s=0.002, overrides=(
-        "max_tokens=[32]", "datasets={gsm8k=2}", "prompt_modes=['direct']", "workload.batch_size=2",
-        f"energy_cmd='{sys.executable} {script}'"))
+    (cell_dir,) = run_scripted(
+        tmp_path / "out",
+        preset="pilot",
+        step_s=0.002,
+        overrides=(
+            "max_tokens=[32]",
+            "datasets={gsm8k=2}",
+            "prompt_modes=['direct']",
+            "workload.batch_size=2",
+            f"energy_cmd='{sys.executable} {script}'",
+        ),
+    )
     timeline = [json.loads(line) for line in (cell_dir / "timeline.jsonl").read_text().splitlines()]
     assert all("energy_j" in s for s in timeline) and timeline[-1]["energy_j"] > 0
     assert json.loads((cell_dir / "manifest.json").read_text())["energy_meters"] == ["cmd"]

@@ -23,15 +23,17 @@ from rllm_study.workloads.custom_dataset import load_items
 
 # ---- data written by other tools ---------------------------------------------------------------------
 
-QUESTIONS = ["What is 6 times 7?", "Name the result of 10, minus 3.", "What is \"two\" plus 2?\nAnswer briefly."]
+QUESTIONS = ["What is 6 times 7?", "Name the result of 10, minus 3.", 'What is "two" plus 2?\nAnswer briefly.']
 ANSWERS = ["42", "7", "4"]
 
 
 def _csv(delimiter: str = ",", newline: str = "\n", index: bool = False) -> str:
     """The three rows as a spreadsheet writes them: fields holding the delimiter, quotes or line breaks
     quoted; `index`: a first, unnamed column of row numbers (pandas' to_csv)."""
+
     def field(v: str) -> str:
         return '"' + v.replace('"', '""') + '"' if any(c in v for c in (delimiter, '"', "\n")) else v
+
     lead = (lambda i: f"{i}{delimiter}") if index else (lambda i: "")
     lines = [f"{lead('')}question{delimiter}answer"]
     lines += [f"{lead(i)}{field(q)}{delimiter}{a}" for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS))]
@@ -39,7 +41,9 @@ def _csv(delimiter: str = ",", newline: str = "\n", index: bool = False) -> str:
 
 
 def _jsonl(newline: str = "\n") -> str:
-    return "".join(json.dumps({"question": q, "answer": a}, ensure_ascii=False) + newline for q, a in zip(QUESTIONS, ANSWERS))
+    return "".join(
+        json.dumps({"question": q, "answer": a}, ensure_ascii=False) + newline for q, a in zip(QUESTIONS, ANSWERS)
+    )
 
 
 FORMS = {
@@ -54,7 +58,9 @@ FORMS = {
     "jsonl": ("d.jsonl", _jsonl().encode()),
     "jsonl, byte-order mark and CRLF": ("d.jsonl", codecs.BOM_UTF8 + _jsonl("\r\n").encode()),
     "jsonl, U+2028 inside a string (json.dumps ensure_ascii=False)": (
-        "d.jsonl", _jsonl().replace("Answer briefly.", "Answer\u2028briefly.").encode()),
+        "d.jsonl",
+        _jsonl().replace("Answer briefly.", "Answer\u2028briefly.").encode(),
+    ),
 }
 
 
@@ -77,25 +83,46 @@ def test_data_files_from_other_tools_read_the_same(tmp_path, form):
 
 def test_very_long_rows(tmp_path):
     long_q = "Add these numbers: " + " + ".join(["1"] * 100_000) + ". What is the sum?"  # 400,000 characters
-    data = f"question,answer\n\"{long_q}\",100000\nWhat is 1+1?,2\n".encode()
+    data = f'question,answer\n"{long_q}",100000\nWhat is 1+1?,2\n'.encode()
     items = _load(tmp_path, "long.csv", data, 2)
     assert items[0].problem == long_q and items[1].answer == "2"
     items = _load(tmp_path, "long.jsonl", (json.dumps({"question": long_q, "answer": "100000"}) + "\n").encode(), 1)
     assert items[0].problem == long_q
 
 
-@pytest.mark.parametrize("name, data, needle", [
-    ("latin1.csv", "question,answer\nCombien font 6 \u00d7 7 ?,42\n".encode("latin-1"), ":2: not UTF-8 text (byte 0xd7); save the file as UTF-8"),
-    ("cp1252.jsonl", '{"question": "Caf\u00e9 bill?", "answer": "4"}\n'.encode("cp1252"), ":1: not UTF-8 text (byte 0xe9)"),
-    ("quote.csv", b'question,answer\n"unterminated,4\n', ":2: not a CSV row (unexpected end of data); quote a field"),
-    ("stray.csv", b'question,answer\n"What is" 2+2?,4\n', ":2: not a CSV row"),
-    ("fields.csv", b"frage,antwort\nWas ist 2+2?,4\n", 'no question / problem / prompt field in the first row; name it with question = "FIELD"'),
-])
+@pytest.mark.parametrize(
+    "name, data, needle",
+    [
+        (
+            "latin1.csv",
+            "question,answer\nCombien font 6 \u00d7 7 ?,42\n".encode("latin-1"),
+            ":2: not UTF-8 text (byte 0xd7); save the file as UTF-8",
+        ),
+        (
+            "cp1252.jsonl",
+            '{"question": "Caf\u00e9 bill?", "answer": "4"}\n'.encode("cp1252"),
+            ":1: not UTF-8 text (byte 0xe9)",
+        ),
+        (
+            "quote.csv",
+            b'question,answer\n"unterminated,4\n',
+            ":2: not a CSV row (unexpected end of data); quote a field",
+        ),
+        ("stray.csv", b'question,answer\n"What is" 2+2?,4\n', ":2: not a CSV row"),
+        (
+            "fields.csv",
+            b"frage,antwort\nWas ist 2+2?,4\n",
+            'no question / problem / prompt field in the first row; name it with question = "FIELD"',
+        ),
+    ],
+)
 def test_unreadable_data_is_one_line_naming_file_and_fix(tmp_path, name, data, needle):
     (tmp_path / name).write_bytes(data)
     (tmp_path / "spec.toml").write_text(f'models = ["smollm2-135m"]\n[datasets]\nmine = {{ path = "{name}", n = 1 }}\n')
     proc = run_cli("run", tmp_path / "spec.toml", "--dry-run", "--out", tmp_path / "out")
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, (
+        proc.stderr
+    )
     assert name in proc.stderr and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -148,7 +175,9 @@ def test_the_model_file_deleted_between_cells_stops_in_one_line_and_resumes(tmp_
     _, err = proc.communicate(timeout=600)
     line = err.strip().splitlines()[-1]
     assert proc.returncode == 2 and line.startswith("error: ") and "Traceback" not in err, err
-    assert str(model) in line and "not found" in line and "finished requests are kept" in line and "resumes" in line, line
+    assert str(model) in line and "not found" in line and "finished requests are kept" in line and "resumes" in line, (
+        line
+    )
     first = _lines(tmp_path / "out")[0]
     assert len(first) == 6
     shutil.copyfile(smollm2_path, model)
@@ -189,6 +218,7 @@ def test_a_resumed_cell_refuses_a_changed_data_file_or_model_file(tmp_path, smol
 
 # ---- every command on every kind of folder ------------------------------------------------------------
 
+
 def test_commands_on_a_custom_data_set_folder(tmp_path):
     """regrade refused a custom data set's cells ("unknown data set 'mine'"); summarize, report, pack and
     run --like read them. The cell is written by the run's own writer, its outputs by hand."""
@@ -202,18 +232,39 @@ def test_commands_on_a_custom_data_set_folder(tmp_path):
     w.write_manifest({"cell": cell.as_dict(), "spec": tomllib.loads((tmp_path / "s.toml").read_text())})
     for i, row in enumerate(ROWS):
         rid = f"mine/{i:04d}"
-        w.write_request({"id": rid, "item_id": rid, "dataset": "mine", "domain": "mine", "arrival_s": 0.0, "admitted_s": 0.0,
-                         "first_token_s": 0.1, "first_answer_token_s": 0.1, "finish_s": 0.5 + i, "output_tokens": 3,
-                         "think_tokens": 0, "answer_tokens": 3, "finish_reason": "stop", "reference_answer": row["answer"],
-                         "output_text": f"\\boxed{{{row['answer'] if i % 2 else 7}}}", "correct": False, "parse_status": "unparsed"},
-                        {"id": rid, "t_s": [0.1, 0.2, 0.5 + i], "token_ids": [1, 2, 3], "phase": "aaa", "draft": "000"})
+        w.write_request(
+            {
+                "id": rid,
+                "item_id": rid,
+                "dataset": "mine",
+                "domain": "mine",
+                "arrival_s": 0.0,
+                "admitted_s": 0.0,
+                "first_token_s": 0.1,
+                "first_answer_token_s": 0.1,
+                "finish_s": 0.5 + i,
+                "output_tokens": 3,
+                "think_tokens": 0,
+                "answer_tokens": 3,
+                "finish_reason": "stop",
+                "reference_answer": row["answer"],
+                "output_text": f"\\boxed{{{row['answer'] if i % 2 else 7}}}",
+                "correct": False,
+                "parse_status": "unparsed",
+            },
+            {"id": rid, "t_s": [0.1, 0.2, 0.5 + i], "token_ids": [1, 2, 3], "phase": "aaa", "draft": "000"},
+        )
     w.close()
     regraded = run_cli("regrade", out)
     assert regraded.returncode == 0, regraded.stderr
     grades = [r["correct"] for r in read_jsonl(out / cell.name / "requests.jsonl")]
     assert grades == [False, True, False, True, False, True]
-    for args in (("summarize", out), ("report", out, "--out", tmp_path / "report"), ("pack", out),
-                 ("run", "--like", out, "--dry-run", "--out", tmp_path / "again")):
+    for args in (
+        ("summarize", out),
+        ("report", out, "--out", tmp_path / "report"),
+        ("pack", out),
+        ("run", "--like", out, "--dry-run", "--out", tmp_path / "again"),
+    ):
         done = run_cli(*args)
         assert done.returncode == 0, (args, done.stderr)
     # the data file moved away since the run: regrade names it

@@ -15,7 +15,16 @@ import pytest
 
 from conftest import CLI, REPO, THREADS, require, run_cli
 from rllm_study.errors import UserError
-from rllm_study.running.results import LOCK, PACKED, REQUESTS, TOKENS, CellWriter, FolderLock, ResultsWriteError, read_jsonl
+from rllm_study.running.results import (
+    LOCK,
+    PACKED,
+    REQUESTS,
+    TOKENS,
+    CellWriter,
+    FolderLock,
+    ResultsWriteError,
+    read_jsonl,
+)
 
 TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[8]", "--set", "prompt_modes=['direct']"]
 
@@ -41,15 +50,28 @@ def _dead_pid() -> int:
 
 # -- one writer per folder ------------------------------------------------------------------
 
+
 def test_a_held_lock_refuses_a_second_writer(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from rllm_study.running.results import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
-        "print('held', flush=True); time.sleep(60)"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from rllm_study.running.results import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
+                "print('held', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError) as err:
             FolderLock(tmp_path).acquire()
-        assert str(err.value).startswith(f"{tmp_path} is being written by pid {holder.pid} on {socket.gethostname()} since ")
+        assert str(err.value).startswith(
+            f"{tmp_path} is being written by pid {holder.pid} on {socket.gethostname()} since "
+        )
         assert str(err.value).endswith("; wait, or use another --out")
     finally:
         holder.kill()
@@ -63,8 +85,20 @@ def test_a_held_lock_refuses_a_second_writer(tmp_path):
 
 
 def test_two_runs_on_one_folder_record_each_request_once(tmp_path, smollm2_path):
-    args = [*CLI, "run", "--preset", "pilot", "--quick", *TINY, "--set", "datasets={gsm8k=4}",
-            "--set", "workload.batch_size=2", "--out", str(tmp_path)]
+    args = [
+        *CLI,
+        "run",
+        "--preset",
+        "pilot",
+        "--quick",
+        *TINY,
+        "--set",
+        "datasets={gsm8k=4}",
+        "--set",
+        "workload.batch_size=2",
+        "--out",
+        str(tmp_path),
+    ]
     first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / LOCK).exists() and time.time() < deadline:
@@ -72,8 +106,11 @@ def test_two_runs_on_one_folder_record_each_request_once(tmp_path, smollm2_path)
     second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
-    line = _one_line_error(second, f"{tmp_path} is being written by pid {first.pid} on {socket.gethostname()} since",
-                           "wait, or use another --out")
+    line = _one_line_error(
+        second,
+        f"{tmp_path} is being written by pid {first.pid} on {socket.gethostname()} since",
+        "wait, or use another --out",
+    )
     assert line.count("\n") == 0
     (cell,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     ids = [r["id"] for r in read_jsonl(cell / REQUESTS)]
@@ -83,9 +120,22 @@ def test_two_runs_on_one_folder_record_each_request_once(tmp_path, smollm2_path)
 
 def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path, smollm2_path):
     dead = _dead_pid()
-    (tmp_path / LOCK).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}))
-    done = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--set", "datasets={gsm8k=2}",
-                   "--set", "workload.batch_size=2", "--out", tmp_path)
+    (tmp_path / LOCK).write_text(
+        json.dumps({"pid": dead, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"})
+    )
+    done = run_cli(
+        "run",
+        "--preset",
+        "pilot",
+        "--quick",
+        *TINY,
+        "--set",
+        "datasets={gsm8k=2}",
+        "--set",
+        "workload.batch_size=2",
+        "--out",
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert f"took over the lock left by pid {dead} on {socket.gethostname()}" in done.stderr
     assert not (tmp_path / LOCK).exists()
@@ -93,10 +143,14 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path, smollm2_path):
 
 # -- results-path errors ----------------------------------------------------------------------
 
+
 def test_out_under_a_regular_file_or_a_file_is_one_line_exit_2(tmp_path):
     blocker = tmp_path / "plain.txt"
     blocker.write_text("x")
-    for out, needle in ((blocker / "sub", f"{blocker} is a regular file, not a folder"), (blocker, "exists and is not a folder")):
+    for out, needle in (
+        (blocker / "sub", f"{blocker} is a regular file, not a folder"),
+        (blocker, "exists and is not a folder"),
+    ):
         done = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--out", out)
         _one_line_error(done, str(out), needle)
         done = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--out", out, "--dry-run")
@@ -112,9 +166,14 @@ def mounted(tmp_path):
     def mount(options: str):
         point = tmp_path / f"mnt{len(points)}"
         point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
-        require(done.returncode == 0, f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root where mount(8) is "
-                                      f"allowed; test_a_failed_write_is_rolled_back covers the rollback only")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True
+        )
+        require(
+            done.returncode == 0,
+            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root where mount(8) is "
+            f"allowed; test_a_failed_write_is_rolled_back covers the rollback only",
+        )
         points.append(point)
         return point
 
@@ -133,12 +192,32 @@ def test_a_full_disk_stops_cleanly_keeps_what_was_written_and_resumes(mounted, s
     disk = mounted("size=96k")
     out = disk / "study"
     filler = disk / "filler"
-    filler.write_bytes(b"\0" * (96 * 1024 - 6 * 4096))  # leave 6 pages: lock 1, manifest 2, each file 1: full at its second page
-    args = ("run", "--preset", "pilot", "--quick", *TINY, "--set", "datasets={gsm8k=12}", "--set", "workload.batch_size=4",
-            "--set", "sample_period_s=1.0", "--out", out)
+    filler.write_bytes(
+        b"\0" * (96 * 1024 - 6 * 4096)
+    )  # leave 6 pages: lock 1, manifest 2, each file 1: full at its second page
+    args = (
+        "run",
+        "--preset",
+        "pilot",
+        "--quick",
+        *TINY,
+        "--set",
+        "datasets={gsm8k=12}",
+        "--set",
+        "workload.batch_size=4",
+        "--set",
+        "sample_period_s=1.0",
+        "--out",
+        out,
+    )
     done = run_cli(*args)
-    line = _one_line_error(done, "the disk is full", "the run stopped", f"finished requests are kept in {out}",
-                           "run the same command again to resume")
+    line = _one_line_error(
+        done,
+        "the disk is full",
+        "the run stopped",
+        f"finished requests are kept in {out}",
+        "run the same command again to resume",
+    )
     (cell,) = [p for p in out.iterdir() if p.is_dir()]
     kept = read_jsonl(cell / REQUESTS)
     assert 0 < len(kept) < 12
@@ -184,7 +263,10 @@ def test_a_failed_write_is_rolled_back(tmp_path, monkeypatch):
 
 # -- torn and NUL-filled tails ----------------------------------------------------------------
 
-@pytest.mark.parametrize("tail", [b'{"id":"r9","output_tok', b"\0" * 300, b'{"id":"r9"}' + b"\0" * 40, b"\0" * 30 + b"\n"])
+
+@pytest.mark.parametrize(
+    "tail", [b'{"id":"r9","output_tok', b"\0" * 300, b'{"id":"r9"}' + b"\0" * 40, b"\0" * 30 + b"\n"]
+)
 def test_torn_or_nul_filled_tail_is_cut_and_the_cell_resumes(tmp_path, tail):
     writer = CellWriter(tmp_path)
     for i in range(2):
@@ -216,14 +298,22 @@ SPEC = 'name = "v"\nmodels = ["smollm2-135m"]\ndatasets = { gsm8k = 2 }\nprompt_
 BAD = '[[variants]]\nname = "good"\n[[variants]]\nname = "bad"\n'
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (BAD + '[variants.workload]\narrival = "poisson"\nrate = -1.0\n', "workload.rate must be > 0, got -1.0"),
-    (BAD + '[variants.workload]\narrival = "gamma"\nrate = 1.0\ncv = 0.0\n', "workload.cv must be > 0, got 0.0"),
-    (BAD + '[variants.workload]\narrival = "trace"\ntrace = "/nonexistent/trace.txt"\n', "cannot read trace file /nonexistent/trace.txt"),
-    (BAD + '[variants.engine]\nctx_per_seq = 256\n[variants.workload]\nshared_prefix = 8\n',
-     "-token prompt; a sequence holds 255 (set engine.ctx_per_seq >= "),
-    ('templates = "/nonexistent/prompts.toml"\n', "cannot read prompt templates /nonexistent/prompts.toml"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (BAD + '[variants.workload]\narrival = "poisson"\nrate = -1.0\n', "workload.rate must be > 0, got -1.0"),
+        (BAD + '[variants.workload]\narrival = "gamma"\nrate = 1.0\ncv = 0.0\n', "workload.cv must be > 0, got 0.0"),
+        (
+            BAD + '[variants.workload]\narrival = "trace"\ntrace = "/nonexistent/trace.txt"\n',
+            "cannot read trace file /nonexistent/trace.txt",
+        ),
+        (
+            BAD + "[variants.engine]\nctx_per_seq = 256\n[variants.workload]\nshared_prefix = 8\n",
+            "-token prompt; a sequence holds 255 (set engine.ctx_per_seq >= ",
+        ),
+        ('templates = "/nonexistent/prompts.toml"\n', "cannot read prompt templates /nonexistent/prompts.toml"),
+    ],
+)
 def test_a_bad_cell_is_refused_before_any_cell_runs(tmp_path, smollm2_path, extra, needle):
     """The good cell comes first: nothing of it may run or be written before the bad one is found."""
     spec = tmp_path / "spec.toml"
@@ -255,7 +345,9 @@ def test_context_is_sized_for_the_longest_prompt(tmp_path, smollm2_path):
     sized = int(line.split("(ctx_per_seq ")[1].split(":")[0])
     assert sized > 1280 and sized % 256 == 0
     assert "ok: 1 cells checked" in done.stderr
-    done = run_cli("run", spec, "-t", str(THREADS), "--out", tmp_path / "out", "--dry-run", "--set", "engine.ctx_per_seq=1024")
+    done = run_cli(
+        "run", spec, "-t", str(THREADS), "--out", tmp_path / "out", "--dry-run", "--set", "engine.ctx_per_seq=1024"
+    )
     _one_line_error(done, "has a", "a sequence holds 1023", "set engine.ctx_per_seq >= ")
 
 
@@ -268,7 +360,9 @@ def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
     from rllm_study.report.cells import load_cells
     from rllm_study.running.results import read_cell
 
-    src = next(p for p in sorted((REPO / "reports" / "gpu-h200" / "pilot-1.5b").iterdir()) if (p / "manifest.json").exists())
+    src = next(
+        p for p in sorted((REPO / "reports" / "gpu-h200" / "pilot-1.5b").iterdir()) if (p / "manifest.json").exists()
+    )
     cell_dir = tmp_path / "run" / src.name
     shutil.copytree(src, cell_dir)
     for name in PACKED:  # the published cell is packed: write its plain files back first
@@ -288,7 +382,9 @@ def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
     w.write_request({"id": "extra"}, {"id": "extra", "t_s": [0.5]})
     w.close()
     assert set(read_cell(cell_dir).tokens) == set(before.tokens) | {"extra"}
-    assert run_cli("pack", tmp_path / "run").returncode == 0 and set(read_cell(cell_dir).tokens) == set(before.tokens) | {"extra"}
+    assert run_cli("pack", tmp_path / "run").returncode == 0 and set(read_cell(cell_dir).tokens) == set(
+        before.tokens
+    ) | {"extra"}
     with FolderLock(tmp_path / "run"):  # a run writing the folder: refused in one line, nothing packed
         _one_line_error(run_cli("pack", tmp_path / "run"), "is being written by pid")
     (cell_dir / (TOKENS + ".gz")).write_bytes(b"\x1f\x8b\x08\x00 cut")  # a damaged packed file: one line, exit 2

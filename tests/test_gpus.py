@@ -4,9 +4,7 @@ CUDA_VISIBLE_DEVICES they saw."""
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +20,17 @@ def test_each_child_gets_its_shard_folder_and_gpu(tmp_path):
     assert len(cmds) == 2
     for k, (argv, env) in enumerate(cmds):
         assert argv[:4] == [sys.executable, "-m", "rllm_study", "run"]
-        assert argv[4:] == ["spec.toml", "-t", "2", "--set", "max_tokens=[8]", "--out", str(tmp_path / f"shard-{k}"),
-                            "--shard", f"{k}/2"]
+        assert argv[4:] == [
+            "spec.toml",
+            "-t",
+            "2",
+            "--set",
+            "max_tokens=[8]",
+            "--out",
+            str(tmp_path / f"shard-{k}"),
+            "--shard",
+            f"{k}/2",
+        ]
         assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": ["0", "2"][k]}
     assert child_args(["--gpus=0,1", "-o", "x", "--out=y", "s.toml"]) == ["s.toml"]
 
@@ -41,8 +48,10 @@ def test_shard_flags_are_refused_with_gpus(tmp_path):
 
 def test_two_shards_run_every_cell_once_each_with_its_gpu(tmp_path, smollm2_path):
     spec = tmp_path / "spec.toml"
-    spec.write_text('name = "gpus"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [4, 6, 8]\n'
-                    'datasets = { gsm8k = 1 }\n[workload]\nbatch_size = 1\n')
+    spec.write_text(
+        'name = "gpus"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [4, 6, 8]\n'
+        "datasets = { gsm8k = 1 }\n[workload]\nbatch_size = 1\n"
+    )
     proc = run_cli("run", spec, "-t", str(THREADS), "--gpus", "5,7", "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr + "".join(p.read_text() for p in (tmp_path / "out").glob("*.log"))
     seen = {}

@@ -23,16 +23,43 @@ class Killed(BaseException):
     """The process dying at this point: nothing after it runs, no handler cleans up."""
 
 
-MANIFEST_DATA = {"cell": {"name": "c", "study": "s", "model": "m", "variant": "", "dataset": "gsm8k", "prompt_mode": "direct",
-                          "max_tokens": 8, "repeat": 0, "workload": {"arrival": "batch", "batch_size": 2}, "engine": {}}}
+MANIFEST_DATA = {
+    "cell": {
+        "name": "c",
+        "study": "s",
+        "model": "m",
+        "variant": "",
+        "dataset": "gsm8k",
+        "prompt_mode": "direct",
+        "max_tokens": 8,
+        "repeat": 0,
+        "workload": {"arrival": "batch", "batch_size": 2},
+        "engine": {},
+    }
+}
 
 
 def _request(i: int, t: float = 0.5) -> tuple[dict, dict]:
     rid = f"gsm8k/{i}"
-    return ({"id": rid, "dataset": "gsm8k", "batch": 0, "arrival_s": 0.0, "admitted_s": 0.0, "first_token_s": 0.1,
-             "first_answer_token_s": 0.1, "finish_s": t, "output_tokens": 2, "think_tokens": 0, "answer_tokens": 2,
-             "finish_reason": "stop", "correct": True, "parse_status": "parsed"},
-            {"id": rid, "t_s": [0.1, t], "token_ids": [1, 2], "phase": "aa", "draft": "00"})
+    return (
+        {
+            "id": rid,
+            "dataset": "gsm8k",
+            "batch": 0,
+            "arrival_s": 0.0,
+            "admitted_s": 0.0,
+            "first_token_s": 0.1,
+            "first_answer_token_s": 0.1,
+            "finish_s": t,
+            "output_tokens": 2,
+            "think_tokens": 0,
+            "answer_tokens": 2,
+            "finish_reason": "stop",
+            "correct": True,
+            "parse_status": "parsed",
+        },
+        {"id": rid, "t_s": [0.1, t], "token_ids": [1, 2], "phase": "aa", "draft": "00"},
+    )
 
 
 def test_a_kill_between_the_tokens_line_and_the_requests_line(tmp_path, monkeypatch):
@@ -86,10 +113,13 @@ def test_a_kill_inside_the_manifest_write(tmp_path, monkeypatch, step):
         def half(self, text, *args, **kwargs):
             real(self, text[: len(text) // 2], *args, **kwargs)
             raise Killed
+
         monkeypatch.setattr(type(cell), "write_text", half)
     else:
+
         def never(*args):
             raise Killed
+
         monkeypatch.setattr(results.os, "replace", never)
     with pytest.raises(Killed):
         CellWriter(cell).write_manifest(newer)

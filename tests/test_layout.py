@@ -12,8 +12,14 @@ import tomllib
 from conftest import REPO
 
 ROOTS = ("study", "backends", "workloads")
-CLI_RUNNER = ("rllm_study.cli", "rllm_study.commands", "rllm_study.running", "rllm_study.report",
-              "rllm_study.analysis", "rllm_study.bench")
+CLI_RUNNER = (
+    "rllm_study.cli",
+    "rllm_study.commands",
+    "rllm_study.running",
+    "rllm_study.report",
+    "rllm_study.analysis",
+    "rllm_study.bench",
+)
 
 
 def _imports(path) -> set[str]:
@@ -56,7 +62,9 @@ def test_every_internal_import_names_exactly_one_file():
             hits = _paths(name)
             if len(hits) == 1:
                 seen += 1
-            elif hits or len(_paths(name.rpartition(".")[0])) != 1:  # `from rllm_study.x import y`: y may be an attribute
+            elif (
+                hits or len(_paths(name.rpartition(".")[0])) != 1
+            ):  # `from rllm_study.x import y`: y may be an attribute
                 wrong.append(f"{path.relative_to(REPO)}: {name} -> {hits}")
     assert seen > 100 and not wrong, wrong
 
@@ -66,29 +74,34 @@ def test_pyproject_lists_every_package():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["packages"])
     present = {"rllm_study"} | {
         ".".join(init.parent.relative_to(REPO / root).parts)
-        for root in ROOTS for init in (REPO / root / "rllm_study").rglob("__init__.py")
+        for root in ROOTS
+        for init in (REPO / root / "rllm_study").rglob("__init__.py")
     }
     assert listed == present
 
 
 def test_engine_layers_do_not_import_the_cli_or_runner():
     """Backends, workloads, model resolution and GGUF->MLX conversion load nothing of the CLI/runner layer."""
-    code = ("import sys\n"
-            "import rllm_study.backends, rllm_study.backends.llama_cpp, rllm_study.backends.openai_http\n"
-            "import rllm_study.backends.mlx.convert, rllm_study.models, rllm_study.errors\n"
-            "import rllm_study.workloads.datasets, rllm_study.workloads.prompts, rllm_study.workloads.grading\n"
-            "import rllm_study.workloads.arrivals\n"
-            f"print(sorted(m for m in sys.modules if m.startswith({CLI_RUNNER!r})))\n")
+    code = (
+        "import sys\n"
+        "import rllm_study.backends, rllm_study.backends.llama_cpp, rllm_study.backends.openai_http\n"
+        "import rllm_study.backends.mlx.convert, rllm_study.models, rllm_study.errors\n"
+        "import rllm_study.workloads.datasets, rllm_study.workloads.prompts, rllm_study.workloads.grading\n"
+        "import rllm_study.workloads.arrivals\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({CLI_RUNNER!r})))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_public_engine_paths_for_scripting():
     """The paths the README names for scripting keep working; mlx is imported only when asked for."""
-    code = ("import sys\n"
-            "from rllm_study.backends.llama_cpp import LlamaCppEngine\n"
-            "from rllm_study.backends.openai_http import OpenAIEngine\n"
-            "import rllm_study.backends.mlx\n"
-            "print('mlx' in sys.modules)\n")
+    code = (
+        "import sys\n"
+        "from rllm_study.backends.llama_cpp import LlamaCppEngine\n"
+        "from rllm_study.backends.openai_http import OpenAIEngine\n"
+        "import rllm_study.backends.mlx\n"
+        "print('mlx' in sys.modules)\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr

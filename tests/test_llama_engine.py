@@ -22,6 +22,7 @@ from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
 
+
 def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = False) -> list[int]:
     """llama-cpp-python's own single-sequence greedy generation (high-level Llama).
 
@@ -43,15 +44,21 @@ def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = Fals
 
 @pytest.fixture(scope="module")
 def small_engine(smollm2_path):
-    engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=False))
+    engine = LlamaCppEngine(
+        str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=False)
+    )
     yield engine
     engine.close()
 
 
-@pytest.mark.parametrize("model_fixture,flash", [("smollm2_path", False), ("smollm2_path", True), ("qwen05_path", False)])
+@pytest.mark.parametrize(
+    "model_fixture,flash", [("smollm2_path", False), ("smollm2_path", True), ("qwen05_path", False)]
+)
 def test_concurrent_greedy_equals_single_sequence_reference(model_fixture, flash, request):
     path = request.getfixturevalue(model_fixture)
-    engine = LlamaCppEngine(str(path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=flash))
+    engine = LlamaCppEngine(
+        str(path), LlamaCppOptions(max_seqs=4, ctx_per_seq=512, n_threads=THREADS, flash_attn=flash)
+    )
     prompts = [chat(engine, q) for q in QUESTIONS[:4]]
     for i, p in enumerate(prompts):
         engine.submit(Request(f"r{i}", p, SamplingParams(max_tokens=24)))
@@ -202,7 +209,9 @@ def test_too_small_unified_cache_preempts_recomputes_and_all_finish(smollm2_path
 
 def test_events_order_and_monotonic_times(small_engine):
     for i, q in enumerate(QUESTIONS[:3]):
-        small_engine.submit(Request(f"m{i}", chat(small_engine, q), SamplingParams(max_tokens=16, temperature=0.8, seed=i)))
+        small_engine.submit(
+            Request(f"m{i}", chat(small_engine, q), SamplingParams(max_tokens=16, temperature=0.8, seed=i))
+        )
     got = drain(small_engine)
     for rec in got.values():
         kinds = [type(e) for e in rec["events"]]
@@ -218,7 +227,9 @@ def test_seeded_sampling_is_reproducible(small_engine):
     for rid in ("s1", "s2"):
         small_engine.submit(Request(rid, p, SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=7)))
     for seed in (8, 9, 10):
-        small_engine.submit(Request(f"o{seed}", p, SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=seed)))
+        small_engine.submit(
+            Request(f"o{seed}", p, SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=seed))
+        )
     got = drain(small_engine)
     assert got["s1"]["tokens"] == got["s2"]["tokens"]
     others = [got[f"o{seed}"]["tokens"] for seed in (8, 9, 10)]  # another seed, another draw
@@ -252,9 +263,15 @@ def test_prompt_longer_than_a_sequence_fails_only_that_request(smollm2_path):
     assert got["ok"]["finish"].reason == "length"
 
 
-@pytest.mark.parametrize("sampling", [
-    SamplingParams(temperature=-0.1), SamplingParams(top_p=0.0), SamplingParams(top_p=1.5), SamplingParams(max_tokens=0),
-])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams(temperature=-0.1),
+        SamplingParams(top_p=0.0),
+        SamplingParams(top_p=1.5),
+        SamplingParams(max_tokens=0),
+    ],
+)
 def test_invalid_sampling_is_a_user_error(small_engine, sampling):
     with pytest.raises(UserError):
         small_engine.submit(Request("bad", "Hi", sampling))

@@ -23,7 +23,7 @@ from rllm_study.running.results import CellWriter, find_cells, read_cell
 
 def test_option_checks():
     assert OpenAIOptions(extra_body='{"ignore_eos": true}').extra_body
-    for bad in ('[1, 2]', '{"a": ', '"text"'):
+    for bad in ("[1, 2]", '{"a": ', '"text"'):
         with pytest.raises(OptionError, match="JSON object"):
             OpenAIOptions(extra_body=bad)
     with pytest.raises(OptionError, match=">= 0"):
@@ -38,8 +38,16 @@ def _engine(kind: str, **options) -> OpenAIEngine:
     return eng
 
 
-@pytest.mark.parametrize("kind,sent", [("llama-server", True), ("vllm", True), ("sglang", True),
-                                       ("llama_cpp.server", False), ("openai-compatible", False)])
+@pytest.mark.parametrize(
+    "kind,sent",
+    [
+        ("llama-server", True),
+        ("vllm", True),
+        ("sglang", True),
+        ("llama_cpp.server", False),
+        ("openai-compatible", False),
+    ],
+)
 def test_ignore_eos_goes_to_servers_that_take_it(kind, sent):
     eng = _engine(kind, ignore_eos=True)
     body = eng._body(Request("r", "hi", SamplingParams(16)))
@@ -50,10 +58,16 @@ def test_ignore_eos_goes_to_servers_that_take_it(kind, sent):
 
 
 def test_extra_body_is_merged_last():
-    eng = _engine("vllm", extra_body='{"ignore_eos": true, "max_tokens": 7, "chat_template_kwargs": {"enable_thinking": false}}')
+    eng = _engine(
+        "vllm", extra_body='{"ignore_eos": true, "max_tokens": 7, "chat_template_kwargs": {"enable_thinking": false}}'
+    )
     body = eng._body(Request("r", "hi", SamplingParams(16)))
     eng.close()
-    assert (body["ignore_eos"], body["max_tokens"], body["chat_template_kwargs"]) == (True, 7, {"enable_thinking": False})
+    assert (body["ignore_eos"], body["max_tokens"], body["chat_template_kwargs"]) == (
+        True,
+        7,
+        {"enable_thinking": False},
+    )
     assert body["stream"] is True  # our own fields stay where the extra body does not name them
 
 
@@ -62,8 +76,9 @@ def test_ignore_eos_in_process_runs_to_max_tokens(smollm2_path):
     request runs to exactly max_tokens and finishes by length, its end token left out of the text."""
     outs = {}
     for ignore in (False, True):
-        engine = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=1, ctx_per_seq=256, n_threads=THREADS,
-                                                                   ignore_eos=ignore))
+        engine = LlamaCppEngine(
+            str(smollm2_path), LlamaCppOptions(max_seqs=1, ctx_per_seq=256, n_threads=THREADS, ignore_eos=ignore)
+        )
         engine.submit(Request("r", chat(engine, "Reply with one word: yes."), SamplingParams(max_tokens=40)))
         outs[ignore] = drain(engine)["r"]["finish"]
         engine.close()
@@ -91,18 +106,37 @@ def test_spec_takes_the_new_engine_keys(tmp_path):
 
     spec = tmp_path / "spec.toml"
     spec.write_text("")
-    (cell,) = expand({"models": ["m"], "backend": "openai", "datasets": {"gsm8k": 1},
-                      "engine": {"base_url": "http://127.0.0.1:1", "ignore_eos": True, "telemetry_period_s": 0.5,
-                                 "extra_body": '{"top_k": 5}'}}, str(spec))
-    assert (cell.engine.ignore_eos, cell.engine.telemetry_period_s, cell.engine.extra_body) == (True, 0.5, '{"top_k": 5}')
+    (cell,) = expand(
+        {
+            "models": ["m"],
+            "backend": "openai",
+            "datasets": {"gsm8k": 1},
+            "engine": {
+                "base_url": "http://127.0.0.1:1",
+                "ignore_eos": True,
+                "telemetry_period_s": 0.5,
+                "extra_body": '{"top_k": 5}',
+            },
+        },
+        str(spec),
+    )
+    assert (cell.engine.ignore_eos, cell.engine.telemetry_period_s, cell.engine.extra_body) == (
+        True,
+        0.5,
+        '{"top_k": 5}',
+    )
 
 
 def test_data_set_without_answers_runs_ungraded(tmp_path, smollm2_path):
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Say hi.", "Count to 3.")))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in ("Say hi.", "Count to 3."))
+    )
     spec = tmp_path / "spec.toml"
-    spec.write_text('name = "load"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [6]\n'
-                    'datasets = { load = { path = "prompts.jsonl", n = 2, answer = "none" } }\n'
-                    '[engine]\nignore_eos = true\n[workload]\nbatch_size = 2\n')
+    spec.write_text(
+        'name = "load"\nmodels = ["smollm2-135m"]\nprompt_modes = ["direct"]\nmax_tokens = [6]\n'
+        'datasets = { load = { path = "prompts.jsonl", n = 2, answer = "none" } }\n'
+        "[engine]\nignore_eos = true\n[workload]\nbatch_size = 2\n"
+    )
     proc = run_cli("run", spec, "-t", str(THREADS), "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "no reference answers" in proc.stdout + proc.stderr
@@ -120,9 +154,20 @@ def _closed_cell(tmp_path: Path, arrival: str):
     w = CellWriter(tmp_path / arrival)
     w.write_manifest({"cell": {"name": arrival, "workload": {"arrival": arrival, "concurrency": 2, "rate": 1.0}}})
     for i, t in enumerate((0.0, 0.0, 1.0, 1.2, 3.0)):
-        w.write_request({"id": f"r{i}", "arrival_s": t, "admitted_s": t, "first_token_s": t + 0.1, "finish_s": t + 1,
-                         "output_tokens": 4, "think_tokens": 0, "answer_tokens": 4, "finish_reason": "stop"},
-                        {"id": f"r{i}", "t_s": [t + 0.1 * k for k in range(1, 5)], "phase": "aaaa"})
+        w.write_request(
+            {
+                "id": f"r{i}",
+                "arrival_s": t,
+                "admitted_s": t,
+                "first_token_s": t + 0.1,
+                "finish_s": t + 1,
+                "output_tokens": 4,
+                "think_tokens": 0,
+                "answer_tokens": 4,
+                "finish_reason": "stop",
+            },
+            {"id": f"r{i}", "t_s": [t + 0.1 * k for k in range(1, 5)], "phase": "aaaa"},
+        )
     w.close()
     return read_cell(tmp_path / arrival)
 
@@ -141,9 +186,8 @@ def test_tokenizer_export_without_weights(tmp_path, smollm2_path):
     files = sorted(p.name for p in (tmp_path / "tok").iterdir())
     assert files == ["tokenizer.json", "tokenizer_config.json"]
     assert sum(p.stat().st_size for p in (tmp_path / "tok").iterdir()) < 10 * 2**20
-    from tokenizers import Tokenizer
-
     import llama_cpp
+    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
     llm = llama_cpp.Llama(str(smollm2_path), vocab_only=True, verbose=False)

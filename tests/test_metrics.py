@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from rllm_study.analysis.metrics import (
+    METRICS,
+    Z95,
+    cell_metrics,
+    distribution,
+    request_metrics,
+    token_times,
+    wilson_interval,
+)
 from rllm_study.errors import UserError
-from rllm_study.analysis.metrics import METRICS, Z95, cell_metrics, distribution, request_metrics, token_times, wilson_interval
 from rllm_study.running.results import CellWriter, read_cell
 
 CLI = str(Path(sys.executable).with_name("rllm-study"))
@@ -21,13 +29,29 @@ CLI = str(Path(sys.executable).with_name("rllm-study"))
 def record(id, arrival, admitted, first, first_answer, finish, output, think, **extra):
     """A requests.jsonl line (times in seconds from the session start)."""
     return {
-        "id": id, "dataset": "gsm8k", "domain": "math", "item_id": id,
-        "arrival_s": arrival, "admitted_s": admitted, "prefill_done_s": first,
-        "first_token_s": first, "first_answer_token_s": first_answer, "finish_s": finish,
-        "prompt_tokens": 20, "cached_tokens": 0, "output_tokens": output,
-        "think_tokens": think, "answer_tokens": output - think, "finish_reason": "stop",
-        "extracted_answer": "1", "correct": True, "parse_status": "ok",
-        "draft_proposed": 0, "draft_accepted": 0, "error": None, **extra,
+        "id": id,
+        "dataset": "gsm8k",
+        "domain": "math",
+        "item_id": id,
+        "arrival_s": arrival,
+        "admitted_s": admitted,
+        "prefill_done_s": first,
+        "first_token_s": first,
+        "first_answer_token_s": first_answer,
+        "finish_s": finish,
+        "prompt_tokens": 20,
+        "cached_tokens": 0,
+        "output_tokens": output,
+        "think_tokens": think,
+        "answer_tokens": output - think,
+        "finish_reason": "stop",
+        "extracted_answer": "1",
+        "correct": True,
+        "parse_status": "ok",
+        "draft_proposed": 0,
+        "draft_accepted": 0,
+        "error": None,
+        **extra,
     }
 
 
@@ -51,15 +75,33 @@ def write_cell(path: Path, sessions: list[list[tuple[dict, dict]]], timeline=(),
 
 def three_requests():
     # r1 reasons: 5 think tokens 0.25 s apart from t=1, then 4 answer tokens at 3, 3.5, 4, 5.
-    r1 = (record("r1", 0.0, 0.5, 1.0, 3.0, 5.0, 9, 5),
-          tokens("r1", [1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5, 4.0, 5.0], "tttttaaaa"))
+    r1 = (
+        record("r1", 0.0, 0.5, 1.0, 3.0, 5.0, 9, 5),
+        tokens("r1", [1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5, 4.0, 5.0], "tttttaaaa"),
+    )
     # r2 answers directly: 5 answer tokens 0.5 s apart from t=2.
-    r2 = (record("r2", 1.0, 1.0, 2.0, 2.0, 4.0, 5, 0, dataset="math500"),
-          tokens("r2", [2.0, 2.5, 3.0, 3.5, 4.0], "aaaaa"))
+    r2 = (
+        record("r2", 1.0, 1.0, 2.0, 2.0, 4.0, 5, 0, dataset="math500"),
+        tokens("r2", [2.0, 2.5, 3.0, 3.5, 4.0], "aaaaa"),
+    )
     # r3 is cut by the budget after one think token: no answer, unparsed.
-    r3 = (record("r3", 2.0, 3.0, 4.0, None, 4.0, 1, 1, finish_reason="length", correct=False,
-                 parse_status="unparsed", extracted_answer=None),
-          tokens("r3", [4.0], "t"))
+    r3 = (
+        record(
+            "r3",
+            2.0,
+            3.0,
+            4.0,
+            None,
+            4.0,
+            1,
+            1,
+            finish_reason="length",
+            correct=False,
+            parse_status="unparsed",
+            extracted_answer=None,
+        ),
+        tokens("r3", [4.0], "t"),
+    )
     return [r1, r2, r3]
 
 
@@ -73,8 +115,8 @@ def test_per_request_latency_by_hand(cell):
     r1, r2, r3 = rows["r1"], rows["r2"], rows["r3"]
     assert (r1["ttft_s"], r1["ttfvt_s"], r1["e2el_s"], r1["queue_s"]) == (1.0, 3.0, 5.0, 0.5)
     assert r1["tpot_s"] == pytest.approx((5.0 - 1.0) / (9 - 1))
-    assert r1["tpot_think_s"] == pytest.approx(0.25)            # 4 gaps of 0.25
-    assert r1["tpot_answer_s"] == pytest.approx(2.0 / 3)        # gaps 0.5, 0.5, 1.0 (not the 1.0 think->answer gap)
+    assert r1["tpot_think_s"] == pytest.approx(0.25)  # 4 gaps of 0.25
+    assert r1["tpot_answer_s"] == pytest.approx(2.0 / 3)  # gaps 0.5, 0.5, 1.0 (not the 1.0 think->answer gap)
     assert r1["think_ratio"] == pytest.approx(5 / 9)
     assert (r2["ttft_s"], r2["ttfvt_s"], r2["e2el_s"], r2["queue_s"], r2["tpot_s"]) == (1.0, 1.0, 3.0, 0.0, 0.5)
     assert r2["tpot_think_s"] is None and r2["tpot_answer_s"] == pytest.approx(0.5)
@@ -88,14 +130,16 @@ def test_cell_metrics_by_hand(cell):
     assert m["finish_reasons"] == {"stop": 2, "length": 1}
     lat = m["latency"]
     assert lat["ttft_s"]["count"] == 3 and lat["ttft_s"]["mean"] == pytest.approx(4 / 3) and lat["ttft_s"]["p50"] == 1.0
-    assert lat["ttfvt_s"]["count"] == 2 and lat["ttfvt_s"]["mean"] == 2.0          # r3 has none
-    assert lat["e2el_s"]["p90"] == pytest.approx(4.6)     # [2, 3, 5]: 3 + 0.8 * (5 - 3)
+    assert lat["ttfvt_s"]["count"] == 2 and lat["ttfvt_s"]["mean"] == 2.0  # r3 has none
+    assert lat["e2el_s"]["p90"] == pytest.approx(4.6)  # [2, 3, 5]: 3 + 0.8 * (5 - 3)
     assert lat["tpot_s"]["count"] == 2 and lat["tpot_s"]["mean"] == 0.5
     # ITL: r1's 8 gaps sum to 4 s, r2's 4 gaps of 0.5 s; r3 has one token.
-    assert lat["itl_s"]["count"] == 12 and lat["itl_s"]["mean"] == pytest.approx(6.0 / 12) and lat["itl_s"]["max"] == 1.0
+    assert (
+        lat["itl_s"]["count"] == 12 and lat["itl_s"]["mean"] == pytest.approx(6.0 / 12) and lat["itl_s"]["max"] == 1.0
+    )
     thr = m["throughput"]
-    assert thr["duration_s"] == 5.0                        # last finish 5 - first arrival 0
-    assert thr["output_tok_s"] == pytest.approx(15 / 5)    # 9 + 5 + 1 tokens
+    assert thr["duration_s"] == 5.0  # last finish 5 - first arrival 0
+    assert thr["output_tok_s"] == pytest.approx(15 / 5)  # 9 + 5 + 1 tokens
     assert thr["requests_s"] == pytest.approx(3 / 5)
     assert thr["goodput_req_s"] is None and thr["slo"] is None
     tok = m["tokens"]
@@ -107,20 +151,43 @@ def test_cell_metrics_by_hand(cell):
 
 def test_accuracy_counts_unparsed_and_failed_as_wrong(tmp_path):
     pairs = three_requests()
-    failed = record("r4", 3.0, None, None, None, 3.5, 0, 0, dataset="gpqa-diamond", domain="science",
-                    finish_reason="error", correct=None, parse_status="unparsed", error="boom")
-    ungraded = record("r5", 3.0, 3.0, 3.1, 3.1, 3.4, 2, 0, dataset="sharegpt", domain=None, correct=None, parse_status=None)
-    c = write_cell(tmp_path / "c", [pairs + [(failed, tokens("r4", [], "")), (ungraded, tokens("r5", [3.1, 3.4], "aa"))]])
+    failed = record(
+        "r4",
+        3.0,
+        None,
+        None,
+        None,
+        3.5,
+        0,
+        0,
+        dataset="gpqa-diamond",
+        domain="science",
+        finish_reason="error",
+        correct=None,
+        parse_status="unparsed",
+        error="boom",
+    )
+    ungraded = record(
+        "r5", 3.0, 3.0, 3.1, 3.1, 3.4, 2, 0, dataset="sharegpt", domain=None, correct=None, parse_status=None
+    )
+    c = write_cell(
+        tmp_path / "c", [pairs + [(failed, tokens("r4", [], "")), (ungraded, tokens("r5", [3.1, 3.4], "aa"))]]
+    )
     acc = cell_metrics(c)["accuracy"]
     keys = ("correct", "total", "unparsed", "accuracy")
     assert {k: acc["overall"][k] for k in keys} == {"correct": 2, "total": 5, "unparsed": 2, "accuracy": 2 / 5}
-    assert {k: acc["by_dataset"]["gsm8k"][k] for k in keys} == {"correct": 1, "total": 2, "unparsed": 1, "accuracy": 0.5}
-    assert acc["by_dataset"]["gpqa-diamond"]["accuracy"] == 0.0   # failed = wrong
-    assert acc["by_dataset"]["sharegpt"]["accuracy"] is None       # nothing graded
+    assert {k: acc["by_dataset"]["gsm8k"][k] for k in keys} == {
+        "correct": 1,
+        "total": 2,
+        "unparsed": 1,
+        "accuracy": 0.5,
+    }
+    assert acc["by_dataset"]["gpqa-diamond"]["accuracy"] == 0.0  # failed = wrong
+    assert acc["by_dataset"]["sharegpt"]["accuracy"] is None  # nothing graded
     assert set(acc["by_domain"]) == {"math", "science", "unknown"}
     m = cell_metrics(c)
-    assert m["latency"]["e2el_s"]["count"] == 4                    # the failed request is left out
-    assert m["throughput"]["requests_s"] == pytest.approx(4 / 5)   # 4 completed / (last finish 5 - first arrival 0)
+    assert m["latency"]["e2el_s"]["count"] == 4  # the failed request is left out
+    assert m["throughput"]["requests_s"] == pytest.approx(4 / 5)  # 4 completed / (last finish 5 - first arrival 0)
 
 
 @pytest.mark.parametrize("k, n", [(0, 8), (2, 8), (8, 8), (1, 1), (37, 100), (0, 1)])
@@ -130,7 +197,7 @@ def test_wilson_interval_solves_its_defining_equation(k, n):
     lo, hi = wilson_interval(k, n)
     for p in (lo, hi):
         if 0 < p < 1:
-            assert (k / n - p) ** 2 == pytest.approx(Z95 ** 2 * p * (1 - p) / n)
+            assert (k / n - p) ** 2 == pytest.approx(Z95**2 * p * (1 - p) / n)
     assert 0 <= lo <= k / n <= hi <= 1 and hi - lo > 0
     assert (lo == 0) == (k == 0) and (hi == 1) == (k == n)
     assert wilson_interval(0, 0) is None
@@ -141,7 +208,9 @@ def test_strict_and_lenient_accuracy_with_intervals(tmp_path):
     # (no correct_lenient, graded before the field existed): it counts as its strict `correct`.
     base = dict(dataset="gsm8k", prompt_mode="reasoning")
     r1 = record("r1", 0, 0, 1, 2, 3, 4, 2, correct=True, correct_lenient=True, parse_status="parsed", **base)
-    r2 = record("r2", 0, 0, 1, None, 3, 4, 4, correct=False, correct_lenient=True, parse_status="answer_in_think", **base)
+    r2 = record(
+        "r2", 0, 0, 1, None, 3, 4, 4, correct=False, correct_lenient=True, parse_status="answer_in_think", **base
+    )
     r3 = record("r3", 0, 0, 1, None, 3, 4, 4, correct=False, correct_lenient=False, parse_status="unparsed", **base)
     r4 = record("r4", 0, 0, 1, 2, 3, 4, 2, correct=True, parse_status="parsed", **base)
     c = write_cell(tmp_path / "c", [[(r, tokens(r["id"], [1.0], "t")) for r in (r1, r2, r3, r4)]])
@@ -172,10 +241,11 @@ def test_answer_phase_share(tmp_path):
 def test_goodput_under_slo(cell):
     def goodput(slo):
         return cell_metrics(cell, slo=slo)["throughput"]["goodput_req_s"]
-    assert goodput({"ttft_s": 1.5}) == pytest.approx(2 / 5)          # r1, r2 (TTFT 1); r3 has 2
-    assert goodput({"ttft_s": 1.0}) == pytest.approx(2 / 5)          # on the limit meets it (an upper bound, inclusive)
-    assert goodput({"ttfvt_s": 2}) == pytest.approx(1 / 5)           # r2 only; r3 never answered
-    assert goodput({"tpot_s": 0.4}) == pytest.approx(1 / 5)          # r3: one token, no gap to wait
+
+    assert goodput({"ttft_s": 1.5}) == pytest.approx(2 / 5)  # r1, r2 (TTFT 1); r3 has 2
+    assert goodput({"ttft_s": 1.0}) == pytest.approx(2 / 5)  # on the limit meets it (an upper bound, inclusive)
+    assert goodput({"ttfvt_s": 2}) == pytest.approx(1 / 5)  # r2 only; r3 never answered
+    assert goodput({"tpot_s": 0.4}) == pytest.approx(1 / 5)  # r3: one token, no gap to wait
     assert goodput({"ttft_s": 1.5, "e2el_s": 4}) == pytest.approx(1 / 5)
     with pytest.raises(UserError, match="ttft"):
         cell_metrics(cell, slo={"ttft": 1})
@@ -184,13 +254,15 @@ def test_goodput_under_slo(cell):
 
 
 def test_resumed_cell_duration_sums_sessions(tmp_path):
-    s0 = [(record("a", 0.0, 0.0, 1.0, 1.0, 10.0, 10, 0), tokens("a", [1.0, 10.0], "aa")),
-          (record("b", 2.0, 2.0, 3.0, 3.0, 6.0, 10, 0), tokens("b", [3.0, 6.0], "aa"))]
+    s0 = [
+        (record("a", 0.0, 0.0, 1.0, 1.0, 10.0, 10, 0), tokens("a", [1.0, 10.0], "aa")),
+        (record("b", 2.0, 2.0, 3.0, 3.0, 6.0, 10, 0), tokens("b", [3.0, 6.0], "aa")),
+    ]
     s1 = [(record("c", 0.0, 0.0, 1.0, 1.0, 4.0, 8, 0), tokens("c", [1.0, 4.0], "aa"))]
     c = write_cell(tmp_path / "c", [s0, s1])
     assert sorted(r["session"] for r in c.requests) == [0, 0, 1]
     thr = cell_metrics(c)["throughput"]
-    assert thr["duration_s"] == 14.0                              # (10 - 0) + (4 - 0), not 10
+    assert thr["duration_s"] == 14.0  # (10 - 0) + (4 - 0), not 10
     assert thr["output_tok_s"] == pytest.approx(28 / 14) and thr["requests_s"] == pytest.approx(3 / 14)
 
 
@@ -202,7 +274,7 @@ def test_network_chunk_is_spread_over_its_gap(tmp_path):
     m = cell_metrics(c)
     itl = m["latency"]["itl_s"]
     assert itl["count"] == 6 and itl["min"] == 0.0 and itl["mean"] == pytest.approx(0.5)
-    assert m["latency"]["tpot_s"]["mean"] == pytest.approx(0.5)   # (4 - 1) / 6: ITL mean == TPOT
+    assert m["latency"]["tpot_s"]["mean"] == pytest.approx(0.5)  # (4 - 1) / 6: ITL mean == TPOT
     assert m["latency"]["tpot_answer_s"]["mean"] == pytest.approx(0.5)
 
 
@@ -210,10 +282,14 @@ def test_stragglers_in_synchronous_batches(tmp_path):
     # batch 0: E2EL 1, 1.1, 1.2, 5 -> median 1.15, limit 2.3 -> one straggler (5 s, 100 think tokens);
     # tail: 4 requests, fewer than 2 unfinished after the 3rd finish (1.2) -> 5 - 1.2 = 3.8 s of a 5 s span.
     # batch 1 (arrives at 5): E2EL 1, 1.5 -> none; tail 0 of a 1.5 s span.
-    batch0 = [(record(f"b0-{i}", 0.0, 0.0, 0.5, 0.5, e, 10, th, batch=0), tokens(f"b0-{i}", [0.5, e], "tt"))
-              for i, (e, th) in enumerate([(1.0, 10), (1.1, 10), (1.2, 10), (5.0, 100)])]
-    batch1 = [(record(f"b1-{i}", 5.0, 5.0, 5.5, 5.5, f, 10, 20, batch=1), tokens(f"b1-{i}", [5.5, f], "tt"))
-              for i, f in enumerate([6.0, 6.5])]
+    batch0 = [
+        (record(f"b0-{i}", 0.0, 0.0, 0.5, 0.5, e, 10, th, batch=0), tokens(f"b0-{i}", [0.5, e], "tt"))
+        for i, (e, th) in enumerate([(1.0, 10), (1.1, 10), (1.2, 10), (5.0, 100)])
+    ]
+    batch1 = [
+        (record(f"b1-{i}", 5.0, 5.0, 5.5, 5.5, f, 10, 20, batch=1), tokens(f"b1-{i}", [5.5, f], "tt"))
+        for i, f in enumerate([6.0, 6.5])
+    ]
     c = write_cell(tmp_path / "c", [batch0 + batch1])
     rows = {r["id"]: r for r in request_metrics(c)}
     assert [rows[f"b0-{i}"]["straggler"] for i in range(4)] == [False, False, False, True]
@@ -222,7 +298,7 @@ def test_stragglers_in_synchronous_batches(tmp_path):
     assert (s["k"], s["count"], s["share"]) == (2.0, 1, pytest.approx(1 / 6))
     assert s["think_tokens_mean"] == 100 and s["non_straggler_think_tokens_mean"] == pytest.approx((30 + 40) / 5)
     assert s["tail_time_s"] == pytest.approx(3.8) and s["tail_share"] == pytest.approx(3.8 / 6.5)
-    assert cell_metrics(c, straggler_k=5.0)["stragglers"]["count"] == 0   # 5 > 5 x 1.15 is false
+    assert cell_metrics(c, straggler_k=5.0)["stragglers"]["count"] == 0  # 5 > 5 x 1.15 is false
 
 
 def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
@@ -232,17 +308,28 @@ def test_straggler_causes_against_the_cells_own_solo_speed(tmp_path):
     # alone from 1.0 to its finish: its gaps inside that stretch are the five of 0.2 s after 1.2 -> solo p50 = 0.2 s.
     # think = 3 x 0.2 = 0.6, answer = 0.6, sharing = decode 1.45 - 6 x 0.2 = 0.25 (the shared gap 0.45 less 0.2);
     # 0.5 + 0.25 + 0.6 + 0.6 + 0.25 = 2.2 = E2EL.
-    fast = [(record(f"f{i}", 0.0, 0.0, 0.5, 0.5, 1.0, 2, 0, batch=0), tokens(f"f{i}", [0.5, 1.0], "aa")) for i in range(4)]
-    slow = (record("s", 0.0, 0.5, 0.75, 1.8, 2.2, 7, 4, batch=0),
-            tokens("s", [0.75, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2], "ttttaaa"))
-    samples = [{"t_s": t, "kv_used": 1, "kv_capacity": 10, "running": r, "waiting": 0}
-               for t, r in ((0.0, 5), (0.5, 5), (1.0, 1), (2.25, 0))]
+    fast = [
+        (record(f"f{i}", 0.0, 0.0, 0.5, 0.5, 1.0, 2, 0, batch=0), tokens(f"f{i}", [0.5, 1.0], "aa")) for i in range(4)
+    ]
+    slow = (
+        record("s", 0.0, 0.5, 0.75, 1.8, 2.2, 7, 4, batch=0),
+        tokens("s", [0.75, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2], "ttttaaa"),
+    )
+    samples = [
+        {"t_s": t, "kv_used": 1, "kv_capacity": 10, "running": r, "waiting": 0}
+        for t, r in ((0.0, 5), (0.5, 5), (1.0, 1), (2.25, 0))
+    ]
     m = cell_metrics(write_cell(tmp_path / "c", [fast + [slow]], timeline=samples))["stragglers"]
     assert m["solo_itl_s"]["count"] == 5 and m["solo_itl_s"]["p50"] == pytest.approx(0.2)
     causes = m["causes"]
     assert causes["count"] == 1 and causes["solo_itl_s"] == pytest.approx(0.2)
-    assert causes["seconds"] == {"queue": pytest.approx(0.5), "prefill": pytest.approx(0.25), "think": pytest.approx(0.6),
-                                 "answer": pytest.approx(0.6), "sharing": pytest.approx(0.25)}
+    assert causes["seconds"] == {
+        "queue": pytest.approx(0.5),
+        "prefill": pytest.approx(0.25),
+        "think": pytest.approx(0.6),
+        "answer": pytest.approx(0.6),
+        "sharing": pytest.approx(0.25),
+    }
     assert sum(causes["seconds"].values()) == pytest.approx(2.2)
     # never alone (g, outside the batch, runs from 0 to 3 s): no solo speed; think / answer are the measured gaps
     # (0.85 / 0.6), sharing unknown
@@ -260,44 +347,101 @@ def test_stragglers_in_arrival_windows(tmp_path):
     c = write_cell(tmp_path / "c", [pairs])
     rows = {r["id"]: r for r in request_metrics(c, window=3)}
     assert {i: rows[i]["group"] for i in "abcdef"} == {
-        "a": "s0/window0", "b": "s0/window0", "c": "s0/window0", "d": "s0/window1", "e": "s0/window1", "f": "s0/window1"}
-    assert [i for i in "abcdef" if rows[i]["straggler"]] == ["c"]     # 10 > 2 x median 1
+        "a": "s0/window0",
+        "b": "s0/window0",
+        "c": "s0/window0",
+        "d": "s0/window1",
+        "e": "s0/window1",
+        "f": "s0/window1",
+    }
+    assert [i for i in "abcdef" if rows[i]["straggler"]] == ["c"]  # 10 > 2 x median 1
 
 
 def test_memory_fluctuation(tmp_path):
     samples = [
-        {"t_s": 0.0, "kv_used": 10, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 100, "device_bytes": None},
-        {"t_s": 0.1, "kv_used": 50, "kv_capacity": 100, "kv_unit": "cells", "running": 2, "waiting": 1, "rss_bytes": 200, "device_bytes": None},
-        {"t_s": 0.2, "kv_used": 30, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 300, "device_bytes": None},
+        {
+            "t_s": 0.0,
+            "kv_used": 10,
+            "kv_capacity": 100,
+            "kv_unit": "cells",
+            "running": 1,
+            "waiting": 0,
+            "rss_bytes": 100,
+            "device_bytes": None,
+        },
+        {
+            "t_s": 0.1,
+            "kv_used": 50,
+            "kv_capacity": 100,
+            "kv_unit": "cells",
+            "running": 2,
+            "waiting": 1,
+            "rss_bytes": 200,
+            "device_bytes": None,
+        },
+        {
+            "t_s": 0.2,
+            "kv_used": 30,
+            "kv_capacity": 100,
+            "kv_unit": "cells",
+            "running": 1,
+            "waiting": 0,
+            "rss_bytes": 300,
+            "device_bytes": None,
+        },
     ]
     mem = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["memory"]
     # KV from the events (the engine counts cells; 20-token prompts): a request's 20 prompt cells enter at the middle of
     # its prefill (r1: admitted 0.5, prefill done 1.0 -> 0.75; r2: 1.5; r3: 3.5), one more cell per token, all released at
     # its finish. Cells: 0 (0-0.75 s), 20, 21, 22, 43, 44 (each 0.25 s), 46, 47, 49, 71 (each 0.5 s), 28 (4-5 s):
     # weighted by time over the 5 s span, mean = (150 x 0.25 + 213 x 0.5 + 28) / 5 = 34.4 cells, peak 71
-    held = [(0.75, 0), (0.25, 20), (0.25, 21), (0.25, 22), (0.25, 43), (0.25, 44), (0.5, 46), (0.5, 47), (0.5, 49), (0.5, 71),
-            (1.0, 28)]
+    held = [
+        (0.75, 0),
+        (0.25, 20),
+        (0.25, 21),
+        (0.25, 22),
+        (0.25, 43),
+        (0.25, 44),
+        (0.5, 46),
+        (0.5, 47),
+        (0.5, 49),
+        (0.5, 71),
+        (1.0, 28),
+    ]
     var = sum(w * (v / 100 - 0.344) ** 2 for w, v in held) / 5
     assert mem["kv_frac"]["source"] == "events" and mem["kv_frac"]["peak"] == 0.71
-    assert mem["kv_frac"]["mean"] == pytest.approx(0.344) and mem["kv_frac"]["cv"] == pytest.approx(math.sqrt(var) / 0.344)
+    assert mem["kv_frac"]["mean"] == pytest.approx(0.344) and mem["kv_frac"]["cv"] == pytest.approx(
+        math.sqrt(var) / 0.344
+    )
     assert mem["kv_used"]["peak"] == 71 and mem["kv_used"]["unit"] == "cells" and mem["kv_used"]["seconds"] == 5.0
     # running requests from the events: 0, 1, 2, 2, 3, 1 over 0.5, 0.5, 1, 1, 1, 1 s: mean 8.5 / 5
     assert (mem["running"]["peak"], mem["running"]["mean"]) == (3, pytest.approx(1.7))
     assert (mem["waiting"]["peak"], mem["waiting"]["mean"]) == (1, pytest.approx(1.5 / 5))
     # what events cannot give is sampled and held until the next sample: rss 100 (0-0.1 s), 200 (0.1-0.2), 300 (last)
-    assert mem["rss_bytes"] == {"count": 3, "peak": 300, "mean": 150, "cv": pytest.approx(50 / 150), "seconds": pytest.approx(0.2),
-                                "max_gap_s": pytest.approx(0.1)}
+    assert mem["rss_bytes"] == {
+        "count": 3,
+        "peak": 300,
+        "mean": 150,
+        "cv": pytest.approx(50 / 150),
+        "seconds": pytest.approx(0.2),
+        "max_gap_s": pytest.approx(0.1),
+    }
     assert mem["device_bytes"] is None
     # an engine that counts KV in bytes: the sampled counter, held between samples (0.1 and 0.5, 0.1 s each)
     in_bytes = [{**x, "kv_unit": "bytes"} for x in samples]
     kv = cell_metrics(write_cell(tmp_path / "b", [three_requests()], timeline=in_bytes))["memory"]["kv_frac"]
-    assert (kv["source"], kv["peak"], kv["mean"], kv["cv"]) == ("sampler", 0.5, pytest.approx(0.3), pytest.approx(0.2 / 0.3))
+    assert (kv["source"], kv["peak"], kv["mean"], kv["cv"]) == (
+        "sampler",
+        0.5,
+        pytest.approx(0.3),
+        pytest.approx(0.2 / 0.3),
+    )
 
 
 def test_prefix_and_speculative_counters(tmp_path):
     pairs = three_requests()
     pairs[0][0].update(cached_tokens=8, draft_proposed=6, draft_accepted=3)
-    pairs[0][1]["draft"] = "011010000"      # 3 accepted draft tokens over 6 target steps
+    pairs[0][1]["draft"] = "011010000"  # 3 accepted draft tokens over 6 target steps
     pairs[1][0].update(cached_tokens=4)
     t = cell_metrics(write_cell(tmp_path / "c", [pairs]))["techniques"]
     assert t["prefix_hit_rate"] == pytest.approx(2 / 3) and t["cached_prompt_tokens"] == 12
@@ -315,17 +459,35 @@ def test_decode_throughput_window_by_hand(tmp_path):
 
 
 def test_prefix_saved_prefill_from_the_engine_counters(tmp_path):
-    base = {"kv_used": 1, "kv_capacity": 10, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1, "device_bytes": None}
-    samples = [{**base, "t_s": 0.0, "extra": {"prefix_tokens_reused": 10, "prefill_s_per_token": 0.5}},
-               {**base, "t_s": 0.1, "extra": {"prefix_tokens_reused": 300, "prefill_s_per_token": 0.002}}]
+    base = {
+        "kv_used": 1,
+        "kv_capacity": 10,
+        "kv_unit": "cells",
+        "running": 1,
+        "waiting": 0,
+        "rss_bytes": 1,
+        "device_bytes": None,
+    }
+    samples = [
+        {**base, "t_s": 0.0, "extra": {"prefix_tokens_reused": 10, "prefill_s_per_token": 0.5}},
+        {**base, "t_s": 0.1, "extra": {"prefix_tokens_reused": 300, "prefill_s_per_token": 0.002}},
+    ]
     t = cell_metrics(write_cell(tmp_path / "c", [three_requests()], timeline=samples))["techniques"]
-    assert t["prefix_saved_prefill_s"] == pytest.approx(300 * 0.002)   # the last sample: counters are cumulative
+    assert t["prefix_saved_prefill_s"] == pytest.approx(300 * 0.002)  # the last sample: counters are cumulative
     assert cell_metrics(write_cell(tmp_path / "d", [three_requests()]))["techniques"]["prefix_saved_prefill_s"] is None
 
 
 def test_bench_figures_are_defined():
-    assert {"decode_tok_s", "output_tok_s", "draft_acceptance_rate", "prefix_saved_prefill_s", "decode_vs_reference",
-            "speculative_speedup", "prefix_ttft_gain", "kv_speed_ratio"} <= set(METRICS)
+    assert {
+        "decode_tok_s",
+        "output_tok_s",
+        "draft_acceptance_rate",
+        "prefix_saved_prefill_s",
+        "decode_vs_reference",
+        "speculative_speedup",
+        "prefix_ttft_gain",
+        "kv_speed_ratio",
+    } <= set(METRICS)
 
 
 def test_no_drafting_gives_none(cell):
@@ -336,13 +498,32 @@ def test_no_drafting_gives_none(cell):
 def test_distribution():
     d = distribution([3.0, None, 1.0, 2.0, 4.0], percentiles=(50, 99.9))
     assert d == {"count": 4, "mean": 2.5, "min": 1.0, "max": 4.0, "p50": 2.5, "p99.9": pytest.approx(3.997)}
-    assert distribution([None]) == {"count": 0, "mean": None, "min": None, "max": None, "p50": None, "p90": None, "p95": None, "p99": None}
+    assert distribution([None]) == {
+        "count": 0,
+        "mean": None,
+        "min": None,
+        "max": None,
+        "p50": None,
+        "p90": None,
+        "p95": None,
+        "p99": None,
+    }
 
 
 def test_every_reported_value_has_a_definition(cell):
     m = cell_metrics(cell)
     defined = set(METRICS)
-    assert {"ttft_s", "ttfvt_s", "e2el_s", "queue_s", "tpot_s", "tpot_think_s", "tpot_answer_s", "itl_s", "straggler"} <= defined
+    assert {
+        "ttft_s",
+        "ttfvt_s",
+        "e2el_s",
+        "queue_s",
+        "tpot_s",
+        "tpot_think_s",
+        "tpot_answer_s",
+        "itl_s",
+        "straggler",
+    } <= defined
     assert set(m["latency"]) <= defined
     assert all(d.unit and d.formula and d.description for d in METRICS.values())
 
@@ -380,7 +561,16 @@ def test_cli_summarize(tmp_path):
     assert set(json.loads(js.stdout)[0]["latency"]["e2el_s"]) == {"count", "mean", "min", "max", "p50", "p99"}
 
 
-@pytest.mark.parametrize("args", [("EMPTY",), ("RUN", "--percentiles", "50,x"), ("RUN", "--slo", "ttft=1"), ("RUN", "--straggler-k", "0"), ("MISSING",)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EMPTY",),
+        ("RUN", "--percentiles", "50,x"),
+        ("RUN", "--slo", "ttft=1"),
+        ("RUN", "--straggler-k", "0"),
+        ("MISSING",),
+    ],
+)
 def test_cli_summarize_bad_input(tmp_path, args):
     (tmp_path / "empty").mkdir()
     write_cell(tmp_path / "run" / "cell-a", [three_requests()])
@@ -392,16 +582,20 @@ def test_cli_summarize_bad_input(tmp_path, args):
 
 def test_realised_arrival_rate_and_cv_pool_sessions(tmp_path):
     # session 0 arrivals 0, 1, 4 (gaps 1, 3); session 1 arrivals 0, 2 (gap 2); file order differs
-    s0 = [(record("b", 4.0, 4.0, 5.0, 5.0, 6.0, 2, 0), tokens("b", [5.0, 6.0], "aa")),
-          (record("a", 0.0, 0.0, 1.0, 1.0, 8.0, 2, 0), tokens("a", [1.0, 8.0], "aa")),
-          (record("x", 1.0, 1.0, 2.0, None, 2.0, 1, 1, finish_reason="error"), tokens("x", [2.0], "t"))]
-    s1 = [(record("c", 0.0, 0.0, 1.0, 1.0, 3.0, 2, 0), tokens("c", [1.0, 3.0], "aa")),
-          (record("d", 2.0, 2.0, 3.0, 3.0, 4.0, 2, 0), tokens("d", [3.0, 4.0], "aa"))]
+    s0 = [
+        (record("b", 4.0, 4.0, 5.0, 5.0, 6.0, 2, 0), tokens("b", [5.0, 6.0], "aa")),
+        (record("a", 0.0, 0.0, 1.0, 1.0, 8.0, 2, 0), tokens("a", [1.0, 8.0], "aa")),
+        (record("x", 1.0, 1.0, 2.0, None, 2.0, 1, 1, finish_reason="error"), tokens("x", [2.0], "t")),
+    ]
+    s1 = [
+        (record("c", 0.0, 0.0, 1.0, 1.0, 3.0, 2, 0), tokens("c", [1.0, 3.0], "aa")),
+        (record("d", 2.0, 2.0, 3.0, 3.0, 4.0, 2, 0), tokens("d", [3.0, 4.0], "aa")),
+    ]
     arrivals = cell_metrics(write_cell(tmp_path / "c", [s0, s1]))["arrivals"]
-    assert arrivals["rate"] == pytest.approx(3 / 6)              # (3-1) + (2-1) gaps over spans 4 + 2
+    assert arrivals["rate"] == pytest.approx(3 / 6)  # (3-1) + (2-1) gaps over spans 4 + 2
     assert arrivals["cv"] == pytest.approx(math.sqrt(2 / 3) / 2)  # gaps 1, 3, 2: mean 2, population std sqrt(2/3)
     one = cell_metrics(write_cell(tmp_path / "one", [s1[:1]]))["arrivals"]
-    assert (one["rate"], one["cv"]) == (None, None)              # one arrival: no gap
+    assert (one["rate"], one["cv"]) == (None, None)  # one arrival: no gap
     assert {"arrival_rate", "arrival_cv"} <= set(METRICS)
 
 
@@ -419,7 +613,9 @@ def test_finish_gaps_by_change_reproduces_the_published_split(tmp_path):
     repo = Path(__file__).parent.parent
     cell_dir = repo / "reports" / "gpu-h200" / "bench-1.5b" / "server-grading-process" / "in_process"
     script = repo / "scripts" / "finish_gaps.py"
-    out = subprocess.run([sys.executable, script, "--by-change", cell_dir], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, script, "--by-change", cell_dir], capture_output=True, text=True, check=True
+    ).stdout
     rows = [line[60:].split() for line in out.splitlines()[1:]]  # after the 60-character cell column
     table = {(r[0], " ".join(r[1:-3])): (int(r[-3]), float(r[-2])) for r in rows}
     g = finish_gaps(read_cell(next(cell_dir.iterdir())))
@@ -486,13 +682,18 @@ def test_who_ended_the_thinking_and_capped_repetition_loops(tmp_path):
     # thinking never closed; e: answered directly.
     def row(id, think, answer, ids, **extra):
         n = think + answer
-        return (record(id, 0.0, 0.0, 0.1, 0.1 if answer else None, 1.0 + n / 100, n, think, batch=0, **extra),
-                {**tokens(id, [0.1 + i / 100 for i in range(n)], "t" * think + "a" * answer), "token_ids": ids})
+        return (
+            record(id, 0.0, 0.0, 0.1, 0.1 if answer else None, 1.0 + n / 100, n, think, batch=0, **extra),
+            {**tokens(id, [0.1 + i / 100 for i in range(n)], "t" * think + "a" * answer), "token_ids": ids},
+        )
 
-    cases = [row("a", 5, 3, list(range(8)), think_forced=False), row("b", 20, 2, [1, 2] * 10 + [7, 8], think_forced=True),
-             row("c", 6, 2, list(range(8)), think_forced=True),
-             row("d", 8, 0, list(range(8)), think_forced=False, finish_reason="length"),
-             row("e", 0, 4, list(range(4)), think_forced=False)]
+    cases = [
+        row("a", 5, 3, list(range(8)), think_forced=False),
+        row("b", 20, 2, [1, 2] * 10 + [7, 8], think_forced=True),
+        row("c", 6, 2, list(range(8)), think_forced=True),
+        row("d", 8, 0, list(range(8)), think_forced=False, finish_reason="length"),
+        row("e", 0, 4, list(range(4)), think_forced=False),
+    ]
     w = CellWriter(tmp_path / "c")
     w.write_manifest({"cell": {"name": "c", "think_budget": 20}})
     for rec, tok in cases:
@@ -500,15 +701,25 @@ def test_who_ended_the_thinking_and_capped_repetition_loops(tmp_path):
     w.close()
     cell = read_cell(tmp_path / "c")
     rows = {r["id"]: r for r in request_metrics(cell)}
-    assert {i: rows[i]["think_closed_by"] for i in "abcde"} == {"a": "model", "b": "cap", "c": "ended", "d": "unclosed", "e": None}
+    assert {i: rows[i]["think_closed_by"] for i in "abcde"} == {
+        "a": "model",
+        "b": "cap",
+        "c": "ended",
+        "d": "unclosed",
+        "e": None,
+    }
     # a cap hit counts as hitting the budget, like running out of output tokens
     assert [i for i in "abcde" if rows[i]["capped"]] == ["b", "d"]
     assert rows["b"]["repeat_share"] == pytest.approx(11 / 13) and rows["b"]["repetition_loop"]
-    assert rows["d"]["repeat_share"] == 0.0 and not rows["d"]["repetition_loop"]   # cut, but no loop
-    assert repeat_share([1, 2] * 3, "t" * 6) is None                                  # under 8 think tokens
+    assert rows["d"]["repeat_share"] == 0.0 and not rows["d"]["repetition_loop"]  # cut, but no loop
+    assert repeat_share([1, 2] * 3, "t" * 6) is None  # under 8 think tokens
     tok = cell_metrics(cell)["tokens"]
-    assert {c: (v["k"], v["n"]) for c, v in tok["think_closers"].items()} == {"model": (1, 4), "cap": (1, 4), "ended": (1, 4),
-                                                                               "unclosed": (1, 4)}
+    assert {c: (v["k"], v["n"]) for c, v in tok["think_closers"].items()} == {
+        "model": (1, 4),
+        "cap": (1, 4),
+        "ended": (1, 4),
+        "unclosed": (1, 4),
+    }
     assert (tok["hit_budget"]["k"], tok["hit_budget"]["n"]) == (2, 5)
     # the straggler causes count capped requests and capped repetition loops among the stragglers: E2EL 1.08, 1.22,
     # 1.08, 1.08, 1.04 s; at k = 2 none exceeds 2 x the median 1.08, at k = 1 b alone does, capped in a loop

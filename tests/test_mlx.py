@@ -14,27 +14,32 @@ from conftest import require, require_module
 
 require_module("mlx_lm")
 
-from rllm_study.backends.mlx.engine import OPENBLAS, MlxEngine  # noqa: E402  (before mlx.core: it preloads OpenBLAS)
 import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
-from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 from rllm_study.backends import options_for  # noqa: E402
 from rllm_study.backends.base import PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
-from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E402
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine  # noqa: E402
-from rllm_study.backends.mlx.engine import make_sampler  # noqa: E402
-from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402
-from rllm_study.backends.mlx.kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
-from rllm_study.errors import UserError  # noqa: E402
 from rllm_study.backends.mlx.convert import convert_gguf, convert_to_mlx  # noqa: E402
+from rllm_study.backends.mlx.engine import (  # noqa: E402  (before mlx.core: it preloads OpenBLAS)
+    OPENBLAS,
+    MlxEngine,
+    make_sampler,  # noqa: E402
+)
+from rllm_study.backends.mlx.kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
+from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E402
+from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402
+from rllm_study.errors import UserError  # noqa: E402
 from rllm_study.models import resolve_model  # noqa: E402
+from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 
 pytestmark = pytest.mark.mlx
-require(OPENBLAS or sys.platform != "linux", "libopenblas.so.0 is not installed (scripts/setup.sh: apt-get install libopenblas0-pthread)")
+require(
+    OPENBLAS or sys.platform != "linux",
+    "libopenblas.so.0 is not installed (scripts/setup.sh: apt-get install libopenblas0-pthread)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +176,10 @@ def test_stop_string_budget_and_abort(engine):
 def test_prefix_cache_reuses_shared_prefix(smollm2_mlx):
     eng = MlxEngine(str(smollm2_mlx), MlxOptions(max_seqs=2, prefix_cache=True))
     system = "You are a careful assistant. Answer every question in one short sentence. " * 3
-    prompts = [eng.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}])
-               for q in QUESTIONS[:2]]
+    prompts = [
+        eng.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}])
+        for q in QUESTIONS[:2]
+    ]
     eng.submit(Request("first", prompts[0], SamplingParams(max_tokens=8)))
     first = drain(eng)
     eng.submit(Request("second", prompts[1], SamplingParams(max_tokens=8)))
@@ -241,7 +248,9 @@ def test_draft_model_serves_one_at_a_time_and_counts_acceptance(smollm2_mlx):
 
 
 def test_unsupported_options_are_reported(smollm2_mlx):
-    opts = options_for("mlx", type_k="q8_0", type_v="q8_0", n_gpu_layers=99, n_threads=2, speculative="ngram", batch_invariant=True)
+    opts = options_for(
+        "mlx", type_k="q8_0", type_v="q8_0", n_gpu_layers=99, n_threads=2, speculative="ngram", batch_invariant=True
+    )
     eng = MlxEngine(str(smollm2_mlx), opts)
     notes = " | ".join(eng.info().unsupported_options)
     for word in ("type_k", "n_gpu_layers", "n_threads", "'ngram'", "batch_invariant"):

@@ -39,8 +39,19 @@ def mlx_server(smollm2_mlx, tmp_path_factory):
     env_before = os.environ.get("HF_HUB_CACHE")
     os.environ["HF_HUB_CACHE"] = str(hub)  # inherited by the server process
     try:
-        cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(smollm2_mlx), "--host", "127.0.0.1",
-               "--port", str(port), "--temp", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlx_lm.server",
+            "--model",
+            str(smollm2_mlx),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--temp",
+            "0",
+        ]
         with serve(cmd, port, tmp_path_factory.mktemp("mlx-server") / "log", "/v1/models") as (_, url):
             yield url
     finally:
@@ -51,8 +62,18 @@ def mlx_server(smollm2_mlx, tmp_path_factory):
 
 
 def test_generate_in_chat_mode(mlx_server):
-    proc = run_cli("generate", "--backend", "openai", "--base-url", mlx_server + "/v1/chat/completions",
-                   "-n", "8", "-p", "What is 2+2?", timeout=600)
+    proc = run_cli(
+        "generate",
+        "--backend",
+        "openai",
+        "--base-url",
+        mlx_server + "/v1/chat/completions",
+        "-n",
+        "8",
+        "-p",
+        "What is 2+2?",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "no tokenizer endpoint" not in proc.stderr
     assert "aggregate output throughput" in proc.stdout + proc.stderr

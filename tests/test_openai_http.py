@@ -34,9 +34,9 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.openai_http.engine import OpenAIEngine, StreamState, split_base_url
+from rllm_study.backends.openai_http.telemetry import load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.backends.options import LlamaCppOptions, OpenAIOptions
 from rllm_study.backends.phases import answer_text
-from rllm_study.backends.openai_http.telemetry import load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.bench.server import free_port, serve
 from rllm_study.errors import UserError
 
@@ -47,15 +47,32 @@ def chatml(question: str) -> str:
 
 
 def llama_cpp_server(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-            "--port", str(port), "--n_threads", str(THREADS), "--n_ctx", "2048",
-            "--interrupt_requests", "False"]  # by default a new request cancels the running stream
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        str(THREADS),
+        "--n_ctx",
+        "2048",
+        "--interrupt_requests",
+        "False",
+    ]  # by default a new request cancels the running stream
 
 
 @pytest.fixture(scope="module")
 def server_url(smollm2_path, tmp_path_factory):
     port = free_port()
-    with serve(llama_cpp_server(smollm2_path, port), port, tmp_path_factory.mktemp("srv") / "log", "/v1/models") as (_, url):
+    with serve(llama_cpp_server(smollm2_path, port), port, tmp_path_factory.mktemp("srv") / "log", "/v1/models") as (
+        _,
+        url,
+    ):
         yield url
 
 
@@ -95,8 +112,10 @@ def test_base_url_picks_root_and_api():
 
 
 def test_streams_chunks_with_arrival_times(engine):
-    requests = [Request(f"r{i}", chatml(q), SamplingParams(max_tokens=12))
-                for i, q in enumerate(["What is 2+2?", "Name a color."])]
+    requests = [
+        Request(f"r{i}", chatml(q), SamplingParams(max_tokens=12))
+        for i, q in enumerate(["What is 2+2?", "Name a color."])
+    ]
     for r in requests:
         engine.submit(r)
     out = drain(engine)
@@ -121,8 +140,9 @@ def test_streams_chunks_with_arrival_times(engine):
 def test_think_and_answer_split(engine):
     """The model, held to a grammar, thinks then answers; `</think>` in the text splits the phases."""
     grammar = 'root ::= "Two and two make four." " </think>" " The answer is 4."'
-    engine.submit(Request("t", chatml("What is 2+2?"), SamplingParams(max_tokens=40), starts_in_think=True,
-                          grammar=grammar))
+    engine.submit(
+        Request("t", chatml("What is 2+2?"), SamplingParams(max_tokens=40), starts_in_think=True, grammar=grammar)
+    )
     events = drain(engine)["t"]
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     phases = [t.phase for t in tokens]
@@ -205,13 +225,22 @@ def test_server_killed_mid_stream(smollm2_path, tmp_path):
 # one chunk per token, the EOS chunk has no text, the final chunk carries usage.
 LLAMA_SERVER_TEXTS = ["The", " answer", " is", ":", " ", "4", ""]
 LLAMA_SERVER_CHUNKS = [
-    {"choices": [{"text": text, "index": 0, "finish_reason": None}],
-     "timings": {"cache_n": 0, "prompt_n": 16, "predicted_n": i + 1}}
+    {
+        "choices": [{"text": text, "index": 0, "finish_reason": None}],
+        "timings": {"cache_n": 0, "prompt_n": 16, "predicted_n": i + 1},
+    }
     for i, text in enumerate(LLAMA_SERVER_TEXTS)
 ] + [
-    {"choices": [{"text": "", "index": 0, "finish_reason": "stop"}],
-     "usage": {"completion_tokens": 7, "prompt_tokens": 16, "total_tokens": 23, "prompt_tokens_details": {"cached_tokens": 0}},
-     "timings": {"cache_n": 0, "prompt_n": 16, "predicted_n": 7}},
+    {
+        "choices": [{"text": "", "index": 0, "finish_reason": "stop"}],
+        "usage": {
+            "completion_tokens": 7,
+            "prompt_tokens": 16,
+            "total_tokens": 23,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+        "timings": {"cache_n": 0, "prompt_n": 16, "predicted_n": 7},
+    },
 ]
 
 
@@ -229,7 +258,9 @@ def test_chunk_holding_several_tokens():
     """A chunk whose count rises by 3 (text held back, then released) is one event of 3 tokens."""
     state = StreamState(Request("m", "p"))
     state.on_chunk(LLAMA_SERVER_CHUNKS[0], 0, chat=False)
-    events = state.on_chunk({"choices": [{"text": " answer is:", "index": 0}], "timings": {"predicted_n": 4}}, 1, chat=False)
+    events = state.on_chunk(
+        {"choices": [{"text": " answer is:", "index": 0}], "timings": {"predicted_n": 4}}, 1, chat=False
+    )
     assert [(e.text, e.n_tokens) for e in events] == [(" answer is:", 3)]
 
 
@@ -241,14 +272,24 @@ def test_reasoning_field_and_usage_reconcile():
         {"choices": [{"index": 0, "delta": {"reasoning_content": "2 and 2"}, "finish_reason": None}]},
         {"choices": [{"index": 0, "delta": {"reasoning_content": " is 4."}, "finish_reason": None}]},
         {"choices": [{"index": 0, "delta": {"content": "4"}, "finish_reason": "stop"}]},
-        {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17,
-                                  "completion_tokens_details": {"reasoning_tokens": 6},
-                                  "prompt_tokens_details": {"cached_tokens": 4}}},
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 8,
+                "total_tokens": 17,
+                "completion_tokens_details": {"reasoning_tokens": 6},
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+        },
     ]
     state = StreamState(Request("v", "p", starts_in_think=True))
     events = [ev for i, c in enumerate(chunks) for ev in state.on_chunk(c, i, chat=True)]
     assert [(e.phase, e.text) for e in events if isinstance(e, TokenEvent)] == [
-        (THINK, "2 and 2"), (THINK, " is 4."), (ANSWER, "4")]
+        (THINK, "2 and 2"),
+        (THINK, " is 4."),
+        (ANSWER, "4"),
+    ]
     fin = state.finished(9, "stop")
     assert (fin.output_tokens, fin.think_tokens, fin.answer_tokens, fin.cached_tokens) == (8, 6, 2, 4)
     assert fin.output_text == "2 and 2 is 4.</think>4" and answer_text(fin.output_text, True) == "4"
@@ -270,15 +311,18 @@ vllm:prompt_tokens_total{engine="0",model_name="Qwen/QwQ-32B"} 1234.0
 """
     load = load_from_metrics(parse_prometheus(text))
     assert (load.kv_used, load.kv_capacity, load.kv_unit, load.running, load.waiting) == (25.0, 100.0, "percent", 3, 2)
-    slots = [{"id": 0, "n_ctx": 2048, "is_processing": True, "n_prompt_tokens": 300},
-             {"id": 1, "n_ctx": 2048, "is_processing": False, "n_prompt_tokens": 100},
-             {"id": 2, "n_ctx": 2048, "is_processing": False}]
+    slots = [
+        {"id": 0, "n_ctx": 2048, "is_processing": True, "n_prompt_tokens": 300},
+        {"id": 1, "n_ctx": 2048, "is_processing": False, "n_prompt_tokens": 100},
+        {"id": 2, "n_ctx": 2048, "is_processing": False},
+    ]
     load = load_from_slots(slots)
     assert (load.kv_used, load.kv_capacity, load.kv_unit, load.running) == (400.0, 6144.0, "cells", 1)
     assert load_from_metrics(parse_prometheus("llamacpp:requests_deferred 1\n")).over(load).waiting == 1
 
 
 # -- llama-server (slow: needs scripts/build_llama_tools.sh) ----------------------------------------
+
 
 def llama_server_binary() -> Path | None:
     version = importlib.metadata.version("llama_cpp_python")
@@ -292,8 +336,23 @@ def llama_server(smollm2_path, tmp_path_factory):
     binary = llama_server_binary()
     require(binary is not None, "llama-server is not built: run scripts/build_llama_tools.sh")
     port = free_port()
-    cmd = [str(binary), "-m", str(smollm2_path), "--host", "127.0.0.1", "--port", str(port), "-t", str(THREADS),
-           "-np", "2", "-c", "4096", "--metrics", "--no-webui"]
+    cmd = [
+        str(binary),
+        "-m",
+        str(smollm2_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-t",
+        str(THREADS),
+        "-np",
+        "2",
+        "-c",
+        "4096",
+        "--metrics",
+        "--no-webui",
+    ]
     with serve(cmd, port, tmp_path_factory.mktemp("llama-server") / "log") as (_, url):
         yield url
 
@@ -332,8 +391,12 @@ def test_cross_check_in_process_engine_and_llama_server(llama_server, smollm2_pa
     from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
     from rllm_study.bench.crosscheck import cross_check
 
-    questions = ["What is the capital of France?", "Name three prime numbers.", "Describe the sea in one sentence.",
-                 "What does a CPU do?"]
+    questions = [
+        "What is the capital of France?",
+        "Name three prime numbers.",
+        "Describe the sea in one sentence.",
+        "What does a CPU do?",
+    ]
     requests = [Request(f"x{i}", chatml(q), SamplingParams(max_tokens=64)) for i, q in enumerate(questions)]
     local = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=2048, n_threads=THREADS))
     server = OpenAIEngine("", OpenAIOptions(base_url=llama_server))
@@ -348,14 +411,24 @@ def test_cross_check_in_process_engine_and_llama_server(llama_server, smollm2_pa
 def test_llama_server_samplers_off_or_its_defaults(llama_server):
     """Per request top_k 0 (extra samplers off) unless server_default_samplers: read back from the
     slots' params, against the default top_k the server reports in /props."""
-    default_top_k = httpx.get(llama_server + "/props", timeout=10).json()["default_generation_settings"]["params"]["top_k"]
+    default_top_k = httpx.get(llama_server + "/props", timeout=10).json()["default_generation_settings"]["params"][
+        "top_k"
+    ]
     assert default_top_k > 0
     for server_defaults, expected in ((False, 0), (True, default_top_k)):
         eng = OpenAIEngine("", OpenAIOptions(base_url=llama_server, server_default_samplers=server_defaults))
         for i in range(2):  # two at once: both slots (-np 2) take one
-            eng.submit(Request(f"s{i}", chatml("Name three rivers."), SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=i)))
+            eng.submit(
+                Request(
+                    f"s{i}",
+                    chatml("Name three rivers."),
+                    SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=i),
+                )
+            )
         assert all(finish_of(ev).error is None for ev in drain(eng).values())
-        assert eng.info().extra_samplers == ("server defaults" if server_defaults else "off (top_k 0, min_p 0, repeat_penalty 1)")
+        assert eng.info().extra_samplers == (
+            "server defaults" if server_defaults else "off (top_k 0, min_p 0, repeat_penalty 1)"
+        )
         eng.close()
         slots = httpx.get(llama_server + "/slots", timeout=10).json()
         assert [s["params"]["top_k"] for s in slots] == [expected, expected]
@@ -369,8 +442,14 @@ def test_llama_cpp_servers_get_the_sampling_order_and_top_k(engine):
     assert later["samplers"] == ["top_k", "top_p", "temperature"] and later["top_k"] == 0
 
 
-@pytest.mark.parametrize("kind,url_tail,sent", [("llama-server", "/v1/chat/completions", True),
-                                                ("llama-server", "", False), ("vllm", "/v1/chat/completions", False)])
+@pytest.mark.parametrize(
+    "kind,url_tail,sent",
+    [
+        ("llama-server", "/v1/chat/completions", True),
+        ("llama-server", "", False),
+        ("vllm", "/v1/chat/completions", False),
+    ],
+)
 def test_think_budget_goes_to_llama_server_chat_only(kind, url_tail, sent):
     """reasoning_budget_tokens (the field llama-server's tools/server reads) is sent where the
     server applies it, and capabilities say so; elsewhere the budget is reported unsupported."""
@@ -379,7 +458,9 @@ def test_think_budget_goes_to_llama_server_chat_only(kind, url_tail, sent):
     body = eng._body(Request("t", "hi", SamplingParams(64, think_budget=16)))
     eng.close()
     assert body.get("reasoning_budget_tokens") == (16 if sent else None)
-    assert eng.capabilities().think_budget is (sent or kind == "vllm")  # vLLM takes its own field (test_reasoning_streams)
+    assert eng.capabilities().think_budget is (
+        sent or kind == "vllm"
+    )  # vLLM takes its own field (test_reasoning_streams)
 
 
 OPENAI_SPEC = """
@@ -413,9 +494,14 @@ def test_every_command_on_the_openai_backends_cells(server_url, tmp_path):
     resumed = run_cli("run", tmp_path / "s.toml", "--out", out)
     assert resumed.returncode == 0, resumed.stderr
     assert len(read_jsonl(cell)) == 2
-    for args in (("summarize", out), ("report", out, "--out", tmp_path / "report"), ("regrade", out), ("pack", out),
-                 ("report", out, out, "--compare", "--out", tmp_path / "cmp"),
-                 ("run", "--like", out, "--dry-run", "--out", tmp_path / "again")):
+    for args in (
+        ("summarize", out),
+        ("report", out, "--out", tmp_path / "report"),
+        ("regrade", out),
+        ("pack", out),
+        ("report", out, out, "--compare", "--out", tmp_path / "cmp"),
+        ("run", "--like", out, "--dry-run", "--out", tmp_path / "again"),
+    ):
         done = run_cli(*args)
         assert done.returncode == 0, (args, done.stderr)
     assert "smollm2 (served; reasoning training unknown)" in (tmp_path / "report" / "report.md").read_text()

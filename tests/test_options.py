@@ -40,9 +40,11 @@ def test_registry_finds_backends_by_name_and_alias():
 
 def test_options_and_registry_import_no_engine():
     """Building any backend's options imports neither llama_cpp nor mlx (a missing mlx breaks nothing)."""
-    code = ("import sys; from rllm_study.backends import options_for; from rllm_study.running import spec; "
-            "options_for('mlx', kv_bits=4); options_for('openai', base_url='http://x'); "
-            "print(sorted(m for m in ('llama_cpp', 'mlx', 'mlx_lm', 'rllm_study.backends.mlx.engine') if m in sys.modules))")
+    code = (
+        "import sys; from rllm_study.backends import options_for; from rllm_study.running import spec; "
+        "options_for('mlx', kv_bits=4); options_for('openai', base_url='http://x'); "
+        "print(sorted(m for m in ('llama_cpp', 'mlx', 'mlx_lm', 'rllm_study.backends.mlx.engine') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
@@ -59,7 +61,10 @@ def test_an_option_of_another_backend_is_kept_and_reported():
     from rllm_study.backends.base import Capabilities, unsupported_options
 
     notes = unsupported_options(opts, Capabilities(backend="mlx", speculative=("draft",)))
-    assert notes == ["mlx: n_threads=2 is not an option of this backend", "mlx: type_k='q8_0' is not an option of this backend"]
+    assert notes == [
+        "mlx: n_threads=2 is not an option of this backend",
+        "mlx: type_k='q8_0' is not an option of this backend",
+    ]
 
 
 # -- derived spec keys -----------------------------------------------------------------------------
@@ -67,12 +72,34 @@ def test_an_option_of_another_backend_is_kept_and_reported():
 
 def test_every_option_field_is_a_spec_key_that_reaches_the_cell():
     """Each declared option, set under [engine] to a non-default value, arrives in the cell's options."""
-    values = {"concurrency": 3, "ctx_per_seq": 512, "n_ctx": 4096, "n_batch": 64, "prefix_cache": True,
-              "prefix_cache_tokens": 99, "speculative": "ngram", "speculative_tokens": 2, "batch_invariant": True,
-              "threads": 1, "n_gpu_layers": -1, "type_k": "q8_0", "type_v": "q8_0", "flash_attn": True,
-              "kv_unified": True, "kv_budget_mib": 8.0, "kv_bits": 4, "base_url": "http://h:1", "api_key_env": "K", "timeout_s": 5.0,
-              "server_default_samplers": True, "sample_on": "device", "server_backend_sampling": True,
-              "ignore_eos": True, "extra_body": '{"top_k": 3}', "telemetry_period_s": 0.0}
+    values = {
+        "concurrency": 3,
+        "ctx_per_seq": 512,
+        "n_ctx": 4096,
+        "n_batch": 64,
+        "prefix_cache": True,
+        "prefix_cache_tokens": 99,
+        "speculative": "ngram",
+        "speculative_tokens": 2,
+        "batch_invariant": True,
+        "threads": 1,
+        "n_gpu_layers": -1,
+        "type_k": "q8_0",
+        "type_v": "q8_0",
+        "flash_attn": True,
+        "kv_unified": True,
+        "kv_budget_mib": 8.0,
+        "kv_bits": 4,
+        "base_url": "http://h:1",
+        "api_key_env": "K",
+        "timeout_s": 5.0,
+        "server_default_samplers": True,
+        "sample_on": "device",
+        "server_backend_sampling": True,
+        "ignore_eos": True,
+        "extra_body": '{"top_k": 3}',
+        "telemetry_period_s": 0.0,
+    }
     assert sorted(values) == sorted(engine_keys())  # a new option must be added here with a value
     keys = {m.key: name for name, m in all_options().items()}
     for backend in REGISTRY:
@@ -85,7 +112,7 @@ def test_every_option_field_is_a_spec_key_that_reaches_the_cell():
 
 def test_unknown_engine_key_names_every_allowed_key(monkeypatch, capsys, tmp_path):
     spec = tmp_path / "spec.toml"
-    spec.write_text('datasets = { gsm8k = 1 }\n[engine]\nthreads_typo = 2\n')
+    spec.write_text("datasets = { gsm8k = 1 }\n[engine]\nthreads_typo = 2\n")
     code, _, err = cli(monkeypatch, capsys, "run", spec, "--dry-run", "--out", tmp_path / "out")
     assert code == 2 and err.count("\n") == 1, err
     assert "unknown key engine.threads_typo (allowed: " + ", ".join(sorted(engine_keys())) + ")" in err
@@ -111,29 +138,60 @@ RULES = [  # (spec key, bad value, what the line must say)
 @pytest.mark.parametrize("key,value,needle", RULES)
 def test_bad_engine_value_in_a_spec_is_one_line_exit_2(monkeypatch, capsys, tmp_path, key, value, needle):
     backend = "openai" if key == "timeout_s" else "llama_cpp"
-    code, _, err = cli(monkeypatch, capsys, "run", "--preset", "pilot", "--quick", "--dry-run", "--backend", backend,
-                       "--set", f"engine.{key}={value}", "--out", tmp_path)
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "run",
+        "--preset",
+        "pilot",
+        "--quick",
+        "--dry-run",
+        "--backend",
+        backend,
+        "--set",
+        f"engine.{key}={value}",
+        "--out",
+        tmp_path,
+    )
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: preset pilot: ") and needle in err, err
 
 
 def test_mlx_kv_bits_allowed_values_are_declared_once(monkeypatch, capsys, tmp_path):
     for bits in MLX_KV_BITS:
         assert MlxOptions(kv_bits=bits).kv_bits == bits
-    code, _, err = cli(monkeypatch, capsys, "run", "--preset", "kv-cache", "--quick", "--dry-run", "--backend", "mlx",
-                       "--set", "engine.kv_bits=7", "--out", tmp_path)
-    assert code == 2 and err.strip() == "error: preset kv-cache: engine.kv_bits = 7: must be one of 2, 3, 4, 5, 6, 8", err
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "run",
+        "--preset",
+        "kv-cache",
+        "--quick",
+        "--dry-run",
+        "--backend",
+        "mlx",
+        "--set",
+        "engine.kv_bits=7",
+        "--out",
+        tmp_path,
+    )
+    assert code == 2 and err.strip() == "error: preset kv-cache: engine.kv_bits = 7: must be one of 2, 3, 4, 5, 6, 8", (
+        err
+    )
     assert "2, 3, 4, 5, 6, 8" in all_options()["kv_bits"].help
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--concurrency", "0"], "error: --concurrency 0: must be >= 1"),
-    (["-c", "0"], "error: --concurrency 0: must be >= 1"),
-    (["--ctx-per-seq", "8"], "error: --ctx-per-seq 8: must be >= 16"),
-    (["--speculative-tokens", "0"], "error: --speculative-tokens 0: must be >= 1"),
-    (["--threads", "0"], "error: --threads 0: must be >= 1"),
-    (["--backend", "mlx", "--kv-bits", "7"], "error: --kv-bits 7: must be one of 2, 3, 4, 5, 6, 8"),
-    (["--backend", "vllm"], "error: unknown backend 'vllm'"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--concurrency", "0"], "error: --concurrency 0: must be >= 1"),
+        (["-c", "0"], "error: --concurrency 0: must be >= 1"),
+        (["--ctx-per-seq", "8"], "error: --ctx-per-seq 8: must be >= 16"),
+        (["--speculative-tokens", "0"], "error: --speculative-tokens 0: must be >= 1"),
+        (["--threads", "0"], "error: --threads 0: must be >= 1"),
+        (["--backend", "mlx", "--kv-bits", "7"], "error: --kv-bits 7: must be one of 2, 3, 4, 5, 6, 8"),
+        (["--backend", "vllm"], "error: unknown backend 'vllm'"),
+    ],
+)
 def test_bad_engine_flag_is_one_line_exit_2_before_any_engine(monkeypatch, capsys, args, needle):
     code, _, err = cli(monkeypatch, capsys, "generate", "-p", "hi", "-n", "1", *args)
     assert code == 2 and err.count("\n") == 1 and err.startswith(needle), err
@@ -143,7 +201,7 @@ def test_every_option_is_a_flag_of_generate_and_run(monkeypatch, capsys):
     for command in ("generate", "run"):
         code, out, _ = cli(monkeypatch, capsys, command, "--help")
         assert code == 0
-        for name, meta in all_options().items():
+        for _name, meta in all_options().items():
             assert meta.flag in out, (command, meta.flag)
 
 
@@ -165,35 +223,82 @@ def test_deprecated_spec_keys_warn_and_still_work(capsys):
     ]
     [cell] = expand({"datasets": {"gsm8k": 1}, "variants": [{"name": "v", "engine": {"spec": "draft:m"}}]}, "old.toml")
     assert cell.engine.speculative == "draft:m"
-    assert capsys.readouterr().err == "warning: old.toml: variants[0].engine.spec is deprecated; use variants[0].engine.speculative\n"
+    assert (
+        capsys.readouterr().err
+        == "warning: old.toml: variants[0].engine.spec is deprecated; use variants[0].engine.speculative\n"
+    )
 
 
 def test_deprecated_spec_flags_warn_and_still_work(monkeypatch, capsys, tmp_path):
     with scripted_backend():  # the dry run opens the scripted engine, not the preset's models (flags are the point)
-        code, out, err = cli(monkeypatch, capsys, "run", "--preset", "speculative", "--quick", "--dry-run",
-                             "--backend", "scripted", "--spec", "ngram", "--spec-tokens", "2", "--out", tmp_path)
+        code, out, err = cli(
+            monkeypatch,
+            capsys,
+            "run",
+            "--preset",
+            "speculative",
+            "--quick",
+            "--dry-run",
+            "--backend",
+            "scripted",
+            "--spec",
+            "ngram",
+            "--spec-tokens",
+            "2",
+            "--out",
+            tmp_path,
+        )
     assert code == 0 and len(out.splitlines()) == 3
-    assert err.splitlines()[:2] == ["warning: --spec is deprecated; use --speculative",
-                                    "warning: --spec-tokens is deprecated; use --speculative-tokens"]
+    assert err.splitlines()[:2] == [
+        "warning: --spec is deprecated; use --speculative",
+        "warning: --spec-tokens is deprecated; use --speculative-tokens",
+    ]
     code, _, err = cli(monkeypatch, capsys, "generate", "-p", "hi", "--spec", "medusa")
     assert code == 2 and err.splitlines() == [
         "warning: --spec is deprecated; use --speculative",
-        "error: --spec 'medusa': must be 'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)"]
+        "error: --spec 'medusa': must be 'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)",
+    ]
 
 
 def test_run_flags_override_the_spec_for_every_cell(monkeypatch, capsys, tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text("datasets = { gsm8k = 1 }\n[engine]\nspec_tokens = 2\nthreads = 2\n")
     with scripted_backend():  # the dry run opens the scripted engine, not a model (flags are the point)
-        code, out, _ = cli(monkeypatch, capsys, "run", spec, "--dry-run", "--out", tmp_path / "out", "--backend", "scripted",
-                           "--speculative", "ngram", "--speculative-tokens", "5", "--no-flash-attn")
+        code, out, _ = cli(
+            monkeypatch,
+            capsys,
+            "run",
+            spec,
+            "--dry-run",
+            "--out",
+            tmp_path / "out",
+            "--backend",
+            "scripted",
+            "--speculative",
+            "ngram",
+            "--speculative-tokens",
+            "5",
+            "--no-flash-attn",
+        )
     assert code == 0
     from rllm_study.running.spec import load_spec
 
     seen = []
     monkeypatch.setattr("rllm_study.commands.run.expand", lambda data, where: seen.append(expand(data, where)) or [])
-    cli(monkeypatch, capsys, "run", spec, "--dry-run", "--out", tmp_path / "out",
-        "--speculative", "ngram", "--speculative-tokens", "5", "--no-flash-attn")
+    cli(
+        monkeypatch,
+        capsys,
+        "run",
+        spec,
+        "--dry-run",
+        "--out",
+        tmp_path / "out",
+        "--speculative",
+        "ngram",
+        "--speculative-tokens",
+        "5",
+        "--no-flash-attn",
+    )
     [[cell]] = seen
     assert (cell.engine.speculative, cell.engine.speculative_tokens, cell.engine.flash_attn) == ("ngram", 5, False)
     assert cell.engine.n_threads == 2 and load_spec(spec)[0]["engine"] == {"spec_tokens": 2, "threads": 2}

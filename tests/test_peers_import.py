@@ -89,12 +89,19 @@ def test_vllm_bench_export_with_a_failure_and_multi_token_chunks(tmp_path):
     assert m["n_requests"] == 4 and m["finish_reasons"] == {"stop": 3, "error": 1}
 
 
-@pytest.mark.parametrize("tool,text,needle", [
-    ("aiperf", '{"metrics": {}}\n', "not an AIPerf"),
-    ("guidellm", '{"x": 1}', "not a GuideLLM"),
-    ("vllm-bench", '{"ttfts": [0.1]}', "--save-detailed"),
-    ("vllm-bench", json.dumps({k: [1] for k in ("input_lens", "output_lens", "ttfts", "itls", "errors")}), "start_times"),
-])
+@pytest.mark.parametrize(
+    "tool,text,needle",
+    [
+        ("aiperf", '{"metrics": {}}\n', "not an AIPerf"),
+        ("guidellm", '{"x": 1}', "not a GuideLLM"),
+        ("vllm-bench", '{"ttfts": [0.1]}', "--save-detailed"),
+        (
+            "vllm-bench",
+            json.dumps({k: [1] for k in ("input_lens", "output_lens", "ttfts", "itls", "errors")}),
+            "start_times",
+        ),
+    ],
+)
 def test_wrong_files_are_one_line_errors(tmp_path, tool, text, needle):
     bad = tmp_path / "bad.json"
     bad.write_text(text)
@@ -106,8 +113,10 @@ def test_wrong_files_are_one_line_errors(tmp_path, tool, text, needle):
 
 def test_report_compare_puts_an_imported_run_beside_another(tmp_path):
     """Two tools' runs of the same workload, imported under one cell name, side by side."""
-    for tool, source, out in (("aiperf", DATA / "aiperf" / "profile_export.jsonl", "a"),
-                              ("guidellm", DATA / "guidellm" / "benchmarks.json", "g")):
+    for tool, source, out in (
+        ("aiperf", DATA / "aiperf" / "profile_export.jsonl", "a"),
+        ("guidellm", DATA / "guidellm" / "benchmarks.json", "g"),
+    ):
         proc = run_cli("import", tool, source, "--out", tmp_path / out, "--name", "smollm2-c1-32in-12out")
         assert proc.returncode == 0, proc.stderr
     summary = run_cli("summarize", tmp_path / "a")

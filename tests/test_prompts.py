@@ -7,8 +7,8 @@ import math
 from collections import Counter
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from rllm_study.errors import UserError
 from rllm_study.workloads.datasets import MATH, Item, load_dataset
 from rllm_study.workloads.prompts import PROMPT_MODES, build_prompt, ends_in_think
@@ -24,7 +24,9 @@ def gpqa():
 def test_modes():
     reasoning, direct, native = (build_prompt(GSM, m) for m in PROMPT_MODES)
     assert reasoning.assistant_prefix == "<think>\n" and reasoning.starts_in_think
-    assert [m["role"] for m in reasoning.messages] == ["system", "user"] and "<think>" in reasoning.messages[0]["content"]
+    assert [m["role"] for m in reasoning.messages] == ["system", "user"] and "<think>" in reasoning.messages[0][
+        "content"
+    ]
     assert not direct.starts_in_think and direct.assistant_prefix == ""
     assert [m["role"] for m in native.messages] == ["user"] and not native.starts_in_think
     for p in (reasoning, direct, native):
@@ -54,20 +56,32 @@ def test_gpqa_shuffle_is_seeded_per_item(gpqa):
 
 def test_user_templates_override_some_modes(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('[direct]\nsystem = ""\nmath = "Q: {problem}\\nA:"\nchoice = "{problem}\\n{choices}"\nassistant_prefix = ""\n', encoding="utf-8")
+    path.write_text(
+        '[direct]\nsystem = ""\nmath = "Q: {problem}\\nA:"\nchoice = "{problem}\\n{choices}"\nassistant_prefix = ""\n',
+        encoding="utf-8",
+    )
     direct = build_prompt(GSM, "direct", templates=path)
     assert direct.messages == [{"role": "user", "content": "Q: What is {choices} + 1?\nA:"}]
     assert build_prompt(GSM, "reasoning", templates=path) == build_prompt(GSM, "reasoning")
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[direct]\nsystem = ""\nmath = "no placeholder"\nchoice = "{problem}{choices}"\nassistant_prefix = ""\n', "math in .* must contain {problem}"),
-    ('[direct]\nsystem = ""\nmath = "{problem}"\nchoice = "{problem}"\nassistant_prefix = ""\n', "must contain {choices}"),
-    ('[direct]\nsystem = ""\nmath = "{problem}"\nchoice = "{problem}{choices}"\n', "needs assistant_prefix"),
-    ('[direct]\nsystm = ""\n', "unknown key 'systm'"),
-    ('[chain]\nsystem = ""\n', r"unknown mode \[chain\]"),
-    ("[direct\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '[direct]\nsystem = ""\nmath = "no placeholder"\nchoice = "{problem}{choices}"\nassistant_prefix = ""\n',
+            "math in .* must contain {problem}",
+        ),
+        (
+            '[direct]\nsystem = ""\nmath = "{problem}"\nchoice = "{problem}"\nassistant_prefix = ""\n',
+            "must contain {choices}",
+        ),
+        ('[direct]\nsystem = ""\nmath = "{problem}"\nchoice = "{problem}{choices}"\n', "needs assistant_prefix"),
+        ('[direct]\nsystm = ""\n', "unknown key 'systm'"),
+        ('[chain]\nsystem = ""\n', r"unknown mode \[chain\]"),
+        ("[direct\n", "not valid TOML"),
+    ],
+)
 def test_bad_templates(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")
@@ -83,8 +97,11 @@ def test_template_and_grammar_errors(tmp_path):
     with pytest.raises(UserError, match="no grammar_math file"):
         build_prompt(GSM, "direct", grammar=True)
     path = tmp_path / "t.toml"
-    path.write_text('[reasoning]\nsystem = ""\nmath = "{problem}"\nchoice = "{problem}{choices}"\nassistant_prefix = "<think>\\n"\n'
-                    'grammar_math = "mine.gbnf"\n', encoding="utf-8")
+    path.write_text(
+        '[reasoning]\nsystem = ""\nmath = "{problem}"\nchoice = "{problem}{choices}"\nassistant_prefix = "<think>\\n"\n'
+        'grammar_math = "mine.gbnf"\n',
+        encoding="utf-8",
+    )
     with pytest.raises(UserError, match="cannot read grammar file .*mine.gbnf"):
         build_prompt(GSM, "reasoning", templates=path, grammar=True)
     (tmp_path / "mine.gbnf").write_text('root ::= "x"\n', encoding="utf-8")  # relative to the TOML file

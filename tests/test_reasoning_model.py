@@ -60,7 +60,7 @@ models = ["{tiny_r1_path}"]
 prompt_modes = ["native"]
 max_tokens = [24]
 think_budget = [8]
-templates = "{tmp_path / 'native.toml'}"
+templates = "{tmp_path / "native.toml"}"
 [datasets]
 gsm8k = 2
 [sampling]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from rllm_study.backends.base import ANSWER, THINK, Request, RequestFinished, SamplingParams, TokenEvent
-from rllm_study.backends.openai_http.engine import OpenAIEngine, THINK_BUDGET_TOLERANCE
+from rllm_study.backends.openai_http.engine import THINK_BUDGET_TOLERANCE, OpenAIEngine
 from rllm_study.backends.options import OpenAIOptions
 from rllm_study.backends.phases import answer_text
 from rllm_study.bench.server import free_port
@@ -27,14 +27,15 @@ SSE = Path(__file__).parent / "data" / "sse"
 OWNERS = {"vllm": "vllm", "sglang": "sglang", "llama-server": "llamacpp", "mlx": "system"}
 
 
-def replay(name: str, owner: str, api: str = "/v1/chat/completions", read_bytes: int = 37,
-           request: Request | None = None) -> tuple[list, RequestFinished, OpenAIEngine]:
+def replay(
+    name: str, owner: str, api: str = "/v1/chat/completions", read_bytes: int = 37, request: Request | None = None
+) -> tuple[list, RequestFinished, OpenAIEngine]:
     """Serve transcript `name` to a real OpenAIEngine; its events and finish."""
     body = (SSE / name).read_bytes()
 
     async def chunks():
         for i in range(0, len(body), read_bytes):
-            yield body[i: i + read_bytes]
+            yield body[i : i + read_bytes]
             await asyncio.sleep(0)
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -52,7 +53,7 @@ def replay(name: str, owner: str, api: str = "/v1/chat/completions", read_bytes:
 
     eng._client = eng._call(mock_client())
     eng._server = None
-    eng.submit(request or Request("r", "[{\"role\": \"user\", \"content\": \"2+2?\"}]", SamplingParams(64)))
+    eng.submit(request or Request("r", '[{"role": "user", "content": "2+2?"}]', SamplingParams(64)))
     events, deadline = [], time.monotonic() + 30
     while eng.has_work():
         assert time.monotonic() < deadline
@@ -68,7 +69,13 @@ def tokens(events) -> list[tuple[str, str, int]]:
 def test_vllm_reasoning_content_with_continuous_usage():
     events, fin, _ = replay("vllm_chat_reasoning_content.sse", "vllm")
     assert tokens(events) == [(THINK, "Two plus", 2), (THINK, " two is four.", 5), (ANSWER, "4", 2)]
-    assert (fin.reason, fin.output_tokens, fin.think_tokens, fin.answer_tokens, fin.prompt_tokens) == ("stop", 9, 7, 2, 12)
+    assert (fin.reason, fin.output_tokens, fin.think_tokens, fin.answer_tokens, fin.prompt_tokens) == (
+        "stop",
+        9,
+        7,
+        2,
+        12,
+    )
     assert fin.output_text == "<think>Two plus two is four.</think>4" and fin.think_close_leaked is False
 
 
@@ -88,8 +95,14 @@ def test_sglang_reasoning_tokens_from_usage():
 
 def test_leaked_close_is_counted_and_splits_the_phases():
     events, fin, _ = replay("llama_server_leaked_close.sse", "llamacpp")
-    assert tokens(events) == [(THINK, "Hmm", 1), (THINK, " let", 1), (ANSWER, " me", 1), (THINK, "</think>", 1),
-                              (ANSWER, "The answer", 1), (ANSWER, " is 4.", 2)]
+    assert tokens(events) == [
+        (THINK, "Hmm", 1),
+        (THINK, " let", 1),
+        (ANSWER, " me", 1),
+        (THINK, "</think>", 1),
+        (ANSWER, "The answer", 1),
+        (ANSWER, " is 4.", 2),
+    ]
     assert fin.think_close_leaked is True
     assert (fin.output_tokens, fin.think_tokens, fin.answer_tokens) == (7, 4, 3)  # " me" was thinking after all
     assert fin.output_text == "<think>Hmm let me</think>The answer is 4."
@@ -104,24 +117,31 @@ def test_gpt_oss_channels_in_completion_text():
     assert answer_text(fin.output_text, False) == "4"
 
 
-@pytest.mark.parametrize("name,cause", [("cut_mid_stream.sse", "ended without a finish_reason"),
-                                        ("malformed_event.sse", "JSONDecodeError")])
+@pytest.mark.parametrize(
+    "name,cause", [("cut_mid_stream.sse", "ended without a finish_reason"), ("malformed_event.sse", "JSONDecodeError")]
+)
 def test_cut_and_malformed_streams_are_error_finishes_that_keep_their_tokens(name, cause):
     events, fin, _ = replay(name, "vllm")
     assert fin.reason == "error" and cause in fin.error
     assert tokens(events)  # what arrived before the failure stays
 
 
-@pytest.mark.parametrize("kind,api,fields", [
-    ("vllm", "/v1/chat/completions", {"thinking_token_budget": 16}),
-    ("vllm", "", {"thinking_token_budget": 16}),
-    ("sglang", "/v1/chat/completions", {"custom_params": {"thinking_budget": 16},
-                                        "chat_template_kwargs": {"thinking_budget": 16}}),
-    ("sglang", "", {"custom_params": {"thinking_budget": 16}}),
-    ("llama-server", "/v1/chat/completions", {"reasoning_budget_tokens": 16}),
-    ("llama-server", "", {}),
-    ("llama_cpp.server", "/v1/chat/completions", {}),
-])
+@pytest.mark.parametrize(
+    "kind,api,fields",
+    [
+        ("vllm", "/v1/chat/completions", {"thinking_token_budget": 16}),
+        ("vllm", "", {"thinking_token_budget": 16}),
+        (
+            "sglang",
+            "/v1/chat/completions",
+            {"custom_params": {"thinking_budget": 16}, "chat_template_kwargs": {"thinking_budget": 16}},
+        ),
+        ("sglang", "", {"custom_params": {"thinking_budget": 16}}),
+        ("llama-server", "/v1/chat/completions", {"reasoning_budget_tokens": 16}),
+        ("llama-server", "", {}),
+        ("llama_cpp.server", "/v1/chat/completions", {}),
+    ],
+)
 def test_think_budget_field_by_server_kind(kind, api, fields):
     eng = OpenAIEngine("m", OpenAIOptions(base_url=f"http://127.0.0.1:{free_port()}{api}"))
     eng._server = {"kind": kind, "models": ["m"], "props": {}}
@@ -141,9 +161,20 @@ def test_budget_held_check_in_the_metrics(tmp_path):
     w = CellWriter(tmp_path / "c")
     w.write_manifest({"cell": {"name": "c", "think_budget": 32}, "engine": {"think_budget_tolerance": 4}})
     for i, think in enumerate((10, 32, 36, 37, 200)):  # 37 and 200: budgets a server took and did not hold
-        w.write_request({"id": f"r{i}", "arrival_s": 0.0, "first_token_s": 0.1, "finish_s": 1.0, "output_tokens": think + 5,
-                         "think_tokens": think, "answer_tokens": 5, "finish_reason": "stop",
-                         "think_close_leaked": i == 4}, {"id": f"r{i}", "t_s": [], "phase": ""})
+        w.write_request(
+            {
+                "id": f"r{i}",
+                "arrival_s": 0.0,
+                "first_token_s": 0.1,
+                "finish_s": 1.0,
+                "output_tokens": think + 5,
+                "think_tokens": think,
+                "answer_tokens": 5,
+                "finish_reason": "stop",
+                "think_close_leaked": i == 4,
+            },
+            {"id": f"r{i}", "t_s": [], "phase": ""},
+        )
     w.close()
     tok = cell_metrics(read_cell(tmp_path / "c"))["tokens"]
     assert (tok["think_budget_held"]["k"], tok["think_budget_held"]["n"]) == (3, 5)

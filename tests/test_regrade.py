@@ -12,9 +12,11 @@ from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.running.results import FolderLock, read_cell, read_jsonl
 
 SOURCE = REPO / "reports" / "gpu-h100" / "pilot-c32"
-CELLS = ("qwen2.5-coder-0.5b__gsm8k__reasoning__mt256__batch32__r0",       # gsm8k/0016: \boxed{230 miles}, no </think>
-         "qwen2.5-coder-0.5b__math500__direct__mt512__batch32__r0",        # math500/0047: \boxed{5 + c}, reference 5
-         "qwen2.5-coder-0.5b__gpqa-diamond__reasoning__mt256__batch32__r0")  # gpqa-diamond/0028: "...correct choice is B."
+CELLS = (
+    "qwen2.5-coder-0.5b__gsm8k__reasoning__mt256__batch32__r0",  # gsm8k/0016: \boxed{230 miles}, no </think>
+    "qwen2.5-coder-0.5b__math500__direct__mt512__batch32__r0",  # math500/0047: \boxed{5 + c}, reference 5
+    "qwen2.5-coder-0.5b__gpqa-diamond__reasoning__mt256__batch32__r0",
+)  # gpqa-diamond/0028: "...correct choice is B."
 GRADING = {"extracted_answer", "correct", "correct_lenient", "parse_status"}
 
 
@@ -49,7 +51,9 @@ def test_regrade_rewrites_grading_fields_only(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert all((run / name / "requests.jsonl").read_bytes() == raw[name] for name in CELLS)  # nothing written
     assert "gsm8k/0016: reference '230', answer None -> '230 miles' (answer_in_think" in dry.stdout
-    assert "math500/0047: reference '5', answer '5 + c' -> '5 + c' (parsed; now strict wrong, lenient wrong)" in dry.stdout
+    assert (
+        "math500/0047: reference '5', answer '5 + c' -> '5 + c' (parsed; now strict wrong, lenient wrong)" in dry.stdout
+    )
 
     done = run_cli("regrade", run)
     assert done.returncode == 0, done.stderr
@@ -59,15 +63,24 @@ def test_regrade_rewrites_grading_fields_only(tmp_path):
         assert list(after[name]) == list(before[name])  # same requests, same order
         for rid, rec in after[name].items():
             old = before[name][rid]
-            assert {k: v for k, v in rec.items() if k not in GRADING} == {k: v for k, v in old.items() if k not in GRADING}
+            assert {k: v for k, v in rec.items() if k not in GRADING} == {
+                k: v for k, v in old.items() if k not in GRADING
+            }
             assert list(rec) == list(old) + ([] if "correct_lenient" in old else ["correct_lenient"])
         assert not list((run / name).glob("*.tmp"))
 
     train = after[CELLS[0]]["gsm8k/0016"]
-    assert (train["extracted_answer"], train["parse_status"], train["correct"], train["correct_lenient"]) == \
-        ("230 miles", "answer_in_think", False, True)
+    assert (train["extracted_answer"], train["parse_status"], train["correct"], train["correct_lenient"]) == (
+        "230 miles",
+        "answer_in_think",
+        False,
+        True,
+    )
     free = after[CELLS[1]]["math500/0047"]
-    assert before[CELLS[1]]["math500/0047"]["correct"] is True and (free["correct"], free["correct_lenient"]) == (False, False)
+    assert before[CELLS[1]]["math500/0047"]["correct"] is True and (free["correct"], free["correct_lenient"]) == (
+        False,
+        False,
+    )
     letter = after[CELLS[2]]["gpqa-diamond/0028"]
     assert (letter["extracted_answer"], letter["parse_status"], letter["correct"]) == ("B", "parsed", False)
 
@@ -90,7 +103,11 @@ def test_regrade_refuses_a_folder_a_run_is_writing(tmp_path):
     with FolderLock(run):  # as a run holds it while writing
         refused = run_cli("regrade", run)
         dry = run_cli("regrade", run, "--dry-run")
-    assert refused.returncode == 2 and "is being written by pid" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (
+        refused.returncode == 2
+        and "is being written by pid" in refused.stderr
+        and len(refused.stderr.strip().splitlines()) == 1
+    )
     assert dry.returncode == 0 and dry.stdout.startswith("would regrade"), dry.stderr  # reading needs no lock
     assert all((run / name / "requests.jsonl").read_bytes() == raw[name] for name in CELLS)
 

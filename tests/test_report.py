@@ -24,12 +24,37 @@ from rllm_study.report.plots import _log_ticks
 from rllm_study.running.results import CellWriter
 from scripted_engine import run_scripted
 
-SECTIONS = ["Setup", "Claims", "Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
-            "Latency distributions", "Techniques", "Bursty arrivals", "Load sweeps", "Multi-turn sessions", "Dispatch lag", "Think budget", "All cells", "Appendix: metrics"]
-CLAIM_TITLES = ["Memory use and fluctuation", "Stragglers", "Adaptive running time", "Domain preference",
-                "Weight quantization", "KV-cache quantization", "Prefix caching", "Speculative decoding", "Bursty arrivals",
-                "Multi-turn prefix caching", "KV capacity at a fixed memory budget",
-                "Combined techniques"]
+SECTIONS = [
+    "Setup",
+    "Claims",
+    "Memory use and fluctuation",
+    "Stragglers",
+    "Adaptive running time",
+    "Domain preference",
+    "Latency distributions",
+    "Techniques",
+    "Bursty arrivals",
+    "Load sweeps",
+    "Multi-turn sessions",
+    "Dispatch lag",
+    "Think budget",
+    "All cells",
+    "Appendix: metrics",
+]
+CLAIM_TITLES = [
+    "Memory use and fluctuation",
+    "Stragglers",
+    "Adaptive running time",
+    "Domain preference",
+    "Weight quantization",
+    "KV-cache quantization",
+    "Prefix caching",
+    "Speculative decoding",
+    "Bursty arrivals",
+    "Multi-turn prefix caching",
+    "KV capacity at a fixed memory budget",
+    "Combined techniques",
+]
 KV_SPEC = """
 name = "kv-cache-small"
 models = ["smollm2-135m"]
@@ -60,10 +85,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     them; the same report on a real model's run: tests/test_runner.py::test_report_of_the_real_pilot."""
     root = tmp_path_factory.mktemp("runs")
     fast = ("max_tokens=[24]", "sample_period_s=0.005")  # 2 ms a decode step: a KV timeline of several samples a batch
-    run_scripted(root / "pilot", preset="pilot", step_s=0.002,
-                 overrides=(*fast, "datasets={gsm8k=2, math500=2, gpqa-diamond=2}", "workload.batch_size=2"))
-    run_scripted(root / "realworld", preset="realworld", step_s=0.002,
-                 overrides=(*fast, "datasets={gsm8k=3}", "workload.rate=2.0"))
+    run_scripted(
+        root / "pilot",
+        preset="pilot",
+        step_s=0.002,
+        overrides=(*fast, "datasets={gsm8k=2, math500=2, gpqa-diamond=2}", "workload.batch_size=2"),
+    )
+    run_scripted(
+        root / "realworld",
+        preset="realworld",
+        step_s=0.002,
+        overrides=(*fast, "datasets={gsm8k=3}", "workload.rate=2.0"),
+    )
     run_scripted(root / "kv", tomllib.loads(KV_SPEC), overrides=fast, step_s=0.002)
     write_report([root / "pilot", root / "realworld", root / "kv"], root / "report")
     return {"pilot": root / "pilot", "realworld": root / "realworld", "kv": root / "kv", "report": root / "report"}
@@ -71,8 +104,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def _claims_md(md: str) -> dict[str, str]:
     """Claim title -> status, from the claims summary table of report.md."""
-    return {m.group(1): (m.group(2), m.group(3))
-            for m in re.finditer(r"^\| ([^|]+) \| (reproduced|not reproduced|inconclusive|not tested) \| ([^|]*) \|", md, re.M)}
+    return {
+        m.group(1): (m.group(2), m.group(3))
+        for m in re.finditer(
+            r"^\| ([^|]+) \| (reproduced|not reproduced|inconclusive|not tested) \| ([^|]*) \|", md, re.M
+        )
+    }
 
 
 def test_report_from_real_runs_has_every_section(runs):
@@ -92,7 +129,9 @@ def test_report_from_real_runs_has_every_section(runs):
     assert "the bootstrap needs at least 5" in claims["Adaptive running time"][1]
     # bursty arrivals: both schedules realise 2.0 req/s (the same load, so compared), but one pair of cells cannot settle
     assert status["Bursty arrivals"] == INCONCLUSIVE, claims["Bursty arrivals"]
-    assert "about 3 cell pairs (it rests on " in claims["Bursty arrivals"][1]  # 1, or 0 where the machine speed differed
+    assert (
+        "about 3 cell pairs (it rests on " in claims["Bursty arrivals"][1]
+    )  # 1, or 0 where the machine speed differed
     for absent in ("Weight quantization", "Prefix caching", "Speculative decoding"):
         assert status[absent] == NOT_TESTED, absent
     # every figure it references is a PNG written next to it
@@ -100,8 +139,16 @@ def test_report_from_real_runs_has_every_section(runs):
     assert len(figures) >= 9
     for f in figures:
         assert (runs["report"] / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
-    for kind in ("memory-", "stragglers-", "difficulty-", "accuracy-", "latency-pilot", "latency-realworld",
-                 "technique-kv-cache-small", "load-realworld-"):
+    for kind in (
+        "memory-",
+        "stragglers-",
+        "difficulty-",
+        "accuracy-",
+        "latency-pilot",
+        "latency-realworld",
+        "technique-kv-cache-small",
+        "load-realworld-",
+    ):
         assert any(kind in f for f in figures), kind
     # the variant table, every metric in the appendix (the model's honest label: test_runner.py, on a real model)
     assert "| gsm8k | q8_0 | type_k q8_0, type_v q8_0, flash_attn True" in md
@@ -117,7 +164,10 @@ def test_load_table_prints_realised_rate_and_cv(runs):
     load = re.split(r"^## Bursty arrivals$", md, flags=re.M)[1].split("\n## ", 1)[0]
     assert "| workload | n | arrival rate req/s | arrival CV | req/s |" in load
     rows = re.findall(r"^\| (gamma-r2.0-cv[13].0) \| (\d+) \| ([^|]+) \| ([^|]+) \|", load, re.M)
-    assert [(name, n, rate) for name, n, rate, _ in rows] == [("gamma-r2.0-cv1.0", "3", "2.00"), ("gamma-r2.0-cv3.0", "3", "2.00")]
+    assert [(name, n, rate) for name, n, rate, _ in rows] == [
+        ("gamma-r2.0-cv1.0", "3", "2.00"),
+        ("gamma-r2.0-cv3.0", "3", "2.00"),
+    ]
 
 
 def test_html_is_self_contained(runs):
@@ -147,9 +197,20 @@ window.addEventListener("load", () => {
   document.body.appendChild(out);
 });
 </script>"""
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=10000",
+    "--dump-dom",
+]
 
 
 def test_report_opens_in_headless_chromium(runs, tmp_path):
@@ -159,8 +220,12 @@ def test_report_opens_in_headless_chromium(runs, tmp_path):
     require(browser is not None, "chromium is not installed (apt-get install chromium; scripts/setup.sh installs it)")
     page = tmp_path / "checked.html"
     page.write_text((runs["report"] / REPORT_HTML).read_text().replace("<head>", "<head>" + CHECKER, 1))
-    proc = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(r'<pre id="report-check">(.*?)</pre>', proc.stdout, re.S)
     assert found, f"the page did not finish loading: {proc.stderr[-2000:]}"
     check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -175,23 +240,37 @@ def test_compare_lists_ratios_and_what_differed(runs, tmp_path):
     shutil.copytree(runs["pilot"], other)
     for manifest in other.rglob("manifest.json"):
         m = json.loads(manifest.read_text())
-        m["hardware"]["cpu"] = "Another CPU"          # hardware: shown in the fingerprints, not a difference
-        m["cell"]["engine"]["n_threads"] = 7           # a setting: must be listed as a difference
+        m["hardware"]["cpu"] = "Another CPU"  # hardware: shown in the fingerprints, not a difference
+        m["cell"]["engine"]["n_threads"] = 7  # a setting: must be listed as a difference
         manifest.write_text(json.dumps(m))
     _ok(run_cli("report", runs["pilot"], other, "--compare", "--out", tmp_path / "cmp"))
     md = (tmp_path / "cmp" / REPORT_MD).read_text()
-    assert re.findall(r"^## (.+)$", md, re.M) == ["Runs", "What differed besides hardware", "Claims", "Summary",
-                                                  "Cells side by side", "Appendix: metrics"]
+    assert re.findall(r"^## (.+)$", md, re.M) == [
+        "Runs",
+        "What differed besides hardware",
+        "Claims",
+        "Summary",
+        "Cells side by side",
+        "Appendix: metrics",
+    ]
     assert "Another CPU" in md.split("## Runs", 1)[1].split("## What differed", 1)[0]
     differed = md.split("## What differed besides hardware", 1)[1].split("## Claims", 1)[0]
     assert "`cell.engine.n_threads`" in differed and "| 7 |" in differed
     assert "`hardware." not in differed
     # the same result files on both sides: the same verdict on every claim, and every ratio is exactly 1
-    verdicts = re.findall(r"^\| ([^|]+) \| ([a-z ]+) \| ([a-z ]+) \| ([a-z ,]+) \|$", md.split("## Claims", 1)[1].split("## Summary", 1)[0], re.M)
-    assert [v[0] for v in verdicts] == CLAIM_TITLES and all(a == b and same == "same" for _, a, b, same in verdicts), verdicts
+    verdicts = re.findall(
+        r"^\| ([^|]+) \| ([a-z ]+) \| ([a-z ]+) \| ([a-z ,]+) \|$",
+        md.split("## Claims", 1)[1].split("## Summary", 1)[0],
+        re.M,
+    )
+    assert [v[0] for v in verdicts] == CLAIM_TITLES and all(a == b and same == "same" for _, a, b, same in verdicts), (
+        verdicts
+    )
     summary = md.split("## Summary", 1)[1].split("## Cells side by side", 1)[0]
     assert "| out tok/s | 1.00x |" in summary and "| E2EL p50 s | 1.00x |" in summary
-    assert len(re.findall(r"^### ", md.split("## Cells side by side", 1)[1], re.M)) == len(list(runs["pilot"].iterdir()))
+    assert len(re.findall(r"^### ", md.split("## Cells side by side", 1)[1], re.M)) == len(
+        list(runs["pilot"].iterdir())
+    )
 
 
 def test_user_mistakes_are_one_line(runs, tmp_path):
@@ -211,10 +290,28 @@ def test_user_mistakes_are_one_line(runs, tmp_path):
 DOMAINS = {"gpqa-diamond": "science-knowledge"}
 
 
-def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float], think: list[int], *, study="pilot",
-          variant="", engine=None, model=None, correct=False, batch: int | None = None, workload=None,
-          arrivals: list[float] | None = None, queue: list[float] | None = None, lenient: bool | None = None,
-          repeat: int = 0, speed: float | tuple[float, float] | None = 20.0, kv_every: float = 1.0) -> None:
+def _cell(
+    root: Path,
+    mode: str,
+    dataset: str,
+    kv: list[int],
+    e2el: list[float],
+    think: list[int],
+    *,
+    study="pilot",
+    variant="",
+    engine=None,
+    model=None,
+    correct=False,
+    batch: int | None = None,
+    workload=None,
+    arrivals: list[float] | None = None,
+    queue: list[float] | None = None,
+    lenient: bool | None = None,
+    repeat: int = 0,
+    speed: float | tuple[float, float] | None = 20.0,
+    kv_every: float = 1.0,
+) -> None:
     """A cell of one synchronous batch (or, with `workload` and `arrivals`, an open-loop cell):
     request i arrives at arrivals[i] (default 0), is admitted after queue[i] (default 0) and finishes
     e2el[i] after arriving; `correct` is one grade for all or one per request (`lenient`, when given,
@@ -224,27 +321,73 @@ def _cell(root: Path, mode: str, dataset: str, kv: list[int], e2el: list[float],
     `speed` the machine speed its calibrations measured before and after it (tok/s; one value: both)."""
     n = len(e2el)
     workload = workload or {"arrival": "batch", "batch_size": batch or n}
-    name = "-".join(p for p in (dataset, mode, variant, workload.get("arrival"), str(workload.get("batch_size") or workload.get("cv")),
-                                repeat and f"r{repeat}") if p)
+    name = "-".join(
+        p
+        for p in (
+            dataset,
+            mode,
+            variant,
+            workload.get("arrival"),
+            str(workload.get("batch_size") or workload.get("cv")),
+            repeat and f"r{repeat}",
+        )
+        if p
+    )
     grades = correct if isinstance(correct, list) else [correct] * n
     w = CellWriter(root / name)
-    w.write_manifest({
-        "cell": {"name": name, "study": study, "model": "m", "variant": variant, "dataset": dataset, "prompt_mode": mode,
-                 "max_tokens": 64, "repeat": repeat, "workload": workload, "engine": engine or {}},
-        "model": model, "spec": {"variants": [{"name": "base"}, {"name": "new"}]},
-    })
+    w.write_manifest(
+        {
+            "cell": {
+                "name": name,
+                "study": study,
+                "model": "m",
+                "variant": variant,
+                "dataset": dataset,
+                "prompt_mode": mode,
+                "max_tokens": 64,
+                "repeat": repeat,
+                "workload": workload,
+                "engine": engine or {},
+            },
+            "model": model,
+            "spec": {"variants": [{"name": "base"}, {"name": "new"}]},
+        }
+    )
     for i, (t, k, ok) in enumerate(zip(e2el, think, grades)):
         rid, at, wait = f"{dataset}/{i}", (arrivals or [0.0] * n)[i], (queue or [0.0] * n)[i]
-        w.write_request({"id": rid, "dataset": dataset, "domain": DOMAINS.get(dataset, "math"),
-                         "batch": 0 if workload["arrival"] == "batch" else None, "arrival_s": at, "admitted_s": at + wait,
-                         "first_token_s": at + wait + 0.1, "first_answer_token_s": None, "finish_s": at + t, "output_tokens": k,
-                         "think_tokens": k, "answer_tokens": 0, "finish_reason": "stop", "correct": ok,
-                         "parse_status": "ok" if lenient is None else "answer_in_think",
-                         **({} if lenient is None else {"correct_lenient": lenient})},
-                        {"id": rid, "t_s": [at + wait + 0.1], "token_ids": [1], "phase": "t", "draft": "0"})
+        w.write_request(
+            {
+                "id": rid,
+                "dataset": dataset,
+                "domain": DOMAINS.get(dataset, "math"),
+                "batch": 0 if workload["arrival"] == "batch" else None,
+                "arrival_s": at,
+                "admitted_s": at + wait,
+                "first_token_s": at + wait + 0.1,
+                "first_answer_token_s": None,
+                "finish_s": at + t,
+                "output_tokens": k,
+                "think_tokens": k,
+                "answer_tokens": 0,
+                "finish_reason": "stop",
+                "correct": ok,
+                "parse_status": "ok" if lenient is None else "answer_in_think",
+                **({} if lenient is None else {"correct_lenient": lenient}),
+            },
+            {"id": rid, "t_s": [at + wait + 0.1], "token_ids": [1], "phase": "t", "draft": "0"},
+        )
     for s, used in enumerate(kv):
-        w.write_timeline({"t_s": s * kv_every, "kv_used": used, "kv_capacity": 100, "kv_unit": "percent", "running": 1, "waiting": 0,
-                          "rss_bytes": 1})
+        w.write_timeline(
+            {
+                "t_s": s * kv_every,
+                "kv_used": used,
+                "kv_capacity": 100,
+                "kv_unit": "percent",
+                "running": 1,
+                "waiting": 0,
+                "rss_bytes": 1,
+            }
+        )
     if speed is not None:
         for when, tok_s in zip(("before", "after"), speed if isinstance(speed, tuple) else (speed, speed)):
             w.write_calibration({"when": when, "tokens": 32, "seconds": 31 / tok_s, "tok_s": tok_s})
@@ -288,22 +431,37 @@ def test_memory_rule(tmp_path):
     assert memory(load_cells([tmp_path / "a" / "gsm8k-reasoning-batch-2"])).status == NOT_TESTED
 
 
-def _ladder(root: Path, e2el: dict, think: dict, n: int, batch: int | None = None, repeats: int = 3,
-            speed: dict | None = None) -> None:
+def _ladder(
+    root: Path, e2el: dict, think: dict, n: int, batch: int | None = None, repeats: int = 3, speed: dict | None = None
+) -> None:
     """Reasoning cells of each data set, `repeats` of each, the repeats' E2EL 2% apart; `speed` the machine
     speed per data set (tok/s, 20 where not given)."""
     for dataset in e2el:
         for r in range(repeats):
-            _cell(root, "reasoning", dataset, [1, 2], _spread(e2el[dataset] * (1 + 0.02 * r), n),
-                  [think[dataset] + (-1) ** i for i in range(n)], batch=batch, repeat=r, speed=(speed or {}).get(dataset, 20.0))
+            _cell(
+                root,
+                "reasoning",
+                dataset,
+                [1, 2],
+                _spread(e2el[dataset] * (1 + 0.02 * r), n),
+                [think[dataset] + (-1) ** i for i in range(n)],
+                batch=batch,
+                repeat=r,
+                speed=(speed or {}).get(dataset, 20.0),
+            )
 
 
 def test_adaptive_time_rule(tmp_path):
     # think tokens and E2EL rise from GSM8K (easy) to MATH-500 (medium) to AIME (hard), 3 cells of 8 requests a tier: reproduced
-    _ladder(tmp_path / "up", {"gsm8k": 1.5, "math500": 3.5, "aime24": 7.0}, {"gsm8k": 15, "math500": 35, "aime24": 55}, 8)
+    _ladder(
+        tmp_path / "up", {"gsm8k": 1.5, "math500": 3.5, "aime24": 7.0}, {"gsm8k": 15, "math500": 35, "aime24": 55}, 8
+    )
     claim = adaptive_time(load_cells([tmp_path / "up"]))
     assert claim.status == REPRODUCED, claim
-    assert claim.numbers[0] == ("batch 8, easy: think tokens mean / E2EL mean / hit budget (n=24)", "15.0 tok / 1.53 s / 0.0%")
+    assert claim.numbers[0] == (
+        "batch 8, easy: think tokens mean / E2EL mean / hit budget (n=24)",
+        "15.0 tok / 1.53 s / 0.0%",
+    )
     assert "(n=3 cells per tier; 48 requests in 6 batches)" in dict(claim.numbers)["batch 8: mean E2EL medium / easy"]
     # the same ladder from one cell a tier, however many requests: E2EL rests on one cell a tier (one moment on the
     # machine), fewer than 3: inconclusive, and what is missing is counted in cells (repeats)
@@ -322,23 +480,42 @@ def test_adaptive_time_rule(tmp_path):
     # the machine ran the GSM8K cells at 33 tok/s and the AIME cells at 11 (another process took the CPU): the seconds
     # measure the machine as much as the problems, so the seconds condition keeps only cells of one speed (here too
     # few) and says why; in the cells' own one-sequence steps AIME still runs longer (7 s x 11 = 77 against 1.5 x 33 = 50)
-    _ladder(tmp_path / "busy", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 8, speed={"gsm8k": 33.0, "aime24": 11.0})
+    _ladder(
+        tmp_path / "busy",
+        {"gsm8k": 1.5, "aime24": 7.0},
+        {"gsm8k": 15, "aime24": 55},
+        8,
+        speed={"gsm8k": 33.0, "aime24": 11.0},
+    )
     busy = adaptive_time(load_cells([tmp_path / "busy"]))
     seconds = dict(busy.numbers)["batch 8: mean E2EL hard / easy"]
     assert "too few to settle (0 cells per tier; needs 3)" in seconds, seconds
     assert "machine speed: 3 of 6 cells left out" in busy.reason and busy.status == INCONCLUSIVE, busy.reason
     assert "settled: holds" in dict(busy.numbers)["batch 8: mean E2EL in one-sequence steps hard / easy"]
     # the same with speeds within the 20% tolerance (30 and 33 tok/s): settled on seconds and steps alike
-    _ladder(tmp_path / "near", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 8, speed={"gsm8k": 33.0, "aime24": 30.0})
+    _ladder(
+        tmp_path / "near",
+        {"gsm8k": 1.5, "aime24": 7.0},
+        {"gsm8k": 15, "aime24": 55},
+        8,
+        speed={"gsm8k": 33.0, "aime24": 30.0},
+    )
     assert adaptive_time(load_cells([tmp_path / "near"])).status == REPRODUCED
     # a cell whose own calibrations disagree (the machine changed speed while it ran) is left out of the seconds
-    _ladder(tmp_path / "unsteady", {"gsm8k": 1.5, "aime24": 7.0}, {"gsm8k": 15, "aime24": 55}, 8,
-            speed={"gsm8k": 30.0, "aime24": (30.0, 12.0)})
+    _ladder(
+        tmp_path / "unsteady",
+        {"gsm8k": 1.5, "aime24": 7.0},
+        {"gsm8k": 15, "aime24": 55},
+        8,
+        speed={"gsm8k": 30.0, "aime24": (30.0, 12.0)},
+    )
     unsteady = adaptive_time(load_cells([tmp_path / "unsteady"]))
     assert unsteady.status == INCONCLUSIVE and "machine speed changed during" in unsteady.reason, unsteady.reason
     # the technique and load claims need cells these runs do not have
     statuses = {c.key: c.status for c in check_claims(load_cells([tmp_path / "up"]))}
-    assert {statuses[k] for k in ("quantization", "kv-cache", "prefix-cache", "speculative", "bursty", "memory")} == {NOT_TESTED}
+    assert {statuses[k] for k in ("quantization", "kv-cache", "prefix-cache", "speculative", "bursty", "memory")} == {
+        NOT_TESTED
+    }
 
 
 def test_adaptive_time_compares_within_one_batch_size(tmp_path):
@@ -378,7 +555,10 @@ def test_domain_rule(tmp_path):
         _cell(tmp_path / "yes", mode, "gpqa-diamond", [1], [1.0] * 100, [1] * 100, correct=False)
     claim = domain_preference(load_cells([tmp_path / "yes"]))
     assert claim.status == REPRODUCED, claim
-    assert ("math: accuracy lenient, reasoning / direct", "100.0% (100/100) [96.3-100.0%] / 0.0% (0/100) [0.0-3.7%]") in claim.numbers
+    assert (
+        "math: accuracy lenient, reasoning / direct",
+        "100.0% (100/100) [96.3-100.0%] / 0.0% (0/100) [0.0-3.7%]",
+    ) in claim.numbers
     # the gains pair each item with its twin in the other mode, domain by domain (GPQA items are not math items)
     assert "(n=100 matched items)" in dict(claim.numbers)["math: reasoning - direct"]
     # no math gain at all (0/100 both): the interval of the gain lies below 5 points, settled against it
@@ -407,20 +587,88 @@ def test_technique_rules(tmp_path):
     n = 50  # 3 repeats: 150 requests; a 0-point accuracy difference settles "within 3 points" from about 125
     for r in range(3):  # three repeats of every pair: three independent matched cell pairs
         # weight quantization: 4.5 bpw keeps accuracy (both all correct) and is faster (E2EL 1 s vs 2 s)
-        _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(2, n), [9] * n, study="quantization", variant="base", model=small,
-              correct=True, repeat=r)
-        _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1, n), [9] * n, study="quantization", variant="new", correct=True,
-              model={"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}}, repeat=r)
+        _cell(
+            tmp_path,
+            "reasoning",
+            "gsm8k",
+            [1],
+            _spread(2, n),
+            [9] * n,
+            study="quantization",
+            variant="base",
+            model=small,
+            correct=True,
+            repeat=r,
+        )
+        _cell(
+            tmp_path,
+            "reasoning",
+            "gsm8k",
+            [1],
+            _spread(1, n),
+            [9] * n,
+            study="quantization",
+            variant="new",
+            correct=True,
+            model={"quant": "Q4_0", "gguf": {"bits_per_weight": 4.5, "n_params": 5e8}},
+            repeat=r,
+        )
         # prefix caching on a small model, single-turn: on is slower (E2EL 3 s vs 2 s), as the paper found for 7B
-        _cell(tmp_path, "reasoning", "math500", [1], _spread(2, 8), [9] * 8, study="prefix", variant="base", model=small,
-              engine={"prefix_cache": False}, repeat=r)
-        _cell(tmp_path, "reasoning", "math500", [1], _spread(3 + 0.1 * r, 8), [9] * 8, study="prefix", variant="new", model=small,
-              engine={"prefix_cache": True}, repeat=r)
+        _cell(
+            tmp_path,
+            "reasoning",
+            "math500",
+            [1],
+            _spread(2, 8),
+            [9] * 8,
+            study="prefix",
+            variant="base",
+            model=small,
+            engine={"prefix_cache": False},
+            repeat=r,
+        )
+        _cell(
+            tmp_path,
+            "reasoning",
+            "math500",
+            [1],
+            _spread(3 + 0.1 * r, 8),
+            [9] * 8,
+            study="prefix",
+            variant="new",
+            model=small,
+            engine={"prefix_cache": True},
+            repeat=r,
+        )
         # speculative decoding: shorter end to end (1 s vs 2 s) at the same accuracy
-        _cell(tmp_path, "reasoning", "aime24", [1], _spread(2, n), [9] * n, study="spec", variant="base", model=small,
-              engine={"spec": None}, correct=True, repeat=r)
-        _cell(tmp_path, "reasoning", "aime24", [1], _spread(1 + 0.05 * r, n), [9] * n, study="spec", variant="new", model=small,
-              engine={"spec": "ngram"}, correct=True, repeat=r)
+        _cell(
+            tmp_path,
+            "reasoning",
+            "aime24",
+            [1],
+            _spread(2, n),
+            [9] * n,
+            study="spec",
+            variant="base",
+            model=small,
+            engine={"spec": None},
+            correct=True,
+            repeat=r,
+        )
+        _cell(
+            tmp_path,
+            "reasoning",
+            "aime24",
+            [1],
+            _spread(1 + 0.05 * r, n),
+            [9] * n,
+            study="spec",
+            variant="new",
+            model=small,
+            engine={"spec": "ngram"},
+            correct=True,
+            repeat=r,
+        )
     claims = {c.key: c for c in check_claims(load_cells([tmp_path]))}
     assert claims["quantization"].status == REPRODUCED, claims["quantization"]
     quant = dict(claims["quantization"].numbers)
@@ -432,45 +680,127 @@ def test_technique_rules(tmp_path):
     assert claims["kv-cache"].status == NOT_TESTED
     # speculation that makes requests slower (3 s vs 2 s) does not reproduce the finding
     for r in range(3):
-        _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(2, 8), [9] * 8, study="spec", variant="base", model=small,
-              engine={"spec": None}, repeat=r)
-        _cell(tmp_path / "slow", "reasoning", "aime24", [1], _spread(3 - 0.1 * r, 8), [9] * 8, study="spec", variant="new",
-              model=small, engine={"spec": "ngram"}, repeat=r)
+        _cell(
+            tmp_path / "slow",
+            "reasoning",
+            "aime24",
+            [1],
+            _spread(2, 8),
+            [9] * 8,
+            study="spec",
+            variant="base",
+            model=small,
+            engine={"spec": None},
+            repeat=r,
+        )
+        _cell(
+            tmp_path / "slow",
+            "reasoning",
+            "aime24",
+            [1],
+            _spread(3 - 0.1 * r, 8),
+            [9] * 8,
+            study="spec",
+            variant="new",
+            model=small,
+            engine={"spec": "ngram"},
+            repeat=r,
+        )
     assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "slow"]))}["speculative"] == NOT_REPRODUCED
     # the same speed-up from one pair of cells (130 requests each, all correct): however many requests, one pair is one
     # moment on the machine; inconclusive, and the repeats it lacks are named
-    _cell(tmp_path / "one", "reasoning", "aime24", [1], _spread(2, 130), [9] * 130, study="spec", variant="base", model=small,
-          engine={"spec": None}, correct=True)
-    _cell(tmp_path / "one", "reasoning", "aime24", [1], _spread(1, 130), [9] * 130, study="spec", variant="new", model=small,
-          engine={"spec": "ngram"}, correct=True)
+    _cell(
+        tmp_path / "one",
+        "reasoning",
+        "aime24",
+        [1],
+        _spread(2, 130),
+        [9] * 130,
+        study="spec",
+        variant="base",
+        model=small,
+        engine={"spec": None},
+        correct=True,
+    )
+    _cell(
+        tmp_path / "one",
+        "reasoning",
+        "aime24",
+        [1],
+        _spread(1, 130),
+        [9] * 130,
+        study="spec",
+        variant="new",
+        model=small,
+        engine={"spec": "ngram"},
+        correct=True,
+    )
     one = {c.key: c for c in check_claims(load_cells([tmp_path / "one"]))}["speculative"]
     assert one.status == INCONCLUSIVE and "about 3 cell pairs (it rests on 1" in one.reason, one.reason
 
 
-def _graded_cell(root: Path, name: str, grades: list[tuple[bool, bool, str, int]], *, variant="", mode="reasoning") -> None:
+def _graded_cell(
+    root: Path, name: str, grades: list[tuple[bool, bool, str, int]], *, variant="", mode="reasoning"
+) -> None:
     """A pilot-kind cell (or a variant cell) of gsm8k whose requests carry (correct, correct_lenient,
     parse_status, answer_tokens); each thinks 5 tokens first."""
     w = CellWriter(root / name)
-    w.write_manifest({"cell": {"name": name, "study": "kv" if variant else "pilot", "model": "m", "variant": variant,
-                               "dataset": "gsm8k", "prompt_mode": mode, "max_tokens": 64, "repeat": 0,
-                               "workload": {"arrival": "batch", "batch_size": len(grades)}, "engine": {}},
-                      "spec": {"variants": [{"name": "base"}, {"name": "new"}]}})
+    w.write_manifest(
+        {
+            "cell": {
+                "name": name,
+                "study": "kv" if variant else "pilot",
+                "model": "m",
+                "variant": variant,
+                "dataset": "gsm8k",
+                "prompt_mode": mode,
+                "max_tokens": 64,
+                "repeat": 0,
+                "workload": {"arrival": "batch", "batch_size": len(grades)},
+                "engine": {},
+            },
+            "spec": {"variants": [{"name": "base"}, {"name": "new"}]},
+        }
+    )
     for i, (correct, lenient, status, answer) in enumerate(grades):
         rid = f"gsm8k/{i}"
-        w.write_request({"id": rid, "dataset": "gsm8k", "domain": "math", "batch": 0, "arrival_s": 0.0, "admitted_s": 0.0,
-                         "first_token_s": 0.1, "first_answer_token_s": 0.5 if answer else None, "finish_s": 1.0 + i,
-                         "output_tokens": 5 + answer, "think_tokens": 5, "answer_tokens": answer, "finish_reason": "stop",
-                         "correct": correct, "correct_lenient": lenient, "parse_status": status, "prompt_mode": mode},
-                        {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"})
-    w.write_timeline({"t_s": 0.0, "kv_used": 1, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1})
+        w.write_request(
+            {
+                "id": rid,
+                "dataset": "gsm8k",
+                "domain": "math",
+                "batch": 0,
+                "arrival_s": 0.0,
+                "admitted_s": 0.0,
+                "first_token_s": 0.1,
+                "first_answer_token_s": 0.5 if answer else None,
+                "finish_s": 1.0 + i,
+                "output_tokens": 5 + answer,
+                "think_tokens": 5,
+                "answer_tokens": answer,
+                "finish_reason": "stop",
+                "correct": correct,
+                "correct_lenient": lenient,
+                "parse_status": status,
+                "prompt_mode": mode,
+            },
+            {"id": rid, "t_s": [0.1], "token_ids": [1], "phase": "t", "draft": "0"},
+        )
+    w.write_timeline(
+        {"t_s": 0.0, "kv_used": 1, "kv_capacity": 100, "kv_unit": "cells", "running": 1, "waiting": 0, "rss_bytes": 1}
+    )
     w.close()
 
 
 def test_cell_tables_show_strict_lenient_accuracy_and_answer_phase(tmp_path):
     # 4 requests: 1 right in its answer phase, 1 right only while thinking (answer_in_think), 2 wrong;
     # 2 of the 4 have an answer phase. Strict 1/4, lenient 2/4, answer phase 2/4, each with its interval.
-    grades = [(True, True, "parsed", 3), (False, True, "answer_in_think", 0), (False, False, "parsed", 2),
-              (False, False, "unparsed", 0)]
+    grades = [
+        (True, True, "parsed", 3),
+        (False, True, "answer_in_think", 0),
+        (False, False, "parsed", 2),
+        (False, False, "unparsed", 0),
+    ]
     _graded_cell(tmp_path / "run", "pilot-cell", grades)
     _graded_cell(tmp_path / "run", "kv-base", grades, variant="base")
     _graded_cell(tmp_path / "run", "kv-new", [(True, True, "parsed", 3)] * 4, variant="new")
@@ -485,15 +815,29 @@ def test_cell_tables_show_strict_lenient_accuracy_and_answer_phase(tmp_path):
     assert f"| gsm8k | easy | reasoning | {strict} | {half} | 2 / 1 / 1 |" in domain
     # the technique table gives each variant's difference from the baseline in points
     techniques = md.split("\n## Techniques\n", 1)[1].split("\n## ", 1)[0]
-    assert "| 100.0% (4/4) [51.0-100.0%] (+75.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) |" in techniques
+    assert (
+        "| 100.0% (4/4) [51.0-100.0%] (+75.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) | 100.0% (4/4) [51.0-100.0%] (+50.0 pt) |"
+        in techniques
+    )
 
 
 def test_derived_quantization_ladder_has_no_accuracy_verdict(tmp_path):
     origin = "m (Q4_K_M, embedded:x)"
     for variant, quant, bits, e2el in (("base", "F16", 16.0, 2.0), ("new", "Q4_0", 4.5, 1.0)):
         for r in range(3):
-            _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(e2el, 8), [9] * 8, study="quantization", variant=variant, correct=True,
-                  model={"quant": quant, "derived_from": origin, "gguf": {"bits_per_weight": bits, "n_params": 5e8}}, repeat=r)
+            _cell(
+                tmp_path,
+                "reasoning",
+                "gsm8k",
+                [1],
+                _spread(e2el, 8),
+                [9] * 8,
+                study="quantization",
+                variant=variant,
+                correct=True,
+                model={"quant": quant, "derived_from": origin, "gguf": {"bits_per_weight": bits, "n_params": 5e8}},
+                repeat=r,
+            )
     claim = {c.key: c for c in check_claims(load_cells([tmp_path]))}["quantization"]
     assert claim.status == NOT_TESTED and "derived from one Q4_K_M file" in claim.reason, claim
     # output tokens over the last finish: (2 + 0.035 s) / (1 + 0.035 s)
@@ -505,12 +849,26 @@ def test_lower_precision_than_the_source_gets_an_accuracy_verdict(tmp_path):
     # source itself, and Q4_0 re-quantized from it (lower precision: its loss is attributable). Q4_0 answers half of
     # 150 requests where the source answers all: settled against, by the accuracy condition against the source.
     origin = "m (Q4_K_M, embedded:x)"
-    ladder = (("base", "F16", 16.0, origin, True), ("q4km", "Q4_K_M", 4.85, None, True), ("new", "Q4_0", 4.5, origin, [True, False]))
+    ladder = (
+        ("base", "F16", 16.0, origin, True),
+        ("q4km", "Q4_K_M", 4.85, None, True),
+        ("new", "Q4_0", 4.5, origin, [True, False]),
+    )
     for variant, quant, bits, derived, correct in ladder:
         for r in range(3):
-            _cell(tmp_path, "reasoning", "gsm8k", [1], _spread(1.0, 50), [9] * 50, study="quantization", variant=variant, repeat=r,
-                  correct=correct if correct is True else [i % 2 == 0 for i in range(50)],
-                  model={"quant": quant, "derived_from": derived, "gguf": {"bits_per_weight": bits, "n_params": 5e8}})
+            _cell(
+                tmp_path,
+                "reasoning",
+                "gsm8k",
+                [1],
+                _spread(1.0, 50),
+                [9] * 50,
+                study="quantization",
+                variant=variant,
+                repeat=r,
+                correct=correct if correct is True else [i % 2 == 0 for i in range(50)],
+                model={"quant": quant, "derived_from": derived, "gguf": {"bits_per_weight": bits, "n_params": 5e8}},
+            )
     claim = {c.key: c for c in check_claims(load_cells([tmp_path]))}["quantization"]
     assert claim.status == NOT_REPRODUCED, claim
     numbers = dict(claim.numbers)
@@ -524,8 +882,18 @@ def test_lower_precision_than_the_source_gets_an_accuracy_verdict(tmp_path):
 def _open_loop(root: Path, cv: float, arrivals: list[float], queue: float, e2el: float, repeats: int = 3) -> None:
     n = len(arrivals)
     for r in range(repeats):
-        _cell(root, "reasoning", "gsm8k", [1], _spread(e2el * (1 + 0.05 * r), n), [9] * n,
-              workload={"arrival": "gamma", "rate": 1.0, "cv": cv}, arrivals=arrivals, queue=_spread(queue * (1 + 0.05 * r), n), repeat=r)
+        _cell(
+            root,
+            "reasoning",
+            "gsm8k",
+            [1],
+            _spread(e2el * (1 + 0.05 * r), n),
+            [9] * n,
+            workload={"arrival": "gamma", "rate": 1.0, "cv": cv},
+            arrivals=arrivals,
+            queue=_spread(queue * (1 + 0.05 * r), n),
+            repeat=r,
+        )
 
 
 def test_bursty_rule_needs_the_same_realised_load(tmp_path):
@@ -534,8 +902,13 @@ def test_bursty_rule_needs_the_same_realised_load(tmp_path):
     _open_loop(tmp_path / "same", 3.0, [0.0, 0.1, 0.2, 0.3, 0.4, 8.5, 8.6, 8.7, 8.8, 9.0], 2.0, 4.0)
     claim = bursty_load(load_cells([tmp_path / "same"]))
     assert claim.status == REPRODUCED, claim
-    assert dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3, repeat 2: realised arrival rate (req/s)"] == "1.00 -> 1.00"
-    assert "(n=3 cell pairs; 60 requests in 6 windows)" in dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3: queue p90 high - low CV (s)"]
+    assert (
+        dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3, repeat 2: realised arrival rate (req/s)"] == "1.00 -> 1.00"
+    )
+    assert (
+        "(n=3 cell pairs; 60 requests in 6 windows)"
+        in dict(claim.numbers)["gsm8k, rate 1.0/s, CV 1 -> 3: queue p90 high - low CV (s)"]
+    )
     # one repeat of the same: one pair, inconclusive
     _open_loop(tmp_path / "once", 1.0, [float(i) for i in range(10)], 0.1, 2.0, repeats=1)
     _open_loop(tmp_path / "once", 3.0, [0.0, 0.1, 0.2, 0.3, 0.4, 8.5, 8.6, 8.7, 8.8, 9.0], 2.0, 4.0, repeats=1)
@@ -585,10 +958,18 @@ def test_two_runs_never_settle_opposite_verdicts(tmp_path, raw, n_cells, seeds):
         rng = random.Random(seed)
         order = {c.dir.name: rng.sample(range(len(c.requests)), len(c.requests)) for c in cells}
         runs = {
-            "half A": _rerun(cells, tmp_path / f"s{seed}-a", lambda c: [c.requests[i] for i in order[c.dir.name][0::2]]),
-            "half B": _rerun(cells, tmp_path / f"s{seed}-b", lambda c: [c.requests[i] for i in order[c.dir.name][1::2]]),
-            "resample 1": _rerun(cells, tmp_path / f"s{seed}-r1", lambda c: rng.choices(c.requests, k=len(c.requests))),
-            "resample 2": _rerun(cells, tmp_path / f"s{seed}-r2", lambda c: rng.choices(c.requests, k=len(c.requests))),
+            "half A": _rerun(
+                cells,
+                tmp_path / f"s{seed}-a",
+                lambda c: [c.requests[i] for i in order[c.dir.name][0::2]],  # noqa: B023  (run now)
+            ),
+            "half B": _rerun(
+                cells,
+                tmp_path / f"s{seed}-b",
+                lambda c: [c.requests[i] for i in order[c.dir.name][1::2]],  # noqa: B023  (run now)
+            ),
+            "resample 1": _rerun(cells, tmp_path / f"s{seed}-r1", lambda c: rng.choices(c.requests, k=len(c.requests))),  # noqa: B023
+            "resample 2": _rerun(cells, tmp_path / f"s{seed}-r2", lambda c: rng.choices(c.requests, k=len(c.requests))),  # noqa: B023
         }
         verdicts = {label: {c.key: c.status for c in check_claims(load_cells([d]))} for label, d in runs.items()}
         for key in verdicts["half A"]:
@@ -627,7 +1008,9 @@ def test_think_budget_rows_pool_their_repeats():
     from rllm_study.report.cells import pooled_metrics, think_budget_groups
 
     run = Path(__file__).parents[1] / "reports" / "gpu-h200" / "think-budget-standard"
-    cells = load_cells([p for p in run.iterdir() if "__gsm8k__" in p.name and ("__tb64__" in p.name or "__tb128__" in p.name)])
+    cells = load_cells(
+        [p for p in run.iterdir() if "__gsm8k__" in p.name and ("__tb64__" in p.name or "__tb128__" in p.name)]
+    )
     (by_budget,) = think_budget_groups(cells).values()
     assert [len(cs) for cs in by_budget] == [3, 3]
     for cs in by_budget:

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import THREADS, chat
 from rllm_study.backends import sampling
+from rllm_study.backends.base import Request, SamplingParams, TokenEvent
 from rllm_study.backends.llama_cpp import engine as llama_engine
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
-from rllm_study.backends.base import Request, SamplingParams, TokenEvent
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST, draw_rows, new_rng, sample
 from rllm_study.errors import UserError
@@ -120,7 +120,7 @@ def test_a_tail_just_below_the_band_is_counted():
     freq = frequencies(logits, t, p, 0, TEMPERATURE_FIRST, draws=2000, buckets=buckets)
     assert chi_square_ok(freq, np.bincount(buckets, weights=probs, minlength=3), 2000), freq
     top = float(ROW.max())
-    band = np.flatnonzero(ROW >= np.float32(top - sampling.BAND * t))
+    band = np.flatnonzero(np.float32(top - sampling.BAND * t) <= ROW)
     nucleus = np.flatnonzero(exact_probs(ROW, t, 0.9, 0, TEMPERATURE_FIRST))
     assert list(sampling._nucleus_in_band(ROW, band, top, 0.9, 1 / t)) == list(nucleus)
 
@@ -132,8 +132,13 @@ def test_a_step_drawn_at_once_equals_its_rows_drawn_one_by_one():
     rng = np.random.default_rng(3)
     block = (rng.standard_normal((12, 5000)) * 3).astype(np.float32)
     block[rng.integers(0, 12, 30), rng.integers(0, 5000, 30)] += 12
-    kinds = [(0.0, 0.95, 0, TEMPERATURE_FIRST), (0.6, 0.95, 0, TEMPERATURE_FIRST), (1.2, 0.9, 0, TOP_P_FIRST),
-             (0.6, 0.95, 40, TEMPERATURE_FIRST), (0.8, 1.0, 0, TOP_P_FIRST)]
+    kinds = [
+        (0.0, 0.95, 0, TEMPERATURE_FIRST),
+        (0.6, 0.95, 0, TEMPERATURE_FIRST),
+        (1.2, 0.9, 0, TOP_P_FIRST),
+        (0.6, 0.95, 40, TEMPERATURE_FIRST),
+        (0.8, 1.0, 0, TOP_P_FIRST),
+    ]
     rows = [11, 3, 0, 7, 7, 5, 9, 1, 2, 10, 4, 6, 8]
     params = [kinds[i % len(kinds)] for i in range(len(rows))]
     together = draw_rows(block, rows, [(*k, new_rng(i)) for i, k in enumerate(params)])
@@ -168,6 +173,7 @@ def test_same_seed_same_tokens():
 
 
 # ---- the engine ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
@@ -205,8 +211,14 @@ def test_engine_draws_every_token_with_the_sampling_function(engine, monkeypatch
     monkeypatch.setattr(llama_engine, "draw_rows", recording)
     prompt = chat(engine, "Tell me a short story about a cat.")
     sp = SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=11)
-    out = _run(engine, [Request("a", prompt, sp), Request("b", prompt, sp),
-                        Request("c", prompt, SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=12))])
+    out = _run(
+        engine,
+        [
+            Request("a", prompt, sp),
+            Request("b", prompt, sp),
+            Request("c", prompt, SamplingParams(max_tokens=24, temperature=0.6, top_p=0.95, seed=12)),
+        ],
+    )
     assert out["a"] == out["b"]
     assert out["a"] != out["c"]
     drawn = [[token for _, token in rows] for rows in calls.values()]
@@ -265,8 +277,9 @@ def _first_token_logits(engine, monkeypatch) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def device_engine(smollm2_path):
-    eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=32, ctx_per_seq=32, n_threads=1,
-                                                                      sample_on="device"))
+    eng = LlamaCppEngine(
+        str(smollm2_path), LlamaCppOptions(max_seqs=32, ctx_per_seq=32, n_threads=1, sample_on="device")
+    )
     yield eng
     eng.close()
 
@@ -282,11 +295,11 @@ def test_device_draws_follow_the_exact_distribution(engine, device_engine, monke
     draws = 512
     sp = SamplingParams(max_tokens=1, temperature=0.6, top_p=0.95, order=order)
     out = _run(device_engine, [Request(f"d{i}", PROMPT, replace(sp, seed=i)) for i in range(draws)])
-    tokens = np.array([t for t in out.values()]).ravel()
+    tokens = np.array(list(out.values())).ravel()
     assert len(tokens) == draws
     big = np.flatnonzero(probs * draws >= 10)
     buckets = np.full(len(probs), len(big) + 1)  # outside the nucleus
-    buckets[probs > 0] = len(big)                # the rest of the nucleus
+    buckets[probs > 0] = len(big)  # the rest of the nucleus
     buckets[big] = np.arange(len(big))
     freq = np.bincount(buckets[tokens], minlength=len(big) + 2) / draws
     bucket_probs = np.bincount(buckets, weights=probs, minlength=len(big) + 2)
@@ -305,8 +318,9 @@ def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
         requests.append(Request(f"r{i}", PROMPT, sampled if i % 2 else SamplingParams(max_tokens=8 + 3 * i)))
     runs = {}
     for where in ("host", "device"):
-        eng = LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=96, n_threads=1,
-                                                                          sample_on=where))
+        eng = LlamaCppEngine(
+            str(smollm2_path), LlamaCppOptions(max_seqs=4, ctx_per_seq=96, n_threads=1, sample_on=where)
+        )
         try:
             runs[where] = _run(eng, requests)
             assert eng.seq_moves > 0
@@ -316,7 +330,7 @@ def test_device_draws_keep_each_request_on_its_own_chain(smollm2_path):
         if i % 2 == 0:
             assert runs["device"][r.id] == runs["host"][r.id], r.id
     r1, r7 = runs["device"]["r1"], runs["device"]["r7"]  # both seed 1: the same draws while both run
-    assert r7[:len(r1)] == r1
+    assert r7[: len(r1)] == r1
 
 
 def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
@@ -324,10 +338,11 @@ def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
     layer with more than one thread; a bad value names the values."""
     assert engine.info().sample_on == "host"
     with pytest.raises(UserError, match="threads = 1 only"):
-        LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2,
-                                                                    sample_on="device"))
+        LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2, sample_on="device"))
     with pytest.raises(UserError, match="sample_on 'device': speculative"):
-        LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS,
-                                                                    sample_on="device", speculative="ngram"))
+        LlamaCppEngine(
+            str(smollm2_path),
+            LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=THREADS, sample_on="device", speculative="ngram"),
+        )
     with pytest.raises(UserError, match="must be one of host, device"):
         LlamaCppOptions(sample_on="gpu")

@@ -35,8 +35,15 @@ def test_admits_up_to_the_concurrency_and_reports_each_request_in_order():
 def test_budget_think_budget_and_abort():
     engine = _engine()
     engine.submit(Request("short", "q", SamplingParams(max_tokens=3), starts_in_think=True))
-    engine.submit(Request("capped", "q", SamplingParams(max_tokens=64, think_budget=2), starts_in_think=True,
-                          answer_cue=" The final answer is \\boxed{"))
+    engine.submit(
+        Request(
+            "capped",
+            "q",
+            SamplingParams(max_tokens=64, think_budget=2),
+            starts_in_think=True,
+            answer_cue=" The final answer is \\boxed{",
+        )
+    )
     out = drain(engine)
     assert (out["short"]["finish"].reason, out["short"]["finish"].output_tokens) == ("length", 3)
     capped = out["capped"]["finish"]

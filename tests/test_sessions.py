@@ -85,7 +85,9 @@ def test_turns_follow_their_answers_after_the_think_time(run):
         for session in ("gsm8k/0000", "gsm8k/0001"):
             first, second = turns[(session, 1)], turns[(session, 2)]
             assert second["id"] == f"{session}/t2" and second["item_id"] == session
-            assert second["arrival_s"] == pytest.approx(first["finish_s"] + THINK_S, abs=1e-5)  # scheduled: answer + think time
+            assert second["arrival_s"] == pytest.approx(
+                first["finish_s"] + THINK_S, abs=1e-5
+            )  # scheduled: answer + think time
             assert second["sent_s"] >= second["arrival_s"]
             assert second["prompt_tokens"] > first["prompt_tokens"]  # the earlier turn rides along
             assert second["correct"] is not None  # every turn is graded
@@ -146,9 +148,24 @@ def test_multi_turn_sessions_on_mlx_reuse_earlier_turns(tmp_path, smollm2_path):
     """The same driver on the MLX backend (its prompt cache): later turns carry the earlier ones and
     are served from the cache with caching on, never with it off."""
     require_module("mlx_lm")
-    proc = run_cli("run", "--preset", "multi-turn", "--quick", "--backend", "mlx", "-m", "smollm2-135m",
-                   "--set", "datasets={gsm8k=1}", "--set", "max_tokens=[8]", "--set", "workload.concurrency=1",
-                   "--out", tmp_path)
+    proc = run_cli(
+        "run",
+        "--preset",
+        "multi-turn",
+        "--quick",
+        "--backend",
+        "mlx",
+        "-m",
+        "smollm2-135m",
+        "--set",
+        "datasets={gsm8k=1}",
+        "--set",
+        "max_tokens=[8]",
+        "--set",
+        "workload.concurrency=1",
+        "--out",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cells = {p.name.split("__")[1]: read_cell(p) for p in tmp_path.iterdir() if p.is_dir()}
     for name, cell in cells.items():
@@ -158,6 +175,8 @@ def test_multi_turn_sessions_on_mlx_reuse_earlier_turns(tmp_path, smollm2_path):
         for earlier, later in zip(turns, turns[1:]):
             assert later["arrival_s"] == pytest.approx(earlier["finish_s"] + 0.2, abs=1e-5)
             if name == "on":
-                assert later["cached_tokens"] >= earlier["prompt_tokens"] - 8  # the earlier turn's prompt, up to the reply
+                assert (
+                    later["cached_tokens"] >= earlier["prompt_tokens"] - 8
+                )  # the earlier turn's prompt, up to the reply
             else:
                 assert later["cached_tokens"] == 0

@@ -38,8 +38,20 @@ arrival = "batch"
 batch_size = 2
 """
 # what must not depend on which machine ran a cell (latencies do, so they are not compared)
-REQUEST_FIELDS = ("dataset", "item_id", "prompt_tokens", "output_tokens", "think_tokens", "answer_tokens",
-                  "finish_reason", "output_text", "extracted_answer", "correct", "parse_status", "batch")
+REQUEST_FIELDS = (
+    "dataset",
+    "item_id",
+    "prompt_tokens",
+    "output_tokens",
+    "think_tokens",
+    "answer_tokens",
+    "finish_reason",
+    "output_text",
+    "extracted_answer",
+    "correct",
+    "parse_status",
+    "batch",
+)
 
 
 def _cells(root: Path) -> dict[str, Path]:
@@ -56,12 +68,35 @@ def runs(tmp_path_factory, smollm2_path):
     root = tmp_path_factory.mktemp("shards")
     spec = root / "tiny.toml"
     spec.write_text(TINY_SPEC)
-    env = {**os.environ, "SPEC": str(spec), "OUT": str(root / "sharded"), "THREADS": str(THREADS),
-           "RLLM_STUDY": shlex.join(CLI), "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1"}
-    procs = [subprocess.Popen(["bash", str(SLURM)], cwd=REPO, env={**env, "SLURM_ARRAY_TASK_ID": str(task)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for task in (1, 2)]
-    procs.append(subprocess.Popen([*CLI, "run", str(spec), "-t", str(THREADS), "--out", str(root / "single")], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    env = {
+        **os.environ,
+        "SPEC": str(spec),
+        "OUT": str(root / "sharded"),
+        "THREADS": str(THREADS),
+        "RLLM_STUDY": shlex.join(CLI),
+        "SLURM_ARRAY_TASK_COUNT": "2",
+        "SLURM_ARRAY_TASK_MIN": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            ["bash", str(SLURM)],
+            cwd=REPO,
+            env={**env, "SLURM_ARRAY_TASK_ID": str(task)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for task in (1, 2)
+    ]
+    procs.append(
+        subprocess.Popen(
+            [*CLI, "run", str(spec), "-t", str(THREADS), "--out", str(root / "single")],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
@@ -93,7 +128,10 @@ def test_sharded_requests_and_tokens_equal_the_unsharded_run(runs):
         assert ra.keys() == rb.keys()
         for rid in rb:
             assert {k: ra[rid][k] for k in REQUEST_FIELDS} == {k: rb[rid][k] for k in REQUEST_FIELDS}, (name, rid)
-            assert a.tokens[rid]["token_ids"] == b.tokens[rid]["token_ids"] and a.tokens[rid]["phase"] == b.tokens[rid]["phase"]
+            assert (
+                a.tokens[rid]["token_ids"] == b.tokens[rid]["token_ids"]
+                and a.tokens[rid]["phase"] == b.tokens[rid]["phase"]
+            )
         assert sum(r["output_tokens"] for r in rb.values()) > 0
 
 
@@ -112,15 +150,41 @@ def test_summary_and_report_over_both_shards_equal_the_unsharded_ones(runs, tmp_
         assert sharded == single, header
     assert reports[0] == reports[1]
     assert reports[1]["made from"] == ("8", "16") and reports[1]["domain"]
-    cell_table = next(body for header, body in reports[1]["tables"] if header[:2] == ("cell", "requests") and "think tok mean" in header)
+    cell_table = next(
+        body
+        for header, body in reports[1]["tables"]
+        if header[:2] == ("cell", "requests") and "think tok mean" in header
+    )
     assert len(cell_table) == 8
 
 
 # report table columns that depend only on what was generated, not on when (latencies, rates,
 # memory samples and the claims resting on them differ run to run)
-DETERMINISTIC = {"cell", "study", "cells", "requests", "data sets", "prompt modes", "budgets", "workloads", "variants",
-                 "data set", "difficulty", "mode", "n", "accuracy", "accuracy strict", "accuracy lenient", "answer phase",
-                 "correct", "unparsed", "parsed / in think / unparsed", "think tok mean", "output tok mean", "hit budget"}
+DETERMINISTIC = {
+    "cell",
+    "study",
+    "cells",
+    "requests",
+    "data sets",
+    "prompt modes",
+    "budgets",
+    "workloads",
+    "variants",
+    "data set",
+    "difficulty",
+    "mode",
+    "n",
+    "accuracy",
+    "accuracy strict",
+    "accuracy lenient",
+    "answer phase",
+    "correct",
+    "unparsed",
+    "parsed / in think / unparsed",
+    "think tok mean",
+    "output tok mean",
+    "hit budget",
+}
 
 
 def _report_facts(text: str) -> dict:
@@ -134,14 +198,18 @@ def _report_facts(text: str) -> dict:
             header = [h.strip() for h in line.strip("|").split("|")]
             keep = [j for j, h in enumerate(header) if h in DETERMINISTIC]
             body = []
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("| "):
                     break
                 cells = [c.strip() for c in row.strip("|").split("|")]
                 body.append(tuple(cells[j] for j in keep))
             tables.append((tuple(header[j] for j in keep), body))
     claim_rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
-    claims = {r[0]: r[1:] for r in claim_rows if len(r) == 3 and r[1] in ("reproduced", "not reproduced", "not tested", "inconclusive")}
+    claims = {
+        r[0]: r[1:]
+        for r in claim_rows
+        if len(r) == 3 and r[1] in ("reproduced", "not reproduced", "not tested", "inconclusive")
+    }
     return {
         "made from": re.search(r"Made from (\d+) cells \((\d+) requests\)", text).groups(),
         "tables": [t for t in tables if t[0]],
@@ -178,26 +246,32 @@ def test_selection_is_a_deterministic_partition_in_spec_order():
     assert parts == [select(expand(data, where), parse_shard(f"{k}/3")) for k in range(3)]
 
 
-@pytest.mark.parametrize("env,count,want", [
-    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, None, (3, 4)),
-    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}, None, (3, 4)),
-    ({"JOB_COMPLETION_INDEX": "2", "RLLM_SHARD_COUNT": "5"}, None, (2, 5)),
-    ({"JOB_COMPLETION_INDEX": "2"}, 3, (2, 3)),
-])
+@pytest.mark.parametrize(
+    "env,count,want",
+    [
+        ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, None, (3, 4)),
+        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}, None, (3, 4)),
+        ({"JOB_COMPLETION_INDEX": "2", "RLLM_SHARD_COUNT": "5"}, None, (2, 5)),
+        ({"JOB_COMPLETION_INDEX": "2"}, 3, (2, 3)),
+    ],
+)
 def test_shard_from_scheduler_environment(env, count, want):
     shard = from_environment(env, count)
     assert (shard.index, shard.count) == want
 
 
-@pytest.mark.parametrize("text,env,count,needle", [
-    ("2/2", {}, None, "outside 0..1"),
-    ("1-2", {}, None, "use K/N"),
-    ("0/0", {}, None, "must be >= 1"),
-    ("0/2", {}, 2, "goes with --shard auto"),
-    ("auto", {}, None, "neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX"),
-    ("auto", {"JOB_COMPLETION_INDEX": "0"}, None, "--shard-count"),
-    ("auto", {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}, None, "not a whole number"),
-])
+@pytest.mark.parametrize(
+    "text,env,count,needle",
+    [
+        ("2/2", {}, None, "outside 0..1"),
+        ("1-2", {}, None, "use K/N"),
+        ("0/0", {}, None, "must be >= 1"),
+        ("0/2", {}, 2, "goes with --shard auto"),
+        ("auto", {}, None, "neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX"),
+        ("auto", {"JOB_COMPLETION_INDEX": "0"}, None, "--shard-count"),
+        ("auto", {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}, None, "not a whole number"),
+    ],
+)
 def test_bad_shards_are_user_errors(text, env, count, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
         parse_shard(text, count, env)
@@ -220,8 +294,13 @@ def test_kubernetes_example_command_partitions_its_study(tmp_path):
     command = command.replace("/spec/", f"{tmp_path}/").replace("/results", str(tmp_path / "results")) + " --dry-run"
     shards = []
     for index in range(job["completions"]):
-        proc = subprocess.run([*container["command"], command], cwd=REPO, capture_output=True, text=True,
-                              env={**os.environ, **env, "JOB_COMPLETION_INDEX": str(index)})
+        proc = subprocess.run(
+            [*container["command"], command],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env, "JOB_COMPLETION_INDEX": str(index)},
+        )
         assert proc.returncode == 0, proc.stderr
         shards.append([line.split()[0] for line in proc.stdout.splitlines() if line.strip()])
     every = [c.name for c in expand(tomllib.loads(spec), "configmap")]

@@ -12,14 +12,14 @@ from rllm_study.analysis.metrics import wilson_interval as wilson
 from rllm_study.analysis.stats import (
     MIN_BOOT_N,
     MIN_CELLS,
-    Interval,
     Condition,
+    Interval,
     bootstrap,
     cluster_bootstrap,
-    pair_interval,
     mean_interval,
     mover,
     newcombe,
+    pair_interval,
     proportion,
     ratio_interval,
     settle,
@@ -39,7 +39,11 @@ def test_wilson_published_values():
 def test_newcombe_published_value():
     # Newcombe (1998b), method 10, example (a): 56/70 - 48/80 = 0.2000, 95% CI (0.0524, 0.3339)
     d = newcombe(56, 70, 48, 80)
-    assert (d.estimate, d.lo, d.hi) == (pytest.approx(0.2), pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+    assert (d.estimate, d.lo, d.hi) == (
+        pytest.approx(0.2),
+        pytest.approx(0.0524, abs=1e-4),
+        pytest.approx(0.3339, abs=1e-4),
+    )
     # MOVER with scale 1 over two Wilson intervals is the same interval
     same = mover(proportion(56, 70), proportion(48, 80))
     assert (same.lo, same.hi) == (pytest.approx(d.lo), pytest.approx(d.hi))
@@ -113,8 +117,11 @@ def test_tiny_samples_are_inconclusive_large_ones_settle():
 
 
 def test_settle_combines_conditions():
-    yes, no, open_ = (Condition("y", Interval(2, 1.5, 2.5, 9), 1.0), Condition("n", Interval(0.5, 0.2, 0.8, 9), 1.0),
-                      Condition("o", Interval(1.1, 0.8, 1.4, 9), 1.0))
+    yes, no, open_ = (
+        Condition("y", Interval(2, 1.5, 2.5, 9), 1.0),
+        Condition("n", Interval(0.5, 0.2, 0.8, 9), 1.0),
+        Condition("o", Interval(1.1, 0.8, 1.4, 9), 1.0),
+    )
     assert settle([yes, yes]) is True
     assert settle([yes, open_]) is None
     assert settle([open_, no]) is False
@@ -124,6 +131,7 @@ def test_settle_combines_conditions():
 
 
 # ---- cells as the unit of evidence ----------------------------------------------------------------
+
 
 def _pooled_means(conds):
     a, b = ([r for cluster in cond for cell in cluster for r in cell] for cond in conds)
@@ -138,13 +146,17 @@ def test_cluster_bootstrap_carries_the_variation_between_cells():
     levels = {"a": [1.0, 2.0, 3.0, 1.5], "b": [3.0, 1.0, 1.2, 2.8]}
     cells = {k: [list(rng.normal(level, 0.05, 50)) for level in v] for k, v in levels.items()}
     two_stage = cluster_bootstrap([[[c] for c in cells["a"]], [[c] for c in cells["b"]]], _pooled_means)
-    within = bootstrap(cells["a"] + cells["b"], lambda s: statistics.fmean([x for c in s[4:] for x in c]) /
-                       statistics.fmean([x for c in s[:4] for x in c]))
+    within = bootstrap(
+        cells["a"] + cells["b"],
+        lambda s: statistics.fmean([x for c in s[4:] for x in c]) / statistics.fmean([x for c in s[:4] for x in c]),
+    )
     assert two_stage.estimate == pytest.approx(within.estimate)
     assert (two_stage.hi - two_stage.lo) > 5 * (within.hi - within.lo), (two_stage, within)
     assert two_stage.lo < 1.0 < two_stage.hi and two_stage.unit == "cells per side" and two_stage.n == 4
     assert two_stage.min_n == MIN_CELLS and Condition("r", two_stage, 1.0, log=True).outcome is None
-    assert cluster_bootstrap([[[c] for c in cells["a"]], [[c] for c in cells["b"]]], _pooled_means) == two_stage  # seeded
+    assert (
+        cluster_bootstrap([[[c] for c in cells["a"]], [[c] for c in cells["b"]]], _pooled_means) == two_stage
+    )  # seeded
 
 
 def test_cluster_bootstrap_needs_two_cells_and_enough_requests():
@@ -193,8 +205,8 @@ def test_paired_newcombe_uses_the_items_correlation():
     hits = 0
     for _ in range(1000):
         easy = rng.random(60) < 0.5
-        x = rng.random(60) < np.where(easy, 0.9, 0.3)       # first condition: 0.6 on average
-        y = rng.random(60) < np.where(easy, 0.8, 0.2)       # second: 0.5
+        x = rng.random(60) < np.where(easy, 0.9, 0.3)  # first condition: 0.6 on average
+        y = rng.random(60) < np.where(easy, 0.8, 0.2)  # second: 0.5
         iv = paired_newcombe(int((x & y).sum()), int((x & ~y).sum()), int((~x & y).sum()), int((~x & ~y).sum()))
         hits += iv.lo <= 0.1 <= iv.hi
     assert 0.93 <= hits / 1000 <= 0.99, hits

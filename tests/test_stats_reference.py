@@ -30,8 +30,9 @@ def test_bootstrap_matches_scipy_percentile_bootstrap():
     rng = np.random.default_rng(5)
     x = rng.normal(10, 2, 200)
     ours = bootstrap([list(x)], _mean)
-    ref = scipy_stats.bootstrap((x,), np.mean, confidence_level=0.95, method="percentile", n_resamples=4000,
-                                random_state=1).confidence_interval
+    ref = scipy_stats.bootstrap(
+        (x,), np.mean, confidence_level=0.95, method="percentile", n_resamples=4000, random_state=1
+    ).confidence_interval
     se = statistics.stdev(x) / math.sqrt(len(x))
     # the same interval up to resampling noise (a tenth of a standard error); a 90% one is 16% narrower
     assert ours.lo == pytest.approx(ref.low, abs=0.1 * se) and ours.hi == pytest.approx(ref.high, abs=0.1 * se)
@@ -44,8 +45,15 @@ def test_two_sample_bootstrap_matches_scipy_on_a_ratio():
     rng = np.random.default_rng(6)
     a, b = rng.exponential(1.0, 80), rng.exponential(2.0, 80)
     ours = bootstrap([list(a), list(b)], _ratio_of_means)
-    ref = scipy_stats.bootstrap((a, b), lambda x, y: np.mean(y) / np.mean(x), confidence_level=0.95, method="percentile",
-                                n_resamples=4000, random_state=2, vectorized=False).confidence_interval
+    ref = scipy_stats.bootstrap(
+        (a, b),
+        lambda x, y: np.mean(y) / np.mean(x),
+        confidence_level=0.95,
+        method="percentile",
+        n_resamples=4000,
+        random_state=2,
+        vectorized=False,
+    ).confidence_interval
     width = ref.high - ref.low
     assert abs(ours.lo - ref.low) < 0.06 * width and abs(ours.hi - ref.high) < 0.06 * width, (ours, ref)
 
@@ -55,7 +63,9 @@ def test_t_quantile_matches_scipy_across_its_switch_at_30():
         assert t_quantile(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=1.5e-3), df
     # up to 30 the table (three decimals), from 31 the expansion (closer than the table's rounding)
     assert (t_quantile(29), t_quantile(30)) == (2.045, 2.042)
-    assert t_quantile(31) == pytest.approx(scipy_stats.t.ppf(0.975, 31), abs=1e-4) and t_quantile(31) != round(t_quantile(31), 3)
+    assert t_quantile(31) == pytest.approx(scipy_stats.t.ppf(0.975, 31), abs=1e-4) and t_quantile(31) != round(
+        t_quantile(31), 3
+    )
     assert t_quantile(29) > t_quantile(30) > t_quantile(31) > t_quantile(1000) > 1.96
 
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rllm_study.backends.base import FINISH_ERROR, FINISH_STOP, Request, SamplingParams, TokenEvent
-from rllm_study.backends.openai_http.engine import OpenAIEngine, SSEReader, ServerError
+from rllm_study.backends.openai_http.engine import OpenAIEngine, ServerError, SSEReader
 from rllm_study.backends.options import OpenAIOptions
 
 
@@ -25,16 +25,46 @@ def _chunk(text: str, finish: str | None = None) -> bytes:
 # prompt -> (HTTP status, content-type, the body's writes: each a separate read on the client)
 SCRIPTS: dict[str, tuple[int, str, list[bytes]]] = {
     "ok": (200, "text/event-stream", [_chunk("4"), _chunk("", "stop"), b"data: [DONE]\n\n"]),
-    "malformed": (200, "text/event-stream", [_chunk("4"), b'data: {"choices": [{"text": oops}]}\n\n', _chunk("", "stop")]),
+    "malformed": (
+        200,
+        "text/event-stream",
+        [_chunk("4"), b'data: {"choices": [{"text": oops}]}\n\n', _chunk("", "stop")],
+    ),
     "not-an-object": (200, "text/event-stream", [_chunk("4"), b"data: 42\n\n"]),
     "no-final-newline": (200, "text/event-stream", [_chunk("4"), _chunk(" apples", "stop").rstrip(b"\n")]),
-    "pings": (200, "text/event-stream", [b": ping\n\n", b"id: 1\nretry: 100\n", _chunk("4"), b": ping - 2026-12-07\n\n",
-                                         b"event: message\n" + _chunk("", "stop"), b"data: [DONE]\n\n"]),
-    "error-event": (200, "text/event-stream", [_chunk("4"), b'event: error\ndata: {"message": "model overloaded"}\n\n']),
-    "split": (200, "text/event-stream", [b'data: {"choices": [{"te', b'xt": "4", "ind', b'ex": 0}]}\r', b"\n\r\n",
-                                         _chunk(" apples", "stop").replace(b"\n", b"\r\n")]),
-    "not-a-stream": (200, "application/json",
-                     [json.dumps({"choices": [{"text": "4", "index": 0, "finish_reason": "stop"}]}).encode()]),
+    "pings": (
+        200,
+        "text/event-stream",
+        [
+            b": ping\n\n",
+            b"id: 1\nretry: 100\n",
+            _chunk("4"),
+            b": ping - 2026-12-07\n\n",
+            b"event: message\n" + _chunk("", "stop"),
+            b"data: [DONE]\n\n",
+        ],
+    ),
+    "error-event": (
+        200,
+        "text/event-stream",
+        [_chunk("4"), b'event: error\ndata: {"message": "model overloaded"}\n\n'],
+    ),
+    "split": (
+        200,
+        "text/event-stream",
+        [
+            b'data: {"choices": [{"te',
+            b'xt": "4", "ind',
+            b'ex": 0}]}\r',
+            b"\n\r\n",
+            _chunk(" apples", "stop").replace(b"\n", b"\r\n"),
+        ],
+    ),
+    "not-a-stream": (
+        200,
+        "application/json",
+        [json.dumps({"choices": [{"text": "4", "index": 0, "finish_reason": "stop"}]}).encode()],
+    ),
     "overloaded": (503, "application/json", [b'{"error": {"message": "server busy, try later", "code": 503}}']),
 }
 
@@ -56,7 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/v1/models":
-            self._send(200, "application/json", [json.dumps({"data": [{"id": "scripted", "owned_by": "scripted"}]}).encode()])
+            self._send(
+                200, "application/json", [json.dumps({"data": [{"id": "scripted", "owned_by": "scripted"}]}).encode()]
+            )
         else:
             self._send(404, "application/json", [b'{"error": "no such path"}'])
 
@@ -127,7 +159,9 @@ def test_json_split_across_reads_and_crlf_line_ends(engine):
 
 def test_http_200_that_is_not_a_stream_is_named(engine):
     fin = _run(engine, "not-a-stream")["not-a-stream"][-1]
-    assert fin.reason == FINISH_ERROR and "no server-sent event stream" in fin.error and "application/json" in fin.error, fin.error
+    assert (
+        fin.reason == FINISH_ERROR and "no server-sent event stream" in fin.error and "application/json" in fin.error
+    ), fin.error
 
 
 def test_5xx_in_mid_run_fails_that_request_and_the_others_finish(engine):

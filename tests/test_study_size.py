@@ -43,7 +43,9 @@ def test_a_10000_cell_spec_expands_at_a_small_cost_per_cell():
     cells = expand(_spec(BUDGETS, 10), "big.toml")
     per_cell = (time.process_time() - start) / len(cells)
     assert len(cells) == 10_000 and len({c.name for c in cells}) == 10_000
-    assert per_cell < 1e-4, f"{per_cell * 1e3:.3f} ms a cell to expand (measured 0.02 ms; each cell built its options: 0.2 ms)"
+    assert per_cell < 1e-4, (
+        f"{per_cell * 1e3:.3f} ms a cell to expand (measured 0.02 ms; each cell built its options: 0.2 ms)"
+    )
     # cells with the same options share one options object (built and checked once)
     assert len({id(c.engine) for c in cells}) == len({c.engine for c in cells})
 
@@ -60,6 +62,7 @@ def counted(monkeypatch):
         def opened(*args, **kwargs):
             counts["engines"] += 1
             return cls(*args, **kwargs)
+
         return opened
 
     def build_jobs(cell, engine):

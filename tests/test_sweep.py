@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 from conftest import THREADS, run_cli
 from rllm_study.analysis.metrics import METRICS
 from rllm_study.analysis.sweep import SweepPoint, knee, load_of, pareto_front
@@ -17,8 +15,13 @@ def _p(load, thr, user, tpot):
     return SweepPoint(load, thr, user, tpot, None, 10, f"c{load}")
 
 
-POINTS = [_p(1, 10.0, 10.0, 0.100), _p(2, 18.0, 9.0, 0.111), _p(4, 30.0, 7.5, 0.133), _p(8, 33.0, 4.0, 0.250),
-          _p(16, 31.0, 2.0, 0.500)]
+POINTS = [
+    _p(1, 10.0, 10.0, 0.100),
+    _p(2, 18.0, 9.0, 0.111),
+    _p(4, 30.0, 7.5, 0.133),
+    _p(8, 33.0, 4.0, 0.250),
+    _p(16, 31.0, 2.0, 0.500),
+]
 
 
 def test_front_drops_dominated_points_and_knee_is_where_latency_outgrows_throughput():
@@ -35,9 +38,24 @@ def test_front_drops_dominated_points_and_knee_is_where_latency_outgrows_through
 
 def test_sweep_figure_from_a_real_run_and_a_comparison(tmp_path, smollm2_path):
     out = tmp_path / "sweep"
-    proc = run_cli("run", "--preset", "load-sweep", "--quick", "-m", "smollm2-135m", "-t", str(THREADS),
-                   "--set", "max_tokens=[16]", "--set", "datasets={gsm8k=3}", "--set", "workload.concurrency=[1, 3]",
-                   "--out", out)
+    proc = run_cli(
+        "run",
+        "--preset",
+        "load-sweep",
+        "--quick",
+        "-m",
+        "smollm2-135m",
+        "-t",
+        str(THREADS),
+        "--set",
+        "max_tokens=[16]",
+        "--set",
+        "datasets={gsm8k=3}",
+        "--set",
+        "workload.concurrency=[1, 3]",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = run_cli("report", out, "--out", tmp_path / "report")
     assert report.returncode == 0, report.stderr[-3000:]

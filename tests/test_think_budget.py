@@ -11,8 +11,8 @@ from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput
 from rllm_study.backends.phases import THINK_CLOSE, PhaseTracker
 from rllm_study.errors import UserError
-from rllm_study.running.results import read_cell
 from rllm_study.report import write_report
+from rllm_study.running.results import read_cell
 from rllm_study.running.spec import expand
 from scripted_engine import Script, run_scripted
 
@@ -95,8 +95,10 @@ def _reasoning_prompt(engine, question):
 
 @pytest.mark.parametrize("budget", [6, 13])
 def test_llama_engine_closes_at_the_budget_and_the_model_answers(engine, budget):
-    reqs = [Request(f"q{i}", _reasoning_prompt(engine, q), SamplingParams(40, think_budget=budget), True, answer_cue=CUE)
-            for i, q in enumerate(["What is 2+3?", "Name a prime number above 10."])]
+    reqs = [
+        Request(f"q{i}", _reasoning_prompt(engine, q), SamplingParams(40, think_budget=budget), True, answer_cue=CUE)
+        for i, q in enumerate(["What is 2+3?", "Name a prime number above 10."])
+    ]
     for r in reqs:
         engine.submit(r)
     out = drain(engine)
@@ -136,7 +138,11 @@ def test_spec_think_budget_axis(tmp_path):
     spec = {"datasets": {"gsm8k": 2}, "max_tokens": [256, 64], "think_budget": [128, "mt-32"]}
     cells = expand(spec, "t.toml")
     assert [(c.max_tokens, c.think_budget, c.name.split("__")[4]) for c in cells] == [
-        (256, 128, "tb128"), (256, 224, "tbmt-32"), (64, 128, "tb128"), (64, 32, "tbmt-32")]  # mt-32 at 64: half
+        (256, 128, "tb128"),
+        (256, 224, "tbmt-32"),
+        (64, 128, "tb128"),
+        (64, 32, "tbmt-32"),
+    ]  # mt-32 at 64: half
     for unset in ({}, {"think_budget": "off"}):
         (cell,) = expand({"datasets": {"gsm8k": 2}, **unset}, "t.toml")
         assert cell.think_budget is None and "__tb" not in cell.name
@@ -150,8 +156,12 @@ def test_run_and_report_with_a_think_budget(tmp_path):
     model that would think for 100 tokens); the real engine's close is tested above, and a real model's
     run with a think budget (the pilot's mt-32) in test_runner.py."""
     out = tmp_path / "runs"
-    run_scripted(out, preset="think-budget", script=Script(think_words=lambda r: 100), overrides=(
-        "max_tokens=[48]", "think_budget=[8, 16]", "datasets={gsm8k=2}", "workload.batch_size=2"))
+    run_scripted(
+        out,
+        preset="think-budget",
+        script=Script(think_words=lambda r: 100),
+        overrides=("max_tokens=[48]", "think_budget=[8, 16]", "datasets={gsm8k=2}", "workload.batch_size=2"),
+    )
     cells = sorted(p for p in out.iterdir() if p.is_dir())
     assert [c.name.split("__")[4] for c in cells] == ["tb16", "tb8"]
     for c in cells:
@@ -163,16 +173,25 @@ def test_run_and_report_with_a_think_budget(tmp_path):
     report = tmp_path / "report"
     write_report([out], report)
     md = (report / "report.md").read_text()
-    section = md[md.index("## Think budget"):]
-    assert "answer phase" in section and "think forced" in section and "| 8 | 2 |" in section and "| 16 | 2 |" in section
+    section = md[md.index("## Think budget") :]
+    assert (
+        "answer phase" in section and "think forced" in section and "| 8 | 2 |" in section and "| 16 | 2 |" in section
+    )
     assert list((report / "figures").glob("think-budget-*.png"))
 
 
 def test_direct_cells_take_no_think_budget():
     """The think-budget axis multiplies only the thinking modes: a direct cell runs once, without a
     budget and without a `tb` part in its name; a bad budget value is still refused."""
-    cells = expand({"datasets": {"gsm8k": 1}, "prompt_modes": ["reasoning", "direct"], "max_tokens": [256],
-                    "think_budget": [64, "mt-32"]}, "spec.toml")
+    cells = expand(
+        {
+            "datasets": {"gsm8k": 1},
+            "prompt_modes": ["reasoning", "direct"],
+            "max_tokens": [256],
+            "think_budget": [64, "mt-32"],
+        },
+        "spec.toml",
+    )
     direct = [c for c in cells if c.prompt_mode == "direct"]
     assert sorted(c.think_budget for c in cells if c.prompt_mode == "reasoning") == [64, 224]
     assert len(direct) == 1 and direct[0].think_budget is None and "__tb" not in direct[0].name

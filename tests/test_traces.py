@@ -44,7 +44,11 @@ def test_both_formats_parse_with_lengths_and_hash_ids(traces):
     assert rows[1] == TraceRequest(1.0, 60, 8, (1, 2, 3, 4))  # ms -> s
     b = read_trace_requests(burst)
     assert [(r.at_s, r.input_tokens, r.output_tokens, r.hash_ids) for r in b] == [
-        (5.0, 35, 4, ()), (7.0, 20, 1, ()), (6.0, 45, 7, ()), (8.0, 25, 3, ())]  # a 0-token response asks for 1
+        (5.0, 35, 4, ()),
+        (7.0, 20, 1, ()),
+        (6.0, 45, 7, ()),
+        (8.0, 25, 3, ()),
+    ]  # a 0-token response asks for 1
 
 
 def test_window_and_time_scale(traces):
@@ -52,21 +56,32 @@ def test_window_and_time_scale(traces):
     rows = read_trace_requests(mooncake)
     assert [r.at_s for r in select(rows)] == [0.0, 1.0, 2.0, 3.0, 9.0]
     assert [r.at_s for r in select(rows, time_scale=0.5, window_start_s=1.0, window_s=2.5)] == [0.0, 0.5, 1.0]
-    assert [r.input_tokens for r in select(read_trace_requests(burst), window_start_s=1.0)] == [45, 20, 25]  # sorted by time
+    assert [r.input_tokens for r in select(read_trace_requests(burst), window_start_s=1.0)] == [
+        45,
+        20,
+        25,
+    ]  # sorted by time
     timing = make_arrivals("replay", 3, trace=mooncake, time_scale=2.0, window_s=5.0)
     assert timing.times == (0.0, 2.0, 4.0)
     with pytest.raises(UserError, match="has 4 requests in its window, fewer than the 5 asked"):
         make_arrivals("replay", 5, trace=mooncake, window_s=5.0)
 
 
-@pytest.mark.parametrize("content,suffix,needle", [
-    ('{"timestamp": 0, "input_length": 4}\n', ".jsonl", "line 1: field output_length is missing"),
-    ('{"timestamp": 0, "input_length": 0, "output_length": 2}\n', ".jsonl", "line 1: input_length must be a whole number >= 1"),
-    ('not json\n', ".jsonl", "line 1: not a JSON object"),
-    ("Timestamp,Request tokens\n1,2\n", ".csv", "column 'Response tokens' is missing"),
-    ("Timestamp,Request tokens,Response tokens\n1,x,2\n", ".csv", "line 2: Request tokens 'x' is not a number"),
-    ("0 1 2\n", ".txt", "give a Mooncake-style .jsonl or a BurstGPT .csv"),
-])
+@pytest.mark.parametrize(
+    "content,suffix,needle",
+    [
+        ('{"timestamp": 0, "input_length": 4}\n', ".jsonl", "line 1: field output_length is missing"),
+        (
+            '{"timestamp": 0, "input_length": 0, "output_length": 2}\n',
+            ".jsonl",
+            "line 1: input_length must be a whole number >= 1",
+        ),
+        ("not json\n", ".jsonl", "line 1: not a JSON object"),
+        ("Timestamp,Request tokens\n1,2\n", ".csv", "column 'Response tokens' is missing"),
+        ("Timestamp,Request tokens,Response tokens\n1,x,2\n", ".csv", "line 2: Request tokens 'x' is not a number"),
+        ("0 1 2\n", ".txt", "give a Mooncake-style .jsonl or a BurstGPT .csv"),
+    ],
+)
 def test_bad_trace_files_name_the_line_and_field(tmp_path, content, suffix, needle):
     path = tmp_path / f"t{suffix}"
     path.write_text(content)
@@ -119,7 +134,7 @@ def test_trace_data_set_and_replay_go_together(traces):
     from rllm_study.running.spec import expand
 
     mooncake, _ = traces
-    with pytest.raises(UserError, match="datasets.trace .* and workload.arrival = \"replay\" .* go together"):
+    with pytest.raises(UserError, match='datasets.trace .* and workload.arrival = "replay" .* go together'):
         expand({"datasets": {"trace": 2}, "workload": {"arrival": "poisson", "rate": 1.0}}, "spec.toml")
     with pytest.raises(UserError, match="go together"):
         expand({"datasets": {"gsm8k": 2}, "workload": {"arrival": "replay", "trace": str(mooncake)}}, "spec.toml")

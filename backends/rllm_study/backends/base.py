@@ -13,15 +13,15 @@ in one thread.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, Union
+from typing import Protocol
 
 THINK = "think"
 ANSWER = "answer"
 
-FINISH_STOP = "stop"      # EOS or a stop string
+FINISH_STOP = "stop"  # EOS or a stop string
 FINISH_LENGTH = "length"  # token budget (or context) exhausted
-FINISH_ABORT = "abort"    # aborted by the caller
-FINISH_ERROR = "error"    # the engine or server failed this request
+FINISH_ABORT = "abort"  # aborted by the caller
+FINISH_ERROR = "error"  # the engine or server failed this request
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,13 @@ class RequestFinished:
     draft_accepted: int = 0
     error: str | None = None
     think_forced: bool | None = None  # the engine closed the thinking (None: not known, e.g. a server)
-    forced_tokens: int = 0            # tokens the engine fed for that close (not in output_tokens)
-    think_close_leaked: bool | None = None  # a server split the reasoning off, yet a literal `</think>` came in the answer text
+    forced_tokens: int = 0  # tokens the engine fed for that close (not in output_tokens)
+    think_close_leaked: bool | None = (
+        None  # a server split the reasoning off, yet a literal `</think>` came in the answer text
+    )
 
 
-Event = Union[RequestAdmitted, PrefillDone, TokenEvent, RequestFinished]
+Event = RequestAdmitted | PrefillDone | TokenEvent | RequestFinished
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,7 @@ class Capabilities:
 def unsupported_options(options, caps: Capabilities) -> list[str]:
     """Options (backends/rllm_study/backends/options.py) set for another backend, or set away from their defaults
     where this backend cannot honour them, one line each."""
-    problems = [f"{caps.backend}: {name}={value!r} is not an option of this backend"
-                for name, value in options.ignored]
+    problems = [f"{caps.backend}: {name}={value!r} is not an option of this backend" for name, value in options.ignored]
     if options.prefix_cache and not caps.prefix_cache:
         problems.append(f"{caps.backend}: prefix caching is not supported")
     spec = options.speculative_method

@@ -23,5 +23,5 @@ def render_chat(
     )
     prompt = formatter(messages=messages).prompt
     if tokenizer_adds_bos and bos_token and prompt.startswith(bos_token):
-        prompt = prompt[len(bos_token):]
+        prompt = prompt[len(bos_token) :]
     return prompt

@@ -24,8 +24,9 @@ import dataclasses
 import functools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from rllm_study.errors import UserError
 
@@ -65,7 +66,7 @@ def parse_speculative(value: str | None) -> Speculative | None:
     if value == "ngram":
         return Speculative("ngram")
     if isinstance(value, str) and value.startswith("draft:") and len(value) > len("draft:"):
-        return Speculative("draft", value[len("draft:"):])
+        return Speculative("draft", value[len("draft:") :])
     raise UserError(f"speculative {value!r}: use {SPECULATIVE_FORMS}")
 
 
@@ -115,8 +116,16 @@ class Meta:
     type: str = "str"  # the field's annotation, e.g. "int | None"
 
 
-def option(default, help: str, *, key: str | None = None, flag: str | None = None, short: str | None = None,
-           check=None, deprecated_key: str | None = None):
+def option(
+    default,
+    help: str,
+    *,
+    key: str | None = None,
+    flag: str | None = None,
+    short: str | None = None,
+    check=None,
+    deprecated_key: str | None = None,
+):
     """A dataclass field with its Meta; key/flag are filled in from the field name by `_meta`."""
     meta = {"help": help, "key": key, "flag": flag, "short": short, "check": check, "deprecated_key": deprecated_key}
     return field(default=default, metadata={"option": meta})
@@ -144,8 +153,12 @@ def _type_problem(value, annotation: str) -> str | None:
         ok = isinstance(value, want) or (want is float and isinstance(value, int))
     if ok:
         return None
-    return {int: "must be a whole number", float: "must be a number", bool: "must be true or false",
-            str: "must be text"}[want]
+    return {
+        int: "must be a whole number",
+        float: "must be a number",
+        bool: "must be true or false",
+        str: "must be text",
+    }[want]
 
 
 class OptionError(UserError):
@@ -164,20 +177,28 @@ class OptionError(UserError):
 class CommonOptions:
     """Options every backend takes (each honours what its Capabilities say; see `unsupported_options`)."""
 
-    max_seqs: int = option(4, "Concurrent sequences (parallel slots) in the engine.", key="concurrency", short="-c",
-                           check=at_least(1))
-    ctx_per_seq: int = option(4096, "KV cells (tokens) per sequence; the cache holds concurrency x this.", check=at_least(16))
+    max_seqs: int = option(
+        4, "Concurrent sequences (parallel slots) in the engine.", key="concurrency", short="-c", check=at_least(1)
+    )
+    ctx_per_seq: int = option(
+        4096, "KV cells (tokens) per sequence; the cache holds concurrency x this.", check=at_least(16)
+    )
     n_ctx: int = option(0, "Total KV cells for all sequences (0 = concurrency x ctx_per_seq).", check=at_least(0))
     n_batch: int = option(512, "Tokens per decode call (the chunked-prefill size).", check=at_least(1))
     prefix_cache: bool = option(False, "Reuse the KV of cached prompt prefixes.")
     prefix_cache_tokens: int = option(16384, "LRU budget of cached prefix tokens.", check=at_least(1))
-    speculative: str | None = option(None, "Speculative decoding: ngram, or draft:MODEL.", check=_check_speculative,
-                                     deprecated_key="spec")
+    speculative: str | None = option(
+        None, "Speculative decoding: ngram, or draft:MODEL.", check=_check_speculative, deprecated_key="spec"
+    )
     speculative_tokens: int = option(4, "Draft tokens per step.", check=at_least(1), deprecated_key="spec_tokens")
-    batch_invariant: bool = option(False, "The same logits for a token whatever else is batched (llama.cpp; slower, "
-                                          "turns flash attention on).")
-    ignore_eos: bool = option(False, "Generate max_tokens tokens whatever the model says: end-of-generation tokens do not "
-                                     "stop a request (a load test's fixed output length; servers: their ignore_eos field).")
+    batch_invariant: bool = option(
+        False, "The same logits for a token whatever else is batched (llama.cpp; slower, turns flash attention on)."
+    )
+    ignore_eos: bool = option(
+        False,
+        "Generate max_tokens tokens whatever the model says: end-of-generation tokens do not "
+        "stop a request (a load test's fixed output length; servers: their ignore_eos field).",
+    )
     ignored: tuple = field(default=(), metadata={})  # ((field, value), ...) set for another backend
 
     def __post_init__(self):
@@ -197,20 +218,30 @@ class CommonOptions:
 class LlamaCppOptions(CommonOptions):
     """llama.cpp in process: threads, GPU offload, KV-cache types, flash attention, unified KV."""
 
-    n_threads: int | None = option(None, "CPU threads (default: physical cores).", key="threads", short="-t",
-                                   check=at_least(1))
+    n_threads: int | None = option(
+        None, "CPU threads (default: physical cores).", key="threads", short="-t", check=at_least(1)
+    )
     n_gpu_layers: int = option(0, "Layers offloaded to CUDA/Metal (-1 = all).")
     type_k: str = option("f16", "K-cache type: f16, q8_0, q4_0, ...", flag="--kv-type-k")
-    type_v: str = option("f16", "V-cache type: f16, q8_0, q4_0, ... (quantized V turns flash attention on).",
-                         flag="--kv-type-v")
+    type_v: str = option(
+        "f16", "V-cache type: f16, q8_0, q4_0, ... (quantized V turns flash attention on).", flag="--kv-type-v"
+    )
     flash_attn: bool | None = option(None, "Flash attention (default: llama.cpp's auto).")
-    kv_unified: bool = option(False, "One KV pool shared by all sequences (admission by free cells, preemption when full).")
-    kv_budget_mib: float = option(0.0, "Size the KV cache in MiB instead of cells: n_ctx = budget / KV bytes per token "
-                                       "of type_k and type_v (0 = off; with kv_unified the requests share it).",
-                                  check=at_least(0))
-    sample_on: str = option("host", "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
-                                    "chain inside the decode graph; slower on an H200, see docs/engines.md).",
-                            check=one_of("host", "device"))
+    kv_unified: bool = option(
+        False, "One KV pool shared by all sequences (admission by free cells, preemption when full)."
+    )
+    kv_budget_mib: float = option(
+        0.0,
+        "Size the KV cache in MiB instead of cells: n_ctx = budget / KV bytes per token "
+        "of type_k and type_v (0 = off; with kv_unified the requests share it).",
+        check=at_least(0),
+    )
+    sample_on: str = option(
+        "host",
+        "Where tokens are drawn: host (numpy, from the logits) or device (llama.cpp's sampler "
+        "chain inside the decode graph; slower on an H200, see docs/engines.md).",
+        check=one_of("host", "device"),
+    )
 
 
 MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes
@@ -220,8 +251,9 @@ MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes
 class MlxOptions(CommonOptions):
     """MLX (mlx-lm) in process: quantized KV cache."""
 
-    kv_bits: int | None = option(None, f"MLX: quantized KV-cache bits ({', '.join(map(str, MLX_KV_BITS))}).",
-                                 check=one_of(*MLX_KV_BITS))
+    kv_bits: int | None = option(
+        None, f"MLX: quantized KV-cache bits ({', '.join(map(str, MLX_KV_BITS))}).", check=one_of(*MLX_KV_BITS)
+    )
 
 
 @dataclass(frozen=True)
@@ -231,15 +263,28 @@ class OpenAIOptions(CommonOptions):
     base_url: str | None = option(None, "OpenAI-compatible server URL (backend openai).")
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the server's API key.")
     timeout_s: float = option(600.0, "Seconds to wait for a request's complete answer.", check=above(0))
-    server_default_samplers: bool = option(False, "llama.cpp servers: keep their own default extra samplers (top_k 40, "
-                                                  "min_p 0.05 ...) instead of top_k 0, min_p 0, repeat_penalty 1 per request.")
-    server_backend_sampling: bool = option(False, "llama-server: draw tokens inside its decode graph (its per-request "
-                                                  "backend_sampling), as sample_on 'device' does in process.")
-    extra_body: str | None = option(None, "A JSON object whose fields are added to every request body (they override "
-                                          "ours), e.g. '{\"chat_template_kwargs\": {\"enable_thinking\": true}}'.",
-                                    check=_check_json_object)
-    telemetry_period_s: float = option(0.1, "Seconds between reads of the server's /slots and /metrics while requests "
-                                            "run (0 = never read them: no server KV or queue figures).", check=at_least(0))
+    server_default_samplers: bool = option(
+        False,
+        "llama.cpp servers: keep their own default extra samplers (top_k 40, "
+        "min_p 0.05 ...) instead of top_k 0, min_p 0, repeat_penalty 1 per request.",
+    )
+    server_backend_sampling: bool = option(
+        False,
+        "llama-server: draw tokens inside its decode graph (its per-request "
+        "backend_sampling), as sample_on 'device' does in process.",
+    )
+    extra_body: str | None = option(
+        None,
+        "A JSON object whose fields are added to every request body (they override "
+        'ours), e.g. \'{"chat_template_kwargs": {"enable_thinking": true}}\'.',
+        check=_check_json_object,
+    )
+    telemetry_period_s: float = option(
+        0.1,
+        "Seconds between reads of the server's /slots and /metrics while requests "
+        "run (0 = never read them: no server KV or queue figures).",
+        check=at_least(0),
+    )
 
 
 def option_fields(cls) -> list[dataclasses.Field]:
@@ -252,7 +297,7 @@ def option_meta(cls) -> dict[str, Meta]:
     return dict(_option_meta(cls))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _option_meta(cls) -> dict[str, Meta]:
     """option_meta, made once per class (a 10,000-cell spec asks for it for every cell)."""
     return {f.name: _meta(f) for f in option_fields(cls)}
@@ -261,4 +306,3 @@ def _option_meta(cls) -> dict[str, Meta]:
 def deprecated(message: str) -> None:
     """One line on stderr for a deprecated spelling that still works."""
     print(f"warning: {message}", file=sys.stderr)
-

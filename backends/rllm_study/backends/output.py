@@ -45,8 +45,14 @@ def check_sampling(request: Request) -> None:
     """Raise UserError unless temperature >= 0, 0 < top_p <= 1, max_tokens >= 1, top_k >= 0, order
     is one of sampling.ORDERS and think_budget is None or >= 1."""
     s = request.sampling
-    if (s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1 or s.top_k < 0 or s.order not in ORDERS
-            or (s.think_budget is not None and s.think_budget < 1)):
+    if (
+        s.temperature < 0
+        or not 0 < s.top_p <= 1
+        or s.max_tokens < 1
+        or s.top_k < 0
+        or s.order not in ORDERS
+        or (s.think_budget is not None and s.think_budget < 1)
+    ):
         raise UserError(
             f"request {request.id}: invalid sampling (temperature >= 0, 0 < top_p <= 1, max_tokens >= 1, top_k >= 0, "
             f"order one of {', '.join(ORDERS)}, think_budget >= 1 required)"
@@ -56,9 +62,24 @@ def check_sampling(request: Request) -> None:
 class RequestOutput:
     """Output so far of one request (see the module docstring)."""
 
-    __slots__ = ("request", "prompt_tokens", "tokens", "text", "phases", "think_tokens", "answer_tokens",
-                 "cached_tokens", "draft_proposed", "draft_accepted", "_max_stop", "_cut", "forced", "_forced_at",
-                 "_forced_skip", "_ended")
+    __slots__ = (
+        "request",
+        "prompt_tokens",
+        "tokens",
+        "text",
+        "phases",
+        "think_tokens",
+        "answer_tokens",
+        "cached_tokens",
+        "draft_proposed",
+        "draft_accepted",
+        "_max_stop",
+        "_cut",
+        "forced",
+        "_forced_at",
+        "_forced_skip",
+        "_ended",
+    )
 
     def __init__(self, request: Request, prompt_tokens: int, phases: PhaseTracker):
         self.request = request
@@ -74,12 +95,13 @@ class RequestOutput:
         self._max_stop = max((len(s) for s in request.sampling.stop), default=0)
         self._cut = False  # the text ends at a stop string: nothing may follow it
         self.forced: list[int] = []  # tokens fed to close the thinking (see "Think budget")
-        self._forced_at = 0          # sampled tokens fed before them
-        self._forced_skip = 0        # 1 when they replace an end-of-generation token
-        self._ended = False          # the last token was end-of-generation
+        self._forced_at = 0  # sampled tokens fed before them
+        self._forced_skip = 0  # 1 when they replace an end-of-generation token
+        self._ended = False  # the last token was end-of-generation
 
-    def add(self, token: int, piece: str, t_ns: int, end_of_generation: bool,
-            draft: bool = False) -> tuple[TokenEvent, str | None]:
+    def add(
+        self, token: int, piece: str, t_ns: int, end_of_generation: bool, draft: bool = False
+    ) -> tuple[TokenEvent, str | None]:
         """Record one token; returns its event and `stop`/`length` if the request ends here, else None."""
         self.tokens.append(token)
         phase = self.phases.feed(token, piece)
@@ -96,7 +118,7 @@ class RequestOutput:
             return event, CLOSE_THINK if room and self._may_close() else FINISH_STOP
         self.text += piece
         if self._max_stop:
-            window = self.text[-(self._max_stop + len(piece)):]
+            window = self.text[-(self._max_stop + len(piece)) :]
             hits = [window.find(s) for s in self.request.sampling.stop if s in window]
             if hits:
                 self.text = self.text[: len(self.text) - len(window) + min(hits)]
@@ -126,14 +148,23 @@ class RequestOutput:
         """The tokens after the prompt as the model has seen them: sampled and forced, in order."""
         if not self.forced:
             return self.tokens
-        return self.tokens[:self._forced_at] + self.forced + self.tokens[self._forced_at + self._forced_skip:]
+        return self.tokens[: self._forced_at] + self.forced + self.tokens[self._forced_at + self._forced_skip :]
 
     def finished(self, reason: str, t_ns: int, tail: str = "", error: str | None = None) -> RequestFinished:
         """The finish event; `tail` is text still held by an incremental decoder (dropped after a stop string)."""
         return RequestFinished(
-            request_id=self.request.id, t_ns=t_ns, reason=reason, output_text=self.text if self._cut else self.text + tail,
-            prompt_tokens=self.prompt_tokens, output_tokens=len(self.tokens), think_tokens=self.think_tokens,
-            answer_tokens=self.answer_tokens, cached_tokens=self.cached_tokens,
-            draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, error=error,
-            think_forced=bool(self.forced), forced_tokens=len(self.forced),
+            request_id=self.request.id,
+            t_ns=t_ns,
+            reason=reason,
+            output_text=self.text if self._cut else self.text + tail,
+            prompt_tokens=self.prompt_tokens,
+            output_tokens=len(self.tokens),
+            think_tokens=self.think_tokens,
+            answer_tokens=self.answer_tokens,
+            cached_tokens=self.cached_tokens,
+            draft_proposed=self.draft_proposed,
+            draft_accepted=self.draft_accepted,
+            error=error,
+            think_forced=bool(self.forced),
+            forced_tokens=len(self.forced),
         )

@@ -31,13 +31,13 @@ class PhaseTracker:
             self.phase = ANSWER if token_id == self._close_id else THINK
             return THINK
         text = self._tail + piece
-        self._tail = text[-(len(THINK_CLOSE) - 1):]
+        self._tail = text[-(len(THINK_CLOSE) - 1) :]
         if self.phase == THINK:
             if THINK_CLOSE in text:
                 self.phase = ANSWER
                 return THINK
             return THINK
-        if THINK_OPEN in text and THINK_CLOSE not in text[text.rfind(THINK_OPEN):]:
+        if THINK_OPEN in text and THINK_CLOSE not in text[text.rfind(THINK_OPEN) :]:
             self.phase = THINK
             return THINK
         return ANSWER
@@ -66,7 +66,7 @@ def answer_text(output_text: str, starts_in_think: bool) -> str:
     """
     cut = output_text.rfind(THINK_CLOSE)
     if cut >= 0:
-        return output_text[cut + len(THINK_CLOSE):]
+        return output_text[cut + len(THINK_CLOSE) :]
     if starts_in_think or THINK_OPEN in output_text:
         return ""
     return output_text

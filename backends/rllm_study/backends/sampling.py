@@ -74,7 +74,9 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate((above, ties))
 
 
-def _sample_exact(logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str, rng: np.random.Generator) -> int:
+def _sample_exact(
+    logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str, rng: np.random.Generator
+) -> int:
     """top_k > 0 or top_p = 1 (see draw_rows): the kept tokens' weights in full, in numpy."""
     n = len(logits)
     scale = 1.0 / temperature if order == TEMPERATURE_FIRST else 1.0
@@ -205,7 +207,7 @@ def _nucleus_of_row(row: np.ndarray, top: float, top_p: float, scale: float) -> 
         cum = np.cumsum(weights[inside])
         if cum[-1] >= top_p * z:
             break
-    return inside[:min(np.searchsorted(cum, top_p * z) + 1, len(inside))]
+    return inside[: min(np.searchsorted(cum, top_p * z) + 1, len(inside))]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -255,7 +257,7 @@ def _first_max(row: np.ndarray) -> int:
     block of 2048 entries, then a search of the first block that holds the highest."""
     best, at = _row_max(row[:2048]), 0
     for start in range(2048, len(row), 2048):
-        top = _row_max(row[start:start + 2048])
+        top = _row_max(row[start : start + 2048])
         if top > best:
             best, at = top, start
     for i in range(at, len(row)):
@@ -334,15 +336,19 @@ def draw_rows(block: np.ndarray, rows: list[int], draws: list[tuple]) -> list[in
             _draw_rows(block, *args, drawn)
         else:  # the kernel releases the GIL: one contiguous share of the rows per core
             cuts = np.linspace(0, len(picked), parts + 1).astype(int)
-            jobs = [_pool().submit(_draw_rows, block, *(x[lo:hi] for x in args), drawn[lo:hi])
-                    for lo, hi in zip(cuts[:-1], cuts[1:])]
+            jobs = [
+                _pool().submit(_draw_rows, block, *(x[lo:hi] for x in args), drawn[lo:hi])
+                for lo, hi in zip(cuts[:-1], cuts[1:])
+            ]
             for job in jobs:
                 job.result()
         out[picked] = drawn
     return out.tolist()
 
 
-def sample(logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str, rng: np.random.Generator) -> int:
+def sample(
+    logits: np.ndarray, temperature: float, top_p: float, top_k: int, order: str, rng: np.random.Generator
+) -> int:
     """One token id drawn from the distribution of the module docstring over `logits` (1-D; not
     float32 is converted): draw_rows on one row."""
     row = np.ascontiguousarray(logits, dtype=np.float32)

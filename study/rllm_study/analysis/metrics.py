@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -85,7 +85,9 @@ METRICS: dict[str, MetricDef] = {}
 _ENTRIES: dict[str, _Entry] = {}
 
 
-def define(name: str, unit: str, formula: str, *, label: str = "", display: str = "num", better: str | None = None) -> Callable:
+def define(
+    name: str, unit: str, formula: str, *, label: str = "", display: str = "num", better: str | None = None
+) -> Callable:
     """Record the definition of `name` (its description is the function's docstring; label, display
     and better as MetricDef says)."""
     assert display in DISPLAYS and better in (None, *BETTER), (display, better)
@@ -97,8 +99,18 @@ def define(name: str, unit: str, formula: str, *, label: str = "", display: str 
     return record
 
 
-def metric(name: str, unit: str, formula: str, *, section: str | None, key: str | None = None, per: str = "cell",
-           label: str = "", display: str = "num", better: str | None = None) -> Callable:
+def metric(
+    name: str,
+    unit: str,
+    formula: str,
+    *,
+    section: str | None,
+    key: str | None = None,
+    per: str = "cell",
+    label: str = "",
+    display: str = "num",
+    better: str | None = None,
+) -> Callable:
     """Define a metric and place its value at cell_metrics()[section][key] (top level when section is None)."""
     assert per in ("request", "pooled", "cell"), per
 
@@ -111,6 +123,7 @@ def metric(name: str, unit: str, formula: str, *, section: str | None, key: str 
 
 
 # ---- shared helpers -------------------------------------------------------------------------
+
 
 def token_times(row: dict) -> tuple[list[float], str]:
     """Per-token times and phases ('t' think, 'a' answer) of one tokens.jsonl line; chunks of
@@ -189,13 +202,24 @@ def share(k: int, n: int) -> dict:
 
 # ---- per-request metrics --------------------------------------------------------------------
 
-@metric("ttft_s", "s", "first_token_s - arrival_s", label="TTFT {stat} s", better="lower", section="latency", per="request")
+
+@metric(
+    "ttft_s", "s", "first_token_s - arrival_s", label="TTFT {stat} s", better="lower", section="latency", per="request"
+)
 def ttft(r: dict, tokens) -> float | None:
     """Time to first token of any phase (think or answer), queue wait and prefill included."""
     return _since(r.get("first_token_s"), r.get("arrival_s"))
 
 
-@metric("ttfvt_s", "s", "first_answer_token_s - arrival_s", label="TTFVT {stat} s", better="lower", section="latency", per="request")
+@metric(
+    "ttfvt_s",
+    "s",
+    "first_answer_token_s - arrival_s",
+    label="TTFVT {stat} s",
+    better="lower",
+    section="latency",
+    per="request",
+)
 def ttfvt(r: dict, tokens) -> float | None:
     """Time to first visible token: the user waits through all the thinking. None when the request produced no answer token."""
     return _since(r.get("first_answer_token_s"), r.get("arrival_s"))
@@ -207,13 +231,24 @@ def e2el(r: dict, tokens) -> float | None:
     return _since(r.get("finish_s"), r.get("arrival_s"))
 
 
-@metric("queue_s", "s", "admitted_s - arrival_s", label="queue {stat} s", better="lower", section="latency", per="request")
+@metric(
+    "queue_s", "s", "admitted_s - arrival_s", label="queue {stat} s", better="lower", section="latency", per="request"
+)
 def queue(r: dict, tokens) -> float | None:
     """Queue wait: from (scheduled) arrival until the engine gave the request a sequence slot."""
     return _since(r.get("admitted_s"), r.get("arrival_s"))
 
 
-@metric("dispatch_lag_s", "s", "sent_s - arrival_s", label="dispatch lag {stat} ms", display="ms", better="lower", section="arrivals", per="request")
+@metric(
+    "dispatch_lag_s",
+    "s",
+    "sent_s - arrival_s",
+    label="dispatch lag {stat} ms",
+    display="ms",
+    better="lower",
+    section="arrivals",
+    per="request",
+)
 def dispatch_lag(r: dict, tokens) -> float | None:
     """How late the runner handed the request to the engine after its arrival (open loop: its
     scheduled time). The runner sends at the first loop turn after a request is due, so a request
@@ -223,14 +258,31 @@ def dispatch_lag(r: dict, tokens) -> float | None:
     return _since(r.get("sent_s"), r.get("arrival_s"))
 
 
-@metric("tpot_s", "s", "(e2el_s - ttft_s) / (output_tokens - 1)", label="TPOT {stat} ms", display="ms", better="lower", section="latency", per="request")
+@metric(
+    "tpot_s",
+    "s",
+    "(e2el_s - ttft_s) / (output_tokens - 1)",
+    label="TPOT {stat} ms",
+    display="ms",
+    better="lower",
+    section="latency",
+    per="request",
+)
 def tpot(r: dict, tokens) -> float | None:
     """Time per output token after the first, both phases. None with fewer than 2 output tokens."""
     n, first, total = r.get("output_tokens") or 0, ttft(r, tokens), e2el(r, tokens)
     return None if n < 2 or first is None or total is None else (total - first) / (n - 1)
 
 
-@metric("user_tok_s", "tokens/s", "(output_tokens - 1) / (finish_s - first_token_s)", label="per-user tok/s {stat}", better="higher", section="throughput", per="request")
+@metric(
+    "user_tok_s",
+    "tokens/s",
+    "(output_tokens - 1) / (finish_s - first_token_s)",
+    label="per-user tok/s {stat}",
+    better="higher",
+    section="throughput",
+    per="request",
+)
 def user_tok_s(r: dict, tokens) -> float | None:
     """Per-user output speed: how fast one request's tokens came after its first (1 / TPOT; both
     phases). None with fewer than 2 output tokens or no time between first and last token."""
@@ -238,37 +290,73 @@ def user_tok_s(r: dict, tokens) -> float | None:
     return None if n < 2 or first is None or last is None or last <= first else (n - 1) / (last - first)
 
 
-@metric("tpot_think_s", "s", "mean gap between consecutive think tokens (tokens.jsonl)", section="latency", per="request")
+@metric(
+    "tpot_think_s", "s", "mean gap between consecutive think tokens (tokens.jsonl)", section="latency", per="request"
+)
 def tpot_think(r: dict, tokens) -> float | None:
     """Decode speed while thinking. None with fewer than 2 think tokens or no per-token times."""
     return _mean(_gaps(tokens, "t")) if tokens else None
 
 
-@metric("tpot_answer_s", "s", "mean gap between consecutive answer tokens (tokens.jsonl)", section="latency", per="request")
+@metric(
+    "tpot_answer_s", "s", "mean gap between consecutive answer tokens (tokens.jsonl)", section="latency", per="request"
+)
 def tpot_answer(r: dict, tokens) -> float | None:
     """Decode speed while answering. None with fewer than 2 answer tokens or no per-token times."""
     return _mean(_gaps(tokens, "a")) if tokens else None
 
 
-@metric("itl_s", "s", "every gap t[i] - t[i-1] between consecutive tokens of a request, pooled over requests", label="ITL {stat} ms", display="ms", better="lower", section="latency", per="pooled")
+@metric(
+    "itl_s",
+    "s",
+    "every gap t[i] - t[i-1] between consecutive tokens of a request, pooled over requests",
+    label="ITL {stat} ms",
+    display="ms",
+    better="lower",
+    section="latency",
+    per="pooled",
+)
 def itl(r: dict, tokens) -> list[float]:
     """Inter-token latency, both phases (network chunks: see the conventions)."""
     return _gaps(tokens) if tokens else []
 
 
-@metric("output_tokens", "tokens", "output_tokens (engine token count, think + answer)", label="output tok {stat}", section="tokens", key="output", per="request")
+@metric(
+    "output_tokens",
+    "tokens",
+    "output_tokens (engine token count, think + answer)",
+    label="output tok {stat}",
+    section="tokens",
+    key="output",
+    per="request",
+)
 def output_tokens(r: dict, tokens) -> int | None:
     """Generated tokens of the request, counted by the engine's tokenizer (never re-tokenised text)."""
     return r.get("output_tokens")
 
 
-@metric("think_tokens", "tokens", "think_tokens (tokens generated in the think phase)", label="think tok {stat}", section="tokens", key="think", per="request")
+@metric(
+    "think_tokens",
+    "tokens",
+    "think_tokens (tokens generated in the think phase)",
+    label="think tok {stat}",
+    section="tokens",
+    key="think",
+    per="request",
+)
 def think_tokens(r: dict, tokens) -> int | None:
     """Hidden reasoning tokens; the `</think>` token counts as think."""
     return r.get("think_tokens")
 
 
-@metric("answer_tokens", "tokens", "answer_tokens (tokens generated in the answer phase)", section="tokens", key="answer", per="request")
+@metric(
+    "answer_tokens",
+    "tokens",
+    "answer_tokens (tokens generated in the answer phase)",
+    section="tokens",
+    key="answer",
+    per="request",
+)
 def answer_tokens(r: dict, tokens) -> int | None:
     """Visible answer tokens."""
     return r.get("answer_tokens")
@@ -281,6 +369,7 @@ def think_ratio(r: dict, tokens) -> float | None:
 
 
 # ---- stragglers -----------------------------------------------------------------------------
+
 
 @define("straggler", "bool", "e2el_s > k x median(e2el_s of its group)")
 def _mark_stragglers(rows: list[dict], k: float, window: int) -> None:
@@ -326,13 +415,16 @@ def group_tail(members: list[dict]) -> tuple[float, float]:
 # ---- who ended the thinking ------------------------------------------------------------------
 
 CLOSERS = ("model", "cap", "ended", "unclosed")
-LOOP_N = 8            # n of the n-grams that tell a repetition loop
-LOOP_SHARE = 0.5      # a thinking whose n-grams repeat at least this share is a repetition loop
+LOOP_N = 8  # n of the n-grams that tell a repetition loop
+LOOP_SHARE = 0.5  # a thinking whose n-grams repeat at least this share is a repetition loop
 
 
-@define("think_closed_by", "category",
-        "model: not think_forced and an answer phase; cap: think_forced and think_tokens >= the cell's think_budget; "
-        "ended: think_forced below the think budget (the model ended while thinking); unclosed: never closed")
+@define(
+    "think_closed_by",
+    "category",
+    "model: not think_forced and an answer phase; cap: think_forced and think_tokens >= the cell's think_budget; "
+    "ended: think_forced below the think budget (the model ended while thinking); unclosed: never closed",
+)
 def think_closed_by(r: dict, think_budget: int | None) -> str | None:
     """Who ended a request's thinking: the model itself (it wrote `</think>`), the engine at the think
     cap (think_budget think tokens), the engine after the model ended while still thinking, or nobody
@@ -345,13 +437,16 @@ def think_closed_by(r: dict, think_budget: int | None) -> str | None:
     return "model" if has_answer_phase(r) else "unclosed"
 
 
-@define("repeat_share", "fraction", f"think-phase {LOOP_N}-grams of token ids that occurred earlier in the same thinking / "
-        f"all its {LOOP_N}-grams")
+@define(
+    "repeat_share",
+    "fraction",
+    f"think-phase {LOOP_N}-grams of token ids that occurred earlier in the same thinking / all its {LOOP_N}-grams",
+)
 def repeat_share(token_ids: list[int], phases: str) -> float | None:
     """How much a request's thinking repeats itself: the share of its think tokens' 8-grams (token ids,
     tokens.jsonl) that already occurred earlier in that thinking. None with fewer than 8 think tokens."""
     think = [t for t, p in zip(token_ids, phases) if p == "t"]
-    grams = [tuple(think[i:i + LOOP_N]) for i in range(len(think) - LOOP_N + 1)]
+    grams = [tuple(think[i : i + LOOP_N]) for i in range(len(think) - LOOP_N + 1)]
     seen: set = set()
     repeats = 0
     for g in grams:
@@ -360,8 +455,11 @@ def repeat_share(token_ids: list[int], phases: str) -> float | None:
     return repeats / len(grams) if grams else None
 
 
-@define("capped_repetition_loop", "bool", f"think_closed_by = cap (or finish_reason = length while thinking) and "
-        f"repeat_share >= {LOOP_SHARE:g}")
+@define(
+    "capped_repetition_loop",
+    "bool",
+    f"think_closed_by = cap (or finish_reason = length while thinking) and repeat_share >= {LOOP_SHARE:g}",
+)
 def capped_loop(r: dict, closer: str | None, share: float | None) -> bool:
     """A request whose thinking went round in a loop until the engine cut it: cut at the think cap (or at
     the output budget while still thinking) with at least half its think-phase 8-grams repeating earlier
@@ -370,9 +468,13 @@ def capped_loop(r: dict, closer: str | None, share: float | None) -> bool:
     return bool(cut and share is not None and share >= LOOP_SHARE)
 
 
-@metric("think_closers", "fraction",
-        "per closer in think_closed_by: completed requests that thought with that closer / completed requests that thought, "
-        "with its wilson_ci95", section="tokens")
+@metric(
+    "think_closers",
+    "fraction",
+    "per closer in think_closed_by: completed requests that thought with that closer / completed requests that thought, "
+    "with its wilson_ci95",
+    section="tokens",
+)
 def think_closers(ctx: _Context) -> dict | None:
     """Who ended the thinking, as shares of the completed requests that thought: {model, cap, ended,
     unclosed: {share, k, n, ci95}}. A cap hit counts as hitting the budget. None when none thought."""
@@ -380,8 +482,13 @@ def think_closers(ctx: _Context) -> dict | None:
     return {c: share(closers.count(c), len(closers)) for c in CLOSERS} if closers else None
 
 
-@metric("hit_budget_share", "fraction", "completed requests with finish_reason = length or think_closed_by = cap / completed requests",
-        section="tokens", key="hit_budget")
+@metric(
+    "hit_budget_share",
+    "fraction",
+    "completed requests with finish_reason = length or think_closed_by = cap / completed requests",
+    section="tokens",
+    key="hit_budget",
+)
 def hit_budget_share(ctx: _Context) -> dict | None:
     """Requests that hit a budget: the output budget (finish `length`) or the think budget (cut at the think
     cap, which ends with `stop`): {share, k, n, ci95}. None without completed requests."""
@@ -389,6 +496,7 @@ def hit_budget_share(ctx: _Context) -> dict | None:
 
 
 # ---- requests ------------------------------------------------------------------------------
+
 
 def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window: int = DEFAULT_WINDOW) -> list[dict]:
     """One dict per recorded request: identifiers (id, dataset, domain, session, batch, arrival_s,
@@ -427,6 +535,7 @@ def request_metrics(cell: Cell, straggler_k: float = DEFAULT_STRAGGLER_K, window
 
 
 # ---- cell metrics ---------------------------------------------------------------------------
+
 
 @dataclass
 class _Context:
@@ -468,7 +577,9 @@ def _accuracy(records: list[dict]) -> dict:
     lenient = sum(map(correct_lenient, records))
     statuses = Counter(r.get("parse_status") for r in records)
     # ungraded: completed requests that carry no grade (a data set without reference answers)
-    graded = any(r.get("correct") is not None for r in records) or not any(r.get("finish_reason") in COMPLETED for r in records)
+    graded = any(r.get("correct") is not None for r in records) or not any(
+        r.get("finish_reason") in COMPLETED for r in records
+    )
     return {
         "correct": correct,
         "total": n,
@@ -488,8 +599,16 @@ def _by(records: list[dict], field: str) -> dict[str, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-@metric("accuracy", "fraction", "correct / total (all requests), with its wilson_ci95; accuracy_lenient = "
-        "sum(correct_lenient) / total, with its wilson_ci95", label="accuracy {stat}", display="pct", better="higher", section=None)
+@metric(
+    "accuracy",
+    "fraction",
+    "correct / total (all requests), with its wilson_ci95; accuracy_lenient = "
+    "sum(correct_lenient) / total, with its wilson_ci95",
+    label="accuracy {stat}",
+    display="pct",
+    better="higher",
+    section=None,
+)
 def accuracy(ctx: _Context) -> dict:
     """Overall, per data set and per domain, strict (`accuracy`: the answer stated in the answer
     phase) and lenient (`accuracy_lenient`: also an answer found only in the thinking), each with
@@ -508,24 +627,43 @@ def accuracy(ctx: _Context) -> dict:
 def has_answer_phase(r: dict) -> bool:
     """A think phase and an answer phase: think_tokens > 0 and (answer_tokens > 0 or the output
     holds `</think>`)."""
-    return (r.get("think_tokens") or 0) > 0 and ((r.get("answer_tokens") or 0) > 0 or THINK_CLOSE in (r.get("output_text") or ""))
+    return (r.get("think_tokens") or 0) > 0 and (
+        (r.get("answer_tokens") or 0) > 0 or THINK_CLOSE in (r.get("output_text") or "")
+    )
 
 
-@metric("answer_phase_share", "fraction", "completed thinking-mode requests with think_tokens > 0 and (answer_tokens > 0 "
-        "or `</think>` in output_text) / completed thinking-mode requests, with its wilson_ci95", label="answer phase", display="pct", section="tokens", key="answer_phase")
+@metric(
+    "answer_phase_share",
+    "fraction",
+    "completed thinking-mode requests with think_tokens > 0 and (answer_tokens > 0 "
+    "or `</think>` in output_text) / completed thinking-mode requests, with its wilson_ci95",
+    label="answer phase",
+    display="pct",
+    section="tokens",
+    key="answer_phase",
+)
 def answer_phase_share(ctx: _Context) -> dict | None:
     """Share of completed requests in a prompt mode that thinks first (reasoning, native) whose
     output has both a think phase and an answer phase (think_tokens > 0 and answer_tokens > 0, or a
     recorded `</think>`): {share, k, n, ci95}. A request without one has no TTFVT and, graded
     strictly, no answer. None for a cell with no such requests (direct mode)."""
     mode = ctx.cell.manifest.get("cell", {}).get("prompt_mode")
-    rows = [r for r in ctx.cell.requests if r.get("finish_reason") in COMPLETED and r.get("prompt_mode", mode) in THINKING_MODES]
+    rows = [
+        r
+        for r in ctx.cell.requests
+        if r.get("finish_reason") in COMPLETED and r.get("prompt_mode", mode) in THINKING_MODES
+    ]
     return share(sum(map(has_answer_phase, rows)), len(rows)) if rows else None
 
 
-@metric("think_budget_held_share", "fraction", "completed requests with think_tokens <= think_budget + tolerance / "
-        "completed requests, with its wilson_ci95 (tolerance: the engine's think_budget_tolerance, 0 in process)",
-        section="tokens", key="think_budget_held")
+@metric(
+    "think_budget_held_share",
+    "fraction",
+    "completed requests with think_tokens <= think_budget + tolerance / "
+    "completed requests, with its wilson_ci95 (tolerance: the engine's think_budget_tolerance, 0 in process)",
+    section="tokens",
+    key="think_budget_held",
+)
 def think_budget_held_share(ctx: _Context) -> dict | None:
     """Whether the think budget held, per request: a server may take the budget field and not
     apply it (vLLM #54906, SGLang #25536). The tolerance allows the tokens a server writes when it
@@ -539,7 +677,13 @@ def think_budget_held_share(ctx: _Context) -> dict | None:
     return share(sum(r["think_tokens"] <= budget + tolerance for r in rows), len(rows)) if rows else None
 
 
-@metric("think_close_leaked", "requests", "count of requests with think_close_leaked", section="tokens", key="think_close_leaked")
+@metric(
+    "think_close_leaked",
+    "requests",
+    "count of requests with think_close_leaked",
+    section="tokens",
+    key="think_close_leaked",
+)
 def think_close_leaked(ctx: _Context) -> int | None:
     """Requests whose server split the reasoning off yet sent a literal `</think>` in the answer text
     (llama.cpp #28182: a budget cut the parser missed); their phases are split at it. None when the
@@ -548,14 +692,27 @@ def think_close_leaked(ctx: _Context) -> int | None:
     return sum(f is True for f in flags) if any(f is not None for f in flags) else None
 
 
-@metric("think_forced_share", "fraction", "completed requests with think_forced / completed requests with think_tokens > 0 "
-        "and a known think_forced, with its wilson_ci95", label="think forced", display="pct", section="tokens", key="think_forced")
+@metric(
+    "think_forced_share",
+    "fraction",
+    "completed requests with think_forced / completed requests with think_tokens > 0 "
+    "and a known think_forced, with its wilson_ci95",
+    label="think forced",
+    display="pct",
+    section="tokens",
+    key="think_forced",
+)
 def think_forced_share(ctx: _Context) -> dict | None:
     """Share of the completed requests that thought whose thinking the engine closed (think budget
     reached, or the model ended while thinking; see backends/rllm_study/backends/output.py): {share, k, n, ci95}. None
     when none thought, or the engine cannot say (a server)."""
-    rows = [r for r in ctx.cell.requests if r.get("finish_reason") in COMPLETED and (r.get("think_tokens") or 0) > 0
-            and r.get("think_forced") is not None]
+    rows = [
+        r
+        for r in ctx.cell.requests
+        if r.get("finish_reason") in COMPLETED
+        and (r.get("think_tokens") or 0) > 0
+        and r.get("think_forced") is not None
+    ]
     return share(sum(r["think_forced"] is True for r in rows), len(rows)) if rows else None
 
 
@@ -591,8 +748,14 @@ def _arrival_times(ctx: _Context) -> list[list[float]]:
     return list(sessions.values())
 
 
-@metric("arrival_rate", "requests/s", "sum over sessions of (arrivals - 1) / sum over sessions of (last arrival_s - first arrival_s)",
-        label="arrival rate req/s", section="arrivals", key="rate")
+@metric(
+    "arrival_rate",
+    "requests/s",
+    "sum over sessions of (arrivals - 1) / sum over sessions of (last arrival_s - first arrival_s)",
+    label="arrival rate req/s",
+    section="arrivals",
+    key="rate",
+)
 def arrival_rate(ctx: _Context) -> float | None:
     """Realised offered load: recorded requests (completed or failed) per second of their arrival
     span. Open loop records scheduled arrivals, and Poisson/Gamma schedules are rescaled to their
@@ -602,23 +765,39 @@ def arrival_rate(ctx: _Context) -> float | None:
     return gap_stats(*_arrival_times(ctx))[0]
 
 
-@metric("arrival_cv", "ratio", "population std / mean of the gaps between consecutive arrival_s of a session, pooled over sessions",
-        label="arrival CV", section="arrivals", key="cv")
+@metric(
+    "arrival_cv",
+    "ratio",
+    "population std / mean of the gaps between consecutive arrival_s of a session, pooled over sessions",
+    label="arrival CV",
+    section="arrivals",
+    key="cv",
+)
 def arrival_cv(ctx: _Context) -> float | None:
     """Realised burstiness of the arrivals (1 for Poisson in the limit, 0 for equal gaps). None without
     two arrivals in a session, and None for a closed loop (its gaps are completion gaps, not arrivals)."""
     return gap_stats(*_arrival_times(ctx))[1]
 
 
-@metric("output_tok_s", "tokens/s", "sum(output_tokens of all requests) / duration_s", label="out tok/s", better="higher", section="throughput")
+@metric(
+    "output_tok_s",
+    "tokens/s",
+    "sum(output_tokens of all requests) / duration_s",
+    label="out tok/s",
+    better="higher",
+    section="throughput",
+)
 def output_throughput(ctx: _Context) -> float | None:
     """System output throughput (think and answer tokens)."""
     return _ratio(sum(r.get("output_tokens") or 0 for r in ctx.cell.requests), duration(ctx))
 
 
-@metric("decode_tok_s", "tokens/s",
-        "tokens with t in (max prefill_done_s, min finish_s] / (min finish_s - max prefill_done_s), all requests of session 0",
-        section="throughput")
+@metric(
+    "decode_tok_s",
+    "tokens/s",
+    "tokens with t in (max prefill_done_s, min finish_s] / (min finish_s - max prefill_done_s), all requests of session 0",
+    section="throughput",
+)
 def decode_throughput(ctx: _Context) -> float | None:
     """Aggregate decode rate while every request decodes: the window from the last prompt done to
     the first finish holds no prompt work and no finished request (llama-batched-bench's S_TG for
@@ -633,7 +812,9 @@ def decode_throughput(ctx: _Context) -> float | None:
     return n / (end - start) if end > start and n else None
 
 
-@metric("requests_s", "requests/s", "completed requests / duration_s", label="req/s", better="higher", section="throughput")
+@metric(
+    "requests_s", "requests/s", "completed requests / duration_s", label="req/s", better="higher", section="throughput"
+)
 def request_throughput(ctx: _Context) -> float | None:
     """Completed requests per second."""
     return _ratio(len(ctx.done), duration(ctx))
@@ -648,7 +829,14 @@ def meets_slo(row: dict, slo: dict) -> bool:
     )
 
 
-@metric("goodput_req_s", "requests/s", "completed requests meeting every SLO limit / duration_s", label="goodput req/s", better="higher", section="throughput")
+@metric(
+    "goodput_req_s",
+    "requests/s",
+    "completed requests meeting every SLO limit / duration_s",
+    label="goodput req/s",
+    better="higher",
+    section="throughput",
+)
 def goodput(ctx: _Context) -> float | None:
     """SLO limits are upper bounds on ttft_s, ttfvt_s, tpot_s, e2el_s; a missing TTFVT (no answer)
     misses its limit, a missing TPOT (under 2 tokens) meets it. None when no SLO is given."""
@@ -657,7 +845,13 @@ def goodput(ctx: _Context) -> float | None:
     return _ratio(sum(meets_slo(r, ctx.slo) for r in ctx.done), duration(ctx))
 
 
-@metric("tokens_by_dataset", "tokens", "output, think, answer and think_ratio distributions per data set", section="tokens", key="by_dataset")
+@metric(
+    "tokens_by_dataset",
+    "tokens",
+    "output, think, answer and think_ratio distributions per data set",
+    section="tokens",
+    key="by_dataset",
+)
 def tokens_by_dataset(ctx: _Context) -> dict:
     """Think tokens, answer tokens and their ratio per data set (completed requests)."""
     token_metrics = [(n, e.key) for n, e in _ENTRIES.items() if e.per == "request" and e.section == "tokens"]
@@ -673,19 +867,36 @@ def straggler_count(ctx: _Context) -> int:
     return sum(r["straggler"] for r in ctx.rows)
 
 
-@metric("straggler_share", "fraction", "straggler_count / completed requests", label="stragglers", display="pct", better="lower", section="stragglers", key="share")
+@metric(
+    "straggler_share",
+    "fraction",
+    "straggler_count / completed requests",
+    label="stragglers",
+    display="pct",
+    better="lower",
+    section="stragglers",
+    key="share",
+)
 def straggler_share(ctx: _Context) -> float | None:
     """Share of completed requests that are stragglers."""
     return _ratio(straggler_count(ctx), len(ctx.done))
 
 
-@metric("straggler_think_tokens_mean", "tokens", "mean think_tokens of stragglers", section="stragglers", key="think_tokens_mean")
+@metric(
+    "straggler_think_tokens_mean",
+    "tokens",
+    "mean think_tokens of stragglers",
+    section="stragglers",
+    key="think_tokens_mean",
+)
 def straggler_think(ctx: _Context) -> float | None:
     """Do stragglers think longer? Compare with the non-stragglers' mean."""
     return _mean(r["think_tokens"] for r in ctx.done if r["straggler"])
 
 
-@metric("non_straggler_think_tokens_mean", "tokens", "mean think_tokens of completed non-stragglers", section="stragglers")
+@metric(
+    "non_straggler_think_tokens_mean", "tokens", "mean think_tokens of completed non-stragglers", section="stragglers"
+)
 def non_straggler_think(ctx: _Context) -> float | None:
     """Baseline for straggler_think_tokens_mean."""
     return _mean(r["think_tokens"] for r in ctx.done if not r["straggler"])
@@ -697,13 +908,22 @@ def tail_time(ctx: _Context) -> float:
     return sum(group_tail(m)[1] for m in straggler_groups(ctx.rows).values())
 
 
-@metric("tail_share", "fraction", "tail_time_s / sum over groups of (last finish - first arrival)", label="tail share", display="pct", better="lower", section="stragglers")
+@metric(
+    "tail_share",
+    "fraction",
+    "tail_time_s / sum over groups of (last finish - first arrival)",
+    label="tail share",
+    display="pct",
+    better="lower",
+    section="stragglers",
+)
 def tail_share(ctx: _Context) -> float | None:
     """Share of the groups' running time spent in the tail."""
     return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
 
 
 # ---- occupancy and the machine's speed, from the recorded events ---------------------------------
+
 
 def occupancy(requests: Iterable[dict]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per session, the running and waiting counts as step functions, exact at every change: (times,
@@ -749,11 +969,16 @@ def solo_gaps(cell: Cell) -> list[float]:
     return gaps
 
 
-@metric("machine_speed", "tokens/s",
-        "calibration: mean tok_s of calibration.jsonl (CALIBRATION_TOKENS greedy tokens, one sequence, just before and "
-        "after each session); own_tok_s = 1 / median(solo_gaps): gaps t[i] - t[i-1] while exactly one request ran "
-        "(occupancy from admitted_s / finish_s); tok_s = calibration where recorded, else own_tok_s",
-        label="machine tok/s", better="higher", section="throughput")
+@metric(
+    "machine_speed",
+    "tokens/s",
+    "calibration: mean tok_s of calibration.jsonl (CALIBRATION_TOKENS greedy tokens, one sequence, just before and "
+    "after each session); own_tok_s = 1 / median(solo_gaps): gaps t[i] - t[i-1] while exactly one request ran "
+    "(occupancy from admitted_s / finish_s); tok_s = calibration where recorded, else own_tok_s",
+    label="machine tok/s",
+    better="higher",
+    section="throughput",
+)
 def machine_speed(ctx: _Context) -> dict:
     """How fast the machine decoded one sequence while the cell ran, in tokens/s:
     {tok_s, source ("calibration", "one-sequence gaps" or None), calibration (each calibration
@@ -768,8 +993,12 @@ def machine_speed(ctx: _Context) -> dict:
     return {"tok_s": tok_s, "source": source, "calibration": cal, "own_tok_s": own, "n_gaps": len(gaps)}
 
 
-@metric("solo_itl_s", "s", "solo_gaps: gaps t[i] - t[i-1] of any request while exactly one request ran (occupancy, from events)",
-        section="stragglers")
+@metric(
+    "solo_itl_s",
+    "s",
+    "solo_gaps: gaps t[i] - t[i-1] of any request while exactly one request ran (occupancy, from events)",
+    section="stragglers",
+)
 def solo_itl(ctx: _Context) -> dict:
     """One-sequence decode speed measured in the cell itself: the token gaps of requests while they
     ran alone (`solo_gaps`, exact from the admission and finish events). Its p50 is the reference of
@@ -780,12 +1009,16 @@ def solo_itl(ctx: _Context) -> dict:
 CAUSES = ("queue", "prefill", "think", "answer", "sharing")
 
 
-@metric("straggler_causes", "s",
-        "per straggler: queue = admitted_s - arrival_s; prefill = first_token_s - admitted_s; with solo = solo_itl_s p50: "
-        "think = think gaps x solo, answer = answer gaps x solo, sharing = (finish_s - first_token_s) - think - answer; "
-        "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers; "
-        "capped_repetition_loops = stragglers with capped_repetition_loop",
-        section="stragglers", key="causes")
+@metric(
+    "straggler_causes",
+    "s",
+    "per straggler: queue = admitted_s - arrival_s; prefill = first_token_s - admitted_s; with solo = solo_itl_s p50: "
+    "think = think gaps x solo, answer = answer gaps x solo, sharing = (finish_s - first_token_s) - think - answer; "
+    "without solo: think, answer = measured time of think / answer gaps, sharing not measured; summed over stragglers; "
+    "capped_repetition_loops = stragglers with capped_repetition_loop",
+    section="stragglers",
+    key="causes",
+)
 def straggler_causes(ctx: _Context) -> dict:
     """Where the stragglers' E2EL went. A gap belongs to the phase of its later token (tokens.jsonl;
     without per-token times: think gaps = think_tokens - 1 when it thought, answer gaps the rest). The
@@ -797,7 +1030,7 @@ def straggler_causes(ctx: _Context) -> dict:
     (None without stragglers); `seconds` are sums over the cell's `count` stragglers."""
     solo_gaps = solo_itl(ctx)
     solo = solo_gaps["p50"] if solo_gaps["count"] else None
-    sums = {c: 0.0 for c in CAUSES}
+    sums = dict.fromkeys(CAUSES, 0.0)
     stragglers = [r for r in ctx.rows if r["straggler"]]
     records = {r["id"]: r for r in ctx.cell.requests}
     for row in stragglers:
@@ -824,18 +1057,25 @@ def straggler_causes(ctx: _Context) -> dict:
     if solo is None:
         sums["sharing"] = None
     known = {c: v for c, v in sums.items() if v is not None}
-    return {"count": len(stragglers), "solo_itl_s": solo, "seconds": sums,
-            "dominant": max(known, key=known.get) if stragglers else None,
-            "capped_repetition_loops": sum(r["repetition_loop"] for r in stragglers),
-            "capped": sum(r["capped"] for r in stragglers)}
+    return {
+        "count": len(stragglers),
+        "solo_itl_s": solo,
+        "seconds": sums,
+        "dominant": max(known, key=known.get) if stragglers else None,
+        "capped_repetition_loops": sum(r["repetition_loop"] for r in stragglers),
+        "capped": sum(r["capped"] for r in stragglers),
+    }
 
 
 MAX_TIMELINE_GAP_S = 1.0  # a sampled timeline with a longer gap between samples decides no claim
 
 
-@define("time_weighted", "as the values",
-        "values[k] holds from t[k] to t[k+1]: peak = max(values); mean = sum(values[k] x (t[k+1] - t[k])) / T; "
-        "cv = sqrt(sum((values[k] - mean)^2 x (t[k+1] - t[k])) / T) / mean; T = sum of the sessions' spans")
+@define(
+    "time_weighted",
+    "as the values",
+    "values[k] holds from t[k] to t[k+1]: peak = max(values); mean = sum(values[k] x (t[k+1] - t[k])) / T; "
+    "cv = sqrt(sum((values[k] - mean)^2 x (t[k+1] - t[k])) / T) / mean; T = sum of the sessions' spans",
+)
 def time_weighted(series: Iterable[tuple[Iterable[float], Iterable[float | None]]]) -> dict:
     """Peak, time-weighted mean and coefficient of variation of step functions (one per session; a
     value None is left out with its stretch): {count (values), peak, mean, cv (None when the mean is 0),
@@ -854,8 +1094,14 @@ def time_weighted(series: Iterable[tuple[Iterable[float], Iterable[float | None]
     v, w = np.array(values), np.array(weights)
     mean = float((v * w).sum() / total) if total > 0 else float(v.mean())
     var = float(((v - mean) ** 2 * w).sum() / total) if total > 0 else float(v.var())
-    return {"count": len(values), "peak": peak, "mean": mean, "cv": (var ** 0.5) / mean if mean else None,
-            "seconds": total, "max_gap_s": gap}
+    return {
+        "count": len(values),
+        "peak": peak,
+        "mean": mean,
+        "cv": (var**0.5) / mean if mean else None,
+        "seconds": total,
+        "max_gap_s": gap,
+    }
 
 
 def _sampled(timeline: list[dict], value: Callable[[dict], float | None]) -> list[tuple[list[float], list]]:
@@ -864,8 +1110,10 @@ def _sampled(timeline: list[dict], value: Callable[[dict], float | None]) -> lis
     for s in timeline:
         if s.get("t_s") is not None:
             sessions.setdefault(s.get("session", 0), []).append(s)
-    return [([s["t_s"] for s in rows], [value(s) for s in rows])
-            for rows in (sorted(r, key=lambda s: s["t_s"]) for r in sessions.values())]
+    return [
+        ([s["t_s"] for s in rows], [value(s) for s in rows])
+        for rows in (sorted(r, key=lambda s: s["t_s"]) for r in sessions.values())
+    ]
 
 
 def kv_events(cell: Cell) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
@@ -883,7 +1131,9 @@ def kv_events(cell: Cell) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
     for r in cell.requests:
         tokens = _tokens_of(cell, r["id"])
         done = r.get("prefill_done_s") if r.get("prefill_done_s") is not None else r.get("first_token_s")
-        start = None if done is None else (done + (r.get("admitted_s") if r.get("admitted_s") is not None else done)) / 2
+        start = (
+            None if done is None else (done + (r.get("admitted_s") if r.get("admitted_s") is not None else done)) / 2
+        )
         if r.get("arrival_s") is None or r.get("finish_s") is None:
             continue
         d = deltas.setdefault(r.get("session", 0), Counter())
@@ -909,10 +1159,16 @@ def _kv_capacity(cell: Cell) -> int | None:
     return max(caps) if caps else None
 
 
-@metric("kv_frac", "fraction",
-        "KV cells in use / kv_capacity: from events (kv_events) where the engine counts cells, else per timeline sample "
-        "(sample-and-hold); peak, mean and cv = std / mean weighted by time (time_weighted)", label="KV {stat}",
-        display="pct", better="lower", section="memory")
+@metric(
+    "kv_frac",
+    "fraction",
+    "KV cells in use / kv_capacity: from events (kv_events) where the engine counts cells, else per timeline sample "
+    "(sample-and-hold); peak, mean and cv = std / mean weighted by time (time_weighted)",
+    label="KV {stat}",
+    display="pct",
+    better="lower",
+    section="memory",
+)
 def kv_frac(ctx: _Context) -> dict:
     """KV-cache usage and its fluctuation over the run, weighted by time: {count, peak, mean, cv,
     seconds, max_gap_s, source}. source "events": KV cells held by the requests, exact at every
@@ -927,47 +1183,89 @@ def kv_frac(ctx: _Context) -> dict:
     return {**time_weighted(series), "source": "sampler"}
 
 
-@metric("kv_used", "kv_unit", "KV in use: from events (kv_events, cells) or per timeline sample; peak, mean, cv weighted by time",
-        section="memory")
+@metric(
+    "kv_used",
+    "kv_unit",
+    "KV in use: from events (kv_events, cells) or per timeline sample; peak, mean, cv weighted by time",
+    section="memory",
+)
 def kv_used(ctx: _Context) -> dict:
     """KV cache in use, in the engine's unit (cells: one per token per sequence; bytes; percent), from
     events where the unit is cells (see kv_frac), weighted by time."""
     units = sorted({s.get("kv_unit") for s in ctx.cell.timeline if s.get("kv_unit")})
     events = kv_events(ctx.cell)
-    stats = time_weighted(events.values()) if events is not None else time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("kv_used")))
+    stats = (
+        time_weighted(events.values())
+        if events is not None
+        else time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("kv_used")))
+    )
     return {**stats, "unit": "/".join(units) or None, "source": "events" if events is not None else "sampler"}
 
 
-@metric("running_requests", "requests", "requests admitted and not finished (occupancy, from events): peak, mean, cv weighted by time",
-        label="running {stat}", display="count", better="higher", section="memory", key="running")
+@metric(
+    "running_requests",
+    "requests",
+    "requests admitted and not finished (occupancy, from events): peak, mean, cv weighted by time",
+    label="running {stat}",
+    display="count",
+    better="higher",
+    section="memory",
+    key="running",
+)
 def running_requests(ctx: _Context) -> dict:
     """How many requests the engine held at once, exact at every admission and finish."""
     return time_weighted((t, r) for t, r, _ in occupancy(ctx.cell.requests).values())
 
 
-@metric("waiting_requests", "requests", "requests arrived and not admitted (occupancy, from events): peak, mean, cv weighted by time",
-        label="waiting {stat}", better="lower", section="memory", key="waiting")
+@metric(
+    "waiting_requests",
+    "requests",
+    "requests arrived and not admitted (occupancy, from events): peak, mean, cv weighted by time",
+    label="waiting {stat}",
+    better="lower",
+    section="memory",
+    key="waiting",
+)
 def waiting_requests(ctx: _Context) -> dict:
     """How many requests waited for a sequence slot at once, exact at every arrival and admission."""
     return time_weighted((t, w) for t, _, w in occupancy(ctx.cell.requests).values())
 
 
-@metric("rss_bytes", "bytes", "rss_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time",
-        label="RSS {stat} MiB", display="mib", better="lower", section="memory")
+@metric(
+    "rss_bytes",
+    "bytes",
+    "rss_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time",
+    label="RSS {stat} MiB",
+    display="mib",
+    better="lower",
+    section="memory",
+)
 def rss(ctx: _Context) -> dict:
     """Resident memory of the engine process (what events cannot give: the sampler records it)."""
     return time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("rss_bytes")))
 
 
-@metric("device_bytes", "bytes", "device_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time", section="memory")
+@metric(
+    "device_bytes",
+    "bytes",
+    "device_bytes per timeline sample (sample-and-hold): peak, mean, cv weighted by time",
+    section="memory",
+)
 def device(ctx: _Context) -> dict | None:
     """Accelerator memory in use; None when there is no device."""
     stats = time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("device_bytes")))
     return stats if stats["count"] else None
 
 
-@metric("gpu_bytes", "bytes", "gpu_bytes per timeline sample (NVML, all processes; sample-and-hold): peak, mean, cv weighted by time",
-        label="GPU MiB {stat}", display="mib", better="lower", section="memory")
+@metric(
+    "gpu_bytes",
+    "bytes",
+    "gpu_bytes per timeline sample (NVML, all processes; sample-and-hold): peak, mean, cv weighted by time",
+    label="GPU MiB {stat}",
+    display="mib",
+    better="lower",
+    section="memory",
+)
 def gpu_memory(ctx: _Context) -> dict | None:
     """GPU memory in use on the cell's GPUs as NVML reports it (every process on them); None without NVML."""
     stats = time_weighted(_sampled(ctx.cell.timeline, lambda s: s.get("gpu_bytes")))
@@ -975,6 +1273,7 @@ def gpu_memory(ctx: _Context) -> dict | None:
 
 
 # ---- energy ---------------------------------------------------------------------------------
+
 
 def _measured_sessions(ctx: _Context) -> dict[int, tuple[float, float]]:
     """session -> (energy_j, t_s) of its last timeline sample that carries energy_j."""
@@ -998,28 +1297,58 @@ def _measured_tokens(ctx: _Context) -> int:
     return sum(r.get("output_tokens") or 0 for r in ctx.cell.requests if r.get("session", 0) in sessions)
 
 
-@metric("j_per_token", "J/token", "energy_j / output tokens of the measured sessions' requests", label="J/token", display="measured", better="lower", section="energy")
+@metric(
+    "j_per_token",
+    "J/token",
+    "energy_j / output tokens of the measured sessions' requests",
+    label="J/token",
+    display="measured",
+    better="lower",
+    section="energy",
+)
 def j_per_token(ctx: _Context) -> float | None:
     """Energy per generated token (think and answer); None when not measured or no tokens."""
     joules = energy(ctx)
     return None if joules is None else _ratio(joules, _measured_tokens(ctx))
 
 
-@metric("tokens_per_j", "tokens/J", "output tokens of the measured sessions' requests / energy_j", label="tokens/J", display="measured", better="higher", section="energy")
+@metric(
+    "tokens_per_j",
+    "tokens/J",
+    "output tokens of the measured sessions' requests / energy_j",
+    label="tokens/J",
+    display="measured",
+    better="higher",
+    section="energy",
+)
 def tokens_per_j(ctx: _Context) -> float | None:
     """Generated tokens per joule; None when not measured or no energy was counted."""
     joules = energy(ctx)
     return None if joules is None else _ratio(_measured_tokens(ctx), joules)
 
 
-@metric("avg_power_w", "W", "energy_j / sum over measured sessions of their last sample's t_s", label="avg W", display="measured", section="energy")
+@metric(
+    "avg_power_w",
+    "W",
+    "energy_j / sum over measured sessions of their last sample's t_s",
+    label="avg W",
+    display="measured",
+    section="energy",
+)
 def avg_power(ctx: _Context) -> float | None:
     """Average power drawn by the measured parts while the cell ran; None when not measured."""
     joules = energy(ctx)
     return None if joules is None else _ratio(joules, sum(t for _, t in _measured_sessions(ctx).values()))
 
 
-@metric("prefix_hit_rate", "fraction", "requests with cached_tokens > 0 / all requests", label="prefix hit rate", display="pct", section="techniques")
+@metric(
+    "prefix_hit_rate",
+    "fraction",
+    "requests with cached_tokens > 0 / all requests",
+    label="prefix hit rate",
+    display="pct",
+    section="techniques",
+)
 def prefix_hit_rate(ctx: _Context) -> float | None:
     """Share of requests whose prompt reused a cached prefix."""
     reqs = ctx.cell.requests
@@ -1038,8 +1367,12 @@ def prefix_saved_prefill(extra: dict) -> float | None:
     return None if per_token is None or reused is None else reused * per_token
 
 
-@metric("prefix_saved_prefill_s", "s", "prefix_tokens_reused x prefill_s_per_token (the last timeline sample's engine counters)",
-        section="techniques")
+@metric(
+    "prefix_saved_prefill_s",
+    "s",
+    "prefix_tokens_reused x prefill_s_per_token (the last timeline sample's engine counters)",
+    section="techniques",
+)
 def prefix_saved_prefill_cell(ctx: _Context) -> float | None:
     """Prefill time the prefix cache avoided, estimated: prompt tokens reused times the engine's
     measured prefill cost per token (decode seconds / prompt tokens over steps that decoded prompt
@@ -1061,13 +1394,25 @@ def draft_accepted(ctx: _Context) -> int:
     return sum(r.get("draft_accepted") or 0 for r in ctx.cell.requests)
 
 
-@metric("draft_acceptance_rate", "fraction", "draft_accepted / draft_proposed", label="draft acceptance", display="pct", section="techniques")
+@metric(
+    "draft_acceptance_rate",
+    "fraction",
+    "draft_accepted / draft_proposed",
+    label="draft acceptance",
+    display="pct",
+    section="techniques",
+)
 def draft_acceptance_rate(ctx: _Context) -> float | None:
     """None when nothing was proposed."""
     return _ratio(draft_accepted(ctx), draft_proposed(ctx))
 
 
-@metric("mean_accepted_per_step", "tokens", "draft tokens / non-draft tokens in tokens.jsonl `draft` (requests with drafts proposed)", section="techniques")
+@metric(
+    "mean_accepted_per_step",
+    "tokens",
+    "draft tokens / non-draft tokens in tokens.jsonl `draft` (requests with drafts proposed)",
+    section="techniques",
+)
 def mean_accepted_per_step(ctx: _Context) -> float | None:
     """Accepted draft tokens per target-model step: each step emits the draft tokens it accepted and
     then exactly one token of its own (the first token, from prefill, is a step too). None without drafting."""
@@ -1079,9 +1424,13 @@ def mean_accepted_per_step(ctx: _Context) -> float | None:
     return _ratio(marks.count("1"), marks.count("0"))
 
 
-@metric("by_turn", "s, tokens", "per turn k of multi-turn sessions (completed requests with turn = k): n; ttft_s and "
-        "ttfvt_s p50 and mean; prompt_tokens and cached_tokens means; reuse = sum(cached_tokens) / sum(prompt_tokens)",
-        section="turns")
+@metric(
+    "by_turn",
+    "s, tokens",
+    "per turn k of multi-turn sessions (completed requests with turn = k): n; ttft_s and "
+    "ttfvt_s p50 and mean; prompt_tokens and cached_tokens means; reuse = sum(cached_tokens) / sum(prompt_tokens)",
+    section="turns",
+)
 def by_turn(ctx: _Context) -> dict | None:
     """Multi-turn sessions, turn by turn: how long a user waited for the first token and the first
     visible token, how long the prompt had grown (earlier questions and answers) and how much of it
@@ -1097,25 +1446,43 @@ def by_turn(ctx: _Context) -> dict | None:
     for k, rows in sorted(turns.items()):
         prompt = [records[r["id"]].get("prompt_tokens") or 0 for r in rows]
         cached = [records[r["id"]].get("cached_tokens") or 0 for r in rows]
-        ttft_d, ttfvt_d = distribution((r["ttft_s"] for r in rows), (50,)), distribution((r["ttfvt_s"] for r in rows), (50,))
-        out[str(k)] = {"n": len(rows), "ttft_s_p50": ttft_d["p50"], "ttft_s_mean": ttft_d["mean"],
-                       "ttfvt_s_p50": ttfvt_d["p50"], "ttfvt_s_mean": ttfvt_d["mean"],
-                       "prompt_tokens_mean": statistics.fmean(prompt), "cached_tokens_mean": statistics.fmean(cached),
-                       "reuse": _ratio(sum(cached), sum(prompt))}
+        ttft_d, ttfvt_d = (
+            distribution((r["ttft_s"] for r in rows), (50,)),
+            distribution((r["ttfvt_s"] for r in rows), (50,)),
+        )
+        out[str(k)] = {
+            "n": len(rows),
+            "ttft_s_p50": ttft_d["p50"],
+            "ttft_s_mean": ttft_d["mean"],
+            "ttfvt_s_p50": ttfvt_d["p50"],
+            "ttfvt_s_mean": ttfvt_d["mean"],
+            "prompt_tokens_mean": statistics.fmean(prompt),
+            "cached_tokens_mean": statistics.fmean(cached),
+            "reuse": _ratio(sum(cached), sum(prompt)),
+        }
     return out
 
 
 # ---- benchmark ratios (figures of two configurations measured in the same run) ----------------
 
-@define("decode_vs_reference", "ratio", "decode_tok_s (ours) / llama-batched-bench S_TG at N sequences, or llama-bench tg at 1")
+
+@define(
+    "decode_vs_reference",
+    "ratio",
+    "decode_tok_s (ours) / llama-batched-bench S_TG at N sequences, or llama-bench tg at 1",
+)
 def decode_vs_reference(ours: float, reference: float) -> float | None:
     """`rllm-study bench engine`: our engine's decode rate against llama.cpp's own tools from the same
     build and settings (n_prompt, n_gen, threads, flash attention, offload). None without a reference."""
     return _ratio(ours, reference)
 
 
-@define("bench_server_ratio", "ratio", "in-process figure / llama-server figure on the same workload, with its "
-        "bootstrap_ci95 over each side's requests (durations held at the measured ones)")
+@define(
+    "bench_server_ratio",
+    "ratio",
+    "in-process figure / llama-server figure on the same workload, with its "
+    "bootstrap_ci95 over each side's requests (durations held at the measured ones)",
+)
 def bench_server_ratio(ours: float | None, theirs: float | None) -> float | None:
     """`rllm-study bench server` (`rllm_study.bench.server.ratio_interval`): a figure of in process over
     llama-server. Each side is its requests and its duration; a resample redraws each side's requests,
@@ -1125,7 +1492,11 @@ def bench_server_ratio(ours: float | None, theirs: float | None) -> float | None
     return None if ours is None or not theirs else ours / theirs
 
 
-@define("speculative_speedup", "ratio", "output_tok_s with speculation / output_tok_s without, means over alternating rounds")
+@define(
+    "speculative_speedup",
+    "ratio",
+    "output_tok_s with speculation / output_tok_s without, means over alternating rounds",
+)
 def speculative_speedup(with_spec: float, without: float) -> float | None:
     """`bench techniques`: throughput, not time, because outputs may differ in length."""
     return _ratio(with_spec, without)
@@ -1137,7 +1508,11 @@ def prefix_ttft_gain(off: float, on: float) -> float | None:
     return _ratio(off, on)
 
 
-@define("kv_speed_ratio", "ratio", "decode_tok_s with a KV-cache type / decode_tok_s with f16, means over alternating rounds")
+@define(
+    "kv_speed_ratio",
+    "ratio",
+    "decode_tok_s with a KV-cache type / decode_tok_s with f16, means over alternating rounds",
+)
 def kv_speed_ratio(quantized: float, f16: float) -> float | None:
     """`bench techniques`: the speed cost (or gain) of a quantized KV cache."""
     return _ratio(quantized, f16)
@@ -1163,8 +1538,20 @@ def cell_metrics(
     percentiles = tuple(percentiles)
     ctx = _Context(cell, request_metrics(cell, straggler_k, window), percentiles, slo or None)
     out: dict = {"cell": cell.name}
-    sections = {s: {} for s in ("latency", "throughput", "arrivals", "tokens", "stragglers", "memory", "energy", "techniques",
-                                "turns")}
+    sections = {
+        s: {}
+        for s in (
+            "latency",
+            "throughput",
+            "arrivals",
+            "tokens",
+            "stragglers",
+            "memory",
+            "energy",
+            "techniques",
+            "turns",
+        )
+    }
     sections["throughput"]["slo"] = ctx.slo
     sections["stragglers"].update(k=straggler_k, window=window)
     for name, e in _ENTRIES.items():
@@ -1203,9 +1590,12 @@ def gap_spans(events: np.ndarray, a: float, b: float) -> bool:
     return bool(i < len(events) and events[i] < b)
 
 
-@define("finish_gap_p90_ratio", "ratio",
-        "p90(gaps spanning another request's finish) / p90(all other gaps); a gap t[i] - t[i-1] of one request spans "
-        "a finish when another request of its session has t[i-1] <= finish_s < t[i]")
+@define(
+    "finish_gap_p90_ratio",
+    "ratio",
+    "p90(gaps spanning another request's finish) / p90(all other gaps); a gap t[i] - t[i-1] of one request spans "
+    "a finish when another request of its session has t[i-1] <= finish_s < t[i]",
+)
 def finish_gaps(cell: Cell) -> dict:
     """Whether finishing a request (grading, recording) delays the other requests' next token:
     the gaps between consecutive tokens of completed requests, split into those that span
@@ -1218,5 +1608,8 @@ def finish_gaps(cell: Cell) -> dict:
         for a, b in zip(times, times[1:]):
             (spanning if gap_spans(ends, a, b) else other).append(b - a)
     span, rest = distribution(spanning), distribution(other)
-    return {"spanning": span, "other": rest,
-            "ratio": _ratio(span["p90"], rest["p90"]) if span["count"] and rest["count"] else None}
+    return {
+        "spanning": span,
+        "other": rest,
+        "ratio": _ratio(span["p90"], rest["p90"]) if span["count"] and rest["count"] else None,
+    }

@@ -21,13 +21,14 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rllm_study.errors import UserError
 from rllm_study.analysis.metrics import correct_lenient
+from rllm_study.errors import UserError
 from rllm_study.running.prompts import cell_prompts
 from rllm_study.running.results import MANIFEST, REQUESTS, read_jsonl
 from rllm_study.workloads.datasets import Item
 from rllm_study.workloads.grading import Grade, grade
 from rllm_study.workloads.prompts import Prompt
+
 
 @dataclass
 class Regraded:
@@ -39,15 +40,19 @@ class Regraded:
     requests: int = 0
     before: Counter = field(default_factory=Counter)  # strict / lenient correct counts
     after: Counter = field(default_factory=Counter)
-    flips: Counter = field(default_factory=Counter)   # (verdict, "wrong -> right" | "right -> wrong", cause) -> n
+    flips: Counter = field(default_factory=Counter)  # (verdict, "wrong -> right" | "right -> wrong", cause) -> n
     statuses: Counter = field(default_factory=Counter)  # (old parse_status, new parse_status) -> n
     changed: list[dict] = field(default_factory=list)  # one entry per request whose verdicts changed
 
-    def add(self, other: "Regraded") -> None:
+    def add(self, other: Regraded) -> None:
         self.cells += other.cells
         self.requests += other.requests
-        for mine, theirs in ((self.before, other.before), (self.after, other.after), (self.flips, other.flips),
-                             (self.statuses, other.statuses)):
+        for mine, theirs in (
+            (self.before, other.before),
+            (self.after, other.after),
+            (self.flips, other.flips),
+            (self.statuses, other.statuses),
+        ):
             mine.update(theirs)
         self.changed += other.changed
 
@@ -60,7 +65,11 @@ def cell_prompts_by_item(cell: dict) -> dict[str, tuple[Item, Prompt]]:
 def _cause(old: dict, new: Grade) -> str:
     if old.get("parse_status") != new.parse_status:
         return f"{old.get('parse_status')} -> {new.parse_status}"
-    return "other answer extracted" if old.get("extracted_answer") != new.extracted_answer else "same answer, equivalence rule"
+    return (
+        "other answer extracted"
+        if old.get("extracted_answer") != new.extracted_answer
+        else "same answer, equivalence rule"
+    )
 
 
 def regrade_cell(cell_dir: Path, write: bool = True) -> Regraded:
@@ -78,13 +87,17 @@ def regrade_cell(cell_dir: Path, write: bool = True) -> Regraded:
     for r in records:
         item_id = r.get("item_id") or r["id"]
         if item_id not in prompts:
-            raise UserError(f"{path}: request {r['id']} names item {item_id}, not among the first {cell['samples']} "
-                            f"of {cell['dataset']}; the data set changed since the run, so it cannot be regraded")
+            raise UserError(
+                f"{path}: request {r['id']} names item {item_id}, not among the first {cell['samples']} "
+                f"of {cell['dataset']}; the data set changed since the run, so it cannot be regraded"
+            )
         item, prompt = prompts[item_id]
         reference = prompt.correct_letter or item.answer
         if r.get("reference_answer") not in (None, reference):
-            raise UserError(f"{path}: request {r['id']} was graded against {r['reference_answer']!r} but its rebuilt "
-                            f"prompt's answer is {reference!r}; the manifest does not describe the prompts sent")
+            raise UserError(
+                f"{path}: request {r['id']} was graded against {r['reference_answer']!r} but its rebuilt "
+                f"prompt's answer is {reference!r}; the manifest does not describe the prompts sent"
+            )
         if cell["prompt_mode"] == "native":
             prompt = replace(prompt, starts_in_think=(r.get("think_tokens") or 0) > 0)
         g = grade(item, prompt, r.get("output_text") or "")
@@ -97,8 +110,17 @@ def regrade_cell(cell_dir: Path, write: bool = True) -> Regraded:
             if old[verdict] != new[verdict]:
                 out.flips[(verdict, "wrong -> right" if new[verdict] else "right -> wrong", _cause(r, g))] += 1
         if old != new:
-            out.changed.append({"cell": cell_dir.name, "id": r["id"], "reference": reference, "before": r.get("extracted_answer"),
-                                "after": g.extracted_answer, "parse_status": g.parse_status, **{f"{k}_now": v for k, v in new.items()}})
+            out.changed.append(
+                {
+                    "cell": cell_dir.name,
+                    "id": r["id"],
+                    "reference": reference,
+                    "before": r.get("extracted_answer"),
+                    "after": g.extracted_answer,
+                    "parse_status": g.parse_status,
+                    **{f"{k}_now": v for k, v in new.items()},
+                }
+            )
         r.update(g.record_fields())
     if write:
         _rewrite(path, records, size)

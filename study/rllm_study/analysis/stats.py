@@ -42,13 +42,43 @@ import numpy as np
 
 from rllm_study.analysis.metrics import Z95, define, wilson_interval
 
-N_BOOT = 2000                    # bootstrap replicates
-MIN_CELLS = 3                    # independent cells (or matched cell pairs) per side a cell-level condition needs
-SEED = 0                         # bootstrap seed: the same files give the same report
-MIN_BOOT_N = 5                   # a bootstrap needs this many requests in every resampled cell
+N_BOOT = 2000  # bootstrap replicates
+MIN_CELLS = 3  # independent cells (or matched cell pairs) per side a cell-level condition needs
+SEED = 0  # bootstrap seed: the same files give the same report
+MIN_BOOT_N = 5  # a bootstrap needs this many requests in every resampled cell
 # Student t 97.5% quantiles, df = 1..30 (beyond: the Cornish-Fisher expansion below)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 T = TypeVar("T")
 
@@ -80,7 +110,11 @@ def proportion(k: int, n: int) -> Interval:
     return Interval(k / n if n else None, *(w or (None, None)), n, "requests", "" if n else "no requests")
 
 
-@define("mover_ci95", "as its terms", "d = A - B; [d - sqrt((A - A_lo)^2 + (B_hi - B)^2), d + sqrt((A_hi - A)^2 + (B - B_lo)^2)]")
+@define(
+    "mover_ci95",
+    "as its terms",
+    "d = A - B; [d - sqrt((A - A_lo)^2 + (B_hi - B)^2), d + sqrt((A_hi - A)^2 + (B - B_lo)^2)]",
+)
 def mover(a: Interval, b: Interval, scale_a: float = 1.0, unit: str | None = None) -> Interval:
     """scale_a x a - b for independent estimates a and b, by the MOVER method (Zou & Donner 2008):
     lo = d - sqrt((A - A_lo)^2 + (B_hi - B)^2), hi = d + sqrt((A_hi - A)^2 + (B - B_lo)^2),
@@ -90,21 +124,31 @@ def mover(a: Interval, b: Interval, scale_a: float = 1.0, unit: str | None = Non
         return Interval(None, None, None, min(a.n, b.n), unit or a.unit, a.why or b.why)
     A, A_lo, A_hi = scale_a * a.estimate, scale_a * a.lo, scale_a * a.hi
     d = A - b.estimate
-    return Interval(d, d - math.hypot(A - A_lo, b.hi - b.estimate), d + math.hypot(A_hi - A, b.estimate - b.lo),
-                    min(a.n, b.n), unit or a.unit)
+    return Interval(
+        d,
+        d - math.hypot(A - A_lo, b.hi - b.estimate),
+        d + math.hypot(A_hi - A, b.estimate - b.lo),
+        min(a.n, b.n),
+        unit or a.unit,
+    )
 
 
-@define("newcombe_ci95", "fraction", "p1 - p2 with mover_ci95 over the two wilson_ci95 intervals (Newcombe's method 10)")
+@define(
+    "newcombe_ci95", "fraction", "p1 - p2 with mover_ci95 over the two wilson_ci95 intervals (Newcombe's method 10)"
+)
 def newcombe(k1: int, n1: int, k2: int, n2: int) -> Interval:
     """p1 - p2 (p = k / n) with Newcombe's hybrid score interval (his method 10): MOVER over two Wilson intervals."""
     return mover(proportion(k1, n1), proportion(k2, n2))
 
 
-@define("paired_newcombe_ci95", "fraction",
-        "p1 - p2 = (b - c) / n over n matched items (a both right, b only the first, c only the second, d neither); "
-        "[d - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2), d + sqrt((p2 - l2)^2 - 2 phi (p2 - l2)(u1 - p1) + "
-        "(u1 - p1)^2)], (l, u) the wilson_ci95 of p1 = (a + b) / n and p2 = (a + c) / n, phi = (ad - bc) / "
-        "sqrt((a+b)(c+d)(a+c)(b+d)) (ad - bc less n/2, not below 0, where ad > bc; 0 where the root is 0)")
+@define(
+    "paired_newcombe_ci95",
+    "fraction",
+    "p1 - p2 = (b - c) / n over n matched items (a both right, b only the first, c only the second, d neither); "
+    "[d - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2), d + sqrt((p2 - l2)^2 - 2 phi (p2 - l2)(u1 - p1) + "
+    "(u1 - p1)^2)], (l, u) the wilson_ci95 of p1 = (a + b) / n and p2 = (a + c) / n, phi = (ad - bc) / "
+    "sqrt((a+b)(c+d)(a+c)(b+d)) (ad - bc less n/2, not below 0, where ad > bc; 0 where the root is 0)",
+)
 def paired_newcombe(a: int, b: int, c: int, d: int) -> Interval:
     """Difference of two proportions measured on the same items (the same problems answered twice),
     with Newcombe's method 10 for paired data (Stat Med 1998;17:2635): the Wilson intervals of both
@@ -131,12 +175,18 @@ def t_quantile(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df * df)
 
 
-@define("t_ci95", "as its values", "mean -+ t(n-1, 97.5%) x sd / sqrt(n) over matched pairs; ratios: over their logs, exponentiated")
+@define(
+    "t_ci95",
+    "as its values",
+    "mean -+ t(n-1, 97.5%) x sd / sqrt(n) over matched pairs; ratios: over their logs, exponentiated",
+)
 def mean_interval(values: Sequence[float], unit: str = "pairs", *, scope: str = "", min_n: int = 0) -> Interval:
     """Mean with the t interval mean -+ t(n-1) x sd / sqrt(n); no interval with fewer than two values."""
     n = len(values)
     if n < 2:
-        return Interval(values[0] if n else None, None, None, n, unit, f"{n} {unit}; an interval needs two", scope, min_n)
+        return Interval(
+            values[0] if n else None, None, None, n, unit, f"{n} {unit}; an interval needs two", scope, min_n
+        )
     mean, half = statistics.fmean(values), t_quantile(n - 1) * statistics.stdev(values) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, unit, "", scope, min_n)
 
@@ -144,11 +194,16 @@ def mean_interval(values: Sequence[float], unit: str = "pairs", *, scope: str = 
 def ratio_interval(ratios: Sequence[float], unit: str = "pairs", *, scope: str = "", min_n: int = 0) -> Interval:
     """Geometric mean of positive ratios with the t interval of their logs, exponentiated."""
     logs = mean_interval([math.log(r) for r in ratios if r and r > 0], unit, scope=scope, min_n=min_n)
-    exp = (lambda v: None if v is None else math.exp(v))
+
+    def exp(v):
+        return None if v is None else math.exp(v)
+
     return Interval(exp(logs.estimate), exp(logs.lo), exp(logs.hi), logs.n, unit, logs.why, scope, min_n)
 
 
-def pair_interval(values: Sequence[float | None], *, log: bool = False, scope: str = "", min_n: int = MIN_CELLS) -> Interval:
+def pair_interval(
+    values: Sequence[float | None], *, log: bool = False, scope: str = "", min_n: int = MIN_CELLS
+) -> Interval:
     """The t interval over matched cell pairs of one value per pair (None values, a pair whose figure
     is undefined, dropped): the mean of differences, or with log=True the geometric mean of ratios.
     Unit "cell pairs"; settles only with at least `min_n` pairs (MIN_CELLS)."""
@@ -156,10 +211,20 @@ def pair_interval(values: Sequence[float | None], *, log: bool = False, scope: s
     return (ratio_interval if log else mean_interval)(kept, "cell pairs", scope=scope, min_n=min_n)
 
 
-@define("bootstrap_ci95", "as its statistic", "2.5th and 97.5th percentiles of the statistic over 2000 seeded resamples of "
-        "every cell's requests (with replacement, within each cell); none under 5 requests in a cell")
-def bootstrap(samples: Sequence[Sequence[T]], stat: Callable[[list[list[T]]], float | None], *,
-              n_boot: int = N_BOOT, seed: int = SEED, min_n: int = MIN_BOOT_N) -> Interval:
+@define(
+    "bootstrap_ci95",
+    "as its statistic",
+    "2.5th and 97.5th percentiles of the statistic over 2000 seeded resamples of "
+    "every cell's requests (with replacement, within each cell); none under 5 requests in a cell",
+)
+def bootstrap(
+    samples: Sequence[Sequence[T]],
+    stat: Callable[[list[list[T]]], float | None],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    min_n: int = MIN_BOOT_N,
+) -> Interval:
     """Percentile bootstrap of stat(samples): each replicate resamples every sample (a cell's
     requests) with replacement, to its own size, independently of the others; the interval is the
     2.5th and 97.5th percentiles of stat over the replicates where it is defined. No interval when a
@@ -182,14 +247,24 @@ def bootstrap(samples: Sequence[Sequence[T]], stat: Callable[[list[list[T]]], fl
     return Interval(estimate, float(lo), float(hi), n)
 
 
-@define("cluster_bootstrap_ci95", "as its statistic",
-        "2.5th and 97.5th percentiles of the statistic over 2000 seeded two-stage resamples: in every condition its "
-        "clusters (cells, or matched cell pairs) drawn with replacement, then each drawn cell's requests with "
-        "replacement; none with fewer than 2 clusters in a condition or under 5 requests in a cell")
-def cluster_bootstrap(conditions: Sequence[Sequence[Sequence[Sequence[T]]]],
-                      stat: Callable[[list[list[list[list[T]]]]], float | None], *, unit: str = "cells per side",
-                      scope: str = "", n_boot: int = N_BOOT, seed: int = SEED, min_n: int = MIN_BOOT_N,
-                      min_clusters: int = MIN_CELLS) -> Interval:
+@define(
+    "cluster_bootstrap_ci95",
+    "as its statistic",
+    "2.5th and 97.5th percentiles of the statistic over 2000 seeded two-stage resamples: in every condition its "
+    "clusters (cells, or matched cell pairs) drawn with replacement, then each drawn cell's requests with "
+    "replacement; none with fewer than 2 clusters in a condition or under 5 requests in a cell",
+)
+def cluster_bootstrap(
+    conditions: Sequence[Sequence[Sequence[Sequence[T]]]],
+    stat: Callable[[list[list[list[list[T]]]]], float | None],
+    *,
+    unit: str = "cells per side",
+    scope: str = "",
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    min_n: int = MIN_BOOT_N,
+    min_clusters: int = MIN_CELLS,
+) -> Interval:
     """Two-stage percentile bootstrap of stat(conditions). conditions[c][k][j] is cell j (a list of
     requests) of cluster k (one cell, or a matched pair of cells) of condition c. Each replicate draws,
     in every condition, as many clusters as it has, with replacement, then resamples every drawn
@@ -206,12 +281,25 @@ def cluster_bootstrap(conditions: Sequence[Sequence[Sequence[Sequence[T]]]],
     if n < 2:
         return Interval(estimate, None, None, n, unit, f"{n} {unit}; an interval needs two", **common)
     if smallest < min_n:
-        return Interval(estimate, None, None, n, unit, f"{smallest} requests in a cell; the bootstrap needs at least {min_n}", **common)
+        return Interval(
+            estimate,
+            None,
+            None,
+            n,
+            unit,
+            f"{smallest} requests in a cell; the bootstrap needs at least {min_n}",
+            **common,
+        )
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
-        drawn = [[[[cell[i] for i in rng.integers(0, len(cell), len(cell))] for cell in c[k]]
-                  for k in rng.integers(0, len(c), len(c))] for c in conds]
+        drawn = [
+            [
+                [[cell[i] for i in rng.integers(0, len(cell), len(cell))] for cell in c[k]]
+                for k in rng.integers(0, len(c), len(c))
+            ]
+            for c in conds
+        ]
         v = stat(drawn)
         if v is not None and math.isfinite(v):
             values.append(v)
@@ -271,8 +359,12 @@ class Condition:
         return max(iv.min_n, size or 0) if self.too_few else size
 
 
-@define("needed_n", "the interval's unit (requests, cells or cell pairs)", "ceil(n x (h / d)^2), at least min_n (MIN_CELLS for cell-level intervals); h = estimate to interval end on the threshold's side, "
-        "d = estimate to threshold (log scale for ratios)")
+@define(
+    "needed_n",
+    "the interval's unit (requests, cells or cell pairs)",
+    "ceil(n x (h / d)^2), at least min_n (MIN_CELLS for cell-level intervals); h = estimate to interval end on the threshold's side, "
+    "d = estimate to threshold (log scale for ratios)",
+)
 def needed_size(n: int, h: float, d: float) -> int | None:
     """Roughly the sample size that would settle an inconclusive condition if its estimate held: a
     95% interval's half-width shrinks as 1/sqrt(n). None when the estimate sits on the threshold."""

@@ -9,8 +9,9 @@ each with the count of completed requests it rests on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from rllm_study.analysis.metrics import define
 
@@ -47,12 +48,18 @@ T = TypeVar("T")
 def non_dominated(points: list[T], x: Callable[[T], float], y: Callable[[T], float]) -> list[T]:
     """The points no other point beats on both x and y (at least as large on both, larger on one),
     in order of x; larger is better on both axes."""
-    front = [p for p in points if not any(x(q) >= x(p) and y(q) >= y(p) and (x(q) > x(p) or y(q) > y(p)) for q in points)]
+    front = [
+        p for p in points if not any(x(q) >= x(p) and y(q) >= y(p) and (x(q) > x(p) or y(q) > y(p)) for q in points)
+    ]
     return sorted(front, key=x)
 
 
-@define("pareto_front", "points", "points p with no other point q having q.throughput >= p.throughput and "
-        "q.user_speed >= p.user_speed, one of them strictly larger")
+@define(
+    "pareto_front",
+    "points",
+    "points p with no other point q having q.throughput >= p.throughput and "
+    "q.user_speed >= p.user_speed, one of them strictly larger",
+)
 def pareto_front(points: list[SweepPoint]) -> list[SweepPoint]:
     """The sweep points no other point beats on both machine throughput and per-user speed (points
     missing either are left out), in order of throughput."""
@@ -60,8 +67,12 @@ def pareto_front(points: list[SweepPoint]) -> list[SweepPoint]:
     return non_dominated(known, lambda p: p.throughput, lambda p: p.user_speed)
 
 
-@define("sweep_knee", "point", "the first point i (in order of load) with tpot[i+1] / tpot[i] > throughput[i+1] / "
-        "throughput[i]; the last point when there is none")
+@define(
+    "sweep_knee",
+    "point",
+    "the first point i (in order of load) with tpot[i+1] / tpot[i] > throughput[i+1] / "
+    "throughput[i]; the last point when there is none",
+)
 def knee(points: list[SweepPoint]) -> SweepPoint | None:
     """The last point before latency grows faster than throughput: going up in load, the first
     step whose TPOT p50 grows by a larger factor than its output throughput marks the point it

@@ -89,7 +89,9 @@ def fixed_prompts(url: str, n: int, tokens: int) -> list[str]:
         head = httpx.post(url + "/tokenize", json={"content": f"Request {i}:"}, timeout=30).json()["tokens"]
         ids = (head + base)[:tokens]
         text = httpx.post(url + "/detokenize", json={"tokens": ids}, timeout=30).json()["content"]
-        count = len(httpx.post(url + "/tokenize", json={"content": text, "add_special": True}, timeout=30).json()["tokens"])
+        count = len(
+            httpx.post(url + "/tokenize", json={"content": text, "add_special": True}, timeout=30).json()["tokens"]
+        )
         if abs(count - tokens) > 1:
             raise UserError(f"{url}: could not build a prompt of {tokens} tokens (got {count})")
         out.append(text)
@@ -100,12 +102,23 @@ def run_ours(url: str, spec: AgreeSpec, prompts: list[str], out: Path) -> float:
     """A closed loop of spec.concurrency through OpenAIEngine, recorded as a cell; our CPU seconds."""
     proc = psutil.Process()
     cpu0 = _tree_cpu_s(proc)
-    engine = OpenAIEngine(spec.model, OpenAIOptions(base_url=url, ignore_eos=True, telemetry_period_s=0,
-                                                    server_default_samplers=True, timeout_s=900))
+    engine = OpenAIEngine(
+        spec.model,
+        OpenAIOptions(base_url=url, ignore_eos=True, telemetry_period_s=0, server_default_samplers=True, timeout_s=900),
+    )
     writer = CellWriter(out)
-    writer.write_manifest({"cell": {"name": out.name, "model": spec.model, "backend": "openai", "dataset": "agree",
-                                    "workload": {"arrival": "closed", "concurrency": spec.concurrency}},
-                           "engine": engine.info().as_dict()})
+    writer.write_manifest(
+        {
+            "cell": {
+                "name": out.name,
+                "model": spec.model,
+                "backend": "openai",
+                "dataset": "agree",
+                "workload": {"arrival": "closed", "concurrency": spec.concurrency},
+            },
+            "engine": engine.info().as_dict(),
+        }
+    )
     recorder = Recorder(time.perf_counter_ns())
     todo = list(enumerate(prompts))
     in_flight = 0
@@ -117,7 +130,9 @@ def run_ours(url: str, spec: AgreeSpec, prompts: list[str], out: Path) -> float:
             in_flight += 1
         for record, tokens in recorder.feed(engine.step()):
             in_flight -= 1
-            writer.write_request({**record, "dataset": "agree", "session": 0, "correct": None}, {**tokens, "session": 0})
+            writer.write_request(
+                {**record, "dataset": "agree", "session": 0, "correct": None}, {**tokens, "session": 0}
+            )
     engine.close()
     writer.close()
     return _tree_cpu_s(proc) - cpu0
@@ -135,23 +150,56 @@ def _run_child(cmd: list[str], log: Path) -> float:
 
 
 def run_aiperf(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out: Path) -> tuple[Path, float]:
-    cmd = [str(bin_dir / "aiperf"), "profile", "--model", spec.model, "--url", url, "--endpoint-type", "completions",
-           "--streaming", "--tokenizer", str(tokenizer), "--isl", str(spec.prompt_tokens), "--osl", str(spec.output_tokens),
-           "--extra-inputs", "ignore_eos:true", "--concurrency", str(spec.concurrency),
-           "--request-count", str(spec.requests), "--artifact-dir", str(out), "--ui-type", "none"]
+    cmd = [
+        str(bin_dir / "aiperf"),
+        "profile",
+        "--model",
+        spec.model,
+        "--url",
+        url,
+        "--endpoint-type",
+        "completions",
+        "--streaming",
+        "--tokenizer",
+        str(tokenizer),
+        "--isl",
+        str(spec.prompt_tokens),
+        "--osl",
+        str(spec.output_tokens),
+        "--extra-inputs",
+        "ignore_eos:true",
+        "--concurrency",
+        str(spec.concurrency),
+        "--request-count",
+        str(spec.requests),
+        "--artifact-dir",
+        str(out),
+        "--ui-type",
+        "none",
+    ]
     cpu = _run_child(cmd, out.with_suffix(".log"))
     return out / "profile_export.jsonl", cpu
 
 
 def run_guidellm(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out: Path) -> tuple[Path, float]:
     path = out / "benchmarks.json"
-    cmd = [str(bin_dir / "guidellm"), "run",
-           "--backend", f"kind=openai_http,target={url},model={spec.model},validate_backend=false,request_format=/v1/completions",
-           "--profile", f"kind=concurrent,streams={spec.concurrency}",
-           "--constraint", f"kind=max_requests,count={spec.requests}",
-           "--data", f"kind=synthetic_text,prompt_tokens={spec.prompt_tokens},output_tokens={spec.output_tokens}",
-           "--tokenizer", f"kind=huggingface_auto,model={tokenizer}",
-           "--output", f"kind=json,path={path}", "--disable-console-interactive"]
+    cmd = [
+        str(bin_dir / "guidellm"),
+        "run",
+        "--backend",
+        f"kind=openai_http,target={url},model={spec.model},validate_backend=false,request_format=/v1/completions",
+        "--profile",
+        f"kind=concurrent,streams={spec.concurrency}",
+        "--constraint",
+        f"kind=max_requests,count={spec.requests}",
+        "--data",
+        f"kind=synthetic_text,prompt_tokens={spec.prompt_tokens},output_tokens={spec.output_tokens}",
+        "--tokenizer",
+        f"kind=huggingface_auto,model={tokenizer}",
+        "--output",
+        f"kind=json,path={path}",
+        "--disable-console-interactive",
+    ]
     cpu = _run_child(cmd, out.with_suffix(".log"))
     return path, cpu
 
@@ -173,8 +221,9 @@ def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
     rows = []
     for label, *_ in METRICS:
         for tool in TOOLS[1:]:
-            ratios = [p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool])
-                      if o.get(label) and p.get(label)]
+            ratios = [
+                p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool]) if o.get(label) and p.get(label)
+            ]
             iv = ratio_interval(ratios, "rounds")
             if not ratios:
                 verdict = "not measured"
@@ -186,17 +235,29 @@ def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
                 verdict = "differs: " + WHY[label]
             else:
                 verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; more rounds settle it)"
-            rows.append({"metric": label, "tool": tool, "ratio": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n": iv.n,
-                         "verdict": verdict})
+            rows.append(
+                {
+                    "metric": label,
+                    "tool": tool,
+                    "ratio": iv.estimate,
+                    "lo": iv.lo,
+                    "hi": iv.hi,
+                    "n": iv.n,
+                    "verdict": verdict,
+                }
+            )
     return rows
 
 
-def bench_agree(spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path,
-                console) -> dict:
+def bench_agree(
+    spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path, console
+) -> dict:
     for tool in ("aiperf", "guidellm"):
         if not (peers_bin / tool).is_file():
-            raise UserError(f"--peers-bin {peers_bin}: no {tool} there; pip install 'rllm-study[peers]' into a venv "
-                            "and give its bin folder")
+            raise UserError(
+                f"--peers-bin {peers_bin}: no {tool} there; pip install 'rllm-study[peers]' into a venv "
+                "and give its bin folder"
+            )
     out.mkdir(parents=True, exist_ok=True)
     prompts = fixed_prompts(url, spec.requests, spec.prompt_tokens)
     server = psutil.Process(server_pid) if server_pid else None
@@ -212,11 +273,16 @@ def bench_agree(spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Pa
                 client_cpu = run_ours(url, spec, prompts, dest)
                 cell = dest
             else:
-                export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(peers_bin, url, spec, tokenizer, dest)
+                export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(
+                    peers_bin, url, spec, tokenizer, dest
+                )
                 (cell,) = import_export(tool, export, out / "imported", name=f"{tool}-round{r}")
             row = figures(cell)
-            row.update(client_cpu_s=client_cpu, server_cpu_s=(_tree_cpu_s(server) - server_cpu0) if server else None,
-                       wall_s=time.monotonic() - t0)
+            row.update(
+                client_cpu_s=client_cpu,
+                server_cpu_s=(_tree_cpu_s(server) - server_cpu0) if server else None,
+                wall_s=time.monotonic() - t0,
+            )
             runs[tool].append(row)
             console.print(f"  {tool}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
     result = {"spec": asdict(spec), "runs": runs, "comparison": compare(runs, spec.tolerance)}
@@ -232,22 +298,37 @@ def markdown(result: dict) -> str:
     """The agreement table: per tool and metric the mean over rounds (n requests per round), then
     each peer's ratio to rllm-study with its 95% interval over rounds and the verdict."""
     spec, runs = result["spec"], result["runs"]
-    lines = [f"Workload: {spec['requests']} requests x {spec['prompt_tokens']} prompt tokens -> {spec['output_tokens']} "
-             f"output tokens (ignore_eos), closed loop of {spec['concurrency']}, greedy, {spec['rounds']} rounds "
-             f"A B C; tolerance {spec['tolerance']:.0%}.", "",
-             "| tool | n/round | " + " | ".join(label for label, *_ in METRICS) + " | client CPU s | server CPU s |",
-             "|---" * (len(METRICS) + 4) + "|"]
+    lines = [
+        f"Workload: {spec['requests']} requests x {spec['prompt_tokens']} prompt tokens -> {spec['output_tokens']} "
+        f"output tokens (ignore_eos), closed loop of {spec['concurrency']}, greedy, {spec['rounds']} rounds "
+        f"A B C; tolerance {spec['tolerance']:.0%}.",
+        "",
+        "| tool | n/round | " + " | ".join(label for label, *_ in METRICS) + " | client CPU s | server CPU s |",
+        "|---" * (len(METRICS) + 4) + "|",
+    ]
     for tool in TOOLS:
         rows = runs[tool]
-        mean = {k: (sum(r[k] for r in rows if r.get(k) is not None) / len([r for r in rows if r.get(k) is not None])
-                    if any(r.get(k) is not None for r in rows) else None)
-                for k in [label for label, *_ in METRICS] + ["client_cpu_s", "server_cpu_s"]}
-        lines.append(f"| {tool} | {rows[0]['n']} | " + " | ".join(_fmt(mean[label]) for label, *_ in METRICS)
-                     + f" | {_fmt(mean['client_cpu_s'], 3)} | {_fmt(mean['server_cpu_s'], 3)} |")
-    lines += ["", "| metric | peer | ratio peer / rllm-study | 95% interval | n rounds | verdict |", "|---|---|---|---|---|---|"]
+        mean = {
+            k: (
+                sum(r[k] for r in rows if r.get(k) is not None) / len([r for r in rows if r.get(k) is not None])
+                if any(r.get(k) is not None for r in rows)
+                else None
+            )
+            for k in [label for label, *_ in METRICS] + ["client_cpu_s", "server_cpu_s"]
+        }
+        lines.append(
+            f"| {tool} | {rows[0]['n']} | "
+            + " | ".join(_fmt(mean[label]) for label, *_ in METRICS)
+            + f" | {_fmt(mean['client_cpu_s'], 3)} | {_fmt(mean['server_cpu_s'], 3)} |"
+        )
+    lines += [
+        "",
+        "| metric | peer | ratio peer / rllm-study | 95% interval | n rounds | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in result["comparison"]:
-        lines.append(f"| {c['metric']} | {c['tool']} | {_fmt(c['ratio'])} | {_fmt(c['lo'])} - {_fmt(c['hi'])} | "
-                     f"{c['n']} | {c['verdict']} |")
+        lines.append(
+            f"| {c['metric']} | {c['tool']} | {_fmt(c['ratio'])} | {_fmt(c['lo'])} - {_fmt(c['hi'])} | "
+            f"{c['n']} | {c['verdict']} |"
+        )
     return "\n".join(lines)
-
-

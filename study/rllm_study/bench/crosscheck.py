@@ -17,8 +17,8 @@ import statistics
 from dataclasses import dataclass
 from functools import cached_property
 
-from rllm_study.backends.base import FINISH_ERROR, Engine, Request
 from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.backends.base import FINISH_ERROR, Engine, Request
 from rllm_study.running.recorder import record_batch
 from rllm_study.running.results import Cell
 

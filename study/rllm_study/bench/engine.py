@@ -23,10 +23,10 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+from rllm_study.analysis.metrics import cell_metrics, decode_vs_reference
 from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
-from rllm_study.analysis.metrics import cell_metrics, decode_vs_reference
 from rllm_study.running.recorder import record_batch
 
 COUNTING = ", ".join(str(i) for i in range(1, 2000))
@@ -42,8 +42,11 @@ def _prompt_of(engine, n_prompt: int) -> str:
 def _batch(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: SamplingParams):
     """The recorded cell of n_seqs concurrent requests (request i: seed sampling.seed + i)."""
     prompt = _prompt_of(engine, n_prompt)
-    return record_batch(engine, [Request(f"b{i}", prompt, replace(sampling, max_tokens=n_gen, seed=sampling.seed + i))
-                                 for i in range(n_seqs)], name="bench")
+    return record_batch(
+        engine,
+        [Request(f"b{i}", prompt, replace(sampling, max_tokens=n_gen, seed=sampling.seed + i)) for i in range(n_seqs)],
+        name="bench",
+    )
 
 
 def decode_rate(engine, n_seqs: int, n_prompt: int, n_gen: int, sampling: SamplingParams = GREEDY) -> float:
@@ -63,13 +66,26 @@ def step_breakdown(times) -> dict:
     steps = max(times.steps, 1)
     ms = {part: 1e3 * getattr(times, f"{part}_s") / steps for part in STEP_PARTS}
     total = sum(ms.values()) or 1.0
-    return {"steps": times.steps, "sequences_per_step": times.sequences / steps,
-            "ms_per_step": ms, "share": {part: value / total for part, value in ms.items()}}
+    return {
+        "steps": times.steps,
+        "sequences_per_step": times.sequences / steps,
+        "ms_per_step": ms,
+        "share": {part: value / total for part, value in ms.items()},
+    }
 
 
-def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int, flash_attn: bool, reps: int,
-                 n_gpu_layers: int = 0, modes: dict[str, SamplingParams] | None = None,
-                 sample_on: tuple[str, ...] = ("host",)) -> dict:
+def measure_ours(
+    model: str,
+    threads: int,
+    seqs: list[int],
+    n_prompt: int,
+    n_gen: int,
+    flash_attn: bool,
+    reps: int,
+    n_gpu_layers: int = 0,
+    modes: dict[str, SamplingParams] | None = None,
+    sample_on: tuple[str, ...] = ("host",),
+) -> dict:
     """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...], "steps": step_breakdown}}} for each
     concurrency N, after one warm-up; the modes (default greedy only) alternate within each
     repetition; "steps" sums the decode steps of the measured runs. With several `sample_on`
@@ -86,8 +102,14 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
         steps = {name: StepTimes() for name in named.values()}
         try:
             for where in sample_on:
-                options = LlamaCppOptions(max_seqs=n, ctx_per_seq=n_prompt + n_gen + 64, n_threads=threads,
-                                          flash_attn=flash_attn, n_gpu_layers=n_gpu_layers, sample_on=where)
+                options = LlamaCppOptions(
+                    max_seqs=n,
+                    ctx_per_seq=n_prompt + n_gen + 64,
+                    n_threads=threads,
+                    flash_attn=flash_attn,
+                    n_gpu_layers=n_gpu_layers,
+                    sample_on=where,
+                )
                 engines[where] = LlamaCppEngine(model, options)
                 for sampling in modes.values():
                     _batch(engines[where], n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
@@ -99,8 +121,12 @@ def measure_ours(model: str, threads: int, seqs: list[int], n_prompt: int, n_gen
             for engine in engines.values():
                 engine.close()
         for name, values in runs.items():
-            results[name][n] = {"mean": statistics.fmean(values), "stdev": statistics.pstdev(values), "runs": values,
-                                "steps": step_breakdown(steps[name])}
+            results[name][n] = {
+                "mean": statistics.fmean(values),
+                "stdev": statistics.pstdev(values),
+                "runs": values,
+                "steps": step_breakdown(steps[name]),
+            }
     return results
 
 
@@ -113,30 +139,83 @@ def _run_tool(cmd: list[str]) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except FileNotFoundError:
-        raise UserError(f"{cmd[0]} not found; build it with `bash scripts/build_llama_tools.sh` and pass its bin folder") from None
+        raise UserError(
+            f"{cmd[0]} not found; build it with `bash scripts/build_llama_tools.sh` and pass its bin folder"
+        ) from None
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"{Path(cmd[0]).name} failed ({out.returncode}): {' | '.join(tail)}")
     return out.stdout
 
 
-def measure_llama_bench(bin_dir: Path, model_path: Path, threads: int, n_gen: int, flash_attn: bool, reps: int,
-                        n_gpu_layers: int = 0) -> float:
+def measure_llama_bench(
+    bin_dir: Path, model_path: Path, threads: int, n_gen: int, flash_attn: bool, reps: int, n_gpu_layers: int = 0
+) -> float:
     """llama-bench tg<n_gen> tokens/s (its mean over `reps` repetitions)."""
-    out = _run_tool([str(bin_dir / "llama-bench"), "-m", str(model_path), "-t", str(threads), "-p", "0", "-n", str(n_gen),
-                     "-fa", "1" if flash_attn else "0", "-r", str(reps), "-ngl", str(_tool_ngl(n_gpu_layers)), "-o", "json"])
+    out = _run_tool(
+        [
+            str(bin_dir / "llama-bench"),
+            "-m",
+            str(model_path),
+            "-t",
+            str(threads),
+            "-p",
+            "0",
+            "-n",
+            str(n_gen),
+            "-fa",
+            "1" if flash_attn else "0",
+            "-r",
+            str(reps),
+            "-ngl",
+            str(_tool_ngl(n_gpu_layers)),
+            "-o",
+            "json",
+        ]
+    )
     rows = json.loads(out)
     return float(next(r["avg_ts"] for r in rows if r["n_gen"] == n_gen))
 
 
-def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: list[int], n_prompt: int, n_gen: int,
-                          flash_attn: bool, n_gpu_layers: int = 0) -> dict[int, float]:
+def measure_batched_bench(
+    bin_dir: Path,
+    model_path: Path,
+    threads: int,
+    seqs: list[int],
+    n_prompt: int,
+    n_gen: int,
+    flash_attn: bool,
+    n_gpu_layers: int = 0,
+) -> dict[int, float]:
     """llama-batched-bench S_TG (tokens/s) per number of parallel sequences."""
     ctx = max(seqs) * (n_prompt + n_gen + 64)
-    out = _run_tool([str(bin_dir / "llama-batched-bench"), "-m", str(model_path), "-t", str(threads), "-c", str(ctx),
-                     "-b", "2048", "-ub", "512", "-npp", str(n_prompt), "-ntg", str(n_gen),
-                     "-npl", ",".join(map(str, seqs)), "-fa", "on" if flash_attn else "off", "-ngl", str(_tool_ngl(n_gpu_layers)),
-                     "--output-format", "jsonl"])
+    out = _run_tool(
+        [
+            str(bin_dir / "llama-batched-bench"),
+            "-m",
+            str(model_path),
+            "-t",
+            str(threads),
+            "-c",
+            str(ctx),
+            "-b",
+            "2048",
+            "-ub",
+            "512",
+            "-npp",
+            str(n_prompt),
+            "-ntg",
+            str(n_gen),
+            "-npl",
+            ",".join(map(str, seqs)),
+            "-fa",
+            "on" if flash_attn else "off",
+            "-ngl",
+            str(_tool_ngl(n_gpu_layers)),
+            "--output-format",
+            "jsonl",
+        ]
+    )
     rates = {}
     for line in out.splitlines():
         line = line.strip()
@@ -146,9 +225,19 @@ def measure_batched_bench(bin_dir: Path, model_path: Path, threads: int, seqs: l
     return rates
 
 
-def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128, n_gen: int = 128,
-                 flash_attn: bool = False, reps: int = 3, reference_dir: Path | None = None, n_gpu_layers: int = 0,
-                 sampled: SamplingParams | None = None, sample_on: tuple[str, ...] = ("host",)) -> dict:
+def bench_engine(
+    model: str,
+    threads: int,
+    seqs: list[int],
+    n_prompt: int = 128,
+    n_gen: int = 128,
+    flash_attn: bool = False,
+    reps: int = 3,
+    reference_dir: Path | None = None,
+    n_gpu_layers: int = 0,
+    sampled: SamplingParams | None = None,
+    sample_on: tuple[str, ...] = ("host",),
+) -> dict:
     """Our figures per mode (greedy, and with `sampled` the study's sampling; each under every
     `sample_on` value), where each mode's tokens were drawn, and with reference_dir the reference
     tools' figures and, per mode, the ratios (ours / theirs)."""
@@ -157,20 +246,41 @@ def bench_engine(model: str, threads: int, seqs: list[int], n_prompt: int = 128,
     ref = resolve_model(model)
     modes = {"greedy": GREEDY, **({"sampled": sampled} if sampled is not None else {})}
     ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on)
-    result = {"model": ref.name, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "flash_attn": flash_attn,
-              "n_gpu_layers": n_gpu_layers, "seqs": seqs,
-              "sampling": {mode: {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "order": s.order,
-                                  "seeds": "request i: seed i"} for mode, s in modes.items()},
-              "sample_on": list(sample_on),
-              "ours": ours}
+    result = {
+        "model": ref.name,
+        "threads": threads,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "flash_attn": flash_attn,
+        "n_gpu_layers": n_gpu_layers,
+        "seqs": seqs,
+        "sampling": {
+            mode: {
+                "temperature": s.temperature,
+                "top_p": s.top_p,
+                "top_k": s.top_k,
+                "order": s.order,
+                "seeds": "request i: seed i",
+            }
+            for mode, s in modes.items()
+        },
+        "sample_on": list(sample_on),
+        "ours": ours,
+    }
     if reference_dir is not None:
         bench_tg = measure_llama_bench(reference_dir, ref.path, threads, n_gen, flash_attn, reps, n_gpu_layers)
-        batched = measure_batched_bench(reference_dir, ref.path, threads, seqs, n_prompt, n_gen, flash_attn, n_gpu_layers)
+        batched = measure_batched_bench(
+            reference_dir, ref.path, threads, seqs, n_prompt, n_gen, flash_attn, n_gpu_layers
+        )
         result["reference"] = {"llama_bench_tg": bench_tg, "batched_bench_s_tg": batched}
         result["ratios"] = {
             mode: {
                 "single_vs_llama_bench_tg": decode_vs_reference(by_n[1]["mean"], bench_tg) if 1 in by_n else None,
-                **{f"{n}_seqs_vs_batched_bench": decode_vs_reference(by_n[n]["mean"], batched[n]) for n in seqs if n in batched},
+                **{
+                    f"{n}_seqs_vs_batched_bench": decode_vs_reference(by_n[n]["mean"], batched[n])
+                    for n in seqs
+                    if n in batched
+                },
             }
             for mode, by_n in ours.items()
         }

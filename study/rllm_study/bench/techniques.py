@@ -25,12 +25,12 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from rllm_study.backends.base import Request, SamplingParams
-from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
-from rllm_study.bench.engine import decode_rate
-from rllm_study.bench.crosscheck import run_batch
 from rllm_study.analysis.metrics import kv_speed_ratio, prefix_saved_prefill, prefix_ttft_gain, speculative_speedup
+from rllm_study.backends.base import Request, SamplingParams
+from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
+from rllm_study.backends.options import LlamaCppOptions
+from rllm_study.bench.crosscheck import run_batch
+from rllm_study.bench.engine import decode_rate
 
 COUNTING = ", ".join(str(i) for i in range(1, 3000))
 
@@ -65,7 +65,9 @@ def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_toke
         n = iter(range(1, 10_000))
 
         def measure(name, engine):
-            return run_batch(engine, [Request("q", prefix + f"\nQuestion {next(n)}: what comes next?", sampling)]).first_token_s
+            return run_batch(
+                engine, [Request("q", prefix + f"\nQuestion {next(n)}: what comes next?", sampling)]
+            ).first_token_s
 
         ttft = _rounds(engines, measure, reps)
         extra = engines["on"].stats().extra.as_dict()
@@ -73,7 +75,11 @@ def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_toke
         _close(engines)
     off, on = _mean(ttft["off"]), _mean(ttft["on"])
     return {
-        "model": model, "threads": threads, "prefix_tokens": prefix_tokens, "ttft_off_s": off, "ttft_on_s": on,
+        "model": model,
+        "threads": threads,
+        "prefix_tokens": prefix_tokens,
+        "ttft_off_s": off,
+        "ttft_on_s": on,
         "ttft_gain": prefix_ttft_gain(off["mean"], on["mean"]),
         "reused_tokens_per_request": extra["prefix_tokens_reused"] / max(extra["prefix_hits"], 1),
         "restore_s_per_hit": extra["prefix_restore_s"] / max(extra["prefix_hits"], 1),
@@ -92,15 +98,40 @@ def _gsm8k_prompts(engine, n: int) -> list[str]:
     return prompts
 
 
-def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-0.5b", threads: int = 2,
-                concurrency: tuple[int, ...] = (1, 8), max_tokens: int = 128, spec_tokens: int = 4, reps: int = 2) -> dict:
+def speculative(
+    target: str = "qwen2.5-coder-1.5b",
+    draft: str = "qwen2.5-coder-0.5b",
+    threads: int = 2,
+    concurrency: tuple[int, ...] = (1, 8),
+    max_tokens: int = 128,
+    spec_tokens: int = 4,
+    reps: int = 2,
+) -> dict:
     """End-to-end speedup of n-gram and draft-model speculation at each concurrency (see the module docstring)."""
     methods = {"none": None, "ngram": "ngram", "draft": f"draft:{draft}"}
-    out = {"target": target, "draft": draft, "threads": threads, "max_tokens": max_tokens, "spec_tokens": spec_tokens, "by_concurrency": {}}
+    out = {
+        "target": target,
+        "draft": draft,
+        "threads": threads,
+        "max_tokens": max_tokens,
+        "spec_tokens": spec_tokens,
+        "by_concurrency": {},
+    }
     for n in concurrency:
-        engines = {name: LlamaCppEngine(target, LlamaCppOptions(max_seqs=n, ctx_per_seq=1024, n_threads=threads, flash_attn=True,
-                                                              speculative=spec, speculative_tokens=spec_tokens))
-                   for name, spec in methods.items()}
+        engines = {
+            name: LlamaCppEngine(
+                target,
+                LlamaCppOptions(
+                    max_seqs=n,
+                    ctx_per_seq=1024,
+                    n_threads=threads,
+                    flash_attn=True,
+                    speculative=spec,
+                    speculative_tokens=spec_tokens,
+                ),
+            )
+            for name, spec in methods.items()
+        }
         try:
             prompts = _gsm8k_prompts(engines["none"], n)
 
@@ -108,7 +139,11 @@ def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-
                 reqs = [Request(f"r{i}", p, SamplingParams(max_tokens=max_tokens)) for i, p in enumerate(prompts)]
                 run = run_batch(engine, reqs)
                 techniques = run.metrics["techniques"]
-                return {"tok_s": run.throughput, "proposed": techniques["draft_proposed"], "accepted": techniques["draft_accepted"]}
+                return {
+                    "tok_s": run.throughput,
+                    "proposed": techniques["draft_proposed"],
+                    "accepted": techniques["draft_accepted"],
+                }
 
             runs = _rounds(engines, measure, reps)
         finally:
@@ -125,13 +160,26 @@ def speculative(target: str = "qwen2.5-coder-1.5b", draft: str = "qwen2.5-coder-
     return out
 
 
-def kv_quantization(model: str = "qwen2.5-coder-0.5b", threads: int = 2, types: tuple[str, ...] = ("f16", "q8_0", "q4_0"),
-                    n_seqs: int = 8, n_prompt: int = 128, n_gen: int = 64, reps: int = 2) -> dict:
+def kv_quantization(
+    model: str = "qwen2.5-coder-0.5b",
+    threads: int = 2,
+    types: tuple[str, ...] = ("f16", "q8_0", "q4_0"),
+    n_seqs: int = 8,
+    n_prompt: int = 128,
+    n_gen: int = 64,
+    reps: int = 2,
+) -> dict:
     """KV memory saved and decode speed change per cache type, against f16 (see the module docstring)."""
     ctx_per_seq = n_prompt + n_gen + 64
-    engines = {t: LlamaCppEngine(model, LlamaCppOptions(max_seqs=n_seqs, ctx_per_seq=ctx_per_seq, n_threads=threads, flash_attn=True,
-                                                      type_k=t, type_v=t))
-               for t in types}
+    engines = {
+        t: LlamaCppEngine(
+            model,
+            LlamaCppOptions(
+                max_seqs=n_seqs, ctx_per_seq=ctx_per_seq, n_threads=threads, flash_attn=True, type_k=t, type_v=t
+            ),
+        )
+        for t in types
+    }
     try:
         per_token = {t: e.info().kv_bytes_per_token for t, e in engines.items()}
         n_ctx = {t: e.n_ctx for t, e in engines.items()}
@@ -140,11 +188,18 @@ def kv_quantization(model: str = "qwen2.5-coder-0.5b", threads: int = 2, types: 
         _close(engines)
     ref = types[0]
     return {
-        "model": model, "threads": threads, "n_seqs": n_seqs, "n_prompt": n_prompt, "n_gen": n_gen, "reference": ref,
+        "model": model,
+        "threads": threads,
+        "n_seqs": n_seqs,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "reference": ref,
         "by_type": {
             t: {
-                "kv_bytes_per_token": per_token[t], "kv_bytes_context": per_token[t] * n_ctx[t],
-                "memory_saved": 1 - per_token[t] / per_token[ref], "decode_tok_s": _mean(rates[t]),
+                "kv_bytes_per_token": per_token[t],
+                "kv_bytes_context": per_token[t] * n_ctx[t],
+                "memory_saved": 1 - per_token[t] / per_token[ref],
+                "decode_tok_s": _mean(rates[t]),
                 "speed_ratio": kv_speed_ratio(statistics.fmean(rates[t]), statistics.fmean(rates[ref])),
             }
             for t in types

@@ -1,16 +1,18 @@
 """CLI command groups. Each module has `register(app)`; ALL lists them in help order."""
 
-from rllm_study.commands import generate
-from rllm_study.commands import run
-from rllm_study.commands import bench
-from rllm_study.commands import models
-from rllm_study.commands import metrics
-from rllm_study.commands import report
-from rllm_study.commands import regrade
-from rllm_study.commands import pack
-from rllm_study.commands import datasets
-from rllm_study.commands import schedule
-from rllm_study.commands import peer_import
+from rllm_study.commands import (
+    bench,
+    datasets,
+    generate,
+    metrics,
+    models,
+    pack,
+    peer_import,
+    regrade,
+    report,
+    run,
+    schedule,
+)
 
 ALL = [
     generate.register,

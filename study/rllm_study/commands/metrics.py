@@ -15,8 +15,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rllm_study.analysis.metrics import (
+    CONVENTIONS,
+    DEFAULT_PERCENTILES,
+    DEFAULT_STRAGGLER_K,
+    METRICS,
+    SLO_KEYS,
+    cell_metrics,
+    percentile_key,
+)
 from rllm_study.errors import UserError
-from rllm_study.analysis.metrics import CONVENTIONS, DEFAULT_PERCENTILES, DEFAULT_STRAGGLER_K, METRICS, SLO_KEYS, cell_metrics, percentile_key
 from rllm_study.report import columns as C
 from rllm_study.running.results import cells_in, read_cell
 
@@ -61,8 +69,15 @@ def asu_table(results: list[dict], percentiles: tuple[float, ...]) -> Table:
     latency = [[C.latency(name, p) for p in pkeys] for name in LATENCY]
     tail = (C.THINK_MEAN, C.STRAGGLERS, C.KV_PEAK, C.RSS_PEAK)
     table = Table(title="ASU per cell", title_justify="left", box=box.SIMPLE_HEAD)
-    headers = ("cell", *(c.label for c in before), "parsed / in think / unparsed", *(c.label for c in after), "pct",
-               *(C.latency(name, "").label for name in LATENCY), *(c.label for c in tail))
+    headers = (
+        "cell",
+        *(c.label for c in before),
+        "parsed / in think / unparsed",
+        *(c.label for c in after),
+        "pct",
+        *(C.latency(name, "").label for name in LATENCY),
+        *(c.label for c in tail),
+    )
     for header in headers:
         table.add_column(header, justify="left" if header in ("cell", "pct") else "right")
     for r in results:
@@ -94,9 +109,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Metric definitions: every metric's formula and unit, as reports print them."""
         if not explain:
-            raise UserError("nothing to do: use `rllm-study metrics --explain` for definitions, `rllm-study summarize RUN_DIR` for values")
+            raise UserError(
+                "nothing to do: use `rllm-study metrics --explain` for definitions, `rllm-study summarize RUN_DIR` for values"
+            )
         if as_json:
-            print(json.dumps({"metrics": [asdict(m) for m in METRICS.values()], "conventions": list(CONVENTIONS)}, indent=2))
+            print(
+                json.dumps(
+                    {"metrics": [asdict(m) for m in METRICS.values()], "conventions": list(CONVENTIONS)}, indent=2
+                )
+            )
             return
         for m in METRICS.values():
             print(f"{m.name} [{m.unit}] = {m.formula}")
@@ -109,16 +130,27 @@ def register(app: typer.Typer) -> None:
     def summarize_cmd(
         run_dirs: List[Path] = typer.Argument(..., help="Run or cell folders (cells are found below them)."),
         as_json: bool = typer.Option(False, "--json", help="Print every metric of every cell as JSON."),
-        percentiles: str = typer.Option(",".join(map(str, DEFAULT_PERCENTILES)), "--percentiles", help="Comma-separated percentiles."),
-        slo: Optional[str] = typer.Option(None, "--slo", help=f"SLO limits for goodput, e.g. ttfvt_s=30,e2el_s=120 (keys: {', '.join(SLO_KEYS)})."),
-        straggler_k: float = typer.Option(DEFAULT_STRAGGLER_K, "--straggler-k", help="A straggler's E2EL exceeds k x its group's median."),
+        percentiles: str = typer.Option(
+            ",".join(map(str, DEFAULT_PERCENTILES)), "--percentiles", help="Comma-separated percentiles."
+        ),
+        slo: Optional[str] = typer.Option(
+            None, "--slo", help=f"SLO limits for goodput, e.g. ttfvt_s=30,e2el_s=120 (keys: {', '.join(SLO_KEYS)})."
+        ),
+        straggler_k: float = typer.Option(
+            DEFAULT_STRAGGLER_K, "--straggler-k", help="A straggler's E2EL exceeds k x its group's median."
+        ),
     ) -> None:
         """The ASU table (accuracy, throughput, latency percentiles, stragglers, memory), one row per cell."""
         print_summary(cells_in(run_dirs), parse_percentiles(percentiles), parse_slo(slo), straggler_k, as_json)
 
 
-def print_summary(cells: list[Path], pcts: tuple[float, ...] = DEFAULT_PERCENTILES, slo: dict | None = None,
-                  straggler_k: float = DEFAULT_STRAGGLER_K, as_json: bool = False) -> None:
+def print_summary(
+    cells: list[Path],
+    pcts: tuple[float, ...] = DEFAULT_PERCENTILES,
+    slo: dict | None = None,
+    straggler_k: float = DEFAULT_STRAGGLER_K,
+    as_json: bool = False,
+) -> None:
     """Print the ASU table (or JSON) of cells; without --slo each cell's own spec SLOs apply."""
     results = []
     for c in cells:
@@ -129,5 +161,7 @@ def print_summary(cells: list[Path], pcts: tuple[float, ...] = DEFAULT_PERCENTIL
         return
     table, console = asu_table(results, pcts), Console()
     if not console.is_terminal:  # a file or pipe gets the table's natural width; a terminal keeps its own
-        console = Console(width=max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum))
+        console = Console(
+            width=max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)
+        )
     console.print(table)

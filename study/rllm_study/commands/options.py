@@ -21,14 +21,27 @@ import typer
 from rllm_study.backends import REGISTRY, all_options, build_options, option_defaults
 from rllm_study.backends.options import Meta, deprecated
 
-Backend = Annotated[str, typer.Option("--backend", help=f"Engine backend: {', '.join(REGISTRY)} (llama_cpp in process, "
-                                                         "openai: an OpenAI-compatible server).")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help=f"Engine backend: {', '.join(REGISTRY)} (llama_cpp in process, openai: an OpenAI-compatible server).",
+    ),
+]
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
-def _annotation(name: str, meta: Meta, *, optional: bool, flag: str | None = None, hidden: bool = False, note: str = "",
-                help: str | None = None):
+def _annotation(
+    name: str,
+    meta: Meta,
+    *,
+    optional: bool,
+    flag: str | None = None,
+    hidden: bool = False,
+    note: str = "",
+    help: str | None = None,
+):
     spelled = flag or meta.flag
     text = meta.type
     base = _TYPES[text.split("|")[0].strip()]
@@ -66,12 +79,24 @@ def engine_flags(fn=None, *, defaults: dict | None = None, overrides: bool = Fal
     added = []
     for name, meta in metas.items():
         default = None if overrides else defaults.get(name, field_defaults[name])
-        added.append(inspect.Parameter(f"opt__{name}", inspect.Parameter.KEYWORD_ONLY, default=default,
-                                       annotation=_annotation(name, meta, optional=overrides)))
+        added.append(
+            inspect.Parameter(
+                f"opt__{name}",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=_annotation(name, meta, optional=overrides),
+            )
+        )
         old = _deprecated_flag(meta)
         if old:
-            added.append(inspect.Parameter(f"old__{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                           annotation=_annotation(name, meta, optional=True, flag=old, hidden=True)))
+            added.append(
+                inspect.Parameter(
+                    f"old__{name}",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation=_annotation(name, meta, optional=True, flag=old, hidden=True),
+                )
+            )
 
     @functools.wraps(fn)
     def command(**kwargs):
@@ -82,9 +107,7 @@ def engine_flags(fn=None, *, defaults: dict | None = None, overrides: bool = Fal
             if old_value is not None:
                 deprecated(f"{_deprecated_flag(meta)} is deprecated; use {meta.flag}")
                 value, spelled[name] = old_value, _deprecated_flag(meta)
-            if overrides and value is not None:
-                values[name] = value
-            elif not overrides and (value != field_defaults[name] or name in defaults):
+            if overrides and value is not None or not overrides and (value != field_defaults[name] or name in defaults):
                 values[name] = value
         return fn(**kwargs, engine_values=_Values(values, spelled))
 

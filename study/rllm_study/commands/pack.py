@@ -11,7 +11,9 @@ from rllm_study.running.results import cells_in, cells_locked, pack_cell
 
 
 def pack(
-    run_dirs: Annotated[List[Path], typer.Argument(help="Run or cell folders written by `rllm-study run` (cells are found below them).")],
+    run_dirs: Annotated[
+        List[Path], typer.Argument(help="Run or cell folders written by `rllm-study run` (cells are found below them).")
+    ],
 ) -> None:
     """Gzip each cell's tokens.jsonl and timeline.jsonl into NAME.gz (most of a results folder's
     size); every command reads a packed file as it read the plain one, and a resumed cell appends
@@ -22,7 +24,9 @@ def pack(
     for cell_dir in cells_locked(cells):
         b, a = pack_cell(cell_dir)
         before, after, packed = before + b, after + a, packed + (b > 0)
-    print(f"packed {packed} of {len(cells)} cells: tokens and timeline files {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    print(
+        f"packed {packed} of {len(cells)} cells: tokens and timeline files {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
+    )
 
 
 def register(app: typer.Typer) -> None:

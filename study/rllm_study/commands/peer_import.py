@@ -13,11 +13,22 @@ from rllm_study.peers import READERS, import_export
 
 def import_cmd(
     tool: Annotated[str, typer.Argument(help=f"The tool that wrote FILE: {', '.join(READERS)}.")],
-    file: Annotated[Path, typer.Argument(help="aiperf: profile_export.jsonl; guidellm: benchmarks.json; "
-                                              "vllm-bench: the --save-result --save-detailed JSON.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="aiperf: profile_export.jsonl; guidellm: benchmarks.json; "
+            "vllm-bench: the --save-result --save-detailed JSON."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder to write the cell(s) into.")],
-    name: Annotated[Optional[str], typer.Option("--name", help="Cell name (default TOOL-<file stem>); give the name "
-                                                               "of one of your cells to line them up in report --compare.")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--name",
+            help="Cell name (default TOOL-<file stem>); give the name "
+            "of one of your cells to line them up in report --compare.",
+        ),
+    ] = None,
 ) -> None:
     """Import a peer tool's per-request measurements (no grading; token times only where the export has them)."""
     for cell_dir in import_export(tool, file, out, name):

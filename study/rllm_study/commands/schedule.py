@@ -38,15 +38,26 @@ def register(app: typer.Typer) -> None:
         ("arrival", str, typer.Option(..., "--arrival", help=f"One of: {', '.join(ARRIVALS)}. {processes}.")),
         ("n", int, typer.Option(..., "-n", help="Number of requests.")),
         ("seed", int, typer.Option(0, "--seed", help="Seed of the random gaps.")),
-        ("as_json", bool, typer.Option(False, "--json", help="Open loop: one arrival time (s) per line; closed/batch: one JSON object.")),
+        (
+            "as_json",
+            bool,
+            typer.Option(
+                False, "--json", help="Open loop: one arrival time (s) per line; closed/batch: one JSON object."
+            ),
+        ),
     ]
     derived = []
     for key, users in params.items():
         first = users[0][1]
         where = ", ".join(name if p.default is None else f"{name}: default {p.default}" for name, p in users)
-        derived.append((key, Optional[_TYPES[first.kind]], typer.Option(None, first.flag, help=f"{first.help} ({where})")))
+        derived.append(
+            (key, Optional[_TYPES[first.kind]], typer.Option(None, first.flag, help=f"{first.help} ({where})"))
+        )
     schedule_cmd.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-         for name, kind, option in fixed + derived])
+        [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+            for name, kind, option in fixed + derived
+        ]
+    )
     schedule_cmd.__annotations__ = {name: kind for name, kind, _ in fixed + derived}
     app.command("schedule")(schedule_cmd)

@@ -35,8 +35,10 @@ def read(path: Path) -> Imported:
             meta, metrics = row["metadata"], row.get("metrics") or {}
             start_ns = int(meta["request_start_ns"])
         except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{path}:{number}: not an AIPerf profile_export.jsonl record ({type(err).__name__}: {err}); "
-                            "give the profile_export.jsonl of an aiperf run") from None
+            raise UserError(
+                f"{path}:{number}: not an AIPerf profile_export.jsonl record ({type(err).__name__}: {err}); "
+                "give the profile_export.jsonl of an aiperf run"
+            ) from None
         if meta.get("benchmark_phase") == "warmup":
             warmup += 1
             continue
@@ -44,18 +46,20 @@ def read(path: Path) -> Imported:
         e2el = as_seconds(metrics.get("request_latency"))
         if e2el is None and meta.get("request_end_ns"):
             e2el = (int(meta["request_end_ns"]) - start_ns) / 1e9
-        requests.append(PeerRequest(
-            id=str(meta.get("x_request_id") or f"aiperf-{meta.get('session_num', number)}"),
-            start_s=start_ns / 1e9,
-            ttft_s=as_seconds(metrics.get("time_to_first_token")),
-            ttfot_s=as_seconds(metrics.get("time_to_first_output_token")),
-            e2el_s=e2el,
-            prompt_tokens=_count(metrics, "input_sequence_length") or _count(metrics, "error_isl"),
-            output_tokens=_count(metrics, "output_sequence_length"),
-            think_tokens=_count(metrics, "reasoning_token_count"),
-            chunk_gaps_s=as_seconds(metrics.get("inter_chunk_latency")),
-            error=None if not error else f"{error.get('type')}: {error.get('message')} (code {error.get('code')})",
-        ))
+        requests.append(
+            PeerRequest(
+                id=str(meta.get("x_request_id") or f"aiperf-{meta.get('session_num', number)}"),
+                start_s=start_ns / 1e9,
+                ttft_s=as_seconds(metrics.get("time_to_first_token")),
+                ttfot_s=as_seconds(metrics.get("time_to_first_output_token")),
+                e2el_s=e2el,
+                prompt_tokens=_count(metrics, "input_sequence_length") or _count(metrics, "error_isl"),
+                output_tokens=_count(metrics, "output_sequence_length"),
+                think_tokens=_count(metrics, "reasoning_token_count"),
+                chunk_gaps_s=as_seconds(metrics.get("inter_chunk_latency")),
+                error=None if not error else f"{error.get('type')}: {error.get('message')} (code {error.get('code')})",
+            )
+        )
     facts, model, workload = {}, "", None
     summary = path.with_name("profile_export_aiperf.json")
     if summary.is_file():
@@ -65,8 +69,12 @@ def read(path: Path) -> Imported:
             data = {}
         config = data.get("input_config") or {}
         model = ", ".join(str(m.get("name")) for m in (config.get("models") or {}).get("items") or [])
-        facts = {"version": data.get("aiperf_version"), "endpoint": config.get("endpoint"),
-                 "phases": config.get("phases"), "datasets": config.get("datasets")}
+        facts = {
+            "version": data.get("aiperf_version"),
+            "endpoint": config.get("endpoint"),
+            "phases": config.get("phases"),
+            "datasets": config.get("datasets"),
+        }
         profiling = [p for p in config.get("phases") or [] if p.get("kind") == "profiling"]
         if len(profiling) == 1 and profiling[0].get("type") == "concurrency" and profiling[0].get("concurrency"):
             workload = {"arrival": "closed", "concurrency": int(profiling[0]["concurrency"])}

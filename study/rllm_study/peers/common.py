@@ -41,10 +41,10 @@ class PeerRequest:
     e2el_s: float | None
     prompt_tokens: int | None
     output_tokens: int | None
-    think_tokens: int | None = None       # None: the tool does not count reasoning tokens
-    ttfot_s: float | None = None          # time to first output (non-reasoning) token, where recorded
+    think_tokens: int | None = None  # None: the tool does not count reasoning tokens
+    ttfot_s: float | None = None  # time to first output (non-reasoning) token, where recorded
     chunk_gaps_s: list[float] | None = None  # gaps between consecutive content chunks after the first
-    finish_reason: str | None = None      # the tool's own, where recorded
+    finish_reason: str | None = None  # the tool's own, where recorded
     error: str | None = None
 
 
@@ -55,7 +55,7 @@ class Imported:
     tool: str
     requests: list[PeerRequest]
     model: str = ""
-    facts: dict = field(default_factory=dict)   # the tool's version, load settings, ... as found
+    facts: dict = field(default_factory=dict)  # the tool's version, load settings, ... as found
     workload: dict | None = None  # the load as the tool states it, as our [workload] table; None: not stated
     notes: list[str] = field(default_factory=list)
 
@@ -71,8 +71,10 @@ def _chunk_times(r: PeerRequest, first_s: float) -> list[float] | None:
 
 def _max_in_flight(requests: list[PeerRequest]) -> int:
     """The most requests in flight at once (start to start + e2el) in the export."""
-    edges = sorted([(r.start_s, 1) for r in requests] + [(r.start_s + (r.e2el_s or 0.0), -1) for r in requests],
-                   key=lambda e: (e[0], e[1]))
+    edges = sorted(
+        [(r.start_s, 1) for r in requests] + [(r.start_s + (r.e2el_s or 0.0), -1) for r in requests],
+        key=lambda e: (e[0], e[1]),
+    )
     peak = now = 0
     for _, step in edges:
         now += step
@@ -91,19 +93,45 @@ def _record(r: PeerRequest, t0: float, dataset: str) -> tuple[dict, dict | None]
         first_answer = first if think == 0 and (r.output_tokens or 0) > 0 else None
     output = r.output_tokens or 0
     record = {
-        "id": r.id, "dataset": dataset, "domain": dataset, "item_id": r.id, "session": 0,
-        "arrival_s": arrival, "admitted_s": arrival, "prefill_done_s": first, "first_token_s": first,
+        "id": r.id,
+        "dataset": dataset,
+        "domain": dataset,
+        "item_id": r.id,
+        "session": 0,
+        "arrival_s": arrival,
+        "admitted_s": arrival,
+        "prefill_done_s": first,
+        "first_token_s": first,
         "first_answer_token_s": first_answer,
         "finish_s": None if r.e2el_s is None else arrival + r.e2el_s,
-        "prompt_tokens": r.prompt_tokens, "cached_tokens": 0, "output_tokens": output,
-        "think_tokens": min(think, output), "answer_tokens": output - min(think, output),
+        "prompt_tokens": r.prompt_tokens,
+        "cached_tokens": 0,
+        "output_tokens": output,
+        "think_tokens": min(think, output),
+        "answer_tokens": output - min(think, output),
         "finish_reason": "error" if failed else (r.finish_reason if r.finish_reason in ("stop", "length") else "stop"),
-        "extracted_answer": None, "correct": None, "correct_lenient": None, "parse_status": None,
-        "draft_proposed": 0, "draft_accepted": 0, "error": r.error, "reference_answer": "",
+        "extracted_answer": None,
+        "correct": None,
+        "correct_lenient": None,
+        "parse_status": None,
+        "draft_proposed": 0,
+        "draft_accepted": 0,
+        "error": r.error,
+        "reference_answer": "",
     }
     times = None if failed or first is None else _chunk_times(r, first)
-    tokens = None if times is None else {"id": r.id, "session": 0, "t_s": times, "token_ids": [-1] * len(times),
-                                         "phase": ANSWER * len(times), "draft": "0" * len(times)}
+    tokens = (
+        None
+        if times is None
+        else {
+            "id": r.id,
+            "session": 0,
+            "t_s": times,
+            "token_ids": [-1] * len(times),
+            "phase": ANSWER * len(times),
+            "draft": "0" * len(times),
+        }
+    )
     return record, tokens
 
 
@@ -123,27 +151,46 @@ def write_imported(found: Imported, source: Path, out: Path, name: str | None = 
     rows.sort(key=lambda row: row[0]["arrival_s"])
     for record, tokens in rows:
         with_tokens += tokens is not None
-        writer.write_request(record, tokens or {"id": record["id"], "session": 0, "t_s": [], "token_ids": [],
-                                                "phase": "", "draft": ""})
+        writer.write_request(
+            record, tokens or {"id": record["id"], "session": 0, "t_s": [], "token_ids": [], "phase": "", "draft": ""}
+        )
     notes = list(found.notes)
     workload = found.workload
     if workload is None:
         workload = {"arrival": "closed", "concurrency": _max_in_flight(found.requests)}
-        notes.append(f"the export does not state its load: recorded as a closed loop of {workload['concurrency']}, "
-                     f"the most requests it had in flight at once")
+        notes.append(
+            f"the export does not state its load: recorded as a closed loop of {workload['concurrency']}, "
+            f"the most requests it had in flight at once"
+        )
     if with_tokens < len(rows):
-        notes.append(f"token times: {with_tokens} of {len(rows)} requests (the others have no per-chunk times in the "
-                     f"export, or chunks that do not hold one token each): pooled ITL and per-phase TPOT cover those only")
+        notes.append(
+            f"token times: {with_tokens} of {len(rows)} requests (the others have no per-chunk times in the "
+            f"export, or chunks that do not hold one token each): pooled ITL and per-phase TPOT cover those only"
+        )
     notes.append("not graded: a peer export holds no reference answers")
-    writer.write_manifest({
-        "cell": {"name": name, "study": f"imported from {found.tool}", "model": found.model or "unknown",
-                 "backend": f"imported:{found.tool}", "dataset": dataset, "prompt_mode": "imported",
-                 "workload": workload},
-        "model": {"name": found.model or "unknown", "source": f"{found.tool} export"},
-        "engine": {"backend": f"imported:{found.tool}", "build": found.facts.get("version", "unknown")},
-        "imported": {"tool": found.tool, "file": str(source.resolve()), "requests": len(rows),
-                     "with_token_times": with_tokens, "facts": found.facts, "notes": notes},
-    })
+    writer.write_manifest(
+        {
+            "cell": {
+                "name": name,
+                "study": f"imported from {found.tool}",
+                "model": found.model or "unknown",
+                "backend": f"imported:{found.tool}",
+                "dataset": dataset,
+                "prompt_mode": "imported",
+                "workload": workload,
+            },
+            "model": {"name": found.model or "unknown", "source": f"{found.tool} export"},
+            "engine": {"backend": f"imported:{found.tool}", "build": found.facts.get("version", "unknown")},
+            "imported": {
+                "tool": found.tool,
+                "file": str(source.resolve()),
+                "requests": len(rows),
+                "with_token_times": with_tokens,
+                "facts": found.facts,
+                "notes": notes,
+            },
+        }
+    )
     writer.close()
     return cell_dir
 
@@ -152,7 +199,9 @@ def as_seconds(metric: dict | float | int | None, default_unit: str = "ms") -> f
     """A value (or list of values) with its unit (ns, us, ms, s) as seconds; None stays None."""
     if metric is None:
         return None
-    value, unit = (metric.get("value"), metric.get("unit", default_unit)) if isinstance(metric, dict) else (metric, default_unit)
+    value, unit = (
+        (metric.get("value"), metric.get("unit", default_unit)) if isinstance(metric, dict) else (metric, default_unit)
+    )
     scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0}.get(unit)
     if scale is None:
         raise UserError(f"unknown time unit {unit!r} in the export (expected ns, us, ms or s)")

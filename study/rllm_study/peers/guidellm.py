@@ -37,11 +37,13 @@ def _request(row: dict, status: str) -> PeerRequest:
     last = timings.get("last_token_iteration") or timings.get("request_end") or timings.get("resolve_end")
     error = info.get("error") or (None if status == "successful" else status)
     return PeerRequest(
-        id=str(row.get("request_id")), start_s=float(start),
+        id=str(row.get("request_id")),
+        start_s=float(start),
         ttft_s=_since(timings.get("first_token_iteration"), start),
         ttfot_s=_since(timings.get("first_output_token_iteration"), start),
         e2el_s=_since(last, start),
-        prompt_tokens=row.get("prompt_tokens"), output_tokens=row.get("output_tokens"),
+        prompt_tokens=row.get("prompt_tokens"),
+        output_tokens=row.get("output_tokens"),
         error=None if status == "successful" else str(error),
     )
 
@@ -52,8 +54,10 @@ def read(path: Path) -> list[Imported]:
         data = json.loads(path.read_text(encoding="utf-8"))
         benchmarks = data["benchmarks"]
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: not a GuideLLM benchmarks.json ({type(err).__name__}: {err}); give the JSON report "
-                        "`guidellm benchmark run --outputs json` wrote") from None
+        raise UserError(
+            f"{path}: not a GuideLLM benchmarks.json ({type(err).__name__}: {err}); give the JSON report "
+            "`guidellm benchmark run --outputs json` wrote"
+        ) from None
     found = []
     for k, bench in enumerate(benchmarks):
         requests = []
@@ -64,8 +68,7 @@ def read(path: Path) -> list[Imported]:
                 except (KeyError, TypeError, ValueError) as err:
                     raise UserError(f"{path}: benchmarks[{k}].requests.{status}: a request without {err}") from None
         strategy = (bench.get("config") or {}).get("strategy") or {}
-        facts = {"version": (data.get("metadata") or {}).get("guidellm_version"), "benchmark": k,
-                 "strategy": strategy}
+        facts = {"version": (data.get("metadata") or {}).get("guidellm_version"), "benchmark": k, "strategy": strategy}
         backend = ((data.get("config") or {}).get("spec") or {}).get("backend") or {}
         model = str(backend.get("model") or "") if isinstance(backend, dict) else ""
         workload = None
@@ -73,7 +76,17 @@ def read(path: Path) -> list[Imported]:
             workload = {"arrival": "closed", "concurrency": int(strategy.get("streams") or 1)}
         elif strategy.get("type_") in ("constant", "poisson") and strategy.get("rate"):
             workload = {"arrival": strategy["type_"], "rate": float(strategy["rate"])}
-        found.append(Imported("guidellm", requests, model=model, facts=facts, workload=workload,
-                              notes=["GuideLLM records no per-chunk times: no token times, so no pooled ITL",
-                                     "think tokens not reported by this export (counted as answer tokens)"]))
+        found.append(
+            Imported(
+                "guidellm",
+                requests,
+                model=model,
+                facts=facts,
+                workload=workload,
+                notes=[
+                    "GuideLLM records no per-chunk times: no token times, so no pooled ITL",
+                    "think tokens not reported by this export (counted as answer tokens)",
+                ],
+            )
+        )
     return found

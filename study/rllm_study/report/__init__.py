@@ -44,7 +44,9 @@ def write_report(run_dirs: list[Path], out_dir: Path, compare: bool = False) -> 
         raise UserError(f"{out_dir}: --out must be a folder")
     if compare:
         if len(run_dirs) < 2:
-            raise UserError("--compare needs at least two run folders, e.g. rllm-study report runs/cpu runs/gpu --compare --out DIR")
+            raise UserError(
+                "--compare needs at least two run folders, e.g. rllm-study report runs/cpu runs/gpu --compare --out DIR"
+            )
         doc = build_comparison({str(d): load_cells([d]) for d in run_dirs})
     else:
         doc = build_report(load_cells(run_dirs), [str(d) for d in run_dirs])

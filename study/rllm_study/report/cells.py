@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from rllm_study.analysis.metrics import cell_metrics, request_metrics
 from rllm_study.backends import all_options, option_defaults
 from rllm_study.errors import UserError
-from rllm_study.analysis.metrics import cell_metrics, request_metrics
 from rllm_study.running.results import Cell, cells_in, find_cells, read_cell
 from rllm_study.running.spec import workload_name
 from rllm_study.workloads.datasets import SPECS
@@ -103,7 +103,9 @@ class CellData:
 
     @property
     def n_params(self) -> int | None:
-        return (self.model.get("gguf") or {}).get("n_params") or (self.cell.manifest.get("engine", {}).get("model") or {}).get("n_params")
+        return (self.model.get("gguf") or {}).get("n_params") or (
+            self.cell.manifest.get("engine", {}).get("model") or {}
+        ).get("n_params")
 
     def field(self, dotted: str):
         """A manifest value by dotted path: 'model.quant' reads manifest.model, 'engine.x' the cell's engine
@@ -172,9 +174,20 @@ def load_cells(run_dirs: Iterable[Path]) -> list[CellData]:
     for d, root in roots.items():
         loaded.append(_load(d))
         loaded[-1].root = root
-    return sorted(loaded, key=lambda c: (
-        c.study, str(c.spec.get("model")), c.variant, dataset_order(c.dataset), c.mode != REASONING, c.mode, c.budget,
-        c.workload_name, c.spec.get("repeat", 0)))
+    return sorted(
+        loaded,
+        key=lambda c: (
+            c.study,
+            str(c.spec.get("model")),
+            c.variant,
+            dataset_order(c.dataset),
+            c.mode != REASONING,
+            c.mode,
+            c.budget,
+            c.workload_name,
+            c.spec.get("repeat", 0),
+        ),
+    )
 
 
 def pooled_accuracy(cells: list[CellData], by: str | None = None) -> dict:
@@ -225,6 +238,7 @@ def dataset_order(name: str) -> tuple:
 
 # ---- groups ----------------------------------------------------------------------------------
 
+
 def pilot_cells(cells: list[CellData]) -> list[CellData]:
     """Cells of the pilot kind: no variant, synchronous batches."""
     return [c for c in cells if not c.variant and c.workload.get("arrival", "batch") == "batch"]
@@ -249,7 +263,14 @@ def load_groups(cells: list[CellData]) -> dict[tuple, list[CellData]]:
             key = (c.study, c.spec.get("model"), c.dataset, c.mode, c.budget, c.spec.get("repeat", 0), c.run)
             groups.setdefault(key, []).append(c)
     for members in groups.values():
-        members.sort(key=lambda c: (c.workload.get("arrival"), c.workload.get("rate") or 0, c.workload.get("cv") or 0, c.workload_name))
+        members.sort(
+            key=lambda c: (
+                c.workload.get("arrival"),
+                c.workload.get("rate") or 0,
+                c.workload.get("cv") or 0,
+                c.workload_name,
+            )
+        )
     return groups
 
 
@@ -266,11 +287,25 @@ def sweep_groups(cells: list[CellData]) -> dict[tuple, list[CellData]]:
         if load is None:
             continue
         rest = tuple(sorted((k, str(v)) for k, v in c.workload.items() if k not in (*CONCURRENCY_KEYS, *RATE_KEYS)))
-        key = (c.study, c.spec.get("model"), c.variant, c.dataset, c.mode, c.budget, c.spec.get("repeat", 0), c.run,
-               c.workload.get("arrival"), load[0], rest)
+        key = (
+            c.study,
+            c.spec.get("model"),
+            c.variant,
+            c.dataset,
+            c.mode,
+            c.budget,
+            c.spec.get("repeat", 0),
+            c.run,
+            c.workload.get("arrival"),
+            load[0],
+            rest,
+        )
         groups.setdefault(key, []).append(c)
-    return {k: sorted(v, key=lambda c: load_of(c.workload)[1]) for k, v in groups.items()
-            if len({load_of(c.workload)[1] for c in v}) > 1}
+    return {
+        k: sorted(v, key=lambda c: load_of(c.workload)[1])
+        for k, v in groups.items()
+        if len({load_of(c.workload)[1] for c in v}) > 1
+    }
 
 
 @dataclass
@@ -322,10 +357,14 @@ def techniques_between(a: CellData, b: CellData) -> set[str]:
 def varying_label(cells: list[CellData], cell: CellData) -> str:
     """A short label for `cell` naming only the cell fields that differ among `cells`."""
     shown = {
-        "model": lambda c: c.spec.get("model"), "variant": lambda c: c.variant, "dataset": lambda c: c.dataset,
-        "prompt_mode": lambda c: c.mode, "max_tokens": lambda c: f"budget {c.budget}",
+        "model": lambda c: c.spec.get("model"),
+        "variant": lambda c: c.variant,
+        "dataset": lambda c: c.dataset,
+        "prompt_mode": lambda c: c.mode,
+        "max_tokens": lambda c: f"budget {c.budget}",
         "think_budget": lambda c: "no think budget" if c.think_budget is None else f"think budget {c.think_budget}",
-        "workload": lambda c: c.workload_name, "repeat": lambda c: f"repeat {c.spec.get('repeat', 0)}",
+        "workload": lambda c: c.workload_name,
+        "repeat": lambda c: f"repeat {c.spec.get('repeat', 0)}",
     }
     parts = [str(get(cell)) for get in shown.values() if len({str(get(c)) for c in cells}) > 1]
     return " · ".join(parts) or cell.name
@@ -339,7 +378,9 @@ def _old_build(engine: dict) -> str | None:
 def fingerprint(manifest: dict) -> dict[str, str]:
     """Where a cell ran, in words: CPU, cores, memory, GPUs, OS and engine build."""
     hw, engine = manifest.get("hardware") or {}, manifest.get("engine") or {}
-    gpus = ", ".join(f"{g.get('name')} ({g.get('memory_mib', 0) / 1024:.0f} GiB)" for g in hw.get("gpus") or []) or "none"
+    gpus = (
+        ", ".join(f"{g.get('name')} ({g.get('memory_mib', 0) / 1024:.0f} GiB)" for g in hw.get("gpus") or []) or "none"
+    )
     backend = engine.get("backend") or manifest.get("cell", {}).get("backend", "?")
     build = engine.get("build") or _old_build(engine)
     return {

@@ -43,8 +43,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rllm_study.analysis.metrics import (MAX_TIMELINE_GAP_S, correct_lenient, distribution, group_tail, percentile_key,
-                                         session_spans, straggler_groups)
+from rllm_study.analysis.metrics import (
+    MAX_TIMELINE_GAP_S,
+    correct_lenient,
+    distribution,
+    group_tail,
+    percentile_key,
+    session_spans,
+    straggler_groups,
+)
+from rllm_study.analysis.stats import (
+    MIN_CELLS,
+    Condition,
+    Interval,
+    bootstrap,
+    cluster_bootstrap,
+    mover,
+    newcombe,
+    pair_interval,
+    paired_newcombe,
+    proportion,
+    settle,
+)
 from rllm_study.models import FLOAT_TYPES
 from rllm_study.report import columns as C
 from rllm_study.report.cells import (
@@ -61,27 +81,14 @@ from rllm_study.report.cells import (
     tier,
 )
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED, Claim
-from rllm_study.analysis.stats import (
-    Interval,
-    Condition,
-    MIN_CELLS,
-    bootstrap,
-    cluster_bootstrap,
-    mover,
-    newcombe,
-    pair_interval,
-    paired_newcombe,
-    proportion,
-    settle,
-)
 
-PEAK_FACTOR = 2.0        # reasoning peak KV use must be at least this multiple of direct's
-MATH_GAIN = 0.05         # reasoning must beat direct on math by at least this (5 points)
-ACC_TOLERANCE = 0.03     # "within about 3% accuracy": at most 3 points lower
-COLLAPSE = 0.5           # "accuracy nearly collapses": at most half the reference's accuracy
-LARGE_MODEL = 10e9       # the paper's sizes split between 7B (small) and 14B and up (large)
-SAME_LOAD = 0.10         # bursty cells compare only when their realised arrival rates differ by at most 10%
-SAME_SPEED = 0.20        # seconds of two cells compare only when their measured machine speeds differ by at most 20%
+PEAK_FACTOR = 2.0  # reasoning peak KV use must be at least this multiple of direct's
+MATH_GAIN = 0.05  # reasoning must beat direct on math by at least this (5 points)
+ACC_TOLERANCE = 0.03  # "within about 3% accuracy": at most 3 points lower
+COLLAPSE = 0.5  # "accuracy nearly collapses": at most half the reference's accuracy
+LARGE_MODEL = 10e9  # the paper's sizes split between 7B (small) and 14B and up (large)
+SAME_LOAD = 0.10  # bursty cells compare only when their realised arrival rates differ by at most 10%
+SAME_SPEED = 0.20  # seconds of two cells compare only when their measured machine speeds differ by at most 20%
 PILOT_HINT = "run `rllm-study run --preset pilot` (reasoning and direct cells)"
 STATUS = {True: REPRODUCED, False: NOT_REPRODUCED, None: INCONCLUSIVE}
 CORRECT = "correct_lenient"  # accuracy claims count an answer stated only in the thinking (`metrics.correct_lenient`)
@@ -90,6 +97,7 @@ Rows = list[dict]
 
 
 # ---- deciding by intervals -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Check:
@@ -101,11 +109,21 @@ class Check:
     def text(self) -> str:
         t = self.cond
         side = ">" if t.above else "<"
-        thr = f"{t.threshold:.2f}x" if self.kind == "ratio" else f"{100 * t.threshold:+.1f} pt" if self.kind == "points" else C.fmt(t.threshold, self.kind)
+        thr = (
+            f"{t.threshold:.2f}x"
+            if self.kind == "ratio"
+            else f"{100 * t.threshold:+.1f} pt"
+            if self.kind == "points"
+            else C.fmt(t.threshold, self.kind)
+        )
         if t.too_few:
             verdict = f"too few to settle ({t.interval.n} {t.interval.unit}; needs {t.interval.min_n})"
         else:
-            verdict = {True: "settled: holds", False: "settled: fails", None: "spans the threshold" if t.interval.known else "no interval"}[t.outcome]
+            verdict = {
+                True: "settled: holds",
+                False: "settled: fails",
+                None: "spans the threshold" if t.interval.known else "no interval",
+            }[t.outcome]
         return f"{C.fmt_interval(t.interval, self.kind)}; needs {side} {thr}: {verdict}"
 
 
@@ -118,10 +136,15 @@ def _more(checks: Sequence[Check]) -> str:
     if sized:
         t = max(sized, key=lambda t: t.needed / max(t.interval.n, 1))
         iv = t.interval
-        short = (f" (it rests on {iv.n}, fewer than the {iv.min_n} independent ones a cell-level condition needs)"
-                 if t.too_few else f" (now {iv.n})")
-        parts.append(f"about {t.needed} {iv.unit}{short} would settle \"{t.what}\" if its estimate held")
-    parts += sorted({f"\"{t.what}\": {t.interval.why}" for t in open_ if (not t.interval.known or t.too_few) and t.interval.why})
+        short = (
+            f" (it rests on {iv.n}, fewer than the {iv.min_n} independent ones a cell-level condition needs)"
+            if t.too_few
+            else f" (now {iv.n})"
+        )
+        parts.append(f'about {t.needed} {iv.unit}{short} would settle "{t.what}" if its estimate held')
+    parts += sorted(
+        {f'"{t.what}": {t.interval.why}' for t in open_ if (not t.interval.known or t.too_few) and t.interval.why}
+    )
     return "; ".join(parts) or "the estimate sits on the threshold; no sample size settles it"
 
 
@@ -136,7 +159,9 @@ def _decide(claim: Claim, checks: Sequence[Check], detail: str) -> Claim:
         detail += "; every interval clears its threshold"
     else:
         against = [c for c in checks if c.cond.outcome is False]
-        detail += "; settled against by " + "; ".join(f"\"{c.cond.what}\" {C.fmt_interval(c.cond.interval, c.kind)}" for c in against)
+        detail += "; settled against by " + "; ".join(
+            f'"{c.cond.what}" {C.fmt_interval(c.cond.interval, c.kind)}' for c in against
+        )
     claim.reason = detail
     return claim
 
@@ -186,6 +211,7 @@ def _pair_scope(pairs: Sequence[tuple[CellData, CellData]]) -> str:
 def _ratio_of(stat: Callable[[Rows], float | None], pairs: Sequence[tuple[CellData, CellData]]) -> Interval:
     """Geometric mean over matched cell pairs (reference, other) of stat(other) / stat(reference), with
     the t interval over the pairs (`stats.pair_interval`): the cells are the unit."""
+
     def one(ref: CellData, new: CellData) -> float | None:
         a, b = stat(ref.rows), stat(new.rows)
         return b / a if a and b and a > 0 and b > 0 else None
@@ -196,17 +222,21 @@ def _ratio_of(stat: Callable[[Rows], float | None], pairs: Sequence[tuple[CellDa
 def _pooled_ratio(stat: Callable[[Rows], float | None]) -> Callable[[list], float | None]:
     """For `cluster_bootstrap` over two conditions of single-cell clusters: stat over the second
     condition's requests pooled / stat over the first's."""
+
     def over(conds: list) -> float | None:
         a, b = (stat([r for cluster in cond for cell in cluster for r in cell]) for cond in conds)
         return b / a if a and b is not None and a > 0 else None
+
     return over
 
 
 def _pooled(stat: Callable[[Rows], float | None], first: int) -> Callable[[list[Rows]], float | None]:
     """stat over the first `first` samples pooled, divided by stat over the rest pooled."""
+
     def over(samples: list[Rows]) -> float | None:
         a, b = stat([r for s in samples[:first] for r in s]), stat([r for s in samples[first:] for r in s])
         return b / a if a and b is not None and a > 0 else None
+
     return over
 
 
@@ -237,7 +267,11 @@ def _same_speed_pairs(pairs: Sequence[tuple[CellData, CellData]]) -> tuple[list[
     for pair in pairs:
         why = speed_mismatch(pair)
         (left.append(f"{pair[1].name}: {why}") if why else kept.append(pair))
-    return kept, (f"{len(left)} of {len(pairs)} pairs left out ({'; '.join(left)}; tolerance {100 * SAME_SPEED:g}%)" if left else "")
+    return kept, (
+        f"{len(left)} of {len(pairs)} pairs left out ({'; '.join(left)}; tolerance {100 * SAME_SPEED:g}%)"
+        if left
+        else ""
+    )
 
 
 def _same_speed_cells(cells: Sequence[CellData]) -> tuple[list[CellData], str]:
@@ -250,8 +284,12 @@ def _same_speed_cells(cells: Sequence[CellData]) -> tuple[list[CellData], str]:
         best = window if len(window) > len(best) else best
     left = [f"{c.name}: {speed_mismatch([c]) or f'{C.fmt(speed(c))} tok/s'}" for c in cells if c not in best]
     span = f"{C.fmt(speed(best[0]))}-{C.fmt(speed(best[-1]))} tok/s" if best else "none"
-    return best, (f"machine speed: {len(left)} of {len(cells)} cells left out, their speed differed from the others' "
-                  f"({span}): {'; '.join(left)} (tolerance {100 * SAME_SPEED:g}%)" if left else "")
+    return best, (
+        f"machine speed: {len(left)} of {len(cells)} cells left out, their speed differed from the others' "
+        f"({span}): {'; '.join(left)} (tolerance {100 * SAME_SPEED:g}%)"
+        if left
+        else ""
+    )
 
 
 def _noted(iv: Interval, note: str) -> Interval:
@@ -263,7 +301,9 @@ def _in_steps(c: CellData) -> Rows:
     """The cell's completed requests with `e2el_steps` = e2el_s x its machine speed (E2EL in one-sequence
     decode steps of this cell; None without a measured speed)."""
     sp = speed(c)
-    return [{**r, "e2el_steps": None if sp is None or r["e2el_s"] is None else r["e2el_s"] * sp} for r in _completed(c.rows)]
+    return [
+        {**r, "e2el_steps": None if sp is None or r["e2el_s"] is None else r["e2el_s"] * sp} for r in _completed(c.rows)
+    ]
 
 
 def _timeline_gap(c: CellData) -> bool:
@@ -287,12 +327,17 @@ def _acc_diff(new: dict, ref: dict) -> Interval:
     return newcombe(new[CORRECT], new["total"], ref[CORRECT], ref["total"])
 
 
-def _paired_acc(pairs: Sequence[tuple[CellData, CellData]], keep: Callable[[dict], bool] = lambda r: True) -> Interval | None:
+def _paired_acc(
+    pairs: Sequence[tuple[CellData, CellData]], keep: Callable[[dict], bool] = lambda r: True
+) -> Interval | None:
     """Lenient accuracy of the second cell of each pair - the first's, over the items the two answered (matched by
     item id within each pair), with `stats.paired_newcombe`; None when an item of one side has no twin in the other."""
     counts = [0, 0, 0, 0]  # both right, only the second, only the first, neither
     for first, second in pairs:
-        sides = [{r.get("item_id") or r["id"]: correct_lenient(r) for r in c.cell.requests if keep(r)} for c in (first, second)]
+        sides = [
+            {r.get("item_id") or r["id"]: correct_lenient(r) for r in c.cell.requests if keep(r)}
+            for c in (first, second)
+        ]
         if set(sides[0]) != set(sides[1]):
             return None
         for item, ok_first in sides[0].items():
@@ -350,52 +395,92 @@ def _mean_of(cells: list[CellData], column: C.Column) -> float | None:
 
 # ---- pilot findings ---------------------------------------------------------------------------
 
+
 def memory(cells: list[CellData]) -> Claim:
-    rule = (f"Over matched pilot pairs at the largest budget: reproduced if the reasoning cells' peak KV-cache use is "
-            f"at least {PEAK_FACTOR:g}x the direct cells' (geometric mean of the pairs' ratios) and their KV-use "
-            f"coefficient of variation (std / mean over the timeline) is higher (mean of the pairs' differences above "
-            f"0); t intervals over the pairs, as KV use is a per-cell timeline figure; at least {MIN_CELLS} pairs. KV use "
-            f"comes from the requests' events (exact at every change) where the engine counts cells, else from the "
-            f"sampled timeline, and a cell whose sampled timeline has a gap over {MAX_TIMELINE_GAP_S:g} s is left out; "
-            f"peak, mean and CV are weighted by time.")
-    claim = Claim("memory", "Memory use and fluctuation",
-                  "A reasoning model's KV-cache use is high and swings within a batch (about 3% to 70% for a 7B "
-                  "model on MATH-500) while the ordinary model stays under about 3%.", rule, NOT_TESTED, "")
+    rule = (
+        f"Over matched pilot pairs at the largest budget: reproduced if the reasoning cells' peak KV-cache use is "
+        f"at least {PEAK_FACTOR:g}x the direct cells' (geometric mean of the pairs' ratios) and their KV-use "
+        f"coefficient of variation (std / mean over the timeline) is higher (mean of the pairs' differences above "
+        f"0); t intervals over the pairs, as KV use is a per-cell timeline figure; at least {MIN_CELLS} pairs. KV use "
+        f"comes from the requests' events (exact at every change) where the engine counts cells, else from the "
+        f"sampled timeline, and a cell whose sampled timeline has a gap over {MAX_TIMELINE_GAP_S:g} s is left out; "
+        f"peak, mean and CV are weighted by time."
+    )
+    claim = Claim(
+        "memory",
+        "Memory use and fluctuation",
+        "A reasoning model's KV-cache use is high and swings within a batch (about 3% to 70% for a 7B "
+        "model on MATH-500) while the ordinary model stays under about 3%.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     pairs, top = _largest_budget_pairs(cells)
-    pairs = [(r, d) for r, d in pairs if C.value(r.metrics, C.KV_PEAK) and C.value(d.metrics, C.KV_PEAK)
-             and C.value(r.metrics, C.KV_CV) is not None and C.value(d.metrics, C.KV_CV) is not None]
+    pairs = [
+        (r, d)
+        for r, d in pairs
+        if C.value(r.metrics, C.KV_PEAK)
+        and C.value(d.metrics, C.KV_PEAK)
+        and C.value(r.metrics, C.KV_CV) is not None
+        and C.value(d.metrics, C.KV_CV) is not None
+    ]
     gapped = [c.name for pair in pairs for c in pair if _timeline_gap(c)]
     pairs = [(r, d) for r, d in pairs if not (_timeline_gap(r) or _timeline_gap(d))]
     if not pairs:
-        claim.reason = (f"every pair has a cell whose sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s "
-                        f"({', '.join(gapped)}): no claim rests on a timeline with holes" if gapped else
-                        f"needs reasoning and direct pilot cells with a KV timeline: {PILOT_HINT}")
+        claim.reason = (
+            f"every pair has a cell whose sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s "
+            f"({', '.join(gapped)}): no claim rests on a timeline with holes"
+            if gapped
+            else f"needs reasoning and direct pilot cells with a KV timeline: {PILOT_HINT}"
+        )
         return claim
     reasoning, direct = [r for r, _ in pairs], [d for _, d in pairs]
     where = _pair_scope(pairs)
-    peak = pair_interval([C.value(r.metrics, C.KV_PEAK) / C.value(d.metrics, C.KV_PEAK) for r, d in pairs], log=True, scope=where)
+    peak = pair_interval(
+        [C.value(r.metrics, C.KV_PEAK) / C.value(d.metrics, C.KV_PEAK) for r, d in pairs], log=True, scope=where
+    )
     cv = pair_interval([C.value(r.metrics, C.KV_CV) - C.value(d.metrics, C.KV_CV) for r, d in pairs], scope=where)
-    claim.numbers = [("peak KV use, reasoning / direct (mean over cells)",
-                      f"{C.fmt(_mean_of(reasoning, C.KV_PEAK), 'pct')} / {C.fmt(_mean_of(direct, C.KV_PEAK), 'pct')}"),
-                     ("KV-use CV, reasoning / direct (mean over cells)",
-                      f"{C.fmt(_mean_of(reasoning, C.KV_CV))} / {C.fmt(_mean_of(direct, C.KV_CV))}")]
+    claim.numbers = [
+        (
+            "peak KV use, reasoning / direct (mean over cells)",
+            f"{C.fmt(_mean_of(reasoning, C.KV_PEAK), 'pct')} / {C.fmt(_mean_of(direct, C.KV_PEAK), 'pct')}",
+        ),
+        (
+            "KV-use CV, reasoning / direct (mean over cells)",
+            f"{C.fmt(_mean_of(reasoning, C.KV_CV))} / {C.fmt(_mean_of(direct, C.KV_CV))}",
+        ),
+    ]
     sources = sorted({c.metrics["memory"]["kv_frac"].get("source") or "sampler" for pair in pairs for c in pair})
     detail = f"reasoning peak KV is {C.fmt_ratio(peak.estimate)} direct's ({len(pairs)} pairs, budget {top}; KV from {' and '.join(sources)})"
     if gapped:
-        detail += (f"; left out, their sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s: {', '.join(gapped)}")
-    return _decide(claim, [Check(Condition("peak KV ratio reasoning / direct", peak, PEAK_FACTOR, log=True), "ratio"),
-                           Check(Condition("KV-use CV, reasoning - direct", cv, 0.0))], detail)
+        detail += f"; left out, their sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s: {', '.join(gapped)}"
+    return _decide(
+        claim,
+        [
+            Check(Condition("peak KV ratio reasoning / direct", peak, PEAK_FACTOR, log=True), "ratio"),
+            Check(Condition("KV-use CV, reasoning - direct", cv, 0.0)),
+        ],
+        detail,
+    )
 
 
 def stragglers(cells: list[CellData]) -> Claim:
-    rule = ("Over matched pilot pairs at the largest budget, per run and batch size: reproduced if, at every batch "
-            "size, the reasoning cells have a larger straggler share (requests whose E2EL exceeds k x their batch's "
-            "median) and spend a larger share of batch time in the tail (fewer than half the batch still running) "
-            "than the direct cells: each the mean over the pairs of the cells' difference, reasoning - direct, with "
-            f"its t interval over the pairs above 0 (stragglers cluster by batch and cell); at least {MIN_CELLS} pairs.")
-    claim = Claim("stragglers", "Stragglers",
-                  "A few hard problems stretch a batch from ten-odd seconds to twenty-plus; in the tail only a few "
-                  "requests run. The ordinary model's run times are nearly uniform.", rule, NOT_TESTED, "")
+    rule = (
+        "Over matched pilot pairs at the largest budget, per run and batch size: reproduced if, at every batch "
+        "size, the reasoning cells have a larger straggler share (requests whose E2EL exceeds k x their batch's "
+        "median) and spend a larger share of batch time in the tail (fewer than half the batch still running) "
+        "than the direct cells: each the mean over the pairs of the cells' difference, reasoning - direct, with "
+        f"its t interval over the pairs above 0 (stragglers cluster by batch and cell); at least {MIN_CELLS} pairs."
+    )
+    claim = Claim(
+        "stragglers",
+        "Stragglers",
+        "A few hard problems stretch a batch from ten-odd seconds to twenty-plus; in the tail only a few "
+        "requests run. The ordinary model's run times are nearly uniform.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     pairs, top = _largest_budget_pairs(cells)
     if not pairs:
         claim.reason = f"needs reasoning and direct pilot cells: {PILOT_HINT}"
@@ -404,39 +489,56 @@ def stragglers(cells: list[CellData]) -> Claim:
     checks = []
     for key, ps in groups.items():
         where = _where(key, groups)
-        count = {mode: (sum(c.metrics["stragglers"]["count"] for c in side), sum(len(_completed(c.rows)) for c in side))
-                 for mode, side in (("r", [r for r, _ in ps]), ("d", [d for _, d in ps]))}
+        count = {
+            mode: (sum(c.metrics["stragglers"]["count"] for c in side), sum(len(_completed(c.rows)) for c in side))
+            for mode, side in (("r", [r for r, _ in ps]), ("d", [d for _, d in ps]))
+        }
         share = pair_interval([_minus(_share(r), _share(d)) for r, d in ps], scope=_pair_scope(ps))
         tail = pair_interval([_minus(_tail_share(r.rows), _tail_share(d.rows)) for r, d in ps], scope=_pair_scope(ps))
-        checks += [Check(Condition(f"{where}: straggler share, reasoning - direct", share, 0.0), "points"),
-                   Check(Condition(f"{where}: tail share of batch time, reasoning - direct", tail, 0.0), "points")]
+        checks += [
+            Check(Condition(f"{where}: straggler share, reasoning - direct", share, 0.0), "points"),
+            Check(Condition(f"{where}: tail share of batch time, reasoning - direct", tail, 0.0), "points"),
+        ]
         think = _mean(r.metrics["stragglers"]["think_tokens_mean"] for r, _ in ps)
         rest = _mean(r.metrics["stragglers"]["non_straggler_think_tokens_mean"] for r, _ in ps)
-        claim.numbers.append((f"{where}: stragglers reasoning / direct; think tokens of stragglers / others (reasoning)",
-                              f"{count['r'][0]}/{count['r'][1]} / {count['d'][0]}/{count['d'][1]}; {C.fmt(think)} / {C.fmt(rest)}"))
+        claim.numbers.append(
+            (
+                f"{where}: stragglers reasoning / direct; think tokens of stragglers / others (reasoning)",
+                f"{count['r'][0]}/{count['r'][1]} / {count['d'][0]}/{count['d'][1]}; {C.fmt(think)} / {C.fmt(rest)}",
+            )
+        )
     return _decide(claim, checks, f"{len(pairs)} pairs at budget {top}, batch size {_sizes(groups)}")
 
 
 def adaptive_time(cells: list[CellData]) -> Claim:
-    rule = ("Over the reasoning pilot cells at the largest budget, per run and batch size, requests pooled by the math "
-            "data sets' difficulty tier (GSM8K easy < MATH-500 medium < AIME hard): reproduced if, at every batch size, "
-            "both the mean think tokens and the mean E2EL rise from each tier present to the next harder one (ratio "
-            "harder / easier above 1; at least two tiers). Think tokens, a property of the items, are bootstrapped over "
-            "requests; E2EL, which the machine shapes, by a cluster bootstrap over the tiers' cells and their requests, "
-            f"with at least {MIN_CELLS} cells (repeats) a tier, twice: in the cells' own one-sequence decode steps "
-            f"(E2EL x the cell's machine speed: speed-free) and in seconds, the latter over the cells whose measured "
-            f"speeds agree within {100 * SAME_SPEED:g}% only.")
-    claim = Claim("adaptive", "Adaptive running time",
-                  "A reasoning model's running time and token count grow with difficulty (GSM8K < MATH-500 < AIME).",
-                  rule, NOT_TESTED, "")
+    rule = (
+        "Over the reasoning pilot cells at the largest budget, per run and batch size, requests pooled by the math "
+        "data sets' difficulty tier (GSM8K easy < MATH-500 medium < AIME hard): reproduced if, at every batch size, "
+        "both the mean think tokens and the mean E2EL rise from each tier present to the next harder one (ratio "
+        "harder / easier above 1; at least two tiers). Think tokens, a property of the items, are bootstrapped over "
+        "requests; E2EL, which the machine shapes, by a cluster bootstrap over the tiers' cells and their requests, "
+        f"with at least {MIN_CELLS} cells (repeats) a tier, twice: in the cells' own one-sequence decode steps "
+        f"(E2EL x the cell's machine speed: speed-free) and in seconds, the latter over the cells whose measured "
+        f"speeds agree within {100 * SAME_SPEED:g}% only."
+    )
+    claim = Claim(
+        "adaptive",
+        "Adaptive running time",
+        "A reasoning model's running time and token count grow with difficulty (GSM8K < MATH-500 < AIME).",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     reasoning = [c for c in pilot_cells(cells) if c.mode == REASONING and tier(c.dataset) in TIER_ORDER]
     if reasoning:
         top = max(c.budget for c in reasoning)
         reasoning = [c for c in reasoning if c.budget == top]
     groups = {k: cs for k, cs in _by_batch(reasoning).items() if len({tier(c.dataset) for c in cs}) >= 2}
     if not groups:
-        claim.reason = ("needs reasoning pilot cells of one batch size on math data sets of at least two difficulty "
-                        "tiers (e.g. gsm8k and math500 or aime24)")
+        claim.reason = (
+            "needs reasoning pilot cells of one batch size on math data sets of at least two difficulty "
+            "tiers (e.g. gsm8k and math500 or aime24)"
+        )
         return claim
     checks, capped_max = [], 0.0
     for key, cs in groups.items():
@@ -447,24 +549,45 @@ def adaptive_time(cells: list[CellData]) -> Claim:
             samples = [c.rows for c in by_tier[easy]] + [c.rows for c in by_tier[hard]]
             think = bootstrap(samples, _pooled(_mean_key("think_tokens"), len(by_tier[easy])))
             both = by_tier[easy] + by_tier[hard]
-            steps = cluster_bootstrap([[[_in_steps(c)] for c in by_tier[t]] for t in (easy, hard)],
-                                      _pooled_ratio(_mean_key("e2el_steps")), unit="cells per tier", scope=scope(both))
+            steps = cluster_bootstrap(
+                [[[_in_steps(c)] for c in by_tier[t]] for t in (easy, hard)],
+                _pooled_ratio(_mean_key("e2el_steps")),
+                unit="cells per tier",
+                scope=scope(both),
+            )
             same, note = _same_speed_cells(both)
-            e2el = cluster_bootstrap([[[c.rows] for c in by_tier[t] if c in same] for t in (easy, hard)],
-                                     _pooled_ratio(_mean_key("e2el_s")), unit="cells per tier", scope=scope(same))
-            checks += [Check(Condition(f"{where}: mean think tokens {hard} / {easy}", think, 1.0, log=True), "ratio"),
-                       Check(Condition(f"{where}: mean E2EL in one-sequence steps {hard} / {easy}", steps, 1.0, log=True), "ratio"),
-                       Check(Condition(f"{where}: mean E2EL {hard} / {easy}", _noted(e2el, note), 1.0, log=True), "ratio")]
+            e2el = cluster_bootstrap(
+                [[[c.rows] for c in by_tier[t] if c in same] for t in (easy, hard)],
+                _pooled_ratio(_mean_key("e2el_s")),
+                unit="cells per tier",
+                scope=scope(same),
+            )
+            checks += [
+                Check(Condition(f"{where}: mean think tokens {hard} / {easy}", think, 1.0, log=True), "ratio"),
+                Check(
+                    Condition(f"{where}: mean E2EL in one-sequence steps {hard} / {easy}", steps, 1.0, log=True),
+                    "ratio",
+                ),
+                Check(Condition(f"{where}: mean E2EL {hard} / {easy}", _noted(e2el, note), 1.0, log=True), "ratio"),
+            ]
         for t in tiers:
             rows = [r for c in by_tier[t] for r in _completed(c.rows)]
             capped = sum(r["capped"] for r in rows) / len(rows) if rows else 0.0
             capped_max = max(capped_max, capped)
             free = [r for r in rows if not r["capped"]]
-            claim.numbers.append((f"{where}, {t}: think tokens mean / E2EL mean / hit budget (n={len(rows)})",
-                                  f"{C.fmt(_mean_key('think_tokens')(rows))} tok / {C.fmt(_mean_key('e2el_s')(rows))} s / "
-                                  f"{C.fmt(capped, 'pct')}"))
-            claim.numbers.append((f"{where}, {t}: without capped requests, think tokens mean / E2EL mean (n={len(free)}; not deciding)",
-                                  f"{C.fmt(_mean_key('think_tokens')(free))} tok / {C.fmt(_mean_key('e2el_s')(free))} s"))
+            claim.numbers.append(
+                (
+                    f"{where}, {t}: think tokens mean / E2EL mean / hit budget (n={len(rows)})",
+                    f"{C.fmt(_mean_key('think_tokens')(rows))} tok / {C.fmt(_mean_key('e2el_s')(rows))} s / "
+                    f"{C.fmt(capped, 'pct')}",
+                )
+            )
+            claim.numbers.append(
+                (
+                    f"{where}, {t}: without capped requests, think tokens mean / E2EL mean (n={len(free)}; not deciding)",
+                    f"{C.fmt(_mean_key('think_tokens')(free))} tok / {C.fmt(_mean_key('e2el_s')(free))} s",
+                )
+            )
     detail = f"budget {top}, batch size {_sizes(groups)}"
     if capped_max >= 0.5:
         detail += f"; {C.fmt(capped_max, 'pct')} of a tier's requests hit a budget (output or think cap), which flattens the ladder"
@@ -472,33 +595,57 @@ def adaptive_time(cells: list[CellData]) -> Claim:
 
 
 def domain_preference(cells: list[CellData]) -> Claim:
-    rule = (f"Pooled accuracy over matched pilot pairs at the largest budget, per domain: reproduced if reasoning beats "
-            f"direct on math by at least {100 * MATH_GAIN:g} points (Newcombe interval of the difference, paired by item where the items match) and its gain "
-            f"on every other domain is under half the math gain (MOVER interval of half the math gain minus that gain, "
-            f"above 0).")
-    claim = Claim("domain", "Domain preference",
-                  "Reasoning is far better on math and only on par on knowledge-heavy GPQA.", rule, NOT_TESTED, "")
+    rule = (
+        f"Pooled accuracy over matched pilot pairs at the largest budget, per domain: reproduced if reasoning beats "
+        f"direct on math by at least {100 * MATH_GAIN:g} points (Newcombe interval of the difference, paired by item where the items match) and its gain "
+        f"on every other domain is under half the math gain (MOVER interval of half the math gain minus that gain, "
+        f"above 0)."
+    )
+    claim = Claim(
+        "domain",
+        "Domain preference",
+        "Reasoning is far better on math and only on par on knowledge-heavy GPQA.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     pairs, top = _largest_budget_pairs(cells)
     acc_r = pooled_accuracy([r for r, _ in pairs], "by_domain") if pairs else {}
     acc_d = pooled_accuracy([d for _, d in pairs], "by_domain") if pairs else {}
     domains = [d for d in acc_r if d in acc_d and acc_r[d]["accuracy"] is not None and acc_d[d]["accuracy"] is not None]
     others = [d for d in domains if d != "math"]
     if "math" not in domains or not others:
-        claim.reason = f"needs reasoning and direct pilot cells on math and on another domain (e.g. gpqa-diamond): {PILOT_HINT}"
+        claim.reason = (
+            f"needs reasoning and direct pilot cells on math and on another domain (e.g. gpqa-diamond): {PILOT_HINT}"
+        )
         return claim
-    gain = {d: _paired_acc([(dr, r) for r, dr in pairs], lambda x, d=d: (x.get("domain") or "unknown") == d)
-            or _acc_diff(acc_r[d], acc_d[d]) for d in domains}
+    gain = {
+        d: _paired_acc([(dr, r) for r, dr in pairs], lambda x, d=d: (x.get("domain") or "unknown") == d)
+        or _acc_diff(acc_r[d], acc_d[d])
+        for d in domains
+    }
     checks = [Check(Condition("math: reasoning - direct", gain["math"], MATH_GAIN), "points")]
-    checks += [Check(Condition(f"half the math gain - {d} gain", mover(gain["math"], gain[d], 0.5), 0.0), "points") for d in others]
-    claim.numbers = [(f"{d}: accuracy lenient, reasoning / direct", f"{C.acc_text(acc_r[d], True)} / {C.acc_text(acc_d[d], True)}")
-                     for d in domains]
-    claim.numbers += [(f"{d}: accuracy strict (not deciding), reasoning / direct", f"{C.acc_text(acc_r[d])} / {C.acc_text(acc_d[d])}")
-                      for d in domains]
-    return _decide(claim, checks, "; ".join(f"{d}: reasoning {C.points(gain[d].estimate, 0.0)} vs direct" for d in domains)
-                   + f" (budget {top})")
+    checks += [
+        Check(Condition(f"half the math gain - {d} gain", mover(gain["math"], gain[d], 0.5), 0.0), "points")
+        for d in others
+    ]
+    claim.numbers = [
+        (f"{d}: accuracy lenient, reasoning / direct", f"{C.acc_text(acc_r[d], True)} / {C.acc_text(acc_d[d], True)}")
+        for d in domains
+    ]
+    claim.numbers += [
+        (f"{d}: accuracy strict (not deciding), reasoning / direct", f"{C.acc_text(acc_r[d])} / {C.acc_text(acc_d[d])}")
+        for d in domains
+    ]
+    return _decide(
+        claim,
+        checks,
+        "; ".join(f"{d}: reasoning {C.points(gain[d].estimate, 0.0)} vs direct" for d in domains) + f" (budget {top})",
+    )
 
 
 # ---- technique takeaways ------------------------------------------------------------------------
+
 
 @dataclass
 class Versus:
@@ -533,8 +680,12 @@ class Versus:
         return all((v.n_params or 0) >= LARGE_MODEL for _, v in self.pairs)
 
 
-def versus(cells: list[CellData], technique: str, reference: Callable[[TechniqueGroup], CellData | None],
-           keep: Callable[[TechniqueGroup], bool] = lambda g: True) -> list[Versus]:
+def versus(
+    cells: list[CellData],
+    technique: str,
+    reference: Callable[[TechniqueGroup], CellData | None],
+    keep: Callable[[TechniqueGroup], bool] = lambda g: True,
+) -> list[Versus]:
     """Each variant that differs from its group's reference in `technique` alone, against that reference."""
     found: dict[str, list] = {}
     for group in technique_groups(cells):
@@ -571,45 +722,76 @@ def derived_origin(c: CellData) -> str | None:
 
 
 def weight_quantization(cells: list[CellData]) -> Claim:
-    rule = (f"Each variant with fewer bits per weight than its group's highest-precision variant (same model, data set, "
-            f"budget, workload): reproduced if every one keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points "
-            f"of it (Newcombe interval of the difference, paired by item where the items match, above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
-            f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} "
-            f"pairs, above 1). A ladder derived from one quantized file: a variant of lower precision than that source is "
-            f"judged the same way against the source's own cells (its loss is attributable to precision); variants of "
-            f"higher precision than the source hold no more information than it, so they show engine cost only.")
-    claim = Claim("quantization", "Weight quantization",
-                  "4-bit (GPTQ-Int4) and FP8 weights stay within about 3% accuracy with equal or better serving.",
-                  rule, NOT_TESTED, "")
+    rule = (
+        f"Each variant with fewer bits per weight than its group's highest-precision variant (same model, data set, "
+        f"budget, workload): reproduced if every one keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points "
+        f"of it (Newcombe interval of the difference, paired by item where the items match, above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
+        f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} "
+        f"pairs, above 1). A ladder derived from one quantized file: a variant of lower precision than that source is "
+        f"judged the same way against the source's own cells (its loss is attributable to precision); variants of "
+        f"higher precision than the source hold no more information than it, so they show engine cost only."
+    )
+    claim = Claim(
+        "quantization",
+        "Weight quantization",
+        "4-bit (GPTQ-Int4) and FP8 weights stay within about 3% accuracy with equal or better serving.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     vs = versus(cells, "weight quantization", lambda g: max(g.variants.values(), key=_bits))
     vs = [v for v in vs if _bits(v.pairs[0][1]) < _bits(v.pairs[0][0])]
     if not vs:
-        claim.reason = "needs cells of one model at several weight quantizations: run `rllm-study run --preset quantization`"
+        claim.reason = (
+            "needs cells of one model at several weight quantizations: run `rllm-study run --preset quantization`"
+        )
         return claim
     origins = {derived_origin(c) for v in vs for pair in v.pairs for c in pair} - {None}
     reference = "the highest precision"
     if origins:
         for v in vs:
             ref, new = v.pairs[0]
-            claim.numbers.append((f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: out tok/s ratio (engine cost only)",
-                                  C.fmt_interval(v.ratio(TOK_S), "ratio")))
-            claim.numbers.append((f"{v.variant}: E2EL p50 ratio (engine cost only)", C.fmt_interval(v.ratio(E2EL_P50), "ratio")))
+            claim.numbers.append(
+                (
+                    f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: out tok/s ratio (engine cost only)",
+                    C.fmt_interval(v.ratio(TOK_S), "ratio"),
+                )
+            )
+            claim.numbers.append(
+                (f"{v.variant}: E2EL p50 ratio (engine cost only)", C.fmt_interval(v.ratio(E2EL_P50), "ratio"))
+            )
         sources = {o.upper() for o in origins}
-        vs = [v for v in versus(cells, "weight quantization", _ref_where(lambda c: derived_origin(c) is None and
-                                                                         str(c.model.get("quant") or "").upper() in sources))
-              if _bits(v.pairs[0][1]) < _bits(v.pairs[0][0])]
+        vs = [
+            v
+            for v in versus(
+                cells,
+                "weight quantization",
+                _ref_where(lambda c: derived_origin(c) is None and str(c.model.get("quant") or "").upper() in sources),
+            )
+            if _bits(v.pairs[0][1]) < _bits(v.pairs[0][0])
+        ]
         if not vs:
-            claim.reason = (f"the ladder is derived from one {', '.join(sorted(origins))} file and has no variant of lower "
-                            f"precision than it: the others' accuracy cannot differ for a reason the study can attribute to "
-                            f"precision; engine cost shown only")
+            claim.reason = (
+                f"the ladder is derived from one {', '.join(sorted(origins))} file and has no variant of lower "
+                f"precision than it: the others' accuracy cannot differ for a reason the study can attribute to "
+                f"precision; engine cost shown only"
+            )
             return claim
         reference = f"their source file ({', '.join(sorted(origins))}); higher-precision variants: engine cost only"
     checks = []
     for v in vs:
         ref, new = v.pairs[0]
-        checks += [Check(Condition(f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: accuracy difference",
-                              v.accuracy_diff, -ACC_TOLERANCE), "points"),
-                   Check(Condition(f"{v.variant}: out tok/s ratio", v.ratio(TOK_S), 1.0, log=True), "ratio")]
+        checks += [
+            Check(
+                Condition(
+                    f"{v.variant} ({_bits(new):.2f} bpw) vs {_bits(ref):.2f} bpw: accuracy difference",
+                    v.accuracy_diff,
+                    -ACC_TOLERANCE,
+                ),
+                "points",
+            ),
+            Check(Condition(f"{v.variant}: out tok/s ratio", v.ratio(TOK_S), 1.0, log=True), "ratio"),
+        ]
     detail = f"{len(vs)} lower-bit variant(s) against {reference}"
     if _no_answers(vs):
         detail += "; the reference answered nothing correctly, so only speed was really tested"
@@ -617,18 +799,30 @@ def weight_quantization(cells: list[CellData]) -> Claim:
 
 
 def _kv_plain(c: CellData) -> bool:
-    return c.field("engine.type_k") in ("f16", "f32", "bf16") and c.field("engine.type_v") in ("f16", "f32", "bf16") and not c.field("engine.kv_bits")
+    return (
+        c.field("engine.type_k") in ("f16", "f32", "bf16")
+        and c.field("engine.type_v") in ("f16", "f32", "bf16")
+        and not c.field("engine.kv_bits")
+    )
 
 
 def kv_quantization(cells: list[CellData]) -> Claim:
-    rule = (f"Each quantized-KV variant against its group's f16 KV variant. Models under {LARGE_MODEL / 1e9:g}B "
-            f"parameters (the paper's 7B case): reproduced if accuracy collapses (pooled accuracy at most "
-            f"{COLLAPSE:g}x the f16 cache's: MOVER interval of {COLLAPSE:g} x f16 accuracy - variant accuracy above 0). "
-            f"Larger models: reproduced if output tokens/s rises (bootstrap ratio above 1) at accuracy within "
-            f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match).")
-    claim = Claim("kv-cache", "KV-cache quantization",
-                  "An FP8 KV cache is faster for 14B and 32B models at similar accuracy, but accuracy nearly collapses "
-                  "for the 7B model.", rule, NOT_TESTED, "")
+    rule = (
+        f"Each quantized-KV variant against its group's f16 KV variant. Models under {LARGE_MODEL / 1e9:g}B "
+        f"parameters (the paper's 7B case): reproduced if accuracy collapses (pooled accuracy at most "
+        f"{COLLAPSE:g}x the f16 cache's: MOVER interval of {COLLAPSE:g} x f16 accuracy - variant accuracy above 0). "
+        f"Larger models: reproduced if output tokens/s rises (bootstrap ratio above 1) at accuracy within "
+        f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match)."
+    )
+    claim = Claim(
+        "kv-cache",
+        "KV-cache quantization",
+        "An FP8 KV cache is faster for 14B and 32B models at similar accuracy, but accuracy nearly collapses "
+        "for the 7B model.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain), keep=lambda g: not _kv_budget(g))
     if not vs:
         claim.reason = "needs cells with f16 and quantized KV caches: run `rllm-study run --preset kv-cache`"
@@ -637,16 +831,28 @@ def kv_quantization(cells: list[CellData]) -> Claim:
     for v in vs:
         ref_acc, acc = v.accuracy
         size = "large" if v.large else "small"
-        claim.numbers.append((f"{v.variant} ({size} model): accuracy lenient vs f16 cache",
-                              f"{C.acc_text(acc, True)} vs {C.acc_text(ref_acc, True)}"))
+        claim.numbers.append(
+            (
+                f"{v.variant} ({size} model): accuracy lenient vs f16 cache",
+                f"{C.acc_text(acc, True)} vs {C.acc_text(ref_acc, True)}",
+            )
+        )
         if ref_acc["accuracy"] is None or acc["accuracy"] is None or (not v.large and ref_acc[CORRECT] == 0):
             continue
         if v.large:
-            checks += [Check(Condition(f"{v.variant}: out tok/s ratio", v.ratio(TOK_S), 1.0, log=True), "ratio"),
-                       Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points")]
+            checks += [
+                Check(Condition(f"{v.variant}: out tok/s ratio", v.ratio(TOK_S), 1.0, log=True), "ratio"),
+                Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points"),
+            ]
         else:
-            collapse = mover(proportion(ref_acc[CORRECT], ref_acc["total"]), proportion(acc[CORRECT], acc["total"]), COLLAPSE)
-            checks.append(Check(Condition(f"{v.variant}: {COLLAPSE:g} x f16 accuracy - variant accuracy", collapse, 0.0), "points"))
+            collapse = mover(
+                proportion(ref_acc[CORRECT], ref_acc["total"]), proportion(acc[CORRECT], acc["total"]), COLLAPSE
+            )
+            checks.append(
+                Check(
+                    Condition(f"{v.variant}: {COLLAPSE:g} x f16 accuracy - variant accuracy", collapse, 0.0), "points"
+                )
+            )
     if not checks:
         claim.reason = "the f16-cache reference answered nothing correctly, so an accuracy collapse cannot show"
         return claim
@@ -654,37 +860,78 @@ def kv_quantization(cells: list[CellData]) -> Claim:
 
 
 def prefix_caching(cells: list[CellData]) -> Claim:
-    rule = (f"Prefix caching on against off, on single-turn workloads (no shared prefix), E2EL p50 ratio on / off "
-            f"(geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs; only pairs "
-            f"whose measured machine speeds agree within {100 * SAME_SPEED:g}%). Models under {LARGE_MODEL / 1e9:g}B: reproduced "
-            f"if the ratio is above 1 (caching adds latency). Larger models: reproduced if it is below 1.")
-    claim = Claim("prefix-cache", "Prefix caching",
-                  "Prefix caching helps 14B and larger models; for the 7B model it adds latency, because single-turn "
-                  "requests share no prefix and the bookkeeping is pure cost.", rule, NOT_TESTED, "")
-    single = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")),
-                    keep=lambda g: not g.baseline.workload.get("shared_prefix") and not _multi_turn(g))
-    shared = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")),
-                    keep=lambda g: bool(g.baseline.workload.get("shared_prefix")))
+    rule = (
+        f"Prefix caching on against off, on single-turn workloads (no shared prefix), E2EL p50 ratio on / off "
+        f"(geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs; only pairs "
+        f"whose measured machine speeds agree within {100 * SAME_SPEED:g}%). Models under {LARGE_MODEL / 1e9:g}B: reproduced "
+        f"if the ratio is above 1 (caching adds latency). Larger models: reproduced if it is below 1."
+    )
+    claim = Claim(
+        "prefix-cache",
+        "Prefix caching",
+        "Prefix caching helps 14B and larger models; for the 7B model it adds latency, because single-turn "
+        "requests share no prefix and the bookkeeping is pure cost.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
+    single = versus(
+        cells,
+        "prefix caching",
+        _ref_where(lambda c: not c.field("engine.prefix_cache")),
+        keep=lambda g: not g.baseline.workload.get("shared_prefix") and not _multi_turn(g),
+    )
+    shared = versus(
+        cells,
+        "prefix caching",
+        _ref_where(lambda c: not c.field("engine.prefix_cache")),
+        keep=lambda g: bool(g.baseline.workload.get("shared_prefix")),
+    )
     for v in shared:
-        claim.numbers.append((f"{v.variant}, shared-prefix workload (not deciding): E2EL p50 ratio / hit rate",
-                              f"{C.fmt_interval(v.ratio(E2EL_P50), 'ratio')} / "
-                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.PREFIX_HITS), 'pct')}"))
+        claim.numbers.append(
+            (
+                f"{v.variant}, shared-prefix workload (not deciding): E2EL p50 ratio / hit rate",
+                f"{C.fmt_interval(v.ratio(E2EL_P50), 'ratio')} / "
+                f"{C.fmt(_mean_of([c for _, c in v.pairs], C.PREFIX_HITS), 'pct')}",
+            )
+        )
     if not single:
-        claim.reason = "needs single-turn cells with prefix caching on and off: run `rllm-study run --preset prefix-cache`"
+        claim.reason = (
+            "needs single-turn cells with prefix caching on and off: run `rllm-study run --preset prefix-cache`"
+        )
         return claim
-    checks = [Check(Condition(f"{v.variant}, single-turn ({'large' if v.large else 'small'} model): E2EL p50 ratio on / off",
-                         v.ratio_same_speed(E2EL_P50), 1.0, above=not v.large, log=True), "ratio") for v in single]
+    checks = [
+        Check(
+            Condition(
+                f"{v.variant}, single-turn ({'large' if v.large else 'small'} model): E2EL p50 ratio on / off",
+                v.ratio_same_speed(E2EL_P50),
+                1.0,
+                above=not v.large,
+                log=True,
+            ),
+            "ratio",
+        )
+        for v in single
+    ]
     return _decide(claim, checks, f"{len(single)} single-turn comparison(s)")
 
 
 def speculative(cells: list[CellData]) -> Claim:
-    rule = (f"Each speculative variant against no speculation: reproduced if every one shortens E2EL p50 (ratio below "
-            f"1, geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs) with pooled accuracy within "
-            f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match). The paper also saw lower tokens/s and a worse TTFVT: both "
-            f"ratios are shown, not deciding.")
-    claim = Claim("speculative", "Speculative decoding",
-                  "N-gram speculative decoding shortens end-to-end time at every model size with no accuracy loss, but "
-                  "lowers tokens/s and worsens TTFVT.", rule, NOT_TESTED, "")
+    rule = (
+        f"Each speculative variant against no speculation: reproduced if every one shortens E2EL p50 (ratio below "
+        f"1, geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs) with pooled accuracy within "
+        f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match). The paper also saw lower tokens/s and a worse TTFVT: both "
+        f"ratios are shown, not deciding."
+    )
+    claim = Claim(
+        "speculative",
+        "Speculative decoding",
+        "N-gram speculative decoding shortens end-to-end time at every model size with no accuracy loss, but "
+        "lowers tokens/s and worsens TTFVT.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     vs = versus(cells, "speculative decoding", _ref_where(lambda c: not c.field("engine.speculative")))
     if not vs:
         claim.reason = "needs cells with and without speculative decoding: run `rllm-study run --preset speculative`"
@@ -692,12 +939,20 @@ def speculative(cells: list[CellData]) -> Claim:
     checks = []
     for v in vs:
         ref_acc, _ = v.accuracy
-        checks.append(Check(Condition(f"{v.variant}: E2EL p50 ratio", v.ratio(E2EL_P50), 1.0, above=False, log=True), "ratio"))
+        checks.append(
+            Check(Condition(f"{v.variant}: E2EL p50 ratio", v.ratio(E2EL_P50), 1.0, above=False, log=True), "ratio")
+        )
         if ref_acc["accuracy"] is not None:
-            checks.append(Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points"))
-        claim.numbers.append((f"{v.variant} (not deciding): out tok/s ratio / TTFVT p50 ratio / draft acceptance",
-                              f"{C.fmt_interval(v.ratio(TOK_S), 'ratio')} / {C.fmt_interval(v.ratio(_pctl('ttfvt_s', 50)), 'ratio')} / "
-                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.DRAFT_ACCEPT), 'pct')}"))
+            checks.append(
+                Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points")
+            )
+        claim.numbers.append(
+            (
+                f"{v.variant} (not deciding): out tok/s ratio / TTFVT p50 ratio / draft acceptance",
+                f"{C.fmt_interval(v.ratio(TOK_S), 'ratio')} / {C.fmt_interval(v.ratio(_pctl('ttfvt_s', 50)), 'ratio')} / "
+                f"{C.fmt(_mean_of([c for _, c in v.pairs], C.DRAFT_ACCEPT), 'pct')}",
+            )
+        )
     detail = f"{len(vs)} speculative variant(s) against none"
     if _no_answers(vs):
         detail += "; the reference answered nothing correctly, so the accuracy part is uninformative"
@@ -706,21 +961,30 @@ def speculative(cells: list[CellData]) -> Claim:
 
 # ---- real-world workload ---------------------------------------------------------------------
 
+
 def _cv(c: CellData) -> float | None:
     wl = c.workload
     return 1.0 if wl.get("arrival") == "poisson" else wl.get("cv") if wl.get("arrival") == "gamma" else None
 
 
 def bursty_load(cells: list[CellData]) -> Claim:
-    rule = (f"Open-loop Poisson/Gamma cells at the same rate (same model, data set, budget), lowest against highest "
-            f"arrival CV of one repeat, a pair compared only where their realised arrival rates (`arrival_rate`) differ "
-            f"by at most {100 * SAME_LOAD:g}% (else burstiness is confounded with load): reproduced if, at every such "
-            f"rate, both the queue wait p90 (difference high - low above 0 s: a queue may be empty at low CV) and the "
-            f"E2EL p90 (ratio high / low above 1) are higher at the highest CV, each with its t interval over the "
-            f"matched pairs (repeats) whose measured machine speeds agree within {100 * SAME_SPEED:g}%; at least {MIN_CELLS} pairs.")
-    claim = Claim("bursty", "Bursty arrivals",
-                  "Under bursty Gamma arrivals a reasoning model's KV use sits near capacity for long stretches, "
-                  "requests pile up in the queue and turnaround grows.", rule, NOT_TESTED, "")
+    rule = (
+        f"Open-loop Poisson/Gamma cells at the same rate (same model, data set, budget), lowest against highest "
+        f"arrival CV of one repeat, a pair compared only where their realised arrival rates (`arrival_rate`) differ "
+        f"by at most {100 * SAME_LOAD:g}% (else burstiness is confounded with load): reproduced if, at every such "
+        f"rate, both the queue wait p90 (difference high - low above 0 s: a queue may be empty at low CV) and the "
+        f"E2EL p90 (ratio high / low above 1) are higher at the highest CV, each with its t interval over the "
+        f"matched pairs (repeats) whose measured machine speeds agree within {100 * SAME_SPEED:g}%; at least {MIN_CELLS} pairs."
+    )
+    claim = Claim(
+        "bursty",
+        "Bursty arrivals",
+        "Under bursty Gamma arrivals a reasoning model's KV use sits near capacity for long stretches, "
+        "requests pile up in the queue and turnaround grows.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     checks, confounded = [], []
     at_rate: dict[tuple, list[tuple[CellData, CellData]]] = {}
     for key, members in load_groups(cells).items():
@@ -734,25 +998,45 @@ def bursty_load(cells: list[CellData]) -> Claim:
             low, high = min(group, key=_cv), max(group, key=_cv)
             real = [c.metrics["arrivals"]["rate"] for c in (low, high)]
             where = f"{low.dataset}, rate {rate}/s, CV {_cv(low):g} -> {_cv(high):g}"
-            claim.numbers.append((f"{where}, repeat {low.spec.get('repeat', 0)}: realised arrival rate (req/s)",
-                                  f"{C.fmt(real[0])} -> {C.fmt(real[1])}"))
+            claim.numbers.append(
+                (
+                    f"{where}, repeat {low.spec.get('repeat', 0)}: realised arrival rate (req/s)",
+                    f"{C.fmt(real[0])} -> {C.fmt(real[1])}",
+                )
+            )
             if None in real or abs(real[1] / real[0] - 1) > SAME_LOAD:
                 confounded.append(f"{where}, repeat {low.spec.get('repeat', 0)}")
                 continue
             at_rate.setdefault((*key[:5], key[6], rate, where), []).append((low, high))
-            claim.numbers.append((f"{where}, repeat {low.spec.get('repeat', 0)}: KV peak",
-                                  f"{C.cell_value(low.metrics, C.KV_PEAK)} -> {C.cell_value(high.metrics, C.KV_PEAK)}"))
+            claim.numbers.append(
+                (
+                    f"{where}, repeat {low.spec.get('repeat', 0)}: KV peak",
+                    f"{C.cell_value(low.metrics, C.KV_PEAK)} -> {C.cell_value(high.metrics, C.KV_PEAK)}",
+                )
+            )
     for key, pairs in at_rate.items():
         where, p90 = key[-1], _pctl("queue_s", 90)
         pairs, note = _same_speed_pairs(pairs)
         queue = pair_interval([_minus(p90(high.rows), p90(low.rows)) for low, high in pairs], scope=_pair_scope(pairs))
-        checks += [Check(Condition(f"{where}: queue p90 high - low CV (s)", _noted(queue, note), 0.0)),
-                   Check(Condition(f"{where}: E2EL p90 ratio high / low CV", _noted(_ratio_of(_pctl("e2el_s", 90), pairs), note),
-                                   1.0, log=True), "ratio")]
+        checks += [
+            Check(Condition(f"{where}: queue p90 high - low CV (s)", _noted(queue, note), 0.0)),
+            Check(
+                Condition(
+                    f"{where}: E2EL p90 ratio high / low CV",
+                    _noted(_ratio_of(_pctl("e2el_s", 90), pairs), note),
+                    1.0,
+                    log=True,
+                ),
+                "ratio",
+            ),
+        ]
     if not checks:
-        claim.reason = (f"the realised arrival rates of {'; '.join(confounded)} differ by more than "
-                        f"{100 * SAME_LOAD:g}%, so burstiness would be confounded with load" if confounded else
-                        "needs open-loop cells at one rate with two or more CVs: run `rllm-study run --preset realworld`")
+        claim.reason = (
+            f"the realised arrival rates of {'; '.join(confounded)} differ by more than "
+            f"{100 * SAME_LOAD:g}%, so burstiness would be confounded with load"
+            if confounded
+            else "needs open-loop cells at one rate with two or more CVs: run `rllm-study run --preset realworld`"
+        )
         return claim
     detail = f"{len(at_rate)} rate(s) at the same realised load"
     if confounded:
@@ -762,42 +1046,62 @@ def bursty_load(cells: list[CellData]) -> Claim:
 
 # ---- workloads: capacity at a fixed KV memory budget ---------------------------------------------
 
+
 def _kv_budget(g: TechniqueGroup) -> float:
     return g.baseline.field("engine.kv_budget_mib") or 0.0
 
 
 def kv_capacity(cells: list[CellData]) -> Claim:
-    rule = (f"Each quantized-KV variant against the f16 cache at the same KV memory budget (`kv_budget_mib`, the "
-            f"cache sized in bytes, so a smaller type holds more tokens), offered more requests than f16 holds: "
-            f"reproduced if the quantized cache runs more requests at once (mean `running` over the timeline, ratio "
-            f"above 1, t interval over matched cell pairs), raises output tokens/s (ratio above 1, bootstrapped over "
-            f"requests) and keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points (Newcombe).")
-    claim = Claim("kv-capacity", "KV capacity at a fixed memory budget",
-                  "A quantized KV cache allows larger batch sizes without performance degradation.", rule, NOT_TESTED, "")
+    rule = (
+        f"Each quantized-KV variant against the f16 cache at the same KV memory budget (`kv_budget_mib`, the "
+        f"cache sized in bytes, so a smaller type holds more tokens), offered more requests than f16 holds: "
+        f"reproduced if the quantized cache runs more requests at once (mean `running` over the timeline, ratio "
+        f"above 1, t interval over matched cell pairs), raises output tokens/s (ratio above 1, bootstrapped over "
+        f"requests) and keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points (Newcombe)."
+    )
+    claim = Claim(
+        "kv-capacity",
+        "KV capacity at a fixed memory budget",
+        "A quantized KV cache allows larger batch sizes without performance degradation.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain), keep=lambda g: bool(_kv_budget(g)))
     if not vs:
         claim.reason = "needs f16 and quantized KV cells at one KV budget: run `rllm-study run --preset kv-capacity`"
         return claim
     checks = []
     for v in vs:
-        pairs = [(r, c) for r, c in v.pairs if C.value(r.metrics, C.RUNNING_MEAN) and C.value(c.metrics, C.RUNNING_MEAN)]
-        held = pair_interval([C.value(c.metrics, C.RUNNING_MEAN) / C.value(r.metrics, C.RUNNING_MEAN) for r, c in pairs],
-                             log=True)
-        checks.append(Check(Condition(f"{v.variant}: requests running at once, ratio to f16", held, 1.0, log=True), "ratio"))
+        pairs = [
+            (r, c) for r, c in v.pairs if C.value(r.metrics, C.RUNNING_MEAN) and C.value(c.metrics, C.RUNNING_MEAN)
+        ]
+        held = pair_interval(
+            [C.value(c.metrics, C.RUNNING_MEAN) / C.value(r.metrics, C.RUNNING_MEAN) for r, c in pairs], log=True
+        )
+        checks.append(
+            Check(Condition(f"{v.variant}: requests running at once, ratio to f16", held, 1.0, log=True), "ratio")
+        )
         checks.append(Check(Condition(f"{v.variant}: out tok/s ratio to f16", v.ratio(TOK_S), 1.0, log=True), "ratio"))
         ref_acc, acc = v.accuracy
         if ref_acc["accuracy"] is not None and acc["accuracy"] is not None:
-            checks.append(Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points"))
+            checks.append(
+                Check(Condition(f"{v.variant}: accuracy difference", v.accuracy_diff, -ACC_TOLERANCE), "points")
+            )
         budget = v.pairs[0][0].field("engine.kv_budget_mib")
-        claim.numbers.append((f"{v.variant} vs f16 at {budget:g} MiB (not deciding): running mean / peak, waiting mean; "
-                              "TPOT p50 ratio",
-                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.RUNNING_MEAN))} vs "
-                              f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.RUNNING_MEAN))} / "
-                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.RUNNING_PEAK))} vs "
-                              f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.RUNNING_PEAK))}, "
-                              f"{C.fmt(_mean_of([c for _, c in v.pairs], C.WAITING_MEAN))} vs "
-                              f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.WAITING_MEAN))}; "
-                              f"{C.fmt_interval(v.ratio(_pctl('tpot_s', 50)), 'ratio')}"))
+        claim.numbers.append(
+            (
+                f"{v.variant} vs f16 at {budget:g} MiB (not deciding): running mean / peak, waiting mean; "
+                "TPOT p50 ratio",
+                f"{C.fmt(_mean_of([c for _, c in v.pairs], C.RUNNING_MEAN))} vs "
+                f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.RUNNING_MEAN))} / "
+                f"{C.fmt(_mean_of([c for _, c in v.pairs], C.RUNNING_PEAK))} vs "
+                f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.RUNNING_PEAK))}, "
+                f"{C.fmt(_mean_of([c for _, c in v.pairs], C.WAITING_MEAN))} vs "
+                f"{C.fmt(_mean_of([r for r, _ in v.pairs], C.WAITING_MEAN))}; "
+                f"{C.fmt_interval(v.ratio(_pctl('tpot_s', 50)), 'ratio')}",
+            )
+        )
     return _decide(claim, checks, f"{len(vs)} quantized-KV variant(s) against f16 at one KV budget")
 
 
@@ -830,8 +1134,15 @@ def combinations(cells: list[CellData]) -> list[Combination]:
                 continue
             parts = []
             for t in techniques:
-                part = next((c for c in g.variants.values() if techniques_between(base, c) == {t}
-                             and all(c.field(f) == combo.field(f) for f in TECHNIQUE_FIELDS[t])), None)
+                part = next(
+                    (
+                        c
+                        for c in g.variants.values()
+                        if techniques_between(base, c) == {t}
+                        and all(c.field(f) == combo.field(f) for f in TECHNIQUE_FIELDS[t])
+                    ),
+                    None,
+                )
                 parts.append(part)
             if None not in parts:
                 found.setdefault(name, Combination(name, techniques, [])).groups.append((base, combo, parts))
@@ -841,32 +1152,44 @@ def combinations(cells: list[CellData]) -> list[Combination]:
 def _interaction(stat: Callable[[Rows], float | None], k: int) -> Callable[[list[Rows]], float | None]:
     """Over samples laid out per group as [baseline, combination, part 1 .. part k]: the geometric mean
     over groups of (stat(combination) / stat(baseline)) / product over parts of (stat(part) / stat(baseline))."""
+
     def over(samples: list[Rows]) -> float | None:
         logs = []
         for i in range(0, len(samples), k + 2):
-            values = [stat(s) for s in samples[i:i + k + 2]]
+            values = [stat(s) for s in samples[i : i + k + 2]]
             if any(v is None or v <= 0 for v in values):
                 return None
             base, combo, parts = values[0], values[1], values[2:]
             logs.append(math.log(combo / base) - sum(math.log(p / base) for p in parts))
         return math.exp(statistics.fmean(logs)) if logs else None
+
     return over
 
 
 def combined_techniques(cells: list[CellData]) -> Claim:
-    rule = (f"Each combination of two or more techniques against its parts, in every group where the baseline, the "
-            f"combination and each single-technique part ran: the interaction ratio of output tokens/s, "
-            f"(combination / baseline) / product of (part / baseline), geometric mean over groups, bootstrapped over "
-            f"requests. Reproduced (the effects add, on a log scale) if it lies within [1/{ADDITIVE:g}, {ADDITIVE:g}] "
-            f"for every combination; not reproduced if one settles outside. The combination's accuracy difference "
-            f"from the baseline is shown beside it (Newcombe), not deciding.")
-    claim = Claim("combined", "Combined techniques",
-                  "The study names combining techniques (quantized weights, quantized KV, prefix caching, speculative "
-                  "decoding) as the next step: do their effects add?", rule, NOT_TESTED, "")
+    rule = (
+        f"Each combination of two or more techniques against its parts, in every group where the baseline, the "
+        f"combination and each single-technique part ran: the interaction ratio of output tokens/s, "
+        f"(combination / baseline) / product of (part / baseline), geometric mean over groups, bootstrapped over "
+        f"requests. Reproduced (the effects add, on a log scale) if it lies within [1/{ADDITIVE:g}, {ADDITIVE:g}] "
+        f"for every combination; not reproduced if one settles outside. The combination's accuracy difference "
+        f"from the baseline is shown beside it (Newcombe), not deciding."
+    )
+    claim = Claim(
+        "combined",
+        "Combined techniques",
+        "The study names combining techniques (quantized weights, quantized KV, prefix caching, speculative "
+        "decoding) as the next step: do their effects add?",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     combos = combinations(cells)
     if not combos:
-        claim.reason = ("needs a combination of techniques run beside each of its parts and the baseline: "
-                        "run `rllm-study run --preset combined`")
+        claim.reason = (
+            "needs a combination of techniques run beside each of its parts and the baseline: "
+            "run `rllm-study run --preset combined`"
+        )
         return claim
     checks = []
     for combo in combos:
@@ -874,17 +1197,24 @@ def combined_techniques(cells: list[CellData]) -> Claim:
         samples = [c.rows for base, cell, parts in combo.groups for c in (base, cell, *parts)]
         inter = bootstrap(samples, _interaction(TOK_S, k))
         what = f"{combo.variant} ({' + '.join(combo.techniques)}): out tok/s interaction ratio"
-        checks += [Check(Condition(what + " (lower bound)", inter, 1 / ADDITIVE, log=True), "ratio"),
-                   Check(Condition(what + " (upper bound)", inter, ADDITIVE, above=False, log=True), "ratio")]
+        checks += [
+            Check(Condition(what + " (lower bound)", inter, 1 / ADDITIVE, log=True), "ratio"),
+            Check(Condition(what + " (upper bound)", inter, ADDITIVE, above=False, log=True), "ratio"),
+        ]
         pairs = [(base, cell) for base, cell, _ in combo.groups]
         together = Versus(combo.variant, pairs)
-        claim.numbers.append((f"{combo.variant} (not deciding): out tok/s ratio to baseline / accuracy difference",
-                              f"{C.fmt_interval(together.ratio(TOK_S), 'ratio')} / "
-                              f"{C.fmt_interval(together.accuracy_diff, 'points')}"))
+        claim.numbers.append(
+            (
+                f"{combo.variant} (not deciding): out tok/s ratio to baseline / accuracy difference",
+                f"{C.fmt_interval(together.ratio(TOK_S), 'ratio')} / "
+                f"{C.fmt_interval(together.accuracy_diff, 'points')}",
+            )
+        )
     return _decide(claim, checks, f"{len(combos)} combination(s), each beside its parts")
 
 
 # ---- workloads: multi-turn sessions ------------------------------------------------------------
+
 
 def _multi_turn(g: TechniqueGroup) -> bool:
     return g.baseline.workload.get("arrival") == "sessions"
@@ -896,33 +1226,59 @@ def _later_turns(stat: Callable[[Rows], float | None]) -> Callable[[Rows], float
 
 
 def multi_turn_prefix_caching(cells: list[CellData]) -> Claim:
-    rule = ("Prefix caching on against off on multi-turn sessions (`arrival = \"sessions\"`, each turn's prompt "
-            "carrying the earlier turns): reproduced if output tokens/s rises (ratio on / off above 1) and the TTFT p50 "
-            "of turns 2 and later falls (ratio on / off below 1), both geometric means over matched cells, "
-            "bootstrapped over requests. The paper's \"up to 30%\" is an upper figure, so the size of the gain is "
-            "shown, not required.")
-    claim = Claim("multi-turn", "Multi-turn prefix caching",
-                  "Prefix caching raises throughput by up to 30% in multi-turn conversations.", rule, NOT_TESTED, "")
+    rule = (
+        'Prefix caching on against off on multi-turn sessions (`arrival = "sessions"`, each turn\'s prompt '
+        "carrying the earlier turns): reproduced if output tokens/s rises (ratio on / off above 1) and the TTFT p50 "
+        "of turns 2 and later falls (ratio on / off below 1), both geometric means over matched cells, "
+        'bootstrapped over requests. The paper\'s "up to 30%" is an upper figure, so the size of the gain is '
+        "shown, not required."
+    )
+    claim = Claim(
+        "multi-turn",
+        "Multi-turn prefix caching",
+        "Prefix caching raises throughput by up to 30% in multi-turn conversations.",
+        rule,
+        NOT_TESTED,
+        "",
+    )
     vs = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")), keep=_multi_turn)
     if not vs:
         claim.reason = "needs multi-turn cells with prefix caching on and off: run `rllm-study run --preset multi-turn`"
         return claim
     checks = []
     for v in vs:
-        checks += [Check(Condition(f"{v.variant}: out tok/s ratio on / off", v.ratio(TOK_S), 1.0, log=True), "ratio"),
-                   Check(Condition(f"{v.variant}: TTFT p50 ratio on / off, turns >= 2",
-                                   v.ratio(_later_turns(_pctl("ttft_s", 50))), 1.0, above=False, log=True), "ratio")]
+        checks += [
+            Check(Condition(f"{v.variant}: out tok/s ratio on / off", v.ratio(TOK_S), 1.0, log=True), "ratio"),
+            Check(
+                Condition(
+                    f"{v.variant}: TTFT p50 ratio on / off, turns >= 2",
+                    v.ratio(_later_turns(_pctl("ttft_s", 50))),
+                    1.0,
+                    above=False,
+                    log=True,
+                ),
+                "ratio",
+            ),
+        ]
         for side, group in (("off", [r for r, _ in v.pairs]), (v.variant, [c for _, c in v.pairs])):
             turns: dict[str, list[dict]] = {}
             for c in group:
                 for k, t in (c.metrics.get("turns", {}).get("by_turn") or {}).items():
                     turns.setdefault(k, []).append(t)
-            claim.numbers.append((f"{side} (not deciding): per turn, prompt tokens mean / cache reuse / TTFT p50 s (n)",
-                                  "; ".join(f"turn {k}: {C.fmt(_mean(t['prompt_tokens_mean'] for t in ts))} / "
-                                            f"{C.fmt(_mean(t['reuse'] for t in ts), 'pct')} / "
-                                            f"{C.fmt(_mean(t['ttft_s_p50'] for t in ts))} ({sum(t['n'] for t in ts)})"
-                                            for k, ts in sorted(turns.items(), key=lambda kv: int(kv[0])))))
-    return _decide(claim, checks, f"{len(vs)} caching variant(s) against off, {sum(len(v.pairs) for v in vs)} matched cell pair(s)")
+            claim.numbers.append(
+                (
+                    f"{side} (not deciding): per turn, prompt tokens mean / cache reuse / TTFT p50 s (n)",
+                    "; ".join(
+                        f"turn {k}: {C.fmt(_mean(t['prompt_tokens_mean'] for t in ts))} / "
+                        f"{C.fmt(_mean(t['reuse'] for t in ts), 'pct')} / "
+                        f"{C.fmt(_mean(t['ttft_s_p50'] for t in ts))} ({sum(t['n'] for t in ts)})"
+                        for k, ts in sorted(turns.items(), key=lambda kv: int(kv[0]))
+                    ),
+                )
+            )
+    return _decide(
+        claim, checks, f"{len(vs)} caching variant(s) against off, {sum(len(v.pairs) for v in vs)} matched cell pair(s)"
+    )
 
 
 PILOT_CLAIMS = (memory, stragglers, adaptive_time, domain_preference)

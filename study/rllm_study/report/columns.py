@@ -26,16 +26,22 @@ _UNSET = object()
 
 @dataclass(frozen=True)
 class Column:
-    label: str       # as printed, with its unit
-    metric: str      # the METRICS entry that defines it
-    path: tuple      # keys into cell_metrics()
+    label: str  # as printed, with its unit
+    metric: str  # the METRICS entry that defines it
+    path: tuple  # keys into cell_metrics()
     kind: str = "num"  # a MetricDef display: num | count | pct | mib | ms | measured (see `fmt`)
     higher_is_better: bool | None = None
     counts: tuple[str, str, str] | None = None  # a proportion's (k, n, interval) keys beside its value
 
 
-def col(metric: str, *path: str, stat: str = "", kind: str | None = None, better=_UNSET,
-        counts: tuple[str, str, str] | None = None) -> Column:
+def col(
+    metric: str,
+    *path: str,
+    stat: str = "",
+    kind: str | None = None,
+    better=_UNSET,
+    counts: tuple[str, str, str] | None = None,
+) -> Column:
     """The column of `metric` at `path` in cell_metrics(), showing statistic `stat`; header, kind and
     direction from the metric's declaration unless `kind` / `better` ("higher", "lower", None) say otherwise."""
     m = METRICS[metric]
@@ -50,8 +56,14 @@ def latency(metric: str, stat: str) -> Column:
 
 
 ACCURACY = col("accuracy", "accuracy", "overall", "accuracy", stat="strict", counts=("correct", "total", "ci95"))
-ACCURACY_LENIENT = col("accuracy", "accuracy", "overall", "accuracy_lenient", stat="lenient",
-                       counts=("correct_lenient", "total", "ci95_lenient"))
+ACCURACY_LENIENT = col(
+    "accuracy",
+    "accuracy",
+    "overall",
+    "accuracy_lenient",
+    stat="lenient",
+    counts=("correct_lenient", "total", "ci95_lenient"),
+)
 ANSWER_PHASE = col("answer_phase_share", "tokens", "answer_phase", "share", counts=("k", "n", "ci95"))
 OUT_TOK_S = col("output_tok_s", "throughput", "output_tok_s")
 REQ_S = col("requests_s", "throughput", "requests_s")
@@ -92,13 +104,79 @@ PREFIX_HITS = col("prefix_hit_rate", "techniques", "prefix_hit_rate")
 MACHINE_SPEED = col("machine_speed", "throughput", "machine_speed", "tok_s")
 DRAFT_ACCEPT = col("draft_acceptance_rate", "techniques", "draft_acceptance_rate")
 
-OVERVIEW = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFT_P50, TTFVT_P50, E2EL_P50, E2EL_P95, THINK_MEAN, STRAGGLERS, KV_PEAK, RSS_PEAK,
-            J_PER_TOKEN, MACHINE_SPEED)
-TECHNIQUE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, KV_PEAK, RSS_PEAK)
-LOAD = (N_REQUESTS, ARRIVAL_RATE, ARRIVAL_CV, REQ_S, OUT_TOK_S, QUEUE_P50, QUEUE_P90, TTFVT_P50, E2EL_P50, E2EL_P95, KV_PEAK, KV_MEAN)
-COMPARE = (ACCURACY, ACCURACY_LENIENT, ANSWER_PHASE, OUT_TOK_S, REQ_S, GOODPUT, TTFT_P50, TTFVT_P50, TTFVT_P95, E2EL_P50, E2EL_P95, QUEUE_P50,
-           TPOT_P50, ITL_P50, THINK_MEAN, OUTPUT_MEAN, STRAGGLERS, TAIL_SHARE, KV_PEAK, KV_MEAN, KV_CV, RSS_PEAK,
-           GPU_PEAK, J_PER_TOKEN, TOKENS_PER_J, AVG_POWER, PREFIX_HITS, DRAFT_ACCEPT, MACHINE_SPEED)
+OVERVIEW = (
+    ACCURACY,
+    ACCURACY_LENIENT,
+    ANSWER_PHASE,
+    OUT_TOK_S,
+    TTFT_P50,
+    TTFVT_P50,
+    E2EL_P50,
+    E2EL_P95,
+    THINK_MEAN,
+    STRAGGLERS,
+    KV_PEAK,
+    RSS_PEAK,
+    J_PER_TOKEN,
+    MACHINE_SPEED,
+)
+TECHNIQUE = (
+    ACCURACY,
+    ACCURACY_LENIENT,
+    ANSWER_PHASE,
+    OUT_TOK_S,
+    TTFVT_P50,
+    TTFVT_P95,
+    E2EL_P50,
+    E2EL_P95,
+    KV_PEAK,
+    RSS_PEAK,
+)
+LOAD = (
+    N_REQUESTS,
+    ARRIVAL_RATE,
+    ARRIVAL_CV,
+    REQ_S,
+    OUT_TOK_S,
+    QUEUE_P50,
+    QUEUE_P90,
+    TTFVT_P50,
+    E2EL_P50,
+    E2EL_P95,
+    KV_PEAK,
+    KV_MEAN,
+)
+COMPARE = (
+    ACCURACY,
+    ACCURACY_LENIENT,
+    ANSWER_PHASE,
+    OUT_TOK_S,
+    REQ_S,
+    GOODPUT,
+    TTFT_P50,
+    TTFVT_P50,
+    TTFVT_P95,
+    E2EL_P50,
+    E2EL_P95,
+    QUEUE_P50,
+    TPOT_P50,
+    ITL_P50,
+    THINK_MEAN,
+    OUTPUT_MEAN,
+    STRAGGLERS,
+    TAIL_SHARE,
+    KV_PEAK,
+    KV_MEAN,
+    KV_CV,
+    RSS_PEAK,
+    GPU_PEAK,
+    J_PER_TOKEN,
+    TOKENS_PER_J,
+    AVG_POWER,
+    PREFIX_HITS,
+    DRAFT_ACCEPT,
+    MACHINE_SPEED,
+)
 
 
 def _node(metrics: dict, path: tuple):
@@ -139,12 +217,15 @@ def cell_value(metrics: dict, column: Column, sep: str = " ") -> str:
 def acc_text(acc: dict, lenient: bool = False) -> str:
     """An accuracy dict of `cell_metrics` (strict, or lenient) as its value, counts and Wilson interval."""
     if lenient:
-        return proportion(acc.get("accuracy_lenient"), acc.get("correct_lenient"), acc.get("total"), acc.get("ci95_lenient"))
+        return proportion(
+            acc.get("accuracy_lenient"), acc.get("correct_lenient"), acc.get("total"), acc.get("ci95_lenient")
+        )
     return proportion(acc.get("accuracy"), acc.get("correct"), acc.get("total"), acc.get("ci95"))
 
 
 def fmt_interval(iv: Interval, kind: str = "num") -> str:
     """'estimate [lo, hi] (n=N unit; scope)'; kind ratio (x), points (difference of fractions), pct or a num kind."""
+
     def one(v: float | None) -> str:
         if v is None:
             return "-"

@@ -68,14 +68,21 @@ def differences(runs: dict[str, list[CellData]], matched: list[str]) -> list[lis
         text = ", ".join(sorted(values))
         return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "…"
 
-    return [[f"`{key}`", *(show(v) for v in e["values"]), f"{e['cells']} of {len(matched)}"] for key, e in found.items()]
+    return [
+        [f"`{key}`", *(show(v) for v in e["values"]), f"{e['cells']} of {len(matched)}"] for key, e in found.items()
+    ]
 
 
 def _runs_table(runs: dict[str, list[CellData]]) -> Table:
     prints = {label: [fingerprint(c.cell.manifest) for c in cells] for label, cells in runs.items()}
     keys = list(next(iter(prints.values()))[0])
     rows = [[k, *(", ".join(dict.fromkeys(p[k] for p in ps)) for ps in prints.values())] for k in keys]
-    rows.append(["git commit", *(", ".join(dict.fromkeys(f"`{c.cell.manifest.get('git_commit')}`" for c in cs)) for cs in runs.values())])
+    rows.append(
+        [
+            "git commit",
+            *(", ".join(dict.fromkeys(f"`{c.cell.manifest.get('git_commit')}`" for c in cs)) for cs in runs.values()),
+        ]
+    )
     rows.append(["cells", *(str(len(cs)) for cs in runs.values())])
     return Table(["", *runs], rows)
 
@@ -106,14 +113,25 @@ def sweep_comparison(runs: dict[str, list[CellData]]) -> Section | None:
     shared = {k: v for k, v in shared.items() if len(v) > 1}
     if not shared:
         return None
-    blocks: list = [Paragraph("Each load sweep the runs share, one line per run: per-user speed against machine "
-                              "throughput, with each run's Pareto front ringed and knee starred (as in the single-run "
-                              "report's Load sweeps).")]
+    blocks: list = [
+        Paragraph(
+            "Each load sweep the runs share, one line per run: per-user speed against machine "
+            "throughput, with each run's Pareto front ringed and knee starred (as in the single-run "
+            "report's Load sweeps)."
+        )
+    ]
     for key, series in shared.items():
         study, model, variant, dataset, mode, budget, repeat, arrival, swept, _ = key
-        name = " · ".join(str(x) for x in (model, variant, dataset, mode, f"budget {budget}", arrival, f"r{repeat}") if x)
-        blocks.append(Figure(f"compare-sweep-{study}-{dataset}-{arrival}-{budget}", plots.load_sweep(series, swept),
-                             f"Load sweep over {swept}: {name}."))
+        name = " · ".join(
+            str(x) for x in (model, variant, dataset, mode, f"budget {budget}", arrival, f"r{repeat}") if x
+        )
+        blocks.append(
+            Figure(
+                f"compare-sweep-{study}-{dataset}-{arrival}-{budget}",
+                plots.load_sweep(series, swept),
+                f"Load sweep over {swept}: {name}.",
+            )
+        )
     return Section("Load sweeps", blocks)
 
 
@@ -124,56 +142,97 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     names = [{c.name for c in cs} for cs in runs.values()]
     matched = sorted(set.intersection(*names))
     if not matched:
-        raise UserError(f"--compare: no cell of {ref} has a namesake in {', '.join(labels[1:])}; compare runs of the same spec "
-                        "(the same preset and overrides give the same cell names)")
+        raise UserError(
+            f"--compare: no cell of {ref} has a namesake in {', '.join(labels[1:])}; compare runs of the same spec "
+            "(the same preset and overrides give the same cell names)"
+        )
     by_name = {label: {c.name: c for c in cs} for label, cs in runs.items()}
 
     diffs = differences(runs, matched)
-    what_differed = Section("What differed besides hardware", [
-        Paragraph("Manifest fields (spec, resolved cell, engine settings, model files, software versions, git commit) "
-                  "that are not the same in every run, over the matched cells; hardware facts and local file paths are "
-                  "left out." if diffs else "Nothing: every matched cell ran the same spec, engine settings, model files "
-                  "and software; only the hardware differed."),
-        *([Table(["field", *labels, "matched cells differing"], diffs)] if diffs else []),
-    ])
+    what_differed = Section(
+        "What differed besides hardware",
+        [
+            Paragraph(
+                "Manifest fields (spec, resolved cell, engine settings, model files, software versions, git commit) "
+                "that are not the same in every run, over the matched cells; hardware facts and local file paths are "
+                "left out."
+                if diffs
+                else "Nothing: every matched cell ran the same spec, engine settings, model files "
+                "and software; only the hardware differed."
+            ),
+            *([Table(["field", *labels, "matched cells differing"], diffs)] if diffs else []),
+        ],
+    )
 
     claims = {label: check_claims(cs) for label, cs in runs.items()}
-    claim_rows = [[c.title, *(claims[label][i].status for label in labels),
-                   agreement([claims[label][i].status for label in labels])] for i, c in enumerate(claims[ref])]
-    claims_section = Section("Claims", [
-        Paragraph("Each finding checked on each run separately, by the rules of the single-run report (95% intervals; "
-                  "inconclusive where an interval spans its threshold). Runs of one spec on the same hardware may differ "
-                  "in what is inconclusive; opposite settled verdicts on different hardware are a finding about the "
-                  "hardware, on the same hardware a sign that something else differed."),
-        Table(["finding", *labels, "across runs"], claim_rows),
-    ])
+    claim_rows = [
+        [
+            c.title,
+            *(claims[label][i].status for label in labels),
+            agreement([claims[label][i].status for label in labels]),
+        ]
+        for i, c in enumerate(claims[ref])
+    ]
+    claims_section = Section(
+        "Claims",
+        [
+            Paragraph(
+                "Each finding checked on each run separately, by the rules of the single-run report (95% intervals; "
+                "inconclusive where an interval spans its threshold). Runs of one spec on the same hardware may differ "
+                "in what is inconclusive; opposite settled verdicts on different hardware are a finding about the "
+                "hardware, on the same hardware a sign that something else differed."
+            ),
+            Table(["finding", *labels, "across runs"], claim_rows),
+        ],
+    )
 
     summary_rows, ratios = [], {label: {} for label in labels[1:]}
     for column in C.COMPARE:
         row = [column.label]
         for label in labels[1:]:
-            r = _geomean([C.ratio(C.value(by_name[label][n].metrics, column), C.value(by_name[ref][n].metrics, column)) for n in matched])
+            r = _geomean(
+                [
+                    C.ratio(C.value(by_name[label][n].metrics, column), C.value(by_name[ref][n].metrics, column))
+                    for n in matched
+                ]
+            )
             ratios[label][column.label] = r
             row.append(C.fmt_ratio(r))
         summary_rows.append(row)
-    summary = Section("Summary", [
-        Paragraph(f"Geometric mean over the {len(matched)} matched cells of each metric's ratio to `{ref}` (1.00x = equal; "
-                  "a metric missing in a cell is left out)."),
-        Table(["metric", *(f"{label} / {ref}" for label in labels[1:])], summary_rows),
-        Figure("compare-ratios", plots.ratio_bars(ratios, ref), f"Ratios to {ref}."),
-    ])
+    summary = Section(
+        "Summary",
+        [
+            Paragraph(
+                f"Geometric mean over the {len(matched)} matched cells of each metric's ratio to `{ref}` (1.00x = equal; "
+                "a metric missing in a cell is left out)."
+            ),
+            Table(["metric", *(f"{label} / {ref}" for label in labels[1:])], summary_rows),
+            Figure("compare-ratios", plots.ratio_bars(ratios, ref), f"Ratios to {ref}."),
+        ],
+    )
 
     cells_section = Section("Cells side by side", [Paragraph("Every key metric of each matched cell in every run.")])
     for name in matched:
         rows = []
-        rows.append(["n (completed requests)", *(str(by_name[label][name].metrics["latency"]["e2el_s"]["count"]) for label in labels),
-                     *("" for _ in labels[1:])])
+        rows.append(
+            [
+                "n (completed requests)",
+                *(str(by_name[label][name].metrics["latency"]["e2el_s"]["count"]) for label in labels),
+                *("" for _ in labels[1:]),
+            ]
+        )
         for column in C.COMPARE:
             vals = [C.value(by_name[label][name].metrics, column) for label in labels]
-            rows.append([column.label, *(C.cell_value(by_name[label][name].metrics, column) for label in labels),
-                         *(C.fmt_ratio(C.ratio(v, vals[0])) for v in vals[1:])])
-        cells_section.subsections.append(Section(name, [
-            Table(["metric", *labels, *(f"{label} / {ref}" for label in labels[1:])], rows)]))
+            rows.append(
+                [
+                    column.label,
+                    *(C.cell_value(by_name[label][name].metrics, column) for label in labels),
+                    *(C.fmt_ratio(C.ratio(v, vals[0])) for v in vals[1:]),
+                ]
+            )
+        cells_section.subsections.append(
+            Section(name, [Table(["metric", *labels, *(f"{label} / {ref}" for label in labels[1:])], rows)])
+        )
 
     unmatched = sorted(set.union(*names) - set(matched))
     sections = [Section("Runs", [_runs_table(runs)]), what_differed, claims_section, summary, cells_section]
@@ -181,9 +240,23 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     if sweeps is not None:
         sections.insert(4, sweeps)
     if unmatched:
-        sections.append(Section("Unmatched cells", [Paragraph("Cells present in only some of the runs, left out above: "
-                                                              + ", ".join(f"`{n}`" for n in unmatched) + ".")]))
+        sections.append(
+            Section(
+                "Unmatched cells",
+                [
+                    Paragraph(
+                        "Cells present in only some of the runs, left out above: "
+                        + ", ".join(f"`{n}`" for n in unmatched)
+                        + "."
+                    )
+                ],
+            )
+        )
     sections.append(metrics_appendix())
-    intro = [Paragraph(f"The same cells run on {len(labels)} setups, side by side; ratios are each run's value over "
-                       f"`{ref}`'s. Made from the result files alone by `rllm-study report --compare`.")]
+    intro = [
+        Paragraph(
+            f"The same cells run on {len(labels)} setups, side by side; ratios are each run's value over "
+            f"`{ref}`'s. Made from the result files alone by `rllm-study report --compare`."
+        )
+    ]
     return Document(f"rllm-study comparison: {' vs '.join(labels)}", intro, sections)

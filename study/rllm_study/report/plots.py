@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from rllm_study.analysis.metrics import straggler_groups, group_tail
+from rllm_study.analysis.metrics import group_tail, straggler_groups
 from rllm_study.analysis.sweep import knee, non_dominated, pareto_front
 from rllm_study.report.cells import CellData
 
@@ -30,14 +30,21 @@ WIDTH = 10.0
 CYCLE = ("#1f77b4", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666", "#17becf")
 
 STYLE = {
-    "font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
-    "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
 }
 
 
 def figure(draw):
     """Run a figure function under STYLE; it draws on `subplots(...)` and returns the Figure, the
     decorated function returns PNG bytes."""
+
     @wraps(draw)
     def run(*args, **kwargs) -> bytes:
         with rc_context(STYLE):
@@ -63,6 +70,7 @@ def main_session(cell: CellData) -> int:
 
 # ---- timelines --------------------------------------------------------------------------------
 
+
 @figure
 def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figure:
     """One column per cell: KV in use (capacity dashed, share of capacity on the right axis), RSS
@@ -70,9 +78,15 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
     seconds from the session start."""
     rows = ["kv", *(["rss"] if with_rss else []), "reqs", "events"]
     ratios = {"kv": 2.4, "rss": 1.4, "reqs": 1.6, "events": 0.7}
-    fig, axes = subplots(len(rows), len(columns), figsize=(WIDTH, 1.25 * sum(ratios[r] for r in rows)),
-                             sharex=True, sharey="row", squeeze=False,
-                             gridspec_kw={"height_ratios": [ratios[r] for r in rows]})
+    fig, axes = subplots(
+        len(rows),
+        len(columns),
+        figsize=(WIDTH, 1.25 * sum(ratios[r] for r in rows)),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+        gridspec_kw={"height_ratios": [ratios[r] for r in rows]},
+    )
     caps: set = set()
     for j, (title, cell) in enumerate(columns):
         session = main_session(cell)
@@ -81,28 +95,42 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
         t = [s["t_s"] for s in samples]
         ax = dict(zip(rows, axes[:, j]))
         ax["kv"].set_title(title)
-        ax["kv"].step(t, [s.get("kv_used") or 0 for s in samples], where="post", color=KV_COLOR, lw=1.2, label="KV in use")
+        ax["kv"].step(
+            t, [s.get("kv_used") or 0 for s in samples], where="post", color=KV_COLOR, lw=1.2, label="KV in use"
+        )
         for cap in sorted({s.get("kv_capacity") for s in samples if s.get("kv_capacity")}):
             caps.add(cap)
             ax["kv"].axhline(cap, color=KV_COLOR, ls="--", lw=0.8, label=f"capacity {cap:,}")
         unit = next((s.get("kv_unit") for s in samples if s.get("kv_unit")), "cells")
         if with_rss:
-            ax["rss"].plot(t, [(s.get("rss_bytes") or 0) / 2**20 for s in samples], color=RSS_COLOR, lw=1.2, label="RSS")
+            ax["rss"].plot(
+                t, [(s.get("rss_bytes") or 0) / 2**20 for s in samples], color=RSS_COLOR, lw=1.2, label="RSS"
+            )
             if any(s.get("gpu_bytes") is not None for s in samples):
-                ax["rss"].plot(t, [(s.get("gpu_bytes") or 0) / 2**20 for s in samples], color=GPU_COLOR, lw=1.2, label="GPU memory")
-        ax["reqs"].step(t, [s.get("running") or 0 for s in samples], where="post", color=RUN_COLOR, lw=1.2, label="running")
-        ax["reqs"].step(t, [s.get("waiting") or 0 for s in samples], where="post", color=WAIT_COLOR, lw=1.2, label="waiting")
+                ax["rss"].plot(
+                    t, [(s.get("gpu_bytes") or 0) / 2**20 for s in samples], color=GPU_COLOR, lw=1.2, label="GPU memory"
+                )
+        ax["reqs"].step(
+            t, [s.get("running") or 0 for s in samples], where="post", color=RUN_COLOR, lw=1.2, label="running"
+        )
+        ax["reqs"].step(
+            t, [s.get("waiting") or 0 for s in samples], where="post", color=WAIT_COLOR, lw=1.2, label="waiting"
+        )
         arrivals = [r["arrival_s"] for r in reqs if r.get("arrival_s") is not None]
         finishes = [r["finish_s"] for r in reqs if r.get("finish_s") is not None]
-        ax["events"].eventplot([arrivals, finishes], lineoffsets=[1, 0], linelengths=0.7,
-                               colors=[RUN_COLOR, RSS_COLOR], linewidths=0.8)
+        ax["events"].eventplot(
+            [arrivals, finishes], lineoffsets=[1, 0], linelengths=0.7, colors=[RUN_COLOR, RSS_COLOR], linewidths=0.8
+        )
         ax["events"].set_yticks([0, 1], ["finish", "arrive"])
         ax["events"].grid(False)
         ax["events"].set_xlabel("time since session start (s)")
     axes[rows.index("kv"), 0].set_ylabel(f"KV {unit}")
     if with_rss:
-        axes[rows.index("rss"), 0].set_ylabel("memory MiB" if any(
-            s.get("gpu_bytes") is not None for _, c in columns for s in c.cell.timeline) else "RSS MiB")
+        axes[rows.index("rss"), 0].set_ylabel(
+            "memory MiB"
+            if any(s.get("gpu_bytes") is not None for _, c in columns for s in c.cell.timeline)
+            else "RSS MiB"
+        )
     axes[rows.index("reqs"), 0].set_ylabel("requests")
     # limits once every column is drawn (rows share their y axis)
     kv_axis, req_axis = axes[rows.index("kv"), 0], axes[rows.index("reqs"), 0]
@@ -111,7 +139,9 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
     req_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     if len(caps) == 1:
         cap = caps.pop()
-        axes[rows.index("kv"), -1].secondary_yaxis("right", functions=(lambda x: 100 * x / cap, lambda p: p * cap / 100)).set_ylabel("% of capacity")
+        axes[rows.index("kv"), -1].secondary_yaxis(
+            "right", functions=(lambda x: 100 * x / cap, lambda p: p * cap / 100)
+        ).set_ylabel("% of capacity")
     for r in ("kv", "rss", "reqs"):
         if r in rows:
             axes[rows.index(r), 0].legend(loc="upper left", ncol=2)
@@ -120,6 +150,7 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
 
 
 # ---- stragglers --------------------------------------------------------------------------------
+
 
 @figure
 def batches(columns: list[tuple[str, CellData]]) -> Figure:
@@ -130,19 +161,26 @@ def batches(columns: list[tuple[str, CellData]]) -> Figure:
     for _, cell in columns:
         session = main_session(cell)
         heights.append(sum(r["session"] == session for r in cell.rows))
-    fig, axes = subplots(1, len(columns), figsize=(WIDTH, min(9.0, 1.2 + 0.16 * max(heights + [4]))), sharex=True, squeeze=False)
+    fig, axes = subplots(
+        1, len(columns), figsize=(WIDTH, min(9.0, 1.2 + 0.16 * max(heights + [4]))), sharex=True, squeeze=False
+    )
     for ax, (title, cell) in zip(axes[0], columns):
         session = main_session(cell)
         rows = [r for r in cell.rows if r["session"] == session]
-        groups = {g: m for g, m in straggler_groups(rows).items()}
-        order = sorted(rows, key=lambda r: (r["group"] is None, str(r["group"]), r["arrival_s"] or 0, r["finish_s"] or 0))
+        groups = dict(straggler_groups(rows).items())
+        order = sorted(
+            rows, key=lambda r: (r["group"] is None, str(r["group"]), r["arrival_s"] or 0, r["finish_s"] or 0)
+        )
         spans = {}
         for y, r in enumerate(order):
             if r["arrival_s"] is None or r["finish_s"] is None:
                 continue
             spans.setdefault(r["group"], []).append(y)
             color = FAILED if not r["completed"] else STRAGGLER if r["straggler"] else NORMAL
-            start, first = r["arrival_s"], r["arrival_s"] + (r["ttft_s"] if r["ttft_s"] is not None else r["e2el_s"] or 0)
+            start, first = (
+                r["arrival_s"],
+                r["arrival_s"] + (r["ttft_s"] if r["ttft_s"] is not None else r["e2el_s"] or 0),
+            )
             answer = r["arrival_s"] + r["ttfvt_s"] if r["ttfvt_s"] is not None else r["finish_s"]
             ax.barh(y, first - start, left=start, color="#dddddd", height=0.8)
             ax.barh(y, answer - first, left=first, color=color, alpha=0.45, height=0.8)
@@ -151,7 +189,9 @@ def batches(columns: list[tuple[str, CellData]]) -> Figure:
             ys = spans.get(g)
             if ys:
                 last = max(m["finish_s"] for m in members)
-                ax.fill_betweenx([min(ys) - 0.5, max(ys) + 0.5], last - group_tail(members)[1], last, color=TAIL, alpha=0.35, lw=0)
+                ax.fill_betweenx(
+                    [min(ys) - 0.5, max(ys) + 0.5], last - group_tail(members)[1], last, color=TAIL, alpha=0.35, lw=0
+                )
                 ax.axhline(max(ys) + 0.5, color="#bbbbbb", lw=0.5)
         if not order:
             ax.text(0.5, 0.5, "no request recorded", transform=ax.transAxes, ha="center", color="#777777")
@@ -161,16 +201,25 @@ def batches(columns: list[tuple[str, CellData]]) -> Figure:
         ax.set_xlabel("time since session start (s)")
         ax.set_title(title)
         ax.grid(axis="y", visible=False)
-    fig.legend(handles=[Patch(color="#dddddd", label="waiting for first token"),
-                        Patch(color=NORMAL, alpha=0.45, label="thinking"), Patch(color=NORMAL, label="answering"),
-                        Patch(color=STRAGGLER, label="straggler"), Patch(color=FAILED, label="failed"),
-                        Patch(color=TAIL, alpha=0.35, label="tail (under half the batch left)")],
-               loc="upper center", ncol=6, bbox_to_anchor=(0.5, 0.0))
+    fig.legend(
+        handles=[
+            Patch(color="#dddddd", label="waiting for first token"),
+            Patch(color=NORMAL, alpha=0.45, label="thinking"),
+            Patch(color=NORMAL, label="answering"),
+            Patch(color=STRAGGLER, label="straggler"),
+            Patch(color=FAILED, label="failed"),
+            Patch(color=TAIL, alpha=0.35, label="tail (under half the batch left)"),
+        ],
+        loc="upper center",
+        ncol=6,
+        bbox_to_anchor=(0.5, 0.0),
+    )
     fig.tight_layout()
     return fig
 
 
 # ---- difficulty ------------------------------------------------------------------------------
+
 
 @figure
 def difficulty(by_dataset: dict[str, dict[str, list[dict]]], tiers: dict[str, str]) -> Figure:
@@ -187,8 +236,14 @@ def difficulty(by_dataset: dict[str, dict[str, list[dict]]], tiers: dict[str, st
             pos = [i - 0.4 + width * (k + 0.5) for i in range(len(datasets))]
             keep = [(p, v) for p, v in zip(pos, data) if v]
             if keep:
-                bp = ax.boxplot([v for _, v in keep], positions=[p for p, _ in keep], widths=width * 0.85,
-                                patch_artist=True, showfliers=True, flierprops={"markersize": 3})
+                bp = ax.boxplot(
+                    [v for _, v in keep],
+                    positions=[p for p, _ in keep],
+                    widths=width * 0.85,
+                    patch_artist=True,
+                    showfliers=True,
+                    flierprops={"markersize": 3},
+                )
                 for box in bp["boxes"]:
                     box.set(facecolor=MODE_COLORS.get(mode, CYCLE[k]), alpha=0.6)
                 for med in bp["medians"]:
@@ -196,14 +251,17 @@ def difficulty(by_dataset: dict[str, dict[str, list[dict]]], tiers: dict[str, st
         ax.set_ylabel(label)
         ax.set_xlim(-0.6, len(datasets) - 0.4)
     axes[-1, 0].set_xticks(range(len(datasets)), [f"{d} ({tiers[d]})" for d in datasets])
-    axes[0, 0].legend(handles=[Patch(color=MODE_COLORS.get(m, CYCLE[k]), alpha=0.6, label=m) for k, m in enumerate(modes)],
-                      loc="upper left")
+    axes[0, 0].legend(
+        handles=[Patch(color=MODE_COLORS.get(m, CYCLE[k]), alpha=0.6, label=m) for k, m in enumerate(modes)],
+        loc="upper left",
+    )
     fig.align_ylabels(axes[:, 0])
     fig.tight_layout()
     return fig
 
 
 # ---- accuracy ----------------------------------------------------------------------------------
+
 
 @figure
 def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
@@ -213,21 +271,39 @@ def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
     top = acc[budgets[-1]]
     modes = sorted(top, key=lambda m: (m != "reasoning", m))
     domains = sorted({d for per in top.values() for d in per})
-    fig, axes = subplots(1, 2 if len(budgets) > 1 else 1, figsize=(WIDTH if len(budgets) > 1 else WIDTH * 0.6, 3.4), squeeze=False)
+    fig, axes = subplots(
+        1, 2 if len(budgets) > 1 else 1, figsize=(WIDTH if len(budgets) > 1 else WIDTH * 0.6, 3.4), squeeze=False
+    )
     ax = axes[0, 0]
     width = 0.8 / max(1, len(modes))
     for k, mode in enumerate(modes):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(domains))]
         vals = [top[mode].get(d, {}).get("accuracy") for d in domains]
         bounds = [(top[mode].get(d) or {}).get("ci95") for d in domains]
-        err = [[100 * ((v or 0) - b[0]) if b else 0 for v, b in zip(vals, bounds)],
-               [100 * (b[1] - (v or 0)) if b else 0 for v, b in zip(vals, bounds)]]
-        ax.bar(xs, [100 * (v or 0) for v in vals], width * 0.9, color=MODE_COLORS.get(mode, CYCLE[k]), label=mode,
-               yerr=err, capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+        err = [
+            [100 * ((v or 0) - b[0]) if b else 0 for v, b in zip(vals, bounds)],
+            [100 * (b[1] - (v or 0)) if b else 0 for v, b in zip(vals, bounds)],
+        ]
+        ax.bar(
+            xs,
+            [100 * (v or 0) for v in vals],
+            width * 0.9,
+            color=MODE_COLORS.get(mode, CYCLE[k]),
+            label=mode,
+            yerr=err,
+            capsize=2,
+            error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
+        )
         for x, d, b in zip(xs, domains, bounds):
             a = top[mode].get(d)
             if a:
-                ax.annotate(f"{a['correct']}/{a['total']}", (x, 100 * (b[1] if b else a["accuracy"] or 0)), ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{a['correct']}/{a['total']}",
+                    (x, 100 * (b[1] if b else a["accuracy"] or 0)),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(range(len(domains)), domains)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 112)
@@ -238,8 +314,15 @@ def domain_accuracy(acc: dict[int, dict[str, dict[str, dict]]]) -> Figure:
         for k, mode in enumerate(modes):
             for d, style in zip(domains, ("-", "--", ":", "-.")):
                 ys = [acc[b].get(mode, {}).get(d, {}).get("accuracy") for b in budgets]
-                ax.plot(budgets, [None if y is None else 100 * y for y in ys], style, marker="o", ms=3,
-                        color=MODE_COLORS.get(mode, CYCLE[k]), label=f"{mode}, {d}")
+                ax.plot(
+                    budgets,
+                    [None if y is None else 100 * y for y in ys],
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=MODE_COLORS.get(mode, CYCLE[k]),
+                    label=f"{mode}, {d}",
+                )
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_xlabel("token budget (max tokens)")
@@ -268,25 +351,61 @@ def accuracy_vs_throughput(points: list[tuple[str, str, float | None, float | No
     fig, ax = subplots(figsize=(WIDTH * 0.62, 3.6))
     shown = sorted((p for p in points if p[2] is not None and p[3] is not None), key=lambda p: p[2])
     for i, (variant, group, tok, acc) in enumerate(shown):
-        ax.scatter(tok, 100 * acc, s=42, color=CYCLE[variants.index(variant) % len(CYCLE)],
-                   marker=markers[groups.index(group) % len(markers)], edgecolor="black", lw=0.4, zorder=3)
-        if named:  # labels alternate above and below in order of throughput, so that neighbours on the x axis stay legible
-            ax.annotate(variant, (tok, 100 * acc), xytext=(0, 7 if i % 2 == 0 else -13), textcoords="offset points",
-                        ha="center", fontsize=8)
+        ax.scatter(
+            tok,
+            100 * acc,
+            s=42,
+            color=CYCLE[variants.index(variant) % len(CYCLE)],
+            marker=markers[groups.index(group) % len(markers)],
+            edgecolor="black",
+            lw=0.4,
+            zorder=3,
+        )
+        if (
+            named
+        ):  # labels alternate above and below in order of throughput, so that neighbours on the x axis stay legible
+            ax.annotate(
+                variant,
+                (tok, 100 * acc),
+                xytext=(0, 7 if i % 2 == 0 else -13),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
     front = non_dominated(shown, lambda p: p[2], lambda p: p[3])
     if front:  # the ASU Pareto front: no other point is both faster and more accurate
-        ax.plot([p[2] for p in front], [100 * p[3] for p in front], ls="--", marker="o", ms=13, mfc="none", mec="black",
-                color="black", lw=0.8, zorder=2)
-    handles = [] if named else [Line2D([], [], ls="", marker="s", color=CYCLE[i % len(CYCLE)], label=v)
-                                for i, v in enumerate(variants)]
+        ax.plot(
+            [p[2] for p in front],
+            [100 * p[3] for p in front],
+            ls="--",
+            marker="o",
+            ms=13,
+            mfc="none",
+            mec="black",
+            color="black",
+            lw=0.8,
+            zorder=2,
+        )
+    handles = (
+        []
+        if named
+        else [Line2D([], [], ls="", marker="s", color=CYCLE[i % len(CYCLE)], label=v) for i, v in enumerate(variants)]
+    )
     if front:
-        handles.append(Line2D([], [], ls="--", marker="o", ms=9, mfc="none", mec="black", color="black", lw=0.8,
-                              label="Pareto front"))
+        handles.append(
+            Line2D(
+                [], [], ls="--", marker="o", ms=9, mfc="none", mec="black", color="black", lw=0.8, label="Pareto front"
+            )
+        )
     if len(groups) > 1:
-        handles += [Line2D([], [], ls="", marker=markers[i % len(markers)], color="black", label=g)
-                    for i, g in enumerate(groups)]
+        handles += [
+            Line2D([], [], ls="", marker=markers[i % len(markers)], color="black", label=g)
+            for i, g in enumerate(groups)
+        ]
     if handles:
-        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7 if len(handles) > 10 else None)
+        ax.legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7 if len(handles) > 10 else None
+        )
     top = max([p[2] for p in points if p[2] is not None] + [1.0])
     ax.set_xlim(0, top * 1.15)
     ax.set_xlabel("output tokens/s")
@@ -307,15 +426,28 @@ def load_sweep(series: dict[str, list], swept: str) -> Figure:
     for i, (label, points) in enumerate(series.items()):
         color = CYCLE[i % len(CYCLE)]
         shown = [p for p in points if p.throughput is not None and p.user_speed is not None]
-        ax.plot([p.throughput for p in shown], [p.user_speed for p in shown], "-o", color=color, ms=5, lw=1.2, label=label)
+        ax.plot(
+            [p.throughput for p in shown], [p.user_speed for p in shown], "-o", color=color, ms=5, lw=1.2, label=label
+        )
         for p in shown:
-            ax.annotate(f"{p.load:g}", (p.throughput, p.user_speed), xytext=(4, 4), textcoords="offset points", fontsize=7)
+            ax.annotate(
+                f"{p.load:g}", (p.throughput, p.user_speed), xytext=(4, 4), textcoords="offset points", fontsize=7
+            )
         front = pareto_front(points)
-        ax.scatter([p.throughput for p in front], [p.user_speed for p in front], s=140, facecolors="none",
-                   edgecolors=color, lw=1.2, zorder=3)
+        ax.scatter(
+            [p.throughput for p in front],
+            [p.user_speed for p in front],
+            s=140,
+            facecolors="none",
+            edgecolors=color,
+            lw=1.2,
+            zorder=3,
+        )
         k = knee(points)
         if k is not None and k.throughput is not None and k.user_speed is not None:
-            ax.scatter([k.throughput], [k.user_speed], marker="*", s=220, color=color, edgecolor="black", lw=0.6, zorder=4)
+            ax.scatter(
+                [k.throughput], [k.user_speed], marker="*", s=220, color=color, edgecolor="black", lw=0.6, zorder=4
+            )
         loads = [p.load for p in points]
         ax2.plot(loads, [p.throughput for p in points], "-o", color=color, ms=4, lw=1.2)
         if any(p.goodput is not None for p in points):
@@ -328,8 +460,10 @@ def load_sweep(series: dict[str, list], swept: str) -> Figure:
     ax.set_ylim(0, 1.15 * max([p.user_speed for p in known] + [1e-9]))
     ax.set_title("per-user speed against throughput")
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], ls="", marker="o", mfc="none", mec="black", ms=10, label="Pareto front"),
-                Line2D([], [], ls="", marker="*", color="black", ms=12, label="knee")]
+    handles += [
+        Line2D([], [], ls="", marker="o", mfc="none", mec="black", ms=10, label="Pareto front"),
+        Line2D([], [], ls="", marker="*", color="black", ms=12, label="knee"),
+    ]
     ax.legend(handles=handles, loc="best")
     ax2.set_xlabel(swept + (" (req/s)" if swept == "rate" else " (requests in flight)"))
     ax2.set_ylabel("output tokens/s (solid)")
@@ -346,10 +480,12 @@ def load_sweep(series: dict[str, list], swept: str) -> Figure:
 def think_budget_sweep(series: dict[str, list[tuple[int, dict]]]) -> Figure:
     """Four panels against the think budget (log2 x axis): accuracy, mean think tokens, TTFVT p50
     and E2EL p50; one line per series. `series`: label -> [(think budget, cell_metrics)]."""
-    panels = (("accuracy (%)", lambda m: _pct(m["accuracy"]["overall"]["accuracy"])),
-              ("think tokens (mean)", lambda m: m["tokens"]["think"]["mean"]),
-              ("TTFVT p50 (s)", lambda m: m["latency"]["ttfvt_s"]["p50"]),
-              ("E2EL p50 (s)", lambda m: m["latency"]["e2el_s"]["p50"]))
+    panels = (
+        ("accuracy (%)", lambda m: _pct(m["accuracy"]["overall"]["accuracy"])),
+        ("think tokens (mean)", lambda m: m["tokens"]["think"]["mean"]),
+        ("TTFVT p50 (s)", lambda m: m["latency"]["ttfvt_s"]["p50"]),
+        ("E2EL p50 (s)", lambda m: m["latency"]["e2el_s"]["p50"]),
+    )
     fig, axes = subplots(1, len(panels), figsize=(WIDTH, 2.9), sharex=True, squeeze=False)
     for ax, (title, get) in zip(axes[0], panels):
         for i, (label, pts) in enumerate(series.items()):
@@ -372,6 +508,7 @@ def _pct(v: float | None) -> float | None:
 
 # ---- latency -------------------------------------------------------------------------------------
 
+
 @figure
 def latency_cdfs(series: dict[str, list[dict]]) -> Figure:
     """Empirical CDFs of TTFT, TTFVT and E2EL over completed requests, one line per series; a series
@@ -388,28 +525,42 @@ def latency_cdfs(series: dict[str, list[dict]]) -> Figure:
         for name, rows in series.items():
             vals = np.sort([r[key] for r in rows if r["completed"] and r[key] is not None])
             if len(vals):
-                ax.step(np.concatenate([[0], vals]), np.arange(len(vals) + 1) / len(vals), where="post",
-                        color=styles[name][0], ls=styles[name][1], lw=1.3, label=f"{name} (n={len(vals)})")
+                ax.step(
+                    np.concatenate([[0], vals]),
+                    np.arange(len(vals) + 1) / len(vals),
+                    where="post",
+                    color=styles[name][0],
+                    ls=styles[name][1],
+                    lw=1.3,
+                    label=f"{name} (n={len(vals)})",
+                )
         if not ax.lines:
             ax.text(0.5, 0.5, "no request reached this point", transform=ax.transAxes, ha="center", color="#777777")
         ax.set_xlabel(label)
         ax.set_xlim(left=0)
     axes[0].set_ylabel("share of requests")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(3, max(1, len(series))),
-               bbox_to_anchor=(0.5, -0.02 - 0.05 * ((len(series) - 1) // 3)))
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="lower center",
+        ncol=min(3, max(1, len(series))),
+        bbox_to_anchor=(0.5, -0.02 - 0.05 * ((len(series) - 1) // 3)),
+    )
     fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(series) - 1) // 3), 1, 1))
     return fig
 
 
 # ---- comparison --------------------------------------------------------------------------------
 
+
 def _log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks of a log axis from lo to hi that do not crowd: 1-1.5-2-3-5-7 in each decade for a
     span of up to 1.2 decades, 1-2-5 up to 2.5, 1-3 up to 5, decades beyond."""
     decades = np.log10(hi / lo)
-    steps = ((1, 1.5, 2, 3, 5, 7) if decades <= 1.2 else (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 5 else (1,))
+    steps = (
+        (1, 1.5, 2, 3, 5, 7) if decades <= 1.2 else (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 5 else (1,)
+    )
     first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
-    return [m * 10.0 ** e for e in range(first, last + 1) for m in steps if lo <= m * 10.0 ** e <= hi]
+    return [m * 10.0**e for e in range(first, last + 1) for m in steps if lo <= m * 10.0**e <= hi]
 
 
 @figure
@@ -417,7 +568,9 @@ def ratio_bars(ratios: dict[str, dict[str, float | None]], reference: str) -> Fi
     """Bars from 1 to each run / reference-run ratio per metric (log scale: 2x and 0.5x are equally
     long); metrics without a ratio in any run are left out. `ratios`: run label -> metric label -> ratio."""
     runs = list(ratios)
-    metrics = [m for m in dict.fromkeys(m for per in ratios.values() for m in per) if any(ratios[r].get(m) for r in runs)]
+    metrics = [
+        m for m in dict.fromkeys(m for per in ratios.values() for m in per) if any(ratios[r].get(m) for r in runs)
+    ]
     fig, ax = subplots(figsize=(WIDTH * 0.75, 1.0 + 0.3 * max(1, len(metrics)) * max(1, len(runs))))
     h = 0.8 / max(1, len(runs))
     span = max([abs(np.log10(v)) for per in ratios.values() for v in per.values() if v] + [np.log10(1.5)])
@@ -428,8 +581,15 @@ def ratio_bars(ratios: dict[str, dict[str, float | None]], reference: str) -> Fi
                 continue
             y = i - 0.4 + h * (k + 0.5)
             ax.barh(y, v - 1, left=1, height=h * 0.9, color=CYCLE[(k + 1) % len(CYCLE)], label=run if i == 0 else None)
-            ax.annotate(f"{v:.2f}x", (v, y), xytext=(4 if v >= 1 else -4, 0), textcoords="offset points",
-                        ha="left" if v >= 1 else "right", va="center", fontsize=7)
+            ax.annotate(
+                f"{v:.2f}x",
+                (v, y),
+                xytext=(4 if v >= 1 else -4, 0),
+                textcoords="offset points",
+                ha="left" if v >= 1 else "right",
+                va="center",
+                fontsize=7,
+            )
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_xscale("log")
     lo, hi = 10 ** (-span * 1.35), 10 ** (span * 1.35)

@@ -97,15 +97,19 @@ def _table(t: Table) -> str:
 def _claim(c: Claim) -> str:
     cls = STATUS_CLASS[c.status]
     numbers = _table(Table(["number", "value"], [list(n) for n in c.numbers])) if c.numbers else ""
-    return (f'<div class="claim {cls}" id="claim-{c.key}"><h3>{inline(c.title)} <span class="badge {cls}">{html.escape(c.status)}</span></h3>'
-            f"<dl><dt>Paper</dt><dd>{inline(c.paper)}</dd><dt>Rule</dt><dd>{inline(c.rule)}</dd>"
-            f"<dt>Result</dt><dd>{inline(c.reason)}</dd></dl>{numbers}</div>")
+    return (
+        f'<div class="claim {cls}" id="claim-{c.key}"><h3>{inline(c.title)} <span class="badge {cls}">{html.escape(c.status)}</span></h3>'
+        f"<dl><dt>Paper</dt><dd>{inline(c.paper)}</dd><dt>Rule</dt><dd>{inline(c.rule)}</dd>"
+        f"<dt>Result</dt><dd>{inline(c.reason)}</dd></dl>{numbers}</div>"
+    )
 
 
 def _figure(f: Figure) -> str:
     data = base64.b64encode(f.png).decode("ascii")
-    return (f'<figure id="fig-{html.escape(f.name)}"><img alt="{html.escape(f.caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{inline(f.caption)}</figcaption></figure>")
+    return (
+        f'<figure id="fig-{html.escape(f.name)}"><img alt="{html.escape(f.caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{inline(f.caption)}</figcaption></figure>"
+    )
 
 
 def _block(b) -> str:
@@ -131,7 +135,9 @@ def render_html(doc: Document) -> str:
     toc = "".join(f'<li><a href="#{s.anchor}">{inline(s.title)}</a></li>' for s in doc.sections)
     body = "".join(_block(b) for b in doc.intro) + f"<nav><strong>Contents</strong><ol>{toc}</ol></nav>"
     body += "".join(_section(s, 2) for s in doc.sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>"
-            f"<body><main><h1>{inline(doc.title)}</h1>{body}</main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head>"
+        f"<body><main><h1>{inline(doc.title)}</h1>{body}</main></body></html>\n"
+    )

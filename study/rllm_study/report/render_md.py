@@ -18,8 +18,13 @@ def _table(t: Table) -> list[str]:
 
 
 def _claim(c: Claim, level: int) -> list[str]:
-    lines = [f"{'#' * level} {c.title}: **{c.status}**", "", f"- *Paper:* {c.paper}", f"- *Rule:* {c.rule}",
-             f"- *Result:* {c.reason}"]
+    lines = [
+        f"{'#' * level} {c.title}: **{c.status}**",
+        "",
+        f"- *Paper:* {c.paper}",
+        f"- *Rule:* {c.rule}",
+        f"- *Result:* {c.reason}",
+    ]
     if c.numbers:
         lines += ["", *_table(Table(["number", "value"], [list(n) for n in c.numbers]))]
     return lines

@@ -28,8 +28,8 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 POWERCAP = Path("/sys/class/powercap")
 CMD_PERIOD_S = 1.0
@@ -52,7 +52,7 @@ class RaplMeter:
         return int((zone / "energy_uj").read_text())
 
     @classmethod
-    def open(cls, root: Path = POWERCAP) -> "RaplMeter | None":
+    def open(cls, root: Path = POWERCAP) -> RaplMeter | None:
         zones = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
         try:
             return cls(zones) if zones else None
@@ -83,7 +83,7 @@ class NvmlMeter:
                 pass
 
     @classmethod
-    def open(cls) -> "NvmlMeter | None":
+    def open(cls) -> NvmlMeter | None:
         try:
             import pynvml as nvml
         except ImportError:
@@ -94,8 +94,13 @@ class NvmlMeter:
             if visible is None:
                 handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
             else:
-                handles = [nvml.nvmlDeviceGetHandleByUUID(d) if d.startswith(("GPU-", "MIG-")) else nvml.nvmlDeviceGetHandleByIndex(int(d))
-                           for d in (x.strip() for x in visible.split(",")) if d]
+                handles = [
+                    nvml.nvmlDeviceGetHandleByUUID(d)
+                    if d.startswith(("GPU-", "MIG-"))
+                    else nvml.nvmlDeviceGetHandleByIndex(int(d))
+                    for d in (x.strip() for x in visible.split(","))
+                    if d
+                ]
         except (nvml.NVMLError, ValueError):  # no driver, no GPU, or an odd CUDA_VISIBLE_DEVICES
             return None
         return cls(nvml, handles) if handles else None
@@ -138,8 +143,13 @@ class CommandMeter:
         import sys
 
         self.command = command
-        self._proc = subprocess.Popen([sys.executable, "-c", _POLLER, command, str(period_s)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _POLLER, command, str(period_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.latest = self._first()  # awaited: a broken command fails here
         self._fresh_count = 0  # "now" readings received
         self._ended = False  # the helper's output ended (it exited)

@@ -43,14 +43,31 @@ def child_args(args: list[str]) -> list[str]:
     return out
 
 
-def shard_commands(args: list[str], gpus: list[str], out: Path, env: dict | None = None) -> list[tuple[list[str], dict]]:
+def shard_commands(
+    args: list[str], gpus: list[str], out: Path, env: dict | None = None
+) -> list[tuple[list[str], dict]]:
     """(argv, environment) of each child (the module docstring); `args` are the run command's own."""
     base = child_args(args)
     if any(a.split("=", 1)[0] in ("--shard", "--shard-count") for a in base):
         raise UserError("--gpus runs one shard per GPU itself; drop --shard and --shard-count")
     env = dict(os.environ if env is None else env)
-    return [([sys.executable, "-m", "rllm_study", "run", *base, "--out", str(out / f"shard-{k}"), "--shard", f"{k}/{len(gpus)}"],
-             {**env, "CUDA_VISIBLE_DEVICES": gpu}) for k, gpu in enumerate(gpus)]
+    return [
+        (
+            [
+                sys.executable,
+                "-m",
+                "rllm_study",
+                "run",
+                *base,
+                "--out",
+                str(out / f"shard-{k}"),
+                "--shard",
+                f"{k}/{len(gpus)}",
+            ],
+            {**env, "CUDA_VISIBLE_DEVICES": gpu},
+        )
+        for k, gpu in enumerate(gpus)
+    ]
 
 
 def run_on_gpus(args: list[str], gpus: list[str], out: Path, console) -> list[Path]:
@@ -58,7 +75,7 @@ def run_on_gpus(args: list[str], gpus: list[str], out: Path, console) -> list[Pa
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     for k, (argv, env) in enumerate(shard_commands(args, gpus, out)):
-        log = open(out / f"shard-{k}.log", "w")
+        log = open(out / f"shard-{k}.log", "w")  # noqa: SIM115  (the child writes it until it ends; closed below)
         procs.append((k, subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         console.print(f"shard {k}/{len(gpus)} on GPU {gpus[k]}: pid {procs[-1][1].pid}, log {out / f'shard-{k}.log'}")
     failed = []

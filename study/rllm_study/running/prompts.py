@@ -56,12 +56,17 @@ def cell_prompts(cell) -> list[CellPrompt]:
     cell = cell if isinstance(cell, dict) else cell.as_dict()
     shots = int((cell.get("workload") or {}).get("shared_prefix", 0) or 0)
     items = _items(cell, cell["samples"] + shots)
-    preamble = few_shot_prefix(items[cell["samples"]:]) if shots else ""
+    preamble = few_shot_prefix(items[cell["samples"] :]) if shots else ""
     templates = Path(cell["templates"]) if cell.get("templates") else None
     out = []
     for item in items[: cell["samples"]]:
-        prompt = build_prompt(item, cell["prompt_mode"], seed=cell.get("seed", 0), templates=templates,
-                              grammar=bool(cell.get("grammar", False)))
+        prompt = build_prompt(
+            item,
+            cell["prompt_mode"],
+            seed=cell.get("seed", 0),
+            templates=templates,
+            grammar=bool(cell.get("grammar", False)),
+        )
         messages = [dict(m) for m in prompt.messages]
         if preamble and messages[0]["role"] == "system":
             messages[0]["content"] += "\n\n" + preamble

@@ -14,9 +14,9 @@ from rllm_study.backends.base import (
     ANSWER,
     Event,
     PrefillDone,
+    Request,
     RequestAdmitted,
     RequestFinished,
-    Request,
     TokenEvent,
 )
 from rllm_study.running.results import Cell
@@ -48,7 +48,9 @@ class Recorder:
     def arrived(self, request_id: str, t_ns: int, sent_ns: int | None = None) -> None:
         """A request's arrival (`t_ns`: its scheduled time under open loop, else when it became due)
         and the moment it was actually handed to the engine (`sent_ns`, default the arrival)."""
-        self._open[request_id] = _Open(arrival_s=self.seconds(t_ns), sent_s=self.seconds(t_ns if sent_ns is None else sent_ns))
+        self._open[request_id] = _Open(
+            arrival_s=self.seconds(t_ns), sent_s=self.seconds(t_ns if sent_ns is None else sent_ns)
+        )
 
     def feed(self, events: list[Event]) -> list[tuple[dict, dict]]:
         """Consume events; return (record, token row) for each request that finished."""

@@ -44,6 +44,7 @@ cause (`path_error`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gzip
@@ -52,9 +53,9 @@ import os
 import socket
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from rllm_study.errors import UserError
 
@@ -66,9 +67,13 @@ CALIBRATION = "calibration.jsonl"
 LOCK = ".rllm-study.lock"
 
 _CAUSES = {
-    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-    errno.EEXIST: "it exists and is not a folder", errno.ENOTDIR: "a part of it is a regular file, not a folder",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EEXIST: "it exists and is not a folder",
+    errno.ENOTDIR: "a part of it is a regular file, not a folder",
     errno.ENOENT: "it cannot be created there",
 }
 
@@ -135,7 +140,7 @@ class FolderLock:
         self.fd: int | None = None
         self.took_over: str | None = None  # the message when a stale lock was taken over
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -146,8 +151,10 @@ class FolderLock:
             except BlockingIOError:
                 holder = _read_lock(fd)
                 os.close(fd)
-                raise UserError(f"{self.dir} is being written by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
-                                f"since {holder.get('started', '?')}; wait, or use another --out") from None
+                raise UserError(
+                    f"{self.dir} is being written by pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+                    f"since {holder.get('started', '?')}; wait, or use another --out"
+                ) from None
             try:  # the file may have been removed (and remade) by the holder between open and flock
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -157,8 +164,10 @@ class FolderLock:
             os.close(fd)
         old = _read_lock(fd)
         if old:
-            self.took_over = (f"{self.dir}: took over the lock left by pid {old.get('pid', '?')} on {old.get('host', '?')} "
-                              f"(since {old.get('started', '?')}), which no longer holds it")
+            self.took_over = (
+                f"{self.dir}: took over the lock left by pid {old.get('pid', '?')} on {old.get('host', '?')} "
+                f"(since {old.get('started', '?')}), which no longer holds it"
+            )
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             os.ftruncate(fd, 0)
@@ -172,14 +181,12 @@ class FolderLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):  # a read-only or vanished folder: the flock still goes with the fd
             self.path.unlink()
-        except OSError:
-            pass  # a read-only or vanished folder: the flock still goes with the fd
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -221,7 +228,9 @@ def read_jsonl(path: Path) -> list[dict]:
         try:
             rows = _read_lines(packed, gzip.open)
         except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-            raise UserError(f"{packed}: not a complete gzip file ({err}); restore it from where it was published") from None
+            raise UserError(
+                f"{packed}: not a complete gzip file ({err}); restore it from where it was published"
+            ) from None
     return rows + (_read_lines(path, open) if path.exists() else [])
 
 
@@ -247,7 +256,7 @@ def _read_lines(path: Path, opener) -> list[dict]:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class CellWriter:
@@ -260,10 +269,14 @@ class CellWriter:
                 _repair_torn_tail(self.dir / name)
             done = read_jsonl(self.dir / REQUESTS)
             self.finished_ids: set[str] = {r["id"] for r in done}
-            sessions = [r.get("session", 0) for r in done] + [r.get("session", 0) for r in read_jsonl(self.dir / TIMELINE)[-1:]]
+            sessions = [r.get("session", 0) for r in done] + [
+                r.get("session", 0) for r in read_jsonl(self.dir / TIMELINE)[-1:]
+            ]
             self.session = (max(sessions) + 1) if sessions else 0
-            self._fds = {name: os.open(self.dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                         for name in (REQUESTS, TOKENS, TIMELINE, CALIBRATION)}
+            self._fds = {
+                name: os.open(self.dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                for name in (REQUESTS, TOKENS, TIMELINE, CALIBRATION)
+            }
         except OSError as err:
             raise path_error(self.dir, err) from None
 
@@ -332,8 +345,14 @@ def read_cell(cell_dir: Path, with_tokens: bool = True) -> Cell:
     if with_tokens:
         for row in read_jsonl(cell_dir / TOKENS):
             tokens[row["id"]] = row  # a later line for the same id wins
-    return Cell(cell_dir, manifest, read_jsonl(cell_dir / REQUESTS), tokens, read_jsonl(cell_dir / TIMELINE),
-                read_jsonl(cell_dir / CALIBRATION))
+    return Cell(
+        cell_dir,
+        manifest,
+        read_jsonl(cell_dir / REQUESTS),
+        tokens,
+        read_jsonl(cell_dir / TIMELINE),
+        read_jsonl(cell_dir / CALIBRATION),
+    )
 
 
 PACKED = (TOKENS, TIMELINE)  # the files `pack_cell` compresses (requests.jsonl stays plain: regrade rewrites it)
@@ -395,6 +414,8 @@ def cells_in(paths: Iterable[Path]) -> list[Path]:
             raise UserError(f"{p} does not exist; pass a run folder written by `rllm-study run`")
     found = find_cells(paths)
     if not found:
-        raise UserError(f"no cells (folders holding manifest.json) in {', '.join(map(str, paths))}; "
-                        "pass a run folder written by `rllm-study run`")
+        raise UserError(
+            f"no cells (folders holding manifest.json) in {', '.join(map(str, paths))}; "
+            "pass a run folder written by `rllm-study run`"
+        )
     return found

@@ -33,6 +33,7 @@ records each cell's place in it (`run_order`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import queue
@@ -46,13 +47,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rllm_study.analysis.metrics import DISPATCH_LAG_BOUND_S, distribution
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, TokenEvent, engine_unsupported
-from rllm_study.running.energy import CellEnergy, open_meters
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
-from rllm_study.running.recorder import Recorder
-from rllm_study.running.results import (MANIFEST, REQUESTS, CellWriter, FolderLock, ResultsWriteError, check_writable, make_folder,
-                                 path_error, read_jsonl)
+from rllm_study.running.energy import CellEnergy, open_meters
 from rllm_study.running.prompts import cell_prompts
+from rllm_study.running.recorder import Recorder
+from rllm_study.running.results import (
+    MANIFEST,
+    REQUESTS,
+    CellWriter,
+    FolderLock,
+    ResultsWriteError,
+    check_writable,
+    make_folder,
+    path_error,
+    read_jsonl,
+)
 from rllm_study.running.spec import CellSpec, default_ctx_per_seq
 from rllm_study.workloads.arrivals import check_workload, timing_of_workload
 from rllm_study.workloads.custom_dataset import NO_ANSWER
@@ -133,10 +143,8 @@ def manifest(cell: CellSpec, spec: dict, engine) -> dict:
     info = engine.info()
     model = info.model  # a server's or an MLX folder's own account
     if engine.capabilities().local_model:
-        try:  # a registry model (embedded, path, hub, derived): its verified facts
+        with contextlib.suppress(UserError):  # a registry model (embedded, path, hub, derived): its verified facts
             model = model_facts(resolve_model(cell.model, fetch=False))
-        except UserError:
-            pass
     return {
         "cell": cell.as_dict(),
         "spec": spec,
@@ -193,8 +201,11 @@ class RecordWriter:
                     continue
                 job, record, tokens, extra = item
                 record.update(extra)
-                record.update(self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields()
-                              if job.graded and job.item.answer else UNGRADED)
+                record.update(
+                    self.grader.grade(job.item, job.prompt, record["output_text"]).record_fields()
+                    if job.graded and job.item.answer
+                    else UNGRADED
+                )
                 self.writer.write_request(record, tokens)
                 self.written += 1
                 if self.on_written is not None:
@@ -212,8 +223,16 @@ class RecordWriter:
 class CellRun:
     """One session of one cell (see the module docstring)."""
 
-    def __init__(self, cell: CellSpec, engine, jobs: list[Job], writer: CellWriter, grader: GradingProcess,
-                 on_progress=None, energy: CellEnergy | None = None):
+    def __init__(
+        self,
+        cell: CellSpec,
+        engine,
+        jobs: list[Job],
+        writer: CellWriter,
+        grader: GradingProcess,
+        on_progress=None,
+        energy: CellEnergy | None = None,
+    ):
         self.cell, self.engine, self.writer, self.grader = cell, engine, writer, grader
         self.energy = energy or CellEnergy([])
         self.todo = [j for j in jobs if j.id not in writer.finished_ids]
@@ -232,12 +251,21 @@ class CellRun:
     def _submit(self, job: Job, arrival_ns: int, batch: int | None) -> None:
         c = self.cell
         budget = min(c.max_tokens, job.max_tokens or c.max_tokens)
-        sampling = SamplingParams(budget, c.temperature, c.top_p, (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
-                                  top_k=c.top_k, order=c.sampling_order, think_budget=c.think_budget)
+        sampling = SamplingParams(
+            budget,
+            c.temperature,
+            c.top_p,
+            (c.seed * 1_000_003 + hash_id(job.id)) & 0x7FFFFFFF,
+            top_k=c.top_k,
+            order=c.sampling_order,
+            think_budget=c.think_budget,
+        )
         if batch is not None:
             self.batch_of[job.id] = batch
         self.in_flight.add(job.id)
-        request = Request(job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar, job.prompt.answer_cue)
+        request = Request(
+            job.id, job.text, sampling, job.prompt.starts_in_think, job.prompt.grammar, job.prompt.answer_cue
+        )
         sent_ns = time.perf_counter_ns()
         self.recorder.arrived(job.id, arrival_ns, sent_ns)
         self.lags_ns.append(sent_ns - arrival_ns)
@@ -249,9 +277,11 @@ class CellRun:
         lag = distribution((n / 1e9 for n in self.lags_ns), (99,))
         if not lag["count"] or lag["p99"] <= DISPATCH_LAG_BOUND_S:
             return None
-        return (f"{self.cell.name}: requests were sent late: dispatch lag p99 {lag['p99']:.3f} s, max {lag['max']:.3f} s "
-                f"(n={lag['count']}) exceeds the {DISPATCH_LAG_BOUND_S:g} s bound; an engine step was running when they came "
-                "due, and their latencies count from the scheduled arrival")
+        return (
+            f"{self.cell.name}: requests were sent late: dispatch lag p99 {lag['p99']:.3f} s, max {lag['max']:.3f} s "
+            f"(n={lag['count']}) exceeds the {DISPATCH_LAG_BOUND_S:g} s bound; an engine step was running when they came "
+            "due, and their latencies count from the scheduled arrival"
+        )
 
     def run(self) -> None:
         calibrates = self.engine.capabilities().local_model
@@ -302,9 +332,15 @@ class CellRun:
         thread formats and writes it."""
         st = self.engine.stats()
         row = {
-            "t_s": self.recorder.seconds(now_ns), "kv_used": st.kv_used, "kv_capacity": st.kv_capacity,
-            "kv_unit": st.kv_unit, "running": st.running, "waiting": st.waiting, "rss_bytes": st.rss_bytes,
-            "device_bytes": st.device_bytes, **({"extra": st.extra.as_dict()} if st.extra else {}),
+            "t_s": self.recorder.seconds(now_ns),
+            "kv_used": st.kv_used,
+            "kv_capacity": st.kv_capacity,
+            "kv_unit": st.kv_unit,
+            "running": st.running,
+            "waiting": st.waiting,
+            "rss_bytes": st.rss_bytes,
+            "device_bytes": st.device_bytes,
+            **({"extra": st.extra.as_dict()} if st.extra else {}),
         }
         row.update(self.energy.read(final))
         self.records.put(row)
@@ -314,9 +350,13 @@ class CellRun:
         for record, tokens in self.recorder.feed(events):
             job = self.jobs[record["id"]]
             extra = {
-                "dataset": job.item.dataset, "item_id": job.item.id, "domain": job.item.domain,
-                "difficulty": job.item.difficulty, "prompt_mode": self.cell.prompt_mode,
-                "batch": self.batch_of.get(job.id), "reference_answer": job.prompt.correct_letter or job.item.answer,
+                "dataset": job.item.dataset,
+                "item_id": job.item.id,
+                "domain": job.item.domain,
+                "difficulty": job.item.difficulty,
+                "prompt_mode": self.cell.prompt_mode,
+                "batch": self.batch_of.get(job.id),
+                "reference_answer": job.prompt.correct_letter or job.item.answer,
                 **({"session_id": job.session, "turn": job.turn} if job.turn is not None else {}),
             }
             self.in_flight.discard(record["id"])
@@ -342,8 +382,12 @@ def calibrate(engine, when: str) -> dict:
         if len(times) >= 3 and times[-1] - times[0] > CALIBRATION_MAX_S * 1e9:
             engine.abort(rid)
     seconds = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
-    return {"when": when, "tokens": len(times), "seconds": round(seconds, 6),
-            "tok_s": (len(times) - 1) / seconds if seconds > 0 else None}
+    return {
+        "when": when,
+        "tokens": len(times),
+        "seconds": round(seconds, 6),
+        "tok_s": (len(times) - 1) / seconds if seconds > 0 else None,
+    }
 
 
 def hash_id(text: str) -> int:
@@ -426,14 +470,18 @@ def _fit(cell: CellSpec, jobs: list[Job], engine, console, longest_of: dict | No
     if not options.n_ctx and options.ctx_per_seq == default_ctx_per_seq(cell.max_tokens):
         return replace(cell, engine=replace(options, ctx_per_seq=-(-needed // 256) * 256))
     if longest + 1 > capacity:
-        raise UserError(f"{cell.name}: {job.item.id} has a {longest}-token prompt; a sequence holds {capacity - 1} "
-                        f"(set engine.ctx_per_seq >= {needed}, or leave it unset to size it from the prompts)")
-    console.print(f"[yellow]warning:[/] {cell.name}: {job.item.id}'s {longest}-token prompt leaves {capacity - 1 - longest} "
-                  f"tokens of the {cell.max_tokens} budget (engine.ctx_per_seq >= {needed} fits it)")
+        raise UserError(
+            f"{cell.name}: {job.item.id} has a {longest}-token prompt; a sequence holds {capacity - 1} "
+            f"(set engine.ctx_per_seq >= {needed}, or leave it unset to size it from the prompts)"
+        )
+    console.print(
+        f"[yellow]warning:[/] {cell.name}: {job.item.id}'s {longest}-token prompt leaves {capacity - 1 - longest} "
+        f"tokens of the {cell.max_tokens} budget (engine.ctx_per_seq >= {needed} fits it)"
+    )
     return cell
 
 
-def preflight(cells: list[CellSpec], pool: "EnginePool", console) -> list[tuple[CellSpec, list[Job]]]:
+def preflight(cells: list[CellSpec], pool: EnginePool, console) -> list[tuple[CellSpec, list[Job]]]:
     """Everything checked before the first cell runs; returns each cell (its context sized,
     see `_fit`) with its requests.
 
@@ -468,10 +516,22 @@ def _jobs_key(cell: CellSpec) -> tuple:
     where it is served, the items, the prompt and its rendering; for a replayed trace or multi-turn
     sessions, the whole workload (its trace, window and turns shape the requests)."""
     shaping = cell.workload.get("arrival") in ("replay", "sessions")
-    workload = json.dumps(cell.workload, sort_keys=True, default=str) if shaping else cell.workload.get("shared_prefix", 0)
-    return (cell.backend, cell.model, getattr(cell.engine, "base_url", None), cell.dataset, cell.samples,
-            workload, cell.prompt_mode, cell.seed, cell.templates, cell.grammar,
-            json.dumps(cell.custom_dataset, sort_keys=True))
+    workload = (
+        json.dumps(cell.workload, sort_keys=True, default=str) if shaping else cell.workload.get("shared_prefix", 0)
+    )
+    return (
+        cell.backend,
+        cell.model,
+        getattr(cell.engine, "base_url", None),
+        cell.dataset,
+        cell.samples,
+        workload,
+        cell.prompt_mode,
+        cell.seed,
+        cell.templates,
+        cell.grammar,
+        json.dumps(cell.custom_dataset, sort_keys=True),
+    )
 
 
 def dry_run(cells: list[CellSpec], out_dir: Path, console) -> list[tuple[CellSpec, list[Job]]]:
@@ -503,11 +563,20 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     energy = CellEnergy(open_meters(spec.get("energy_cmd")))
     grader = GradingProcess()
     dirs = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     try:
-        with FolderLock(out_dir) as lock, Progress(*columns, console=console, transient=False,
-                                                   disable=not console.is_terminal) as progress:
+        with (
+            FolderLock(out_dir) as lock,
+            Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress,
+        ):
             if lock.took_over:
                 console.print(lock.took_over)
             planned = preflight(cells, pool, console)
@@ -520,16 +589,23 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     for problem in engine_unsupported(engine, cell.engine):
                         console.print(f"[yellow]warning:[/] {cell.name}: {problem}; ignored")
                     if cell.custom_dataset and cell.custom_dataset["answer"] == NO_ANSWER:
-                        console.print(f"{cell.name}: data set {cell.dataset} has no reference answers (answer = \"none\"): "
-                                      "grading is off, no accuracy is reported")
+                        console.print(
+                            f'{cell.name}: data set {cell.dataset} has no reference answers (answer = "none"): '
+                            "grading is off, no accuracy is reported"
+                        )
                     if cell.think_budget is not None and not engine.capabilities().think_budget:
-                        console.print(f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored")
+                        console.print(
+                            f"[yellow]warning:[/] {cell.name}: {cell.backend}: think_budget is not supported here; ignored"
+                        )
                     label = f"[{i}/{len(cells)}] {cell.name}"
                     if len(writer.finished_ids) >= len(jobs):
                         console.print(f"{label}: done already, skipped")
                         continue
-                    recorded = {**manifest(cell, spec, engine), "energy_meters": energy.names,
-                                "run_order": {"position": i, "of": len(planned)}}
+                    recorded = {
+                        **manifest(cell, spec, engine),
+                        "energy_meters": energy.names,
+                        "run_order": {"position": i, "of": len(planned)},
+                    }
                     if writer.finished_ids:
                         check_same_inputs(cell_dir, recorded, len(writer.finished_ids))
                     writer.write_manifest(recorded)
@@ -538,7 +614,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
                     if console.is_terminal:
                         task = progress.add_task(label, total=len(jobs), completed=already, rate="")
                         run.on_progress = lambda done, rate, task=task, already=already: progress.update(
-                            task, completed=already + done, rate=f"{rate:,.1f} out tok/s")
+                            task, completed=already + done, rate=f"{rate:,.1f} out tok/s"
+                        )
                     else:
                         run.on_progress = _line_progress(console, label, already, len(jobs))
                     run.run()
@@ -549,12 +626,16 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     except UserError as err:
         if not dirs:
             raise
-        raise UserError(f"{err} [the run stopped at cell {dirs[-1].name}; {_kept(dirs)} finished requests are kept in {out_dir} "
-                        f"and the same command resumes them]") from None
+        raise UserError(
+            f"{err} [the run stopped at cell {dirs[-1].name}; {_kept(dirs)} finished requests are kept in {out_dir} "
+            f"and the same command resumes them]"
+        ) from None
     except ResultsWriteError as failed:
         if failed.err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{failed}: the run stopped; {_kept(dirs)} finished requests are kept in {out_dir} "
-                            "(summarize and report read them); free space and run the same command again to resume") from None
+            raise UserError(
+                f"{failed}: the run stopped; {_kept(dirs)} finished requests are kept in {out_dir} "
+                "(summarize and report read them); free space and run the same command again to resume"
+            ) from None
         raise path_error(failed.path, failed.err) from None
     finally:
         pool.close()
@@ -578,15 +659,24 @@ def check_same_inputs(cell_dir: Path, now: dict, finished: int) -> None:
     name = now["cell"]["name"]
     old_data, new_data = before.get("cell", {}).get("custom_dataset") or {}, now["cell"].get("custom_dataset") or {}
     if old_data.get("sha256") and new_data.get("sha256") and old_data["sha256"] != new_data["sha256"]:
-        raise UserError(f"{new_data['path']}: the data file changed since cell {name} started ({finished} of its requests "
-                        f"finished on the old rows): restore the file, or run into a new --out folder")
-    old_model, new_model = (m if isinstance(m, dict) else {} for m in (before.get("model"), now.get("model")))  # served: a name
-    differ = [k for k in MODEL_IDENTITY if old_model.get(k) is not None and new_model.get(k) is not None
-              and old_model[k] != new_model[k]]
+        raise UserError(
+            f"{new_data['path']}: the data file changed since cell {name} started ({finished} of its requests "
+            f"finished on the old rows): restore the file, or run into a new --out folder"
+        )
+    old_model, new_model = (
+        m if isinstance(m, dict) else {} for m in (before.get("model"), now.get("model"))
+    )  # served: a name
+    differ = [
+        k
+        for k in MODEL_IDENTITY
+        if old_model.get(k) is not None and new_model.get(k) is not None and old_model[k] != new_model[k]
+    ]
     if differ:
-        raise UserError(f"{new_model.get('path') or now['cell']['model']}: the model file changed since cell {name} started "
-                        f"({differ[0]} {old_model[differ[0]]} -> {new_model[differ[0]]}; {finished} of its requests finished "
-                        f"on the old one): restore the file, or run into a new --out folder")
+        raise UserError(
+            f"{new_model.get('path') or now['cell']['model']}: the model file changed since cell {name} started "
+            f"({differ[0]} {old_model[differ[0]]} -> {new_model[differ[0]]}; {finished} of its requests finished "
+            f"on the old one): restore the file, or run into a new --out folder"
+        )
 
 
 def _line_progress(console, label: str, already: int, total: int, every_s: float = 10.0):

@@ -47,8 +47,11 @@ def session_jobs(cell: CellSpec, first_turns: list[Job]) -> list[Job]:
     if not is_multi_turn(cell):
         return first_turns
     turns = check_workload(cell.workload)["turns"]
-    return [replace(job, id=f"{job.id}/t{k}", session=job.id, turn=k, reserve=(k - 1) * (cell.max_tokens + FOLLOW_UP_ROOM))
-            for job in first_turns for k in range(1, turns + 1)]
+    return [
+        replace(job, id=f"{job.id}/t{k}", session=job.id, turn=k, reserve=(k - 1) * (cell.max_tokens + FOLLOW_UP_ROOM))
+        for job in first_turns
+        for k in range(1, turns + 1)
+    ]
 
 
 class SessionRun(CellRun):
@@ -66,7 +69,9 @@ class SessionRun(CellRun):
         # per conversation: its earlier answers (output texts, in turn order) and its next turn's index
         self.answers = {s: [done[j.id]["output_text"] for j in js if j.id in done] for s, js in self.turns.items()}
         self.pending = [s for s, js in self.turns.items() if len(self.answers[s]) < len(js)]
-        self.ready_ns: dict[str, int | None] = {}  # started, unfinished conversations: next turn due at (None: in flight)
+        self.ready_ns: dict[
+            str, int | None
+        ] = {}  # started, unfinished conversations: next turn due at (None: in flight)
 
     def _loop(self) -> None:
         timing: SessionTiming = self._arrivals()
@@ -108,8 +113,15 @@ class SessionRun(CellRun):
             return job
         messages = [dict(m) for m in job.prompt.messages]
         for k, output in enumerate(answers):
-            shown = job.prompt.assistant_prefix + output if self.keep_thinking else answer_text(output, job.prompt.starts_in_think).strip()
-            messages += [{"role": "assistant", "content": shown}, {"role": "user", "content": FOLLOW_UPS[k % len(FOLLOW_UPS)]}]
+            shown = (
+                job.prompt.assistant_prefix + output
+                if self.keep_thinking
+                else answer_text(output, job.prompt.starts_in_think).strip()
+            )
+            messages += [
+                {"role": "assistant", "content": shown},
+                {"role": "user", "content": FOLLOW_UPS[k % len(FOLLOW_UPS)]},
+            ]
         text, prompt = render(self.cell, self.engine, job.prompt, messages, self.think_token)
         job = replace(job, text=text, prompt=prompt)
         self.jobs[job.id] = job

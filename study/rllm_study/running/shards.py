@@ -77,8 +77,10 @@ def from_environment(env: dict, count: int | None = None) -> Shard:
         return make_shard(_int_env(env, "SLURM_ARRAY_TASK_ID") - low, n, "--shard auto (Slurm array)")
     if "JOB_COMPLETION_INDEX" in env:
         if count is None and COUNT_ENV not in env:
-            raise UserError(f"--shard auto: JOB_COMPLETION_INDEX is set; give the number of shards with "
-                            f"--shard-count N or {COUNT_ENV} (the Job's completions)")
+            raise UserError(
+                f"--shard auto: JOB_COMPLETION_INDEX is set; give the number of shards with "
+                f"--shard-count N or {COUNT_ENV} (the Job's completions)"
+            )
         n = count if count is not None else _int_env(env, COUNT_ENV)
         return make_shard(_int_env(env, "JOB_COMPLETION_INDEX"), n, "--shard auto (Kubernetes Indexed Job)")
     raise UserError("--shard auto: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set; use --shard K/N")

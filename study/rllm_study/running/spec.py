@@ -44,47 +44,107 @@ class Key:
 
 TOP = (
     Key("name", "text", '"study"', "The study's name: cells record it, reports show it."),
-    Key("description", "text", "none", "One line on what the study asks; kept with the spec in every manifest, not used otherwise."),
+    Key(
+        "description",
+        "text",
+        "none",
+        "One line on what the study asks; kept with the spec in every manifest, not used otherwise.",
+    ),
     Key("notes", "text", "none", "Free text kept with the spec in every manifest; not used otherwise."),
-    Key("backend", "text", '"llama_cpp"', "Engine: llama_cpp (aliases llamacpp, llama), mlx, or openai (openai_http, http); "
-        "`--backend` overrides it."),
-    Key("models", "text or list of text", '["qwen2.5-coder-0.5b"]', "Axis. Model references: an embedded name, a .gguf "
+    Key(
+        "backend",
+        "text",
+        '"llama_cpp"',
+        "Engine: llama_cpp (aliases llamacpp, llama), mlx, or openai (openai_http, http); `--backend` overrides it.",
+    ),
+    Key(
+        "models",
+        "text or list of text",
+        '["qwen2.5-coder-0.5b"]',
+        "Axis. Model references: an embedded name, a .gguf "
         "path, hf:OWNER/REPO/FILE.gguf, any of them with :QUANT (e.g. qwen2.5-coder-0.5b:Q8_0); for backend openai the "
-        "server's model ids."),
-    Key("datasets", "table", "required", "Data set name = sample count (the first n items), e.g. { gsm8k = 50 }; "
-        "or name = a table naming your own file (see [datasets.NAME] below). Every data set is a cell axis."),
-    Key("prompt_modes", "text or list of text", '["reasoning"]', "Axis. reasoning (think in `<think>...</think>`, then "
-        "answer), direct (answer at once), native (the model's own chat template, for real reasoning models)."),
+        "server's model ids.",
+    ),
+    Key(
+        "datasets",
+        "table",
+        "required",
+        "Data set name = sample count (the first n items), e.g. { gsm8k = 50 }; "
+        "or name = a table naming your own file (see [datasets.NAME] below). Every data set is a cell axis.",
+    ),
+    Key(
+        "prompt_modes",
+        "text or list of text",
+        '["reasoning"]',
+        "Axis. reasoning (think in `<think>...</think>`, then "
+        "answer), direct (answer at once), native (the model's own chat template, for real reasoning models).",
+    ),
     Key("max_tokens", "integer or list", "[1024]", "Axis. Output-token budget per request (think + answer), >= 1."),
-    Key("think_budget", "integer, text or list", "none (no think budget)", "Axis. Think tokens after which the engine "
-        "closes the thinking itself: N >= 1, \"mt-K\" (max_tokens - K, at least half of max_tokens) or \"off\". "
-        "Acts only in the thinking modes; direct cells take none."),
+    Key(
+        "think_budget",
+        "integer, text or list",
+        "none (no think budget)",
+        "Axis. Think tokens after which the engine "
+        'closes the thinking itself: N >= 1, "mt-K" (max_tokens - K, at least half of max_tokens) or "off". '
+        "Acts only in the thinking modes; direct cells take none.",
+    ),
     Key("repeats", "integer", "1", "Every cell runs this many times, repeat r with seed + r."),
     Key("seed", "integer", "0", "Seed of repeat 0: sampling, arrival schedules and the multiple-choice shuffle."),
     Key("grammar", "boolean", "false", "Constrain the reasoning mode's output with its GBNF grammar (llama.cpp only)."),
-    Key("templates", "text (path)", "the shipped prompts.toml", "A prompt-template TOML file replacing "
-        "workloads/rllm_study/workloads/templates/prompts.toml (its header explains the keys)."),
-    Key("sample_period_s", "number", "0.1", "Seconds between timeline samples (KV, running/waiting, RSS, energy), > 0."),
-    Key("energy_cmd", "text", "none", "A shell command that prints the machine's cumulative joules; read once a "
-        "second and at each cell's two ends (`--energy-cmd`)."),
+    Key(
+        "templates",
+        "text (path)",
+        "the shipped prompts.toml",
+        "A prompt-template TOML file replacing "
+        "workloads/rllm_study/workloads/templates/prompts.toml (its header explains the keys).",
+    ),
+    Key(
+        "sample_period_s", "number", "0.1", "Seconds between timeline samples (KV, running/waiting, RSS, energy), > 0."
+    ),
+    Key(
+        "energy_cmd",
+        "text",
+        "none",
+        "A shell command that prints the machine's cumulative joules; read once a "
+        "second and at each cell's two ends (`--energy-cmd`).",
+    ),
     Key("sampling", "table", "see [sampling]", "Sampling settings of every request."),
     Key("engine", "table", "see [engine]", "Engine options; a list value is an axis."),
     Key("workload", "table", "see [workload]", "The arrival process and its parameters; a list value is an axis."),
     Key("slo", "table", "none", "Latency limits for goodput (see [slo])."),
-    Key("variants", "array of tables", "one unnamed variant", "Named sets of settings changed together (see [[variants]])."),
+    Key(
+        "variants",
+        "array of tables",
+        "one unnamed variant",
+        "Named sets of settings changed together (see [[variants]]).",
+    ),
     Key("quick", "table", "none", "Overrides for `--quick` (`--size quick`): a short run for CI and a first look."),
-    Key("standard", "table", "none", "Overrides for `--size standard`: the size of published results, each claim's "
-        "rule able to settle."),
+    Key(
+        "standard",
+        "table",
+        "none",
+        "Overrides for `--size standard`: the size of published results, each claim's rule able to settle.",
+    ),
 )
 SAMPLING = (
     Key("temperature", "number", "0.6", "Sampling temperature, >= 0 (0 = greedy)."),
     Key("top_p", "number", "0.95", "Nucleus mass, in (0, 1]."),
     Key("top_k", "integer", "0", "Keep the k most likely tokens, >= 0 (0 = off)."),
-    Key("order", "text", f'"{DEFAULT_ORDER}"', f"Which of temperature and top-p comes first: {' or '.join(ORDERS)} "
-        "(temperature_first is vLLM's, Hugging Face's and so the paper's; top_p_first llama.cpp's and mlx-lm's default)."),
+    Key(
+        "order",
+        "text",
+        f'"{DEFAULT_ORDER}"',
+        f"Which of temperature and top-p comes first: {' or '.join(ORDERS)} "
+        "(temperature_first is vLLM's, Hugging Face's and so the paper's; top_p_first llama.cpp's and mlx-lm's default).",
+    ),
 )
-SHARED_PREFIX = Key("shared_prefix", "integer", "0", "Few-shot examples (items after the cell's samples) put into "
-                    "every request's system message: a prompt prefix all requests share (prefix-cache study).")
+SHARED_PREFIX = Key(
+    "shared_prefix",
+    "integer",
+    "0",
+    "Few-shot examples (items after the cell's samples) put into "
+    "every request's system message: a prompt prefix all requests share (prefix-cache study).",
+)
 SLO = (
     Key("ttft_s", "number", "none", "Time-to-first-token limit, seconds (> 0)."),
     Key("ttfvt_s", "number", "none", "Time-to-first-visible(answer)-token limit, seconds (> 0)."),
@@ -133,7 +193,9 @@ class CellSpec:
     slo: dict
     sample_period_s: float
     top_k: int = 0
-    sampling_order: str = DEFAULT_ORDER  # temperature and top-p: which comes first (backends/rllm_study/backends/sampling.py)
+    sampling_order: str = (
+        DEFAULT_ORDER  # temperature and top-p: which comes first (backends/rllm_study/backends/sampling.py)
+    )
     think_budget: int | None = None  # think tokens before the engine closes the thinking (think_budget_tokens)
     custom_dataset: dict | None = None  # a data set from the user's file: custom_dataset.definition()
 
@@ -152,8 +214,9 @@ def _parse_toml(text: str, where: str) -> dict:
         raise UserError(f"{where}: not valid TOML ({err})") from None
 
 
-def load_spec(path: Path | None = None, preset: str | None = None, quick: bool = False,
-              size: str = "full") -> tuple[dict, str]:
+def load_spec(
+    path: Path | None = None, preset: str | None = None, quick: bool = False, size: str = "full"
+) -> tuple[dict, str]:
     """Read a spec file or a preset at a size (SIZES: its [quick] or [standard] overrides, or the
     body for "full"; quick=True is size "quick"); returns (spec, where)."""
     if size not in SIZES:
@@ -191,11 +254,15 @@ def recorded_specs(run_dir: Path) -> list[tuple[dict, set[str], str]]:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise UserError(f"{path}: not a readable manifest ({err}); pass a results folder written by `rllm-study run`") from None
+            raise UserError(
+                f"{path}: not a readable manifest ({err}); pass a results folder written by `rllm-study run`"
+            ) from None
         spec = manifest.get("spec") if isinstance(manifest, dict) else None
         cell = manifest.get("cell") if isinstance(manifest, dict) else None
         if not isinstance(spec, dict) or not isinstance(cell, dict) or not isinstance(cell.get("name"), str):
-            raise UserError(f"{path}: fields spec and cell.name are needed; pass a results folder written by `rllm-study run`")
+            raise UserError(
+                f"{path}: fields spec and cell.name are needed; pass a results folder written by `rllm-study run`"
+            )
         _, names, files = groups.setdefault(json.dumps(spec, sort_keys=True), (spec, set(), {}))
         names.add(cell["name"])
         if isinstance(cell.get("custom_dataset"), dict):
@@ -206,7 +273,13 @@ def recorded_specs(run_dir: Path) -> list[tuple[dict, set[str], str]]:
         spec = copy.deepcopy(spec)
         for name, file in files.items():
             spec["datasets"][name]["path"] = file
-        out.append((spec, names, f"{run_dir} (spec {i} of {len(ranked)}, recorded by {len(names)} cell{'s' * (len(names) != 1)})"))
+        out.append(
+            (
+                spec,
+                names,
+                f"{run_dir} (spec {i} of {len(ranked)}, recorded by {len(names)} cell{'s' * (len(names) != 1)})",
+            )
+        )
     return out
 
 
@@ -296,8 +369,10 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
         if name in custom:
             continue
         if name not in DATASETS and name != TRACE_DATASET:
-            raise UserError(f"{where}: datasets.{name}: unknown data set (choose from {', '.join(DATASETS)}, "
-                            "or give your own file: { path = \"FILE.jsonl\", n = N, answer = \"number\" })")
+            raise UserError(
+                f"{where}: datasets.{name}: unknown data set (choose from {', '.join(DATASETS)}, "
+                'or give your own file: { path = "FILE.jsonl", n = N, answer = "number" })'
+            )
         if not isinstance(count, int) or count < 1:
             raise UserError(f"{where}: datasets.{name} must be a sample count >= 1, got {count!r}")
     models = _as_list(spec.get("models", ["qwen2.5-coder-0.5b"]))
@@ -334,7 +409,9 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
     for i, v in enumerate(variants):
         _check_keys(v, VARIANT_KEYS, where, f"variants[{i}]")
         _check_keys(v.get("workload", {}), WORKLOAD_KEYS, where, f"variants[{i}].workload")
-    variant_engines = [_engine_fields(v.get("engine", {}), where, f"variants[{i}].engine") for i, v in enumerate(variants)]
+    variant_engines = [
+        _engine_fields(v.get("engine", {}), where, f"variants[{i}].engine") for i, v in enumerate(variants)
+    ]
 
     cells, order = [], []
     options_of: dict[str, CommonOptions] = {}
@@ -359,8 +436,10 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
             if (dataset == TRACE_DATASET) != (wl["arrival"] == "replay") and dataset not in custom:
-                raise UserError(f"{where}: datasets.{TRACE_DATASET} (the requests of a trace) and workload.arrival = "
-                                f"\"replay\" (its times) go together: use both, with workload.trace = \"FILE\"")
+                raise UserError(
+                    f"{where}: datasets.{TRACE_DATASET} (the requests of a trace) and workload.arrival = "
+                    f'"replay" (its times) go together: use both, with workload.trace = "FILE"'
+                )
             concurrency = wl.get("batch_size") or wl.get("concurrency")
             made = json.dumps([eng, concurrency, default_ctx_per_seq(budget)], sort_keys=True, default=str)
             if made not in options_of:  # the same options for many cells: built and checked once
@@ -371,17 +450,36 @@ def expand(spec: dict, where: str) -> list[CellSpec]:
             parts = [model, variant.get("name", ""), dataset, mode, f"mt{budget}", tb_name, wl_name, f"r{repeat}"]
             name = "__".join(_slug(str(p)) for p in parts if p)
             mi, di, pi, bi, ti, ei, wi, _ = pos
-            order.append((repeat, (variant_index + repeat) % len(variants), mi, di, bi, ti, ei, wi, (pi + repeat) % len(v_modes)))
-            cells.append(CellSpec(
-                name=name, study=study, backend=backend, model=model,
-                variant=variant.get("name", ""), dataset=dataset, samples=custom[dataset]["n"] if dataset in custom else datasets[dataset], prompt_mode=mode,
-                max_tokens=budget, repeat=repeat, seed=seed0 + repeat, temperature=float(sampling["temperature"]),
-                top_p=float(sampling["top_p"]), engine=options, workload=wl, grammar=bool(spec.get("grammar", False)),
-                templates=spec.get("templates"), slo=dict(slo), sample_period_s=float(period),
-                top_k=sampling["top_k"], sampling_order=sampling["order"],
-                think_budget=think_budget_tokens(tb, budget, where),
-                custom_dataset=custom.get(dataset),
-            ))
+            order.append(
+                (repeat, (variant_index + repeat) % len(variants), mi, di, bi, ti, ei, wi, (pi + repeat) % len(v_modes))
+            )
+            cells.append(
+                CellSpec(
+                    name=name,
+                    study=study,
+                    backend=backend,
+                    model=model,
+                    variant=variant.get("name", ""),
+                    dataset=dataset,
+                    samples=custom[dataset]["n"] if dataset in custom else datasets[dataset],
+                    prompt_mode=mode,
+                    max_tokens=budget,
+                    repeat=repeat,
+                    seed=seed0 + repeat,
+                    temperature=float(sampling["temperature"]),
+                    top_p=float(sampling["top_p"]),
+                    engine=options,
+                    workload=wl,
+                    grammar=bool(spec.get("grammar", False)),
+                    templates=spec.get("templates"),
+                    slo=dict(slo),
+                    sample_period_s=float(period),
+                    top_k=sampling["top_k"],
+                    sampling_order=sampling["order"],
+                    think_budget=think_budget_tokens(tb, budget, where),
+                    custom_dataset=custom.get(dataset),
+                )
+            )
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: two cells get the same name; give each [[variants]] a distinct name")
@@ -400,8 +498,10 @@ def think_budget_tokens(value, max_tokens: int, where: str) -> int | None:
     match = re.fullmatch(r"mt-(\d+)", value) if isinstance(value, str) else None
     if match:
         return max(max_tokens - int(match.group(1)), -(-max_tokens // 2))
-    raise UserError(f"{where}: think_budget must be whole numbers >= 1, \"mt-K\" (max_tokens - K answer tokens "
-                    f"kept free) or \"off\", got {value!r}")
+    raise UserError(
+        f'{where}: think_budget must be whole numbers >= 1, "mt-K" (max_tokens - K answer tokens '
+        f'kept free) or "off", got {value!r}'
+    )
 
 
 def workload_name(wl: dict) -> str:
@@ -432,7 +532,10 @@ def default_ctx_per_seq(budget: int) -> int:
 def _engine_options(backend: str, fields: dict, wl: dict, budget: int, where: str) -> CommonOptions:
     """The backend's options for a cell; concurrency defaults to the batch size / closed-loop
     concurrency (8 for open loop), ctx_per_seq to the budget + PROMPT_ROOM rounded up to 256."""
-    fields = {"max_seqs": wl.get("batch_size") or wl.get("concurrency") or 8,
-              "ctx_per_seq": default_ctx_per_seq(budget), **fields}
+    fields = {
+        "max_seqs": wl.get("batch_size") or wl.get("concurrency") or 8,
+        "ctx_per_seq": default_ctx_per_seq(budget),
+        **fields,
+    }
     keys = {name: m.key for name, m in all_options().items()}
     return build_options(backend, fields, spelled=lambda name: f"{where}: engine.{keys[name]} =")

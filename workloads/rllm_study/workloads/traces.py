@@ -40,12 +40,142 @@ DEFAULT_BLOCK_TOKENS = 512  # Mooncake's block size
 MOONCAKE_MS = 1000.0  # Mooncake timestamps are milliseconds
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 # Common English words; those that are one token with a leading space in a model's vocabulary make its prompts.
-WORDS = tuple("""the of and to in is for on that with as by this be are from at or an it not was but have can which
-will all one has more their if about other when time some new so up out what also than into only its two most first
-any over such may use make like these then just each many work used way well very our even back good where much made
-part year day people world life city small group case high state found long place name house water both great local
-system point number home right school public book city music water night power game line market study story money
-form field light river road area film model paper table garden window letter voice heart plan food color order""".split())
+WORDS = (
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "this",
+    "be",
+    "are",
+    "from",
+    "at",
+    "or",
+    "an",
+    "it",
+    "not",
+    "was",
+    "but",
+    "have",
+    "can",
+    "which",
+    "will",
+    "all",
+    "one",
+    "has",
+    "more",
+    "their",
+    "if",
+    "about",
+    "other",
+    "when",
+    "time",
+    "some",
+    "new",
+    "so",
+    "up",
+    "out",
+    "what",
+    "also",
+    "than",
+    "into",
+    "only",
+    "its",
+    "two",
+    "most",
+    "first",
+    "any",
+    "over",
+    "such",
+    "may",
+    "use",
+    "make",
+    "like",
+    "these",
+    "then",
+    "just",
+    "each",
+    "many",
+    "work",
+    "used",
+    "way",
+    "well",
+    "very",
+    "our",
+    "even",
+    "back",
+    "good",
+    "where",
+    "much",
+    "made",
+    "part",
+    "year",
+    "day",
+    "people",
+    "world",
+    "life",
+    "city",
+    "small",
+    "group",
+    "case",
+    "high",
+    "state",
+    "found",
+    "long",
+    "place",
+    "name",
+    "house",
+    "water",
+    "both",
+    "great",
+    "local",
+    "system",
+    "point",
+    "number",
+    "home",
+    "right",
+    "school",
+    "public",
+    "book",
+    "city",
+    "music",
+    "water",
+    "night",
+    "power",
+    "game",
+    "line",
+    "market",
+    "study",
+    "story",
+    "money",
+    "form",
+    "field",
+    "light",
+    "river",
+    "road",
+    "area",
+    "film",
+    "model",
+    "paper",
+    "table",
+    "garden",
+    "window",
+    "letter",
+    "voice",
+    "heart",
+    "plan",
+    "food",
+    "color",
+    "order",
+)
 
 
 @dataclass(frozen=True)
@@ -84,15 +214,21 @@ def _read_mooncake(path: Path, lines: list[str]) -> list[TraceRequest]:
             raise UserError(f"trace file {path} line {number}: not a JSON object")
         for field in ("timestamp", "input_length", "output_length"):
             if field not in row:
-                raise UserError(f"trace file {path} line {number}: field {field} is missing "
-                                "(a Mooncake-style line holds timestamp in ms, input_length, output_length, hash_ids)")
+                raise UserError(
+                    f"trace file {path} line {number}: field {field} is missing "
+                    "(a Mooncake-style line holds timestamp in ms, input_length, output_length, hash_ids)"
+                )
         hashes = row.get("hash_ids") or []
         if not isinstance(hashes, list):
             raise UserError(f"trace file {path} line {number}: hash_ids must be a list of whole numbers")
-        out.append(TraceRequest(_seconds(row["timestamp"], path, number, "timestamp", MOONCAKE_MS),
-                                _whole(row["input_length"], path, number, "input_length", 1),
-                                _whole(row["output_length"], path, number, "output_length", 1),
-                                tuple(_whole(h, path, number, "hash_ids", 0) for h in hashes)))
+        out.append(
+            TraceRequest(
+                _seconds(row["timestamp"], path, number, "timestamp", MOONCAKE_MS),
+                _whole(row["input_length"], path, number, "input_length", 1),
+                _whole(row["output_length"], path, number, "output_length", 1),
+                tuple(_whole(h, path, number, "hash_ids", 0) for h in hashes),
+            )
+        )
     return out
 
 
@@ -107,16 +243,22 @@ def _read_burstgpt(path: Path, lines: list[str]) -> list[TraceRequest]:
     reader = csv.DictReader(lines)
     missing = [c for c in BURSTGPT_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise UserError(f"trace file {path}: column {missing[0]!r} is missing (a BurstGPT CSV has the header "
-                        f"{', '.join(BURSTGPT_COLUMNS)}, ...)")
+        raise UserError(
+            f"trace file {path}: column {missing[0]!r} is missing (a BurstGPT CSV has the header "
+            f"{', '.join(BURSTGPT_COLUMNS)}, ...)"
+        )
     out = []
     for row in reader:
         number = reader.line_num
         values = {c: _number(row[c], path, number, c) for c in BURSTGPT_COLUMNS}
-        out.append(TraceRequest(_seconds(values["Timestamp"], path, number, "Timestamp", 1.0),
-                                _whole(values["Request tokens"], path, number, "Request tokens", 1),
-                                # a failed request has 0 response tokens: it still asks for one
-                                max(1, _whole(values["Response tokens"], path, number, "Response tokens", 0))))
+        out.append(
+            TraceRequest(
+                _seconds(values["Timestamp"], path, number, "Timestamp", 1.0),
+                _whole(values["Request tokens"], path, number, "Request tokens", 1),
+                # a failed request has 0 response tokens: it still asks for one
+                max(1, _whole(values["Response tokens"], path, number, "Response tokens", 0)),
+            )
+        )
     return out
 
 
@@ -137,8 +279,9 @@ def read_trace_requests(path: Path) -> list[TraceRequest]:
     return rows
 
 
-def select(rows: list[TraceRequest], time_scale: float = 1.0, window_start_s: float = 0.0,
-           window_s: float = math.inf) -> list[TraceRequest]:
+def select(
+    rows: list[TraceRequest], time_scale: float = 1.0, window_start_s: float = 0.0, window_s: float = math.inf
+) -> list[TraceRequest]:
     """The rows in the window (module docstring), sorted by time, shifted to start at 0 and scaled."""
     ordered = sorted(rows, key=lambda r: r.at_s)
     start = ordered[0].at_s + window_start_s
@@ -153,8 +296,10 @@ def load_trace(path: Path, time_scale: float, window_start_s: float, window_s: f
     """The first n requests of the trace's window; a UserError when the window holds fewer."""
     kept = select(read_trace_requests(path), time_scale, window_start_s, window_s)
     if len(kept) < n:
-        raise UserError(f"trace file {path} has {len(kept)} requests in its window, fewer than the {n} asked "
-                        f"(ask for at most {len(kept)}, or widen workload.window_s)")
+        raise UserError(
+            f"trace file {path} has {len(kept)} requests in its window, fewer than the {n} asked "
+            f"(ask for at most {len(kept)}, or widen workload.window_s)"
+        )
     return kept[:n]
 
 

@@ -80,10 +80,10 @@ from rllm_study.backends.base import (
     EngineInfo,
     EngineStats,
     Event,
-    StatsExtra,
     PrefillDone,
     Request,
     RequestAdmitted,
+    StatsExtra,
 )
 from rllm_study.backends.llama_cpp.prefix import MIN_REUSE_TOKENS, PrefixCache
 from rllm_study.backends.llama_cpp.speculative import ModelDrafter, NgramDrafter
@@ -175,7 +175,7 @@ class LlamaModel:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._pieces: list[bytes | None] = [None] * self.n_vocab  # piece() per token id, filled on first use
-        self._eog: list[bool | None] = [None] * self.n_vocab      # is_eog() per token id, filled on first use
+        self._eog: list[bool | None] = [None] * self.n_vocab  # is_eog() per token id, filled on first use
         self.think_open_id = self._single_token(THINK_OPEN)
         self.think_close_id = self._single_token(THINK_CLOSE)
 
@@ -236,7 +236,7 @@ class LlamaModel:
         prompt = formatter(messages=messages).prompt
         # The tokenizer adds BOS itself; a template that also writes it would double it.
         if bos and prompt.startswith(bos) and lc.llama_vocab_get_add_bos(self.vocab):
-            prompt = prompt[len(bos):]
+            prompt = prompt[len(bos) :]
         return prompt
 
     def kv_bytes_per_token(self, type_k: str, type_v: str) -> float:
@@ -253,7 +253,11 @@ class LlamaModel:
     def same_vocab(self, other: LlamaModel) -> bool:
         """Same token count, same text for every token id, same BOS and EOS: a valid draft/target pair."""
         a, b = self.vocab, other.vocab
-        if self.n_vocab != other.n_vocab or lc.llama_vocab_bos(a) != lc.llama_vocab_bos(b) or lc.llama_vocab_eos(a) != lc.llama_vocab_eos(b):
+        if (
+            self.n_vocab != other.n_vocab
+            or lc.llama_vocab_bos(a) != lc.llama_vocab_bos(b)
+            or lc.llama_vocab_eos(a) != lc.llama_vocab_eos(b)
+        ):
             return False
         return all(lc.llama_vocab_get_text(a, i) == lc.llama_vocab_get_text(b, i) for i in range(self.n_vocab))
 
@@ -306,8 +310,22 @@ def make_sampler(model: LlamaModel, request: Request):
 class Sequence:
     """A request while it holds a sequence slot (or waits to get one back after preemption)."""
 
-    __slots__ = ("request", "seq_id", "prompt", "out", "pending", "n_past", "sampler", "on_device", "bound", "utf8",
-                 "prefilled", "admitted", "spec_state", "rng")
+    __slots__ = (
+        "request",
+        "seq_id",
+        "prompt",
+        "out",
+        "pending",
+        "n_past",
+        "sampler",
+        "on_device",
+        "bound",
+        "utf8",
+        "prefilled",
+        "admitted",
+        "spec_state",
+        "rng",
+    )
 
     def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
         self.request = request
@@ -316,7 +334,7 @@ class Sequence:
         self.prompt = prompt
         self.out = RequestOutput(request, len(prompt), phases)  # tokens, text, counts, stop rules
         self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
-        self.n_past = 0                         # cells this sequence holds in the KV cache
+        self.n_past = 0  # cells this sequence holds in the KV cache
         self.sampler = None  # its llama.cpp sampler chain (make_sampler): a grammar request's, or any with on_device
         self.on_device = False  # the chain is registered for seq_id and draws in the decode graph
         self.bound = False  # the chain has been registered with the context once (see _bind_sampler)
@@ -331,8 +349,10 @@ def kv_budget_cells(budget_mib: float, bytes_per_token: float) -> int:
     `bytes_per_token`: floor(budget_mib x 2^20 / bytes_per_token); a smaller cache type holds more."""
     cells = int(budget_mib * 2**20 // bytes_per_token)
     if cells < 16:
-        raise UserError(f"kv_budget_mib = {budget_mib:g} holds {cells} tokens at {bytes_per_token:g} bytes each; give at least "
-                        f"{16 * bytes_per_token / 2**20:.3f} MiB")
+        raise UserError(
+            f"kv_budget_mib = {budget_mib:g} holds {cells} tokens at {bytes_per_token:g} bytes each; give at least "
+            f"{16 * bytes_per_token / 2**20:.3f} MiB"
+        )
     return cells
 
 
@@ -449,14 +469,20 @@ class LlamaCppEngine:
         if flash is None:
             flash = True if options.type_v not in ("f16", "f32", "bf16") or spec_method or batch_invariant else None
         if flash is False and options.type_v not in ("f16", "f32", "bf16"):
-            raise UserError(f"type_v={options.type_v}: a quantized V cache needs flash attention; drop flash_attn=false")
+            raise UserError(
+                f"type_v={options.type_v}: a quantized V cache needs flash attention; drop flash_attn=false"
+            )
         n_threads = options.n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
         self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
         self.model = LlamaModel(self.ref.path, options.n_gpu_layers, not batch_invariant)
         if options.kv_budget_mib:
-            self.options = replace(self.options, n_ctx=kv_budget_cells(options.kv_budget_mib,
-                                                                       self.model.kv_bytes_per_token(options.type_k, options.type_v)))
+            self.options = replace(
+                self.options,
+                n_ctx=kv_budget_cells(
+                    options.kv_budget_mib, self.model.kv_bytes_per_token(options.type_k, options.type_v)
+                ),
+            )
         self.ctx = self.drafter = draft_model = None
         try:
             if draft_ref is not None:
@@ -471,8 +497,9 @@ class LlamaCppEngine:
             if spec_method == "ngram":
                 self.drafter = NgramDrafter()
             elif draft_model is not None:
-                self.drafter = ModelDrafter(draft_model, _new_context(draft_model, self.options, type_k, type_v),
-                                            options.n_batch, draft_ref)
+                self.drafter = ModelDrafter(
+                    draft_model, _new_context(draft_model, self.options, type_k, type_v), options.n_batch, draft_ref
+                )
         except UserError:
             if self.ctx:
                 lc.llama_free(self.ctx)
@@ -493,10 +520,10 @@ class LlamaCppEngine:
         self._events: list[Event] = []
         self._proc = psutil.Process()
         self.preemptions = 0
-        self.seq_moves = 0          # sequences moved to a lower id (see _compact_ids)
-        self.prefill_only_s = 0.0   # decode time of steps whose batch held prompt tokens only
+        self.seq_moves = 0  # sequences moved to a lower id (see _compact_ids)
+        self.prefill_only_s = 0.0  # decode time of steps whose batch held prompt tokens only
         self.prefill_only_tokens = 0
-        self.draft_s = 0.0          # time spent proposing drafts
+        self.draft_s = 0.0  # time spent proposing drafts
         self.draft_proposed = self.draft_accepted = 0
         self.step_times = StepTimes()  # see StepTimes; a benchmark may replace it to measure a window
 
@@ -507,8 +534,12 @@ class LlamaCppEngine:
         phases = PhaseTracker(request.starts_in_think, self.model.think_open_id, self.model.think_close_id)
         seq = Sequence(request, prompt, phases)
         if len(prompt) + 1 > self.seq_capacity:
-            self._finish(seq, FINISH_ERROR, time.perf_counter_ns(),
-                         f"prompt has {len(prompt)} tokens; a sequence holds at most {self.seq_capacity - 1} (raise ctx_per_seq)")
+            self._finish(
+                seq,
+                FINISH_ERROR,
+                time.perf_counter_ns(),
+                f"prompt has {len(prompt)} tokens; a sequence holds at most {self.seq_capacity - 1} (raise ctx_per_seq)",
+            )
             return
         self.waiting.append(seq)
 
@@ -555,12 +586,20 @@ class LlamaCppEngine:
         if self.prefix is not None:
             p, per_token = self.prefix, self.prefill_s_per_token()
             prefix = PrefixStats(
-                prefix_lookups=p.lookups, prefix_hits=p.hits, prefix_tokens_reused=p.tokens_reused,
-                prefix_entries=len(p.entries), prefix_cached_tokens=p.cached_tokens, prefix_cache_bytes=p.cached_bytes,
-                prefix_restore_s=round(p.restore_s, 6), prefix_save_s=round(p.save_s, 6), prefill_s_per_token=per_token,
+                prefix_lookups=p.lookups,
+                prefix_hits=p.hits,
+                prefix_tokens_reused=p.tokens_reused,
+                prefix_entries=len(p.entries),
+                prefix_cached_tokens=p.cached_tokens,
+                prefix_cache_bytes=p.cached_bytes,
+                prefix_restore_s=round(p.restore_s, 6),
+                prefix_save_s=round(p.save_s, 6),
+                prefill_s_per_token=per_token,
             )
         if self.drafter is not None:
-            draft = DraftStats(draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6))
+            draft = DraftStats(
+                draft_proposed=self.draft_proposed, draft_accepted=self.draft_accepted, draft_s=round(self.draft_s, 6)
+            )
         extra = LlamaCppStats(preemptions=self.preemptions, seq_moves=self.seq_moves, prefix=prefix, draft=draft)
         return EngineStats(
             kv_used=sum(s.n_past for s in self.running),
@@ -572,8 +611,15 @@ class LlamaCppEngine:
         )
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(backend="llama_cpp", kv_cache_types=tuple(KV_TYPES), prefix_cache=True,
-                            speculative=("ngram", "draft"), grammar=True, batch_invariant=True, think_budget=True)
+        return Capabilities(
+            backend="llama_cpp",
+            kv_cache_types=tuple(KV_TYPES),
+            prefix_cache=True,
+            speculative=("ngram", "draft"),
+            grammar=True,
+            batch_invariant=True,
+            think_budget=True,
+        )
 
     def info(self) -> LlamaCppInfo:
         o = self.options
@@ -585,14 +631,23 @@ class LlamaCppEngine:
             gpu_offload_supported=bool(lc.llama_supports_gpu_offload()),
             model=self.model.facts(),
             context={
-                "n_ctx": self.n_ctx, "seq_capacity": self.seq_capacity, "n_batch": self.n_batch,
-                "max_seqs": o.max_seqs, "n_threads": o.n_threads, "n_gpu_layers": o.n_gpu_layers,
-                "type_k": o.type_k, "type_v": o.type_v, "flash_attn": o.flash_attn, "kv_unified": o.kv_unified,
+                "n_ctx": self.n_ctx,
+                "seq_capacity": self.seq_capacity,
+                "n_batch": self.n_batch,
+                "max_seqs": o.max_seqs,
+                "n_threads": o.n_threads,
+                "n_gpu_layers": o.n_gpu_layers,
+                "type_k": o.type_k,
+                "type_v": o.type_v,
+                "flash_attn": o.flash_attn,
+                "kv_unified": o.kv_unified,
                 "batch_invariant": o.batch_invariant,
             },
             sample_on=o.sample_on,
             kv_bytes_per_token=self.model.kv_bytes_per_token(o.type_k, o.type_v),
-            prefix_cache={"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS} if self.prefix else None,
+            prefix_cache={"max_tokens": o.prefix_cache_tokens, "min_reuse_tokens": MIN_REUSE_TOKENS}
+            if self.prefix
+            else None,
             speculative={**self.drafter.info(), "spec_tokens": o.speculative_tokens} if self.drafter else None,
         )
 
@@ -625,23 +680,29 @@ class LlamaCppEngine:
         if self.options.sample_on == "host":
             return
         if spec_method:
-            raise UserError("sample_on 'device': speculative decoding samples several positions of a sequence per step "
-                            "on the host; use sample_on 'host' with speculative decoding")
+            raise UserError(
+                "sample_on 'device': speculative decoding samples several positions of a sequence per step "
+                "on the host; use sample_on 'host' with speculative decoding"
+            )
         n_layer = lc.llama_model_n_layer(self.model.ptr)
         ngl = self.options.n_gpu_layers
         output_on_gpu = lc.llama_supports_gpu_offload() and (ngl < 0 or ngl > n_layer)
         if not output_on_gpu and self.options.n_threads > 1:
             # llama.cpp 0.3.36's CPU graph with a sampler chain in it hangs in its thread barrier
             # with more than one thread (seen as soon as a freed sequence id takes a new chain).
-            raise UserError(f"sample_on 'device' with the output layer on the CPU works with threads = 1 only "
-                            f"(threads = {self.options.n_threads}); use sample_on 'host' on a CPU")
+            raise UserError(
+                f"sample_on 'device' with the output layer on the CPU works with threads = 1 only "
+                f"(threads = {self.options.n_threads}); use sample_on 'host' on a CPU"
+            )
         probe = make_sampler(self.model, Request(id="probe", prompt=""))
         took = lc.llama_set_sampler(self.ctx, 0, probe)
         lc.llama_set_sampler(self.ctx, 0, None)
         lc.llama_sampler_free(probe)
         if not took:
-            raise UserError(f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
-                            "use sample_on 'host'")
+            raise UserError(
+                f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
+                "use sample_on 'host'"
+            )
 
     def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
         """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
@@ -683,7 +744,7 @@ class LlamaCppEngine:
                 self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
                 if self.prefix is not None:
                     seq.out.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
-                    del seq.pending[:seq.n_past]
+                    del seq.pending[: seq.n_past]
             self._bind_sampler(seq, seq.seq_id)
             self.running.append(seq)
 
@@ -735,8 +796,11 @@ class LlamaCppEngine:
             room = min(room, self.n_ctx - self._cells_needed())
         work = []
         for seq in sorted(decoding, key=lambda s: s.seq_id):  # id order, as in _fill_batch
-            k = min(self.options.speculative_tokens, seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
-                    self.seq_capacity - 2 - seq.n_past)
+            k = min(
+                self.options.speculative_tokens,
+                seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
+                self.seq_capacity - 2 - seq.n_past,
+            )
             if k > 0:
                 work.append((seq, k))
         if sum(k for _, k in work) > room:
@@ -848,7 +912,9 @@ class LlamaCppEngine:
             if seq.on_device:
                 token = lc.llama_get_sampled_token_ith(self.ctx, index)
                 if token == lc.LLAMA_TOKEN_NULL:
-                    raise RuntimeError(f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})")
+                    raise RuntimeError(
+                        f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})"
+                    )
                 tokens[index] = token
             elif seq.sampler is not None:
                 tokens[index] = lc.llama_sampler_sample(seq.sampler, self.ctx, index)
@@ -868,8 +934,10 @@ class LlamaCppEngine:
         copy), and the row of each batch index (llama_get_logits_ith's row, found from its address)."""
         n_vocab = self.model.n_vocab
         base = ctypes.cast(lc.llama_get_logits(self.ctx), ctypes.c_void_p).value
-        rows = [(ctypes.cast(lc.llama_get_logits_ith(self.ctx, i), ctypes.c_void_p).value - base) // (4 * n_vocab)
-                for i in indices]
+        rows = [
+            (ctypes.cast(lc.llama_get_logits_ith(self.ctx, i), ctypes.c_void_p).value - base) // (4 * n_vocab)
+            for i in indices
+        ]
         block = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(max(rows) + 1, n_vocab))
         return block, rows
 
@@ -912,8 +980,9 @@ class LlamaCppEngine:
         pending = [token]
         if reason == CLOSE_THINK:
             tail = seq.utf8.decode(b"", final=True)
-            pending = seq.out.close_thinking(lambda text: self.model.tokenize(text, add_special=False),
-                                             self.model.think_close_id, tail)
+            pending = seq.out.close_thinking(
+                lambda text: self.model.tokenize(text, add_special=False), self.model.think_close_id, tail
+            )
             reason = None
             if seq.request.grammar:
                 lc.llama_sampler_free(seq.sampler)

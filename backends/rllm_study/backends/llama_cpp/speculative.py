@@ -26,7 +26,7 @@ NGRAM_SIZES = (3, 2)  # lookup n-gram lengths, tried longest first (prompt looku
 def history_from(seq, start: int) -> list[int]:
     """prompt + output of a sequence from index `start` on."""
     n_prompt = len(seq.prompt)
-    return (seq.prompt[start:] if start < n_prompt else []) + seq.out.fed_tokens()[max(0, start - n_prompt):]
+    return (seq.prompt[start:] if start < n_prompt else []) + seq.out.fed_tokens()[max(0, start - n_prompt) :]
 
 
 class NgramIndex:
@@ -43,7 +43,7 @@ class NgramIndex:
             i = len(self.tokens)
             for n in NGRAM_SIZES:
                 if i >= n:
-                    self.follower[tuple(self.tokens[i - n:i])] = i
+                    self.follower[tuple(self.tokens[i - n : i])] = i
             self.tokens.append(token)
 
     def propose(self, k: int) -> list[int]:
@@ -52,7 +52,7 @@ class NgramIndex:
             if len(self.tokens) > n:
                 pos = self.follower.get(tuple(self.tokens[-n:]))
                 if pos is not None:
-                    return self.tokens[pos:pos + k]
+                    return self.tokens[pos : pos + k]
         return []
 
 
@@ -159,7 +159,7 @@ class ModelDrafter:
             for i, (seq, take, _) in enumerate(items):
                 out += len(take)
                 seq.spec_state.hist_len += len(take)
-                feed[seq.seq_id] = feed[seq.seq_id][len(take):]
+                feed[seq.seq_id] = feed[seq.seq_id][len(take) :]
                 if i in done:
                     drafts[seq.seq_id].append(self._argmax(out))
             pending = [seq for seq in pending if not drafts[seq.seq_id]]
@@ -168,7 +168,10 @@ class ModelDrafter:
             growing = [(seq, k) for seq, k in work if len(drafts[seq.seq_id]) < k]
             if not growing:
                 break
-            items = [(seq, [drafts[seq.seq_id][-1]], seq.spec_state.hist_len + len(seq.spec_state.extra)) for seq, _ in growing]
+            items = [
+                (seq, [drafts[seq.seq_id][-1]], seq.spec_state.hist_len + len(seq.spec_state.extra))
+                for seq, _ in growing
+            ]
             if not self._decode(items):
                 return self._fail(work)
             for i, (seq, _) in enumerate(growing):

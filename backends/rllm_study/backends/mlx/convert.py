@@ -56,10 +56,14 @@ LAYER_TENSORS = {
 # Pre-tokenizer split rules per `tokenizer.ggml.pre`, as llama.cpp applies them (llama-vocab.cpp):
 # each regex splits the pieces of the one before, keeping matches as pieces of their own.
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {  # pre -> (regexes, ignore_merges)
     "gpt-2": ((_GPT2,), False),
     "smollm": ((r"\p{N}", _GPT2), False),
@@ -109,8 +113,13 @@ def convert_gguf(gguf_path: Path, dtype: str | None = None, out_dir: Path | None
     if not gguf_path.is_file():
         raise UserError(f"{gguf_path}: no such GGUF file")
     out = Path(out_dir) if out_dir else mlx_dir_for(gguf_path, dtype)
-    source = {"gguf": str(gguf_path.resolve()), "size": gguf_path.stat().st_size,
-              "mtime_ns": gguf_path.stat().st_mtime_ns, "dtype": dtype, "converter": CONVERTER_VERSION}
+    source = {
+        "gguf": str(gguf_path.resolve()),
+        "size": gguf_path.stat().st_size,
+        "mtime_ns": gguf_path.stat().st_mtime_ns,
+        "dtype": dtype,
+        "converter": CONVERTER_VERSION,
+    }
     marker = out / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == source:
         return out
@@ -126,8 +135,10 @@ def convert_gguf(gguf_path: Path, dtype: str | None = None, out_dir: Path | None
     meta = _metadata(reader)
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise UserError(f"{gguf_path}: architecture {arch!r} cannot be converted to MLX; "
-                        f"supported: {', '.join(ARCHITECTURES)} (or pass an MLX/HF folder instead)")
+        raise UserError(
+            f"{gguf_path}: architecture {arch!r} cannot be converted to MLX; "
+            f"supported: {', '.join(ARCHITECTURES)} (or pass an MLX/HF folder instead)"
+        )
     weights = _weights(reader, meta, arch, gguf_path, DTYPES[dtype])
     with _LlamaVocab(gguf_path) as vocab:
         config = _config(meta, arch, tied="lm_head.weight" not in weights, eos_ids=vocab.eog_ids())
@@ -149,7 +160,9 @@ def convert_gguf(gguf_path: Path, dtype: str | None = None, out_dir: Path | None
         os.replace(tmp, out)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{out}: cannot write the MLX folder ({err.strerror}); set RLLM_STUDY_CACHE to a writable folder") from err
+        raise UserError(
+            f"{out}: cannot write the MLX folder ({err.strerror}); set RLLM_STUDY_CACHE to a writable folder"
+        ) from err
     return out
 
 
@@ -209,8 +222,10 @@ def _weights(reader, meta: dict, arch: str, path: Path, dtype) -> dict[str, np.n
             name = f"{GLOBAL_TENSORS[base]}.{kind}"
         else:
             hint = " (llama3-style RoPE scaling)" if base == "rope_freqs" else ""
-            raise UserError(f"{path}: tensor {t.name!r}{hint} has no MLX counterpart in this converter; "
-                            f"use an MLX/HF folder of this model instead")
+            raise UserError(
+                f"{path}: tensor {t.name!r}{hint} has no MLX counterpart in this converter; "
+                f"use an MLX/HF folder of this model instead"
+            )
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             w = np.asarray(t.data, dtype=np.float32)
         else:
@@ -249,7 +264,7 @@ def _config(meta: dict, arch: str, tied: bool, eos_ids: list[int]) -> dict:
     return config
 
 
-def _tokenizer(meta: dict, gguf_path: Path, vocab: "_LlamaVocab"):
+def _tokenizer(meta: dict, gguf_path: Path, vocab: _LlamaVocab):
     """(tokenizers.Tokenizer, tokenizer_config dict) equivalent to llama.cpp's for this GGUF."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -257,8 +272,9 @@ def _tokenizer(meta: dict, gguf_path: Path, vocab: "_LlamaVocab"):
     if kind != "gpt2":
         raise UserError(f"{gguf_path}: tokenizer {kind!r} cannot be converted to MLX (byte-level BPE 'gpt2' only)")
     if pre not in PRE_TOKENIZERS:
-        raise UserError(f"{gguf_path}: pre-tokenizer {pre!r} is not known to the MLX converter; "
-                        f"known: {', '.join(PRE_TOKENIZERS)}")
+        raise UserError(
+            f"{gguf_path}: pre-tokenizer {pre!r} is not known to the MLX converter; known: {', '.join(PRE_TOKENIZERS)}"
+        )
     regexes, ignore_merges = PRE_TOKENIZERS[pre]
     tokens = list(meta["tokenizer.ggml.tokens"])
     types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
@@ -269,10 +285,12 @@ def _tokenizer(meta: dict, gguf_path: Path, vocab: "_LlamaVocab"):
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False)
-                    for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL]
+    )
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED]
+    )
 
     def special(name):
         i = meta.get(f"tokenizer.ggml.{name}_token_id")
@@ -282,7 +300,8 @@ def _tokenizer(meta: dict, gguf_path: Path, vocab: "_LlamaVocab"):
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", ignore_merges))  # llama.cpp: llama3 types add BOS
     if add_bos and bos is not None:
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))]
+        )
     _check_against_llama_cpp(tok, gguf_path, vocab)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -298,14 +317,16 @@ def _tokenizer(meta: dict, gguf_path: Path, vocab: "_LlamaVocab"):
     return tok, {k: v for k, v in config.items() if v is not None}
 
 
-def _check_against_llama_cpp(tok, gguf_path: Path, vocab: "_LlamaVocab") -> None:
+def _check_against_llama_cpp(tok, gguf_path: Path, vocab: _LlamaVocab) -> None:
     """Raise unless the built tokenizer gives llama.cpp's token ids on every probe text."""
     for text in PROBE_TEXTS:
         ours, theirs = tok.encode(text).ids, vocab.tokenize(text)
         if ours != theirs:
             at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            raise UserError(f"{gguf_path}: the MLX tokenizer built from this GGUF differs from llama.cpp's "
-                            f"at token {at} of probe {text[:30]!r}; this vocabulary is not supported")
+            raise UserError(
+                f"{gguf_path}: the MLX tokenizer built from this GGUF differs from llama.cpp's "
+                f"at token {at} of probe {text[:30]!r}; this vocabulary is not supported"
+            )
 
 
 class _LlamaVocab:

@@ -63,11 +63,11 @@ from pathlib import Path  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 import psutil  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm import load as mlx_load  # noqa: E402
 from mlx_lm.generate import BatchGenerator, speculative_generate_step  # noqa: E402
 from mlx_lm.models.cache import KVCache, LRUPromptCache, make_prompt_cache, trim_prompt_cache  # noqa: E402
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
 
 from rllm_study.backends.base import (  # noqa: E402
     FINISH_ABORT,
@@ -76,21 +76,21 @@ from rllm_study.backends.base import (  # noqa: E402
     Capabilities,
     EngineInfo,
     EngineStats,
-    StatsExtra,
     Event,
     PrefillDone,
     Request,
     RequestAdmitted,
     SamplingParams,
+    StatsExtra,
     unsupported_options,
 )
+from rllm_study.backends.mlx.convert import convert_to_mlx, default_dtype  # noqa: E402
 from rllm_study.backends.mlx.kv import KV_GROUP_SIZE, make_quantized_cache  # noqa: E402
 from rllm_study.backends.options import MlxOptions  # noqa: E402
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling  # noqa: E402
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker  # noqa: E402
 from rllm_study.backends.sampling import TEMPERATURE_FIRST  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
-from rllm_study.backends.mlx.convert import convert_to_mlx, default_dtype  # noqa: E402
 
 PREFIX_KEY = "model"  # one model per engine: the prefix cache needs no other key
 
@@ -145,22 +145,34 @@ def make_sampler(s: SamplingParams):
 class _Seq:
     """A request inside the engine."""
 
-    __slots__ = ("request", "prompt", "out", "detok", "uid", "kv_tokens", "budget", "gen", "caches", "new_round",
-                 "sampler", "kv_base")
+    __slots__ = (
+        "request",
+        "prompt",
+        "out",
+        "detok",
+        "uid",
+        "kv_tokens",
+        "budget",
+        "gen",
+        "caches",
+        "new_round",
+        "sampler",
+        "kv_base",
+    )
 
     def __init__(self, request: Request, prompt: list[int], out: RequestOutput, detok, budget: int):
         self.request = request
         self.prompt = prompt
         self.out = out
-        self.detok = detok          # mlx-lm streaming detokenizer: text pieces, UTF-8 safe
-        self.uid = -1               # BatchGenerator uid once admitted (batched mode)
-        self.kv_tokens = 0          # tokens of this request held in the KV cache
-        self.budget = budget        # output tokens allowed: max_tokens within seq_capacity
-        self.gen = None             # draft mode: the speculative token generator
-        self.caches = []            # draft mode: its target + draft KV caches
-        self.new_round = True       # draft mode: the next token opens a verification round
+        self.detok = detok  # mlx-lm streaming detokenizer: text pieces, UTF-8 safe
+        self.uid = -1  # BatchGenerator uid once admitted (batched mode)
+        self.kv_tokens = 0  # tokens of this request held in the KV cache
+        self.budget = budget  # output tokens allowed: max_tokens within seq_capacity
+        self.gen = None  # draft mode: the speculative token generator
+        self.caches = []  # draft mode: its target + draft KV caches
+        self.new_round = True  # draft mode: the next token opens a verification round
         self.sampler = make_sampler(request.sampling)  # None: the batch's greedy argmax
-        self.kv_base = 0            # batched mode: tokens already cached when it (re-)entered the generator
+        self.kv_base = 0  # batched mode: tokens already cached when it (re-)entered the generator
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,13 +213,17 @@ class MlxEngine:
         self.think_ids = self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)
         self.n_layers = len(self.model.layers)
         if options.kv_bits and any(type(c) is not KVCache for c in make_prompt_cache(self.model)):
-            raise UserError(f"kv_bits: this model ({self.folder.name}) uses sliding-window or recurrent caches; "
-                            f"MLX KV quantization here supports full-attention caches only")
+            raise UserError(
+                f"kv_bits: this model ({self.folder.name}) uses sliding-window or recurrent caches; "
+                f"MLX KV quantization here supports full-attention caches only"
+            )
         self.draft_model = None
         if speculative and speculative.method == "draft":
             self.draft_model, draft_tok, self.draft_folder = load_model(speculative.draft_model, default_dtype())
             if draft_tok.get_vocab() != self.tokenizer.get_vocab():
-                raise UserError(f"speculative={options.speculative!r}: the draft model's vocabulary differs from the target's")
+                raise UserError(
+                    f"speculative={options.speculative!r}: the draft model's vocabulary differs from the target's"
+                )
         self.unsupported = unsupported_options(self.options, self.capabilities()) + self._draft_notes()
         self.waiting: deque[_Seq] = deque()
         self.running: dict[int, _Seq] = {}  # uid -> sequence (batched); key 0 in draft mode
@@ -223,18 +239,25 @@ class MlxEngine:
     def submit(self, request: Request) -> None:
         check_sampling(request)
         if request.grammar:
-            raise UserError(f"request {request.id}: the mlx backend cannot apply GBNF grammars; "
-                            f"drop the grammar or use the llama_cpp backend")
+            raise UserError(
+                f"request {request.id}: the mlx backend cannot apply GBNF grammars; "
+                f"drop the grammar or use the llama_cpp backend"
+            )
         if self.draft_model is not None and request.sampling.think_budget is not None:
-            request = replace(request, sampling=replace(request.sampling, think_budget=None))  # see the module docstring
+            request = replace(
+                request, sampling=replace(request.sampling, think_budget=None)
+            )  # see the module docstring
         prompt = self.tokenizer.encode(request.prompt)
         out = RequestOutput(request, len(prompt), PhaseTracker(request.starts_in_think, *self.think_ids))
         room = self.seq_capacity - len(prompt)
         seq = _Seq(request, prompt, out, self.tokenizer.detokenizer, min(request.sampling.max_tokens, room))
         if not prompt or room < 1:
-            self._finish(seq, FINISH_ERROR, time.perf_counter_ns(),
-                         f"prompt has {len(prompt)} tokens; a sequence holds 1 to {self.seq_capacity - 1} "
-                         f"(raise ctx_per_seq)")
+            self._finish(
+                seq,
+                FINISH_ERROR,
+                time.perf_counter_ns(),
+                f"prompt has {len(prompt)} tokens; a sequence holds 1 to {self.seq_capacity - 1} (raise ctx_per_seq)",
+            )
             return
         self.waiting.append(seq)
 
@@ -266,7 +289,9 @@ class MlxEngine:
             kv_bytes = sum(c.nbytes for s in self.running.values() for c in s.caches if not c.empty())
         extra = MlxStats(kv_bytes=kv_bytes)
         if self.prefix is not None:
-            extra = MlxStats(kv_bytes=kv_bytes, prefix_cache_bytes=self.prefix.nbytes, prefix_cache_entries=len(self.prefix))
+            extra = MlxStats(
+                kv_bytes=kv_bytes, prefix_cache_bytes=self.prefix.nbytes, prefix_cache_entries=len(self.prefix)
+            )
         return EngineStats(
             kv_used=sum(s.kv_tokens for s in self.running.values()),
             kv_capacity=self.options.n_ctx,
@@ -280,8 +305,15 @@ class MlxEngine:
 
     def capabilities(self) -> Capabilities:
         drafting = self.draft_model is not None
-        return Capabilities(backend="mlx", continuous_batching=not drafting, kv_cache_types=(),
-                            prefix_cache=not drafting, speculative=("draft",), grammar=False, think_budget=not drafting)
+        return Capabilities(
+            backend="mlx",
+            continuous_batching=not drafting,
+            kv_cache_types=(),
+            prefix_cache=not drafting,
+            speculative=("draft",),
+            grammar=False,
+            think_budget=not drafting,
+        )
 
     def info(self) -> MlxInfo:
         o = self.options
@@ -293,15 +325,27 @@ class MlxEngine:
             mlx_lm=version("mlx-lm"),
             device=str(mx.default_device()),
             openblas_preloaded=OPENBLAS,
-            model={"path": str(self.folder), "model_type": getattr(args, "model_type", None),
-                   "dtype": str(self.dtype).removeprefix("mlx.core."), "n_params": self.n_params,
-                   "n_layer": self.n_layers, "think_tokens": list(self.think_ids)},
+            model={
+                "path": str(self.folder),
+                "model_type": getattr(args, "model_type", None),
+                "dtype": str(self.dtype).removeprefix("mlx.core."),
+                "n_params": self.n_params,
+                "n_layer": self.n_layers,
+                "think_tokens": list(self.think_ids),
+            },
             draft_model=str(self.draft_folder) if self.draft_model is not None else None,
-            context={"max_seqs": 1 if self.draft_model is not None else o.max_seqs, "n_ctx": o.n_ctx,
-                     "seq_capacity": self.seq_capacity, "prefill_step": o.n_batch, "kv_bits": o.kv_bits,
-                     "kv_group_size": KV_GROUP_SIZE if o.kv_bits else None,
-                     "prefix_cache": self.prefix is not None, "prefix_cache_tokens": o.prefix_cache_tokens,
-                     "spec": o.speculative, "spec_tokens": o.speculative_tokens if self.draft_model is not None else None},
+            context={
+                "max_seqs": 1 if self.draft_model is not None else o.max_seqs,
+                "n_ctx": o.n_ctx,
+                "seq_capacity": self.seq_capacity,
+                "prefill_step": o.n_batch,
+                "kv_bits": o.kv_bits,
+                "kv_group_size": KV_GROUP_SIZE if o.kv_bits else None,
+                "prefix_cache": self.prefix is not None,
+                "prefix_cache_tokens": o.prefix_cache_tokens,
+                "spec": o.speculative,
+                "spec_tokens": o.speculative_tokens if self.draft_model is not None else None,
+            },
             kv_bytes_per_token=self.kv_bytes_per_token(),
             sampling="per request: temperature, top_p, top_k, order, seed (own PRNG key), max_tokens, stop strings",
             unsupported_options=tuple(self.unsupported),
@@ -310,12 +354,13 @@ class MlxEngine:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.tokenizer.chat_template:
             raise UserError(f"{self.folder}: the model has no chat template; send raw prompts instead (--raw)")
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                    tokenize=False)
+        prompt = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
         bos = self.tokenizer.bos_token
         # The tokenizer adds BOS itself; a template that also writes it would double it.
         if bos and prompt.startswith(bos) and self.tokenizer.encode("")[:1] == [self.tokenizer.bos_token_id]:
-            prompt = prompt[len(bos):]
+            prompt = prompt[len(bos) :]
         return prompt
 
     def count_tokens(self, text: str) -> int:
@@ -349,14 +394,18 @@ class MlxEngine:
     def _draft_notes(self) -> list[str]:
         if self.draft_model is None or self.options.max_seqs == 1:
             return []
-        return [f"mlx: max_seqs={self.options.max_seqs} is not used with a draft model "
-                f"(mlx-lm's speculative decoding serves one request at a time)"]
+        return [
+            f"mlx: max_seqs={self.options.max_seqs} is not used with a draft model "
+            f"(mlx-lm's speculative decoding serves one request at a time)"
+        ]
 
     # -- batched mode ---------------------------------------------------------------------
     def _new_batch(self) -> BatchGenerator:
         return BatchGenerator(
-            self.model, stop_tokens=[] if self.options.ignore_eos else [[t] for t in sorted(self.eos_ids)],
-            completion_batch_size=self.options.max_seqs, prefill_batch_size=self.options.max_seqs,
+            self.model,
+            stop_tokens=[] if self.options.ignore_eos else [[t] for t in sorted(self.eos_ids)],
+            completion_batch_size=self.options.max_seqs,
+            prefill_batch_size=self.options.max_seqs,
             prefill_step_size=self.options.n_batch,
         )
 
@@ -418,19 +467,24 @@ class MlxEngine:
             cache, tokens = r.prompt_cache, r.all_tokens
         del self.running[r.uid]
         tokens = list(tokens)
-        if seq.out.tokens and seq.out.tokens[-1] in self.eos_ids and not self.options.ignore_eos:  # the generator fed it: drop its KV
+        if (
+            seq.out.tokens and seq.out.tokens[-1] in self.eos_ids and not self.options.ignore_eos
+        ):  # the generator fed it: drop its KV
             trim_prompt_cache(cache, 1)
             tokens = tokens[:-1]
         seq.detok.finalize()
         tail = seq.detok.last_segment
         seq.detok.reset()
-        seq.out.close_thinking(lambda text: self.tokenizer.encode(text, add_special_tokens=False), self.think_ids[1], tail)
+        seq.out.close_thinking(
+            lambda text: self.tokenizer.encode(text, add_special_tokens=False), self.think_ids[1], tail
+        )
         left = min(seq.budget - len(seq.out.tokens), self.seq_capacity - len(tokens) - len(seq.out.forced))
         if left < 1:
             return self._finish(seq, FINISH_LENGTH, t_ns)
         seq.kv_base = len(tokens)
-        (seq.uid,) = self.batch.insert([seq.out.forced], [left], caches=[cache], all_tokens=[tokens],
-                                       samplers=[seq.sampler])
+        (seq.uid,) = self.batch.insert(
+            [seq.out.forced], [left], caches=[cache], all_tokens=[tokens], samplers=[seq.sampler]
+        )
         self.running[seq.uid] = seq
 
     def _admit_batched(self, seq: _Seq) -> None:
@@ -445,8 +499,9 @@ class MlxEngine:
         cached = len(seq.prompt) - len(rest)
         seq.out.cached_tokens = cached
         seq.kv_tokens = seq.kv_base = cached
-        (seq.uid,) = self.batch.insert([rest], [seq.budget], caches=[cache], all_tokens=[seq.prompt[:cached]],
-                                       samplers=[seq.sampler])
+        (seq.uid,) = self.batch.insert(
+            [rest], [seq.budget], caches=[cache], all_tokens=[seq.prompt[:cached]], samplers=[seq.sampler]
+        )
         self.running[seq.uid] = seq
         self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
 
@@ -483,19 +538,27 @@ class MlxEngine:
         self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
         caches = []
         for model in (self.model, self.draft_model):
-            cache = (make_quantized_cache(len(model.layers), self.options.kv_bits) if self.options.kv_bits
-                     else make_prompt_cache(model))
+            cache = (
+                make_quantized_cache(len(model.layers), self.options.kv_bits)
+                if self.options.kv_bits
+                else make_prompt_cache(model)
+            )
             head = seq.prompt[:-1]
             for i in range(0, len(head), self.options.n_batch):
-                model(mx.array(head[i: i + self.options.n_batch])[None], cache=cache)
+                model(mx.array(head[i : i + self.options.n_batch])[None], cache=cache)
                 mx.eval([c.state for c in cache])
             caches += cache
         seq.caches = caches
         seq.kv_tokens = len(seq.prompt) - 1
         self._events.append(PrefillDone(seq.request.id, time.perf_counter_ns(), len(seq.prompt), 0))
         seq.gen = speculative_generate_step(
-            mx.array(seq.prompt[-1:]), self.model, self.draft_model, num_draft_tokens=self.options.speculative_tokens,
-            max_tokens=seq.budget, sampler=seq.sampler or greedy_sampler, prompt_cache=caches,
+            mx.array(seq.prompt[-1:]),
+            self.model,
+            self.draft_model,
+            num_draft_tokens=self.options.speculative_tokens,
+            max_tokens=seq.budget,
+            sampler=seq.sampler or greedy_sampler,
+            prompt_cache=caches,
             prefill_step_size=self.options.n_batch,
         )
 
@@ -526,4 +589,3 @@ class MlxEngine:
     def _finish(self, seq: _Seq, reason: str, t_ns: int, error: str | None = None) -> None:
         seq.detok.finalize()
         self._events.append(seq.out.finished(reason, t_ns, tail=seq.detok.last_segment, error=error))
-

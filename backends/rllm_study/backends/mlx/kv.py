@@ -34,7 +34,7 @@ class SeqQuantizedKVCache(QuantizedKVCache):
         return self.offset
 
     @classmethod
-    def merge(cls, caches: list["SeqQuantizedKVCache"]) -> "BatchQuantizedKVCache":
+    def merge(cls, caches: list[SeqQuantizedKVCache]) -> BatchQuantizedKVCache:
         return BatchQuantizedKVCache.merge(caches)
 
 
@@ -74,8 +74,8 @@ class BatchQuantizedKVCache(BatchKVCache):
         q_keys = mx.quantize(keys, group_size=self.group_size, bits=self.bits)
         q_values = mx.quantize(values, group_size=self.group_size, bits=self.bits)
         for i in range(3):
-            self.keys[i][..., prev:self._idx, :] = q_keys[i]
-            self.values[i][..., prev:self._idx, :] = q_values[i]
+            self.keys[i][..., prev : self._idx, :] = q_keys[i]
+            self.values[i][..., prev : self._idx, :] = q_values[i]
         return self.keys_and_values()
 
     def keys_and_values(self):
@@ -139,12 +139,13 @@ class BatchQuantizedKVCache(BatchKVCache):
         cache = SeqQuantizedKVCache(group_size=self.group_size, bits=self.bits)
         start = self.left_padding.tolist()[idx]
         cache.keys, cache.values = tree_map(
-            lambda x: mx.contiguous(x[idx: idx + 1, :, start: self._idx]), (self.keys, self.values))
+            lambda x: mx.contiguous(x[idx : idx + 1, :, start : self._idx]), (self.keys, self.values)
+        )
         cache.offset = self._idx - start
         return cache
 
     @classmethod
-    def merge(cls, caches: list[SeqQuantizedKVCache]) -> "BatchQuantizedKVCache":
+    def merge(cls, caches: list[SeqQuantizedKVCache]) -> BatchQuantizedKVCache:
         lengths = [c.size() for c in caches]
         longest = max(lengths)
         first = caches[0]
@@ -158,8 +159,8 @@ class BatchQuantizedKVCache(BatchKVCache):
             if c.keys is None:
                 continue
             for i in range(3):
-                keys[i][row: row + 1, :, pad: pad + c.offset] = c.keys[i][..., : c.offset, :]
-                values[i][row: row + 1, :, pad: pad + c.offset] = c.values[i][..., : c.offset, :]
+                keys[i][row : row + 1, :, pad : pad + c.offset] = c.keys[i][..., : c.offset, :]
+                values[i][row : row + 1, :, pad : pad + c.offset] = c.values[i][..., : c.offset, :]
         cache = cls(padding, first.group_size, first.bits)
         cache.keys, cache.values = keys, values
         cache.offset += longest

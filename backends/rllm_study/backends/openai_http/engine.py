@@ -87,8 +87,8 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, replace
 from contextlib import aclosing
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import httpx
@@ -113,15 +113,15 @@ from rllm_study.backends.base import (
     TokenEvent,
 )
 from rllm_study.backends.chat_template import render_chat
+from rllm_study.backends.openai_http.telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.backends.options import OpenAIOptions, parse_json_object
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.backends.sampling import TEMPERATURE_FIRST
-from rllm_study.backends.openai_http.telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.errors import UserError
 
 COMPLETIONS_PATH = "/v1/completions"
 CHAT_PATH = "/v1/chat/completions"
-STEP_WAIT_S = 0.005   # step() waits this long for an event before returning none
+STEP_WAIT_S = 0.005  # step() waits this long for an event before returning none
 PROBE_TIMEOUT_S = 10.0
 # `owned_by` in GET /v1/models -> server kind
 SERVER_KINDS = {"llamacpp": "llama-server", "me": "llama_cpp.server", "vllm": "vllm", "sglang": "sglang"}
@@ -135,8 +135,13 @@ THINK_BUDGET_TOLERANCE = {"llama-server": 16, "vllm": 4, "sglang": 4}
 CHANNEL_THINK = "<|channel|>analysis<|message|>"
 CHANNEL_ANSWER = "<|channel|>final<|message|>"
 TAIL_CHARS = max(len(CHANNEL_THINK), len(CHANNEL_ANSWER), len(THINK_CLOSE))
-FINISH_REASONS = {"stop": FINISH_STOP, "eos": FINISH_STOP, "tool_calls": FINISH_STOP, "length": FINISH_LENGTH,
-                  "abort": FINISH_ABORT}
+FINISH_REASONS = {
+    "stop": FINISH_STOP,
+    "eos": FINISH_STOP,
+    "tool_calls": FINISH_STOP,
+    "length": FINISH_LENGTH,
+    "abort": FINISH_ABORT,
+}
 
 
 def split_base_url(url: str) -> tuple[str, str]:
@@ -192,9 +197,9 @@ class SSEReader:
     __slots__ = ("event", "seen_data", "first_line")
 
     def __init__(self):
-        self.event = b""          # the `event:` field of the event being read
-        self.seen_data = False    # a `data:` line arrived (else the body was not a stream)
-        self.first_line = ""      # the body's first non-blank line, for the error of a non-stream answer
+        self.event = b""  # the `event:` field of the event being read
+        self.seen_data = False  # a `data:` line arrived (else the body was not a stream)
+        self.first_line = ""  # the body's first non-blank line, for the error of a non-stream answer
 
     def chunks(self, lines: list[bytes]):
         for line in lines:
@@ -222,22 +227,38 @@ class SSEReader:
                 chunk = None
             if not isinstance(chunk, dict):
                 text = payload.decode("utf-8", "replace")
-                raise ServerError(f"the server sent a data line that is not a JSON object: {text[:120]!r}"
-                                  f"{' (cut)' if len(text) > 120 else ''}")
+                raise ServerError(
+                    f"the server sent a data line that is not a JSON object: {text[:120]!r}"
+                    f"{' (cut)' if len(text) > 120 else ''}"
+                )
             yield chunk
 
 
 class StreamState:
     """One request's stream so far: texts, token counts per phase, server usage and timings."""
 
-    __slots__ = ("request", "phases", "reasoning", "text", "counted", "usage", "timings", "finish_reason",
-                 "prefilled", "task", "aborted", "leaked", "answer_before_leak", "_tail")
+    __slots__ = (
+        "request",
+        "phases",
+        "reasoning",
+        "text",
+        "counted",
+        "usage",
+        "timings",
+        "finish_reason",
+        "prefilled",
+        "task",
+        "aborted",
+        "leaked",
+        "answer_before_leak",
+        "_tail",
+    )
 
     def __init__(self, request: Request):
         self.request = request
         self.phases = PhaseTracker(request.starts_in_think)
-        self.reasoning = ""   # text the server split off as reasoning
-        self.text = ""        # completion text or chat content
+        self.reasoning = ""  # text the server split off as reasoning
+        self.text = ""  # completion text or chat content
         self.counted = {THINK: 0, ANSWER: 0}
         self.usage: dict = {}
         self.timings: dict = {}
@@ -245,9 +266,9 @@ class StreamState:
         self.prefilled = False
         self.task: asyncio.Task | None = None  # set when its coroutine starts on the loop
         self.aborted = False
-        self.leaked = False          # a literal `</think>` came while in the answer phase
+        self.leaked = False  # a literal `</think>` came while in the answer phase
         self.answer_before_leak = 0  # answer-counted tokens before it (think tokens in truth)
-        self._tail = ""              # the end of the content so far, for a tag cut between chunks
+        self._tail = ""  # the end of the content so far, for a tag cut between chunks
 
     def on_chunk(self, chunk: dict, t_ns: int, chat: bool) -> list[Event]:
         """Events for one server-sent event of this stream (module docstring: counts and phases)."""
@@ -303,8 +324,10 @@ class StreamState:
         everything counted as answer before it."""
         seen, new_from = self._tail + content, len(self._tail)
         self._tail = seen[-TAIL_CHARS:]
-        channels = [(seen.find(mark, max(0, new_from - len(mark) + 1)), phase)
-                    for mark, phase in ((CHANNEL_THINK, THINK), (CHANNEL_ANSWER, ANSWER))]
+        channels = [
+            (seen.find(mark, max(0, new_from - len(mark) + 1)), phase)
+            for mark, phase in ((CHANNEL_THINK, THINK), (CHANNEL_ANSWER, ANSWER))
+        ]
         channels = sorted((at, phase) for at, phase in channels if at >= 0)
         if channels:  # the piece holding a channel marker is think (the markers are the model's overhead)
             self.phases.phase = channels[-1][1]
@@ -342,18 +365,28 @@ class StreamState:
         output = int(self.usage.get("completion_tokens", counted))
         reasoning_tokens = (self.usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
         if self.leaked:  # the server's reasoning count ends before the leaked text: ours splits at the tag
-            think = self.counted[THINK] + self.answer_before_leak + (output - counted if self.phases.phase == THINK else 0)
+            think = (
+                self.counted[THINK] + self.answer_before_leak + (output - counted if self.phases.phase == THINK else 0)
+            )
         elif reasoning_tokens:
             think = int(reasoning_tokens)
         else:
             think = self.counted[THINK] + (output - counted if self.phases.phase == THINK else 0)
         think = min(max(think, 0), output)
         return RequestFinished(
-            request_id=self.request.id, t_ns=t_ns, reason=reason, output_text=self.output_text(),
-            prompt_tokens=self.prompt_tokens(), output_tokens=output, think_tokens=think,
-            answer_tokens=output - think, cached_tokens=self.cached_tokens(),
-            draft_proposed=int(self.timings.get("draft_n", 0)), draft_accepted=int(self.timings.get("draft_n_accepted", 0)),
-            error=error, think_close_leaked=self.leaked,
+            request_id=self.request.id,
+            t_ns=t_ns,
+            reason=reason,
+            output_text=self.output_text(),
+            prompt_tokens=self.prompt_tokens(),
+            output_tokens=output,
+            think_tokens=think,
+            answer_tokens=output - think,
+            cached_tokens=self.cached_tokens(),
+            draft_proposed=int(self.timings.get("draft_n", 0)),
+            draft_accepted=int(self.timings.get("draft_n_accepted", 0)),
+            error=error,
+            think_close_leaked=self.leaked,
         )
 
 
@@ -393,12 +426,12 @@ class OpenAIEngine:
         key = os.environ.get(options.api_key_env) if options.api_key_env else None
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._open: set[str] = set()            # runner thread: submitted, finish not yet returned
+        self._open: set[str] = set()  # runner thread: submitted, finish not yet returned
         self._streams: dict[str, StreamState] = {}  # requests in flight (added by submit, removed by the loop)
-        self._server: dict | None = None        # what the probe learnt: kind, models, props, adds_bos
+        self._server: dict | None = None  # what the probe learnt: kind, models, props, adds_bos
         self._probe_error = ""
         self._load = ServerLoad()
-        self._no_endpoint: set[str] = set()     # telemetry endpoints that answered with an error status
+        self._no_endpoint: set[str] = set()  # telemetry endpoints that answered with an error status
         self._poller: asyncio.Task | None = None
         self._extra_body = parse_json_object(options.extra_body) or {}
         self._proc = psutil.Process()
@@ -443,16 +476,25 @@ class OpenAIEngine:
         if self._load.running is not None and self._load.waiting is None:  # server running + our in-flight count
             load = replace(load, waiting=max(0, len(streams) - load.running))
         return EngineStats(
-            kv_used=load.kv_used or 0.0, kv_capacity=load.kv_capacity or 0.0, kv_unit=load.kv_unit,
-            running=load.running, waiting=load.waiting, rss_bytes=self._proc.memory_info().rss,
+            kv_used=load.kv_used or 0.0,
+            kv_capacity=load.kv_capacity or 0.0,
+            kv_unit=load.kv_unit,
+            running=load.running,
+            waiting=load.waiting,
+            rss_bytes=self._proc.memory_info().rss,
             extra=OpenAIStats(telemetry=load.source, in_flight=len(streams)),
         )
 
     def capabilities(self) -> Capabilities:
         kind = self._ensure_server()
-        return Capabilities(backend="openai", prefix_cache=kind == "llama-server", grammar=kind in LLAMA_CPP_KINDS,
-                            per_token_times=False, local_model=False,
-                            think_budget=(kind == "llama-server" and self.api == "chat") or kind in ("vllm", "sglang"))
+        return Capabilities(
+            backend="openai",
+            prefix_cache=kind == "llama-server",
+            grammar=kind in LLAMA_CPP_KINDS,
+            per_token_times=False,
+            local_model=False,
+            think_budget=(kind == "llama-server" and self.api == "chat") or kind in ("vllm", "sglang"),
+        )
 
     def info(self) -> OpenAIInfo:
         self._ensure_server()
@@ -469,12 +511,19 @@ class OpenAIEngine:
             server_models=server.get("models", []),
             server_error=self._probe_error or None,
             llama_server={
-                "build_info": props.get("build_info"), "model_path": props.get("model_path"),
-                "total_slots": props.get("total_slots"), "n_ctx_slot": generation.get("n_ctx"),
-            } if props else None,
+                "build_info": props.get("build_info"),
+                "model_path": props.get("model_path"),
+                "total_slots": props.get("total_slots"),
+                "n_ctx_slot": generation.get("n_ctx"),
+            }
+            if props
+            else None,
             timeout_s=self.options.timeout_s,
-            extra_samplers=None if self.kind not in LLAMA_CPP_KINDS else
-            "server defaults" if self.options.server_default_samplers else "off (top_k 0, min_p 0, repeat_penalty 1)",
+            extra_samplers=None
+            if self.kind not in LLAMA_CPP_KINDS
+            else "server defaults"
+            if self.options.server_default_samplers
+            else "off (top_k 0, min_p 0, repeat_penalty 1)",
             unsupported_options=tuple(self._unsupported()),
             think_budget_tolerance=THINK_BUDGET_TOLERANCE.get(self.kind, 0),
         )
@@ -483,8 +532,10 @@ class OpenAIEngine:
         """Options this server kind cannot honour, one line each (info().unsupported_options)."""
         problems = []
         if self.options.ignore_eos and self.kind not in IGNORE_EOS_KINDS and "ignore_eos" not in self._extra_body:
-            problems.append(f"openai: ignore_eos is not sent to server kind {self.kind!r} (only {', '.join(IGNORE_EOS_KINDS)} "
-                            f"take it); output lengths follow the model")
+            problems.append(
+                f"openai: ignore_eos is not sent to server kind {self.kind!r} (only {', '.join(IGNORE_EOS_KINDS)} "
+                f"take it); output lengths follow the model"
+            )
         return problems
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -500,23 +551,32 @@ class OpenAIEngine:
                 f"use chat mode so the server applies it: --base-url {self.root}{CHAT_PATH}"
             )
         return render_chat(
-            props["chat_template"], messages, bos_token=props.get("bos_token") or "",
-            eos_token=props.get("eos_token") or "", add_generation_prompt=add_generation_prompt,
+            props["chat_template"],
+            messages,
+            bos_token=props.get("bos_token") or "",
+            eos_token=props.get("eos_token") or "",
+            add_generation_prompt=add_generation_prompt,
             tokenizer_adds_bos=self._server.get("adds_bos", True),
         )
 
     def count_tokens(self, text: str) -> int:
         kind = self._ensure_server()
         if kind == "llama-server":
-            body = self._call(self._post_json("/tokenize", {"content": text, "add_special": True}), self.options.timeout_s)
+            body = self._call(
+                self._post_json("/tokenize", {"content": text, "add_special": True}), self.options.timeout_s
+            )
             return len(body["tokens"])
         if kind == "llama_cpp.server":
             body = self._call(self._post_json("/extras/tokenize/count", {"input": text}), self.options.timeout_s)
             return int(body["count"])
         if kind == "vllm":
-            body = self._call(self._post_json("/tokenize", {"model": self.model, "prompt": text}), self.options.timeout_s)
+            body = self._call(
+                self._post_json("/tokenize", {"model": self.model, "prompt": text}), self.options.timeout_s
+            )
             return int(body["count"])
-        raise UserError(f"{self.root}: no tokenizer endpoint known for server kind {kind!r} (llama-server, vLLM have one)")
+        raise UserError(
+            f"{self.root}: no tokenizer endpoint known for server kind {kind!r} (llama-server, vLLM have one)"
+        )
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -585,8 +645,15 @@ class OpenAIEngine:
 
     def _body(self, request: Request) -> dict:
         s = request.sampling
-        body = {"model": self.model, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
-                "seed": s.seed, "stream": True, "stream_options": {"include_usage": True}}
+        body = {
+            "model": self.model,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if s.stop:
             body["stop"] = list(s.stop)
         if self.api == "chat":
@@ -595,9 +662,14 @@ class OpenAIEngine:
             body["prompt"] = request.prompt
         if self.kind in LLAMA_CPP_KINDS:
             if not self.options.server_default_samplers:
-                body.update(top_k=s.top_k, min_p=0.0, repeat_penalty=1.0,  # and sampling.order's chain:
-                            samplers=["top_k", "temperature", "top_p"] if s.order == TEMPERATURE_FIRST
-                            else ["top_k", "top_p", "temperature"])
+                body.update(
+                    top_k=s.top_k,
+                    min_p=0.0,
+                    repeat_penalty=1.0,  # and sampling.order's chain:
+                    samplers=["top_k", "temperature", "top_p"]
+                    if s.order == TEMPERATURE_FIRST
+                    else ["top_k", "top_p", "temperature"],
+                )
             if request.grammar:
                 body["grammar"] = request.grammar
         if self.kind == "llama-server":
@@ -638,9 +710,14 @@ class OpenAIEngine:
             self._events.put(stream.finished(time.perf_counter_ns(), reason))
         except asyncio.CancelledError:
             self._events.put(stream.finished(time.perf_counter_ns(), FINISH_ABORT))
-        except asyncio.TimeoutError:
-            self._events.put(stream.finished(
-                time.perf_counter_ns(), FINISH_ERROR, f"timeout: no complete answer within {self.options.timeout_s:g} s"))
+        except TimeoutError:
+            self._events.put(
+                stream.finished(
+                    time.perf_counter_ns(),
+                    FINISH_ERROR,
+                    f"timeout: no complete answer within {self.options.timeout_s:g} s",
+                )
+            )
         except Exception as err:  # any failure of this request is recorded; the run goes on
             cause = str(err) or "no details"
             self._events.put(stream.finished(time.perf_counter_ns(), FINISH_ERROR, f"{type(err).__name__}: {cause}"))
@@ -668,9 +745,11 @@ class OpenAIEngine:
                 for event in stream.on_chunk(chunk, time.perf_counter_ns(), self.api == "chat"):
                     self._events.put(event)
             if not reader.seen_data:
-                raise ServerError(f"HTTP 200 but no server-sent event stream (content-type "
-                                  f"{resp.headers.get('content-type', 'none')!r}, body starts {reader.first_line[:80]!r}): "
-                                  f"the server ignored stream=true; use an OpenAI-compatible server that streams")
+                raise ServerError(
+                    f"HTTP 200 but no server-sent event stream (content-type "
+                    f"{resp.headers.get('content-type', 'none')!r}, body starts {reader.first_line[:80]!r}): "
+                    f"the server ignored stream=true; use an OpenAI-compatible server that streams"
+                )
 
     def _cancel(self, request_id: str) -> None:
         stream = self._streams.get(request_id)

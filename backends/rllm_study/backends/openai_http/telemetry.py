@@ -59,7 +59,7 @@ def parse_prometheus(text: str) -> dict[str, float]:
             continue
         brace = line.find("{")
         if brace >= 0:
-            name, rest = line[:brace], line[line.rfind("}") + 1:]
+            name, rest = line[:brace], line[line.rfind("}") + 1 :]
         else:
             name, _, rest = line.partition(" ")
         fields = rest.split()

@@ -26,9 +26,24 @@ ARRIVALS: dict[str, type[ArrivalProcess]] = {
     p.NAME: p for p in (SyncBatches, ClosedLoop, Poisson, Gamma, Constant, Trace, Ramp, Replay, Sessions)
 }
 
-__all__ = ["ARRIVALS", "ArrivalProcess", "ClosedLoop", "OpenLoop", "SessionTiming", "SyncBatches", "Timing", "arrival_class",
-           "arrival_params", "gap_stats", "make_arrivals", "read_trace", "timing_of_workload", "workload_arrival_keys",
-           "workload_arrival_name", "check_workload"]
+__all__ = [
+    "ARRIVALS",
+    "ArrivalProcess",
+    "ClosedLoop",
+    "OpenLoop",
+    "SessionTiming",
+    "SyncBatches",
+    "Timing",
+    "arrival_class",
+    "arrival_params",
+    "gap_stats",
+    "make_arrivals",
+    "read_trace",
+    "timing_of_workload",
+    "workload_arrival_keys",
+    "workload_arrival_name",
+    "check_workload",
+]
 
 
 def arrival_class(kind: str, naming: Naming = CLI) -> type[ArrivalProcess]:

@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from rllm_study.errors import UserError
-
 
 PARAM_KINDS = {  # a Param's kind -> the values it takes (checked by `_check_value`)
     "rate": "number > 0",
@@ -178,8 +178,10 @@ class OpenLoop(Timing):
         if as_json:
             return [json.dumps(t) for t in self.times]
         rate, cv = gap_stats(self.times)
-        lines = [f"measured: rate {_g(rate)} req/s = (n-1) / (last - first); CV of gaps {_g(cv)} = std / mean",
-                 f"{'#':>6}  {'arrival_s':>12}  {'gap_s':>10}"]
+        lines = [
+            f"measured: rate {_g(rate)} req/s = (n-1) / (last - first); CV of gaps {_g(cv)} = std / mean",
+            f"{'#':>6}  {'arrival_s':>12}  {'gap_s':>10}",
+        ]
         previous = None
         for i, t in enumerate(self.times):
             lines.append(f"{i:>6}  {t:>12.4f}  {'-' if previous is None else f'{t - previous:.4f}':>10}")

@@ -37,5 +37,7 @@ class SyncBatches(ArrivalProcess, Timing):
     def preview(self, n: int, as_json: bool) -> list[str]:
         if as_json:
             return [json.dumps({"arrival": self.NAME, "n": n, "batch_size": self.batch_size})]
-        return [f"send {self.batch_size} at once, wait until all finish, then the next {self.batch_size}; "
-                "times depend on completions, so none are precomputed"]
+        return [
+            f"send {self.batch_size} at once, wait until all finish, then the next {self.batch_size}; "
+            "times depend on completions, so none are precomputed"
+        ]

@@ -34,5 +34,7 @@ class ClosedLoop(ArrivalProcess, Timing):
     def preview(self, n: int, as_json: bool) -> list[str]:
         if as_json:
             return [json.dumps({"arrival": self.NAME, "n": n, "concurrency": self.concurrency})]
-        return [f"keep {self.concurrency} requests in flight; send the next as one finishes; "
-                "times depend on completions, so none are precomputed"]
+        return [
+            f"keep {self.concurrency} requests in flight; send the next as one finishes; "
+            "times depend on completions, so none are precomputed"
+        ]

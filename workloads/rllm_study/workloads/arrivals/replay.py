@@ -12,10 +12,15 @@ from rllm_study.workloads.arrivals.trace import TRACE
 from rllm_study.workloads.traces import DEFAULT_BLOCK_TOKENS, load_trace
 
 TIME_SCALE = Param("time_scale", "rate", "Replayed gap = recorded gap x time_scale (0.5: twice as fast).", default=1.0)
-WINDOW_START = Param("window_start_s", "seconds", "Start of the replayed window, trace seconds after its first request.",
-                     default=0.0)
-WINDOW = Param("window_s", "rate", "Length of the replayed window in trace seconds (default: to the end).", default=math.inf)
-BLOCK_TOKENS = Param("block_tokens", "count", "Prompt tokens per trace hash id (Mooncake: 512).", default=DEFAULT_BLOCK_TOKENS)
+WINDOW_START = Param(
+    "window_start_s", "seconds", "Start of the replayed window, trace seconds after its first request.", default=0.0
+)
+WINDOW = Param(
+    "window_s", "rate", "Length of the replayed window in trace seconds (default: to the end).", default=math.inf
+)
+BLOCK_TOKENS = Param(
+    "block_tokens", "count", "Prompt tokens per trace hash id (Mooncake: 512).", default=DEFAULT_BLOCK_TOKENS
+)
 
 
 class Replay(ArrivalProcess):
@@ -23,8 +28,10 @@ class Replay(ArrivalProcess):
     the first n are used (`traces.select`)."""
 
     NAME = "replay"
-    SUMMARY = ("a Mooncake-style .jsonl or BurstGPT .csv trace's times, with its prompt and output lengths "
-               "(data set `trace`), in a window, time-scaled")
+    SUMMARY = (
+        "a Mooncake-style .jsonl or BurstGPT .csv trace's times, with its prompt and output lengths "
+        "(data set `trace`), in a window, time-scaled"
+    )
     PARAMS = (TRACE, TIME_SCALE, WINDOW_START, WINDOW, BLOCK_TOKENS)
 
     @classmethod

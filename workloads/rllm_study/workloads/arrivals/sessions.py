@@ -18,11 +18,15 @@ from rllm_study.workloads.arrivals.base import ArrivalProcess, Due, OpenLoop, Pa
 from rllm_study.workloads.arrivals.closed import CONCURRENCY, ClosedLoop
 
 TURNS = Param("turns", "count", "Turns per multi-turn session (K).", default=3)
-THINK_TIME = Param("think_time_s", "seconds", "Seconds a user waits after a turn's answer before the next turn.", default=1.0)
-SESSION_RATE = Param("session_rate", "rate", "Open loop: Poisson session starts per second (default: closed loop).",
-                     default=0.0)
-KEEP_THINKING = Param("keep_thinking", "switch", "Keep each earlier answer's thinking in later turns' prompts.",
-                      default=False)
+THINK_TIME = Param(
+    "think_time_s", "seconds", "Seconds a user waits after a turn's answer before the next turn.", default=1.0
+)
+SESSION_RATE = Param(
+    "session_rate", "rate", "Open loop: Poisson session starts per second (default: closed loop).", default=0.0
+)
+KEEP_THINKING = Param(
+    "keep_thinking", "switch", "Keep each earlier answer's thinking in later turns' prompts.", default=False
+)
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,21 @@ class SessionTiming(Timing):
 
     def preview(self, n: int, as_json: bool) -> list[str]:
         if as_json:
-            return [json.dumps({"arrival": Sessions.NAME, "sessions": n, "turns": self.turns,
-                                "think_time_s": self.think_time_s, "keep_thinking": self.keep_thinking})]
-        head = (f"{n} sessions of {self.turns} turns; each turn {self.think_time_s:g} s after the previous one's answer; "
-                f"thinking {'kept' if self.keep_thinking else 'removed'} in later prompts")
+            return [
+                json.dumps(
+                    {
+                        "arrival": Sessions.NAME,
+                        "sessions": n,
+                        "turns": self.turns,
+                        "think_time_s": self.think_time_s,
+                        "keep_thinking": self.keep_thinking,
+                    }
+                )
+            ]
+        head = (
+            f"{n} sessions of {self.turns} turns; each turn {self.think_time_s:g} s after the previous one's answer; "
+            f"thinking {'kept' if self.keep_thinking else 'removed'} in later prompts"
+        )
         if isinstance(self.starts, ClosedLoop):
             return [f"{head}; {self.starts.concurrency} sessions in progress at once, the next starting as one ends"]
         return [f"{head}; session starts (open loop):", *self.starts.preview(n, as_json)]
@@ -53,10 +68,17 @@ class SessionTiming(Timing):
 
 class Sessions(ArrivalProcess):
     NAME = "sessions"
-    SUMMARY = ("multi-turn sessions of K turns (think_time_s between a turn's answer and the next turn), "
-               "C at a time or Poisson starts at session_rate")
-    PARAMS = (TURNS, THINK_TIME, replace(CONCURRENCY, help="Sessions in progress at once (closed loop)."), SESSION_RATE,
-              KEEP_THINKING)
+    SUMMARY = (
+        "multi-turn sessions of K turns (think_time_s between a turn's answer and the next turn), "
+        "C at a time or Poisson starts at session_rate"
+    )
+    PARAMS = (
+        TURNS,
+        THINK_TIME,
+        replace(CONCURRENCY, help="Sessions in progress at once (closed loop)."),
+        SESSION_RATE,
+        KEEP_THINKING,
+    )
 
     @classmethod
     def build(cls, n: int, seed: int, params: dict) -> SessionTiming:
@@ -69,7 +91,13 @@ class Sessions(ArrivalProcess):
 
     @classmethod
     def cell_name(cls, params: dict) -> str:
-        start = f"r{params['session_rate']}" if params.get("session_rate") else f"c{params.get('concurrency', CONCURRENCY.default)}"
+        start = (
+            f"r{params['session_rate']}"
+            if params.get("session_rate")
+            else f"c{params.get('concurrency', CONCURRENCY.default)}"
+        )
         keep = "-keepthink" if params.get("keep_thinking") else ""
-        return (f"sessions{params.get('turns', TURNS.default)}-{start}-think{params.get('think_time_s', THINK_TIME.default)}"
-                f"{keep}")
+        return (
+            f"sessions{params.get('turns', TURNS.default)}-{start}-think{params.get('think_time_s', THINK_TIME.default)}"
+            f"{keep}"
+        )
