@@ -192,9 +192,8 @@ def test_a_full_disk_stops_cleanly_keeps_what_was_written_and_resumes(mounted, s
     disk = mounted("size=96k")
     out = disk / "study"
     filler = disk / "filler"
-    filler.write_bytes(
-        b"\0" * (96 * 1024 - 6 * 4096)
-    )  # leave 6 pages: lock 1, manifest 2, each file 1: full at its second page
+    # leave 7 pages: lock 1, manifest 2, each file (requests, tokens, timeline, calibration) 1: full at its second page
+    filler.write_bytes(b"\0" * (96 * 1024 - 7 * 4096))
     args = (
         "run",
         "--preset",
