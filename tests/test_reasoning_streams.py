@@ -118,7 +118,8 @@ def test_gpt_oss_channels_in_completion_text():
 
 
 @pytest.mark.parametrize(
-    "name,cause", [("cut_mid_stream.sse", "ended without a finish_reason"), ("malformed_event.sse", "not a JSON object")]
+    "name,cause",
+    [("cut_mid_stream.sse", "ended without a finish_reason"), ("malformed_event.sse", "not a JSON object")],
 )
 def test_cut_and_malformed_streams_are_error_finishes_that_keep_their_tokens(name, cause):
     events, fin, _ = replay(name, "vllm")
