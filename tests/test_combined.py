@@ -9,7 +9,7 @@ from conftest import THREADS, run_cli
 from rllm_study.report import REPORT_MD
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import combinations, combined_techniques
-from rllm_study.report.document import NOT_REPRODUCED, NOT_TESTED, REPRODUCED
+from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from rllm_study.running.results import CellWriter
 
 N = 60
@@ -22,10 +22,10 @@ ENGINES = {
 }
 
 
-def _cell(root: Path, variant: str, span: float) -> None:
+def _cell(root: Path, variant: str, span: float, repeat: int = 0) -> None:
     """N requests of 10 output tokens each, arriving at 0 and finishing over `span` seconds (so
-    output tok/s = 10 N / span), all correct."""
-    name = f"gsm8k-{variant}"
+    output tok/s = 10 N / span), all correct; `repeat` names one of a group's repeats."""
+    name = f"gsm8k-{variant}-r{repeat}"
     w = CellWriter(root / name)
     w.write_manifest(
         {
@@ -37,7 +37,7 @@ def _cell(root: Path, variant: str, span: float) -> None:
                 "dataset": "gsm8k",
                 "prompt_mode": "reasoning",
                 "max_tokens": 64,
-                "repeat": 0,
+                "repeat": repeat,
                 "engine": ENGINES[variant],
                 "workload": {"arrival": "closed", "concurrency": 4},
             },
@@ -74,8 +74,10 @@ def _cell(root: Path, variant: str, span: float) -> None:
 
 def test_interaction_rule(tmp_path):
     # KV alone x1.25 faster, n-gram alone x1.6: together x2.0 is their product (interaction 1.00)
-    for variant, span in (("base", 20.0), ("kv", 16.0), ("spec", 12.5), ("both", 10.0)):
-        _cell(tmp_path / "adds", variant, span)
+    # three repeats (groups of cells): the interval is over groups, at least 3 of them
+    for repeat in range(3):
+        for variant, span in (("base", 20.0), ("kv", 16.0), ("spec", 12.5), ("both", 10.0)):
+            _cell(tmp_path / "adds", variant, span, repeat)
     cells = load_cells([tmp_path / "adds"])
     (combo,) = combinations(cells)
     assert combo.variant == "both" and combo.techniques == ["KV-cache quantization", "speculative decoding"]
@@ -86,8 +88,13 @@ def test_interaction_rule(tmp_path):
         "both (KV-cache quantization + speculative decoding): out tok/s interaction ratio (lower bound)"
     ].startswith("1.00x [")
     # together no faster than the baseline: interaction 1 / (1.25 x 1.6) = 0.50, settled against
-    for variant, span in (("base", 20.0), ("kv", 16.0), ("spec", 12.5), ("both", 20.0)):
-        _cell(tmp_path / "clash", variant, span)
+    for repeat in range(3):
+        for variant, span in (("base", 20.0), ("kv", 16.0), ("spec", 12.5), ("both", 20.0)):
+            _cell(tmp_path / "clash", variant, span, repeat)
+    # one group, however many requests, is one moment on the machine: inconclusive
+    for variant, span in (("base", 20.0), ("kv", 16.0), ("spec", 12.5), ("both", 10.0)):
+        _cell(tmp_path / "one", variant, span)
+    assert combined_techniques(load_cells([tmp_path / "one"])).status == INCONCLUSIVE
     assert combined_techniques(load_cells([tmp_path / "clash"])).status == NOT_REPRODUCED
     # without the parts beside it a combination cannot be judged
     for variant, span in (("base", 20.0), ("both", 10.0)):
