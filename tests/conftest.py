@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rllm_study.backends.base import RequestFinished, TokenEvent
+from rllm_study.backends.mlx import OPENBLAS  # noqa: F401  (loads OpenBLAS before a test module imports mlx.core)
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rllm_study"]

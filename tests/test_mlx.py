@@ -22,12 +22,9 @@ from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
 from rllm_study.backends import options_for  # noqa: E402
 from rllm_study.backends.base import PrefillDone, Request, RequestAdmitted, SamplingParams  # noqa: E402
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine  # noqa: E402
+from rllm_study.backends.mlx import OPENBLAS  # noqa: E402  (loaded first by conftest)
 from rllm_study.backends.mlx.convert import convert_gguf, convert_to_mlx  # noqa: E402
-from rllm_study.backends.mlx.engine import (  # noqa: E402  (before mlx.core: it preloads OpenBLAS)
-    OPENBLAS,
-    MlxEngine,
-    make_sampler,  # noqa: E402
-)
+from rllm_study.backends.mlx.engine import MlxEngine, make_sampler  # noqa: E402
 from rllm_study.backends.mlx.kv import BatchQuantizedKVCache, make_quantized_cache  # noqa: E402
 from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E402
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402

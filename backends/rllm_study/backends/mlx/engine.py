@@ -37,39 +37,21 @@ see `mlx_convert.default_dtype`). A GGUF or registry name is converted once by `
 
 from __future__ import annotations
 
-import ctypes
-import sys
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from importlib.metadata import version
+from pathlib import Path
 
+import mlx.core as mx
+import psutil
+from mlx.utils import tree_flatten
+from mlx_lm import load as mlx_load
+from mlx_lm.generate import BatchGenerator, speculative_generate_step
+from mlx_lm.models.cache import KVCache, LRUPromptCache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler
 
-def _preload_openblas() -> bool:
-    """On Linux, load OpenBLAS globally before mlx so mlx-cpu's matmuls use it instead of its
-    bundled reference BLAS (docs/engines.md, MLX: how much faster); skipped silently when the library is absent."""
-    if not sys.platform.startswith("linux") or "mlx.core" in sys.modules:
-        return False
-    try:
-        ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
-    except OSError:
-        return False
-    return True
-
-
-OPENBLAS = _preload_openblas()
-
-import time  # noqa: E402
-from collections import deque  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
-from importlib.metadata import version  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import mlx.core as mx  # noqa: E402
-import psutil  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
-from mlx_lm import load as mlx_load  # noqa: E402
-from mlx_lm.generate import BatchGenerator, speculative_generate_step  # noqa: E402
-from mlx_lm.models.cache import KVCache, LRUPromptCache, make_prompt_cache, trim_prompt_cache  # noqa: E402
-from mlx_lm.sample_utils import apply_top_k, apply_top_p, greedy_sampler  # noqa: E402
-
-from rllm_study.backends.base import (  # noqa: E402
+from rllm_study.backends.base import (
     FINISH_ABORT,
     FINISH_ERROR,
     FINISH_LENGTH,
@@ -84,13 +66,14 @@ from rllm_study.backends.base import (  # noqa: E402
     StatsExtra,
     unsupported_options,
 )
-from rllm_study.backends.mlx.convert import convert_to_mlx, default_dtype  # noqa: E402
-from rllm_study.backends.mlx.kv import KV_GROUP_SIZE, make_quantized_cache  # noqa: E402
-from rllm_study.backends.options import MlxOptions  # noqa: E402
-from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling  # noqa: E402
-from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker  # noqa: E402
-from rllm_study.backends.sampling import TEMPERATURE_FIRST  # noqa: E402
-from rllm_study.errors import UserError  # noqa: E402
+from rllm_study.backends.mlx import OPENBLAS
+from rllm_study.backends.mlx.convert import convert_to_mlx, default_dtype
+from rllm_study.backends.mlx.kv import KV_GROUP_SIZE, make_quantized_cache
+from rllm_study.backends.options import MlxOptions
+from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
+from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
+from rllm_study.backends.sampling import TEMPERATURE_FIRST
+from rllm_study.errors import UserError
 
 PREFIX_KEY = "model"  # one model per engine: the prefix cache needs no other key
 
