@@ -48,7 +48,7 @@ setup() {
   rm -f "$ROOT/build.done"
   setsid nohup bash "$ROOT/device.sh" build > "$ROOT/build.log" 2>&1 < /dev/null &
   log "CUDA build started in the background (pid $!)"
-  install_rllm && python3 -c 'import rllm_study.cli, datasets, math_verify, typer; print("imports ok: datasets", datasets.__version__)'
+  install_rllm && python3 -c 'import rllm_study.cli, rllm_study.backends.sampling, datasets, math_verify, numba, typer; print("imports ok: datasets", datasets.__version__, "numba", numba.__version__)'
 }
 
 build() {
