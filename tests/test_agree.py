@@ -33,7 +33,9 @@ def test_verdicts_follow_the_interval_over_rounds():
     assert by[("TTFT p50 ms", "guidellm")]["verdict"].startswith("differs: ")
     assert by[("TTFT p50 ms", "guidellm")]["ratio"] == pytest.approx((1.5 * 1.6 * 1.55) ** (1 / 3))
     wide = compare(_runs({"rllm-study": [1, 1], "aiperf": [0.9, 1.2], "guidellm": [1.0, 1.0]}), 0.05)
-    assert all(r["verdict"].startswith("inconclusive") for r in wide if r["tool"] == "aiperf")
+    assert all(r["verdict"].endswith("more rounds settle it)") for r in wide if r["tool"] == "aiperf")
+    drifting = compare(_runs({"rllm-study": [1, 3], "aiperf": [1.2, 2.7], "guidellm": [1.0, 3.0]}), 0.05)
+    assert all("own value varied 3x between rounds" in r["verdict"] for r in drifting if r["tool"] == "aiperf")
     one = compare(_runs({"rllm-study": [1], "aiperf": [1.0], "guidellm": [1.0]}), 0.05)
     assert all("an interval needs two" in r["verdict"] for r in one)
     text = markdown(

@@ -467,7 +467,7 @@ OPENAI_SPEC = """
 name = "served"
 backend = "openai"
 models = ["smollm2"]
-prompt_modes = ["direct", "reasoning"]
+prompt_modes = ["direct", "native"]  # reasoning mode's assistant prefix is a user error in chat mode
 max_tokens = [8]
 datasets = {{ gsm8k = 2 }}
 [engine]

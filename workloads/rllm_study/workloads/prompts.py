@@ -23,6 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from rllm_study.backends.chat_template import message_list
 from rllm_study.backends.phases import THINK_OPEN
 from rllm_study.errors import UserError
 from rllm_study.workloads.datasets import Item
@@ -68,7 +69,11 @@ def open_thinking(rendered: str, think_token: bool) -> tuple[str, bool]:
     """A rendered native prompt as sent, and whether the output starts in the think phase: as is
     when it ends in `<think>` (the template opened it); with "<think>\n" added for a vocabulary
     with `<think>` as one token whose template does not (DeepSeek's advice for R1 models); else as
-    is, not thinking."""
+    is, not thinking. A chat-mode message list (`message_list`: the server applies its own template,
+    which decides whether thinking opens) is sent as is, not marked thinking: the server's reasoning
+    fields then say which tokens are think."""
+    if message_list(rendered) is not None:
+        return rendered, False
     if not ends_in_think(rendered) and think_token:
         rendered += THINK_OPEN + "\n"
     return rendered, ends_in_think(rendered)

@@ -31,7 +31,8 @@ usage is missing (llama_cpp.server sends none when streaming), the chunk counts 
 difference between usage and the chunk counts goes to the phase the stream ended in.
 
 Phases: `reasoning_content` (vLLM, SGLang, llama-server) or `reasoning` (mlx_lm, newer vLLM)
-deltas are think; `content`/`text` deltas go through `PhaseTracker`, so `<think>` text in them
+deltas are think (an empty one too: vLLM streams a token it decodes to no text, e.g. a special
+token it skips, as `"reasoning": ""`); `content`/`text` deltas go through `PhaseTracker`, so `<think>` text in them
 splits too, and so do gpt-oss (harmony) channels passed through as text: from
 `<|channel|>analysis<|message|>` think, from `<|channel|>final<|message|>` answer (output_text
 writes them as `<think>` / `</think>` for grading). When the server splits reasoning off, output_text is rebuilt as
@@ -112,7 +113,7 @@ from rllm_study.backends.base import (
     StatsExtra,
     TokenEvent,
 )
-from rllm_study.backends.chat_template import render_chat
+from rllm_study.backends.chat_template import message_list, render_chat
 from rllm_study.backends.openai_http.telemetry import ServerLoad, load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.backends.options import OpenAIOptions, parse_json_object
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
@@ -160,14 +161,7 @@ def split_base_url(url: str) -> tuple[str, str]:
 
 def chat_messages(prompt: str) -> list[dict]:
     """Chat mode: the JSON message list `apply_chat_template` wrote, or plain text as one user message."""
-    if prompt.startswith("[{"):
-        try:
-            messages = json.loads(prompt)
-        except ValueError:
-            messages = None
-        if isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages):
-            return messages
-    return [{"role": "user", "content": prompt}]
+    return message_list(prompt) or [{"role": "user", "content": prompt}]
 
 
 class ServerError(Exception):
@@ -278,6 +272,7 @@ class StreamState:
         timings = chunk.get("timings") or {}
         self.timings = timings or self.timings
         reasoning = content = ""
+        reasoning_delta = False  # the delta names a reasoning field, even with empty text
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
@@ -285,6 +280,7 @@ class StreamState:
                 delta = choice.get("delta") or {}
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 content = delta.get("content") or ""
+                reasoning_delta = isinstance(delta.get("reasoning_content", delta.get("reasoning")), str)
             else:
                 content = choice.get("text") or ""
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
@@ -303,7 +299,7 @@ class StreamState:
             self.prefilled = True
             events.append(PrefillDone(rid, t_ns, self.prompt_tokens(), self.cached_tokens()))
         pieces = []
-        if reasoning:
+        if reasoning or (reasoning_delta and not content):  # "": a token the server decodes to no text
             self.reasoning += reasoning
             self.phases.phase = ANSWER  # the server splits reasoning off: content after it is the answer
             pieces.append((THINK, reasoning))
