@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -37,6 +38,14 @@ def require_module(name: str) -> None:
         importlib.util.find_spec(name) is not None,
         f"python module {name} is not installed (scripts/setup.sh installs it)",
     )
+
+
+def llama_server_binary() -> Path | None:
+    """The llama-server scripts/build_llama_tools.sh builds (or $RLLM_LLAMA_SERVER), None if absent."""
+    version = importlib.metadata.version("llama_cpp_python")
+    default = Path.home() / ".cache/rllm-study/llama-tools" / version / "bin/llama-server"
+    path = Path(os.environ.get("RLLM_LLAMA_SERVER", default))
+    return path if path.is_file() else None
 
 
 @pytest.fixture(scope="session")

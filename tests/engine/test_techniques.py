@@ -90,7 +90,7 @@ def generate(
 def isolated(*args, **kwargs) -> dict:
     """`generate` in a fresh Python process (see the module docstring)."""
     code = (
-        "import json, sys; sys.path.insert(0, 'tests'); from test_techniques import generate; "
+        "import json, sys; sys.path[:0] = ['tests/engine', 'tests']; from test_techniques import generate; "
         f"print(json.dumps(generate(*{args!r}, **{kwargs!r})))"
     )
     done = subprocess.run(

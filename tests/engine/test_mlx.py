@@ -17,6 +17,7 @@ require_module("mlx_lm")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
+from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 
 from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
 from rllm_study.backends import options_for  # noqa: E402
@@ -30,7 +31,6 @@ from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E40
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
 from rllm_study.models import resolve_model  # noqa: E402
-from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 
 pytestmark = pytest.mark.mlx
 require(

@@ -922,7 +922,7 @@ def test_bursty_rule_needs_the_same_realised_load(tmp_path):
 
 # ---- two runs of one preset never settle opposite verdicts ------------------------------------------
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
 def _rerun(cells, dest: Path, pick) -> Path:
@@ -983,7 +983,7 @@ def test_title_names_the_gpu_for_offloaded_cells_and_the_cpu_otherwise():
     """Published runs: the H200 pilot's cells had every layer on the GPU, the CPU run's none."""
     from rllm_study.report.build import _title
 
-    root = Path(__file__).parent.parent / "reports"
+    root = Path(__file__).parents[2] / "reports"
     gpu = load_cells([next((root / "gpu-h200" / "pilot-1.5b").iterdir())])
     assert _title(gpu) == "rllm-study report: pilot on NVIDIA H200 (140 GiB)"
     cpu = load_cells([next(p for p in (root / "cpu-2core" / "pilot").iterdir() if p.is_dir() and p.name != "report")])
@@ -994,7 +994,7 @@ def test_labels_of_direct_cells_say_they_have_no_think_budget():
     """A published run mixing reasoning cells (think budget 480) and direct ones (none)."""
     from rllm_study.report.cells import varying_label
 
-    cells = load_cells([Path(__file__).parent.parent / "reports" / "gpu-h200" / "pilot-1.5b"])
+    cells = load_cells([Path(__file__).parents[2] / "reports" / "gpu-h200" / "pilot-1.5b"])
     labels = [varying_label(cells, c) for c in cells]
     assert not any("None" in label for label in labels)
     assert {("no think budget" in label) for label in labels} == {True, False}
@@ -1007,7 +1007,7 @@ def test_think_budget_rows_pool_their_repeats():
 
     from rllm_study.report.cells import pooled_metrics, think_budget_groups
 
-    run = Path(__file__).parents[1] / "reports" / "gpu-h200" / "think-budget-standard"
+    run = Path(__file__).parents[2] / "reports" / "gpu-h200" / "think-budget-standard"
     cells = load_cells(
         [p for p in run.iterdir() if "__gsm8k__" in p.name and ("__tb64__" in p.name or "__tb128__" in p.name)]
     )
