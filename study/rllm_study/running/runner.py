@@ -560,7 +560,7 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     check_cells(cells)
     make_folder(out_dir)
     pool = EnginePool()
-    energy = CellEnergy(open_meters(spec.get("energy_cmd")))
+    energy = CellEnergy(open_meters(spec.get("energy_cmd"), warn=lambda m: console.print(f"[yellow]warning:[/] {m}")))
     grader = GradingProcess()
     dirs = []
     columns = (
