@@ -34,6 +34,7 @@ CUSTOM = "workloads/rllm_study/workloads/custom_dataset.py"
 BENCH = "study/rllm_study/bench/engine.py"
 ARRIVALS = "workloads/rllm_study/workloads/arrivals/base.py"
 REGRADE = "study/rllm_study/analysis/regrade.py"
+RUNNER = "study/rllm_study/running/runner.py"
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,20 @@ MUTATIONS = (
         'self.event = b""  # a blank line ends an event',
         "pass",
         ("tests/unit/test_stream_reader.py",),
+    ),
+    Mutation(
+        "grading: the whole output read as the answer (the answer phase not first)",
+        GRADING,
+        "visible = answer_text(output_text, prompt.starts_in_think)",
+        "visible = output_text",
+        ("tests/e2e/test_reasoning_model.py::test_native_run_with_think_budget_grading_and_report",),
+    ),
+    Mutation(
+        "runner: requests sent late (each goes out 150 ms after it came due)",
+        RUNNER,
+        "arrivals.due((now - t0) / 1e9, len(self.todo)",
+        "arrivals.due((now - t0) / 1e9 - 0.15, len(self.todo)",
+        ("tests/engine/test_dispatch_lag.py",),
     ),
 )
 
