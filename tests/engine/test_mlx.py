@@ -146,7 +146,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(engine):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("top_k", [0, 5])
 def test_sampler_follows_the_exact_distribution_in_both_orders(order, top_k):
-    """The same distribution as the llama.cpp path (tests/test_sampling.py's exact probabilities),
+    """The same distribution as the llama.cpp path (tests/engine/test_sampling.py's exact probabilities),
     and the two orders are told apart."""
     logprobs = mx.array(ROW - np.log(np.exp(ROW.astype(np.float64)).sum()), dtype=mx.float32)
     sampler = make_sampler(SamplingParams(temperature=0.6, top_p=0.9, top_k=top_k, order=order, seed=4))

@@ -84,7 +84,7 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Three small runs on the scripted engine, in process (a few seconds), and the report made from
-    them; the same report on a real model's run: tests/test_runner.py::test_report_of_the_real_pilot."""
+    them; the same report on a real model's run: tests/e2e/test_runner.py::test_report_of_the_real_pilot."""
     root = tmp_path_factory.mktemp("runs")
     fast = ("max_tokens=[24]", "sample_period_s=0.005")  # 2 ms a decode step: a KV timeline of several samples a batch
     run_scripted(
