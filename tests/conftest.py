@@ -21,6 +21,18 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 MAX_STEPS = 10_000  # drain's bound: far above any test's tokens, so a stuck engine fails instead of hanging
 
 
+TIERS = ("unit", "engine", "e2e")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark each test with its tier, the folder it sits in (tests/unit, tests/engine, tests/e2e), so
+    `-m unit` selects the quick tier as `tests/unit` does (docs/architecture.md, Tests)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+
+
 def require(present: bool, what: str) -> None:
     """Skip a test whose prerequisite (something the README's setup installs or builds) is
     missing, with `what` saying how to get it; under CI (CI=true) fail instead: CI runs the
