@@ -22,23 +22,38 @@ from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
 
+_REFERENCES: dict[tuple[str, bool], llama_cpp.Llama] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_references():
+    yield
+    while _REFERENCES:
+        _REFERENCES.popitem()[1].close()
+
 
 def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = False) -> list[int]:
-    """llama-cpp-python's own single-sequence greedy generation (high-level Llama).
+    """llama-cpp-python's own single-sequence greedy generation (high-level Llama), one model
+    load per (model, flash attention) in this module, reset before each prompt (no prefix reuse).
 
     Flash attention changes the arithmetic, so engine and reference must agree on it: the
     engine tests pin flash_attn=False (the high-level default) unless they say otherwise."""
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=THREADS, flash_attn=flash_attn, verbose=False)
+    key = (str(path), flash_attn)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = llama_cpp.Llama(
+            model_path=str(path), n_ctx=1024, n_threads=THREADS, flash_attn=flash_attn, verbose=False
+        )
+    llm = _REFERENCES[key]
+    llm.reset()
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     out = []
-    for tok in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+    for tok in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
             out.append(tok)
             break
         out.append(tok)
         if len(out) >= max_tokens:
             break
-    llm.close()
     return out
 
 
