@@ -15,7 +15,7 @@ from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.errors import UserError
 from rllm_study.report.columns import J_PER_TOKEN, cell_value
 from rllm_study.running.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
-from rllm_study.running.results import Cell
+from rllm_study.running.results import Cell, read_cell
 from scripted_engine import run_scripted
 
 
@@ -79,6 +79,22 @@ def test_rapl_readable_by_root_only_is_not_measured_and_named(tmp_path, monkeypa
     notes.clear()
     assert energy.open_meters(warn=notes.append) == [] and len(notes) == 1
     assert CellEnergy(energy.open_meters()).read() == {}  # no energy field: "not measured", not 0 J
+    # a run says it once, after its cells (so a run that stops on an error still says one line)
+    from io import StringIO
+
+    from rich.console import Console
+
+    from rllm_study.running.runner import run_study
+    from rllm_study.running.spec import expand
+    from scripted_engine import scripted_backend
+
+    spec = {"name": "e", "datasets": {"gsm8k": 1}, "max_tokens": [4], "backend": "scripted", "models": ["scripted"]}
+    said = StringIO()
+    with scripted_backend():
+        (cell_dir,) = run_study(expand(spec, "spec.toml"), spec, tmp_path / "out", Console(file=said, width=400))
+    assert said.getvalue().strip().splitlines()[-1] == f"warning: {notes[0]}"
+    timeline = read_cell(cell_dir).timeline
+    assert timeline and not any("energy_j" in sample for sample in timeline)
 
 
 def test_command_meter_and_cell_energy_count_from_start(tmp_path):
