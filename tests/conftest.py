@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -18,6 +19,18 @@ CLI = [sys.executable, "-m", "rllm_study"]
 THREADS = int(os.environ.get("RLLM_TEST_THREADS", "2"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 MAX_STEPS = 10_000  # drain's bound: far above any test's tokens, so a stuck engine fails instead of hanging
+
+
+TIERS = ("unit", "engine", "e2e")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark each test with its tier, the folder it sits in (tests/unit, tests/engine, tests/e2e), so
+    `-m unit` selects the quick tier as `tests/unit` does (docs/architecture.md, Tests)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 def require(present: bool, what: str) -> None:
@@ -37,6 +50,14 @@ def require_module(name: str) -> None:
         importlib.util.find_spec(name) is not None,
         f"python module {name} is not installed (scripts/setup.sh installs it)",
     )
+
+
+def llama_server_binary() -> Path | None:
+    """The llama-server scripts/build_llama_tools.sh builds (or $RLLM_LLAMA_SERVER), None if absent."""
+    version = importlib.metadata.version("llama_cpp_python")
+    default = Path.home() / ".cache/rllm-study/llama-tools" / version / "bin/llama-server"
+    path = Path(os.environ.get("RLLM_LLAMA_SERVER", default))
+    return path if path.is_file() else None
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@
 output goes through `backends.output.RequestOutput` (phases, stop strings, token budget, the
 think budget's forced close), so the events are those a step-driven engine emits. It is never
 the evidence that an engine works: every behaviour tested with it is also tested end to end on
-a real model (tests/test_runner.py, tests/test_llama_engine.py, tests/test_think_budget.py).
+a real model (tests/e2e/test_runner.py, tests/engine/test_llama_engine.py, tests/engine/test_think_budget.py).
 
 The model (`Script`): a request that starts in its think phase writes `think_words(request)`
 words of thinking, then ` </think>`; in the answer phase it writes `ANSWER_PIECES` with

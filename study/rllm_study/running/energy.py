@@ -1,7 +1,8 @@
 """Energy and GPU memory counters, read into each timeline sample.
 
 Meters (the METERS registry; `open_meters` opens every one the machine offers, skipping the
-rest silently: an unreadable counter means "not measured", never an error):
+rest: an unreadable counter means "not measured", never an error; one the user can make readable,
+RAPL's root-only energy_uj, is named in a warning line):
   nvml  NVIDIA GPUs through NVML (`nvidia-ml-py`): nvmlDeviceGetTotalEnergyConsumption (mJ since
         the driver loaded) and nvmlDeviceGetMemoryInfo().used (bytes, every process on the GPU),
         summed over the GPUs in CUDA_VISIBLE_DEVICES (indices or UUIDs; all GPUs when unset).
@@ -52,11 +53,21 @@ class RaplMeter:
         return int((zone / "energy_uj").read_text())
 
     @classmethod
-    def open(cls, root: Path = POWERCAP) -> RaplMeter | None:
-        zones = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
+    def open(cls, root: Path | None = None, warn: Callable[[str], None] | None = None) -> RaplMeter | None:
+        """The meter over `root` (default POWERCAP), None when it has no package zone or one is
+        unreadable; a zone readable by root only (the common case since Linux 5.10) is also
+        passed to `warn` as one line naming the file and the fix."""
+        zones = sorted(p for p in (root or POWERCAP).glob("intel-rapl:*") if p.name.count(":") == 1)
         try:
             return cls(zones) if zones else None
-        except (OSError, ValueError):  # absent, or readable by root only
+        except PermissionError as err:
+            if warn is not None:
+                warn(
+                    f"CPU energy not measured: {err.filename} is readable by root only "
+                    f"(run as root, or sudo chmod a+r {Path(err.filename).parent.parent}/intel-rapl:*/energy_uj)"
+                )
+            return None
+        except (OSError, ValueError):  # absent or malformed
             return None
 
     def read(self) -> dict:
@@ -83,7 +94,7 @@ class NvmlMeter:
                 pass
 
     @classmethod
-    def open(cls) -> NvmlMeter | None:
+    def open(cls, warn: Callable[[str], None] | None = None) -> NvmlMeter | None:
         try:
             import pynvml as nvml
         except ImportError:
@@ -216,9 +227,10 @@ class CommandMeter:
 METERS: dict[str, Callable] = {"nvml": NvmlMeter.open, "rapl": RaplMeter.open}
 
 
-def open_meters(energy_cmd: str | None = None) -> list:
-    """Every meter this machine offers (and the command meter when a command is given)."""
-    meters = [m for m in (open_meter() for open_meter in METERS.values()) if m is not None]
+def open_meters(energy_cmd: str | None = None, warn: Callable[[str], None] | None = None) -> list:
+    """Every meter this machine offers (and the command meter when a command is given); a meter
+    present but unreadable for a reason the user can fix is passed to `warn` (one line)."""
+    meters = [m for m in (open_meter(warn=warn) for open_meter in METERS.values()) if m is not None]
     if energy_cmd:
         meters.append(CommandMeter(energy_cmd))
     return meters

@@ -569,7 +569,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
     check_cells(cells)
     make_folder(out_dir)
     pool = EnginePool()
-    energy = CellEnergy(open_meters(spec.get("energy_cmd")))
+    meter_notes: list[str] = []  # meters present but unreadable (e.g. RAPL for root only): said at the end,
+    energy = CellEnergy(open_meters(spec.get("energy_cmd"), warn=meter_notes.append))  # so an error stays one line
     grader = GradingProcess()
     dirs = []
     columns = (
@@ -650,6 +651,8 @@ def run_study(cells: list[CellSpec], spec: dict, out_dir: Path, console) -> list
         pool.close()
         energy.close()
         grader.close()
+    for note in meter_notes:
+        console.print(f"[yellow]warning:[/] {note}")
     return dirs
 
 

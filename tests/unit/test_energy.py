@@ -15,7 +15,7 @@ from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.errors import UserError
 from rllm_study.report.columns import J_PER_TOKEN, cell_value
 from rllm_study.running.energy import CellEnergy, CommandMeter, NvmlMeter, RaplMeter
-from rllm_study.running.results import Cell
+from rllm_study.running.results import Cell, read_cell
 from scripted_engine import run_scripted
 
 
@@ -48,6 +48,53 @@ def test_rapl_absent_or_unreadable_is_not_measured(tmp_path):
     zone.mkdir()
     (zone / "energy_uj").write_text("5")  # no max_energy_range_uj
     assert RaplMeter.open(tmp_path) is None
+
+
+def test_rapl_readable_by_root_only_is_not_measured_and_named(tmp_path, monkeypatch):
+    """The common real case: the zone's files exist, max_energy_range_uj is world-readable and
+    energy_uj is mode 0400 root (Linux >= 5.10), so opening it as a user is a PermissionError. The
+    tests run as root, so the refusal is made at that path: the meter is not opened, the study's
+    warning names the file and the fix, and nothing raises."""
+    from rllm_study.running import energy
+
+    zone = _zone(tmp_path, "intel-rapl:0", 1_000_000, 10_000_000)
+    (zone / "energy_uj").chmod(0o400)
+    real = Path.read_text
+
+    def as_a_user(path, *args, **kwargs):
+        if path == zone / "energy_uj":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", as_a_user)
+    notes: list[str] = []
+    assert RaplMeter.open(tmp_path, warn=notes.append) is None
+    assert notes == [
+        f"CPU energy not measured: {zone / 'energy_uj'} is readable by root only "
+        f"(run as root, or sudo chmod a+r {tmp_path}/intel-rapl:*/energy_uj)"
+    ]
+    # through the registry, as a run opens its meters: no rapl meter, the same one line, no error
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path)
+    monkeypatch.setitem(energy.METERS, "nvml", lambda warn=None: None)  # whatever GPU this machine has
+    notes.clear()
+    assert energy.open_meters(warn=notes.append) == [] and len(notes) == 1
+    assert CellEnergy(energy.open_meters()).read() == {}  # no energy field: "not measured", not 0 J
+    # a run says it once, after its cells (so a run that stops on an error still says one line)
+    from io import StringIO
+
+    from rich.console import Console
+
+    from rllm_study.running.runner import run_study
+    from rllm_study.running.spec import expand
+    from scripted_engine import scripted_backend
+
+    spec = {"name": "e", "datasets": {"gsm8k": 1}, "max_tokens": [4], "backend": "scripted", "models": ["scripted"]}
+    said = StringIO()
+    with scripted_backend():
+        (cell_dir,) = run_study(expand(spec, "spec.toml"), spec, tmp_path / "out", Console(file=said, width=400))
+    assert said.getvalue().strip().splitlines()[-1] == f"warning: {notes[0]}"
+    timeline = read_cell(cell_dir).timeline
+    assert timeline and not any("energy_j" in sample for sample in timeline)
 
 
 def test_command_meter_and_cell_energy_count_from_start(tmp_path):

@@ -17,6 +17,7 @@ require_module("mlx_lm")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
+from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 
 from conftest import QUESTIONS, THREADS, chat, drain  # noqa: E402
 from rllm_study.backends import options_for  # noqa: E402
@@ -30,7 +31,6 @@ from rllm_study.backends.options import LlamaCppOptions, MlxOptions  # noqa: E40
 from rllm_study.backends.sampling import ORDERS, TEMPERATURE_FIRST, TOP_P_FIRST  # noqa: E402
 from rllm_study.errors import UserError  # noqa: E402
 from rllm_study.models import resolve_model  # noqa: E402
-from test_sampling import DRAWS, ROW, chi_square_ok, exact_probs  # noqa: E402
 
 pytestmark = pytest.mark.mlx
 require(
@@ -146,7 +146,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(engine):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("top_k", [0, 5])
 def test_sampler_follows_the_exact_distribution_in_both_orders(order, top_k):
-    """The same distribution as the llama.cpp path (tests/test_sampling.py's exact probabilities),
+    """The same distribution as the llama.cpp path (tests/engine/test_sampling.py's exact probabilities),
     and the two orders are told apart."""
     logprobs = mx.array(ROW - np.log(np.exp(ROW.astype(np.float64)).sum()), dtype=mx.float32)
     sampler = make_sampler(SamplingParams(temperature=0.6, top_p=0.9, top_k=top_k, order=order, seed=4))

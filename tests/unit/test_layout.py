@@ -105,3 +105,26 @@ def test_public_engine_paths_for_scripting():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
+
+
+TIERS = ("unit", "engine", "e2e")
+MODEL_FIXTURES = {"smollm2_path", "qwen05_path", "tiny_r1_path"}
+
+
+def test_tests_sit_in_their_tiers_and_the_unit_tier_loads_no_model():
+    """Every test file is in tests/unit, tests/engine or tests/e2e (docs/architecture.md, Tests),
+    with a module name unique across them (the tiers share one import path); no unit test asks
+    for a model fixture or builds a real engine class."""
+    tests = REPO / "tests"
+    files = sorted(tests.rglob("test_*.py"))
+    assert {p.parent.relative_to(tests).as_posix() for p in files} == set(TIERS), [str(p) for p in files]
+    names = [p.name for p in files]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    heavy = []
+    for path in (tests / "unit").glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                heavy += [f"{path.name}::{node.name}({a.arg})" for a in node.args.args if a.arg in MODEL_FIXTURES]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("LlamaCppEngine", "MlxEngine"):
+                heavy.append(f"{path.name}:{node.lineno}: {node.func.id}(...)")
+    assert not heavy, heavy

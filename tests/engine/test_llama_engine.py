@@ -22,23 +22,38 @@ from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.errors import UserError
 
+_REFERENCES: dict[tuple[str, bool], llama_cpp.Llama] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_references():
+    yield
+    while _REFERENCES:
+        _REFERENCES.popitem()[1].close()
+
 
 def reference_greedy(path, prompt: str, max_tokens: int, flash_attn: bool = False) -> list[int]:
-    """llama-cpp-python's own single-sequence greedy generation (high-level Llama).
+    """llama-cpp-python's own single-sequence greedy generation (high-level Llama), one model
+    load per (model, flash attention) in this module, reset before each prompt (no prefix reuse).
 
     Flash attention changes the arithmetic, so engine and reference must agree on it: the
     engine tests pin flash_attn=False (the high-level default) unless they say otherwise."""
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=THREADS, flash_attn=flash_attn, verbose=False)
+    key = (str(path), flash_attn)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = llama_cpp.Llama(
+            model_path=str(path), n_ctx=1024, n_threads=THREADS, flash_attn=flash_attn, verbose=False
+        )
+    llm = _REFERENCES[key]
+    llm.reset()
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     out = []
-    for tok in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+    for tok in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
             out.append(tok)
             break
         out.append(tok)
         if len(out) >= max_tokens:
             break
-    llm.close()
     return out
 
 
@@ -192,15 +207,18 @@ def test_too_small_unified_cache_preempts_recomputes_and_all_finish(smollm2_path
     """A unified cache too small for all: the youngest request is preempted and recomputed later;
     none fail. Unified attention rounds differently with each batch mix, so the prompts are
     counting tasks whose greedy tokens have wide margins, checked against one-at-a-time runs."""
-    prompts = [chat(small_engine, f"Count from {n} to {n + 25}, separated by commas.") for n in (1, 30, 60, 90)]
-    opts = LlamaCppOptions(max_seqs=4, n_ctx=256, n_threads=THREADS, kv_unified=True, flash_attn=False)
+    # five prompts of about 44 tokens fill 220 of the 256 cells (llama.cpp's smallest context): the first
+    # preemption comes after about 8 tokens each, so 32 tokens a request are enough to preempt and recompute
+    n = (1, 30, 60, 90, 120)
+    prompts = [chat(small_engine, f"Count from {k} to {k + 25}, separated by commas.") for k in n]
+    opts = LlamaCppOptions(max_seqs=5, n_ctx=256, n_threads=THREADS, kv_unified=True, flash_attn=False)
     engine = LlamaCppEngine(str(smollm2_path), opts)
     for i, p in enumerate(prompts):
-        engine.submit(Request(f"q{i}", p, SamplingParams(max_tokens=90)))
+        engine.submit(Request(f"q{i}", p, SamplingParams(max_tokens=32)))
     got = drain(engine, lambda _: engine.stats().kv_used <= 256 or pytest.fail("KV over capacity"))
     preemptions = engine.stats().extra.preemptions
     engine.close()
-    alone = run_all(smollm2_path, replace(opts, max_seqs=1), prompts, 90)
+    alone = run_all(smollm2_path, replace(opts, max_seqs=1), prompts, 32)
     assert preemptions >= 1
     for i in range(len(prompts)):
         assert got[f"q{i}"]["finish"].reason in ("stop", "length")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_report import MATH, _cell, _open_loop, _spread
 
 from rllm_study.analysis.stats import Condition, Interval
 from rllm_study.report.cells import load_cells
@@ -21,7 +22,6 @@ from rllm_study.report.claims import (
     weight_quantization,
 )
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
-from test_report import MATH, _cell, _open_loop, _spread
 
 
 @pytest.fixture(autouse=True)

@@ -610,7 +610,7 @@ def test_finish_gaps_by_change_reproduces_the_published_split(tmp_path):
     from rllm_study.analysis.metrics import finish_gaps
     from rllm_study.running.results import read_cell
 
-    repo = Path(__file__).parent.parent
+    repo = Path(__file__).parents[2]
     cell_dir = repo / "reports" / "gpu-h200" / "bench-1.5b" / "server-grading-process" / "in_process"
     script = repo / "scripts" / "finish_gaps.py"
     out = subprocess.run(
@@ -636,7 +636,7 @@ def test_finish_gaps_split_every_gap_of_a_published_cell():
     from rllm_study.analysis.metrics import _tokens_of, finish_gaps
     from rllm_study.running.results import read_cell
 
-    root = Path(__file__).parent.parent / "reports" / "gpu-h200" / "pilot-1.5b"
+    root = Path(__file__).parents[2] / "reports" / "gpu-h200" / "pilot-1.5b"
     cell = read_cell(next(root.glob("*gsm8k__reasoning*")))
     g = finish_gaps(cell)
     done = [r for r in cell.requests if r.get("finish_reason") in ("stop", "length")]

@@ -152,7 +152,7 @@ def test_summarize_reads_the_run(pilot_run):
 
 
 def test_report_of_the_real_pilot(pilot_run, tmp_path):
-    """The report of a real model's run (tests/test_report.py checks reports in depth on scripted runs):
+    """The report of a real model's run (tests/unit/test_report.py checks reports in depth on scripted runs):
     its sections, claims and the model's honest label from the manifest's model facts."""
     from rllm_study.report import REPORT_MD, write_report
 

@@ -10,7 +10,6 @@ they fail instead (`.ci/run` builds it and runs them).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import httpx
 import llama_cpp
 import pytest
 
-from conftest import THREADS, require
+from conftest import THREADS, llama_server_binary, require
 from rllm_study.backends.base import (
     ANSWER,
     FINISH_ABORT,
@@ -322,13 +321,6 @@ vllm:prompt_tokens_total{engine="0",model_name="Qwen/QwQ-32B"} 1234.0
 
 
 # -- llama-server (slow: needs scripts/build_llama_tools.sh) ----------------------------------------
-
-
-def llama_server_binary() -> Path | None:
-    version = importlib.metadata.version("llama_cpp_python")
-    default = Path.home() / ".cache/rllm-study/llama-tools" / version / "bin/llama-server"
-    path = Path(os.environ.get("RLLM_LLAMA_SERVER", default))
-    return path if path.is_file() else None
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from rllm_study.errors import UserError
 from rllm_study.peers import import_export
 from rllm_study.running.results import read_cell
 
-DATA = Path(__file__).parent / "data" / "peers"
+DATA = Path(__file__).parents[1] / "data" / "peers"
 
 
 def _rows(cell_dir: Path) -> dict[str, dict]:

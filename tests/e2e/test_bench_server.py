@@ -9,8 +9,7 @@ import json
 import httpx
 import pytest
 
-from conftest import THREADS, run_cli
-from test_openai_http import llama_server_binary
+from conftest import THREADS, llama_server_binary, run_cli
 
 
 def _one_line_error(proc) -> str:

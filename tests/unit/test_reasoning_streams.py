@@ -23,7 +23,7 @@ from rllm_study.backends.options import OpenAIOptions
 from rllm_study.backends.phases import answer_text
 from rllm_study.bench.server import free_port
 
-SSE = Path(__file__).parent / "data" / "sse"
+SSE = Path(__file__).parents[1] / "data" / "sse"
 OWNERS = {"vllm": "vllm", "sglang": "sglang", "llama-server": "llamacpp", "mlx": "system"}
 
 

@@ -15,6 +15,7 @@ from rllm_study.running.runner import CellRun, EnginePool, build_jobs
 from rllm_study.running.spec import expand
 from rllm_study.workloads.arrivals import make_arrivals
 from rllm_study.workloads.grading import GradingProcess
+from scripted_engine import run_scripted
 
 STEP_DELAY_S = 0.4  # each engine step made this much slower
 RATE = 20.0  # constant arrivals 50 ms apart: several come due during one slowed step
@@ -74,6 +75,29 @@ def test_a_slow_engine_step_shows_as_dispatch_lag(tmp_path, smollm2_path):
     lag = metrics["arrivals"]["dispatch_lag_s"]
     assert lag["count"] == 4 and lag["p99"] > DISPATCH_LAG_BOUND_S
     assert warning is not None and "dispatch lag p99" in warning and "n=4" in warning
+
+
+def test_a_quick_engine_gets_every_request_on_time(tmp_path):
+    """The runner's own part: with engine steps of 2 ms (the scripted engine), each request goes out
+    within the bound of its scheduled arrival, and the run does not warn. A runner that sends late
+    (scripts/mutate.py's "runner: requests sent late") fails here; the slow-step test above cannot
+    tell, since a late runner only adds to the lag it expects."""
+    spec = {
+        "name": "on-time",
+        "datasets": {"gsm8k": 8},
+        "max_tokens": [8],
+        "prompt_modes": ["direct"],
+        "engine": {"concurrency": 8},
+        "workload": {"arrival": "constant", "rate": RATE},
+    }
+    (cell_dir,) = run_scripted(tmp_path, spec, step_s=0.002)
+    cell = read_cell(cell_dir)
+    assert [r["arrival_s"] for r in sorted(cell.requests, key=lambda r: r["arrival_s"])] == pytest.approx(
+        list(make_arrivals("constant", 8, rate=RATE).times), abs=2e-3
+    )
+    lags = [r["sent_s"] - r["arrival_s"] for r in cell.requests]
+    assert min(lags) >= 0 and max(lags) <= DISPATCH_LAG_BOUND_S, lags
+    assert cell_metrics(cell)["arrivals"]["dispatch_lag_s"]["count"] == 8
 
 
 def test_old_folders_without_sent_s_have_no_lag():

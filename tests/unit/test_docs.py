@@ -11,7 +11,7 @@ from rllm_study.backends import all_options
 from rllm_study.reference import RENDER, metric_reference, spec_reference, stale_pages
 from rllm_study.running.spec import SAMPLING_KEYS, SLO_KEYS, TOP_KEYS, VARIANT_KEYS, WORKLOAD_KEYS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_pages_are_current():
