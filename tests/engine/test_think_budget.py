@@ -197,3 +197,36 @@ def test_direct_cells_take_no_think_budget():
     assert len(direct) == 1 and direct[0].think_budget is None and "__tb" not in direct[0].name
     with pytest.raises(UserError):
         expand({"datasets": {"gsm8k": 1}, "prompt_modes": ["direct"], "think_budget": [0]}, "spec.toml")
+
+
+def test_every_preset_gives_its_reasoning_cells_the_pilots_think_budget():
+    """A prompted model rarely closes its thinking itself: without a think budget most reasoning
+    requests of a technique or load preset never reach an answer phase, so strict accuracy measures
+    formatting and TTFVT describes a minority. Every preset with reasoning cells closes the thinking
+    32 tokens before the budget, as the pilot does, at every size (the think-budget preset sweeps its own)."""
+    from rllm_study.running.spec import SIZES, load_spec, preset_names
+
+    for preset in preset_names():
+        if preset == "think-budget":
+            continue
+        for size in SIZES:
+            spec, where = load_spec(preset=preset, size=size)
+            reasoning = [c for c in expand(spec, where) if c.prompt_mode == "reasoning"]
+            assert reasoning, (preset, size)
+            for c in reasoning:
+                assert c.think_budget == max(c.max_tokens - 32, -(-c.max_tokens // 2)), (preset, size, c.name)
+
+
+def test_a_folder_run_before_the_presets_had_a_think_budget_reruns_without_one():
+    """`run --like` takes a folder's recorded spec, not today's preset: the committed kv-cache run
+    (recorded without a think budget) expands to its own cells again, none with a think budget."""
+    from pathlib import Path
+
+    from rllm_study.running.spec import recorded_specs
+
+    folder = Path(__file__).resolve().parents[1] / "reports" / "cpu-2core" / "kv-cache-gsm8k64"
+    (spec, names, where), *rest = recorded_specs(folder)
+    assert not rest and "think_budget" not in spec
+    cells = expand(spec, where)
+    assert sorted(c.name for c in cells) == sorted(names) and len(names) == 3
+    assert all(c.think_budget is None and "__tb" not in c.name for c in cells)

@@ -17,9 +17,20 @@ import pytest
 
 from conftest import require, run_cli
 from rllm_study.analysis.metrics import METRICS
-from rllm_study.report import REPORT_HTML, REPORT_MD, write_report
+from rllm_study.report import REPORT_HTML, REPORT_MD, plots, write_report
 from rllm_study.report.cells import load_cells
-from rllm_study.report.claims import adaptive_time, bursty_load, check_claims, domain_preference, memory, stragglers
+from rllm_study.report.claims import (
+    LOAD_CLAIMS,
+    PILOT_CLAIMS,
+    TECHNIQUE_CLAIMS,
+    WORKLOAD_CLAIMS,
+    adaptive_time,
+    bursty_load,
+    check_claims,
+    domain_preference,
+    memory,
+    stragglers,
+)
 from rllm_study.report.document import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from rllm_study.report.plots import _log_ticks
 from rllm_study.running.results import CellWriter
@@ -176,6 +187,32 @@ def test_load_table_prints_realised_rate_and_cv(runs):
         ("gamma-r2.0-cv1.0", "3", "2.00"),
         ("gamma-r2.0-cv3.0", "3", "2.00"),
     ]
+
+
+def test_memory_figure_draws_kv_and_requests_from_events(runs):
+    """The memory figure's KV use and running / waiting counts are the event step functions the metrics
+    use, not the sampled engine counters: wiping those counters from every sample leaves the figure
+    byte-identical (RSS, which only the sampler gives, stays sampled)."""
+    cells = [c for c in load_cells([runs["pilot"]]) if c.dataset == "gsm8k"]
+    columns = [(c.mode, c) for c in cells]
+    samples = [s for c in cells for s in c.cell.timeline]
+    assert any(s.get("kv_used") for s in samples) and any(s.get("running") for s in samples)
+    drawn = plots.timeline(columns)
+    for s in samples:
+        s["kv_used"] = s["running"] = s["waiting"] = 0
+    assert plots.timeline(columns) == drawn
+
+
+def test_every_finding_without_its_cells_is_not_tested_and_says_what_it_needs():
+    """Each finding is declared once (`Finding`: key, title, paper, rule, needs, judge); over no cells
+    the scaffold leaves every one not tested, with its own `needs` line as the reason."""
+    findings = (*PILOT_CLAIMS, *TECHNIQUE_CLAIMS, *LOAD_CLAIMS, *WORKLOAD_CLAIMS)
+    claims = check_claims([])
+    assert [c.title for c in claims] == CLAIM_TITLES == [f.title for f in findings]
+    assert len({f.key for f in findings}) == len(findings)
+    for claim, finding in zip(claims, findings):
+        assert (claim.key, claim.rule, claim.status) == (finding.key, finding.rule, NOT_TESTED)
+        assert claim.reason == finding.needs and claim.reason.startswith("needs "), claim.key
 
 
 def test_html_is_self_contained(runs):

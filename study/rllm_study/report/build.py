@@ -214,7 +214,9 @@ def memory_section(cells: list[CellData]) -> Section:
     blocks: list = [
         Paragraph(
             "KV-cache use (in the engine's unit, capacity dashed) and process RSS over one cell's run, "
-            "with running and waiting requests and each request's arrival and finish. " + _selection_note(reps)
+            "with running and waiting requests and each request's arrival and finish. KV use and the running "
+            "and waiting counts come from the recorded admission, token and finish events (exact at every "
+            "change, as in the tables and claims); RSS and GPU memory from the sampler. " + _selection_note(reps)
         )
     ]
     for group in reps:

@@ -1,7 +1,9 @@
 """The paper's findings checked against recorded cells, each by a stated rule decided by intervals.
 
 Four pilot findings (reasoning vs direct), four technique takeaways, and the real-world one.
-Each check returns a `Claim`. A rule is one or more conditions, each a 95% interval against a
+Each finding is declared as data over one scaffold (`Finding`: its key and title, the paper's words, its
+rule, what cells it needs, and the judge that computes and decides its conditions); checking it returns
+a `Claim`. A rule is one or more conditions, each a 95% interval against a
 threshold (`rllm_study.analysis.stats.Condition`): reproduced when every interval lies on the finding's side,
 not reproduced when any lies on the other side, inconclusive otherwise (then the claim says roughly
 how many requests, cells or cell pairs would settle it), not tested when the cells it needs are
@@ -165,6 +167,31 @@ def _decide(claim: Claim, checks: Sequence[Check], detail: str) -> Claim:
         )
     claim.reason = detail
     return claim
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A finding of the paper declared as data over one scaffold: its key and title, the paper's words,
+    the rule that decides it, what cells it needs (and the run that makes them), and `judge`, which
+    computes the rule's conditions on the cells and decides them (`_decide`) into the claim it is
+    given, or returns None when the cells it needs are absent. Calling a Finding on cells checks it:
+    a claim starts not tested, and stays so with `needs` as its reason when the judge finds nothing
+    to judge."""
+
+    key: str
+    title: str
+    paper: str
+    rule: str
+    needs: str
+    judge: Callable[[Claim, list[CellData]], Claim | None]
+
+    def __call__(self, cells: list[CellData]) -> Claim:
+        claim = Claim(self.key, self.title, self.paper, self.rule, NOT_TESTED, "")
+        judged = self.judge(claim, cells)
+        if judged is None:
+            claim.reason = self.needs
+            return claim
+        return judged
 
 
 def _completed(rows: Rows) -> Rows:
@@ -397,25 +424,7 @@ def _mean_of(cells: list[CellData], column: C.Column) -> float | None:
 # ---- pilot findings ---------------------------------------------------------------------------
 
 
-def memory(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Over matched pilot pairs at the largest budget: reproduced if the reasoning cells' peak KV-cache use is "
-        f"at least {PEAK_FACTOR:g}x the direct cells' (geometric mean of the pairs' ratios) and their KV-use "
-        f"coefficient of variation (std / mean over the timeline) is higher (mean of the pairs' differences above "
-        f"0); t intervals over the pairs, as KV use is a per-cell timeline figure; at least {MIN_CELLS} pairs. KV use "
-        f"comes from the requests' events (exact at every change) where the engine counts cells, else from the "
-        f"sampled timeline, and a cell whose sampled timeline has a gap over {MAX_TIMELINE_GAP_S:g} s is left out; "
-        f"peak, mean and CV are weighted by time."
-    )
-    claim = Claim(
-        "memory",
-        "Memory use and fluctuation",
-        "A reasoning model's KV-cache use is high and swings within a batch (about 3% to 70% for a 7B "
-        "model on MATH-500) while the ordinary model stays under about 3%.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _memory(claim: Claim, cells: list[CellData]) -> Claim | None:
     pairs, top = _largest_budget_pairs(cells)
     pairs = [
         (r, d)
@@ -427,12 +436,12 @@ def memory(cells: list[CellData]) -> Claim:
     ]
     gapped = [c.name for pair in pairs for c in pair if _timeline_gap(c)]
     pairs = [(r, d) for r, d in pairs if not (_timeline_gap(r) or _timeline_gap(d))]
+    if not pairs and not gapped:
+        return None
     if not pairs:
         claim.reason = (
             f"every pair has a cell whose sampled KV timeline has gaps over {MAX_TIMELINE_GAP_S:g} s "
             f"({', '.join(gapped)}): no claim rests on a timeline with holes"
-            if gapped
-            else f"needs reasoning and direct pilot cells with a KV timeline: {PILOT_HINT}"
         )
         return claim
     reasoning, direct = [r for r, _ in pairs], [d for _, d in pairs]
@@ -465,27 +474,31 @@ def memory(cells: list[CellData]) -> Claim:
     )
 
 
-def stragglers(cells: list[CellData]) -> Claim:
-    rule = (
-        "Over matched pilot pairs at the largest budget, per run and batch size: reproduced if, at every batch "
-        "size, the reasoning cells have a larger straggler share (requests whose E2EL exceeds k x their batch's "
-        "median) and spend a larger share of batch time in the tail (fewer than half the batch still running) "
-        "than the direct cells: each the mean over the pairs of the cells' difference, reasoning - direct, with "
-        f"its t interval over the pairs above 0 (stragglers cluster by batch and cell); at least {MIN_CELLS} pairs."
-    )
-    claim = Claim(
-        "stragglers",
-        "Stragglers",
-        "A few hard problems stretch a batch from ten-odd seconds to twenty-plus; in the tail only a few "
-        "requests run. The ordinary model's run times are nearly uniform.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+memory = Finding(
+    "memory",
+    "Memory use and fluctuation",
+    paper=(
+        "A reasoning model's KV-cache use is high and swings within a batch (about 3% to 70% for a 7B "
+        "model on MATH-500) while the ordinary model stays under about 3%."
+    ),
+    rule=(
+        f"Over matched pilot pairs at the largest budget: reproduced if the reasoning cells' peak KV-cache use is "
+        f"at least {PEAK_FACTOR:g}x the direct cells' (geometric mean of the pairs' ratios) and their KV-use "
+        f"coefficient of variation (std / mean over the timeline) is higher (mean of the pairs' differences above "
+        f"0); t intervals over the pairs, as KV use is a per-cell timeline figure; at least {MIN_CELLS} pairs. KV use "
+        f"comes from the requests' events (exact at every change) where the engine counts cells, else from the "
+        f"sampled timeline, and a cell whose sampled timeline has a gap over {MAX_TIMELINE_GAP_S:g} s is left out; "
+        f"peak, mean and CV are weighted by time."
+    ),
+    needs=f"needs reasoning and direct pilot cells with a KV timeline: {PILOT_HINT}",
+    judge=_memory,
+)
+
+
+def _stragglers(claim: Claim, cells: list[CellData]) -> Claim | None:
     pairs, top = _largest_budget_pairs(cells)
     if not pairs:
-        claim.reason = f"needs reasoning and direct pilot cells: {PILOT_HINT}"
-        return claim
+        return None
     groups = _by_batch(pairs, lambda p: p[0])
     checks = []
     for key, ps in groups.items():
@@ -511,36 +524,33 @@ def stragglers(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, f"{len(pairs)} pairs at budget {top}, batch size {_sizes(groups)}")
 
 
-def adaptive_time(cells: list[CellData]) -> Claim:
-    rule = (
-        "Over the reasoning pilot cells at the largest budget, per run and batch size, requests pooled by the math "
-        "data sets' difficulty tier (GSM8K easy < MATH-500 medium < AIME hard): reproduced if, at every batch size, "
-        "both the mean think tokens and the mean E2EL rise from each tier present to the next harder one (ratio "
-        "harder / easier above 1; at least two tiers). Think tokens, a property of the items, are bootstrapped over "
-        "requests; E2EL, which the machine shapes, by a cluster bootstrap over the tiers' cells and their requests, "
-        f"with at least {MIN_CELLS} cells (repeats) a tier, twice: in the cells' own one-sequence decode steps "
-        f"(E2EL x the cell's machine speed: speed-free) and in seconds, the latter over the cells whose measured "
-        f"speeds agree within {100 * SAME_SPEED:g}% only."
-    )
-    claim = Claim(
-        "adaptive",
-        "Adaptive running time",
-        "A reasoning model's running time and token count grow with difficulty (GSM8K < MATH-500 < AIME).",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+stragglers = Finding(
+    "stragglers",
+    "Stragglers",
+    paper=(
+        "A few hard problems stretch a batch from ten-odd seconds to twenty-plus; in the tail only a few "
+        "requests run. The ordinary model's run times are nearly uniform."
+    ),
+    rule=(
+        "Over matched pilot pairs at the largest budget, per run and batch size: reproduced if, at every batch "
+        "size, the reasoning cells have a larger straggler share (requests whose E2EL exceeds k x their batch's "
+        "median) and spend a larger share of batch time in the tail (fewer than half the batch still running) "
+        "than the direct cells: each the mean over the pairs of the cells' difference, reasoning - direct, with "
+        f"its t interval over the pairs above 0 (stragglers cluster by batch and cell); at least {MIN_CELLS} pairs."
+    ),
+    needs=f"needs reasoning and direct pilot cells: {PILOT_HINT}",
+    judge=_stragglers,
+)
+
+
+def _adaptive_time(claim: Claim, cells: list[CellData]) -> Claim | None:
     reasoning = [c for c in pilot_cells(cells) if c.mode == REASONING and tier(c.dataset) in TIER_ORDER]
     if reasoning:
         top = max(c.budget for c in reasoning)
         reasoning = [c for c in reasoning if c.budget == top]
     groups = {k: cs for k, cs in _by_batch(reasoning).items() if len({tier(c.dataset) for c in cs}) >= 2}
     if not groups:
-        claim.reason = (
-            "needs reasoning pilot cells of one batch size on math data sets of at least two difficulty "
-            "tiers (e.g. gsm8k and math500 or aime24)"
-        )
-        return claim
+        return None
     checks, capped_max = [], 0.0
     for key, cs in groups.items():
         where = _where(key, groups)
@@ -595,31 +605,36 @@ def adaptive_time(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, detail)
 
 
-def domain_preference(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Pooled accuracy over matched pilot pairs at the largest budget, per domain: reproduced if reasoning beats "
-        f"direct on math by at least {100 * MATH_GAIN:g} points (Newcombe interval of the difference, paired by item where the items match) and its gain "
-        f"on every other domain is under half the math gain (MOVER interval of half the math gain minus that gain, "
-        f"above 0)."
-    )
-    claim = Claim(
-        "domain",
-        "Domain preference",
-        "Reasoning is far better on math and only on par on knowledge-heavy GPQA.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+adaptive_time = Finding(
+    "adaptive",
+    "Adaptive running time",
+    paper="A reasoning model's running time and token count grow with difficulty (GSM8K < MATH-500 < AIME).",
+    rule=(
+        "Over the reasoning pilot cells at the largest budget, per run and batch size, requests pooled by the math "
+        "data sets' difficulty tier (GSM8K easy < MATH-500 medium < AIME hard): reproduced if, at every batch size, "
+        "both the mean think tokens and the mean E2EL rise from each tier present to the next harder one (ratio "
+        "harder / easier above 1; at least two tiers). Think tokens, a property of the items, are bootstrapped over "
+        "requests; E2EL, which the machine shapes, by a cluster bootstrap over the tiers' cells and their requests, "
+        f"with at least {MIN_CELLS} cells (repeats) a tier, twice: in the cells' own one-sequence decode steps "
+        f"(E2EL x the cell's machine speed: speed-free) and in seconds, the latter over the cells whose measured "
+        f"speeds agree within {100 * SAME_SPEED:g}% only."
+    ),
+    needs=(
+        "needs reasoning pilot cells of one batch size on math data sets of at least two difficulty "
+        "tiers (e.g. gsm8k and math500 or aime24)"
+    ),
+    judge=_adaptive_time,
+)
+
+
+def _domain_preference(claim: Claim, cells: list[CellData]) -> Claim | None:
     pairs, top = _largest_budget_pairs(cells)
     acc_r = pooled_accuracy([r for r, _ in pairs], "by_domain") if pairs else {}
     acc_d = pooled_accuracy([d for _, d in pairs], "by_domain") if pairs else {}
     domains = [d for d in acc_r if d in acc_d and acc_r[d]["accuracy"] is not None and acc_d[d]["accuracy"] is not None]
     others = [d for d in domains if d != "math"]
     if "math" not in domains or not others:
-        claim.reason = (
-            f"needs reasoning and direct pilot cells on math and on another domain (e.g. gpqa-diamond): {PILOT_HINT}"
-        )
-        return claim
+        return None
     gain = {
         d: _paired_acc([(dr, r) for r, dr in pairs], lambda x, d=d: (x.get("domain") or "unknown") == d)
         or _acc_diff(acc_r[d], acc_d[d])
@@ -643,6 +658,21 @@ def domain_preference(cells: list[CellData]) -> Claim:
         checks,
         "; ".join(f"{d}: reasoning {C.points(gain[d].estimate, 0.0)} vs direct" for d in domains) + f" (budget {top})",
     )
+
+
+domain_preference = Finding(
+    "domain",
+    "Domain preference",
+    paper="Reasoning is far better on math and only on par on knowledge-heavy GPQA.",
+    rule=(
+        f"Pooled accuracy over matched pilot pairs at the largest budget, per domain: reproduced if reasoning beats "
+        f"direct on math by at least {100 * MATH_GAIN:g} points (Newcombe interval of the difference, paired by item where the items match) and its gain "
+        f"on every other domain is under half the math gain (MOVER interval of half the math gain minus that gain, "
+        f"above 0)."
+    ),
+    needs=f"needs reasoning and direct pilot cells on math and on another domain (e.g. gpqa-diamond): {PILOT_HINT}",
+    judge=_domain_preference,
+)
 
 
 # ---- technique takeaways ------------------------------------------------------------------------
@@ -722,31 +752,11 @@ def derived_origin(c: CellData) -> str | None:
     return found.group(1) if found and found.group(1).upper() not in FLOAT_TYPES else None
 
 
-def weight_quantization(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Each variant with fewer bits per weight than its group's highest-precision variant (same model, data set, "
-        f"budget, workload): reproduced if every one keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points "
-        f"of it (Newcombe interval of the difference, paired by item where the items match, above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
-        f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} "
-        f"pairs, above 1). A ladder derived from one quantized file: a variant of lower precision than that source is "
-        f"judged the same way against the source's own cells (its loss is attributable to precision); variants of "
-        f"higher precision than the source hold no more information than it, so they show engine cost only."
-    )
-    claim = Claim(
-        "quantization",
-        "Weight quantization",
-        "4-bit (GPTQ-Int4) and FP8 weights stay within about 3% accuracy with equal or better serving.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _weight_quantization(claim: Claim, cells: list[CellData]) -> Claim | None:
     vs = versus(cells, "weight quantization", lambda g: max(g.variants.values(), key=_bits))
     vs = [v for v in vs if _bits(v.pairs[0][1]) < _bits(v.pairs[0][0])]
     if not vs:
-        claim.reason = (
-            "needs cells of one model at several weight quantizations: run `rllm-study run --preset quantization`"
-        )
-        return claim
+        return None
     origins = {derived_origin(c) for v in vs for pair in v.pairs for c in pair} - {None}
     reference = "the highest precision"
     if origins:
@@ -799,6 +809,24 @@ def weight_quantization(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, detail)
 
 
+weight_quantization = Finding(
+    "quantization",
+    "Weight quantization",
+    paper="4-bit (GPTQ-Int4) and FP8 weights stay within about 3% accuracy with equal or better serving.",
+    rule=(
+        f"Each variant with fewer bits per weight than its group's highest-precision variant (same model, data set, "
+        f"budget, workload): reproduced if every one keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points "
+        f"of it (Newcombe interval of the difference, paired by item where the items match, above -{100 * ACC_TOLERANCE:g} points) and reaches at least its "
+        f"output tokens/s (geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} "
+        f"pairs, above 1). A ladder derived from one quantized file: a variant of lower precision than that source is "
+        f"judged the same way against the source's own cells (its loss is attributable to precision); variants of "
+        f"higher precision than the source hold no more information than it, so they show engine cost only."
+    ),
+    needs="needs cells of one model at several weight quantizations: run `rllm-study run --preset quantization`",
+    judge=_weight_quantization,
+)
+
+
 def _kv_plain(c: CellData) -> bool:
     return (
         c.field("engine.type_k") in ("f16", "f32", "bf16")
@@ -807,27 +835,10 @@ def _kv_plain(c: CellData) -> bool:
     )
 
 
-def kv_quantization(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Each quantized-KV variant against its group's f16 KV variant. Models under {LARGE_MODEL / 1e9:g}B "
-        f"parameters (the paper's 7B case): reproduced if accuracy collapses (pooled accuracy at most "
-        f"{COLLAPSE:g}x the f16 cache's: MOVER interval of {COLLAPSE:g} x f16 accuracy - variant accuracy above 0). "
-        f"Larger models: reproduced if output tokens/s rises (bootstrap ratio above 1) at accuracy within "
-        f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match)."
-    )
-    claim = Claim(
-        "kv-cache",
-        "KV-cache quantization",
-        "An FP8 KV cache is faster for 14B and 32B models at similar accuracy, but accuracy nearly collapses "
-        "for the 7B model.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _kv_quantization(claim: Claim, cells: list[CellData]) -> Claim | None:
     vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain), keep=lambda g: not _kv_budget(g))
     if not vs:
-        claim.reason = "needs cells with f16 and quantized KV caches: run `rllm-study run --preset kv-cache`"
-        return claim
+        return None
     checks = []
     for v in vs:
         ref_acc, acc = v.accuracy
@@ -860,22 +871,26 @@ def kv_quantization(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, f"{len(vs)} quantized-KV variant(s) against the f16 cache")
 
 
-def prefix_caching(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Prefix caching on against off, on single-turn workloads (no shared prefix), E2EL p50 ratio on / off "
-        f"(geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs; only pairs "
-        f"whose measured machine speeds agree within {100 * SAME_SPEED:g}%). Models under {LARGE_MODEL / 1e9:g}B: reproduced "
-        f"if the ratio is above 1 (caching adds latency). Larger models: reproduced if it is below 1."
-    )
-    claim = Claim(
-        "prefix-cache",
-        "Prefix caching",
-        "Prefix caching helps 14B and larger models; for the 7B model it adds latency, because single-turn "
-        "requests share no prefix and the bookkeeping is pure cost.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+kv_quantization = Finding(
+    "kv-cache",
+    "KV-cache quantization",
+    paper=(
+        "An FP8 KV cache is faster for 14B and 32B models at similar accuracy, but accuracy nearly collapses "
+        "for the 7B model."
+    ),
+    rule=(
+        f"Each quantized-KV variant against its group's f16 KV variant. Models under {LARGE_MODEL / 1e9:g}B "
+        f"parameters (the paper's 7B case): reproduced if accuracy collapses (pooled accuracy at most "
+        f"{COLLAPSE:g}x the f16 cache's: MOVER interval of {COLLAPSE:g} x f16 accuracy - variant accuracy above 0). "
+        f"Larger models: reproduced if output tokens/s rises (bootstrap ratio above 1) at accuracy within "
+        f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match)."
+    ),
+    needs="needs cells with f16 and quantized KV caches: run `rllm-study run --preset kv-cache`",
+    judge=_kv_quantization,
+)
+
+
+def _prefix_caching(claim: Claim, cells: list[CellData]) -> Claim | None:
     single = versus(
         cells,
         "prefix caching",
@@ -897,10 +912,7 @@ def prefix_caching(cells: list[CellData]) -> Claim:
             )
         )
     if not single:
-        claim.reason = (
-            "needs single-turn cells with prefix caching on and off: run `rllm-study run --preset prefix-cache`"
-        )
-        return claim
+        return None  # the shared-prefix numbers stay listed
     checks = [
         Check(
             Condition(
@@ -917,26 +929,28 @@ def prefix_caching(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, f"{len(single)} single-turn comparison(s)")
 
 
-def speculative(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Each speculative variant against no speculation: reproduced if every one shortens E2EL p50 (ratio below "
-        f"1, geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs) with pooled accuracy within "
-        f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match). The paper also saw lower tokens/s and a worse TTFVT: both "
-        f"ratios are shown, not deciding."
-    )
-    claim = Claim(
-        "speculative",
-        "Speculative decoding",
-        "N-gram speculative decoding shortens end-to-end time at every model size with no accuracy loss, but "
-        "lowers tokens/s and worsens TTFVT.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+prefix_caching = Finding(
+    "prefix-cache",
+    "Prefix caching",
+    paper=(
+        "Prefix caching helps 14B and larger models; for the 7B model it adds latency, because single-turn "
+        "requests share no prefix and the bookkeeping is pure cost."
+    ),
+    rule=(
+        f"Prefix caching on against off, on single-turn workloads (no shared prefix), E2EL p50 ratio on / off "
+        f"(geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs; only pairs "
+        f"whose measured machine speeds agree within {100 * SAME_SPEED:g}%). Models under {LARGE_MODEL / 1e9:g}B: reproduced "
+        f"if the ratio is above 1 (caching adds latency). Larger models: reproduced if it is below 1."
+    ),
+    needs="needs single-turn cells with prefix caching on and off: run `rllm-study run --preset prefix-cache`",
+    judge=_prefix_caching,
+)
+
+
+def _speculative(claim: Claim, cells: list[CellData]) -> Claim | None:
     vs = versus(cells, "speculative decoding", _ref_where(lambda c: not c.field("engine.speculative")))
     if not vs:
-        claim.reason = "needs cells with and without speculative decoding: run `rllm-study run --preset speculative`"
-        return claim
+        return None
     checks = []
     for v in vs:
         ref_acc, _ = v.accuracy
@@ -960,6 +974,24 @@ def speculative(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, detail)
 
 
+speculative = Finding(
+    "speculative",
+    "Speculative decoding",
+    paper=(
+        "N-gram speculative decoding shortens end-to-end time at every model size with no accuracy loss, but "
+        "lowers tokens/s and worsens TTFVT."
+    ),
+    rule=(
+        f"Each speculative variant against no speculation: reproduced if every one shortens E2EL p50 (ratio below "
+        f"1, geometric mean over matched cell pairs, t interval over the pairs, at least {MIN_CELLS} pairs) with pooled accuracy within "
+        f"{100 * ACC_TOLERANCE:g} points (Newcombe, paired by item where the items match). The paper also saw lower tokens/s and a worse TTFVT: both "
+        f"ratios are shown, not deciding."
+    ),
+    needs="needs cells with and without speculative decoding: run `rllm-study run --preset speculative`",
+    judge=_speculative,
+)
+
+
 # ---- real-world workload ---------------------------------------------------------------------
 
 
@@ -968,24 +1000,7 @@ def _cv(c: CellData) -> float | None:
     return 1.0 if wl.get("arrival") == "poisson" else wl.get("cv") if wl.get("arrival") == "gamma" else None
 
 
-def bursty_load(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Open-loop Poisson/Gamma cells at the same rate (same model, data set, budget), lowest against highest "
-        f"arrival CV of one repeat, a pair compared only where their realised arrival rates (`arrival_rate`) differ "
-        f"by at most {100 * SAME_LOAD:g}% (else burstiness is confounded with load): reproduced if, at every such "
-        f"rate, both the queue wait p90 (difference high - low above 0 s: a queue may be empty at low CV) and the "
-        f"E2EL p90 (ratio high / low above 1) are higher at the highest CV, each with its t interval over the "
-        f"matched pairs (repeats) whose measured machine speeds agree within {100 * SAME_SPEED:g}%; at least {MIN_CELLS} pairs."
-    )
-    claim = Claim(
-        "bursty",
-        "Bursty arrivals",
-        "Under bursty Gamma arrivals a reasoning model's KV use sits near capacity for long stretches, "
-        "requests pile up in the queue and turnaround grows.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _bursty_load(claim: Claim, cells: list[CellData]) -> Claim | None:
     checks, confounded = [], []
     at_rate: dict[tuple, list[tuple[CellData, CellData]]] = {}
     for key, members in load_groups(cells).items():
@@ -1031,18 +1046,38 @@ def bursty_load(cells: list[CellData]) -> Claim:
                 "ratio",
             ),
         ]
+    if not checks and not confounded:
+        return None
     if not checks:
         claim.reason = (
             f"the realised arrival rates of {'; '.join(confounded)} differ by more than "
             f"{100 * SAME_LOAD:g}%, so burstiness would be confounded with load"
-            if confounded
-            else "needs open-loop cells at one rate with two or more CVs: run `rllm-study run --preset realworld`"
         )
         return claim
     detail = f"{len(at_rate)} rate(s) at the same realised load"
     if confounded:
         detail += f"; left out (realised rates differ by over {100 * SAME_LOAD:g}%): {'; '.join(confounded)}"
     return _decide(claim, checks, detail)
+
+
+bursty_load = Finding(
+    "bursty",
+    "Bursty arrivals",
+    paper=(
+        "Under bursty Gamma arrivals a reasoning model's KV use sits near capacity for long stretches, "
+        "requests pile up in the queue and turnaround grows."
+    ),
+    rule=(
+        f"Open-loop Poisson/Gamma cells at the same rate (same model, data set, budget), lowest against highest "
+        f"arrival CV of one repeat, a pair compared only where their realised arrival rates (`arrival_rate`) differ "
+        f"by at most {100 * SAME_LOAD:g}% (else burstiness is confounded with load): reproduced if, at every such "
+        f"rate, both the queue wait p90 (difference high - low above 0 s: a queue may be empty at low CV) and the "
+        f"E2EL p90 (ratio high / low above 1) are higher at the highest CV, each with its t interval over the "
+        f"matched pairs (repeats) whose measured machine speeds agree within {100 * SAME_SPEED:g}%; at least {MIN_CELLS} pairs."
+    ),
+    needs="needs open-loop cells at one rate with two or more CVs: run `rllm-study run --preset realworld`",
+    judge=_bursty_load,
+)
 
 
 # ---- workloads: capacity at a fixed KV memory budget ---------------------------------------------
@@ -1052,26 +1087,10 @@ def _kv_budget(g: TechniqueGroup) -> float:
     return g.baseline.field("engine.kv_budget_mib") or 0.0
 
 
-def kv_capacity(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Each quantized-KV variant against the f16 cache at the same KV memory budget (`kv_budget_mib`, the "
-        f"cache sized in bytes, so a smaller type holds more tokens), offered more requests than f16 holds: "
-        f"reproduced if the quantized cache runs more requests at once (mean `running` over the timeline, ratio "
-        f"above 1, t interval over matched cell pairs), raises output tokens/s (ratio above 1, bootstrapped over "
-        f"requests) and keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points (Newcombe)."
-    )
-    claim = Claim(
-        "kv-capacity",
-        "KV capacity at a fixed memory budget",
-        "A quantized KV cache allows larger batch sizes without performance degradation.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _kv_capacity(claim: Claim, cells: list[CellData]) -> Claim | None:
     vs = versus(cells, "KV-cache quantization", _ref_where(_kv_plain), keep=lambda g: bool(_kv_budget(g)))
     if not vs:
-        claim.reason = "needs f16 and quantized KV cells at one KV budget: run `rllm-study run --preset kv-capacity`"
-        return claim
+        return None
     checks = []
     for v in vs:
         pairs = [
@@ -1104,6 +1123,22 @@ def kv_capacity(cells: list[CellData]) -> Claim:
             )
         )
     return _decide(claim, checks, f"{len(vs)} quantized-KV variant(s) against f16 at one KV budget")
+
+
+kv_capacity = Finding(
+    "kv-capacity",
+    "KV capacity at a fixed memory budget",
+    paper="A quantized KV cache allows larger batch sizes without performance degradation.",
+    rule=(
+        f"Each quantized-KV variant against the f16 cache at the same KV memory budget (`kv_budget_mib`, the "
+        f"cache sized in bytes, so a smaller type holds more tokens), offered more requests than f16 holds: "
+        f"reproduced if the quantized cache runs more requests at once (mean `running` over the timeline, ratio "
+        f"above 1, t interval over matched cell pairs), raises output tokens/s (ratio above 1, bootstrapped over "
+        f"requests) and keeps pooled accuracy within {100 * ACC_TOLERANCE:g} points (Newcombe)."
+    ),
+    needs="needs f16 and quantized KV cells at one KV budget: run `rllm-study run --preset kv-capacity`",
+    judge=_kv_capacity,
+)
 
 
 # ---- combined techniques ------------------------------------------------------------------------
@@ -1160,31 +1195,10 @@ def _interaction(stat: Callable[[Rows], float | None], group: tuple) -> float | 
     return math.exp(math.log(values[1] / values[0]) - sum(math.log(v / values[0]) for v in values[2:]))
 
 
-def combined_techniques(cells: list[CellData]) -> Claim:
-    rule = (
-        f"Each combination of two or more techniques against its parts, in every group where the baseline, the "
-        f"combination and each single-technique part ran: the interaction ratio of output tokens/s, "
-        f"(combination / baseline) / product of (part / baseline) per group of cells, geometric mean over the "
-        f"groups with its t interval (each group is one moment on the machine; at least {MIN_CELLS} groups). Reproduced (the effects add, on a log scale) if it lies within [1/{ADDITIVE:g}, {ADDITIVE:g}] "
-        f"for every combination; not reproduced if one settles outside. The combination's accuracy difference "
-        f"from the baseline is shown beside it (Newcombe), not deciding."
-    )
-    claim = Claim(
-        "combined",
-        "Combined techniques",
-        "The study names combining techniques (quantized weights, quantized KV, prefix caching, speculative "
-        "decoding) as the next step: do their effects add?",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _combined_techniques(claim: Claim, cells: list[CellData]) -> Claim | None:
     combos = combinations(cells)
     if not combos:
-        claim.reason = (
-            "needs a combination of techniques run beside each of its parts and the baseline: "
-            "run `rllm-study run --preset combined`"
-        )
-        return claim
+        return None
     checks = []
     for combo in combos:
         groups = [_interaction(TOK_S, g) for g in combo.groups]
@@ -1206,6 +1220,29 @@ def combined_techniques(cells: list[CellData]) -> Claim:
     return _decide(claim, checks, f"{len(combos)} combination(s), each beside its parts")
 
 
+combined_techniques = Finding(
+    "combined",
+    "Combined techniques",
+    paper=(
+        "The study names combining techniques (quantized weights, quantized KV, prefix caching, speculative "
+        "decoding) as the next step: do their effects add?"
+    ),
+    rule=(
+        f"Each combination of two or more techniques against its parts, in every group where the baseline, the "
+        f"combination and each single-technique part ran: the interaction ratio of output tokens/s, "
+        f"(combination / baseline) / product of (part / baseline) per group of cells, geometric mean over the "
+        f"groups with its t interval (each group is one moment on the machine; at least {MIN_CELLS} groups). Reproduced (the effects add, on a log scale) if it lies within [1/{ADDITIVE:g}, {ADDITIVE:g}] "
+        f"for every combination; not reproduced if one settles outside. The combination's accuracy difference "
+        f"from the baseline is shown beside it (Newcombe), not deciding."
+    ),
+    needs=(
+        "needs a combination of techniques run beside each of its parts and the baseline: "
+        "run `rllm-study run --preset combined`"
+    ),
+    judge=_combined_techniques,
+)
+
+
 # ---- workloads: multi-turn sessions ------------------------------------------------------------
 
 
@@ -1218,26 +1255,10 @@ def _later_turns(stat: Callable[[Rows], float | None]) -> Callable[[Rows], float
     return lambda rows: stat([r for r in rows if (r.get("turn") or 0) >= 2])
 
 
-def multi_turn_prefix_caching(cells: list[CellData]) -> Claim:
-    rule = (
-        'Prefix caching on against off on multi-turn sessions (`arrival = "sessions"`, each turn\'s prompt '
-        "carrying the earlier turns): reproduced if output tokens/s rises (ratio on / off above 1) and the TTFT p50 "
-        "of turns 2 and later falls (ratio on / off below 1), both geometric means over matched cell pairs with "
-        'their t intervals (at least 3 pairs). The paper\'s "up to 30%" is an upper figure, so the size of the gain is '
-        "shown, not required."
-    )
-    claim = Claim(
-        "multi-turn",
-        "Multi-turn prefix caching",
-        "Prefix caching raises throughput by up to 30% in multi-turn conversations.",
-        rule,
-        NOT_TESTED,
-        "",
-    )
+def _multi_turn_prefix_caching(claim: Claim, cells: list[CellData]) -> Claim | None:
     vs = versus(cells, "prefix caching", _ref_where(lambda c: not c.field("engine.prefix_cache")), keep=_multi_turn)
     if not vs:
-        claim.reason = "needs multi-turn cells with prefix caching on and off: run `rllm-study run --preset multi-turn`"
-        return claim
+        return None
     checks = []
     for v in vs:
         checks += [
@@ -1272,6 +1293,22 @@ def multi_turn_prefix_caching(cells: list[CellData]) -> Claim:
     return _decide(
         claim, checks, f"{len(vs)} caching variant(s) against off, {sum(len(v.pairs) for v in vs)} matched cell pair(s)"
     )
+
+
+multi_turn_prefix_caching = Finding(
+    "multi-turn",
+    "Multi-turn prefix caching",
+    paper="Prefix caching raises throughput by up to 30% in multi-turn conversations.",
+    rule=(
+        'Prefix caching on against off on multi-turn sessions (`arrival = "sessions"`, each turn\'s prompt '
+        "carrying the earlier turns): reproduced if output tokens/s rises (ratio on / off above 1) and the TTFT p50 "
+        "of turns 2 and later falls (ratio on / off below 1), both geometric means over matched cell pairs with "
+        'their t intervals (at least 3 pairs). The paper\'s "up to 30%" is an upper figure, so the size of the gain is '
+        "shown, not required."
+    ),
+    needs="needs multi-turn cells with prefix caching on and off: run `rllm-study run --preset multi-turn`",
+    judge=_multi_turn_prefix_caching,
+)
 
 
 PILOT_CLAIMS = (memory, stragglers, adaptive_time, domain_preference)

@@ -140,6 +140,7 @@ LOAD = (
     OUT_TOK_S,
     QUEUE_P50,
     QUEUE_P90,
+    ANSWER_PHASE,
     TTFVT_P50,
     E2EL_P50,
     E2EL_P95,

@@ -1,8 +1,8 @@
 """Report figures (matplotlib, without pyplot: no global backend or state): one function per
 figure; each draws a Figure, which `@figure` renders, so callers get PNG bytes.
 
-Figures draw recorded values (timeline samples, request rows) as they are; every summary
-number comes from `rllm_study.analysis.metrics`. A cell resumed over several sessions is drawn from its
+Figures draw recorded values (request rows and their events, timeline samples) as they are; every
+summary number comes from `rllm_study.analysis.metrics`. A cell resumed over several sessions is drawn from its
 session with the most requests (clocks differ between sessions).
 """
 
@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from rllm_study.analysis.metrics import group_tail, straggler_groups
+from rllm_study.analysis.metrics import group_tail, kv_events, occupancy, straggler_groups
 from rllm_study.analysis.sweep import knee, non_dominated, pareto_front
 from rllm_study.report.cells import CellData
 
@@ -74,8 +74,12 @@ def main_session(cell: CellData) -> int:
 @figure
 def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figure:
     """One column per cell: KV in use (capacity dashed, share of capacity on the right axis), RSS
-    (optional; with GPU memory in use beside it for cells that recorded gpu_bytes), running and waiting requests, and request arrivals / finishes as ticks; time in
-    seconds from the session start."""
+    (optional; with GPU memory in use beside it for cells that recorded gpu_bytes), running and waiting
+    requests, and request arrivals / finishes as ticks; time in seconds from the session start. KV in
+    use and the running and waiting counts are the step functions the metrics use, from the recorded
+    admission, token and finish events (`kv_events`, `occupancy`: exact at every change); KV falls back
+    to the sampled engine counter only where events cannot give it (no per-token times, or an engine
+    that counts KV in another unit), and says so in its label. RSS and GPU memory are sampled."""
     rows = ["kv", *(["rss"] if with_rss else []), "reqs", "events"]
     ratios = {"kv": 2.4, "rss": 1.4, "reqs": 1.6, "events": 0.7}
     fig, axes = subplots(
@@ -95,9 +99,12 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
         t = [s["t_s"] for s in samples]
         ax = dict(zip(rows, axes[:, j]))
         ax["kv"].set_title(title)
-        ax["kv"].step(
-            t, [s.get("kv_used") or 0 for s in samples], where="post", color=KV_COLOR, lw=1.2, label="KV in use"
-        )
+        kv = (kv_events(cell.cell) or {}).get(session)
+        if kv is not None:
+            ax["kv"].step(*kv, where="post", color=KV_COLOR, lw=1.2, label="KV in use (events)")
+        else:
+            kv_used = [s.get("kv_used") or 0 for s in samples]
+            ax["kv"].step(t, kv_used, where="post", color=KV_COLOR, lw=1.2, label="KV in use (sampled)")
         for cap in sorted({s.get("kv_capacity") for s in samples if s.get("kv_capacity")}):
             caps.add(cap)
             ax["kv"].axhline(cap, color=KV_COLOR, ls="--", lw=0.8, label=f"capacity {cap:,}")
@@ -110,12 +117,11 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
                 ax["rss"].plot(
                     t, [(s.get("gpu_bytes") or 0) / 2**20 for s in samples], color=GPU_COLOR, lw=1.2, label="GPU memory"
                 )
-        ax["reqs"].step(
-            t, [s.get("running") or 0 for s in samples], where="post", color=RUN_COLOR, lw=1.2, label="running"
-        )
-        ax["reqs"].step(
-            t, [s.get("waiting") or 0 for s in samples], where="post", color=WAIT_COLOR, lw=1.2, label="waiting"
-        )
+        steps = occupancy(reqs).get(session)
+        if steps is not None:
+            times, running, waiting = steps
+            ax["reqs"].step(times, running, where="post", color=RUN_COLOR, lw=1.2, label="running")
+            ax["reqs"].step(times, waiting, where="post", color=WAIT_COLOR, lw=1.2, label="waiting")
         arrivals = [r["arrival_s"] for r in reqs if r.get("arrival_s") is not None]
         finishes = [r["finish_s"] for r in reqs if r.get("finish_s") is not None]
         ax["events"].eventplot(
