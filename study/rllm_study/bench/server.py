@@ -198,7 +198,9 @@ def workload_spec(
     slo: dict | None,
 ) -> dict:
     """The realworld preset reduced to one cell: its prompt modes, sampling and [slo] (or `slo`),
-    Gamma arrivals at `rate` and `cv`, `requests` items of `dataset`."""
+    Gamma arrivals at `rate` and `cv`, `requests` items of `dataset`, and no think budget: the
+    server sides use llama-server's completions API (every side sends the same prompt text),
+    which takes none, so a budget would close the thinking on the in-process side only."""
     from rllm_study.running.spec import load_spec
 
     spec, _ = load_spec(preset="realworld")
@@ -211,6 +213,7 @@ def workload_spec(
         engine={"concurrency": concurrency, "threads": threads, "n_gpu_layers": n_gpu_layers},
     )
     spec["prompt_modes"] = spec.get("prompt_modes", ["reasoning"])[:1]
+    spec.pop("think_budget", None)
     if slo:
         spec["slo"] = dict(slo)
     return spec
