@@ -307,7 +307,7 @@ def make_sampler(model: LlamaModel, request: Request):
     return chain
 
 
-class Sequence:
+class RequestState:
     """A request while it holds a sequence slot (or waits to get one back after preemption)."""
 
     __slots__ = (
@@ -515,8 +515,8 @@ class LlamaCppEngine:
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self.prefix = PrefixCache(self.ctx, options.prefix_cache_tokens) if options.prefix_cache else None
         self._free_ids = list(range(options.max_seqs))  # a heap: a new request takes the lowest free id
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order (last = youngest)
+        self.waiting: deque[RequestState] = deque()
+        self.running: list[RequestState] = []  # in admission order (last = youngest)
         self._events: list[Event] = []
         self._proc = psutil.Process()
         self.preemptions = 0
@@ -532,7 +532,7 @@ class LlamaCppEngine:
         check_sampling(request)
         prompt = self.model.tokenize(request.prompt)
         phases = PhaseTracker(request.starts_in_think, self.model.think_open_id, self.model.think_close_id)
-        seq = Sequence(request, prompt, phases)
+        seq = RequestState(request, prompt, phases)
         if len(prompt) + 1 > self.seq_capacity:
             self._finish(
                 seq,
@@ -704,7 +704,7 @@ class LlamaCppEngine:
                 "use sample_on 'host'"
             )
 
-    def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
+    def _bind_sampler(self, seq: RequestState, seq_id: int | None) -> None:
         """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
         current id). llama.cpp initialises a chain for the graph once, so a chain that was
         registered before is replaced by its clone (same samplers, same random state)."""
@@ -787,7 +787,7 @@ class LlamaCppEngine:
         self.waiting.appendleft(seq)
         self.preemptions += 1
 
-    def _propose_drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
+    def _propose_drafts(self, decoding: list[RequestState]) -> dict[int, list[int]]:
         """Drafts for decoding sequences: up to speculative_tokens each, no more than the request's
         remaining budget - 1 or its slot's room, and all of them within the batch (n_batch) and,
         for a unified cache, the free cells; seq_id -> draft tokens."""
@@ -813,7 +813,7 @@ class LlamaCppEngine:
         self.draft_s += time.perf_counter() - t0
         return drafts
 
-    def _fill_batch(self, drafts: dict[int, list[int]]) -> list[tuple[Sequence, int, int, list[int]]]:
+    def _fill_batch(self, drafts: dict[int, list[int]]) -> list[tuple[RequestState, int, int, list[int]]]:
         """Fill the batch; returns (sequence, pending tokens fed, output index or -1, draft fed)
         per sequence fed. Decoding sequences are served first and always fit with their drafts;
         prompt chunks take the room left. Tokens are written in sequence-id order: with a split KV
@@ -901,7 +901,7 @@ class LlamaCppEngine:
         decoding_only = all(fed == 1 for _, fed, _, _ in plan)
         return (len(outputs), t1 - t0, t2 - t1, t3 - t2) if decoding_only else None
 
-    def _draw_step(self, outputs: list[tuple[Sequence, int]]) -> dict[int, int]:
+    def _draw_step(self, outputs: list[tuple[RequestState, int]]) -> dict[int, int]:
         """The next token of each (sequence, batch output index): the decode graph's draw for a
         sequence drawing on the device; a grammar request's through its sampler chain; every other
         row by one `sampling.draw_rows` call over all of them, straight from the logits (greedy =
@@ -941,7 +941,7 @@ class LlamaCppEngine:
         block = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(max(rows) + 1, n_vocab))
         return block, rows
 
-    def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
+    def _emit(self, seq: RequestState, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
         draft token fed at its position, the target's pick at the next position; then remove the
         KV cells of the rejected drafts."""
@@ -963,7 +963,7 @@ class LlamaCppEngine:
         if i < len(draft):
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
 
-    def _accept(self, seq: Sequence, token: int, t_ns: int, draft: bool = False) -> bool:
+    def _accept(self, seq: RequestState, token: int, t_ns: int, draft: bool = False) -> bool:
         """Record a sampled token; end the request if it stops here. True while it goes on.
 
         When RequestOutput says to close the thinking (think budget, see backends/rllm_study/backends/output.py),
@@ -995,7 +995,7 @@ class LlamaCppEngine:
         seq.pending = pending
         return True
 
-    def _finish(self, seq: Sequence, reason: str, t_ns: int, error: str | None = None) -> None:
+    def _finish(self, seq: RequestState, reason: str, t_ns: int, error: str | None = None) -> None:
         if seq in self.running:
             self.running.remove(seq)
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
