@@ -6,7 +6,7 @@ One `step()` is one `llama_decode` call:
      caching on, a new request first gets the longest cached prefix of its prompt copied into
      its sequence: see `llama_prefix`);
   2. build one batch: every decoding sequence adds its last sampled token (logits on) and, with
-     speculative decoding on, its draft tokens (logits on each: see `llama_spec`); then the room
+     speculative decoding on, its draft tokens (logits on each: see `drafters`); then the room
      left (n_batch) goes to prompt chunks of sequences still prefilling (chunked prefill; logits
      on a prompt's last token only);
   3. decode, then take a token for every sequence that produced an output (drawn on the host
@@ -86,11 +86,11 @@ from rllm_study.backends.base import (
     StatsExtra,
 )
 from rllm_study.backends.llama_cpp.prefix import MIN_REUSE_TOKENS, PrefixCache
-from rllm_study.backends.llama_cpp.speculative import ModelDrafter, NgramDrafter
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
 from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
 from rllm_study.backends.sampling import TEMPERATURE_FIRST, draw_rows, new_rng
+from rllm_study.backends.speculative import REGISTRY as SPECULATIVE_METHODS
 from rllm_study.errors import UserError
 
 # KV-cache element types by name, with their size in bytes per element (block size folded in).
@@ -454,7 +454,6 @@ class LlamaCppEngine:
 
         speculative = options.speculative_method
         spec_method = speculative.method if speculative else None
-        draft_ref = speculative.draft_model if speculative else None
         batch_invariant = options.batch_invariant
         if batch_invariant:
             if options.flash_attn is False:
@@ -483,28 +482,24 @@ class LlamaCppEngine:
                     options.kv_budget_mib, self.model.kv_bytes_per_token(options.type_k, options.type_v)
                 ),
             )
-        self.ctx = self.drafter = draft_model = None
+        self.ctx = self.drafter = None
         try:
-            if draft_ref is not None:
-                draft_model = LlamaModel(resolve_model(draft_ref).path, options.n_gpu_layers, not batch_invariant)
-                if not draft_model.same_vocab(self.model):
-                    raise UserError(
-                        f"speculative draft:{draft_ref}: its vocabulary ({draft_model.n_vocab} tokens) differs from {model}'s "
-                        f"({self.model.n_vocab} tokens); a draft model must share the target's tokenizer exactly "
-                        "(e.g. qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b)"
-                    )
             self.ctx = _new_context(self.model, self.options, type_k, type_v)
-            if spec_method == "ngram":
-                self.drafter = NgramDrafter()
-            elif draft_model is not None:
-                self.drafter = ModelDrafter(
-                    draft_model, _new_context(draft_model, self.options, type_k, type_v), options.n_batch, draft_ref
+            if speculative is not None:  # the method's drafter (rllm_study.backends.speculative)
+                self.drafter = (
+                    speculative.registered()
+                    .drafter_class()
+                    .open(
+                        speculative,
+                        self.model,
+                        model,
+                        self.options,
+                        lambda m: _new_context(m, self.options, type_k, type_v),
+                    )
                 )
         except UserError:
             if self.ctx:
                 lc.llama_free(self.ctx)
-            if draft_model is not None:
-                draft_model.close()
             self.model.close()
             raise
         self._check_sample_on(spec_method)
@@ -615,7 +610,7 @@ class LlamaCppEngine:
             backend="llama_cpp",
             kv_cache_types=tuple(KV_TYPES),
             prefix_cache=True,
-            speculative=("ngram", "draft"),
+            speculative=tuple(SPECULATIVE_METHODS),
             grammar=True,
             batch_invariant=True,
             think_budget=True,
