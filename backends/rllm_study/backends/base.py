@@ -10,7 +10,7 @@ Step-driven engines (llama.cpp, MLX) produce events from `step()`; the runner's 
 in one thread.
 
 Inside an engine, a request in flight is held by that backend's own `RequestState` class, in
-its engine module (llama.cpp: `llama_cpp/engine.py`; MLX: `mlx/engine.py`; OpenAI HTTP:
+its engine package (llama.cpp: `llama_cpp/request.py`; MLX: `mlx/engine.py`; OpenAI HTTP:
 `openai_http/engine.py`): one name for the same concept, each with the fields its backend needs.
 """
 

@@ -12,6 +12,7 @@ import llama_cpp as lc
 import numpy as np
 
 from rllm_study.backends.llama_cpp.drafters import history_from
+from rllm_study.backends.llama_cpp.model import LlamaModel
 from rllm_study.errors import UserError
 
 
@@ -39,7 +40,6 @@ class ModelDrafter:
     def open(cls, spec, target, target_name, options, new_context) -> ModelDrafter:
         """Load spec.draft_model (on the target's GPU layers, weight repacking off in batch-invariant
         mode), check it shares the target's vocabulary, and give it a context like the target's."""
-        from rllm_study.backends.llama_cpp.engine import LlamaModel
         from rllm_study.models import resolve_model
 
         ref = spec.draft_model
