@@ -157,7 +157,7 @@ def test_batches_keep_sequence_ids_consecutive_and_moved_sequences_decode_on(sma
 
     def watch(step):
         nonlocal late_id
-        batch = small_engine.batch
+        batch = small_engine.batch.raw
         orders.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
         running = {s.request.id: s.seq_id for s in small_engine.running}
         if "late" in running:

@@ -32,7 +32,7 @@ from rllm_study.backends.base import (
     SamplingParams,
     TokenEvent,
 )
-from rllm_study.backends.openai_http.engine import OpenAIEngine, StreamState, split_base_url
+from rllm_study.backends.openai_http.engine import OpenAIEngine, RequestState, split_base_url
 from rllm_study.backends.openai_http.telemetry import load_from_metrics, load_from_slots, parse_prometheus
 from rllm_study.backends.options import LlamaCppOptions, OpenAIOptions
 from rllm_study.backends.phases import answer_text
@@ -244,7 +244,7 @@ LLAMA_SERVER_CHUNKS = [
 
 
 def test_llama_server_chunks_count_tokens_exactly():
-    state = StreamState(Request("s", "p"))
+    state = RequestState(Request("s", "p"))
     events = [ev for i, c in enumerate(LLAMA_SERVER_CHUNKS) for ev in state.on_chunk(c, 100 + i, chat=False)]
     assert isinstance(events[0], PrefillDone) and events[0].prompt_tokens == 16
     tokens = [e for e in events if isinstance(e, TokenEvent)]
@@ -255,7 +255,7 @@ def test_llama_server_chunks_count_tokens_exactly():
 
 def test_chunk_holding_several_tokens():
     """A chunk whose count rises by 3 (text held back, then released) is one event of 3 tokens."""
-    state = StreamState(Request("m", "p"))
+    state = RequestState(Request("m", "p"))
     state.on_chunk(LLAMA_SERVER_CHUNKS[0], 0, chat=False)
     events = state.on_chunk(
         {"choices": [{"text": " answer is:", "index": 0}], "timings": {"predicted_n": 4}}, 1, chat=False
@@ -282,7 +282,7 @@ def test_reasoning_field_and_usage_reconcile():
             },
         },
     ]
-    state = StreamState(Request("v", "p", starts_in_think=True))
+    state = RequestState(Request("v", "p", starts_in_think=True))
     events = [ev for i, c in enumerate(chunks) for ev in state.on_chunk(c, i, chat=True)]
     assert [(e.phase, e.text) for e in events if isinstance(e, TokenEvent)] == [
         (THINK, "2 and 2"),
@@ -295,7 +295,7 @@ def test_reasoning_field_and_usage_reconcile():
 
 
 def test_error_event_in_stream_raises():
-    state = StreamState(Request("e", "p"))
+    state = RequestState(Request("e", "p"))
     with pytest.raises(Exception, match="out of memory"):
         state.on_chunk({"error": {"code": 500, "message": "out of memory", "type": "server_error"}}, 0, chat=False)
 

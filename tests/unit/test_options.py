@@ -214,6 +214,22 @@ def test_speculative_forms():
     assert parse_speculative("draft:qwen2.5-coder-0.5b:Q8_0").draft_model == "qwen2.5-coder-0.5b:Q8_0"
 
 
+def test_speculative_methods_come_from_the_registry(monkeypatch):
+    """A method is one registration: the option's parser, error text and drafter follow from it."""
+    from rllm_study.backends import speculative
+
+    assert list(speculative.REGISTRY) == ["ngram", "draft"]
+    assert speculative.forms() == "'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)"
+    for bad in ("ngram:x", "draft", "draft:", "eagle:m"):
+        with pytest.raises(UserError, match="use 'ngram' or 'draft:MODEL'"):
+            parse_speculative(bad)
+    monkeypatch.setitem(speculative.REGISTRY, "eagle", speculative.Method("eagle", "m:C", "test", takes_model=True))
+    assert parse_speculative("eagle:m") == speculative.Speculative("eagle", "m")
+    assert "'eagle:MODEL'" in speculative.forms() and LlamaCppOptions(speculative="eagle:m").speculative == "eagle:m"
+    assert speculative.REGISTRY["ngram"].drafter_class().method == "ngram"
+    assert speculative.REGISTRY["draft"].drafter_class().method == "draft"
+
+
 def test_deprecated_spec_keys_warn_and_still_work(capsys):
     [cell] = expand({"datasets": {"gsm8k": 1}, "engine": {"spec": "ngram", "spec_tokens": 3}}, "old.toml")
     assert (cell.engine.speculative, cell.engine.speculative_tokens) == ("ngram", 3)

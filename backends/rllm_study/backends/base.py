@@ -8,6 +8,10 @@ Every backend turns `Request`s into a stream of events:
 Times are `time.perf_counter_ns()` readings taken by the engine the moment the event happened.
 Step-driven engines (llama.cpp, MLX) produce events from `step()`; the runner's loop calls it
 in one thread.
+
+Inside an engine, a request in flight is held by that backend's own `RequestState` class, in
+its engine package (llama.cpp: `llama_cpp/request.py`; MLX: `mlx/engine.py`; OpenAI HTTP:
+`openai_http/engine.py`): one name for the same concept, each with the fields its backend needs.
 """
 
 from __future__ import annotations

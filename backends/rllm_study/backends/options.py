@@ -13,8 +13,8 @@ Options are frozen (hashable): the runner keeps one engine per (backend, model, 
 A backend's options class adds only its own fields. A value set for a field of another
 backend is kept in `ignored` and reported (`unsupported_options`), never silently dropped.
 
-Techniques: speculative decoding is `speculative` ("ngram" or "draft:MODEL", parsed only by
-`parse_speculative`) with `speculative_tokens` drafted per step; prefix caching is
+Techniques: speculative decoding is `speculative` ("ngram" or "draft:MODEL": a method of the
+registry in `backends/rllm_study/backends/speculative.py`, parsed only by its `parse_speculative`) with `speculative_tokens` drafted per step; prefix caching is
 `prefix_cache` with an LRU budget of `prefix_cache_tokens`.
 """
 
@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rllm_study.backends.speculative import Speculative, parse_speculative
+from rllm_study.backends.speculative import forms as speculative_forms
 from rllm_study.errors import UserError
 
 # -- checks: each returns None when the value is fine, else what is wrong ("must be ...") ----
@@ -45,36 +47,14 @@ def one_of(*allowed) -> Callable[[Any], str | None]:
     return lambda v: None if v is None or v in allowed else f"must be one of {', '.join(map(str, allowed))}"
 
 
-# -- speculative decoding: the one parser ---------------------------------------------------
-
-SPECULATIVE_FORMS = "'ngram' or 'draft:MODEL' (e.g. draft:qwen2.5-coder-0.5b)"
-
-
-@dataclass(frozen=True)
-class Speculative:
-    """A parsed speculative method: "ngram" (prompt-lookup drafting) or "draft" with the draft
-    model reference (same vocabulary as the target)."""
-
-    method: str
-    draft_model: str | None = None
-
-
-def parse_speculative(value: str | None) -> Speculative | None:
-    """`speculative` option text -> Speculative (None when off); anything else is a UserError."""
-    if value is None:
-        return None
-    if value == "ngram":
-        return Speculative("ngram")
-    if isinstance(value, str) and value.startswith("draft:") and len(value) > len("draft:"):
-        return Speculative("draft", value[len("draft:") :])
-    raise UserError(f"speculative {value!r}: use {SPECULATIVE_FORMS}")
+# -- speculative decoding: parsed by the method registry (backends/rllm_study/backends/speculative.py)
 
 
 def _check_speculative(value) -> str | None:
     try:
         parse_speculative(value)
     except UserError:
-        return f"must be {SPECULATIVE_FORMS}"
+        return f"must be {speculative_forms()}"
     return None
 
 
@@ -188,7 +168,10 @@ class CommonOptions:
     prefix_cache: bool = option(False, "Reuse the KV of cached prompt prefixes.")
     prefix_cache_tokens: int = option(16384, "LRU budget of cached prefix tokens.", check=at_least(1))
     speculative: str | None = option(
-        None, "Speculative decoding: ngram, or draft:MODEL.", check=_check_speculative, deprecated_key="spec"
+        None,
+        f"Speculative decoding: {speculative_forms(quoted=False)}.",
+        check=_check_speculative,
+        deprecated_key="spec",
     )
     speculative_tokens: int = option(4, "Draft tokens per step.", check=at_least(1), deprecated_key="spec_tokens")
     batch_invariant: bool = option(

@@ -9,7 +9,8 @@ each figure is the mean over rounds, with the rounds' values kept.
                     on (the cache warmed by one earlier request). TTFT = first token - submit, one
                     request at a time. gain: the metric prefix_ttft_gain.
   speculative       end-to-end time of N greedy reasoning prompts (GSM8K) submitted together, for
-                    no speculation, n-gram and draft-model drafting, at each N. Output throughput =
+                    no speculation and every registered speculative method (`rllm_study.backends.speculative`;
+                    a method that takes a model drafts with `draft`), at each N. Output throughput =
                     the metric output_tok_s of the recorded batch (`rllm_study.bench.crosscheck.BatchRun`);
                     speedup: the metric speculative_speedup (see "Batch invariance" in
                     backends/rllm_study/backends/llama_cpp/engine.py for why outputs may differ in length).
@@ -29,6 +30,7 @@ from rllm_study.analysis.metrics import kv_speed_ratio, prefix_saved_prefill, pr
 from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
+from rllm_study.backends.speculative import REGISTRY as SPECULATIVE_METHODS
 from rllm_study.bench.crosscheck import run_batch
 from rllm_study.bench.engine import decode_rate
 
@@ -107,8 +109,8 @@ def speculative(
     spec_tokens: int = 4,
     reps: int = 2,
 ) -> dict:
-    """End-to-end speedup of n-gram and draft-model speculation at each concurrency (see the module docstring)."""
-    methods = {"none": None, "ngram": "ngram", "draft": f"draft:{draft}"}
+    """End-to-end speedup of each registered speculative method at each concurrency (see the module docstring)."""
+    methods = {"none": None, **{m.name: m.spelling(draft) for m in SPECULATIVE_METHODS.values()}}
     out = {
         "target": target,
         "draft": draft,

@@ -1,14 +1,17 @@
 """llama.cpp backend: continuous batching over one context, in process.
 
 Built on llama-cpp-python's low-level API, the way llama.cpp's server schedules its slots.
-One `step()` is one `llama_decode` call:
+The engine is a driver over three parts, each its own module: the model and context setup
+(`model.py`), a request's state with its phase (`request.py`: QUEUED, PREFILLING, DECODING,
+FEEDING, PREEMPTED, FINISHED, changed only by its transitions) and one step's batch
+(`batch.py`). One `step()` is one `llama_decode` call:
   1. admit queued requests into free sequence slots while the KV cache has room (with prefix
      caching on, a new request first gets the longest cached prefix of its prompt copied into
-     its sequence: see `llama_prefix`);
-  2. build one batch: every decoding sequence adds its last sampled token (logits on) and, with
-     speculative decoding on, its draft tokens (logits on each: see `llama_spec`); then the room
-     left (n_batch) goes to prompt chunks of sequences still prefilling (chunked prefill; logits
-     on a prompt's last token only);
+     its sequence: see `prefix.py`);
+  2. build one batch (`Batch.fill`): every DECODING request adds its last sampled token (logits
+     on) and, with speculative decoding on, its draft tokens (logits on each: see `drafters`);
+     then the room left (n_batch) goes to the chunks of requests feeding several tokens
+     (chunked prefill; logits on the last pending token only);
   3. decode, then take a token for every sequence that produced an output (drawn on the host
      from its logits, or read from the decode graph's own draw: see "Where tokens are drawn"
      below). With a draft, the target's
@@ -58,15 +61,12 @@ engine notes.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import heapq
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from pathlib import Path
 
 import llama_cpp as lc
 import numpy as np
@@ -85,294 +85,26 @@ from rllm_study.backends.base import (
     RequestAdmitted,
     StatsExtra,
 )
+from rllm_study.backends.llama_cpp.batch import Batch
+from rllm_study.backends.llama_cpp.model import (
+    KV_TYPES,
+    LlamaModel,
+    check_kv_type,
+    kv_budget_cells,
+    last_log,
+    make_sampler,
+    new_context,
+)
 from rllm_study.backends.llama_cpp.prefix import MIN_REUSE_TOKENS, PrefixCache
-from rllm_study.backends.llama_cpp.speculative import ModelDrafter, NgramDrafter
+from rllm_study.backends.llama_cpp.request import WAITING_PHASES, Draw, Phase, RequestState
 from rllm_study.backends.options import LlamaCppOptions
-from rllm_study.backends.output import CLOSE_THINK, RequestOutput, check_sampling
-from rllm_study.backends.phases import THINK_CLOSE, THINK_OPEN, PhaseTracker
-from rllm_study.backends.sampling import TEMPERATURE_FIRST, draw_rows, new_rng
+from rllm_study.backends.output import CLOSE_THINK, check_sampling
+from rllm_study.backends.phases import PhaseTracker
+from rllm_study.backends.sampling import draw_rows
+from rllm_study.backends.speculative import REGISTRY as SPECULATIVE_METHODS
 from rllm_study.errors import UserError
 
-# KV-cache element types by name, with their size in bytes per element (block size folded in).
-KV_TYPES = {
-    "f32": (lc.GGML_TYPE_F32, 4.0),
-    "f16": (lc.GGML_TYPE_F16, 2.0),
-    "bf16": (30, 2.0),
-    "q8_0": (lc.GGML_TYPE_Q8_0, 34 / 32),
-    "q5_1": (lc.GGML_TYPE_Q5_1, 24 / 32),
-    "q5_0": (lc.GGML_TYPE_Q5_0, 22 / 32),
-    "q4_1": (lc.GGML_TYPE_Q4_1, 20 / 32),
-    "q4_0": (lc.GGML_TYPE_Q4_0, 18 / 32),
-}
-FLASH_ATTN_AUTO, FLASH_ATTN_OFF, FLASH_ATTN_ON = -1, 0, 1
-
-_log_tail: deque[str] = deque(maxlen=30)
-
-
-@lc.llama_log_callback
-def _log_to_tail(level, text, user_data):  # keeps llama.cpp quiet; the tail explains failures
-    if text:
-        _log_tail.append(text.decode("utf-8", "replace"))
-
-
-_backend_ready = False
-
-
-def init_backend() -> None:
-    """Initialise llama.cpp once per process, with its log kept in a tail (see _last_log);
-    anything that loads a model through llama.cpp calls this first."""
-    global _backend_ready
-    if not _backend_ready:
-        lc.llama_log_set(_log_to_tail, ctypes.c_void_p(0))  # module-level reference keeps the callback alive
-        lc.llama_backend_init()
-        _backend_ready = True
-
-
-def _last_log() -> str:
-    lines = [line.strip() for line in _log_tail if line.strip()]
-    return lines[-1] if lines else "no details from llama.cpp"
-
-
-def load_model_file(path: Path, params, what: str = "this model"):
-    """llama_model_load_from_file after init_backend; a file llama.cpp cannot load is a UserError
-    naming the path, `what` was being loaded and llama.cpp's last log line."""
-    init_backend()
-    ptr = lc.llama_model_load_from_file(str(path).encode(), params)
-    if not ptr:
-        raise UserError(f"{path}: llama.cpp could not load {what} ({_last_log()})")
-    return ptr
-
-
-def check_kv_type(name: str, field: str) -> int:
-    if name not in KV_TYPES:
-        raise UserError(f"{field}: unknown KV-cache type {name!r}; choose one of {', '.join(KV_TYPES)}")
-    return KV_TYPES[name][0]
-
-
-@lru_cache(maxsize=8)
-def _chat_formatter(template: str, eos: str, bos: str, add_generation_prompt: bool):
-    """llama-cpp-python's Jinja2 chat formatter for a template, compiled once (12 ms a compile: a
-    study of thousands of cells renders its prompts through a handful of templates)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
-
-
-class LlamaModel:
-    """A loaded GGUF model: weights, vocabulary, tokenizer, chat template.
-
-    weight_repack: llama.cpp's runtime repacking of quantized weights for its CPU kernels (on by
-    default; see "Batch invariance" in the module docstring).
-    """
-
-    def __init__(self, path: Path, n_gpu_layers: int = 0, weight_repack: bool = True):
-        self.path = Path(path)
-        params = lc.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
-        params.use_extra_bufts = weight_repack
-        self.ptr = load_model_file(self.path, params)
-        self.vocab = lc.llama_model_get_vocab(self.ptr)
-        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self._pieces: list[bytes | None] = [None] * self.n_vocab  # piece() per token id, filled on first use
-        self._eog: list[bool | None] = [None] * self.n_vocab  # is_eog() per token id, filled on first use
-        self.think_open_id = self._single_token(THINK_OPEN)
-        self.think_close_id = self._single_token(THINK_CLOSE)
-
-    def _single_token(self, text: str) -> int | None:
-        toks = self.tokenize(text, add_special=False)
-        return toks[0] if len(toks) == 1 else None
-
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        n_max = len(data) + 8
-        buf = (lc.llama_token * n_max)()
-        n = lc.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
-        if n < 0:
-            buf = (lc.llama_token * -n)()
-            n = lc.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)
-        return list(buf[:n])
-
-    def piece(self, token: int) -> bytes:
-        """The token's text bytes (special tokens rendered), from the per-model table."""
-        piece = self._pieces[token]
-        if piece is None:
-            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
-            if n < 0:
-                big = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self.vocab, token, big, -n, 0, True)
-                piece = big.raw[:n]
-            else:
-                piece = self._piece_buf.raw[:n]
-            self._pieces[token] = piece
-        return piece
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
-
-    def is_eog(self, token: int) -> bool:
-        """End of generation (EOS, EOT, ...), from the per-model table."""
-        eog = self._eog[token]
-        if eog is None:
-            eog = self._eog[token] = bool(lc.llama_vocab_is_eog(self.vocab, token))
-        return eog
-
-    def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(4096)
-        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
-    def chat_template(self) -> str | None:
-        tmpl = lc.llama_model_chat_template(self.ptr, None)
-        return tmpl.decode("utf-8", "replace") if tmpl else None
-
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        template = self.chat_template()
-        if not template:
-            raise UserError(f"{self.path}: the model has no chat template; send raw prompts instead (--raw)")
-        bos = self.piece(lc.llama_vocab_bos(self.vocab)).decode("utf-8", "replace")
-        eos = self.piece(lc.llama_vocab_eos(self.vocab)).decode("utf-8", "replace")
-        formatter = _chat_formatter(template, eos, bos, add_generation_prompt)
-        prompt = formatter(messages=messages).prompt
-        # The tokenizer adds BOS itself; a template that also writes it would double it.
-        if bos and prompt.startswith(bos) and lc.llama_vocab_get_add_bos(self.vocab):
-            prompt = prompt[len(bos) :]
-        return prompt
-
-    def kv_bytes_per_token(self, type_k: str, type_v: str) -> float:
-        """KV bytes per token = n_layer * n_head_kv * (key_length * bytes/elem K + value_length * bytes/elem V);
-        key/value_length from the GGUF (`ARCH.attention.key_length`), else n_embd / n_head."""
-        n_layer = lc.llama_model_n_layer(self.ptr)
-        arch = self.meta("general.architecture")
-        head_dim = lc.llama_model_n_embd(self.ptr) // lc.llama_model_n_head(self.ptr)
-        k_len = int(self.meta(f"{arch}.attention.key_length") or head_dim)
-        v_len = int(self.meta(f"{arch}.attention.value_length") or head_dim)
-        n_head_kv = lc.llama_model_n_head_kv(self.ptr)
-        return n_layer * n_head_kv * (k_len * KV_TYPES[type_k][1] + v_len * KV_TYPES[type_v][1])
-
-    def same_vocab(self, other: LlamaModel) -> bool:
-        """Same token count, same text for every token id, same BOS and EOS: a valid draft/target pair."""
-        a, b = self.vocab, other.vocab
-        if (
-            self.n_vocab != other.n_vocab
-            or lc.llama_vocab_bos(a) != lc.llama_vocab_bos(b)
-            or lc.llama_vocab_eos(a) != lc.llama_vocab_eos(b)
-        ):
-            return False
-        return all(lc.llama_vocab_get_text(a, i) == lc.llama_vocab_get_text(b, i) for i in range(self.n_vocab))
-
-    def facts(self) -> dict:
-        desc = ctypes.create_string_buffer(256)
-        lc.llama_model_desc(self.ptr, desc, 256)
-        return {
-            "path": str(self.path),
-            "description": desc.value.decode(),
-            "n_params": lc.llama_model_n_params(self.ptr),
-            "size_bytes": lc.llama_model_size(self.ptr),
-            "n_layer": lc.llama_model_n_layer(self.ptr),
-            "n_ctx_train": lc.llama_model_n_ctx_train(self.ptr),
-            "n_vocab": self.n_vocab,
-            "think_tokens": [self.think_open_id, self.think_close_id],
-        }
-
-    def close(self) -> None:
-        if self.ptr:
-            lc.llama_model_free(self.ptr)
-            self.ptr = None
-
-
-def make_sampler(model: LlamaModel, request: Request):
-    """A request's llama.cpp sampler chain: [grammar ->] greedy (temperature 0), or [grammar ->]
-    [top-k ->] temperature and top-p in the request's order -> draw seeded with the request's
-    seed: the distribution of `rllm_study.backends.sampling`. A grammar request samples through
-    it on the host; with sample_on "device" every other request's chain runs in the decode graph
-    (see "Where tokens are drawn" in the module docstring)."""
-    s = request.sampling
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    if request.grammar:
-        grammar = lc.llama_sampler_init_grammar(model.vocab, request.grammar.encode(), b"root")
-        if not grammar:
-            lc.llama_sampler_free(chain)
-            raise UserError(f"request {request.id}: the GBNF grammar does not parse ({_last_log()})")
-        lc.llama_sampler_chain_add(chain, grammar)
-    if s.temperature == 0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        return chain
-    if s.top_k > 0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
-    steps = [lc.llama_sampler_init_temp(s.temperature), lc.llama_sampler_init_top_p(s.top_p, 1)]
-    for step in steps if s.order == TEMPERATURE_FIRST else steps[::-1]:
-        lc.llama_sampler_chain_add(chain, step)
-    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
-    return chain
-
-
-class Sequence:
-    """A request while it holds a sequence slot (or waits to get one back after preemption)."""
-
-    __slots__ = (
-        "request",
-        "seq_id",
-        "prompt",
-        "out",
-        "pending",
-        "n_past",
-        "sampler",
-        "on_device",
-        "bound",
-        "utf8",
-        "prefilled",
-        "admitted",
-        "spec_state",
-        "rng",
-    )
-
-    def __init__(self, request: Request, prompt: list[int], phases: PhaseTracker):
-        self.request = request
-        self.rng = new_rng(request.sampling.seed)  # draws of rllm_study.backends.sampling (requests without grammar)
-        self.seq_id = -1
-        self.prompt = prompt
-        self.out = RequestOutput(request, len(prompt), phases)  # tokens, text, counts, stop rules
-        self.pending: list[int] = list(prompt)  # tokens to feed before the next sample
-        self.n_past = 0  # cells this sequence holds in the KV cache
-        self.sampler = None  # its llama.cpp sampler chain (make_sampler): a grammar request's, or any with on_device
-        self.on_device = False  # the chain is registered for seq_id and draws in the decode graph
-        self.bound = False  # the chain has been registered with the context once (see _bind_sampler)
-        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self.prefilled = False
-        self.admitted = False
-        self.spec_state = None  # the drafter's per-sequence state
-
-
-def kv_budget_cells(budget_mib: float, bytes_per_token: float) -> int:
-    """KV cells (tokens, all sequences together) a budget of `budget_mib` MiB holds at
-    `bytes_per_token`: floor(budget_mib x 2^20 / bytes_per_token); a smaller cache type holds more."""
-    cells = int(budget_mib * 2**20 // bytes_per_token)
-    if cells < 16:
-        raise UserError(
-            f"kv_budget_mib = {budget_mib:g} holds {cells} tokens at {bytes_per_token:g} bytes each; give at least "
-            f"{16 * bytes_per_token / 2**20:.3f} MiB"
-        )
-    return cells
-
-
-def _new_context(model: LlamaModel, o: LlamaCppOptions, type_k: int, type_v: int):
-    params = lc.llama_context_default_params()
-    params.n_ctx = o.n_ctx
-    params.n_batch = o.n_batch
-    params.n_ubatch = min(o.n_batch, 512)
-    params.n_seq_max = o.max_seqs
-    params.n_threads = o.n_threads
-    params.n_threads_batch = o.n_threads
-    params.type_k = type_k
-    params.type_v = type_v
-    params.flash_attn_type = {None: FLASH_ATTN_AUTO, True: FLASH_ATTN_ON, False: FLASH_ATTN_OFF}[o.flash_attn]
-    params.kv_unified = o.kv_unified
-    params.no_perf = False
-    ctx = lc.llama_init_from_model(model.ptr, params)
-    if not ctx:
-        raise UserError(f"{model.path}: llama.cpp could not create a context with these options ({_last_log()})")
-    return ctx
+__all__ = ["LlamaCppEngine", "LlamaModel", "RequestState", "StepTimes", "kv_budget_cells", "make_sampler"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -454,7 +186,6 @@ class LlamaCppEngine:
 
         speculative = options.speculative_method
         spec_method = speculative.method if speculative else None
-        draft_ref = speculative.draft_model if speculative else None
         batch_invariant = options.batch_invariant
         if batch_invariant:
             if options.flash_attn is False:
@@ -483,28 +214,24 @@ class LlamaCppEngine:
                     options.kv_budget_mib, self.model.kv_bytes_per_token(options.type_k, options.type_v)
                 ),
             )
-        self.ctx = self.drafter = draft_model = None
+        self.ctx = self.drafter = None
         try:
-            if draft_ref is not None:
-                draft_model = LlamaModel(resolve_model(draft_ref).path, options.n_gpu_layers, not batch_invariant)
-                if not draft_model.same_vocab(self.model):
-                    raise UserError(
-                        f"speculative draft:{draft_ref}: its vocabulary ({draft_model.n_vocab} tokens) differs from {model}'s "
-                        f"({self.model.n_vocab} tokens); a draft model must share the target's tokenizer exactly "
-                        "(e.g. qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b)"
+            self.ctx = new_context(self.model, self.options, type_k, type_v)
+            if speculative is not None:  # the method's drafter (rllm_study.backends.speculative)
+                self.drafter = (
+                    speculative.registered()
+                    .drafter_class()
+                    .open(
+                        speculative,
+                        self.model,
+                        model,
+                        self.options,
+                        lambda m: new_context(m, self.options, type_k, type_v),
                     )
-            self.ctx = _new_context(self.model, self.options, type_k, type_v)
-            if spec_method == "ngram":
-                self.drafter = NgramDrafter()
-            elif draft_model is not None:
-                self.drafter = ModelDrafter(
-                    draft_model, _new_context(draft_model, self.options, type_k, type_v), options.n_batch, draft_ref
                 )
         except UserError:
             if self.ctx:
                 lc.llama_free(self.ctx)
-            if draft_model is not None:
-                draft_model.close()
             self.model.close()
             raise
         self._check_sample_on(spec_method)
@@ -512,11 +239,11 @@ class LlamaCppEngine:
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
         self.n_batch = lc.llama_n_batch(self.ctx)
-        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self.batch = Batch(self.n_batch)
         self.prefix = PrefixCache(self.ctx, options.prefix_cache_tokens) if options.prefix_cache else None
         self._free_ids = list(range(options.max_seqs))  # a heap: a new request takes the lowest free id
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order (last = youngest)
+        self.waiting: deque[RequestState] = deque()
+        self.running: list[RequestState] = []  # in admission order (last = youngest)
         self._events: list[Event] = []
         self._proc = psutil.Process()
         self.preemptions = 0
@@ -532,7 +259,7 @@ class LlamaCppEngine:
         check_sampling(request)
         prompt = self.model.tokenize(request.prompt)
         phases = PhaseTracker(request.starts_in_think, self.model.think_open_id, self.model.think_close_id)
-        seq = Sequence(request, prompt, phases)
+        seq = RequestState(request, prompt, phases)
         if len(prompt) + 1 > self.seq_capacity:
             self._finish(
                 seq,
@@ -546,7 +273,7 @@ class LlamaCppEngine:
     def abort(self, request_id: str) -> None:
         for seq in list(self.waiting) + self.running:
             if seq.request.id == request_id:
-                if seq in self.waiting:
+                if seq.phase in WAITING_PHASES:
                     self.waiting.remove(seq)
                 self._finish(seq, FINISH_ABORT, time.perf_counter_ns())
                 return
@@ -615,7 +342,7 @@ class LlamaCppEngine:
             backend="llama_cpp",
             kv_cache_types=tuple(KV_TYPES),
             prefix_cache=True,
-            speculative=("ngram", "draft"),
+            speculative=tuple(SPECULATIVE_METHODS),
             grammar=True,
             batch_invariant=True,
             think_budget=True,
@@ -668,7 +395,7 @@ class LlamaCppEngine:
             self.drafter.close()
             self.drafter = None
         if self.ctx:
-            lc.llama_batch_free(self.batch)
+            self.batch.close()
             lc.llama_free(self.ctx)
             self.ctx = None
         self.model.close()
@@ -700,15 +427,15 @@ class LlamaCppEngine:
         lc.llama_sampler_free(probe)
         if not took:
             raise UserError(
-                f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({_last_log()}); "
+                f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({last_log()}); "
                 "use sample_on 'host'"
             )
 
-    def _bind_sampler(self, seq: Sequence, seq_id: int | None) -> None:
+    def _bind_sampler(self, seq: RequestState, seq_id: int | None) -> None:
         """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
         current id). llama.cpp initialises a chain for the graph once, so a chain that was
         registered before is replaced by its clone (same samplers, same random state)."""
-        if not seq.on_device:
+        if seq.draw is not Draw.DEVICE:
             return
         if seq_id is None:
             lc.llama_set_sampler(self.ctx, seq.seq_id, None)
@@ -730,28 +457,29 @@ class LlamaCppEngine:
             if self.options.kv_unified and self._cells_needed() + len(seq.pending) + 1 > self.n_ctx and self.running:
                 break  # not enough free cells: wait until running requests free some
             self.waiting.popleft()
-            seq.seq_id = heapq.heappop(self._free_ids)
-            if not seq.admitted:
-                seq.admitted = True
+            seq_id = heapq.heappop(self._free_ids)
+            first = seq.phase is Phase.QUEUED  # not a preempted request coming back
+            if first:
                 try:
                     if seq.request.grammar or self.options.sample_on == "device":
                         seq.sampler = make_sampler(self.model, seq.request)
-                        seq.on_device = not seq.request.grammar
+                        seq.draw = Draw.CHAIN if seq.request.grammar else Draw.DEVICE
                 except UserError as err:
-                    heapq.heappush(self._free_ids, seq.seq_id)
+                    heapq.heappush(self._free_ids, seq_id)
                     self._finish(seq, FINISH_ERROR, time.perf_counter_ns(), str(err))
                     continue
+            seq.admit(seq_id)
+            if first:
                 self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
                 if self.prefix is not None:
-                    seq.out.cached_tokens = seq.n_past = self.prefix.restore(seq.prompt, seq.seq_id)
-                    del seq.pending[: seq.n_past]
+                    seq.restored(self.prefix.restore(seq.prompt, seq.seq_id))
             self._bind_sampler(seq, seq.seq_id)
             self.running.append(seq)
 
     def _compact_ids(self) -> None:
         """Split cache only: while a free id is lower than the highest id in use, move that
         sequence down into it, so the ids in use stay 0..n-1 and a decode step is one micro-batch
-        (see _fill_batch). Holes appear when requests end with none waiting to take their ids,
+        (see batch.py). Holes appear when requests end with none waiting to take their ids,
         e.g. the stragglers of a batch (scripts/gpu/README.md has what this cost on a GPU before
         the compaction). A move is llama_memory_seq_cp
         across KV streams, which copies the whole stream (cells per sequence x KV bytes per cell)
@@ -782,12 +510,11 @@ class LlamaCppEngine:
         if self.drafter is not None:
             self.drafter.release(seq)
         heapq.heappush(self._free_ids, seq.seq_id)
-        seq.pending = seq.prompt + seq.out.fed_tokens()
-        seq.n_past = 0
+        seq.preempt()
         self.waiting.appendleft(seq)
         self.preemptions += 1
 
-    def _propose_drafts(self, decoding: list[Sequence]) -> dict[int, list[int]]:
+    def _propose_drafts(self, decoding: list[RequestState]) -> dict[int, list[int]]:
         """Drafts for decoding sequences: up to speculative_tokens each, no more than the request's
         remaining budget - 1 or its slot's room, and all of them within the batch (n_batch) and,
         for a unified cache, the free cells; seq_id -> draft tokens."""
@@ -795,7 +522,7 @@ class LlamaCppEngine:
         if self.options.kv_unified:
             room = min(room, self.n_ctx - self._cells_needed())
         work = []
-        for seq in sorted(decoding, key=lambda s: s.seq_id):  # id order, as in _fill_batch
+        for seq in sorted(decoding, key=lambda s: s.seq_id):  # id order, as in Batch.fill
             k = min(
                 self.options.speculative_tokens,
                 seq.request.sampling.max_tokens - len(seq.out.tokens) - 1,
@@ -813,45 +540,6 @@ class LlamaCppEngine:
         self.draft_s += time.perf_counter() - t0
         return drafts
 
-    def _fill_batch(self, drafts: dict[int, list[int]]) -> list[tuple[Sequence, int, int, list[int]]]:
-        """Fill the batch; returns (sequence, pending tokens fed, output index or -1, draft fed)
-        per sequence fed. Decoding sequences are served first and always fit with their drafts;
-        prompt chunks take the room left. Tokens are written in sequence-id order: with a split KV
-        cache llama.cpp cuts a batch into micro-batches of consecutive, increasing sequence ids
-        (llama_batch_allocr::split_equal), so another order costs extra micro-batches, up to one
-        per sequence (README engine notes: what that costs). Admission
-        takes the lowest free id and _compact_ids closes the holes, so the ids are consecutive."""
-        chosen = []
-        room = self.n_batch
-        decoding = [s for s in self.running if len(s.pending) == 1]
-        prefilling = [s for s in self.running if len(s.pending) > 1]
-        for seq in decoding + prefilling:
-            if room <= 0:
-                break
-            draft = drafts.get(seq.seq_id, [])
-            take = seq.pending + draft if draft else seq.pending[:room]
-            room -= len(take)
-            chosen.append((seq, take, draft))
-        b = self.batch
-        n = 0
-        plan = []
-        for seq, take, draft in sorted(chosen, key=lambda c: c[0].seq_id):
-            for j, tok in enumerate(take):
-                b.token[n] = tok
-                b.pos[n] = seq.n_past + j
-                b.n_seq_id[n] = 1
-                b.seq_id[n][0] = seq.seq_id
-                b.logits[n] = 1 if draft and j >= len(seq.pending) - 1 else 0
-                n += 1
-            out = -1
-            fed = len(take) - len(draft)
-            if fed == len(seq.pending):
-                b.logits[n - 1] = 1
-                out = n - 1 - len(draft)
-            plan.append((seq, fed, out, draft))
-        b.n_tokens = n
-        return plan
-
     def _decode_once(self) -> tuple[int, float, float, float] | None:
         """One llama_decode and its tokens; for a step whose batch held no prompt token, (outputs,
         decode s, wait s, draw s) for StepTimes, else None."""
@@ -860,11 +548,11 @@ class LlamaCppEngine:
                 self._preempt_youngest()
         drafts = {}
         if self.drafter is not None:
-            drafts = self._propose_drafts([s for s in self.running if len(s.pending) == 1 and s.prefilled])
-        plan = self._fill_batch(drafts)
-        prefill_only = not any(s.prefilled and len(s.pending) == 1 for s in self.running)
+            drafts = self._propose_drafts([s for s in self.running if s.phase is Phase.DECODING])
+        plan = self.batch.fill(self.running, drafts)
+        prefill_only = not any(s.phase is Phase.DECODING for s in self.running)
         t0 = time.perf_counter()
-        rc = lc.llama_decode(self.ctx, self.batch)
+        rc = lc.llama_decode(self.ctx, self.batch.raw)
         if rc == 1 and self.options.kv_unified and len(self.running) > 1:
             for seq, _, _, _ in plan:  # nothing was kept; free the partial state and retry next step
                 lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
@@ -873,7 +561,7 @@ class LlamaCppEngine:
         if rc != 0:
             now = time.perf_counter_ns()
             for seq, _, _, _ in plan:
-                self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({_last_log()})")
+                self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({last_log()})")
             return None
         t_decoded = time.perf_counter_ns()
         t1 = time.perf_counter()
@@ -886,14 +574,13 @@ class LlamaCppEngine:
         drawn = self._draw_step(outputs)
         t3 = time.perf_counter()
         for seq, fed, out, draft in plan:
-            seq.n_past += fed
-            del seq.pending[:fed]
+            prefilling = seq.phase is Phase.PREFILLING
+            seq.fed(fed)
             if out < 0:
                 continue
             token = drawn[out]
             t_ns = time.perf_counter_ns()
-            if not seq.prefilled:
-                seq.prefilled = True
+            if prefilling:  # its first token: the prompt is in the KV cache
                 self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.out.cached_tokens))
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
@@ -901,7 +588,7 @@ class LlamaCppEngine:
         decoding_only = all(fed == 1 for _, fed, _, _ in plan)
         return (len(outputs), t1 - t0, t2 - t1, t3 - t2) if decoding_only else None
 
-    def _draw_step(self, outputs: list[tuple[Sequence, int]]) -> dict[int, int]:
+    def _draw_step(self, outputs: list[tuple[RequestState, int]]) -> dict[int, int]:
         """The next token of each (sequence, batch output index): the decode graph's draw for a
         sequence drawing on the device; a grammar request's through its sampler chain; every other
         row by one `sampling.draw_rows` call over all of them, straight from the logits (greedy =
@@ -909,14 +596,14 @@ class LlamaCppEngine:
         generator). Batch index -> token."""
         tokens, host = {}, []
         for seq, index in outputs:
-            if seq.on_device:
+            if seq.draw is Draw.DEVICE:
                 token = lc.llama_get_sampled_token_ith(self.ctx, index)
                 if token == lc.LLAMA_TOKEN_NULL:
                     raise RuntimeError(
-                        f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({_last_log()})"
+                        f"llama.cpp drew no token for sequence {seq.seq_id} at output {index} ({last_log()})"
                     )
                 tokens[index] = token
-            elif seq.sampler is not None:
+            elif seq.draw is Draw.CHAIN:
                 tokens[index] = lc.llama_sampler_sample(seq.sampler, self.ctx, index)
             else:
                 host.append((seq, index))
@@ -941,7 +628,7 @@ class LlamaCppEngine:
         block = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(max(rows) + 1, n_vocab))
         return block, rows
 
-    def _emit(self, seq: Sequence, token: int, t_ns: int, out: int, draft: list[int]) -> None:
+    def _emit(self, seq: RequestState, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
         draft token fed at its position, the target's pick at the next position; then remove the
         KV cells of the rejected drafts."""
@@ -954,7 +641,7 @@ class LlamaCppEngine:
                 self.draft_accepted += 1  # the request's own count is kept by RequestOutput.add
             if not self._accept(seq, token, t_ns, hit):
                 return
-            if not hit or len(seq.pending) > 1:  # a miss, or the thinking was closed (see _accept)
+            if not hit or seq.phase is Phase.FEEDING:  # a miss, or the thinking was closed (see _accept)
                 break
             seq.n_past += 1  # the accepted draft token's KV stays
             i += 1
@@ -963,7 +650,7 @@ class LlamaCppEngine:
         if i < len(draft):
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
 
-    def _accept(self, seq: Sequence, token: int, t_ns: int, draft: bool = False) -> bool:
+    def _accept(self, seq: RequestState, token: int, t_ns: int, draft: bool = False) -> bool:
         """Record a sampled token; end the request if it stops here. True while it goes on.
 
         When RequestOutput says to close the thinking (think budget, see backends/rllm_study/backends/output.py),
@@ -992,11 +679,11 @@ class LlamaCppEngine:
         if reason is not None:
             self._finish(seq, reason, t_ns)
             return False
-        seq.pending = pending
+        seq.drew(pending)
         return True
 
-    def _finish(self, seq: Sequence, reason: str, t_ns: int, error: str | None = None) -> None:
-        if seq in self.running:
+    def _finish(self, seq: RequestState, reason: str, t_ns: int, error: str | None = None) -> None:
+        if seq.holds_slot:
             self.running.remove(seq)
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
             self._bind_sampler(seq, None)
@@ -1006,4 +693,5 @@ class LlamaCppEngine:
         if seq.sampler:
             lc.llama_sampler_free(seq.sampler)
             seq.sampler = None
+        seq.finish()
         self._events.append(seq.out.finished(reason, t_ns, tail=seq.utf8.decode(b"", final=True), error=error))

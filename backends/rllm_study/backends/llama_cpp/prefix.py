@@ -11,7 +11,7 @@ Entries are evicted least recently used (a save or a hit is a use) while the tok
 exceed the budget; a prompt already covered by an entry is not saved again, and entries that
 are prefixes of a newly saved prompt are dropped (the new one serves them too). With a draft
 model (speculative decoding) only the target's KV is cached; the draft context catches up on
-the whole prompt itself (see `llama_spec`).
+the whole prompt itself (see `drafters`).
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ class _LlamaVocab:
     def __enter__(self):
         import llama_cpp as lc
 
-        from rllm_study.backends.llama_cpp.engine import load_model_file
+        from rllm_study.backends.llama_cpp.model import load_model_file
 
         params = lc.llama_model_default_params()
         params.vocab_only = True

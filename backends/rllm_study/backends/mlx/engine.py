@@ -125,7 +125,7 @@ def make_sampler(s: SamplingParams):
     return sample
 
 
-class _Seq:
+class RequestState:
     """A request inside the engine."""
 
     __slots__ = (
@@ -208,8 +208,8 @@ class MlxEngine:
                     f"speculative={options.speculative!r}: the draft model's vocabulary differs from the target's"
                 )
         self.unsupported = unsupported_options(self.options, self.capabilities()) + self._draft_notes()
-        self.waiting: deque[_Seq] = deque()
-        self.running: dict[int, _Seq] = {}  # uid -> sequence (batched); key 0 in draft mode
+        self.waiting: deque[RequestState] = deque()
+        self.running: dict[int, RequestState] = {}  # uid -> sequence (batched); key 0 in draft mode
         self._events: list[Event] = []
         self._proc = psutil.Process()
         self.prefix = None
@@ -233,7 +233,7 @@ class MlxEngine:
         prompt = self.tokenizer.encode(request.prompt)
         out = RequestOutput(request, len(prompt), PhaseTracker(request.starts_in_think, *self.think_ids))
         room = self.seq_capacity - len(prompt)
-        seq = _Seq(request, prompt, out, self.tokenizer.detokenizer, min(request.sampling.max_tokens, room))
+        seq = RequestState(request, prompt, out, self.tokenizer.detokenizer, min(request.sampling.max_tokens, room))
         if not prompt or room < 1:
             self._finish(
                 seq,
@@ -438,7 +438,7 @@ class MlxEngine:
             del self.running[r.uid]
             self._finish(seq, reason, now)
 
-    def _close_thinking(self, seq: _Seq, r, t_ns: int) -> None:
+    def _close_thinking(self, seq: RequestState, r, t_ns: int) -> None:
         """Re-enter a request with the forced close as its prompt (module docstring); it ends
         with `length` when no room is left for the close and an answer."""
         if r.finish_reason == "length":  # the sequence's room (seq_capacity) is spent
@@ -470,7 +470,7 @@ class MlxEngine:
         )
         self.running[seq.uid] = seq
 
-    def _admit_batched(self, seq: _Seq) -> None:
+    def _admit_batched(self, seq: RequestState) -> None:
         cache, rest = None, seq.prompt
         if self.prefix is not None:
             cache, rest = self.prefix.fetch_nearest_cache(PREFIX_KEY, seq.prompt)
@@ -515,7 +515,7 @@ class MlxEngine:
             self._release(seq)
             self._finish(seq, reason, now)
 
-    def _start_draft(self, seq: _Seq) -> None:
+    def _start_draft(self, seq: RequestState) -> None:
         """Admit one request: prefill the target and the draft model (one step), then decode."""
         self.running[0] = seq
         self._events.append(RequestAdmitted(seq.request.id, time.perf_counter_ns()))
@@ -546,7 +546,7 @@ class MlxEngine:
         )
 
     # -- both -----------------------------------------------------------------------------
-    def _accept(self, seq: _Seq, token: int, t_ns: int, draft: bool = False) -> str | None:
+    def _accept(self, seq: RequestState, token: int, t_ns: int, draft: bool = False) -> str | None:
         end_token = token in self.eos_ids
         eog = end_token and not self.options.ignore_eos  # ignore_eos: an end token is one more (textless) token
         piece = ""
@@ -557,7 +557,7 @@ class MlxEngine:
         self._events.append(event)
         return reason
 
-    def _release(self, seq: _Seq) -> None:
+    def _release(self, seq: RequestState) -> None:
         """Take a running request out of the generator (batched) or close its token stream (draft)."""
         if self.draft_model is not None:
             if seq.gen is not None:
@@ -569,6 +569,6 @@ class MlxEngine:
             self.batch.remove([seq.uid])
             del self.running[seq.uid]
 
-    def _finish(self, seq: _Seq, reason: str, t_ns: int, error: str | None = None) -> None:
+    def _finish(self, seq: RequestState, reason: str, t_ns: int, error: str | None = None) -> None:
         seq.detok.finalize()
         self._events.append(seq.out.finished(reason, t_ns, tail=seq.detok.last_segment, error=error))

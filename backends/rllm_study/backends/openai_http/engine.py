@@ -228,7 +228,7 @@ class SSEReader:
             yield chunk
 
 
-class StreamState:
+class RequestState:
     """One request's stream so far: texts, token counts per phase, server usage and timings."""
 
     __slots__ = (
@@ -423,7 +423,7 @@ class OpenAIEngine:
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._open: set[str] = set()  # runner thread: submitted, finish not yet returned
-        self._streams: dict[str, StreamState] = {}  # requests in flight (added by submit, removed by the loop)
+        self._streams: dict[str, RequestState] = {}  # requests in flight (added by submit, removed by the loop)
         self._server: dict | None = None  # what the probe learnt: kind, models, props, adds_bos
         self._probe_error = ""
         self._load = ServerLoad()
@@ -439,7 +439,7 @@ class OpenAIEngine:
 
     # -- protocol -----------------------------------------------------------------------
     def submit(self, request: Request) -> None:
-        stream = StreamState(request)
+        stream = RequestState(request)
         self._open.add(request.id)
         self._streams[request.id] = stream
         asyncio.run_coroutine_threadsafe(self._run(stream), self._loop)
@@ -687,7 +687,7 @@ class OpenAIEngine:
         body.update(self._extra_body)
         return body
 
-    async def _run(self, stream: StreamState) -> None:
+    async def _run(self, stream: RequestState) -> None:
         request = stream.request
         stream.task = asyncio.current_task()
         self._start_poller()
@@ -720,7 +720,7 @@ class OpenAIEngine:
         finally:
             del self._streams[request.id]
 
-    async def _stream(self, stream: StreamState) -> None:
+    async def _stream(self, stream: RequestState) -> None:
         url = self.root + (CHAT_PATH if self.api == "chat" else COMPLETIONS_PATH)
         async with self._client.stream("POST", url, json=self._body(stream.request)) as resp:
             if resp.status_code != 200:

@@ -1,16 +1,7 @@
-"""Drafters for speculative decoding in the llama.cpp engine.
-
-A drafter proposes up to k next tokens for each decoding sequence; the engine feeds every
-sequence's last token plus its draft in one batched target decode and keeps the longest prefix
-the target's own sampler agrees with (see `LlamaCppEngine._emit`). Two drafters:
-  ngram   prompt lookup: the last n tokens of prompt + output (n in NGRAM_SIZES, longest first)
-          are looked up earlier in the same history, and the tokens that followed their most
-          recent earlier occurrence are proposed. Costs no model call.
-  draft   a smaller model with the same vocabulary, in its own llama.cpp context with one
-          sequence per target sequence (same ids). Each step it catches up on the tokens the
-          target accepted since last time (the whole prompt on the first step), then drafts k
-          tokens greedily, one batched decode per draft position for all sequences.
-Each drafter keeps its per-sequence state in `seq.spec_state`.
+"""The "draft" drafter: a smaller model with the same vocabulary, in its own llama.cpp context
+with one sequence per target sequence (same ids). Each step it catches up on the tokens the
+target accepted since last time (the whole prompt on the first step), then drafts k tokens
+greedily, one batched decode per draft position for all sequences.
 """
 
 from __future__ import annotations
@@ -20,69 +11,9 @@ from dataclasses import dataclass, field
 import llama_cpp as lc
 import numpy as np
 
-NGRAM_SIZES = (3, 2)  # lookup n-gram lengths, tried longest first (prompt lookup decoding uses 1-3)
-
-
-def history_from(seq, start: int) -> list[int]:
-    """prompt + output of a sequence from index `start` on."""
-    n_prompt = len(seq.prompt)
-    return (seq.prompt[start:] if start < n_prompt else []) + seq.out.fed_tokens()[max(0, start - n_prompt) :]
-
-
-class NgramIndex:
-    """A token history and, for each n-gram in it, where the token after its latest occurrence is."""
-
-    __slots__ = ("tokens", "follower")
-
-    def __init__(self):
-        self.tokens: list[int] = []
-        self.follower: dict[tuple, int] = {}
-
-    def extend(self, new: list[int]) -> None:
-        for token in new:
-            i = len(self.tokens)
-            for n in NGRAM_SIZES:
-                if i >= n:
-                    self.follower[tuple(self.tokens[i - n : i])] = i
-            self.tokens.append(token)
-
-    def propose(self, k: int) -> list[int]:
-        """Up to k tokens that followed the latest earlier occurrence of the current suffix."""
-        for n in NGRAM_SIZES:
-            if len(self.tokens) > n:
-                pos = self.follower.get(tuple(self.tokens[-n:]))
-                if pos is not None:
-                    return self.tokens[pos : pos + k]
-        return []
-
-
-class NgramDrafter:
-    method = "ngram"
-
-    def propose(self, work: list[tuple]) -> dict[int, list[int]]:
-        """work: (sequence, k) pairs; returns seq_id -> draft (sequences without a match left out)."""
-        drafts = {}
-        for seq, k in work:
-            if seq.spec_state is None:
-                seq.spec_state = NgramIndex()
-            index = seq.spec_state
-            index.extend(history_from(seq, len(index.tokens)))
-            draft = index.propose(k)
-            if draft:
-                drafts[seq.seq_id] = draft
-        return drafts
-
-    def release(self, seq) -> None:
-        seq.spec_state = None
-
-    def move(self, seq, new_id: int) -> None:
-        """The target moved `seq` to sequence id `new_id`; the n-gram index is not tied to ids."""
-
-    def info(self) -> dict:
-        return {"method": self.method, "ngram_sizes": list(NGRAM_SIZES)}
-
-    def close(self) -> None:
-        pass
+from rllm_study.backends.llama_cpp.drafters import history_from
+from rllm_study.backends.llama_cpp.model import LlamaModel
+from rllm_study.errors import UserError
 
 
 @dataclass
@@ -104,6 +35,26 @@ class ModelDrafter:
         self.mem = lc.llama_get_memory(ctx)
         self.n_batch = n_batch
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
+
+    @classmethod
+    def open(cls, spec, target, target_name, options, new_context) -> ModelDrafter:
+        """Load spec.draft_model (on the target's GPU layers, weight repacking off in batch-invariant
+        mode), check it shares the target's vocabulary, and give it a context like the target's."""
+        from rllm_study.models import resolve_model
+
+        ref = spec.draft_model
+        model = LlamaModel(resolve_model(ref).path, options.n_gpu_layers, not options.batch_invariant)
+        try:
+            if not model.same_vocab(target):
+                raise UserError(
+                    f"speculative draft:{ref}: its vocabulary ({model.n_vocab} tokens) differs from "
+                    f"{target_name}'s ({target.n_vocab} tokens); a draft model must share the target's tokenizer exactly "
+                    "(e.g. qwen2.5-coder-0.5b drafting for qwen2.5-coder-1.5b)"
+                )
+            return cls(model, new_context(model), options.n_batch, ref)
+        except UserError:
+            model.close()
+            raise
 
     def _sync(self, seq) -> list[int]:
         """Drop draft KV past what the target accepted; return the history tokens to feed."""
