@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import THREADS, chat, drain
+from conftest import REPO, THREADS, chat, drain
 from rllm_study.backends.base import ANSWER, FINISH_LENGTH, FINISH_STOP, THINK, Request, SamplingParams
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.output import CLOSE_THINK, RequestOutput
@@ -220,11 +220,9 @@ def test_every_preset_gives_its_reasoning_cells_the_pilots_think_budget():
 def test_a_folder_run_before_the_presets_had_a_think_budget_reruns_without_one():
     """`run --like` takes a folder's recorded spec, not today's preset: the committed kv-cache run
     (recorded without a think budget) expands to its own cells again, none with a think budget."""
-    from pathlib import Path
-
     from rllm_study.running.spec import recorded_specs
 
-    folder = Path(__file__).resolve().parents[1] / "reports" / "cpu-2core" / "kv-cache-gsm8k64"
+    folder = REPO / "reports" / "cpu-2core" / "kv-cache-gsm8k64"
     (spec, names, where), *rest = recorded_specs(folder)
     assert not rest and "think_budget" not in spec
     cells = expand(spec, where)
