@@ -46,6 +46,12 @@ from rllm_study.running.recorder import Recorder
 from rllm_study.running.results import CellWriter, read_cell
 
 TOOLS = ("rllm-study", "aiperf", "guidellm")
+# llama-server's own flags for the agreement run: greedy by default, and no prompt cache. Our
+# OpenAI backend sends `cache_prompt` false (engine option prefix_cache off) while the peers send
+# nothing, so with the server's default (cache on, kept in RAM across slots) a peer that sends the
+# same prompts every round (GuideLLM's seeded synthetic text) skipped prefill from its second
+# round: TTFT 44-54 ms against 690 ms cold (2026-12-07, docs/peers.md). Every tool runs cold.
+SERVER_ARGS = ("--temp", "0", "--no-cache-prompt")
 METRICS = (  # (label, section, key, statistic) in cell_metrics
     ("TTFT p50 ms", "latency", "ttft_s", "p50"),
     ("TPOT p50 ms", "latency", "tpot_s", "p50"),

@@ -362,7 +362,7 @@ def agree_cmd(
     TTFT, TPOT, ITL, E2EL and output tok/s per tool from each tool's own timestamps, the ratio of
     each peer to rllm-study with its interval over rounds, a verdict per metric, and CPU seconds."""
     from rllm_study.backends.mlx.convert import export_tokenizer
-    from rllm_study.bench.agree import AgreeSpec, bench_agree, markdown
+    from rllm_study.bench.agree import SERVER_ARGS, AgreeSpec, bench_agree, markdown
     from rllm_study.bench.server import check_server_bin, free_port, llama_server_command, serve
     from rllm_study.models import resolve_model
 
@@ -380,7 +380,7 @@ def agree_cmd(
         "llama_cpp", {"max_seqs": concurrency, "n_threads": threads, "ctx_per_seq": prompt_tokens + output_tokens + 64}
     )
     port = free_port()
-    cmd = llama_server_command(check_server_bin(server_bin), path, options, port, model) + ["--temp", "0"]
+    cmd = [*llama_server_command(check_server_bin(server_bin), path, options, port, model), *SERVER_ARGS]
     out.mkdir(parents=True, exist_ok=True)
     with serve(cmd, port, out / "llama-server.log") as (proc, url):
         result = bench_agree(spec, url, proc.pid, peers_bin, tokenizer, out, console)
