@@ -346,3 +346,14 @@ def test_where_tokens_are_drawn_is_chosen_and_checked(engine, smollm2_path):
         )
     with pytest.raises(UserError, match="must be one of host, device"):
         LlamaCppOptions(sample_on="gpu")
+
+
+def test_a_refused_sample_on_frees_the_model_and_context(smollm2_path, monkeypatch):
+    """The sample_on check runs after the context is built: its UserError frees both."""
+    freed = []
+    close, free = llama_engine.LlamaModel.close, llama_engine.lc.llama_free
+    monkeypatch.setattr(llama_engine.LlamaModel, "close", lambda self: freed.append("model") or close(self))
+    monkeypatch.setattr(llama_engine.lc, "llama_free", lambda ctx: freed.append("context") or free(ctx))
+    with pytest.raises(UserError, match="threads = 1 only"):
+        LlamaCppEngine(str(smollm2_path), LlamaCppOptions(max_seqs=2, ctx_per_seq=64, n_threads=2, sample_on="device"))
+    assert freed == ["context", "model"]

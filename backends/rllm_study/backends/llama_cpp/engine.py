@@ -207,15 +207,15 @@ class LlamaCppEngine:
         n_ctx = options.n_ctx or options.max_seqs * options.ctx_per_seq
         self.options = replace(options, n_ctx=n_ctx, n_threads=n_threads, flash_attn=flash)
         self.model = LlamaModel(self.ref.path, options.n_gpu_layers, not batch_invariant)
-        if options.kv_budget_mib:
-            self.options = replace(
-                self.options,
-                n_ctx=kv_budget_cells(
-                    options.kv_budget_mib, self.model.kv_bytes_per_token(options.type_k, options.type_v)
-                ),
-            )
         self.ctx = self.drafter = None
-        try:
+        try:  # a UserError below frees what was built before it
+            if options.kv_budget_mib:
+                self.options = replace(
+                    self.options,
+                    n_ctx=kv_budget_cells(
+                        options.kv_budget_mib, self.model.kv_bytes_per_token(options.type_k, options.type_v)
+                    ),
+                )
             self.ctx = new_context(self.model, self.options, type_k, type_v)
             if speculative is not None:  # the method's drafter (rllm_study.backends.speculative)
                 self.drafter = (
@@ -229,12 +229,14 @@ class LlamaCppEngine:
                         lambda m: new_context(m, self.options, type_k, type_v),
                     )
                 )
+            self._check_sample_on(spec_method)
         except UserError:
+            if self.drafter is not None:
+                self.drafter.close()
             if self.ctx:
                 lc.llama_free(self.ctx)
             self.model.close()
             raise
-        self._check_sample_on(spec_method)
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.seq_capacity = lc.llama_n_ctx_seq(self.ctx)  # cells one sequence may hold
