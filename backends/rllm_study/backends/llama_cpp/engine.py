@@ -250,7 +250,7 @@ class LlamaCppEngine:
         self._proc = psutil.Process()
         self.preemptions = 0
         self.seq_moves = 0  # sequences moved to a lower id (see _compact_ids)
-        self.prefill_only_s = 0.0  # decode time of steps whose batch held prompt tokens only
+        self.prefill_only_s = 0.0  # decode + device wait of steps whose batch held prompt tokens only
         self.prefill_only_tokens = 0
         self.draft_s = 0.0  # time spent proposing drafts
         self.draft_proposed = self.draft_accepted = 0
@@ -301,7 +301,7 @@ class LlamaCppEngine:
         return events
 
     def prefill_s_per_token(self) -> float | None:
-        """Measured prefill cost: decode seconds / prompt tokens over steps that decoded prompt
+        """Measured prefill cost: seconds of decode and device wait / prompt tokens over steps that decoded prompt
         tokens only (no decoding sequence in the batch); None before such a step."""
         return self.prefill_only_s / self.prefill_only_tokens if self.prefill_only_tokens else None
 
@@ -565,13 +565,13 @@ class LlamaCppEngine:
             for seq, _, _, _ in plan:
                 self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({last_log()})")
             return None
-        t_decoded = time.perf_counter_ns()
         t1 = time.perf_counter()
-        if prefill_only:
-            self.prefill_only_s += t1 - t0
-            self.prefill_only_tokens += self.batch.n_tokens
         lc.llama_synchronize(self.ctx)
+        t_decoded = time.perf_counter_ns()  # after the wait: on a GPU llama_decode returns before the KV is written
         t2 = time.perf_counter()
+        if prefill_only:
+            self.prefill_only_s += t2 - t0
+            self.prefill_only_tokens += self.batch.n_tokens
         outputs = [(seq, out) for seq, _, out, _ in plan if out >= 0]
         drawn = self._draw_step(outputs)
         t3 = time.perf_counter()
