@@ -49,10 +49,9 @@ from rllm_study.analysis.metrics import (
     MAX_TIMELINE_GAP_S,
     correct_lenient,
     distribution,
-    group_tail,
+    output_tok_s_of,
     percentile_key,
-    session_spans,
-    straggler_groups,
+    tail_share_of,
 )
 from rllm_study.analysis.stats import (
     MIN_CELLS,
@@ -206,20 +205,6 @@ def _pctl(key: str, p: float) -> Callable[[Rows], float | None]:
 def _mean_key(key: str) -> Callable[[Rows], float | None]:
     """The mean of a per-request value over a cell's completed requests (`distribution`)."""
     return lambda rows: distribution((r[key] for r in _completed(rows)), ())["mean"]
-
-
-def _throughput(rows: Rows) -> float | None:
-    """output_tok_s over these requests: their output tokens / `session_spans`."""
-    duration = session_spans(rows)
-    return sum(r["output_tokens"] or 0 for r in rows) / duration if duration else None
-
-
-def _tail_share(rows: Rows) -> float | None:
-    """tail_share over these requests: their straggler groups' tail time / span."""
-    groups = straggler_groups([r for r in rows if r.get("group") is not None]).values()
-    spans = [group_tail(m) for m in groups]
-    total = sum(s for s, _ in spans)
-    return sum(t for _, t in spans) / total if total else None
 
 
 def scope(cells: Sequence[CellData]) -> str:
@@ -508,7 +493,9 @@ def _stragglers(claim: Claim, cells: list[CellData]) -> Claim | None:
             for mode, side in (("r", [r for r, _ in ps]), ("d", [d for _, d in ps]))
         }
         share = pair_interval([_minus(_share(r), _share(d)) for r, d in ps], scope=_pair_scope(ps))
-        tail = pair_interval([_minus(_tail_share(r.rows), _tail_share(d.rows)) for r, d in ps], scope=_pair_scope(ps))
+        tail = pair_interval(
+            [_minus(tail_share_of(r.rows), tail_share_of(d.rows)) for r, d in ps], scope=_pair_scope(ps)
+        )
         checks += [
             Check(Condition(f"{where}: straggler share, reasoning - direct", share, 0.0), "points"),
             Check(Condition(f"{where}: tail share of batch time, reasoning - direct", tail, 0.0), "points"),
@@ -741,7 +728,7 @@ def _no_answers(vs: list[Versus]) -> bool:
     return all(v.accuracy[0][CORRECT] == 0 for v in vs)
 
 
-E2EL_P50, TOK_S = _pctl("e2el_s", 50), _throughput
+E2EL_P50, TOK_S = _pctl("e2el_s", 50), output_tok_s_of
 
 
 def derived_origin(c: CellData) -> str | None:
