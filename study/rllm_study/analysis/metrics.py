@@ -492,7 +492,12 @@ def think_closers(ctx: _Context) -> dict | None:
 def hit_budget_share(ctx: _Context) -> dict | None:
     """Requests that hit a budget: the output budget (finish `length`) or the think budget (cut at the think
     cap, which ends with `stop`): {share, k, n, ci95}. None without completed requests."""
-    return share(sum(r["capped"] for r in ctx.done), len(ctx.done)) if ctx.done else None
+    return hit_budget_of(ctx.done)
+
+
+def hit_budget_of(rows: list[dict]) -> dict | None:
+    """hit_budget_share over these completed request_metrics rows: {share, k, n, ci95}; None without rows."""
+    return share(sum(r["capped"] for r in rows), len(rows)) if rows else None
 
 
 # ---- requests ------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from rllm_study.analysis.metrics import (
     MAX_TIMELINE_GAP_S,
     correct_lenient,
     distribution,
+    hit_budget_of,
     output_tok_s_of,
     percentile_key,
     tail_share_of,
@@ -71,6 +72,7 @@ from rllm_study.models import FLOAT_TYPES
 from rllm_study.report import columns as C
 from rllm_study.report.cells import (
     REASONING,
+    TECHNIQUE_FIELDS,
     TIER_ORDER,
     CellData,
     TechniqueGroup,
@@ -570,8 +572,8 @@ def _adaptive_time(claim: Claim, cells: list[CellData]) -> Claim | None:
             ]
         for t in tiers:
             rows = [r for c in by_tier[t] for r in _completed(c.rows)]
-            capped = sum(r["capped"] for r in rows) / len(rows) if rows else 0.0
-            capped_max = max(capped_max, capped)
+            capped = (hit_budget_of(rows) or {}).get("share")
+            capped_max = max(capped_max, capped or 0.0)
             free = [r for r in rows if not r["capped"]]
             claim.numbers.append(
                 (
@@ -1146,8 +1148,6 @@ class Combination:
 
 def combinations(cells: list[CellData]) -> list[Combination]:
     """Every combination of techniques whose single-technique parts were run beside it (same group)."""
-    from rllm_study.report.cells import TECHNIQUE_FIELDS
-
     found: dict[str, Combination] = {}
     for g in technique_groups(cells):
         base = g.baseline
