@@ -18,6 +18,7 @@ from rllm_study.report.claims import (
     domain_preference,
     kv_quantization,
     memory,
+    multi_turn_prefix_caching,
     prefix_caching,
     weight_quantization,
 )
@@ -231,3 +232,29 @@ def test_bursty_same_load_both_sides(tmp_path):
     assert _bursty(tmp_path / "8pct", 9 / 1.08) == REPRODUCED
     assert _bursty(tmp_path / "20pct", 9 / 1.20) == NOT_TESTED  # 1.20 against 1.00: confounded with load
     assert _bursty(tmp_path / "12pct", 9 / 1.12) == NOT_TESTED
+
+
+# ---- multi-turn prefix caching: seconds compared only between cells of one machine speed ------------------
+
+
+def test_multi_turn_prefix_cache_leaves_out_pairs_of_another_speed(tmp_path):
+    """Caching on ran while the machine decoded twice as fast (40 against 20 tok/s): its seconds and tok/s
+    say nothing of the cache, so no pair decides the claim and the reason names why."""
+    for repeat in range(REPEATS):
+        for variant, on, speed, e2el in (("base", False, 20.0, 2.0), ("new", True, 40.0, 1.0)):
+            _cell(
+                tmp_path,
+                "reasoning",
+                "math500",
+                [1],
+                _spread(e2el, 8),
+                [9] * 8,
+                study="multi",
+                variant=variant,
+                engine={"prefix_cache": on},
+                workload={"arrival": "sessions", "batch_size": 8},
+                repeat=repeat,
+                speed=speed,
+            )
+    claim = multi_turn_prefix_caching(load_cells([tmp_path]))
+    assert claim.status == INCONCLUSIVE and "machine speed differed: 20.0 vs 40.0 tok/s" in claim.reason, claim.reason

@@ -492,7 +492,12 @@ def think_closers(ctx: _Context) -> dict | None:
 def hit_budget_share(ctx: _Context) -> dict | None:
     """Requests that hit a budget: the output budget (finish `length`) or the think budget (cut at the think
     cap, which ends with `stop`): {share, k, n, ci95}. None without completed requests."""
-    return share(sum(r["capped"] for r in ctx.done), len(ctx.done)) if ctx.done else None
+    return hit_budget_of(ctx.done)
+
+
+def hit_budget_of(rows: list[dict]) -> dict | None:
+    """hit_budget_share over these completed request_metrics rows: {share, k, n, ci95}; None without rows."""
+    return share(sum(r["capped"] for r in rows), len(rows)) if rows else None
 
 
 # ---- requests ------------------------------------------------------------------------------
@@ -789,7 +794,12 @@ def arrival_cv(ctx: _Context) -> float | None:
 )
 def output_throughput(ctx: _Context) -> float | None:
     """System output throughput (think and answer tokens)."""
-    return _ratio(sum(r.get("output_tokens") or 0 for r in ctx.cell.requests), duration(ctx))
+    return output_tok_s_of(ctx.cell.requests)
+
+
+def output_tok_s_of(requests: list[dict]) -> float | None:
+    """output_tok_s over these requests (records or request_metrics rows): their output tokens / `session_spans`."""
+    return _ratio(sum(r.get("output_tokens") or 0 for r in requests), session_spans(requests))
 
 
 @metric(
@@ -919,7 +929,13 @@ def tail_time(ctx: _Context) -> float:
 )
 def tail_share(ctx: _Context) -> float | None:
     """Share of the groups' running time spent in the tail."""
-    return _ratio(tail_time(ctx), sum(group_tail(m)[0] for m in straggler_groups(ctx.rows).values()))
+    return tail_share_of(ctx.rows)
+
+
+def tail_share_of(rows: list[dict]) -> float | None:
+    """tail_share over these request_metrics rows: their straggler groups' tail time / their spans."""
+    spans = [group_tail(m) for m in straggler_groups(rows).values()]
+    return _ratio(sum(t for _, t in spans), sum(s for s, _ in spans))
 
 
 # ---- occupancy and the machine's speed, from the recorded events ---------------------------------

@@ -18,6 +18,7 @@ from rllm_study.analysis.metrics import (
     LOOP_SHARE,
     METRICS,
     distribution,
+    hit_budget_of,
 )
 from rllm_study.formatting import proportion
 from rllm_study.report import columns as C
@@ -396,7 +397,7 @@ def difficulty_section(cells: list[CellData]) -> Section:
                         f"{C.fmt(think['mean'])} / {C.fmt(think['p90'])}" if mode == REASONING else "—",
                         C.fmt(out["mean"]),
                         f"{C.fmt(e2el['mean'])} / {C.fmt(e2el['p90'])}",
-                        C.fmt(sum(r["capped"] for r in rs) / len(rs) if rs else None, "pct"),
+                        C.fmt((hit_budget_of(rs) or {}).get("share"), "pct"),
                         f"{C.fmt(think_free['mean']) if mode == REASONING else '—'} / {C.fmt(e2el_free['mean'])} (n={len(free)})",
                         _closers_text(rs) if mode == REASONING else "—",
                     ]

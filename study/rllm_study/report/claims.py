@@ -49,10 +49,10 @@ from rllm_study.analysis.metrics import (
     MAX_TIMELINE_GAP_S,
     correct_lenient,
     distribution,
-    group_tail,
+    hit_budget_of,
+    output_tok_s_of,
     percentile_key,
-    session_spans,
-    straggler_groups,
+    tail_share_of,
 )
 from rllm_study.analysis.stats import (
     MIN_CELLS,
@@ -72,6 +72,7 @@ from rllm_study.models import FLOAT_TYPES
 from rllm_study.report import columns as C
 from rllm_study.report.cells import (
     REASONING,
+    TECHNIQUE_FIELDS,
     TIER_ORDER,
     CellData,
     TechniqueGroup,
@@ -206,20 +207,6 @@ def _pctl(key: str, p: float) -> Callable[[Rows], float | None]:
 def _mean_key(key: str) -> Callable[[Rows], float | None]:
     """The mean of a per-request value over a cell's completed requests (`distribution`)."""
     return lambda rows: distribution((r[key] for r in _completed(rows)), ())["mean"]
-
-
-def _throughput(rows: Rows) -> float | None:
-    """output_tok_s over these requests: their output tokens / `session_spans`."""
-    duration = session_spans(rows)
-    return sum(r["output_tokens"] or 0 for r in rows) / duration if duration else None
-
-
-def _tail_share(rows: Rows) -> float | None:
-    """tail_share over these requests: their straggler groups' tail time / span."""
-    groups = straggler_groups([r for r in rows if r.get("group") is not None]).values()
-    spans = [group_tail(m) for m in groups]
-    total = sum(s for s, _ in spans)
-    return sum(t for _, t in spans) / total if total else None
 
 
 def scope(cells: Sequence[CellData]) -> str:
@@ -508,7 +495,9 @@ def _stragglers(claim: Claim, cells: list[CellData]) -> Claim | None:
             for mode, side in (("r", [r for r, _ in ps]), ("d", [d for _, d in ps]))
         }
         share = pair_interval([_minus(_share(r), _share(d)) for r, d in ps], scope=_pair_scope(ps))
-        tail = pair_interval([_minus(_tail_share(r.rows), _tail_share(d.rows)) for r, d in ps], scope=_pair_scope(ps))
+        tail = pair_interval(
+            [_minus(tail_share_of(r.rows), tail_share_of(d.rows)) for r, d in ps], scope=_pair_scope(ps)
+        )
         checks += [
             Check(Condition(f"{where}: straggler share, reasoning - direct", share, 0.0), "points"),
             Check(Condition(f"{where}: tail share of batch time, reasoning - direct", tail, 0.0), "points"),
@@ -583,8 +572,8 @@ def _adaptive_time(claim: Claim, cells: list[CellData]) -> Claim | None:
             ]
         for t in tiers:
             rows = [r for c in by_tier[t] for r in _completed(c.rows)]
-            capped = sum(r["capped"] for r in rows) / len(rows) if rows else 0.0
-            capped_max = max(capped_max, capped)
+            capped = (hit_budget_of(rows) or {}).get("share")
+            capped_max = max(capped_max, capped or 0.0)
             free = [r for r in rows if not r["capped"]]
             claim.numbers.append(
                 (
@@ -741,7 +730,7 @@ def _no_answers(vs: list[Versus]) -> bool:
     return all(v.accuracy[0][CORRECT] == 0 for v in vs)
 
 
-E2EL_P50, TOK_S = _pctl("e2el_s", 50), _throughput
+E2EL_P50, TOK_S = _pctl("e2el_s", 50), output_tok_s_of
 
 
 def derived_origin(c: CellData) -> str | None:
@@ -1159,8 +1148,6 @@ class Combination:
 
 def combinations(cells: list[CellData]) -> list[Combination]:
     """Every combination of techniques whose single-technique parts were run beside it (same group)."""
-    from rllm_study.report.cells import TECHNIQUE_FIELDS
-
     found: dict[str, Combination] = {}
     for g in technique_groups(cells):
         base = g.baseline
@@ -1262,11 +1249,14 @@ def _multi_turn_prefix_caching(claim: Claim, cells: list[CellData]) -> Claim | N
     checks = []
     for v in vs:
         checks += [
-            Check(Condition(f"{v.variant}: out tok/s ratio on / off", v.ratio(TOK_S), 1.0, log=True), "ratio"),
+            Check(
+                Condition(f"{v.variant}: out tok/s ratio on / off", v.ratio_same_speed(TOK_S), 1.0, log=True),
+                "ratio",
+            ),
             Check(
                 Condition(
                     f"{v.variant}: TTFT p50 ratio on / off, turns >= 2",
-                    v.ratio(_later_turns(_pctl("ttft_s", 50))),
+                    v.ratio_same_speed(_later_turns(_pctl("ttft_s", 50))),
                     1.0,
                     above=False,
                     log=True,
@@ -1303,8 +1293,9 @@ multi_turn_prefix_caching = Finding(
         'Prefix caching on against off on multi-turn sessions (`arrival = "sessions"`, each turn\'s prompt '
         "carrying the earlier turns): reproduced if output tokens/s rises (ratio on / off above 1) and the TTFT p50 "
         "of turns 2 and later falls (ratio on / off below 1), both geometric means over matched cell pairs with "
-        'their t intervals (at least 3 pairs). The paper\'s "up to 30%" is an upper figure, so the size of the gain is '
-        "shown, not required."
+        f"their t intervals (at least {MIN_CELLS} pairs; only pairs whose measured machine speeds agree within "
+        f'{100 * SAME_SPEED:g}%, as caching leaves decode speed alone). The paper\'s "up to 30%" is an upper figure, '
+        "so the size of the gain is shown, not required."
     ),
     needs="needs multi-turn cells with prefix caching on and off: run `rllm-study run --preset multi-turn`",
     judge=_multi_turn_prefix_caching,
