@@ -86,6 +86,23 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
     )
 
 
+def quick_preset(preset: str, *sets: str) -> list[str]:
+    """`--preset PRESET --quick` on SmolLM2-135M with the test threads and 16 tokens a request, then
+    `--set S` for each of `sets`: the argument list of the e2e tests that run a quick preset."""
+    return [
+        "--preset",
+        preset,
+        "--quick",
+        "-m",
+        "smollm2-135m",
+        "-t",
+        str(THREADS),
+        "--set",
+        "max_tokens=[16]",
+        *(arg for s in sets for arg in ("--set", s)),
+    ]
+
+
 QUESTIONS = [
     "What is the capital of France?",
     "Write one sentence about the sea.",
