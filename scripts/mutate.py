@@ -298,6 +298,24 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+def _pytest(tree: Path, tests, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """The default (not slow) tests `tests` in the copy `tree`, its sources first on the path, stopping at
+    the first failure; no bytecode or cache written into the copy."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(tree / root) for root in ("study", "backends", "workloads")),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *tests],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _run(tree: Path, m: Mutation, timeout: float) -> tuple[str, float, str]:
     target = tree / m.path
     original = target.read_text()
@@ -305,21 +323,9 @@ def _run(tree: Path, m: Mutation, timeout: float) -> tuple[str, float, str]:
     if count != 1:
         return f"not applied ({count} matches)", 0.0, ""
     target.write_text(original.replace(m.old, m.new))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(tree / root) for root in ("study", "backends", "workloads")),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
     start = time.monotonic()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *m.tests],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        proc = _pytest(tree, m.tests, timeout)
         verdict = (
             "caught"
             if proc.returncode == 1
@@ -351,14 +357,7 @@ def main() -> int:
         _copy_tree(tree)
         # the unmutated copy must pass, or a "caught" would mean nothing
         files = sorted({t for m in chosen for t in m.tests})
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in ("study", "backends", "workloads"))}
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *files],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        proc = _pytest(tree, files)
         print(f"baseline, no mutation: {'passes' if proc.returncode == 0 else 'FAILS'} ({' '.join(files)})", flush=True)
         if proc.returncode != 0:
             print(proc.stdout[-3000:])
