@@ -51,8 +51,15 @@ MUTATIONS = (
     Mutation(
         "stats: the bootstrap reports a 90% interval as 95%",
         STATS,
-        "np.percentile(values, [2.5, 97.5])",
-        "np.percentile(values, [5, 95])",
+        "np.percentile(values, [2.5, 97.5])\n    return Interval(estimate, float(lo), float(hi), n)",
+        "np.percentile(values, [5, 95])\n    return Interval(estimate, float(lo), float(hi), n)",
+        ("tests/unit/test_stats.py", "tests/unit/test_stats_reference.py"),
+    ),
+    Mutation(
+        "stats: the cluster bootstrap reports a 90% interval as 95%",
+        STATS,
+        'np.percentile(values, [2.5, 97.5])\n    return Interval(estimate, float(lo), float(hi), n, unit, ""',
+        'np.percentile(values, [5, 95])\n    return Interval(estimate, float(lo), float(hi), n, unit, ""',
         ("tests/unit/test_stats.py", "tests/unit/test_stats_reference.py"),
     ),
     Mutation(
