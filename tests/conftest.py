@@ -103,6 +103,17 @@ def quick_preset(preset: str, *sets: str) -> list[str]:
     ]
 
 
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert a CLI run ended as a user mistake should: exit 2, no traceback, its last stderr line
+    `error: ...` holding every needle; returns that line."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) >= 1 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+    return lines[-1]
+
+
 QUESTIONS = [
     "What is the capital of France?",
     "Write one sentence about the sea.",
