@@ -33,7 +33,7 @@ OPENAI = "backends/rllm_study/backends/openai_http/engine.py"
 CUSTOM = "workloads/rllm_study/workloads/custom_dataset.py"
 BENCH = "study/rllm_study/bench/engine.py"
 ARRIVALS = "workloads/rllm_study/workloads/arrivals/base.py"
-REGRADE = "study/rllm_study/analysis/regrade.py"
+PROMPTS = "study/rllm_study/running/prompts.py"
 RUNNER = "study/rllm_study/running/runner.py"
 
 
@@ -51,8 +51,15 @@ MUTATIONS = (
     Mutation(
         "stats: the bootstrap reports a 90% interval as 95%",
         STATS,
-        "np.percentile(values, [2.5, 97.5])",
-        "np.percentile(values, [5, 95])",
+        "np.percentile(values, [2.5, 97.5])\n    return Interval(estimate, float(lo), float(hi), n)",
+        "np.percentile(values, [5, 95])\n    return Interval(estimate, float(lo), float(hi), n)",
+        ("tests/unit/test_stats.py", "tests/unit/test_stats_reference.py"),
+    ),
+    Mutation(
+        "stats: the cluster bootstrap reports a 90% interval as 95%",
+        STATS,
+        'np.percentile(values, [2.5, 97.5])\n    return Interval(estimate, float(lo), float(hi), n, unit, ""',
+        'np.percentile(values, [5, 95])\n    return Interval(estimate, float(lo), float(hi), n, unit, ""',
         ("tests/unit/test_stats.py", "tests/unit/test_stats_reference.py"),
     ),
     Mutation(
@@ -157,8 +164,8 @@ MUTATIONS = (
     Mutation(
         "claims: the prefix-cache rule ignores model size",
         CLAIMS,
-        "v.ratio(E2EL_P50), 1.0, above=not v.large, log=True)",
-        "v.ratio(E2EL_P50), 1.0, above=True, log=True)",
+        "above=not v.large,",
+        "above=True,",
         ("tests/unit/test_claim_thresholds.py",),
     ),
     Mutation(
@@ -247,9 +254,9 @@ MUTATIONS = (
     ),
     Mutation(
         "regrade: custom data sets read as shipped ones",
-        REGRADE,
-        "if custom else _items(",
-        "if False else _items(",
+        PROMPTS,
+        "if custom else list(_shipped(",
+        "if False else list(_shipped(",
         ("tests/e2e/test_fault_classes.py::test_commands_on_a_custom_data_set_folder",),
     ),
     Mutation(
@@ -298,6 +305,24 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+def _pytest(tree: Path, tests, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """The default (not slow) tests `tests` in the copy `tree`, its sources first on the path, stopping at
+    the first failure; no bytecode or cache written into the copy."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(tree / root) for root in ("study", "backends", "workloads")),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *tests],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _run(tree: Path, m: Mutation, timeout: float) -> tuple[str, float, str]:
     target = tree / m.path
     original = target.read_text()
@@ -305,21 +330,9 @@ def _run(tree: Path, m: Mutation, timeout: float) -> tuple[str, float, str]:
     if count != 1:
         return f"not applied ({count} matches)", 0.0, ""
     target.write_text(original.replace(m.old, m.new))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(tree / root) for root in ("study", "backends", "workloads")),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
     start = time.monotonic()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", *m.tests],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        proc = _pytest(tree, m.tests, timeout)
         verdict = (
             "caught"
             if proc.returncode == 1
@@ -351,14 +364,7 @@ def main() -> int:
         _copy_tree(tree)
         # the unmutated copy must pass, or a "caught" would mean nothing
         files = sorted({t for m in chosen for t in m.tests})
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in ("study", "backends", "workloads"))}
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *files],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        proc = _pytest(tree, files)
         print(f"baseline, no mutation: {'passes' if proc.returncode == 0 else 'FAILS'} ({' '.join(files)})", flush=True)
         if proc.returncode != 0:
             print(proc.stdout[-3000:])

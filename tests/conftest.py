@@ -86,6 +86,34 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
     )
 
 
+def quick_preset(preset: str, *sets: str) -> list[str]:
+    """`--preset PRESET --quick` on SmolLM2-135M with the test threads and 16 tokens a request, then
+    `--set S` for each of `sets`: the argument list of the e2e tests that run a quick preset."""
+    return [
+        "--preset",
+        preset,
+        "--quick",
+        "-m",
+        "smollm2-135m",
+        "-t",
+        str(THREADS),
+        "--set",
+        "max_tokens=[16]",
+        *(arg for s in sets for arg in ("--set", s)),
+    ]
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert a CLI run ended as a user mistake should: exit 2, no traceback, its last stderr line
+    `error: ...` holding every needle; returns that line."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) >= 1 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+    return lines[-1]
+
+
 QUESTIONS = [
     "What is the capital of France?",
     "Write one sentence about the sea.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import THREADS, run_cli
+from conftest import quick_preset, run_cli
 from rllm_study.analysis.metrics import cell_metrics
 from rllm_study.backends.llama_cpp.engine import kv_budget_cells
 from rllm_study.errors import UserError
@@ -22,22 +22,7 @@ def test_budget_in_bytes_becomes_cells():
 
 def test_quantized_cache_runs_more_requests_in_the_same_bytes(tmp_path, smollm2_path):
     out = tmp_path / "cap"
-    proc = run_cli(
-        "run",
-        "--preset",
-        "kv-capacity",
-        "--quick",
-        "-m",
-        "smollm2-135m",
-        "-t",
-        str(THREADS),
-        "--set",
-        "max_tokens=[16]",
-        "--set",
-        "datasets={gsm8k=3}",
-        "--out",
-        out,
-    )
+    proc = run_cli("run", *quick_preset("kv-capacity", "datasets={gsm8k=3}"), "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cells = {p.name.split("__")[1]: read_cell(p) for p in out.iterdir() if p.is_dir()}
     f16, q8 = cells["kv-f16"], cells["kv-q8_0"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import THREADS, run_cli
+from conftest import quick_preset, run_cli
 from rllm_study.report import REPORT_MD
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import combinations, combined_techniques
@@ -104,22 +104,7 @@ def test_interaction_rule(tmp_path):
 
 def test_quick_combined_preset_runs_and_is_judged(tmp_path, smollm2_path):
     out = tmp_path / "combined"
-    proc = run_cli(
-        "run",
-        "--preset",
-        "combined",
-        "--quick",
-        "-m",
-        "smollm2-135m",
-        "-t",
-        str(THREADS),
-        "--set",
-        "max_tokens=[16]",
-        "--set",
-        "datasets={gsm8k=2}",
-        "--out",
-        out,
-    )
+    proc = run_cli("run", *quick_preset("combined", "datasets={gsm8k=2}"), "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([p for p in out.iterdir() if p.is_dir()]) == 4
     report = run_cli("report", out, "--out", tmp_path / "report")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import CLI, REPO, THREADS, require, run_cli
+from conftest import CLI, REPO, THREADS, one_line_error, require, run_cli
 from rllm_study.errors import UserError
 from rllm_study.running.results import (
     LOCK,
@@ -31,15 +31,6 @@ TINY = ["-m", "smollm2-135m", "-t", str(THREADS), "--set", "max_tokens=[8]", "--
 
 def _record(i: int) -> tuple[dict, dict]:
     return {"id": f"r{i}", "output_tokens": 1}, {"id": f"r{i}", "t_s": [0.1], "token_ids": [5]}
-
-
-def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) >= 1 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def _dead_pid() -> int:
@@ -106,7 +97,7 @@ def test_two_runs_on_one_folder_record_each_request_once(tmp_path, smollm2_path)
     second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
-    line = _one_line_error(
+    line = one_line_error(
         second,
         f"{tmp_path} is being written by pid {first.pid} on {socket.gethostname()} since",
         "wait, or use another --out",
@@ -152,9 +143,9 @@ def test_out_under_a_regular_file_or_a_file_is_one_line_exit_2(tmp_path):
         (blocker, "exists and is not a folder"),
     ):
         done = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--out", out)
-        _one_line_error(done, str(out), needle)
+        one_line_error(done, str(out), needle)
         done = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--out", out, "--dry-run")
-        _one_line_error(done, str(out), needle)
+        one_line_error(done, str(out), needle)
 
 
 @pytest.fixture
@@ -185,7 +176,7 @@ def mounted(tmp_path):
 def test_read_only_results_folder_is_one_line_exit_2(mounted):
     ro = mounted("ro,size=64k")
     done = run_cli("run", "--preset", "pilot", "--quick", *TINY, "--out", ro / "study")
-    _one_line_error(done, str(ro / "study"), "read-only")
+    one_line_error(done, str(ro / "study"), "read-only")
 
 
 def test_a_full_disk_stops_cleanly_keeps_what_was_written_and_resumes(mounted, smollm2_path):
@@ -210,7 +201,7 @@ def test_a_full_disk_stops_cleanly_keeps_what_was_written_and_resumes(mounted, s
         out,
     )
     done = run_cli(*args)
-    line = _one_line_error(
+    line = one_line_error(
         done,
         "the disk is full",
         "the run stopped",
@@ -320,7 +311,7 @@ def test_a_bad_cell_is_refused_before_any_cell_runs(tmp_path, smollm2_path, extr
     out = tmp_path / "out"
     for dry in ([], ["--dry-run"]):
         done = run_cli("run", spec, "-t", str(THREADS), "--out", out, *dry)
-        _one_line_error(done, needle)
+        one_line_error(done, needle)
         assert not out.exists() or [p.name for p in out.iterdir()] == [], list(out.iterdir())
 
 
@@ -328,7 +319,7 @@ def test_an_unknown_model_is_refused_before_any_cell(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC.replace('models = ["smollm2-135m"]', 'models = ["smollm2-135m", "no-such-model"]'))
     done = run_cli("run", spec, "-t", str(THREADS), "--out", tmp_path / "out")
-    _one_line_error(done, "unknown model 'no-such-model'")
+    one_line_error(done, "unknown model 'no-such-model'")
     assert not list((tmp_path / "out").glob("*/manifest.json"))
 
 
@@ -347,7 +338,7 @@ def test_context_is_sized_for_the_longest_prompt(tmp_path, smollm2_path):
     done = run_cli(
         "run", spec, "-t", str(THREADS), "--out", tmp_path / "out", "--dry-run", "--set", "engine.ctx_per_seq=1024"
     )
-    _one_line_error(done, "has a", "a sequence holds 1023", "set engine.ctx_per_seq >= ")
+    one_line_error(done, "has a", "a sequence holds 1023", "set engine.ctx_per_seq >= ")
 
 
 def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
@@ -385,6 +376,6 @@ def test_a_packed_cell_reads_back_the_same_and_resumes(tmp_path):
         before.tokens
     ) | {"extra"}
     with FolderLock(tmp_path / "run"):  # a run writing the folder: refused in one line, nothing packed
-        _one_line_error(run_cli("pack", tmp_path / "run"), "is being written by pid")
+        one_line_error(run_cli("pack", tmp_path / "run"), "is being written by pid")
     (cell_dir / (TOKENS + ".gz")).write_bytes(b"\x1f\x8b\x08\x00 cut")  # a damaged packed file: one line, exit 2
-    _one_line_error(run_cli("summarize", tmp_path / "run"), "not a complete gzip file")
+    one_line_error(run_cli("summarize", tmp_path / "run"), "not a complete gzip file")

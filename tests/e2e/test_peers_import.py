@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from rllm_study.analysis.metrics import cell_metrics, request_metrics
 from rllm_study.errors import UserError
 from rllm_study.peers import import_export
@@ -108,7 +108,7 @@ def test_wrong_files_are_one_line_errors(tmp_path, tool, text, needle):
     with pytest.raises(UserError, match=needle):
         import_export(tool, bad, tmp_path / "out")
     proc = run_cli("import", tool, bad, "--out", tmp_path / "out2")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    one_line_error(proc, str(bad), needle)
 
 
 def test_report_compare_puts_an_imported_run_beside_another(tmp_path):

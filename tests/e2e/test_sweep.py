@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from conftest import THREADS, run_cli
+from conftest import quick_preset, run_cli
 from rllm_study.analysis.metrics import METRICS
 from rllm_study.analysis.sweep import SweepPoint, knee, load_of, pareto_front
 from rllm_study.report import REPORT_MD
@@ -39,22 +39,7 @@ def test_front_drops_dominated_points_and_knee_is_where_latency_outgrows_through
 def test_sweep_figure_from_a_real_run_and_a_comparison(tmp_path, smollm2_path):
     out = tmp_path / "sweep"
     proc = run_cli(
-        "run",
-        "--preset",
-        "load-sweep",
-        "--quick",
-        "-m",
-        "smollm2-135m",
-        "-t",
-        str(THREADS),
-        "--set",
-        "max_tokens=[16]",
-        "--set",
-        "datasets={gsm8k=3}",
-        "--set",
-        "workload.concurrency=[1, 3]",
-        "--out",
-        out,
+        "run", *quick_preset("load-sweep", "datasets={gsm8k=3}", "workload.concurrency=[1, 3]"), "--out", out
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = run_cli("report", out, "--out", tmp_path / "report")

@@ -10,30 +10,14 @@ import threading
 
 import pytest
 
-from conftest import THREADS, run_cli
+from conftest import quick_preset, run_cli
 from rllm_study.report.cells import load_cells
 from rllm_study.report.claims import check_claims
 from rllm_study.report.document import NOT_REPRODUCED, REPRODUCED
 
 # 2 data sets x 2 modes x 3 repeats = 12 cells of one batch of 2 requests, 16 tokens each: 3 matched cell pairs a
 # data set (the fewest a cell-level condition decides on), the least decode work that still exercises every claim
-PILOT = [
-    "--preset",
-    "pilot",
-    "--quick",
-    "-m",
-    "smollm2-135m",
-    "-t",
-    str(THREADS),
-    "--set",
-    "max_tokens=[16]",
-    "--set",
-    "datasets={gsm8k=2, math500=2}",
-    "--set",
-    "workload.batch_size=2",
-    "--set",
-    "repeats=3",
-]
+PILOT = quick_preset("pilot", "datasets={gsm8k=2, math500=2}", "workload.batch_size=2", "repeats=3")
 HOG_S = 20.0  # how long the CPU-bound process runs, from the start of the second run
 
 

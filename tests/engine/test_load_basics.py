@@ -175,7 +175,8 @@ def _closed_cell(tmp_path: Path, arrival: str):
 def test_closed_loop_reports_no_arrival_process(tmp_path):
     closed = cell_metrics(_closed_cell(tmp_path, "closed"))
     assert closed["arrivals"]["rate"] is None and closed["arrivals"]["cv"] is None
-    assert closed["throughput"]["requests_s"] > 0  # its request rate is the completed requests per second
+    # its request rate is the completed requests per second: 5 requests from the first arrival (0 s) to the last finish (4 s)
+    assert closed["throughput"]["requests_s"] == pytest.approx(5 / 4.0)
     open_loop = cell_metrics(_closed_cell(tmp_path, "poisson"))
     assert open_loop["arrivals"]["rate"] == pytest.approx(4 / 3.0)
 

@@ -666,6 +666,26 @@ def test_domain_rule(tmp_path):
     assert domain_preference(load_cells([tmp_path / "few"])).status == INCONCLUSIVE
 
 
+def _spec_pair(root: Path, base_s: float, new_s: float, n: int, model: dict, *, correct=False, repeat=0) -> None:
+    """A matched pair of aime24 cells of the `spec` study: `base` without speculation, `new` with n-gram
+    drafts; n requests each, E2EL spread around base_s and new_s seconds."""
+    for variant, centre, spec in (("base", base_s, None), ("new", new_s, "ngram")):
+        _cell(
+            root,
+            "reasoning",
+            "aime24",
+            [1],
+            _spread(centre, n),
+            [9] * n,
+            study="spec",
+            variant=variant,
+            model=model,
+            engine={"spec": spec},
+            correct=correct,
+            repeat=repeat,
+        )
+
+
 def test_technique_rules(tmp_path):
     small = {"quant": "Q8_0", "gguf": {"bits_per_weight": 8.5, "n_params": 5e8}}
     n = 50  # 3 repeats: 150 requests; a 0-point accuracy difference settles "within 3 points" from about 125
@@ -725,34 +745,7 @@ def test_technique_rules(tmp_path):
             repeat=r,
         )
         # speculative decoding: shorter end to end (1 s vs 2 s) at the same accuracy
-        _cell(
-            tmp_path,
-            "reasoning",
-            "aime24",
-            [1],
-            _spread(2, n),
-            [9] * n,
-            study="spec",
-            variant="base",
-            model=small,
-            engine={"spec": None},
-            correct=True,
-            repeat=r,
-        )
-        _cell(
-            tmp_path,
-            "reasoning",
-            "aime24",
-            [1],
-            _spread(1 + 0.05 * r, n),
-            [9] * n,
-            study="spec",
-            variant="new",
-            model=small,
-            engine={"spec": "ngram"},
-            correct=True,
-            repeat=r,
-        )
+        _spec_pair(tmp_path, 2, 1 + 0.05 * r, n, small, correct=True, repeat=r)
     claims = {c.key: c for c in check_claims(load_cells([tmp_path]))}
     assert claims["quantization"].status == REPRODUCED, claims["quantization"]
     quant = dict(claims["quantization"].numbers)
@@ -764,61 +757,11 @@ def test_technique_rules(tmp_path):
     assert claims["kv-cache"].status == NOT_TESTED
     # speculation that makes requests slower (3 s vs 2 s) does not reproduce the finding
     for r in range(3):
-        _cell(
-            tmp_path / "slow",
-            "reasoning",
-            "aime24",
-            [1],
-            _spread(2, 8),
-            [9] * 8,
-            study="spec",
-            variant="base",
-            model=small,
-            engine={"spec": None},
-            repeat=r,
-        )
-        _cell(
-            tmp_path / "slow",
-            "reasoning",
-            "aime24",
-            [1],
-            _spread(3 - 0.1 * r, 8),
-            [9] * 8,
-            study="spec",
-            variant="new",
-            model=small,
-            engine={"spec": "ngram"},
-            repeat=r,
-        )
+        _spec_pair(tmp_path / "slow", 2, 3 - 0.1 * r, 8, small, repeat=r)
     assert {c.key: c.status for c in check_claims(load_cells([tmp_path / "slow"]))}["speculative"] == NOT_REPRODUCED
     # the same speed-up from one pair of cells (130 requests each, all correct): however many requests, one pair is one
     # moment on the machine; inconclusive, and the repeats it lacks are named
-    _cell(
-        tmp_path / "one",
-        "reasoning",
-        "aime24",
-        [1],
-        _spread(2, 130),
-        [9] * 130,
-        study="spec",
-        variant="base",
-        model=small,
-        engine={"spec": None},
-        correct=True,
-    )
-    _cell(
-        tmp_path / "one",
-        "reasoning",
-        "aime24",
-        [1],
-        _spread(1, 130),
-        [9] * 130,
-        study="spec",
-        variant="new",
-        model=small,
-        engine={"spec": "ngram"},
-        correct=True,
-    )
+    _spec_pair(tmp_path / "one", 2, 1, 130, small, correct=True)
     one = {c.key: c for c in check_claims(load_cells([tmp_path / "one"]))}["speculative"]
     assert one.status == INCONCLUSIVE and "about 3 cell pairs (it rests on 1" in one.reason, one.reason
 
