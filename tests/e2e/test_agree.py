@@ -69,6 +69,13 @@ def _llama_server() -> Path | None:
     return path if path.is_file() else None
 
 
+def test_a_wrong_bin_folder_is_refused_before_anything_starts(tmp_path):
+    out = tmp_path / "agree"
+    proc = run_cli("bench", "agree", "--peers-bin", tmp_path, "--server-bin", "/bin/true", "--out", out)
+    assert proc.returncode == 2 and "no aiperf there" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()  # no tokenizer exported, no server started
+
+
 @pytest.mark.slow
 def test_bench_agree_end_to_end(tmp_path):
     server, peers = _llama_server(), os.environ.get("RLLM_PEERS_BIN")

@@ -100,6 +100,19 @@ def test_vllm_bench_export_with_a_failure_and_multi_token_chunks(tmp_path):
             json.dumps({k: [1] for k in ("input_lens", "output_lens", "ttfts", "itls", "errors")}),
             "start_times",
         ),
+        ("guidellm", '{"benchmarks": []}', "no runs found"),
+        ("guidellm", '{"benchmarks": [1]}', "not a list of objects"),
+        (
+            "vllm-bench",
+            json.dumps(
+                {
+                    **{k: [1] for k in ("input_lens", "output_lens", "ttfts", "errors")},
+                    "itls": [["x"]],
+                    "start_times": [1],
+                }
+            ),
+            "request 0: ValueError",
+        ),
     ],
 )
 def test_wrong_files_are_one_line_errors(tmp_path, tool, text, needle):

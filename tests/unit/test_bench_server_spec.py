@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from rllm_study.bench.server import side_spec, workload_spec
+import pytest
+
+from rllm_study.bench.server import server_url, side_spec, workload_spec
+from rllm_study.errors import UserError
 from rllm_study.running.spec import expand, load_spec
 
 
@@ -16,3 +19,12 @@ def test_workload_has_no_think_budget_on_any_side():
         side = side_spec(spec, backend, url, default_samplers=False)
         assert [cell.think_budget for cell in expand(side, "bench server")] == [None]
     assert spec["max_tokens"] == [256] and spec["workload"] == {"arrival": "gamma", "rate": 4.0, "cv": 2.0}
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:1"])
+def test_a_base_url_nothing_answers_is_refused_before_any_side_runs(url, tmp_path):
+    with (
+        pytest.raises(UserError, match="no server answers"),
+        server_url(url, None, "smollm2-135m", None, tmp_path / "log"),
+    ):
+        pass

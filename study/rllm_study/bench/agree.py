@@ -271,15 +271,20 @@ def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
     return rows
 
 
-def bench_agree(
-    spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path, console
-) -> dict:
+def check_peers_bin(peers_bin: Path) -> None:
+    """UserError unless `peers_bin` holds both peers' executables."""
     for tool in ("aiperf", "guidellm"):
         if not (peers_bin / tool).is_file():
             raise UserError(
                 f"--peers-bin {peers_bin}: no {tool} there; pip install 'rllm-study[peers]' into a venv "
                 "and give its bin folder"
             )
+
+
+def bench_agree(
+    spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path, console
+) -> dict:
+    check_peers_bin(peers_bin)
     out.mkdir(parents=True, exist_ok=True)
     prompts = fixed_prompts(url, spec.requests, spec.prompt_tokens)
     server = psutil.Process(server_pid) if server_pid else None

@@ -31,6 +31,7 @@ from rllm_study.running.recorder import record_batch
 
 COUNTING = ", ".join(str(i) for i in range(1, 2000))
 GREEDY = SamplingParams(temperature=0.0)
+STUDY_SAMPLING = SamplingParams(temperature=0.6, top_p=0.95)  # the presets' [sampling] (default order)
 
 
 def _prompt_of(engine, n_prompt: int) -> str:

@@ -164,6 +164,12 @@ def server_url(base_url: str | None, server_bin: Path | None, model: str, option
     if (base_url is None) == (server_bin is None):
         raise UserError("give either --base-url URL (a running server) or --server-bin PATH (llama-server to start)")
     if base_url is not None:
+        try:  # any answer will do (even 404): checked before the in-process side runs its whole workload
+            httpx.get(base_url, timeout=10)
+        except (httpx.TransportError, httpx.InvalidURL) as err:
+            raise UserError(
+                f"--base-url {base_url}: no server answers ({type(err).__name__}: {err}); start it or fix the URL"
+            ) from None
         yield base_url
         return
     from rllm_study.models import resolve_model

@@ -8,7 +8,9 @@ each figure is the mean over rounds, with the rounds' values kept.
   prefix_ttft       TTFT of requests sharing a ~prefix_tokens prompt prefix, prefix cache off vs
                     on (the cache warmed by one earlier request). TTFT = first token - submit, one
                     request at a time. gain: the metric prefix_ttft_gain.
-  speculative       end-to-end time of N greedy reasoning prompts (GSM8K) submitted together, for
+  speculative       end-to-end time of N reasoning prompts (GSM8K) submitted together, sampled as
+                    the presets sample (`bench.engine.STUDY_SAMPLING`, request i seed i; greedy
+                    drafts are accepted more often, so a greedy speedup overstates the study's), for
                     no speculation and every registered speculative method (`rllm_study.backends.speculative`;
                     a method that takes a model drafts with `draft`), at each N. Output throughput =
                     the metric output_tok_s of the recorded batch (`rllm_study.bench.crosscheck.BatchRun`);
@@ -32,7 +34,7 @@ from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
 from rllm_study.backends.speculative import REGISTRY as SPECULATIVE_METHODS
 from rllm_study.bench.crosscheck import run_batch
-from rllm_study.bench.engine import decode_rate
+from rllm_study.bench.engine import STUDY_SAMPLING, decode_rate
 
 COUNTING = ", ".join(str(i) for i in range(1, 3000))
 
@@ -108,6 +110,7 @@ def speculative(
     max_tokens: int = 128,
     spec_tokens: int = 4,
     reps: int = 2,
+    sampling: SamplingParams = STUDY_SAMPLING,
 ) -> dict:
     """End-to-end speedup of each registered speculative method at each concurrency (see the module docstring)."""
     methods = {"none": None, **{m.name: m.spelling(draft) for m in SPECULATIVE_METHODS.values()}}
@@ -117,6 +120,7 @@ def speculative(
         "threads": threads,
         "max_tokens": max_tokens,
         "spec_tokens": spec_tokens,
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "order": sampling.order},
         "by_concurrency": {},
     }
     for n in concurrency:
@@ -138,7 +142,9 @@ def speculative(
             prompts = _gsm8k_prompts(engines["none"], n)
 
             def measure(name, engine, prompts=prompts):
-                reqs = [Request(f"r{i}", p, SamplingParams(max_tokens=max_tokens)) for i, p in enumerate(prompts)]
+                reqs = [
+                    Request(f"r{i}", p, replace(sampling, max_tokens=max_tokens, seed=i)) for i, p in enumerate(prompts)
+                ]
                 run = run_batch(engine, reqs)
                 techniques = run.metrics["techniques"]
                 return {

@@ -362,7 +362,7 @@ def agree_cmd(
     TTFT, TPOT, ITL, E2EL and output tok/s per tool from each tool's own timestamps, the ratio of
     each peer to rllm-study with its interval over rounds, a verdict per metric, and CPU seconds."""
     from rllm_study.backends.mlx.convert import export_tokenizer
-    from rllm_study.bench.agree import SERVER_ARGS, AgreeSpec, bench_agree, markdown
+    from rllm_study.bench.agree import SERVER_ARGS, AgreeSpec, bench_agree, check_peers_bin, markdown
     from rllm_study.bench.server import check_server_bin, free_port, llama_server_command, serve
     from rllm_study.models import resolve_model
 
@@ -371,6 +371,8 @@ def agree_cmd(
             "--concurrency, --requests, --prompt-tokens, --output-tokens and --rounds must be >= 1, "
             "--tolerance in (0, 1)"
         )
+    check_peers_bin(peers_bin)  # both checked before the tokenizer is exported and the server started
+    server_bin = check_server_bin(server_bin)
     threads = threads or psutil.cpu_count(logical=False) or 1
     spec = AgreeSpec(model, prompt_tokens, output_tokens, requests, concurrency, rounds, threads, tolerance)
     console = Console(stderr=True, soft_wrap=True)
@@ -380,7 +382,7 @@ def agree_cmd(
         "llama_cpp", {"max_seqs": concurrency, "n_threads": threads, "ctx_per_seq": prompt_tokens + output_tokens + 64}
     )
     port = free_port()
-    cmd = [*llama_server_command(check_server_bin(server_bin), path, options, port, model), *SERVER_ARGS]
+    cmd = [*llama_server_command(server_bin, path, options, port, model), *SERVER_ARGS]
     out.mkdir(parents=True, exist_ok=True)
     with serve(cmd, port, out / "llama-server.log") as (proc, url):
         result = bench_agree(spec, url, proc.pid, peers_bin, tokenizer, out, console)

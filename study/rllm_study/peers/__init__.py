@@ -22,5 +22,7 @@ def import_export(tool: str, source: Path, out: Path, name: str | None = None) -
         raise UserError(f"{source}: no such file")
     found = READERS[tool](source)
     runs: list[Imported] = found if isinstance(found, list) else [found]
+    if not runs:
+        raise UserError(f"{source}: no runs found in this {tool} export")
     base = name or f"{tool}-{source.stem}"
     return [write_imported(run, source, out, base if len(runs) == 1 else f"{base}-{k}") for k, run in enumerate(runs)]

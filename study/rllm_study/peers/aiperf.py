@@ -57,7 +57,11 @@ def read(path: Path) -> Imported:
                 output_tokens=_count(metrics, "output_sequence_length"),
                 think_tokens=_count(metrics, "reasoning_token_count"),
                 chunk_gaps_s=as_seconds(metrics.get("inter_chunk_latency")),
-                error=None if not error else f"{error.get('type')}: {error.get('message')} (code {error.get('code')})",
+                error=None
+                if not error
+                else f"{error.get('type')}: {error.get('message')} (code {error.get('code')})"
+                if isinstance(error, dict)
+                else str(error),
             )
         )
     facts, model, workload = {}, "", None

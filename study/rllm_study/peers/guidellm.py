@@ -53,6 +53,8 @@ def read(path: Path) -> list[Imported]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         benchmarks = data["benchmarks"]
+        if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
+            raise TypeError("benchmarks is not a list of objects")
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(
             f"{path}: not a GuideLLM benchmarks.json ({type(err).__name__}: {err}); give the JSON report "

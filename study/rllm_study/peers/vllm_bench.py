@@ -43,23 +43,26 @@ def read(path: Path) -> Imported:
         raise UserError(f"{path}: the per-request lists differ in length; the file is damaged")
     reasons = data.get("finish_reasons") if isinstance(data.get("finish_reasons"), list) else [None] * n
     requests = []
-    for i in range(n):
-        itls = [float(g) for g in data["itls"][i] or []]
-        ttft = data["ttfts"][i]
-        failed = bool(data["errors"][i]) or not ttft
-        requests.append(
-            PeerRequest(
-                id=f"vllm-bench-{i:05d}",
-                start_s=float(starts[i]),
-                ttft_s=float(ttft) if ttft else None,
-                e2el_s=float(ttft) + sum(itls) if ttft else None,
-                prompt_tokens=int(data["input_lens"][i]),
-                output_tokens=int(data["output_lens"][i] or 0),
-                chunk_gaps_s=itls,
-                finish_reason=reasons[i] if i < len(reasons) else None,
-                error=(str(data["errors"][i]) or "failed") if failed else None,
+    try:
+        for i in range(n):
+            itls = [float(g) for g in data["itls"][i] or []]
+            ttft = data["ttfts"][i]
+            failed = bool(data["errors"][i]) or not ttft
+            requests.append(
+                PeerRequest(
+                    id=f"vllm-bench-{i:05d}",
+                    start_s=float(starts[i]),
+                    ttft_s=float(ttft) if ttft else None,
+                    e2el_s=float(ttft) + sum(itls) if ttft else None,
+                    prompt_tokens=int(data["input_lens"][i]),
+                    output_tokens=int(data["output_lens"][i] or 0),
+                    chunk_gaps_s=itls,
+                    finish_reason=reasons[i] if i < len(reasons) else None,
+                    error=(str(data["errors"][i]) or "failed") if failed else None,
+                )
             )
-        )
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: request {i}: {type(err).__name__}: {err}; the file is damaged") from None
     facts = {
         k: data[k]
         for k in (

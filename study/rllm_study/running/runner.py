@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import queue
 import threading
 import time
@@ -253,6 +254,7 @@ class CellRun:
         self.output_tokens = 0
         self.lags_ns: list[int] = []  # per request sent this session: send time - arrival time
         self.records: RecordWriter | None = None
+        self.unsent: list[Job] = []  # jobs not yet sent, in order (set in _loop)
 
     def _arrivals(self):
         return cell_arrivals(self.cell, len(self.todo))
@@ -314,27 +316,38 @@ class CellRun:
             self.on_progress(done, self.output_tokens / elapsed)
 
     def _loop(self) -> None:
-        arrivals = self._arrivals()
-        queue = list(self.todo)
+        """Send what is due, sample, step the engine (or sleep until the next thing is due) until
+        every request has finished; `_unfinished`, `_send_due` and `_next_due_ns` say what is due."""
+        timing = self._arrivals()
+        self.unsent = list(self.todo)
         t0 = self.recorder.t0_ns
         next_sample = t0
-        while queue or self.in_flight:
+        while self._unfinished():
             self.records.check()
             now = time.perf_counter_ns()
-            for due in arrivals.due((now - t0) / 1e9, len(self.todo) - len(queue), len(self.in_flight))[: len(queue)]:
-                self._submit(queue.pop(0), t0 + int(due.at_s * 1e9), due.batch)
+            self._send_due(timing, t0, now)
             if now >= next_sample:
                 self._sample(now)
                 next_sample = now + int(self.cell.sample_period_s * 1e9)
             if self.engine.has_work():
                 self._record(self.engine.step())
             else:
-                wake = next_sample
-                at_s = arrivals.next_due_s(len(self.todo) - len(queue))
-                if at_s is not None:
-                    wake = min(wake, t0 + int(at_s * 1e9))
+                wake = min(next_sample, self._next_due_ns(timing, t0))
                 time.sleep(max(0.0, min(IDLE_SLEEP_S, (wake - time.perf_counter_ns()) / 1e9)))
         self._sample(time.perf_counter_ns(), final=True)
+
+    def _unfinished(self) -> bool:
+        return bool(self.unsent or self.in_flight)
+
+    def _send_due(self, timing, t0: int, now: int) -> None:
+        sent = len(self.todo) - len(self.unsent)
+        for due in timing.due((now - t0) / 1e9, sent, len(self.in_flight))[: len(self.unsent)]:
+            self._submit(self.unsent.pop(0), t0 + int(due.at_s * 1e9), due.batch)
+
+    def _next_due_ns(self, timing, t0: int) -> float:
+        """When the next request is due (perf_counter ns), inf when none is scheduled."""
+        at_s = timing.next_due_s(len(self.todo) - len(self.unsent))
+        return math.inf if at_s is None else t0 + int(at_s * 1e9)
 
     def _sample(self, now_ns: int, final: bool = False) -> None:
         """A stats snapshot on the engine thread (engine.stats() is a few counters); the writer

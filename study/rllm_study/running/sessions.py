@@ -19,12 +19,12 @@ turn with the recorded answers as its history, starting afresh.
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import replace
 
 from rllm_study.backends.phases import answer_text
 from rllm_study.running.results import REQUESTS, read_jsonl
-from rllm_study.running.runner import IDLE_SLEEP_S, CellRun, Job, render
+from rllm_study.running.runner import CellRun, Job, render
 from rllm_study.running.spec import CellSpec
 from rllm_study.workloads.arrivals import SessionTiming, check_workload
 from rllm_study.workloads.prompts import has_think_token
@@ -69,36 +69,26 @@ class SessionRun(CellRun):
         # per conversation: its earlier answers (output texts, in turn order) and its next turn's index
         self.answers = {s: [done[j.id]["output_text"] for j in js if j.id in done] for s, js in self.turns.items()}
         self.pending = [s for s, js in self.turns.items() if len(self.answers[s]) < len(js)]
-        self.ready_ns: dict[
-            str, int | None
-        ] = {}  # started, unfinished conversations: next turn due at (None: in flight)
+        self.ready_ns: dict[str, int | None] = {}  # started, unfinished conversations: next turn due (None: in flight)
+        self.started = 0  # sessions started
 
-    def _loop(self) -> None:
-        timing: SessionTiming = self._arrivals()
-        t0 = self.recorder.t0_ns
-        next_sample, started = t0, 0
-        while self.pending or self.ready_ns:
-            self.records.check()
-            now = time.perf_counter_ns()
-            for due in timing.due((now - t0) / 1e9, started, len(self.ready_ns))[: len(self.pending)]:
-                self.ready_ns[self.pending.pop(0)] = t0 + int(due.at_s * 1e9)
-                started += 1
-            for session, ready in list(self.ready_ns.items()):
-                if ready is not None and ready <= now:
-                    self._submit(self._next_turn(session), ready, None)
-                    self.ready_ns[session] = None
-            if now >= next_sample:
-                self._sample(now)
-                next_sample = now + int(self.cell.sample_period_s * 1e9)
-            if self.engine.has_work():
-                self._record(self.engine.step())
-            else:
-                wake = min([next_sample, *(r for r in self.ready_ns.values() if r is not None)])
-                at_s = timing.next_due_s(started) if self.pending else None
-                if at_s is not None:
-                    wake = min(wake, t0 + int(at_s * 1e9))
-                time.sleep(max(0.0, min(IDLE_SLEEP_S, (wake - time.perf_counter_ns()) / 1e9)))
-        self._sample(time.perf_counter_ns(), final=True)
+    def _unfinished(self) -> bool:
+        return bool(self.pending or self.ready_ns)
+
+    def _send_due(self, timing: SessionTiming, t0: int, now: int) -> None:
+        """Start the sessions that are due, then send every started session's turn that is due."""
+        for due in timing.due((now - t0) / 1e9, self.started, len(self.ready_ns))[: len(self.pending)]:
+            self.ready_ns[self.pending.pop(0)] = t0 + int(due.at_s * 1e9)
+            self.started += 1
+        for session, ready in list(self.ready_ns.items()):
+            if ready is not None and ready <= now:
+                self._submit(self._next_turn(session), ready, None)
+                self.ready_ns[session] = None
+
+    def _next_due_ns(self, timing: SessionTiming, t0: int) -> float:
+        at_s = timing.next_due_s(self.started) if self.pending else None
+        starts = math.inf if at_s is None else t0 + int(at_s * 1e9)
+        return min([starts, *(r for r in self.ready_ns.values() if r is not None)])
 
     def _arrivals(self) -> SessionTiming:
         from rllm_study.workloads.arrivals import timing_of_workload
