@@ -2,7 +2,8 @@
 samples, inclusive (the frame anywhere on the stack) and self (the frame on top).
 
 Usage: python scripts/profile_summary.py PROFILE.txt [--top N] [--thread SUBSTRING] [--within SUBSTRING] [--functions]
-A line of the raw format is `frame;frame;...;frame COUNT`, outermost first; with py-spy's
+A line of the raw format is `frame;frame;...;frame COUNT`, outermost first (a line of a
+COUNT alone, samples with no Python frame, is skipped); with py-spy's
 --threads the first frame names the thread, which --thread filters on. --within keeps only the
 stacks with a frame containing SUBSTRING (e.g. `LlamaCppEngine.step`: shares of a decode step);
 --functions counts a function's lines as one frame (py-spy names each frame `function (file:line)`).
@@ -23,6 +24,8 @@ def summarise(path: str, top: int, thread: str | None, within: str | None = None
     with open(path) as f:
         for number, line in enumerate(f, 1):
             stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack.strip() and count.isdigit():  # samples with no Python frame
+                continue
             if not stack or not count.isdigit():
                 raise ValueError(
                     f"{path}: line {number} is not `frame;...;frame COUNT`; pass the output of `py-spy record -f raw`"

@@ -8,8 +8,11 @@
 #   bench          rllm-study bench engine at 1, 8, 32 and 64 sequences, greedy and with the
 #                  presets' sampling (temperature 0.6, top-p 0.95, per-request seeds), each with
 #                  tokens drawn on the host and on the device (--sample-on host,device), against
-#                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources)
+#                  llama-bench and llama-batched-bench from $TOOLS (built from the same llama.cpp sources);
+#                  $OVERLAP (default "default") is --overlap: e.g. on,off measures both
 #                  (written to RESULTS/bench/engine.json, or engine-$TAG.json with TAG set)
+#   probe          scripts/gpu/draw_probe.py at $PROBE_SEQS (default 64) sequences: where the host draw's
+#                  time goes (the logits buffer after a decode vs a copy, split over 1-16 threads)
 #   server         rllm-study bench server: the realworld workload (64 GSM8K requests, Gamma arrivals at
 #                  4 requests/s, CV 2, 256 tokens) in process and through llama-server -np 32 from $TOOLS
 #                  (same sampling, and its defaults), goodput, E2EL and tok/s side by side
@@ -25,7 +28,8 @@
 #   realworld-standard  --preset realworld --size standard (150 GSM8K requests per CV, CVs 1, 2
 #                  and 4) on $MODEL at $RATE requests/s (default 3.0: the preset's 0.2 is a CPU's
 #                  load; a GPU serves that with an idle engine); with $GSM8K set, that many
-#                  requests per CV instead, into RESULTS/realworld-gsm8k$GSM8K-r$RATE
+#                  requests per CV instead, into RESULTS/realworld-gsm8k$GSM8K-r$RATE; $REPEATS
+#                  repeats where set (a later call with more adds the missing ones)
 #   profile        py-spy (carried in the setup load) samples `bench engine` at $PROFILE_SEQS (default
 #                  64) sequences, greedy and sampled, every thread, idle time included; the raw
 #                  stacks go to RESULTS/profile/ (summarise them with scripts/profile_summary.py)
@@ -42,7 +46,7 @@
 # Environment: RLLM (default `python3 -m rllm_study`), TOOLS (folder with llama-bench and
 # llama-batched-bench; bench only), THREADS (CPU threads for bench, default 16), MODEL (bench,
 # server and the quick steps; default qwen2.5-coder-0.5b), SAMPLE_ON (bench: where tokens are drawn,
-# default host,device), TAG (bench), LIKE, RATE, GSM8K, PRESETS, CONCURRENCY, BATCH, BUDGETS and
+# default host,device), OVERLAP and TAG (bench), LIKE, RATE, GSM8K, PRESETS, CONCURRENCY, BATCH, BUDGETS and
 # REPEATS (the standard steps).
 # Runs resume: a step cut short (e.g. by `timeout`) continues where it stopped when run again.
 set -euo pipefail
@@ -58,7 +62,8 @@ mkdir -p "$results"
 case "$step" in
   bench)
     mkdir -p "$results/bench"
-    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on "${SAMPLE_ON:-host,device}" "${gpu[@]}" \
+    "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs 1,8,32,64 --sampled --sample-on "${SAMPLE_ON:-host,device}" \
+      --overlap "${OVERLAP:-default}" "${gpu[@]}" \
       --reference-dir "${TOOLS:?TOOLS must name the folder with llama-bench and llama-batched-bench}" \
       --out "$results/bench/engine.json.tmp"
     mv "$results/bench/engine.json.tmp" "$results/bench/engine${TAG:+-$TAG}.json" ;;
@@ -68,6 +73,9 @@ case "$step" in
     "${PYSPY:-py-spy}" record --idle --threads -r 250 -f raw -o "$results/profile/bench-$seqs.txt" -- \
       "${rllm[@]}" bench engine -m "$model" -t "${THREADS:-16}" --seqs "$seqs" --reps 2 --sampled "${gpu[@]}" \
       --out "$results/profile/bench-$seqs.json" ;;
+  probe)
+    mkdir -p "$results/bench"
+    python3 scripts/gpu/draw_probe.py "$model" "${PROBE_SEQS:-64}" "$results/bench/draw-probe-$(basename "$model")${TAG:+-$TAG}.json" ;;
   server)
     mkdir -p "$results/bench"
     "${rllm[@]}" bench server --server-bin "${TOOLS:?TOOLS must name the folder with llama-server}/llama-server" -m "$model" \
@@ -101,7 +109,7 @@ case "$step" in
     rate="${RATE:-3.0}" name=realworld-standard requests=()
     [ -n "${GSM8K:-}" ] && name="realworld-gsm8k$GSM8K-r$rate" requests=(--set "datasets={gsm8k=$GSM8K}")
     "${rllm[@]}" run --preset realworld --size standard "${gpu[@]}" --set "models=[\"$model\"]" \
-      --set "workload.rate=$rate" "${requests[@]}" --out "$results/$name" ;;
+      --set "workload.rate=$rate" "${requests[@]}" ${REPEATS:+--set "repeats=$REPEATS"} --out "$results/$name" ;;
   like)
     failed=0
     for dir in ${LIKE:?LIKE must name results folders under reports/, e.g. cpu-2core/speculative-gsm8k16}; do
@@ -120,6 +128,6 @@ case "$step" in
         --out "$results/$name-standard"
     done ;;
   *)
-    echo "study.sh: unknown step $step (bench, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, like, speculative-standard, techniques-standard, profile)" >&2
+    echo "study.sh: unknown step $step (bench, probe, server, pilot, realworld, pilot-c32, realworld-c32, techniques, pilot-cpu, pilot-standard, realworld-standard, like, speculative-standard, techniques-standard, profile)" >&2
     exit 2 ;;
 esac

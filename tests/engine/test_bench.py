@@ -48,10 +48,15 @@ def test_decode_rate_counts_the_all_decoding_window(engine):
     assert decode_rate(engine, 3, 8, 12, sampled) > 0 and decode_rate(engine, 1, 8, 12, GREEDY) > 0
 
 
-def test_step_times_count_the_decode_steps_and_split_them(engine):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_step_times_count_the_decode_steps_and_split_them(engine, smollm2_path, overlap):
     """3 requests of 12 tokens: one prefill step (not counted: it holds prompt tokens) draws their
     first tokens, then 11 decode steps of 3 sequences each; every part of a step is measured and
-    the shares add up to the step."""
+    the shares add up to the step. The same with overlap_decode, where a step() completes the
+    decode the previous one started."""
+    if overlap:
+        options = LlamaCppOptions(max_seqs=3, ctx_per_seq=256, n_threads=THREADS, overlap_decode=True)
+        engine = LlamaCppEngine(str(smollm2_path), options)
     engine.step_times = StepTimes()
     sampled = SamplingParams(temperature=0.6, top_p=0.95)
     record_batch(
@@ -65,6 +70,8 @@ def test_step_times_count_the_decode_steps_and_split_them(engine):
     b = step_breakdown(times)
     assert b["sequences_per_step"] == 3 and sum(b["share"].values()) == pytest.approx(1)
     assert b["ms_per_step"]["decode"] == pytest.approx(1e3 * times.decode_s / 11) and set(b["share"]) == set(STEP_PARTS)
+    if overlap:
+        engine.close()
 
 
 def test_profile_summary_reproduces_the_published_step_shares(tmp_path):
@@ -91,6 +98,10 @@ def test_profile_summary_reproduces_the_published_step_shares(tmp_path):
     ).stdout.split("-- self")[1]
     assert " 36.0%  LlamaCppEngine._decode_once (rllm_study/backends/llama_cpp.py:753)" in lines
     assert " 30.1%  LlamaCppEngine._sample (rllm_study/backends/llama_cpp.py:795)" in lines
+    frameless = tmp_path / "frameless.txt"  # py-spy writes samples with no Python frame as a count alone
+    frameless.write_text("main;step;decode 3\n 5\nmain;step;draw 1\n")
+    out = subprocess.run([sys.executable, script, frameless], capture_output=True, text=True, check=True).stdout
+    assert "4 samples" in out and " 75.0%  decode" in out
     bad = tmp_path / "not-a-profile.txt"
     bad.write_text("hello\n")
     done = subprocess.run([sys.executable, script, bad], capture_output=True, text=True)

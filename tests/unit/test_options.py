@@ -95,6 +95,7 @@ def test_every_option_field_is_a_spec_key_that_reaches_the_cell():
         "timeout_s": 5.0,
         "server_default_samplers": True,
         "sample_on": "device",
+        "overlap_decode": False,
         "server_backend_sampling": True,
         "ignore_eos": True,
         "extra_body": '{"top_k": 3}',

@@ -225,6 +225,11 @@ class LlamaCppOptions(CommonOptions):
         "chain inside the decode graph; slower on an H200, see docs/engines.md).",
         check=one_of("host", "device"),
     )
+    overlap_decode: bool | None = option(
+        None,
+        "Do a step's host work (events, detokenising, stop strings) while the device runs the next "
+        "decode (default: on when layers are offloaded to a GPU; never with speculative decoding or kv_unified).",
+    )
 
 
 MLX_KV_BITS = (2, 3, 4, 5, 6, 8)  # the bit widths mlx.core.quantize takes

@@ -86,23 +86,35 @@ def measure_ours(
     n_gpu_layers: int = 0,
     modes: dict[str, SamplingParams] | None = None,
     sample_on: tuple[str, ...] = ("host",),
+    overlap: tuple[bool | None, ...] = (None,),
 ) -> dict:
     """{mode: {N: {"mean": tok/s, "stdev": ..., "runs": [...], "steps": step_breakdown}}} for each
     concurrency N, after one warm-up; the modes (default greedy only) alternate within each
-    repetition; "steps" sums the decode steps of the measured runs. With several `sample_on`
-    values (one engine each, e.g. "host" and "device" on a GPU) each mode is measured under each,
-    named "MODE/WHERE"."""
+    repetition; "steps" sums the decode steps of the measured runs. Each mode is measured on one
+    engine per variant: every `sample_on` value (e.g. "host" and "device" on a GPU) and every
+    `overlap` value (the engine option overlap_decode: None = its default), named
+    "MODE/WHERE/overlap|no-overlap", each part only where several values are measured."""
     from rllm_study.backends.llama_cpp.engine import LlamaCppEngine, StepTimes
 
     modes = modes or {"greedy": GREEDY}
-    named = {(mode, where): mode if len(sample_on) == 1 else f"{mode}/{where}" for where in sample_on for mode in modes}
+    variants = [(where, ov) for where in sample_on for ov in overlap]
+
+    def label(mode: str, where: str, ov: bool | None) -> str:
+        parts = (
+            [mode]
+            + [where] * (len(sample_on) > 1)
+            + [{True: "overlap", False: "no-overlap", None: "default"}[ov]] * (len(overlap) > 1)
+        )
+        return "/".join(parts)
+
+    named = {(mode, v): label(mode, *v) for v in variants for mode in modes}
     results: dict[str, dict] = {name: {} for name in named.values()}
     for n in seqs:
         engines = {}
         runs: dict[str, list[float]] = {name: [] for name in named.values()}
         steps = {name: StepTimes() for name in named.values()}
         try:
-            for where in sample_on:
+            for where, ov in variants:
                 options = LlamaCppOptions(
                     max_seqs=n,
                     ctx_per_seq=n_prompt + n_gen + 64,
@@ -110,14 +122,15 @@ def measure_ours(
                     flash_attn=flash_attn,
                     n_gpu_layers=n_gpu_layers,
                     sample_on=where,
+                    overlap_decode=ov,
                 )
-                engines[where] = LlamaCppEngine(model, options)
+                engines[where, ov] = LlamaCppEngine(model, options)
                 for sampling in modes.values():
-                    _batch(engines[where], n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
+                    _batch(engines[where, ov], n, n_prompt, 16, sampling)  # warm-up: too short to need a decode window
             for _ in range(reps):
-                for (mode, where), name in named.items():
-                    engines[where].step_times = steps[name]  # accumulates over this mode's runs
-                    runs[name].append(decode_rate(engines[where], n, n_prompt, n_gen, modes[mode]))
+                for (mode, variant), name in named.items():
+                    engines[variant].step_times = steps[name]  # accumulates over this mode's runs
+                    runs[name].append(decode_rate(engines[variant], n, n_prompt, n_gen, modes[mode]))
         finally:
             for engine in engines.values():
                 engine.close()
@@ -238,15 +251,18 @@ def bench_engine(
     n_gpu_layers: int = 0,
     sampled: SamplingParams | None = None,
     sample_on: tuple[str, ...] = ("host",),
+    overlap: tuple[bool | None, ...] = (None,),
 ) -> dict:
     """Our figures per mode (greedy, and with `sampled` the study's sampling; each under every
-    `sample_on` value), where each mode's tokens were drawn, and with reference_dir the reference
-    tools' figures and, per mode, the ratios (ours / theirs)."""
+    `sample_on` and `overlap` value, see measure_ours), where each mode's tokens were drawn, and
+    with reference_dir the reference tools' figures and, per mode, the ratios (ours / theirs)."""
     from rllm_study.models import resolve_model
 
     ref = resolve_model(model)
     modes = {"greedy": GREEDY, **({"sampled": sampled} if sampled is not None else {})}
-    ours = measure_ours(model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on)
+    ours = measure_ours(
+        model, threads, seqs, n_prompt, n_gen, flash_attn, reps, n_gpu_layers, modes, sample_on, overlap
+    )
     result = {
         "model": ref.name,
         "threads": threads,
@@ -266,6 +282,7 @@ def bench_engine(
             for mode, s in modes.items()
         },
         "sample_on": list(sample_on),
+        "overlap_decode": list(overlap),
         "ours": ours,
     }
     if reference_dir is not None:

@@ -34,6 +34,9 @@ def _seqs(text: str) -> list[int]:
     return seqs
 
 
+OVERLAP_VALUES = {"default": None, "on": True, "off": False}  # bench engine --overlap -> overlap_decode
+
+
 @bench_app.command("engine")
 def engine_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Model reference (see `models list`).")] = "smollm2-135m",
@@ -71,6 +74,13 @@ def engine_cmd(
             help="Where tokens are drawn (host, device); a comma list measures each, e.g. host,device on a GPU.",
         ),
     ] = "host",
+    overlap: Annotated[
+        str,
+        typer.Option(
+            "--overlap",
+            help="Engine option overlap_decode: default, on or off; a comma list measures each, e.g. on,off on a GPU.",
+        ),
+    ] = "default",
 ) -> None:
     """Decode tokens/s at each number of concurrent sequences, greedy and with the study's sampling;
     with --reference-dir, llama.cpp's figures and the ratios (the metric decode_vs_reference)."""
@@ -93,8 +103,24 @@ def engine_cmd(
             LlamaCppOptions(sample_on=where)  # the option's own check names the values
         except OptionError as err:
             raise UserError(err.message_for("--sample-on")) from None
+    overlaps = []
+    for value in (v.strip() for v in overlap.split(",")):
+        if value not in OVERLAP_VALUES:
+            raise UserError(f"--overlap {value!r}: must be default, on or off (or a comma list of them)")
+        overlaps.append(OVERLAP_VALUES[value])
     result = bench_engine(
-        model, threads, _seqs(seqs), n_prompt, n_gen, flash_attn, reps, reference_dir, n_gpu_layers, sampling, wheres
+        model,
+        threads,
+        _seqs(seqs),
+        n_prompt,
+        n_gen,
+        flash_attn,
+        reps,
+        reference_dir,
+        n_gpu_layers,
+        sampling,
+        wheres,
+        tuple(overlaps),
     )
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

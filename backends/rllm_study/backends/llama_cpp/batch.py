@@ -9,7 +9,8 @@ The rules:
     feed (prefilling a prompt, or feeding a forced think close or a recompute), in the engine's
     order (admission order), each as much as fits;
   - a request whose last pending token is in the batch gets logits there (its `out` index);
-    a chunk that stops short of it gets none;
+    a chunk that stops short of it gets none; `rows` maps each batch index with logits on to
+    its row of the step's logits (their rank in batch order: llama_get_logits' layout);
   - tokens are written in sequence-id order: with a split KV cache llama.cpp cuts a batch into
     micro-batches of consecutive, increasing sequence ids (llama_batch_allocr::split_equal), so
     another order costs extra micro-batches, up to one per sequence (docs/engines.md: what that
@@ -43,6 +44,7 @@ class Batch:
     def __init__(self, n_batch: int):
         self.n_batch = n_batch
         self.raw = lc.llama_batch_init(n_batch, 0, 1)
+        self.rows: dict[int, int] = {}  # batch index with logits on -> its row in llama_get_logits
 
     @property
     def n_tokens(self) -> int:
@@ -65,21 +67,30 @@ class Batch:
         b = self.raw
         n = 0
         entries = []
+        outputs = []  # batch indices with logits on, ascending
         for seq, take, draft in sorted(chosen, key=lambda c: c[0].seq_id):
             for j, tok in enumerate(take):
                 b.token[n] = tok
                 b.pos[n] = seq.n_past + j
                 b.n_seq_id[n] = 1
                 b.seq_id[n][0] = seq.seq_id
-                b.logits[n] = 1 if draft and j >= len(seq.pending) - 1 else 0
+                on = bool(draft) and j >= len(seq.pending) - 1
+                b.logits[n] = on
+                if on:
+                    outputs.append(n)
                 n += 1
             out = -1
             fed = len(take) - len(draft)
             if fed == len(seq.pending):
-                b.logits[n - 1] = 1
                 out = n - 1 - len(draft)
+                if not draft:
+                    b.logits[n - 1] = 1
+                    outputs.append(n - 1)
             entries.append(Entry(seq, fed, out, draft))
         b.n_tokens = n
+        # llama.cpp keeps the logits of the tokens with logits on contiguously, in batch order
+        # (llama_get_logits), so a batch index's row is its rank among them.
+        self.rows = {index: row for row, index in enumerate(outputs)}
         return entries
 
     def close(self) -> None:

@@ -23,6 +23,22 @@ FEEDING, PREEMPTED, FINISHED, changed only by its transitions) and one step's ba
      batch-invariant mode, see below); a sampler chain's state (grammar, RNG) advances once per
      emitted token, as without drafting.
 
+Overlap (`overlap_decode`, on by default when layers run on a GPU). On a GPU llama_decode
+returns once the step's graph is launched, and the device computes while the host waits for the
+logits. With overlap on, a step completes the decode the previous step started (wait, draw),
+starts the next decode, and only then books the drawn tokens (events, detokenising, stop
+strings, think budget, finishes), so that host work, and whatever the caller does between two
+steps, runs while the device decodes. For that the next batch is built before the tokens are
+booked: a drawn token is fed next unless it is an end of generation or the request's last
+(max_tokens, slot full), which are known at the draw. What only booking finds changes course
+one step late, at no cost in tokens: a request that meets a stop string (or is aborted) ends
+at once, its row in the running decode is ignored and its slot freed when that decode
+completes; a request whose think budget closes its thinking feeds the forced close after the
+token already in flight, and its row in flight is not drawn from (no random draw is taken, so
+a seed gives the same tokens either way; tested). Off on a CPU, where llama_decode computes the
+whole step before it returns and booking late would only delay the caller; never with
+speculative decoding or a unified KV cache, whose drafts and recomputes need booked tokens.
+
 KV accounting is in cells (one per token held by one sequence). With the default split cache
 (kv_unified off) each sequence owns n_ctx / max_seqs cells: a request waits for a free slot,
 and one that fills its slot ends with reason `length`. With a unified cache all sequences share
@@ -67,6 +83,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import llama_cpp as lc
 import numpy as np
@@ -85,7 +102,7 @@ from rllm_study.backends.base import (
     RequestAdmitted,
     StatsExtra,
 )
-from rllm_study.backends.llama_cpp.batch import Batch
+from rllm_study.backends.llama_cpp.batch import Batch, Entry
 from rllm_study.backends.llama_cpp.model import (
     KV_TYPES,
     LlamaModel,
@@ -148,12 +165,14 @@ class DraftStats:
 
 @dataclass
 class StepTimes:
-    """Where the engine's decode steps went (steps whose batch held no prompt token; seconds
-    summed over them). decode: the llama_decode call (the whole computation on a CPU; building
-    and launching the graph on a GPU); wait: llama_synchronize after it (waiting for the device
-    to finish and its logits to arrive); draw: taking every sequence's token (`_draw_step`);
-    other: the rest of step() (admission, batch building, events, detokenising, stop rules,
-    drafting). sequences: outputs drawn, summed over the steps."""
+    """Where the engine's decode steps went (calls of step() that drew the tokens of a decode
+    whose batch held no prompt token; seconds summed over them). decode: the llama_decode call
+    (the whole computation on a CPU; building and launching the graph on a GPU); wait:
+    llama_synchronize (waiting for the device to finish and its logits to arrive; with overlap
+    on, what is left of the device's time after the host's booking and the caller's work between
+    steps); draw: taking every sequence's token (`_draw_step`); other: the rest of step()
+    (admission, batch building, events, detokenising, stop rules, drafting; with overlap on, done
+    while the device decodes). sequences: outputs drawn, summed over the steps."""
 
     steps: int = 0
     sequences: int = 0
@@ -161,6 +180,19 @@ class StepTimes:
     wait_s: float = 0.0
     draw_s: float = 0.0
     other_s: float = 0.0
+
+
+class Launched(NamedTuple):
+    """A started decode (`LlamaCppEngine._launch`): its batch's entries, when it started (perf_counter
+    s), its token count, whether it held prompt tokens only / every request fed one token, and the
+    ids (id()) of the requests in it."""
+
+    plan: list[Entry]
+    t0: float
+    n_tokens: int
+    prefill_only: bool
+    decoding_only: bool
+    seqs: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -255,6 +287,10 @@ class LlamaCppEngine:
         self.draft_s = 0.0  # time spent proposing drafts
         self.draft_proposed = self.draft_accepted = 0
         self.step_times = StepTimes()  # see StepTimes; a benchmark may replace it to measure a window
+        self.overlap = self._overlap_decode(spec_method)  # see "Overlap" in the module docstring
+        self._inflight: Launched | None = None  # the decode started and not yet completed (overlap)
+        self._held: list[RequestState] = []  # finished while their tokens were in that decode
+        self._parts: list = [0.0, 0.0, 0.0, None]  # see step()
 
     # -- protocol -----------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -281,22 +317,36 @@ class LlamaCppEngine:
                 return
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._events)
+        return bool(self.waiting or self.running or self._events or self._inflight is not None)
 
     def step(self) -> list[Event]:
+        """One llama_decode (see the module docstring). With overlap_decode on ("Overlap" in the
+        module docstring) the step first completes the decode the previous step started, then
+        starts the next one and books the drawn tokens while the device runs it."""
         t0 = time.perf_counter()
-        self._admit()
-        if self.running:
-            self._compact_ids()
-            parts = self._decode_once()
-            if parts is not None:
-                times = self.step_times
-                times.steps += 1
-                times.sequences += parts[0]
-                times.decode_s += parts[1]
-                times.wait_s += parts[2]
-                times.draw_s += parts[3]
-                times.other_s += time.perf_counter() - t0 - sum(parts[1:])
+        self._parts = [0.0, 0.0, 0.0, None]  # decode, wait, draw of this call; the completed plan's StepTimes kind
+        if self.overlap:
+            drawn = self._complete() if self._inflight is not None else []
+            self._admit()
+            if self.running:
+                self._compact_ids()
+                self._launch()
+            self._book(drawn)
+        else:
+            self._admit()
+            if self.running:
+                self._compact_ids()
+                if self._launch():
+                    self._book(self._complete())
+        decode_s, wait_s, draw_s, outputs = self._parts
+        if outputs is not None:  # a decode step's tokens were drawn in this call (see StepTimes)
+            times = self.step_times
+            times.steps += 1
+            times.sequences += outputs
+            times.decode_s += decode_s
+            times.wait_s += wait_s
+            times.draw_s += draw_s
+            times.other_s += time.perf_counter() - t0 - decode_s - wait_s - draw_s
         events, self._events = self._events, []
         return events
 
@@ -387,6 +437,12 @@ class LlamaCppEngine:
         return len(self.model.tokenize(text))
 
     def close(self) -> None:
+        if self._inflight is not None:  # a decode still running writes into the context: wait for it
+            lc.llama_synchronize(self.ctx)
+            self._inflight = None
+        for seq in self._held:
+            self._release(seq)
+        self._held = []
         for seq in self.running:
             self._bind_sampler(seq, None)
         for seq in self.running + list(self.waiting):
@@ -432,6 +488,20 @@ class LlamaCppEngine:
                 f"sample_on 'device': this llama.cpp context cannot run a sampler chain in its graph ({last_log()}); "
                 "use sample_on 'host'"
             )
+
+    def _overlap_decode(self, spec_method: str | None) -> bool:
+        """overlap_decode resolved (see "Overlap" in the module docstring): by default on when layers
+        run on a GPU; never with speculative decoding (drafts are proposed from booked tokens) or a
+        unified KV cache (a preempted request recomputes from its booked tokens)."""
+        o = self.options
+        if o.overlap_decode is False:
+            return False
+        blocked = "speculative decoding" if spec_method else "kv_unified" if o.kv_unified else None
+        if o.overlap_decode is None:
+            return blocked is None and o.n_gpu_layers != 0 and bool(lc.llama_supports_gpu_offload())
+        if blocked:
+            raise UserError(f"overlap_decode does not work with {blocked}; drop overlap_decode=true")
+        return True
 
     def _bind_sampler(self, seq: RequestState, seq_id: int | None) -> None:
         """Register a device-drawing sequence's chain for `seq_id` (None: unregister it from its
@@ -542,9 +612,9 @@ class LlamaCppEngine:
         self.draft_s += time.perf_counter() - t0
         return drafts
 
-    def _decode_once(self) -> tuple[int, float, float, float] | None:
-        """One llama_decode and its tokens; for a step whose batch held no prompt token, (outputs,
-        decode s, wait s, draw s) for StepTimes, else None."""
+    def _launch(self) -> bool:
+        """Fill the batch and start its llama_decode, kept in self._inflight until `_complete`
+        (on a GPU llama_decode returns before the device has finished). False when nothing started."""
         if self.options.kv_unified:
             while len(self.running) > 1 and self._cells_needed() > self.n_ctx:
                 self._preempt_youngest()
@@ -552,43 +622,85 @@ class LlamaCppEngine:
         if self.drafter is not None:
             drafts = self._propose_drafts([s for s in self.running if s.phase is Phase.DECODING])
         plan = self.batch.fill(self.running, drafts)
-        prefill_only = not any(s.phase is Phase.DECODING for s in self.running)
+        if not plan:  # overlap: every request holding a slot waits for its last token's booking
+            return False
         t0 = time.perf_counter()
         rc = lc.llama_decode(self.ctx, self.batch.raw)
+        self._parts[0] = time.perf_counter() - t0
         if rc == 1 and self.options.kv_unified and len(self.running) > 1:
             for seq, _, _, _ in plan:  # nothing was kept; free the partial state and retry next step
                 lc.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
             self._preempt_youngest()
-            return None
+            return False
         if rc != 0:
             now = time.perf_counter_ns()
             for seq, _, _, _ in plan:
                 self._finish(seq, FINISH_ERROR, now, f"llama_decode returned {rc} ({last_log()})")
-            return None
+            return False
+        self._inflight = Launched(
+            plan,
+            t0,
+            self.batch.n_tokens,
+            prefill_only=not any(s.phase is Phase.DECODING for s in self.running),
+            decoding_only=all(fed == 1 for _, fed, _, _ in plan),
+            seqs=frozenset(id(seq) for seq, _, _, _ in plan),
+        )
+        return True
+
+    def _complete(self) -> list[tuple[RequestState, int, int, int, list[int]]]:
+        """Wait for the started decode, release the slots of requests that finished while it ran,
+        and draw a token for every sequence that produced an output: (sequence, token, time,
+        batch output index, draft tokens fed after it) each. With overlap on, a token that is sure
+        to be fed next (`_feeds_next`) becomes the sequence's pending token at once, so the next
+        batch can start before it is booked."""
+        launched, self._inflight = self._inflight, None
         t1 = time.perf_counter()
         lc.llama_synchronize(self.ctx)
         t_decoded = time.perf_counter_ns()  # after the wait: on a GPU llama_decode returns before the KV is written
         t2 = time.perf_counter()
-        if prefill_only:
-            self.prefill_only_s += t2 - t0
-            self.prefill_only_tokens += self.batch.n_tokens
-        outputs = [(seq, out) for seq, _, out, _ in plan if out >= 0]
-        drawn = self._draw_step(outputs)
-        t3 = time.perf_counter()
-        for seq, fed, out, draft in plan:
+        held, self._held = self._held, []
+        for seq in held:
+            self._release(seq)
+        if launched.prefill_only:
+            self.prefill_only_s += t2 - launched.t0
+            self.prefill_only_tokens += launched.n_tokens
+        outputs = []
+        for seq, fed, out, draft in launched.plan:
+            if seq.phase is Phase.FINISHED:  # ended (stop string, abort) while this decode ran
+                continue
             prefilling = seq.phase is Phase.PREFILLING
             seq.fed(fed)
-            if out < 0:
+            if out < 0 or seq.pending:  # pending: its thinking was closed while this decode ran
                 continue
-            token = drawn[out]
-            t_ns = time.perf_counter_ns()
             if prefilling:  # its first token: the prompt is in the KV cache
                 self._events.append(PrefillDone(seq.request.id, t_decoded, len(seq.prompt), seq.out.cached_tokens))
                 if self.prefix is not None:
                     self.prefix.save(seq.prompt, seq.seq_id)  # its KV holds exactly the prompt now
-            self._emit(seq, token, t_ns, out, draft)
-        decoding_only = all(fed == 1 for _, fed, _, _ in plan)
-        return (len(outputs), t1 - t0, t2 - t1, t3 - t2) if decoding_only else None
+            outputs.append((seq, out, draft))
+        tokens = self._draw_step([(seq, out) for seq, out, _ in outputs])
+        t_ns = time.perf_counter_ns()
+        t3 = time.perf_counter()
+        drawn = [(seq, tokens[out], t_ns, out, draft) for seq, out, draft in outputs]
+        if self.overlap:
+            for seq, token, _, _, _ in drawn:
+                if self._feeds_next(seq, token):
+                    seq.drew([token])
+        self._parts[1:] = [t2 - t1, t3 - t2, len(outputs) if launched.decoding_only else None]
+        return drawn
+
+    def _feeds_next(self, seq: RequestState, token: int) -> bool:
+        """Overlap: whether a drawn token will be fed next whatever its booking finds, short of a
+        stop string or a think budget's close (which `_book` handles): it is no end of generation,
+        leaves room under max_tokens, and its sequence's slot has a cell for it."""
+        if self.model.is_eog(token) and not self.options.ignore_eos:
+            return False
+        return len(seq.out.tokens) + 1 < seq.request.sampling.max_tokens and seq.n_past + 1 < self.seq_capacity
+
+    def _book(self, drawn: list[tuple[RequestState, int, int, int, list[int]]]) -> None:
+        """Record drawn tokens: events, text, stop rules, think budget, finishes (`_emit`)."""
+        for seq, token, t_ns, out, draft in drawn:
+            if seq.phase is not Phase.FINISHED:  # not ended by a failed decode since it was drawn
+                self._emit(seq, token, t_ns, out, draft)
 
     def _draw_step(self, outputs: list[tuple[RequestState, int]]) -> dict[int, int]:
         """The next token of each (sequence, batch output index): the decode graph's draw for a
@@ -620,15 +732,12 @@ class LlamaCppEngine:
 
     def _logits_rows(self, indices: list[int]) -> tuple[np.ndarray, list[int]]:
         """The step's logits as one (outputs x n_vocab) float32 array over llama.cpp's buffer (no
-        copy), and the row of each batch index (llama_get_logits_ith's row, found from its address)."""
+        copy), and the row of each batch index (`Batch.rows`: one llama_get_logits call, which
+        waits for the device once, instead of one llama_get_logits_ith per row)."""
         n_vocab = self.model.n_vocab
-        base = ctypes.cast(lc.llama_get_logits(self.ctx), ctypes.c_void_p).value
-        rows = [
-            (ctypes.cast(lc.llama_get_logits_ith(self.ctx, i), ctypes.c_void_p).value - base) // (4 * n_vocab)
-            for i in indices
-        ]
-        block = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_float)), shape=(max(rows) + 1, n_vocab))
-        return block, rows
+        base = ctypes.cast(lc.llama_get_logits(self.ctx), ctypes.POINTER(ctypes.c_float))
+        block = np.ctypeslib.as_array(base, shape=(len(self.batch.rows), n_vocab))
+        return block, [self.batch.rows[i] for i in indices]
 
     def _emit(self, seq: RequestState, token: int, t_ns: int, out: int, draft: list[int]) -> None:
         """Emit `token` (sampled at batch index `out`) and, while each emitted token equals the
@@ -685,8 +794,22 @@ class LlamaCppEngine:
         return True
 
     def _finish(self, seq: RequestState, reason: str, t_ns: int, error: str | None = None) -> None:
-        if seq.holds_slot:
+        """End a request now; a slot whose tokens are in the decode still running is released once
+        it completes (`_complete`), since that decode still writes its KV and may run its sampler."""
+        slot = seq.holds_slot
+        if slot:
             self.running.remove(seq)
+        if slot and self._inflight is not None and id(seq) in self._inflight.seqs:
+            self._held.append(seq)
+        else:
+            self._release(seq, slot)
+        seq.finish()
+        self._events.append(seq.out.finished(reason, t_ns, tail=seq.utf8.decode(b"", final=True), error=error))
+
+    def _release(self, seq: RequestState, slot: bool = True) -> None:
+        """Free what a finished request held: its KV cells and sequence id (slot), its drafter
+        state and its sampler chain."""
+        if slot:
             lc.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
             self._bind_sampler(seq, None)
             heapq.heappush(self._free_ids, seq.seq_id)
@@ -695,5 +818,3 @@ class LlamaCppEngine:
         if seq.sampler:
             lc.llama_sampler_free(seq.sampler)
             seq.sampler = None
-        seq.finish()
-        self._events.append(seq.out.finished(reason, t_ns, tail=seq.utf8.decode(b"", final=True), error=error))
