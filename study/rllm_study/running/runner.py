@@ -40,6 +40,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -389,20 +390,26 @@ class CellRun:
         """Called on the engine thread for each finished request (after it is handed to the writer)."""
 
 
+_WARMED: weakref.WeakSet = weakref.WeakSet()  # engines whose first calibration decode was run (see calibrate)
+
+
 def calibrate(engine, when: str) -> dict:
     """The machine's decode speed now, on this engine: one sequence, CALIBRATION_PROMPT, greedy,
     CALIBRATION_TOKENS tokens, stepped until it finishes (the engine must be idle: nothing else
     shares its steps); a busy machine stops it after CALIBRATION_MAX_S of decoding once it has 3
     tokens (it is aborted), so calibrating never costs much. tok_s = (tokens - 1) / (last token time
     - first token time): decode only, the prompt's prefill left out. {"when", "tokens", "seconds",
-    "tok_s"}; tok_s None with fewer than two tokens."""
-    rid = f"calibration-{when}"
-    engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(CALIBRATION_TOKENS, 0.0, 1.0, 0)))
-    times: list[int] = []
-    while engine.has_work():
-        times += [ev.t_ns for ev in engine.step() if isinstance(ev, TokenEvent) and ev.request_id == rid]
-        if len(times) >= 3 and times[-1] - times[0] > CALIBRATION_MAX_S * 1e9:
-            engine.abort(rid)
+    "tok_s"}; tok_s None with fewer than two tokens.
+
+    An engine's first calibration runs the same decode once before, unrecorded: the first decodes
+    of a fresh engine pay one-off costs (on a GPU, CUDA graph capture and kernel loading), which a
+    16-token decode there cannot hide (the H100 run of 2026-12-07 read 354 and 368 tok/s for
+    fresh engines against 405-484 for the same engine's later calibrations), and a cell's speed
+    check would then see a machine that changed speed."""
+    if engine not in _WARMED:
+        _calibration_times(engine, f"calibration-{when}-warm-up")
+        _WARMED.add(engine)
+    times = _calibration_times(engine, f"calibration-{when}")
     seconds = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
     return {
         "when": when,
@@ -410,6 +417,17 @@ def calibrate(engine, when: str) -> dict:
         "seconds": round(seconds, 6),
         "tok_s": (len(times) - 1) / seconds if seconds > 0 else None,
     }
+
+
+def _calibration_times(engine, rid: str) -> list[int]:
+    """The token times (ns) of one calibration decode under request id `rid` (see calibrate)."""
+    engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(CALIBRATION_TOKENS, 0.0, 1.0, 0)))
+    times: list[int] = []
+    while engine.has_work():
+        times += [ev.t_ns for ev in engine.step() if isinstance(ev, TokenEvent) and ev.request_id == rid]
+        if len(times) >= 3 and times[-1] - times[0] > CALIBRATION_MAX_S * 1e9:
+            engine.abort(rid)
+    return times
 
 
 def hash_id(text: str) -> int:
