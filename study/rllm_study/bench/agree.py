@@ -20,11 +20,28 @@ else the comparison is inconclusive: more rounds settle it, unless rllm-study's 
 between rounds by more than the tolerance (the machine's speed changed between runs; the verdict
 says so). Each client's CPU seconds (its
 process tree: user + system) are reported, with the server's, per run.
+
+The server's own timing is the reference column: llama-server logs per request `eval time = X ms
+/ N tokens` (the decode after the first token); "server TPOT p50 ms" is the median of X / N over
+the requests it logged during a tool's run (read from the log between the run's start and end
+offsets, n beside it). A client whose TPOT matches the server's measured the server right; a
+server TPOT that grows under one client means that client made the server slower.
+
+CPU pinning (`server_cpus`, `client_cpus`; default none): on a machine where client and server
+share cores, a client's CPU use takes CPU from the server it measures, so the tools are compared
+on different servers. AIPerf 0.13's closed loop busy-polls (36.9 CPU s per run of 12 requests
+against our 0.2 s and GuideLLM's 7.8 s on 2 cores, 2026-12-07, docs/peers.md), which made the
+server 2-4x slower under AIPerf than under the others. With pinning, the server is started on
+the server CPUs and every client run (ours in process, the peers' process trees) on the client
+CPUs (`rllm_study.bench.cpus.pinned`), so a client slows the server only through what CPUs
+share (last-level cache, memory bandwidth, the kernel's loopback work; on a VM, also however the
+host places the virtual CPUs).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -35,11 +52,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.analysis.metrics import cell_metrics, distribution
 from rllm_study.analysis.stats import ratio_interval
 from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.openai_http.engine import OpenAIEngine
 from rllm_study.backends.options import OpenAIOptions
+from rllm_study.bench.cpus import format_cpus, pinned
 from rllm_study.errors import UserError
 from rllm_study.peers import import_export
 from rllm_study.running.recorder import Recorder
@@ -78,6 +96,8 @@ class AgreeSpec:
     rounds: int = 2
     threads: int = 2
     tolerance: float = 0.05
+    server_cpus: tuple[int, ...] | None = None  # None: not pinned
+    client_cpus: tuple[int, ...] | None = None
 
 
 def _tree_cpu_s(proc: psutil.Process) -> float:
@@ -212,6 +232,25 @@ def run_guidellm(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out:
     return path, cpu
 
 
+# llama-server's per-request decode timing (not "prompt eval time"): "... | eval time = X ms / N tokens (..."
+EVAL_TIME = re.compile(rb"\|\s+eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+LOG_WAIT_S = 5.0  # the server logs a request's timing from its own logging thread: wait that long for it
+
+
+def server_tpot(log: Path, start: int, n: int) -> dict:
+    """llama-server's TPOT p50 in ms (median of X / N over `eval time = X ms / N tokens` lines) over
+    what `log` gained after byte offset `start`, with the number of requests it covers; waits up
+    to LOG_WAIT_S for `n` lines to appear."""
+    deadline = time.monotonic() + LOG_WAIT_S
+    while True:
+        with open(log, "rb") as f:
+            f.seek(start)
+            per_token = [float(ms) / int(k) for ms, k in EVAL_TIME.findall(f.read()) if int(k) > 0]
+        if len(per_token) >= n or time.monotonic() > deadline:
+            return {"server TPOT p50 ms": distribution(per_token, (50,))["p50"], "server_n": len(per_token)}
+        time.sleep(0.1)
+
+
 def figures(cell_dir: Path) -> dict:
     m = cell_metrics(read_cell(cell_dir))
     out = {"n": m["n_requests"]}
@@ -282,8 +321,17 @@ def check_peers_bin(peers_bin: Path) -> None:
 
 
 def bench_agree(
-    spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path, console
+    spec: AgreeSpec,
+    url: str,
+    server_pid: int | None,
+    peers_bin: Path,
+    tokenizer: Path,
+    out: Path,
+    console,
+    server_log: Path | None = None,
 ) -> dict:
+    """Run the rounds (module docstring); `server_log` (llama-server's output) adds the server's
+    own TPOT per run. The result as written to OUT/agree.json."""
     check_peers_bin(peers_bin)
     out.mkdir(parents=True, exist_ok=True)
     prompts = fixed_prompts(url, spec.requests, spec.prompt_tokens)
@@ -294,17 +342,22 @@ def bench_agree(
             dest = out / f"{tool}-round{r}"
             shutil.rmtree(dest, ignore_errors=True)
             server_cpu0 = _tree_cpu_s(server) if server else 0.0
+            log_at = server_log.stat().st_size if server_log else 0
             t0 = time.monotonic()
             console.print(f"round {r + 1}/{spec.rounds}: {tool} ...")
-            if tool == "rllm-study":
-                client_cpu = run_ours(url, spec, prompts, dest)
-                cell = dest
-            else:
-                export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(
-                    peers_bin, url, spec, tokenizer, dest
-                )
+            with pinned(spec.client_cpus):
+                if tool == "rllm-study":
+                    client_cpu = run_ours(url, spec, prompts, dest)
+                    cell = dest
+                else:
+                    export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(
+                        peers_bin, url, spec, tokenizer, dest
+                    )
+            if tool != "rllm-study":
                 (cell,) = import_export(tool, export, out / "imported", name=f"{tool}-round{r}")
             row = figures(cell)
+            if server_log:
+                row.update(server_tpot(server_log, log_at, row["n"]))
             row.update(
                 client_cpu_s=client_cpu,
                 server_cpu_s=(_tree_cpu_s(server) - server_cpu0) if server else None,
@@ -312,7 +365,13 @@ def bench_agree(
             )
             runs[tool].append(row)
             console.print(f"  {tool}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
-    result = {"spec": asdict(spec), "runs": runs, "comparison": compare(runs, spec.tolerance)}
+    result = {
+        "spec": asdict(spec),
+        # the CPUs the server may run on, read back from it (its main thread): the pinning as it took effect
+        "server_affinity": sorted(server.cpu_affinity()) if server else None,
+        "runs": runs,
+        "comparison": compare(runs, spec.tolerance),
+    }
     (out / "agree.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -325,13 +384,20 @@ def markdown(result: dict) -> str:
     """The agreement table: per tool and metric the mean over rounds (n requests per round), then
     each peer's ratio to rllm-study with its 95% interval over rounds and the verdict."""
     spec, runs = result["spec"], result["runs"]
+    server = any(r.get("server_n") for rows in runs.values() for r in rows)
+    labels = [label for label, *_ in METRICS] + (["server TPOT p50 ms"] if server else [])
+
+    def cpus(key: str) -> str:
+        return format_cpus(spec[key]) if spec.get(key) else "not pinned"
+
     lines = [
         f"Workload: {spec['requests']} requests x {spec['prompt_tokens']} prompt tokens -> {spec['output_tokens']} "
         f"output tokens (ignore_eos), closed loop of {spec['concurrency']}, greedy, {spec['rounds']} rounds "
-        f"A B C; tolerance {spec['tolerance']:.0%}.",
+        f"A B C; tolerance {spec['tolerance']:.0%}. Server threads {spec['threads']}, server CPUs "
+        f"{cpus('server_cpus')}, client CPUs {cpus('client_cpus')}.",
         "",
-        "| tool | n/round | " + " | ".join(label for label, *_ in METRICS) + " | client CPU s | server CPU s |",
-        "|---" * (len(METRICS) + 4) + "|",
+        "| tool | n/round | " + " | ".join(labels) + " | client CPU s | server CPU s |",
+        "|---" * (len(labels) + 4) + "|",
     ]
     for tool in TOOLS:
         rows = runs[tool]
@@ -341,11 +407,15 @@ def markdown(result: dict) -> str:
                 if any(r.get(k) is not None for r in rows)
                 else None
             )
-            for k in [label for label, *_ in METRICS] + ["client_cpu_s", "server_cpu_s"]
+            for k in [*labels, "client_cpu_s", "server_cpu_s"]
         }
+        cells = [_fmt(mean[label]) for label in labels]
+        if server:  # the server's requests per run beside its TPOT
+            ns = sorted({r.get("server_n", 0) for r in rows})
+            cells[-1] += f" (n {ns[0]})" if len(ns) == 1 else f" (n {ns[0]}-{ns[-1]})"
         lines.append(
             f"| {tool} | {rows[0]['n']} | "
-            + " | ".join(_fmt(mean[label]) for label, *_ in METRICS)
+            + " | ".join(cells)
             + f" | {_fmt(mean['client_cpu_s'], 3)} | {_fmt(mean['server_cpu_s'], 3)} |"
         )
     lines += [
