@@ -38,6 +38,18 @@ def test_verdicts_follow_the_interval_over_rounds():
     assert all("own value varied 3x between rounds" in r["verdict"] for r in drifting if r["tool"] == "aiperf")
     one = compare(_runs({"rllm-study": [1], "aiperf": [1.0], "guidellm": [1.0]}), 0.05)
     assert all("an interval needs two" in r["verdict"] for r in one)
+    assert all(r["versus"] == "rllm-study" for r in rows)  # no server column: no comparison with it
+    # with the server's own TPOT: each tool's TPOT over the server's in the same run, so the server's speed
+    # changing between runs (1 -> 3) cancels; AIPerf's TPOT 10% above the server's in every run differs
+    served = _runs({"rllm-study": [1, 3, 2], "aiperf": [1.1, 3.3, 2.2], "guidellm": [1, 3, 2]})
+    for tool, scale in (("rllm-study", 1.0), ("aiperf", 1.1), ("guidellm", 1.0)):
+        for row in served[tool]:
+            row["server TPOT p50 ms"] = row["TPOT p50 ms"] / scale
+    versus_server = {r["tool"]: r for r in compare(served, 0.05) if r["versus"] == "server"}
+    assert set(versus_server) == set(TOOLS) and all(r["metric"] == "TPOT p50 ms" for r in versus_server.values())
+    assert versus_server["rllm-study"]["verdict"] == versus_server["guidellm"]["verdict"] == "agrees"
+    assert versus_server["aiperf"]["verdict"].startswith("differs: ")
+    assert versus_server["aiperf"]["ratio"] == pytest.approx(1.1) and versus_server["aiperf"]["n"] == 3
     spec = {
         "requests": 4,
         "prompt_tokens": 32,
@@ -57,7 +69,12 @@ def test_verdicts_follow_the_interval_over_rounds():
     for rows_of_tool in runs.values():
         for i, row in enumerate(rows_of_tool):
             row.update({"server TPOT p50 ms": 40.0, "server_n": 4 - (i == 2)})
-    text = markdown({"spec": {**spec, "server_cpus": [1], "client_cpus": [0, 2, 3]}, "runs": runs, "comparison": rows})
+    pinned = {**spec, "server_cpus": [1], "client_cpus": [0, 2, 3]}
+    text = markdown({"spec": pinned, "runs": runs, "comparison": compare(runs, 0.05)})
+    lines = text.splitlines()
+    verdicts = next(i for i, line in enumerate(lines) if line.startswith("| metric |"))
+    assert lines[verdicts].count("|") == lines[verdicts + 1].count("|") == 8
+    assert "| TPOT p50 ms | aiperf | server | 2.5 | 2.5 - 2.5 | 3 | differs: " in text
     header = next(line for line in text.splitlines() if line.startswith("| tool |"))
     rule = text.splitlines()[text.splitlines().index(header) + 1]
     assert header.count("|") == rule.count("|") and "| server TPOT p50 ms |" in header

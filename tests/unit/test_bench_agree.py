@@ -74,16 +74,18 @@ LOG = """\
 """
 RUN = """\
 0.01.100.000 I slot print_timing: id  0 | task 4 | prompt eval time =    700.00 ms /   128 tokens (    5.47 ms per token)
-0.01.100.001 I slot print_timing: id  0 | task 4 |        eval time =   1240.00 ms /    31 tokens (   40.00 ms per token)
+0.01.100.001 I slot print_timing: id  0 | task 4 |        eval time =   1200.00 ms /    31 tokens (   38.71 ms per token)
 0.01.100.002 I slot print_timing: id  0 | task 4 |       total time =   1940.00 ms /   159 tokens
-0.01.200.001 I slot print_timing: id  1 | task 5 |        eval time =   1550.00 ms /    31 tokens (   50.00 ms per token)
-0.01.300.001 I slot print_timing: id  0 | task 6 |        eval time =   1860.00 ms /    31 tokens (   60.00 ms per token)
+0.01.200.001 I slot print_timing: id  1 | task 5 |        eval time =   1500.00 ms /    31 tokens (   48.39 ms per token)
+0.01.250.001 I slot print_timing: id  1 | task 7 |        eval time =      0.01 ms /     1 tokens (    0.01 ms per token)
+0.01.300.001 I slot print_timing: id  0 | task 6 |        eval time =   1800.00 ms /    31 tokens (   58.06 ms per token)
 """
 
 
 def test_server_tpot_reads_the_decode_lines_written_during_the_run(tmp_path):
     log = tmp_path / "llama-server.log"
     log.write_text(LOG + RUN)
-    # only the run's lines (after the offset), only "eval time" (not prompt eval): median of 40, 50, 60 ms
+    # only the run's lines (after the offset), only "eval time" (not prompt eval), X / (N - 1) (the server
+    # times N - 1 gaps), a one-token request skipped (no gap): median of 40, 50, 60 ms
     got = server_tpot(log, len(LOG.encode()), 3)
     assert got == {"server TPOT p50 ms": pytest.approx(50.0), "server_n": 3}

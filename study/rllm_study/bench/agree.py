@@ -22,10 +22,13 @@ says so). Each client's CPU seconds (its
 process tree: user + system) are reported, with the server's, per run.
 
 The server's own timing is the reference column: llama-server logs per request `eval time = X ms
-/ N tokens` (the decode after the first token); "server TPOT p50 ms" is the median of X / N over
-the requests it logged during a tool's run (read from the log between the run's start and end
-offsets, n beside it). A client whose TPOT matches the server's measured the server right; a
-server TPOT that grows under one client means that client made the server slower.
+/ N tokens`, where X runs from the moment it sampled the first token to the last (N - 1 gaps: its
+own "ms per token", X / N, is (N - 1) / N of TPOT, 3.1% low at N = 32); "server TPOT p50 ms" is
+the median of X / (N - 1) over the requests it logged during a tool's run (read from the log
+between the run's start and end offsets, n beside it; a request of one token has no gap). Each
+tool's TPOT / the server's in the same run gets an interval over rounds and a verdict like the
+peers' ratios. A client whose TPOT matches the server's measured the server right; a server TPOT
+that grows under one client means that client made the server slower.
 
 CPU pinning (`server_cpus`, `client_cpus`; default none): on a machine where client and server
 share cores, a client's CPU use takes CPU from the server it measures, so the tools are compared
@@ -234,20 +237,21 @@ def run_guidellm(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out:
 
 # llama-server's per-request decode timing (not "prompt eval time"): "... | eval time = X ms / N tokens (..."
 EVAL_TIME = re.compile(rb"\|\s+eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+SERVER_TPOT = "server TPOT p50 ms"
 LOG_WAIT_S = 5.0  # the server logs a request's timing from its own logging thread: wait that long for it
 
 
 def server_tpot(log: Path, start: int, n: int) -> dict:
-    """llama-server's TPOT p50 in ms (median of X / N over `eval time = X ms / N tokens` lines) over
+    """llama-server's TPOT p50 in ms (median of X / (N - 1) over `eval time = X ms / N tokens` lines) over
     what `log` gained after byte offset `start`, with the number of requests it covers; waits up
     to LOG_WAIT_S for `n` lines to appear."""
     deadline = time.monotonic() + LOG_WAIT_S
     while True:
         with open(log, "rb") as f:
             f.seek(start)
-            per_token = [float(ms) / int(k) for ms, k in EVAL_TIME.findall(f.read()) if int(k) > 0]
+            per_token = [float(ms) / (int(k) - 1) for ms, k in EVAL_TIME.findall(f.read()) if int(k) > 1]
         if len(per_token) >= n or time.monotonic() > deadline:
-            return {"server TPOT p50 ms": distribution(per_token, (50,))["p50"], "server_n": len(per_token)}
+            return {SERVER_TPOT: distribution(per_token, (50,))["p50"], "server_n": len(per_token)}
         time.sleep(0.1)
 
 
@@ -277,36 +281,62 @@ def _drift(runs: dict[str, list[dict]], label: str, tolerance: float) -> str:
     return "more rounds settle it"
 
 
+def _row(label: str, tool: str, versus: str, ratios: list[float], tolerance: float, why: str, wide: str) -> dict:
+    """One comparison: the ratios' interval over rounds and its verdict (module docstring); `why`
+    explains a difference, `wide` an interval too wide to decide."""
+    iv = ratio_interval(ratios, "rounds")
+    if not ratios:
+        verdict = "not measured"
+    elif not iv.known:
+        verdict = f"inconclusive ({iv.why})"
+    elif 1 - tolerance <= iv.lo and iv.hi <= 1 + tolerance:
+        verdict = "agrees"
+    elif iv.hi < 1 - tolerance or iv.lo > 1 + tolerance:
+        verdict = "differs: " + why
+    else:
+        verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; {wide})"
+    return {
+        "metric": label,
+        "tool": tool,
+        "versus": versus,
+        "ratio": iv.estimate,
+        "lo": iv.lo,
+        "hi": iv.hi,
+        "n": iv.n,
+        "verdict": verdict,
+    }
+
+
 def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
-    """Per metric and peer: ratio peer / ours over matched rounds, with its interval and verdict."""
-    rows = []
-    for label, *_ in METRICS:
-        for tool in TOOLS[1:]:
-            ratios = [
-                p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool]) if o.get(label) and p.get(label)
-            ]
-            iv = ratio_interval(ratios, "rounds")
-            if not ratios:
-                verdict = "not measured"
-            elif not iv.known:
-                verdict = f"inconclusive ({iv.why})"
-            elif 1 - tolerance <= iv.lo and iv.hi <= 1 + tolerance:
-                verdict = "agrees"
-            elif iv.hi < 1 - tolerance or iv.lo > 1 + tolerance:
-                verdict = "differs: " + WHY[label]
-            else:
-                verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; {_drift(runs, label, tolerance)})"
-            rows.append(
-                {
-                    "metric": label,
-                    "tool": tool,
-                    "ratio": iv.estimate,
-                    "lo": iv.lo,
-                    "hi": iv.hi,
-                    "n": iv.n,
-                    "verdict": verdict,
-                }
+    """Per metric and peer: ratio peer / ours over matched rounds, with its interval and verdict.
+    Where the server's log was read, also per tool: its TPOT p50 / the server's own in the same run
+    (a ratio within one run, so the server's speed changing between runs cancels)."""
+    rows = [
+        _row(
+            label,
+            tool,
+            "rllm-study",
+            [p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool]) if o.get(label) and p.get(label)],
+            tolerance,
+            WHY[label],
+            _drift(runs, label, tolerance),
+        )
+        for label, *_ in METRICS
+        for tool in TOOLS[1:]
+    ]
+    if any(r.get(SERVER_TPOT) for rows_of_tool in runs.values() for r in rows_of_tool):
+        rows += [
+            _row(
+                "TPOT p50 ms",
+                tool,
+                "server",
+                [r["TPOT p50 ms"] / r[SERVER_TPOT] for r in runs[tool] if r.get("TPOT p50 ms") and r.get(SERVER_TPOT)],
+                tolerance,
+                "the client's first and last token times are not the server's: a client slow to read its stream",
+                "more rounds settle it",
             )
+            for tool in TOOLS
+        ]
     return rows
 
 
@@ -385,7 +415,7 @@ def markdown(result: dict) -> str:
     each peer's ratio to rllm-study with its 95% interval over rounds and the verdict."""
     spec, runs = result["spec"], result["runs"]
     server = any(r.get("server_n") for rows in runs.values() for r in rows)
-    labels = [label for label, *_ in METRICS] + (["server TPOT p50 ms"] if server else [])
+    labels = [label for label, *_ in METRICS] + ([SERVER_TPOT] if server else [])
 
     def cpus(key: str) -> str:
         return format_cpus(spec[key]) if spec.get(key) else "not pinned"
@@ -420,12 +450,12 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| metric | peer | ratio peer / rllm-study | 95% interval | n rounds | verdict |",
-        "|---|---|---|---|---|---|",
+        "| metric | tool | versus | ratio tool / versus | 95% interval | n rounds | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in result["comparison"]:
         lines.append(
-            f"| {c['metric']} | {c['tool']} | {_fmt(c['ratio'])} | {_fmt(c['lo'])} - {_fmt(c['hi'])} | "
-            f"{c['n']} | {c['verdict']} |"
+            f"| {c['metric']} | {c['tool']} | {c.get('versus', 'rllm-study')} | {_fmt(c['ratio'])} | "
+            f"{_fmt(c['lo'])} - {_fmt(c['hi'])} | {c['n']} | {c['verdict']} |"
         )
     return "\n".join(lines)
