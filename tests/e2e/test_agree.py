@@ -38,23 +38,48 @@ def test_verdicts_follow_the_interval_over_rounds():
     assert all("own value varied 3x between rounds" in r["verdict"] for r in drifting if r["tool"] == "aiperf")
     one = compare(_runs({"rllm-study": [1], "aiperf": [1.0], "guidellm": [1.0]}), 0.05)
     assert all("an interval needs two" in r["verdict"] for r in one)
-    text = markdown(
-        {
-            "spec": {
-                "requests": 4,
-                "prompt_tokens": 32,
-                "output_tokens": 8,
-                "concurrency": 2,
-                "rounds": 3,
-                "tolerance": 0.05,
-            },
-            "runs": _runs({t: [1, 1, 1] for t in TOOLS}),
-            "comparison": rows,
-        }
-    )
+    assert all(r["versus"] == "rllm-study" for r in rows)  # no server column: no comparison with it
+    # with the server's own TPOT: each tool's TPOT over the server's in the same run, so the server's speed
+    # changing between runs (1 -> 3) cancels; AIPerf's TPOT 10% above the server's in every run differs
+    served = _runs({"rllm-study": [1, 3, 2], "aiperf": [1.1, 3.3, 2.2], "guidellm": [1, 3, 2]})
+    for tool, scale in (("rllm-study", 1.0), ("aiperf", 1.1), ("guidellm", 1.0)):
+        for row in served[tool]:
+            row["server TPOT p50 ms"] = row["TPOT p50 ms"] / scale
+    versus_server = {r["tool"]: r for r in compare(served, 0.05) if r["versus"] == "server"}
+    assert set(versus_server) == set(TOOLS) and all(r["metric"] == "TPOT p50 ms" for r in versus_server.values())
+    assert versus_server["rllm-study"]["verdict"] == versus_server["guidellm"]["verdict"] == "agrees"
+    assert versus_server["aiperf"]["verdict"].startswith("differs: ")
+    assert versus_server["aiperf"]["ratio"] == pytest.approx(1.1) and versus_server["aiperf"]["n"] == 3
+    spec = {
+        "requests": 4,
+        "prompt_tokens": 32,
+        "output_tokens": 8,
+        "concurrency": 2,
+        "rounds": 3,
+        "threads": 2,
+        "tolerance": 0.05,
+    }
+    text = markdown({"spec": spec, "runs": _runs({t: [1, 1, 1] for t in TOOLS}), "comparison": rows})
     header = next(line for line in text.splitlines() if line.startswith("| tool |"))
     rule = text.splitlines()[text.splitlines().index(header) + 1]
-    assert header.count("|") == rule.count("|")
+    assert header.count("|") == rule.count("|") and "server TPOT" not in header
+    assert "server CPUs not pinned, client CPUs not pinned" in text  # results written before pinning read so
+    # pinned, with the server's own TPOT per run: a column more, its n beside it
+    runs = _runs({t: [1, 1, 1] for t in TOOLS})
+    for rows_of_tool in runs.values():
+        for i, row in enumerate(rows_of_tool):
+            row.update({"server TPOT p50 ms": 40.0, "server_n": 4 - (i == 2)})
+    pinned = {**spec, "server_cpus": [1], "client_cpus": [0, 2, 3]}
+    text = markdown({"spec": pinned, "runs": runs, "comparison": compare(runs, 0.05)})
+    lines = text.splitlines()
+    verdicts = next(i for i, line in enumerate(lines) if line.startswith("| metric |"))
+    assert lines[verdicts].count("|") == lines[verdicts + 1].count("|") == 8
+    assert "| TPOT p50 ms | aiperf | server | 2.5 | 2.5 - 2.5 | 3 | differs: " in text
+    header = next(line for line in text.splitlines() if line.startswith("| tool |"))
+    rule = text.splitlines()[text.splitlines().index(header) + 1]
+    assert header.count("|") == rule.count("|") and "| server TPOT p50 ms |" in header
+    assert "| rllm-study | 4 | 100 | 100 | 100 | 100 | 100 | 40 (n 3-4) | 1 | 2 |" in text
+    assert "Server threads 2, server CPUs 1, client CPUs 0,2-3." in text
 
 
 def _llama_server() -> Path | None:
@@ -76,6 +101,15 @@ def test_a_wrong_bin_folder_is_refused_before_anything_starts(tmp_path):
     assert not out.exists()  # no tokenizer exported, no server started
 
 
+def test_a_bad_cpu_list_is_refused_before_anything_starts(tmp_path):
+    out = tmp_path / "agree"
+    proc = run_cli(
+        "bench", "agree", "--peers-bin", tmp_path, "--server-bin", "/bin/true", "--client-cpus", "0-x", "--out", out
+    )
+    assert proc.returncode == 2 and "--client-cpus '0-x': not a CPU list" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 @pytest.mark.slow
 def test_bench_agree_end_to_end(tmp_path):
     server, peers = _llama_server(), os.environ.get("RLLM_PEERS_BIN")
@@ -83,6 +117,9 @@ def test_bench_agree_end_to_end(tmp_path):
         pytest.skip(
             "needs llama-server (scripts/build_llama_tools.sh) and RLLM_PEERS_BIN (a venv with rllm-study[peers])"
         )
+    cpus = sorted(os.sched_getaffinity(0))
+    # on 2 or more CPUs, the server pinned to the last and the clients to the first (its -t from the count)
+    pinning = ["--server-cpus", str(cpus[-1]), "--client-cpus", str(cpus[0])] if len(cpus) >= 2 else ["-t", "2"]
     proc = run_cli(
         "bench",
         "agree",
@@ -92,8 +129,7 @@ def test_bench_agree_end_to_end(tmp_path):
         server,
         "-m",
         "smollm2-135m",
-        "-t",
-        "2",
+        *pinning,
         "-c",
         "2",
         "-n",
@@ -112,4 +148,11 @@ def test_bench_agree_end_to_end(tmp_path):
     result = json.loads((tmp_path / "agree" / "agree.json").read_text())
     for tool in TOOLS:
         assert len(result["runs"][tool]) == 2 and all(r["n"] == 2 for r in result["runs"][tool])
-    assert "| rllm-study |" in proc.stdout and "verdict" in proc.stdout
+        # the server's own timing of each run: one eval line per request of that run
+        assert all(r["server_n"] == 2 and r["server TPOT p50 ms"] > 0 for r in result["runs"][tool])
+    assert "| rllm-study |" in proc.stdout and "verdict" in proc.stdout and "server TPOT p50 ms" in proc.stdout
+    if len(cpus) >= 2:
+        spec = result["spec"]
+        assert spec["server_cpus"] == [cpus[-1]] and spec["client_cpus"] == [cpus[0]] and spec["threads"] == 1
+        assert result["server_affinity"] == [cpus[-1]]  # read back from the running server
+        assert f"server CPUs {cpus[-1]}, client CPUs {cpus[0]}" in proc.stdout

@@ -20,11 +20,31 @@ else the comparison is inconclusive: more rounds settle it, unless rllm-study's 
 between rounds by more than the tolerance (the machine's speed changed between runs; the verdict
 says so). Each client's CPU seconds (its
 process tree: user + system) are reported, with the server's, per run.
+
+The server's own timing is the reference column: llama-server logs per request `eval time = X ms
+/ N tokens`, where X runs from the moment it sampled the first token to the last (N - 1 gaps: its
+own "ms per token", X / N, is (N - 1) / N of TPOT, 3.1% low at N = 32); "server TPOT p50 ms" is
+the median of X / (N - 1) over the requests it logged during a tool's run (read from the log
+between the run's start and end offsets, n beside it; a request of one token has no gap). Each
+tool's TPOT / the server's in the same run gets an interval over rounds and a verdict like the
+peers' ratios. A client whose TPOT matches the server's measured the server right; a server TPOT
+that grows under one client means that client made the server slower.
+
+CPU pinning (`server_cpus`, `client_cpus`; default none): on a machine where client and server
+share cores, a client's CPU use takes CPU from the server it measures, so the tools are compared
+on different servers. AIPerf 0.13's closed loop busy-polls (36.9 CPU s per run of 12 requests
+against our 0.2 s and GuideLLM's 7.8 s on 2 cores, 2026-12-07, docs/peers.md), which made the
+server 2-4x slower under AIPerf than under the others. With pinning, the server is started on
+the server CPUs and every client run (ours in process, the peers' process trees) on the client
+CPUs (`rllm_study.bench.cpus.pinned`), so a client slows the server only through what CPUs
+share (last-level cache, memory bandwidth, the kernel's loopback work; on a VM, also however the
+host places the virtual CPUs).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -35,11 +55,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from rllm_study.analysis.metrics import cell_metrics
+from rllm_study.analysis.metrics import cell_metrics, distribution
 from rllm_study.analysis.stats import ratio_interval
 from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.openai_http.engine import OpenAIEngine
 from rllm_study.backends.options import OpenAIOptions
+from rllm_study.bench.cpus import format_cpus, pinned
 from rllm_study.errors import UserError
 from rllm_study.peers import import_export
 from rllm_study.running.recorder import Recorder
@@ -78,6 +99,8 @@ class AgreeSpec:
     rounds: int = 2
     threads: int = 2
     tolerance: float = 0.05
+    server_cpus: tuple[int, ...] | None = None  # None: not pinned
+    client_cpus: tuple[int, ...] | None = None
 
 
 def _tree_cpu_s(proc: psutil.Process) -> float:
@@ -212,6 +235,26 @@ def run_guidellm(bin_dir: Path, url: str, spec: AgreeSpec, tokenizer: Path, out:
     return path, cpu
 
 
+# llama-server's per-request decode timing (not "prompt eval time"): "... | eval time = X ms / N tokens (..."
+EVAL_TIME = re.compile(rb"\|\s+eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+SERVER_TPOT = "server TPOT p50 ms"
+LOG_WAIT_S = 5.0  # the server logs a request's timing from its own logging thread: wait that long for it
+
+
+def server_tpot(log: Path, start: int, n: int) -> dict:
+    """llama-server's TPOT p50 in ms (median of X / (N - 1) over `eval time = X ms / N tokens` lines) over
+    what `log` gained after byte offset `start`, with the number of requests it covers; waits up
+    to LOG_WAIT_S for `n` lines to appear."""
+    deadline = time.monotonic() + LOG_WAIT_S
+    while True:
+        with open(log, "rb") as f:
+            f.seek(start)
+            per_token = [float(ms) / (int(k) - 1) for ms, k in EVAL_TIME.findall(f.read()) if int(k) > 1]
+        if len(per_token) >= n or time.monotonic() > deadline:
+            return {SERVER_TPOT: distribution(per_token, (50,))["p50"], "server_n": len(per_token)}
+        time.sleep(0.1)
+
+
 def figures(cell_dir: Path) -> dict:
     m = cell_metrics(read_cell(cell_dir))
     out = {"n": m["n_requests"]}
@@ -238,36 +281,62 @@ def _drift(runs: dict[str, list[dict]], label: str, tolerance: float) -> str:
     return "more rounds settle it"
 
 
+def _row(label: str, tool: str, versus: str, ratios: list[float], tolerance: float, why: str, wide: str) -> dict:
+    """One comparison: the ratios' interval over rounds and its verdict (module docstring); `why`
+    explains a difference, `wide` an interval too wide to decide."""
+    iv = ratio_interval(ratios, "rounds")
+    if not ratios:
+        verdict = "not measured"
+    elif not iv.known:
+        verdict = f"inconclusive ({iv.why})"
+    elif 1 - tolerance <= iv.lo and iv.hi <= 1 + tolerance:
+        verdict = "agrees"
+    elif iv.hi < 1 - tolerance or iv.lo > 1 + tolerance:
+        verdict = "differs: " + why
+    else:
+        verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; {wide})"
+    return {
+        "metric": label,
+        "tool": tool,
+        "versus": versus,
+        "ratio": iv.estimate,
+        "lo": iv.lo,
+        "hi": iv.hi,
+        "n": iv.n,
+        "verdict": verdict,
+    }
+
+
 def compare(runs: dict[str, list[dict]], tolerance: float) -> list[dict]:
-    """Per metric and peer: ratio peer / ours over matched rounds, with its interval and verdict."""
-    rows = []
-    for label, *_ in METRICS:
-        for tool in TOOLS[1:]:
-            ratios = [
-                p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool]) if o.get(label) and p.get(label)
-            ]
-            iv = ratio_interval(ratios, "rounds")
-            if not ratios:
-                verdict = "not measured"
-            elif not iv.known:
-                verdict = f"inconclusive ({iv.why})"
-            elif 1 - tolerance <= iv.lo and iv.hi <= 1 + tolerance:
-                verdict = "agrees"
-            elif iv.hi < 1 - tolerance or iv.lo > 1 + tolerance:
-                verdict = "differs: " + WHY[label]
-            else:
-                verdict = f"inconclusive (interval straddles 1 -+ {tolerance:g}; {_drift(runs, label, tolerance)})"
-            rows.append(
-                {
-                    "metric": label,
-                    "tool": tool,
-                    "ratio": iv.estimate,
-                    "lo": iv.lo,
-                    "hi": iv.hi,
-                    "n": iv.n,
-                    "verdict": verdict,
-                }
+    """Per metric and peer: ratio peer / ours over matched rounds, with its interval and verdict.
+    Where the server's log was read, also per tool: its TPOT p50 / the server's own in the same run
+    (a ratio within one run, so the server's speed changing between runs cancels)."""
+    rows = [
+        _row(
+            label,
+            tool,
+            "rllm-study",
+            [p[label] / o[label] for o, p in zip(runs["rllm-study"], runs[tool]) if o.get(label) and p.get(label)],
+            tolerance,
+            WHY[label],
+            _drift(runs, label, tolerance),
+        )
+        for label, *_ in METRICS
+        for tool in TOOLS[1:]
+    ]
+    if any(r.get(SERVER_TPOT) for rows_of_tool in runs.values() for r in rows_of_tool):
+        rows += [
+            _row(
+                "TPOT p50 ms",
+                tool,
+                "server",
+                [r["TPOT p50 ms"] / r[SERVER_TPOT] for r in runs[tool] if r.get("TPOT p50 ms") and r.get(SERVER_TPOT)],
+                tolerance,
+                "the client's first and last token times are not the server's: a client slow to read its stream",
+                "more rounds settle it",
             )
+            for tool in TOOLS
+        ]
     return rows
 
 
@@ -282,8 +351,17 @@ def check_peers_bin(peers_bin: Path) -> None:
 
 
 def bench_agree(
-    spec: AgreeSpec, url: str, server_pid: int | None, peers_bin: Path, tokenizer: Path, out: Path, console
+    spec: AgreeSpec,
+    url: str,
+    server_pid: int | None,
+    peers_bin: Path,
+    tokenizer: Path,
+    out: Path,
+    console,
+    server_log: Path | None = None,
 ) -> dict:
+    """Run the rounds (module docstring); `server_log` (llama-server's output) adds the server's
+    own TPOT per run. The result as written to OUT/agree.json."""
     check_peers_bin(peers_bin)
     out.mkdir(parents=True, exist_ok=True)
     prompts = fixed_prompts(url, spec.requests, spec.prompt_tokens)
@@ -294,17 +372,22 @@ def bench_agree(
             dest = out / f"{tool}-round{r}"
             shutil.rmtree(dest, ignore_errors=True)
             server_cpu0 = _tree_cpu_s(server) if server else 0.0
+            log_at = server_log.stat().st_size if server_log else 0
             t0 = time.monotonic()
             console.print(f"round {r + 1}/{spec.rounds}: {tool} ...")
-            if tool == "rllm-study":
-                client_cpu = run_ours(url, spec, prompts, dest)
-                cell = dest
-            else:
-                export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(
-                    peers_bin, url, spec, tokenizer, dest
-                )
+            with pinned(spec.client_cpus):
+                if tool == "rllm-study":
+                    client_cpu = run_ours(url, spec, prompts, dest)
+                    cell = dest
+                else:
+                    export, client_cpu = (run_aiperf if tool == "aiperf" else run_guidellm)(
+                        peers_bin, url, spec, tokenizer, dest
+                    )
+            if tool != "rllm-study":
                 (cell,) = import_export(tool, export, out / "imported", name=f"{tool}-round{r}")
             row = figures(cell)
+            if server_log:
+                row.update(server_tpot(server_log, log_at, row["n"]))
             row.update(
                 client_cpu_s=client_cpu,
                 server_cpu_s=(_tree_cpu_s(server) - server_cpu0) if server else None,
@@ -312,7 +395,13 @@ def bench_agree(
             )
             runs[tool].append(row)
             console.print(f"  {tool}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
-    result = {"spec": asdict(spec), "runs": runs, "comparison": compare(runs, spec.tolerance)}
+    result = {
+        "spec": asdict(spec),
+        # the CPUs the server may run on, read back from it (its main thread): the pinning as it took effect
+        "server_affinity": sorted(server.cpu_affinity()) if server else None,
+        "runs": runs,
+        "comparison": compare(runs, spec.tolerance),
+    }
     (out / "agree.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -325,13 +414,20 @@ def markdown(result: dict) -> str:
     """The agreement table: per tool and metric the mean over rounds (n requests per round), then
     each peer's ratio to rllm-study with its 95% interval over rounds and the verdict."""
     spec, runs = result["spec"], result["runs"]
+    server = any(r.get("server_n") for rows in runs.values() for r in rows)
+    labels = [label for label, *_ in METRICS] + ([SERVER_TPOT] if server else [])
+
+    def cpus(key: str) -> str:
+        return format_cpus(spec[key]) if spec.get(key) else "not pinned"
+
     lines = [
         f"Workload: {spec['requests']} requests x {spec['prompt_tokens']} prompt tokens -> {spec['output_tokens']} "
         f"output tokens (ignore_eos), closed loop of {spec['concurrency']}, greedy, {spec['rounds']} rounds "
-        f"A B C; tolerance {spec['tolerance']:.0%}.",
+        f"A B C; tolerance {spec['tolerance']:.0%}. Server threads {spec['threads']}, server CPUs "
+        f"{cpus('server_cpus')}, client CPUs {cpus('client_cpus')}.",
         "",
-        "| tool | n/round | " + " | ".join(label for label, *_ in METRICS) + " | client CPU s | server CPU s |",
-        "|---" * (len(METRICS) + 4) + "|",
+        "| tool | n/round | " + " | ".join(labels) + " | client CPU s | server CPU s |",
+        "|---" * (len(labels) + 4) + "|",
     ]
     for tool in TOOLS:
         rows = runs[tool]
@@ -341,21 +437,25 @@ def markdown(result: dict) -> str:
                 if any(r.get(k) is not None for r in rows)
                 else None
             )
-            for k in [label for label, *_ in METRICS] + ["client_cpu_s", "server_cpu_s"]
+            for k in [*labels, "client_cpu_s", "server_cpu_s"]
         }
+        cells = [_fmt(mean[label]) for label in labels]
+        if server:  # the server's requests per run beside its TPOT
+            ns = sorted({r.get("server_n", 0) for r in rows})
+            cells[-1] += f" (n {ns[0]})" if len(ns) == 1 else f" (n {ns[0]}-{ns[-1]})"
         lines.append(
             f"| {tool} | {rows[0]['n']} | "
-            + " | ".join(_fmt(mean[label]) for label, *_ in METRICS)
+            + " | ".join(cells)
             + f" | {_fmt(mean['client_cpu_s'], 3)} | {_fmt(mean['server_cpu_s'], 3)} |"
         )
     lines += [
         "",
-        "| metric | peer | ratio peer / rllm-study | 95% interval | n rounds | verdict |",
-        "|---|---|---|---|---|---|",
+        "| metric | tool | versus | ratio tool / versus | 95% interval | n rounds | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in result["comparison"]:
         lines.append(
-            f"| {c['metric']} | {c['tool']} | {_fmt(c['ratio'])} | {_fmt(c['lo'])} - {_fmt(c['hi'])} | "
-            f"{c['n']} | {c['verdict']} |"
+            f"| {c['metric']} | {c['tool']} | {c.get('versus', 'rllm-study')} | {_fmt(c['ratio'])} | "
+            f"{_fmt(c['lo'])} - {_fmt(c['hi'])} | {c['n']} | {c['verdict']} |"
         )
     return "\n".join(lines)

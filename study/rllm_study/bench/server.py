@@ -48,6 +48,7 @@ from pathlib import Path
 import httpx
 
 from rllm_study.analysis.metrics import bench_server_ratio, distribution, meets_slo, percentile_key
+from rllm_study.bench.cpus import pinned
 from rllm_study.errors import UserError
 
 READY_TIMEOUT_S = 120.0  # a server that does not answer /health in this time is given up
@@ -71,13 +72,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(cmd: list[str], port: int, log: Path, ready_path: str = "/health", ready_timeout_s: float = READY_TIMEOUT_S):
-    """Start a server process (output to `log`), wait until GET 127.0.0.1:port/ready_path answers
+def serve(
+    cmd: list[str],
+    port: int,
+    log: Path,
+    ready_path: str = "/health",
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    cpus: tuple[int, ...] | None = None,
+):
+    """Start a server process (output to `log`; pinned to `cpus` if given, see bench.cpus), wait until GET 127.0.0.1:port/ready_path answers
     200, yield (process, URL); stop it on exit (SIGTERM, SIGKILL after STOP_TIMEOUT_S). A server
     that exits or is not ready in time is a UserError quoting the last line of its log."""
     with open(log, "wb") as out:
         try:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            with pinned(cpus):
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         except OSError as err:
             raise UserError(f"{cmd[0]}: cannot start it ({err.strerror})") from None
     url = f"http://127.0.0.1:{port}"

@@ -383,12 +383,27 @@ def agree_cmd(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for every run, the imports, agree.json and agree.md.")
     ] = Path("runs/agree"),
+    server_cpus: Annotated[
+        Optional[str],
+        typer.Option(
+            "--server-cpus",
+            help="CPUs to pin llama-server to, e.g. 1 or 0,2-3 (its -t defaults to their count). Default: not pinned.",
+        ),
+    ] = None,
+    client_cpus: Annotated[
+        Optional[str],
+        typer.Option(
+            "--client-cpus",
+            help="CPUs to pin every client run to (ours and the peers' processes), e.g. 0. Default: not pinned.",
+        ),
+    ] = None,
 ) -> None:
     """One fixed workload against one llama-server through rllm-study, AIPerf and GuideLLM in turns:
     TTFT, TPOT, ITL, E2EL and output tok/s per tool from each tool's own timestamps, the ratio of
     each peer to rllm-study with its interval over rounds, a verdict per metric, and CPU seconds."""
     from rllm_study.backends.mlx.convert import export_tokenizer
     from rllm_study.bench.agree import SERVER_ARGS, AgreeSpec, bench_agree, check_peers_bin, markdown
+    from rllm_study.bench.cpus import parse_cpus
     from rllm_study.bench.server import check_server_bin, free_port, llama_server_command, serve
     from rllm_study.models import resolve_model
 
@@ -397,10 +412,14 @@ def agree_cmd(
             "--concurrency, --requests, --prompt-tokens, --output-tokens and --rounds must be >= 1, "
             "--tolerance in (0, 1)"
         )
-    check_peers_bin(peers_bin)  # both checked before the tokenizer is exported and the server started
+    server_set = None if server_cpus is None else parse_cpus(server_cpus, "--server-cpus")
+    client_set = None if client_cpus is None else parse_cpus(client_cpus, "--client-cpus")
+    check_peers_bin(peers_bin)  # all checked before the tokenizer is exported and the server started
     server_bin = check_server_bin(server_bin)
-    threads = threads or psutil.cpu_count(logical=False) or 1
-    spec = AgreeSpec(model, prompt_tokens, output_tokens, requests, concurrency, rounds, threads, tolerance)
+    threads = threads or (len(server_set) if server_set else psutil.cpu_count(logical=False) or 1)
+    spec = AgreeSpec(
+        model, prompt_tokens, output_tokens, requests, concurrency, rounds, threads, tolerance, server_set, client_set
+    )
     console = Console(stderr=True, soft_wrap=True)
     path = resolve_model(model).path
     tokenizer = export_tokenizer(path, out / "tokenizer")
@@ -410,8 +429,9 @@ def agree_cmd(
     port = free_port()
     cmd = [*llama_server_command(server_bin, path, options, port, model), *SERVER_ARGS]
     out.mkdir(parents=True, exist_ok=True)
-    with serve(cmd, port, out / "llama-server.log") as (proc, url):
-        result = bench_agree(spec, url, proc.pid, peers_bin, tokenizer, out, console)
+    log = out / "llama-server.log"
+    with serve(cmd, port, log, cpus=server_set) as (proc, url):
+        result = bench_agree(spec, url, proc.pid, peers_bin, tokenizer, out, console, server_log=log)
     text = markdown(result)
     (out / "agree.md").write_text(text + "\n")
     print(text)
