@@ -5,11 +5,12 @@ tests/e2e/test_runner.py)."""
 from __future__ import annotations
 
 from rllm_study.backends.base import RequestFinished, TokenEvent
-from rllm_study.running.runner import CALIBRATION_TOKENS, calibrate
+from rllm_study.running.runner import CALIBRATION_TOKENS, CALIBRATION_WARM_UP_TOKENS, calibrate
 
 
 class ColdStartEngine:
-    """One token a step; the first CALIBRATION_TOKENS tokens this engine ever makes take 10 ms each, later ones 2 ms."""
+    """One token a step; the first CALIBRATION_WARM_UP_TOKENS tokens this engine ever makes take 10 ms each (a fresh
+    engine's one-off costs), later ones 2 ms."""
 
     def __init__(self):
         self.made = 0
@@ -29,7 +30,7 @@ class ColdStartEngine:
 
     def step(self):
         rid, budget, done = self.running
-        self.now += 10_000_000 if self.made < CALIBRATION_TOKENS else 2_000_000
+        self.now += 10_000_000 if self.made < CALIBRATION_WARM_UP_TOKENS else 2_000_000
         self.made += 1
         events = [TokenEvent(rid, self.now, 1, "x", "answer")]
         if done + 1 == budget:

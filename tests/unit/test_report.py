@@ -9,11 +9,13 @@ import json
 import math
 import re
 import shutil
+import statistics
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
+from scipy.stats import t as scipy_t
 
 from conftest import require, run_cli
 from rllm_study.analysis.metrics import METRICS
@@ -331,20 +333,29 @@ def test_compare_lists_ratios_and_what_differed(runs, tmp_path):
     new = {c.name: c.metrics for c in load_cells([other])}
     assert set(ref) == set(new) and len(ref) == n_cells
 
-    def geomean(path: tuple[str, ...]) -> float:
+    def geomean(path: tuple[str, ...]) -> tuple[float, float, float]:
+        """Geometric mean of new / ref over the cells with the t interval of the log ratios (scipy's t)."""
+
         def at(m):
             for k in path:
                 m = m[k]
             return m
 
         logs = [math.log(at(new[n]) / at(ref[n])) for n in ref]
-        return math.exp(sum(logs) / len(logs))
+        mean = sum(logs) / len(logs)
+        half = scipy_t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
     summary = md.split("## Summary", 1)[1].split("## Cells side by side", 1)[0]
-    printed = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+)x \|$", summary, re.M))
-    tok_s = geomean(("throughput", "output_tok_s"))
-    e2el = geomean(("latency", "e2el_s", "p50"))
+    found = re.findall(
+        r"^\| ([^|]+?) \| ([\d.]+)x(?: \[([\d.]+)x, ([\d.]+)x\])? \(n=(\d+) cell pairs\) \|$", summary, re.M
+    )
+    printed = {label: est for label, est, *_ in found}
+    bounds = {label: (lo, hi, int(n)) for label, _, lo, hi, n in found}
+    tok_s, tok_lo, tok_hi = geomean(("throughput", "output_tok_s"))
+    e2el, _, _ = geomean(("latency", "e2el_s", "p50"))
     assert printed["out tok/s"] == f"{tok_s:.2f}" and printed["E2EL p50 s"] == f"{e2el:.2f}", summary
+    assert bounds["out tok/s"] == (f"{tok_lo:.2f}", f"{tok_hi:.2f}", n_cells), summary  # n beside the figure
     assert tok_s < 0.75 and e2el > 1.4, (tok_s, e2el)  # 3x the step time: slower, not faster (new / ref)
     assert 1.5 < float(printed["TPOT p50 ms"]) < 4  # 6 ms a step over 2 ms (sleeps overshoot under load)
     # the same script: the same answers and tokens

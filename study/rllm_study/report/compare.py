@@ -2,15 +2,15 @@
 
 Cells are matched by name (the same spec gives the same cell names). For each matched cell every
 key metric is shown per run with its ratio to the first run; a summary gives the geometric mean
-of those ratios over matched cells. The runs' hardware fingerprints are listed, and so is every
+of those ratios over matched cells, with its t interval over the matched cell pairs and n. The runs' hardware fingerprints are listed, and so is every
 manifest field besides hardware that differed between them (ideally none).
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 
+from rllm_study.analysis.stats import pair_interval
 from rllm_study.errors import UserError
 from rllm_study.report import columns as C
 from rllm_study.report import plots
@@ -85,11 +85,6 @@ def _runs_table(runs: dict[str, list[CellData]]) -> Table:
     )
     rows.append(["cells", *(str(len(cs)) for cs in runs.values())])
     return Table(["", *runs], rows)
-
-
-def _geomean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v]
-    return statistics.geometric_mean(vals) if vals else None
 
 
 def agreement(statuses: list[str]) -> str:
@@ -190,21 +185,25 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
     for column in C.COMPARE:
         row = [column.label]
         for label in labels[1:]:
-            r = _geomean(
+            iv = pair_interval(
                 [
                     C.ratio(C.value(by_name[label][n].metrics, column), C.value(by_name[ref][n].metrics, column))
                     for n in matched
-                ]
+                ],
+                log=True,
+                min_n=0,
             )
-            ratios[label][column.label] = r
-            row.append(C.fmt_ratio(r))
+            ratios[label][column.label] = iv.estimate
+            row.append(C.fmt_interval(iv, "ratio"))
         summary_rows.append(row)
     summary = Section(
         "Summary",
         [
             Paragraph(
                 f"Geometric mean over the {len(matched)} matched cells of each metric's ratio to `{ref}` (1.00x = equal; "
-                "a metric missing in a cell is left out)."
+                "a metric missing in a cell is left out), with the 95% t interval of the log ratios over the matched "
+                "cell pairs and their number n (the cells of one run ran at different moments: the unit is the pair, "
+                "not the request)."
             ),
             Table(["metric", *(f"{label} / {ref}" for label in labels[1:])], summary_rows),
             Figure("compare-ratios", plots.ratio_bars(ratios, ref), f"Ratios to {ref}."),

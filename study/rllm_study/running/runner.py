@@ -76,6 +76,7 @@ from rllm_study.workloads.traces import TRACE_DATASET, PromptSynthesizer, load_t
 
 IDLE_SLEEP_S = 0.005
 CALIBRATION_TOKENS = 16  # tokens of the calibration decode around each session (see `calibrate`)
+CALIBRATION_WARM_UP_TOKENS = 4  # tokens of the unrecorded decode before an engine's first calibration
 CALIBRATION_MAX_S = 2.0  # ... cut short after this many seconds of decoding on a very busy machine
 CALIBRATION_PROMPT = "Count on, one number after another: 1, 2, 3, 4, 5, 6, 7, 8,"
 WRITER_QUEUE = 256  # finished requests + timeline samples waiting for the writer thread
@@ -401,13 +402,15 @@ def calibrate(engine, when: str) -> dict:
     - first token time): decode only, the prompt's prefill left out. {"when", "tokens", "seconds",
     "tok_s"}; tok_s None with fewer than two tokens.
 
-    An engine's first calibration runs the same decode once before, unrecorded: the first decodes
-    of a fresh engine pay one-off costs (on a GPU, CUDA graph capture and kernel loading), which a
-    16-token decode there cannot hide (the H100 run of 2026-12-07 read 354 and 368 tok/s for
-    fresh engines against 405-484 for the same engine's later calibrations), and a cell's speed
-    check would then see a machine that changed speed."""
+    An engine's first calibration is preceded by a short decode of the same prompt
+    (CALIBRATION_WARM_UP_TOKENS), unrecorded: the first prefill and decodes of a fresh engine pay
+    one-off costs (on a GPU, CUDA graph capture and kernel loading; on a CPU, the weights' first
+    reads), which a 16-token decode cannot hide (the H100 run of 2026-12-07 read 354 and 368 tok/s
+    for fresh engines against 405-484 for the same engine's later calibrations; SmolLM2 on a 2-core
+    CPU took 0.45 s for its first calibration and 0.15 s for the next), and a cell's speed check
+    would then see a machine that changed speed."""
     if engine not in _WARMED:
-        _calibration_times(engine, f"calibration-{when}-warm-up")
+        _calibration_times(engine, f"calibration-{when}-warm-up", CALIBRATION_WARM_UP_TOKENS)
         _WARMED.add(engine)
     times = _calibration_times(engine, f"calibration-{when}")
     seconds = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
@@ -419,9 +422,9 @@ def calibrate(engine, when: str) -> dict:
     }
 
 
-def _calibration_times(engine, rid: str) -> list[int]:
-    """The token times (ns) of one calibration decode under request id `rid` (see calibrate)."""
-    engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(CALIBRATION_TOKENS, 0.0, 1.0, 0)))
+def _calibration_times(engine, rid: str, tokens: int = CALIBRATION_TOKENS) -> list[int]:
+    """The token times (ns) of one calibration decode of `tokens` tokens under request id `rid` (see calibrate)."""
+    engine.submit(Request(rid, CALIBRATION_PROMPT, SamplingParams(tokens, 0.0, 1.0, 0)))
     times: list[int] = []
     while engine.has_work():
         times += [ev.t_ns for ev in engine.step() if isinstance(ev, TokenEvent) and ev.request_id == rid]
