@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CLI, REPO, THREADS, run_cli
+from conftest import CLI, REPO, run_cli
 from rllm_study.errors import UserError
 from rllm_study.running.results import find_cells, read_cell
 from rllm_study.running.shards import assign, expected_tokens, from_environment, parse_shard, select
@@ -64,7 +64,9 @@ def _deterministic(summary: list[dict]) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, smollm2_path):
-    """Shards 0/2 and 1/2 (the Slurm example, as array tasks) and one unsharded run, all at once."""
+    """Shards 0/2 and 1/2 (the Slurm example, as array tasks) and one unsharded run, all at once,
+    one llama.cpp thread each: three processes share the machine's cores, and more threads than
+    cores spin in llama.cpp's barriers (28 s at 2 threads each on 2 cores)."""
     root = tmp_path_factory.mktemp("shards")
     spec = root / "tiny.toml"
     spec.write_text(TINY_SPEC)
@@ -72,7 +74,7 @@ def runs(tmp_path_factory, smollm2_path):
         **os.environ,
         "SPEC": str(spec),
         "OUT": str(root / "sharded"),
-        "THREADS": str(THREADS),
+        "THREADS": "1",
         "RLLM_STUDY": shlex.join(CLI),
         "SLURM_ARRAY_TASK_COUNT": "2",
         "SLURM_ARRAY_TASK_MIN": "1",
@@ -90,7 +92,7 @@ def runs(tmp_path_factory, smollm2_path):
     ]
     procs.append(
         subprocess.Popen(
-            [*CLI, "run", str(spec), "-t", str(THREADS), "--out", str(root / "single")],
+            [*CLI, "run", str(spec), "-t", "1", "--out", str(root / "single")],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

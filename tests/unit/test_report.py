@@ -205,6 +205,13 @@ def test_memory_figure_draws_kv_and_requests_from_events(runs):
     assert plots.timeline(columns) == drawn
 
 
+def test_sampled_memory_lines_break_where_a_sample_has_no_reading():
+    """A timeline sample without a counter is drawn as a gap (NaN), not as a reading of 0."""
+    series = plots.sampled_series([{"kv_used": 5}, {"t_s": 1.0}, {"kv_used": 0}, {"kv_used": None}], "kv_used")
+    assert series[0] == 5 and math.isnan(series[1]) and series[2] == 0 and math.isnan(series[3])
+    assert plots.sampled_series([{"rss_bytes": 3 * 2**20}], "rss_bytes", 2**20) == [3.0]
+
+
 def test_every_finding_without_its_cells_is_not_tested_and_says_what_it_needs():
     """Each finding is declared once (`Finding`: key, title, paper, rule, needs, judge); over no cells
     the scaffold leaves every one not tested, with its own `needs` line as the reason."""

@@ -9,6 +9,7 @@ session with the most requests (clocks differ between sessions).
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from functools import wraps
 
@@ -71,6 +72,12 @@ def main_session(cell: CellData) -> int:
 # ---- timelines --------------------------------------------------------------------------------
 
 
+def sampled_series(samples: list[dict], key: str, scale: float = 1.0) -> list[float]:
+    """A timeline counter per sample, divided by `scale`; NaN where a sample lacks it, so the line
+    breaks there instead of dropping to 0 (a sample without a reading is no reading of 0)."""
+    return [math.nan if s.get(key) is None else s[key] / scale for s in samples]
+
+
 @figure
 def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figure:
     """One column per cell: KV in use (capacity dashed, share of capacity on the right axis), RSS
@@ -103,19 +110,17 @@ def timeline(columns: list[tuple[str, CellData]], with_rss: bool = True) -> Figu
         if kv is not None:
             ax["kv"].step(*kv, where="post", color=KV_COLOR, lw=1.2, label="KV in use (events)")
         else:
-            kv_used = [s.get("kv_used") or 0 for s in samples]
+            kv_used = sampled_series(samples, "kv_used")
             ax["kv"].step(t, kv_used, where="post", color=KV_COLOR, lw=1.2, label="KV in use (sampled)")
         for cap in sorted({s.get("kv_capacity") for s in samples if s.get("kv_capacity")}):
             caps.add(cap)
             ax["kv"].axhline(cap, color=KV_COLOR, ls="--", lw=0.8, label=f"capacity {cap:,}")
         unit = next((s.get("kv_unit") for s in samples if s.get("kv_unit")), "cells")
         if with_rss:
-            ax["rss"].plot(
-                t, [(s.get("rss_bytes") or 0) / 2**20 for s in samples], color=RSS_COLOR, lw=1.2, label="RSS"
-            )
+            ax["rss"].plot(t, sampled_series(samples, "rss_bytes", 2**20), color=RSS_COLOR, lw=1.2, label="RSS")
             if any(s.get("gpu_bytes") is not None for s in samples):
                 ax["rss"].plot(
-                    t, [(s.get("gpu_bytes") or 0) / 2**20 for s in samples], color=GPU_COLOR, lw=1.2, label="GPU memory"
+                    t, sampled_series(samples, "gpu_bytes", 2**20), color=GPU_COLOR, lw=1.2, label="GPU memory"
                 )
         steps = occupancy(reqs).get(session)
         if steps is not None:
