@@ -106,3 +106,40 @@ def test_profile_summary_reproduces_the_published_step_shares(tmp_path):
     bad.write_text("hello\n")
     done = subprocess.run([sys.executable, script, bad], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "line 1" in done.stderr
+
+
+def test_prefix_and_kv_benches_sample_as_the_presets_do(smollm2_path, monkeypatch):
+    """bench techniques' prefix and KV-cache benchmarks measure the presets' sampling (temperature
+    0.6, top-p 0.95, request i seed i), not greedy, and say so in their results; their figures
+    are the ratios of configurations measured in the same run."""
+    from rllm_study.bench import techniques
+
+    seen = []
+    real_run, real_rate = techniques.run_batch, techniques.decode_rate
+
+    def run_batch(engine, requests):
+        seen.extend(r.sampling for r in requests)
+        return real_run(engine, requests)
+
+    def decode_rate(engine, n_seqs, n_prompt, n_gen, sampling):
+        seen.append(sampling)
+        return real_rate(engine, n_seqs, n_prompt, n_gen, sampling)
+
+    monkeypatch.setattr(techniques, "run_batch", run_batch)
+    monkeypatch.setattr(techniques, "decode_rate", decode_rate)
+    prefix = techniques.prefix_ttft(str(smollm2_path), THREADS, prefix_tokens=96, reps=1)
+    kv = techniques.kv_quantization(
+        str(smollm2_path), THREADS, ("f16", "q8_0"), n_seqs=2, n_prompt=16, n_gen=12, reps=1
+    )
+    assert seen and all((s.temperature, s.top_p) == (0.6, 0.95) for s in seen)
+    assert len({s.seed for s in seen if s.max_tokens == 1}) == 3  # warm-up, off, on: a seed each
+    for result in (prefix, kv):
+        assert result["sampling"] == {
+            "temperature": 0.6,
+            "top_p": 0.95,
+            "order": "temperature_first",
+            "seeds": "request i: seed i",
+        }
+    assert prefix["ttft_gain"] == pytest.approx(prefix["ttft_off_s"]["mean"] / prefix["ttft_on_s"]["mean"])
+    q8 = kv["by_type"]["q8_0"]
+    assert 0.4 < q8["memory_saved"] < 0.5 and q8["decode_tok_s"]["mean"] > 0  # q8_0: 34 bytes per 32 values vs 64

@@ -6,8 +6,9 @@ All configurations of one benchmark are loaded side by side and measured in alte
 each figure is the mean over rounds, with the rounds' values kept.
 
   prefix_ttft       TTFT of requests sharing a ~prefix_tokens prompt prefix, prefix cache off vs
-                    on (the cache warmed by one earlier request). TTFT = first token - submit, one
-                    request at a time. gain: the metric prefix_ttft_gain.
+                    on (the cache warmed by one earlier request), the first token drawn as the
+                    presets draw (`STUDY_SAMPLING`, request i seed i). TTFT = first token - submit,
+                    one request at a time. gain: the metric prefix_ttft_gain.
   speculative       end-to-end time of N reasoning prompts (GSM8K) submitted together, sampled as
                     the presets sample (`bench.engine.STUDY_SAMPLING`, request i seed i; greedy
                     drafts are accepted more often, so a greedy speedup overstates the study's), for
@@ -17,8 +18,10 @@ each figure is the mean over rounds, with the rounds' values kept.
                     speedup: the metric speculative_speedup (see "Batch invariance" in
                     backends/rllm_study/backends/llama_cpp/engine.py for why outputs may differ in length).
   kv_quantization   KV bytes per token and for the whole context per cache type; memory saved =
-                    1 - bytes / f16 bytes; aggregate decode tokens/s of N sequences
-                    (the metric decode_tok_s, `rllm_study.bench.engine.decode_rate`); speed ratio: the metric kv_speed_ratio.
+                    1 - bytes / f16 bytes; aggregate decode tokens/s of N sequences sampled as the
+                    presets sample (`STUDY_SAMPLING`; the metric decode_tok_s,
+                    `rllm_study.bench.engine.decode_rate`); speed ratio: the metric kv_speed_ratio.
+Every result records the sampling it measured under (`sampling`).
   Acceptance is the metric draft_acceptance_rate pooled over rounds (sum draft_accepted / sum
   draft_proposed); saved_prefill_s is the metric prefix_saved_prefill_s of the engine's counters.
 """
@@ -57,21 +60,31 @@ def _close(engines: dict) -> None:
         engine.close()
 
 
-def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_tokens: int = 1000, reps: int = 3) -> dict:
+def _sampling(s: SamplingParams) -> dict:
+    return {"temperature": s.temperature, "top_p": s.top_p, "order": s.order, "seeds": "request i: seed i"}
+
+
+def prefix_ttft(
+    model: str = "qwen2.5-coder-0.5b",
+    threads: int = 2,
+    prefix_tokens: int = 1000,
+    reps: int = 3,
+    sampling: SamplingParams = STUDY_SAMPLING,
+) -> dict:
     """TTFT with a shared prefix, prefix cache off vs on (see the module docstring)."""
     options = LlamaCppOptions(max_seqs=1, ctx_per_seq=prefix_tokens + 256, n_threads=threads, flash_attn=True)
     engines = {"off": LlamaCppEngine(model, options), "on": LlamaCppEngine(model, replace(options, prefix_cache=True))}
     try:
         probe = engines["off"].model
         prefix = probe.detokenize(probe.tokenize(COUNTING, add_special=False)[:prefix_tokens])
-        sampling = SamplingParams(max_tokens=1)
-        run_batch(engines["on"], [Request("warm", prefix + "\nQuestion 0: what comes next?", sampling)])
+        first = replace(sampling, max_tokens=1, seed=0)
+        run_batch(engines["on"], [Request("warm", prefix + "\nQuestion 0: what comes next?", first)])
         n = iter(range(1, 10_000))
 
         def measure(name, engine):
-            return run_batch(
-                engine, [Request("q", prefix + f"\nQuestion {next(n)}: what comes next?", sampling)]
-            ).first_token_s
+            i = next(n)
+            question = Request("q", prefix + f"\nQuestion {i}: what comes next?", replace(first, seed=i))
+            return run_batch(engine, [question]).first_token_s
 
         ttft = _rounds(engines, measure, reps)
         extra = engines["on"].stats().extra.as_dict()
@@ -82,6 +95,7 @@ def prefix_ttft(model: str = "qwen2.5-coder-0.5b", threads: int = 2, prefix_toke
         "model": model,
         "threads": threads,
         "prefix_tokens": prefix_tokens,
+        "sampling": _sampling(sampling),
         "ttft_off_s": off,
         "ttft_on_s": on,
         "ttft_gain": prefix_ttft_gain(off["mean"], on["mean"]),
@@ -120,7 +134,7 @@ def speculative(
         "threads": threads,
         "max_tokens": max_tokens,
         "spec_tokens": spec_tokens,
-        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "order": sampling.order},
+        "sampling": _sampling(sampling),
         "by_concurrency": {},
     }
     for n in concurrency:
@@ -176,6 +190,7 @@ def kv_quantization(
     n_prompt: int = 128,
     n_gen: int = 64,
     reps: int = 2,
+    sampling: SamplingParams = STUDY_SAMPLING,
 ) -> dict:
     """KV memory saved and decode speed change per cache type, against f16 (see the module docstring)."""
     ctx_per_seq = n_prompt + n_gen + 64
@@ -191,7 +206,7 @@ def kv_quantization(
     try:
         per_token = {t: e.info().kv_bytes_per_token for t, e in engines.items()}
         n_ctx = {t: e.n_ctx for t, e in engines.items()}
-        rates = _rounds(engines, lambda t, e: decode_rate(e, n_seqs, n_prompt, n_gen), reps)
+        rates = _rounds(engines, lambda t, e: decode_rate(e, n_seqs, n_prompt, n_gen, sampling), reps)
     finally:
         _close(engines)
     ref = types[0]
@@ -201,6 +216,7 @@ def kv_quantization(
         "n_seqs": n_seqs,
         "n_prompt": n_prompt,
         "n_gen": n_gen,
+        "sampling": _sampling(sampling),
         "reference": ref,
         "by_type": {
             t: {
