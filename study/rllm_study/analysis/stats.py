@@ -43,6 +43,7 @@ import numpy as np
 from rllm_study.analysis.metrics import Z95, define, wilson_interval
 
 N_BOOT = 2000  # bootstrap replicates
+UNDEFINED = "the statistic is undefined in most resamples"  # why a bootstrap gives no interval
 MIN_CELLS = 3  # independent cells (or matched cell pairs) per side a cell-level condition needs
 SEED = 0  # bootstrap seed: the same files give the same report
 MIN_BOOT_N = 5  # a bootstrap needs this many requests in every resampled cell
@@ -235,16 +236,24 @@ def bootstrap(
     estimate = stat(samples) if n else None
     if n < min_n:
         return Interval(estimate, None, None, n, why=f"{n} requests in a cell; the bootstrap needs at least {min_n}")
+    bounds = _percentiles(
+        estimate, lambda rng: stat([[s[i] for i in rng.integers(0, len(s), len(s))] for s in samples]), n_boot, seed
+    )
+    if bounds is None:
+        return Interval(estimate, None, None, n, why=UNDEFINED)
+    return Interval(estimate, *bounds, n)
+
+
+def _percentiles(estimate, replicate: Callable, n_boot: int, seed: int) -> tuple[float, float] | None:
+    """The 2.5th and 97.5th percentiles of replicate(rng) over n_boot replicates drawn from one
+    seeded generator, those where it is defined (not None, finite); None when the estimate is
+    undefined or the replicate is in over half of them. The one loop of both bootstraps."""
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        v = stat([[s[i] for i in rng.integers(0, len(s), len(s))] for s in samples])
-        if v is not None and math.isfinite(v):
-            values.append(v)
+    values = [v for v in (replicate(rng) for _ in range(n_boot)) if v is not None and math.isfinite(v)]
     if estimate is None or len(values) < n_boot / 2:
-        return Interval(estimate, None, None, n, why="the statistic is undefined in most resamples")
+        return None
     lo, hi = np.percentile(values, [2.5, 97.5])
-    return Interval(estimate, float(lo), float(hi), n)
+    return float(lo), float(hi)
 
 
 @define(
@@ -290,23 +299,23 @@ def cluster_bootstrap(
             f"{smallest} requests in a cell; the bootstrap needs at least {min_n}",
             **common,
         )
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        drawn = [
+    bounds = _percentiles(
+        estimate,
+        lambda rng: stat(
             [
-                [[cell[i] for i in rng.integers(0, len(cell), len(cell))] for cell in c[k]]
-                for k in rng.integers(0, len(c), len(c))
+                [
+                    [[cell[i] for i in rng.integers(0, len(cell), len(cell))] for cell in c[k]]
+                    for k in rng.integers(0, len(c), len(c))
+                ]
+                for c in conds
             ]
-            for c in conds
-        ]
-        v = stat(drawn)
-        if v is not None and math.isfinite(v):
-            values.append(v)
-    if estimate is None or len(values) < n_boot / 2:
-        return Interval(estimate, None, None, n, unit, "the statistic is undefined in most resamples", **common)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return Interval(estimate, float(lo), float(hi), n, unit, "", **common)
+        ),
+        n_boot,
+        seed,
+    )
+    if bounds is None:
+        return Interval(estimate, None, None, n, unit, UNDEFINED, **common)
+    return Interval(estimate, *bounds, n, unit, "", **common)
 
 
 @dataclass(frozen=True)
