@@ -194,7 +194,7 @@ def build_comparison(runs: dict[str, list[CellData]]) -> Document:
                 min_n=0,
             )
             ratios[label][column.label] = iv.estimate
-            row.append(C.fmt_interval(iv, "ratio"))
+            row.append(C.fmt_interval(iv, "ratio") if iv.n else "-")  # no matched cell has the metric
         summary_rows.append(row)
     summary = Section(
         "Summary",
