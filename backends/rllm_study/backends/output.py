@@ -66,7 +66,6 @@ class RequestOutput:
         "request",
         "prompt_tokens",
         "tokens",
-        "text",
         "phases",
         "think_tokens",
         "answer_tokens",
@@ -74,6 +73,8 @@ class RequestOutput:
         "draft_proposed",
         "draft_accepted",
         "_max_stop",
+        "_parts",
+        "_tail",
         "_cut",
         "forced",
         "_forced_at",
@@ -85,7 +86,8 @@ class RequestOutput:
         self.request = request
         self.prompt_tokens = prompt_tokens
         self.tokens: list[int] = []
-        self.text = ""
+        self._parts: list[str] = []  # the visible text in pieces, joined by `text` (appending stays O(piece))
+        self._tail = ""  # the text's last _max_stop characters: where a stop string may begin
         self.phases = phases
         self.think_tokens = 0
         self.answer_tokens = 0
@@ -116,19 +118,26 @@ class RequestOutput:
         room = len(self.tokens) < self.request.sampling.max_tokens
         if end_of_generation:
             return event, CLOSE_THINK if room and self._may_close() else FINISH_STOP
-        self.text += piece
+        self._parts.append(piece)
         if self._max_stop:
-            window = self.text[-(self._max_stop + len(piece)) :]
+            window = self._tail + piece  # the text's last _max_stop + len(piece) characters
             hits = [window.find(s) for s in self.request.sampling.stop if s in window]
             if hits:
-                self.text = self.text[: len(self.text) - len(window) + min(hits)]
+                text = self.text
+                self._parts = [text[: len(text) - len(window) + min(hits)]]
                 self._cut = True
                 return event, FINISH_STOP
+            self._tail = window[-self._max_stop :]
         if not room:
             return event, FINISH_LENGTH
         if self._may_close() and self.think_tokens >= self.request.sampling.think_budget:
             return event, CLOSE_THINK
         return event, None
+
+    @property
+    def text(self) -> str:
+        """The visible text so far (cut where a stop string begins)."""
+        return "".join(self._parts)
 
     def _may_close(self) -> bool:
         return self.request.sampling.think_budget is not None and not self.forced and self.phases.phase == THINK
@@ -140,7 +149,9 @@ class RequestOutput:
         self.forced, text = forced_close(tokenize, think_close_id, self.request.answer_cue)
         self._forced_skip = int(self._ended)
         self._forced_at = len(self.tokens) - self._forced_skip
-        self.text += tail + text
+        self._parts.append(tail + text)
+        if self._max_stop:
+            self._tail = (self._tail + tail + text)[-self._max_stop :]
         self.phases.close()
         return ([] if self._forced_skip else self.tokens[-1:]) + self.forced
 
