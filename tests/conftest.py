@@ -74,6 +74,23 @@ def qwen05_path() -> Path:
     return resolve_model("qwen2.5-coder-0.5b").path
 
 
+def batch_invariant_call(module: str, function: str, *args, **kwargs):
+    """module.function(*args, **kwargs) in a fresh Python process (a test module under tests/),
+    with llama.cpp's tiled matrix multiplication off from the start: a batch-invariant engine needs
+    GGML_CPU_TILED_MM=0 before llama.cpp's first matrix multiplication in its process (see "Batch
+    invariance" in backends/rllm_study/backends/llama_cpp/engine.py). Its JSON-able result."""
+    import json
+
+    code = (
+        "import json, sys; sys.path[:0] = ['tests/engine', 'tests']; "
+        f"from {module} import {function}; print(json.dumps({function}(*{args!r}, **{kwargs!r})))"
+    )
+    env = {**os.environ, "GGML_CPU_TILED_MM": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `rllm-study ARGS` in a subprocess; returns the completed process (text output)."""
     return subprocess.run(

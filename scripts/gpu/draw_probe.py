@@ -6,13 +6,12 @@ logits buffer right after a decode from the kernel's own cost.
 Usage: python3 scripts/gpu/draw_probe.py MODEL SEQS OUT.json   (every layer on the GPU)
 After a warm-up it runs decode steps of SEQS sequences (sampled, the presets' settings) and
 times (perf_counter, best and median over the decode steps of SEQS rows):
-  fresh     the engine's own draw per decode step (StepTimes, mean): right after llama_synchronize,
-            on the buffer as the GPU's copy left it
+  fresh     draw_rows as the engine calls it, right after llama_synchronize (the rows as the
+            GPU's copy left them)
   again     draw_rows once more on the same rows (now in the CPU's caches where they fit)
   copy      numpy copy of the rows into a private array
   on_copy   draw_rows on that copy
   parts_K   draw_rows with the rows split over K threads (K = 1, 2, 4, 8, 16)
-  cached_row1_random  one random vocabulary-sized row in cache (the kernel alone)
 Prints and writes the figures (milliseconds)."""
 
 from __future__ import annotations
@@ -41,18 +40,18 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     real = engine_module.draw_rows
 
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        times.setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
+        return result
+
     def probe(block, rows, draws):
-        tokens = real(block, rows, draws)  # the engine's own draw (timed by its StepTimes)
         if len(rows) != seqs:
-            return tokens
+            return real(block, rows, draws)
+        tokens = timed("fresh", lambda: real(block, rows, draws))  # the engine's own draw, first read
         fresh_rows = list(rows)
         again_draws = [(t, p, k, o, np.random.Generator(np.random.PCG64(1))) for t, p, k, o, _ in draws]
-
-        def timed(name, fn):
-            t0 = time.perf_counter()
-            result = fn()
-            times.setdefault(name, []).append(1e3 * (time.perf_counter() - t0))
-            return result
 
         timed("again", lambda: real(block, fresh_rows, again_draws))
         copy = timed("copy", lambda: np.array(block[fresh_rows]))
@@ -69,26 +68,17 @@ def main() -> None:
         engine.submit(Request(f"w{i}", prompt, replace(sampled, max_tokens=8, seed=i)))
     while engine.has_work():
         engine.step()
-    engine.step_times = engine_module.StepTimes()
     engine_module.draw_rows = probe
     for i in range(seqs):
         engine.submit(Request(f"p{i}", prompt, replace(sampled, seed=i)))
     while engine.has_work():
         engine.step()
-    st = engine.step_times
-    times["fresh"] = [1e3 * st.draw_s / max(st.steps, 1)]  # the engine's own draw per decode step (mean)
     engine_module.draw_rows = real
-    one = engine.model.n_vocab
-    block = np.random.default_rng(0).standard_normal((1, one), dtype=np.float32)
-    real(block, [0], [(0.6, 0.95, 0, "temperature_first", np.random.Generator(np.random.PCG64(0)))])
-    t0 = time.perf_counter()
-    real(block, [0], [(0.6, 0.95, 0, "temperature_first", np.random.Generator(np.random.PCG64(0)))])
-    times["cached_row1_random"] = [1e3 * (time.perf_counter() - t0)]
     engine.close()
     summary = {
         name: {"n": len(v), "best_ms": min(v), "median_ms": statistics.median(v)} for name, v in sorted(times.items())
     }
-    result = {"model": model, "seqs": seqs, "cores": sampling.CORES, "steps": st.steps, "figures": summary}
+    result = {"model": model, "seqs": seqs, "cores": sampling.CORES, "figures": summary}
     print(json.dumps(result, indent=2))
     with open(out, "w") as f:
         json.dump(result, f, indent=2)

@@ -11,14 +11,9 @@ batch-invariant logits make the tokens of the other requests comparable bit for 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, THREADS, chat, drain
+from conftest import THREADS, batch_invariant_call, chat, drain
 from rllm_study.backends.base import Request, SamplingParams
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
 from rllm_study.backends.options import LlamaCppOptions
@@ -67,20 +62,8 @@ def scenario(model: str, overlap: bool) -> dict:
     }
 
 
-def isolated(model: str, overlap: bool) -> dict:
-    """`scenario` in a fresh Python process (see the module docstring)."""
-    code = (
-        "import json, sys; sys.path[:0] = ['tests/engine', 'tests']; from test_overlap import scenario; "
-        f"print(json.dumps(scenario({model!r}, {overlap!r})))"
-    )
-    env = {**os.environ, "GGML_CPU_TILED_MM": "0"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_overlap_gives_the_same_outputs_as_booking_first(smollm2_path):
-    off, on = isolated(str(smollm2_path), False), isolated(str(smollm2_path), True)
+    off, on = (batch_invariant_call("test_overlap", "scenario", str(smollm2_path), ov) for ov in (False, True))
     assert off["requests"] == on["requests"]
     reasons = {rid: r["reason"] for rid, r in on["requests"].items()}
     assert reasons == {"stop": "stop", "sampled": "stop", "think": "stop", "top_p": "length", "eos": "stop"}

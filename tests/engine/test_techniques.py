@@ -7,17 +7,13 @@ for its tiled matrix multiplication once per process."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as lc
 import pytest
 
-from conftest import REPO, THREADS, run_cli
+from conftest import THREADS, batch_invariant_call, run_cli
 from rllm_study.analysis.metrics import prefix_saved_prefill
 from rllm_study.backends.base import Request, RequestFinished, SamplingParams, TokenEvent
 from rllm_study.backends.llama_cpp.engine import LlamaCppEngine
@@ -89,20 +85,7 @@ def generate(
 
 def isolated(*args, **kwargs) -> dict:
     """`generate` in a fresh Python process (see the module docstring)."""
-    code = (
-        "import json, sys; sys.path[:0] = ['tests/engine', 'tests']; from test_techniques import generate; "
-        f"print(json.dumps(generate(*{args!r}, **{kwargs!r})))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=900,
-        env={**os.environ, "GGML_CPU_TILED_MM": "0"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return batch_invariant_call("test_techniques", "generate", *args, **kwargs)
 
 
 def chats(questions: list[str], system: str | None = None) -> list[list[dict]]:
